@@ -37,6 +37,14 @@ class UnknownNameError(AdvlabError, KeyError):
         return self.args[0]
 
 
+class ModelModeError(AdvlabError, RuntimeError):
+    """A model in train mode handed to code that must not change it."""
+
+
+class AttackError(AdvlabError, RuntimeError):
+    """An attack that cannot run as configured, or that produced an invalid output."""
+
+
 class DataError(AdvlabError, FileNotFoundError):
     """Missing or corrupt data files, with what to put where."""
 

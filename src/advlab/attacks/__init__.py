@@ -1,0 +1,14 @@
+"""Attacks: white-box, score-based and label-only, all behind one contract (see base.py)."""
+from advlab.attacks import blackbox  # noqa: F401
+from advlab.attacks.base import (  # noqa: F401
+    Attack,
+    AttackResult,
+    Crafted,
+    Taxonomy,
+    available,
+    choose_target,
+    get,
+    is_success,
+    register,
+)
+from advlab.attacks.gradient import BIM, FGSM, MIFGSM, PGD, GradientAttack  # noqa: F401

@@ -1,0 +1,255 @@
+"""What every attack shares: the call contract, the result, and the registry with taxonomy.
+
+An :class:`Attack` holds settings only; the model comes at call time. ``attack(model, x, y)``
+validates everything, calls the subclass's :meth:`Attack.perturb`, puts the output back into
+the threat model (eps-ball and pixel box), and re-checks success with one forward pass of the
+model on the returned images, so ``success`` is never a claim the images do not back.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from advlab.errors import AttackError, ThreatModelError, UnknownNameError
+from advlab.threat import Ball, all_norms, as_eps, ball, clip_box, project_box
+from advlab.validation import (
+    check_eval_mode,
+    check_images,
+    check_labels,
+    check_logits,
+    check_target,
+)
+
+log = logging.getLogger(__name__)
+
+Model = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Taxonomy:
+    """Where an attack sits in the lecture's taxonomy.
+
+    Attributes:
+        knowledge: "white" (gradients), "score" (output scores only) or "label" (top-1 only).
+        goal: "untargeted", "targeted" or "both".
+        norm: the perturbation norm ("linf", "l2", "l1", "l0", "patch", ...).
+        kind: "one-shot", "iterative" or "optimization".
+        bounded: True when the output is confined to an eps-ball; False for minimum-norm attacks.
+    """
+
+    knowledge: str
+    goal: str
+    norm: str
+    kind: str
+    bounded: bool = True
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns.
+
+    Attributes:
+        x_adv: adversarial images, same shape, dtype and device as x, in [0, 1].
+        success: bool (N,), re-checked on x_adv: prediction != y (untargeted) or == target.
+        norms: {"l0", "l1", "l2", "linf"} -> (N,) norms of x_adv - x.
+        queries: int64 (N,) model queries per example for black-box attacks, None for white-box.
+        target: the targets used, int64 (N,), or None for an untargeted attack.
+        logits: the model's logits on x_adv, N x K (detached).
+        info: attack-specific extras (for instance the constant c found by a binary search).
+    """
+
+    x_adv: Tensor
+    success: Tensor
+    norms: dict[str, Tensor]
+    queries: Tensor | None = None
+    target: Tensor | None = None
+    logits: Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        return self.success.float().mean().item()
+
+
+@dataclass
+class Crafted:
+    """What :meth:`Attack.perturb` may return instead of a bare tensor."""
+
+    x_adv: Tensor
+    queries: Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def is_success(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    """Untargeted: argmax != y. Targeted: argmax == target. Shape (N,) bool."""
+    pred = logits.argmax(1)
+    return pred != y if target is None else pred == target
+
+
+def choose_target(logits: Tensor, y: Tensor, how: str, generator: torch.Generator) -> Tensor:
+    """Pick a target != y for each example.
+
+    Args:
+        how: "random" (uniform over the other classes), "least_likely" (lowest logit),
+            or "next" ((y + 1) mod K).
+    """
+    k = logits.shape[1]
+    if how == "random":
+        shift = torch.randint(1, k, y.shape, generator=generator, device=y.device)
+        return (y + shift) % k
+    if how == "least_likely":
+        return logits.scatter(1, y[:, None], float("inf")).argmin(1)
+    if how == "next":
+        return (y + 1) % k
+    raise ThreatModelError(f"unknown target selection {how!r}; use random, least_likely or next")
+
+
+class Attack:
+    """Base class: settings on self, the model at call time.
+
+    Subclasses set ``norm`` (or None), ``eps`` (or None for minimum-norm attacks) and
+    ``seed``, and implement :meth:`perturb`. Targeted-only attacks set ``targeted_only``
+    and choose a target with ``target_selection`` when none is given.
+    """
+
+    norm: str | None = None
+    eps: float | Tensor | None = None
+    seed: int = 0
+    targeted_only: ClassVar[bool] = False
+    target_selection: str = "random"
+
+    def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
+                eps: Tensor | None, generator: torch.Generator) -> Tensor | Crafted:
+        """Craft adversarial examples. x is detached and must not be modified in place.
+
+        Args:
+            model: the classifier (eval mode), x in [0, 1] -> logits.
+            x: clean images, N x C x H x W.
+            y: true labels (N,).
+            target: target labels (N,) or None.
+            eps: per-example radius (N,), or None for a minimum-norm attack.
+            generator: the only source of randomness, seeded with ``self.seed``.
+        """
+        raise NotImplementedError
+
+    @property
+    def bounded(self) -> bool:
+        return self.norm is not None and self.eps is not None
+
+    @property
+    def ball(self) -> Ball:
+        if self.norm is None:
+            raise AttackError(f"{type(self).__name__} has no norm ball")
+        return ball(self.norm)
+
+    def __call__(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None = None, *,
+                 eps: float | Tensor | None = None) -> AttackResult:
+        """Run the attack.
+
+        Args:
+            model: maps x in [0, 1] (N x C x H x W) to logits N x K; must be in eval mode.
+            x: clean images in [0, 1].
+            y: true labels, int64 (N,).
+            target: optional int64 (N,) targets (targeted attack; success means pred == t).
+            eps: optional per-call radius (float or (N,) tensor) overriding ``self.eps``.
+
+        Returns:
+            AttackResult with x_adv, success re-checked on x_adv, norms, queries, target.
+        """
+        check_images(x)
+        evaluator = unwrap(model)  # an oracle's model: the evaluator's checks are not queries
+        check_eval_mode(evaluator)
+        with torch.no_grad():
+            logits = evaluator(x)
+        check_logits(logits, len(x))
+        num_classes = logits.shape[1]
+        check_labels(y, len(x), num_classes)
+        y = y.to(x.device)
+        generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        if target is None and self.targeted_only:
+            target = choose_target(logits, y, self.target_selection, generator)
+        if target is not None:
+            check_target(target, y, num_classes)
+            target = target.to(x.device)
+        radius = None
+        if self.bounded or eps is not None:
+            radius = as_eps(self.eps if eps is None else eps, len(x), x)
+        x = x.detach()
+        out = self.perturb(model, x, y, target, radius, generator)
+        crafted = out if isinstance(out, Crafted) else Crafted(out)
+        return self._finish(evaluator, x, y, target, radius, crafted)
+
+    def _finish(self, evaluator: Model, x: Tensor, y: Tensor, target: Tensor | None,
+                radius: Tensor | None, crafted: Crafted) -> AttackResult:
+        x_adv = crafted.x_adv.detach()
+        if x_adv.shape != x.shape:
+            raise AttackError(f"{type(self).__name__} returned shape {tuple(x_adv.shape)}")
+        if not torch.isfinite(x_adv).all():
+            raise AttackError(f"{type(self).__name__} produced NaN or Inf images")
+        x_adv = x_adv.to(x.dtype)
+        x_adv = project_box(x, x_adv, radius, self.ball) if radius is not None and \
+            self.norm is not None else clip_box(x_adv)
+        with torch.no_grad():
+            logits = evaluator(x_adv)
+        success = is_success(logits, y, target)
+        log.debug("%s: success %.3f", type(self).__name__, success.float().mean().item())
+        return AttackResult(x_adv=x_adv, success=success, norms=all_norms(x_adv - x),
+                            queries=crafted.queries, target=target, logits=logits.detach(),
+                            info=crafted.info)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Entry:
+    factory: Callable[..., Attack]
+    defaults: dict[str, Any]
+    taxonomy: Taxonomy
+
+
+_REGISTRY: dict[str, Entry] = {}
+
+
+def register(name: str, *, knowledge: str, goal: str, norm: str, kind: str,
+             bounded: bool = True, defaults: dict[str, Any] | None = None
+             ) -> Callable[[Callable[..., Attack]], Callable[..., Attack]]:
+    """Class decorator: register an attack under ``name`` with its taxonomy.
+
+    ``defaults`` are keyword arguments that this name adds (e.g. ``{"norm": "l2"}`` for
+    "pgd-l2"). Every registered attack must build with ``get(name)`` alone.
+    """
+    def deco(factory: Callable[..., Attack]) -> Callable[..., Attack]:
+        if name in _REGISTRY:
+            raise AttackError(f"attack name {name!r} registered twice")
+        _REGISTRY[name] = Entry(factory, dict(defaults or {}),
+                                Taxonomy(knowledge, goal, norm, kind, bounded))
+        return factory
+    return deco
+
+
+def get(name: str, **kwargs: Any) -> Attack:
+    """Build a registered attack by name; kwargs override its defaults."""
+    if name not in _REGISTRY:
+        raise UnknownNameError("attack", name, list(_REGISTRY))
+    entry = _REGISTRY[name]
+    return entry.factory(**{**entry.defaults, **kwargs})
+
+
+def available() -> dict[str, Taxonomy]:
+    """Every registered attack name -> its taxonomy."""
+    return {name: e.taxonomy for name, e in sorted(_REGISTRY.items())}
+
+
+def unwrap(model: nn.Module | Model) -> Model:
+    """The model behind an oracle-like wrapper (``.unwrapped``), else the model itself."""
+    return getattr(model, "unwrapped", model)

@@ -1,0 +1,2 @@
+"""Black-box attacks: the attacker only queries the model (scores or labels)."""
+from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle, as_oracle  # noqa: F401

@@ -1,0 +1,241 @@
+r"""The gradient family, sharing one loop: FGSM, BIM, PGD (Linf, L2, L1) and MI-FGSM.
+
+One step of every member, for a norm ball B and step size alpha:
+
+.. math::  x^{t+1} = \Pi_{S(x)}\big(x^t + \alpha\, d(\nabla_x J(x^t))\big)
+
+where :math:`J` is the attacker's objective (the loss of the true label, ascended; or the
+loss of the target, descended), :math:`d` the steepest-ascent direction of the ball (sign for
+Linf, :math:`g/\|g\|_2` for L2) and :math:`\Pi_{S(x)}` the projection onto the eps-ball
+intersected with the pixel box. FGSM is one step of size eps from x; BIM many small steps;
+PGD adds a random start and restarts; MI-FGSM accumulates a momentum of L1-normalised
+gradients. A gradient estimator (NES, Bandits) plugs in by overriding
+:meth:`GradientAttack.gradient`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from advlab.attacks.base import Attack, Model, is_success, register
+from advlab.errors import ThreatModelError
+from advlab.losses import objective
+from advlab.threat import _expand, project_box
+
+DEFAULT_EPS = {"linf": 0.3, "l2": 2.0, "l1": 10.0}
+
+
+class GradientAttack(Attack):
+    """The shared loop: random start, gradient, steepest direction, step, project, clip.
+
+    Args:
+        eps: radius of the ball (pixel space); default 0.3 (linf), 2.0 (l2), 10.0 (l1).
+        norm: "linf", "l2" or "l1".
+        steps: number of gradient steps.
+        alpha: step size; default 2.5 * eps / steps (Madry et al.), per example.
+        random_start: start from a uniform point of the ball instead of x.
+        restarts: runs from new random starts for the examples not yet fooled.
+        loss: "ce", "margin" (C&W) or "dlr".
+        early_stop: stop moving an example once it is adversarial (does not change success).
+        seed: seeds the random starts.
+    """
+
+    def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 10,
+                 alpha: float | None = None, random_start: bool = False, restarts: int = 1,
+                 loss: str = "ce", early_stop: bool = True, seed: int = 0) -> None:
+        if norm not in DEFAULT_EPS:
+            raise ThreatModelError(f"unknown norm {norm!r}; available: {', '.join(DEFAULT_EPS)}")
+        if steps < 1 or restarts < 1:
+            raise ThreatModelError(f"steps and restarts must be >= 1, got {steps}, {restarts}")
+        if alpha is not None and alpha <= 0:
+            raise ThreatModelError(f"alpha must be positive, got {alpha}")
+        self.eps = DEFAULT_EPS[norm] if eps is None else eps
+        if isinstance(self.eps, (int, float)) and self.eps < 0:
+            raise ThreatModelError(f"eps must be non-negative, got {self.eps}")
+        self.norm, self.steps, self.alpha = norm, steps, alpha
+        self.random_start, self.restarts, self.loss = random_start, restarts, loss
+        self.early_stop, self.seed = early_stop, seed
+        self.objective = objective(loss)
+
+    # -- the pieces a subclass may replace ------------------------------------------------
+
+    def gradient(self, model: Model, x_adv: Tensor, y: Tensor,
+                 target: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The gradient of the objective at x_adv, and the logits there (for early stopping).
+
+        White-box: autograd on a fresh leaf, never ``backward()`` (parameters' .grad untouched).
+        """
+        x_adv = x_adv.detach().requires_grad_(True)
+        logits = model(x_adv)
+        (grad,) = torch.autograd.grad(self.objective(logits, y, target).sum(), x_adv)
+        return grad, logits.detach()
+
+    def init_memory(self, x: Tensor) -> dict[str, Tensor]:
+        """Per-run state of :meth:`direction` (for instance a momentum), batch-sized."""
+        return {}
+
+    def direction(self, grad: Tensor, memory: dict[str, Tensor], idx: Tensor | None) -> Tensor:
+        """The step direction from the gradient (steepest ascent of the ball).
+
+        ``idx`` holds the batch indices of the rows of ``grad`` (None: the whole batch)."""
+        return self.ball.steepest(grad)
+
+    def step_sizes(self, eps: Tensor) -> Tensor:
+        """Per-example step size alpha."""
+        if self.alpha is not None:
+            return torch.full_like(eps, self.alpha)
+        return 2.5 * eps / self.steps
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
+                eps: Tensor | None, generator: torch.Generator) -> Tensor:
+        assert eps is not None  # the gradient family is always bounded
+        if self.restarts == 1:
+            return self._run(model, x, y, target, eps, generator)[0]
+        best, best_score = x.clone(), torch.full_like(eps, float("-inf"))
+        for _ in range(self.restarts):
+            todo = (best_score < float("inf")).nonzero().squeeze(1)  # not yet fooled
+            if len(todo) == 0:
+                break
+            t = None if target is None else target[todo]
+            x_run, score = self._run(model, x[todo], y[todo], t, eps[todo], generator)
+            better = score > best_score[todo]
+            best[todo] = torch.where(_expand(better, x_run), x_run, best[todo])
+            best_score[todo] = torch.maximum(score, best_score[todo])
+        return best
+
+    def _run(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None, eps: Tensor,
+             generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """One run from x (or a random start). Returns x_adv and, when restarts are on, a
+        score per example: +inf if adversarial, else the objective."""
+        b = self.ball
+        x_adv = x.clone()
+        if self.random_start:
+            x_adv = project_box(x, x + b.random(x, eps, generator), eps, b)
+        alpha = self.step_sizes(eps)
+        memory = self.init_memory(x)
+        active: Tensor | None = None  # indices still attacked; None means all
+        for _ in range(self.steps):
+            xs, ys, ts = _take(active, x_adv, y, target)
+            grad, logits = self.gradient(model, xs, ys, ts)
+            if self.early_stop:
+                keep = ~is_success(logits, ys, ts)
+                if not keep.all():
+                    active = _narrow(active, keep, len(x))
+                    if len(active) == 0:
+                        break
+                    xs, ys, ts = _take(active, x_adv, y, target)
+                    grad = grad[keep]
+            d = self.direction(grad, memory, active)
+            a, e, x0 = (alpha, eps, x) if active is None else (alpha[active], eps[active],
+                                                                  x[active])
+            x_new = project_box(x0, xs + _expand(a, d) * d, e, b)
+            if active is None:
+                x_adv = x_new
+            else:
+                x_adv[active] = x_new
+        if self.restarts == 1:
+            return x_adv, eps
+        with torch.no_grad():
+            logits = model(x_adv)
+        score = self.objective(logits, y, target)
+        return x_adv, torch.where(is_success(logits, y, target), float("inf"), score)
+
+
+def _take(idx: Tensor | None, x: Tensor, y: Tensor,
+          target: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    if idx is None:
+        return x, y, target
+    return x[idx], y[idx], None if target is None else target[idx]
+
+
+def _narrow(active: Tensor | None, keep: Tensor, n: int) -> Tensor:
+    base = torch.arange(n, device=keep.device) if active is None else active
+    return base[keep]
+
+
+@register("fgsm", knowledge="white", goal="both", norm="linf", kind="one-shot")
+class FGSM(GradientAttack):
+    r"""Fast Gradient Sign Method: :math:`x' = x + \epsilon\,\mathrm{sign}(\nabla_x J(x, t_{true}))`
+    (untargeted), :math:`x' = x - \epsilon\,\mathrm{sign}(\nabla_x J(x, t_{adv}))` (targeted).
+
+    References: Goodfellow, Shlens & Szegedy, "Explaining and harnessing adversarial
+    examples", ICLR 2015, arXiv:1412.6572.
+    """
+
+    def __init__(self, eps: float | None = None, *, norm: str = "linf", loss: str = "ce",
+                 seed: int = 0) -> None:
+        super().__init__(eps, norm=norm, steps=1, loss=loss, early_stop=False, seed=seed)
+
+    def step_sizes(self, eps: Tensor) -> Tensor:
+        return eps
+
+
+@register("bim", knowledge="white", goal="both", norm="linf", kind="iterative")
+class BIM(GradientAttack):
+    r"""Basic Iterative Method (iterative FGSM): steps of size alpha from x, each followed by
+    the projection onto the eps-ball and the box, :math:`x^{t+1} = \mathrm{Clip}_{x,\epsilon}
+    (x^t + \alpha\,\mathrm{sign}(\nabla_x J(x^t, t_{true})))`.
+
+    References: Kurakin, Goodfellow & Bengio, "Adversarial examples in the physical world",
+    ICLR workshop 2017, arXiv:1607.02533.
+    """
+
+    def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 10,
+                 alpha: float | None = None, loss: str = "ce", early_stop: bool = True,
+                 seed: int = 0) -> None:
+        super().__init__(eps, norm=norm, steps=steps, alpha=alpha, loss=loss,
+                         early_stop=early_stop, seed=seed)
+
+
+@register("pgd", knowledge="white", goal="both", norm="linf", kind="iterative")
+@register("pgd-l2", knowledge="white", goal="both", norm="l2", kind="iterative",
+          defaults={"norm": "l2"})
+@register("pgd-l1", knowledge="white", goal="both", norm="l1", kind="iterative",
+          defaults={"norm": "l1"})
+class PGD(GradientAttack):
+    r"""Projected Gradient Descent: BIM from a uniformly random start inside the ball, with
+    restarts keeping the strongest result per example. Linf, L2 and L1 balls.
+
+    References: Madry et al., "Towards deep learning models resistant to adversarial
+    attacks", ICLR 2018, arXiv:1706.06083. L1 steps: Tramer & Boneh 2019, arXiv:1904.13000.
+    """
+
+    def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 40,
+                 alpha: float | None = None, random_start: bool = True, restarts: int = 1,
+                 loss: str = "ce", early_stop: bool = True, seed: int = 0) -> None:
+        super().__init__(eps, norm=norm, steps=steps, alpha=alpha, random_start=random_start,
+                         restarts=restarts, loss=loss, early_stop=early_stop, seed=seed)
+
+
+@register("mifgsm", knowledge="white", goal="both", norm="linf", kind="iterative")
+class MIFGSM(GradientAttack):
+    r"""Momentum Iterative FGSM: :math:`g^{t+1} = \mu g^t + \nabla_x J / \|\nabla_x J\|_1`,
+    :math:`x^{t+1} = \Pi(x^t + \alpha\,\mathrm{sign}(g^{t+1}))`, with alpha = eps / steps.
+
+    References: Dong et al., "Boosting adversarial attacks with momentum", CVPR 2018,
+    arXiv:1710.06081.
+    """
+
+    def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 10,
+                 decay: float = 1.0, loss: str = "ce", early_stop: bool = True,
+                 seed: int = 0) -> None:
+        super().__init__(eps, norm=norm, steps=steps, loss=loss, early_stop=early_stop,
+                         seed=seed)
+        self.decay = decay
+
+    def step_sizes(self, eps: Tensor) -> Tensor:
+        return eps / self.steps
+
+    def init_memory(self, x: Tensor) -> dict[str, Tensor]:
+        return {"momentum": torch.zeros_like(x)}
+
+    def direction(self, grad: Tensor, memory: dict[str, Tensor], idx: Tensor | None) -> Tensor:
+        g = grad / _expand(grad.flatten(1).abs().sum(1).clamp_min(1e-12), grad)
+        m = memory["momentum"]
+        if idx is None:
+            m.mul_(self.decay).add_(g)
+            return self.ball.steepest(m)
+        m[idx] = self.decay * m[idx] + g
+        return self.ball.steepest(m[idx])

@@ -1,0 +1,202 @@
+r"""The threat model: L_p balls around the input, intersected with the pixel box [0, 1].
+
+An attack may move an input x anywhere in
+
+.. math::  S(x) = \{ x + r : \|r\|_p \le \epsilon,\ 0 \le x + r \le 1 \}
+
+with ``p`` one of ``linf`` (the lecture's bounded perturbation,
+:math:`|r_i| < \epsilon\ \forall i`), ``l2`` or ``l1``. ``eps`` is a float or a per-example
+tensor of shape (N,), always in pixel space (normalisation lives inside the model).
+
+Each ball is a small strategy object (after MadryLab's ``attack_steps``): ``norm_of`` measures,
+``project`` maps onto the ball, ``steepest`` turns a gradient into the steepest-ascent direction
+of unit norm, ``random`` draws a uniform point inside the ball.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from advlab.errors import ThreatModelError
+
+Norm = Literal["linf", "l2", "l1"]
+NORMS: tuple[str, ...] = ("linf", "l2", "l1")
+
+
+def _expand(v: Tensor, like: Tensor) -> Tensor:
+    """Reshape a per-example vector (N,) so it broadcasts against N x C x H x W."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def as_eps(eps: float | Tensor, n: int, like: Tensor) -> Tensor:
+    """Validate ``eps`` and return it as a per-example tensor of shape (N,).
+
+    Args:
+        eps: a non-negative float, or a tensor of shape () or (N,).
+        n: the batch size N.
+        like: a tensor whose device and dtype the result takes.
+
+    Raises:
+        ThreatModelError: eps negative, NaN/Inf, or of the wrong shape.
+    """
+    e = torch.as_tensor(eps, dtype=like.dtype, device=like.device)
+    if e.dim() == 0:
+        e = e.expand(n)
+    if e.shape != (n,):
+        raise ThreatModelError(
+            f"eps must be a float or a tensor of shape ({n},), got {tuple(e.shape)}")
+    if not torch.isfinite(e).all():
+        raise ThreatModelError("eps must be finite")
+    if (e < 0).any():
+        raise ThreatModelError(f"eps must be non-negative, got min {e.min().item():.4g}")
+    return e.clone()
+
+
+def lp_norm(delta: Tensor, norm: str) -> Tensor:
+    """Per-example norm of a perturbation. ``l0`` counts changed entries (> 1e-7).
+
+    Shape: delta N x ... -> (N,).
+    """
+    flat = delta.flatten(1)
+    if norm == "linf":
+        return flat.abs().amax(1) if flat.shape[1] else flat.new_zeros(len(flat))
+    if norm == "l2":
+        return flat.norm(p=2, dim=1)
+    if norm == "l1":
+        return flat.abs().sum(1)
+    if norm == "l0":
+        return (flat.abs() > 1e-7).sum(1).to(delta.dtype)
+    raise ThreatModelError(f"unknown norm {norm!r}; available: l0, l1, l2, linf")
+
+
+def all_norms(delta: Tensor) -> dict[str, Tensor]:
+    """The L0, L1, L2 and Linf norms of each perturbation, as a dict of (N,) tensors."""
+    return {p: lp_norm(delta, p) for p in ("l0", "l1", "l2", "linf")}
+
+
+def clip_box(x_adv: Tensor) -> Tensor:
+    """Clip to the pixel box [0, 1]."""
+    return x_adv.clamp(0.0, 1.0)
+
+
+class Ball:
+    """An L_p ball of per-example radius eps: {r : ||r||_p <= eps}."""
+
+    norm: str = ""
+
+    def norm_of(self, delta: Tensor) -> Tensor:
+        """Per-example norm, (N,)."""
+        return lp_norm(delta, self.norm)
+
+    def project(self, delta: Tensor, eps: Tensor) -> Tensor:
+        """Euclidean projection of each delta onto its ball."""
+        raise NotImplementedError
+
+    def steepest(self, grad: Tensor) -> Tensor:
+        """The unit-norm direction d maximising <grad, d> (the normalised step)."""
+        raise NotImplementedError
+
+    def random(self, like: Tensor, eps: Tensor, generator: torch.Generator) -> Tensor:
+        """A point drawn uniformly from each ball."""
+        raise NotImplementedError
+
+
+class LinfBall(Ball):
+    r"""{r : max_i |r_i| <= eps}. Steepest direction sign(g) (FGSM's step)."""
+
+    norm = "linf"
+
+    def project(self, delta: Tensor, eps: Tensor) -> Tensor:
+        e = _expand(eps, delta)
+        return torch.maximum(torch.minimum(delta, e), -e)
+
+    def steepest(self, grad: Tensor) -> Tensor:
+        return grad.sign()
+
+    def random(self, like: Tensor, eps: Tensor, generator: torch.Generator) -> Tensor:
+        u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        return (2 * u - 1) * _expand(eps, like)
+
+
+class L2Ball(Ball):
+    r"""{r : ||r||_2 <= eps}. Steepest direction g / ||g||_2."""
+
+    norm = "l2"
+
+    def project(self, delta: Tensor, eps: Tensor) -> Tensor:
+        n = self.norm_of(delta)
+        factor = torch.where(n > eps, eps / n.clamp_min(1e-12), torch.ones_like(n))
+        return delta * _expand(factor, delta)
+
+    def steepest(self, grad: Tensor) -> Tensor:
+        return grad / _expand(self.norm_of(grad).clamp_min(1e-12), grad)
+
+    def random(self, like: Tensor, eps: Tensor, generator: torch.Generator) -> Tensor:
+        d = like[0].numel()
+        g = torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        u = torch.rand(len(like), generator=generator, device=like.device, dtype=like.dtype)
+        radius = eps * u.pow(1.0 / d)
+        return self.steepest(g) * _expand(radius, like)
+
+
+class L1Ball(Ball):
+    r"""{r : ||r||_1 <= eps}.
+
+    Projection by the sort-based algorithm of Duchi et al. 2008 ("Efficient projections onto
+    the l1-ball", ICML). The steepest direction puts equal mass on the ``1 - sparsity``
+    fraction of coordinates with the largest |g| (Tramer & Boneh 2019, arXiv:1904.13000),
+    since the exact L1 steepest step moves a single pixel.
+    """
+
+    norm = "l1"
+
+    def __init__(self, sparsity: float = 0.95) -> None:
+        if not 0.0 <= sparsity < 1.0:
+            raise ThreatModelError(f"l1 sparsity must be in [0, 1), got {sparsity}")
+        self.sparsity = sparsity
+
+    def project(self, delta: Tensor, eps: Tensor) -> Tensor:
+        v = delta.flatten(1)
+        a = v.abs()
+        u, _ = a.sort(dim=1, descending=True)
+        css = u.cumsum(1)
+        j = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
+        cond = u * j > css - eps[:, None]
+        rho = cond.to(v.dtype).mul(j).amax(1).clamp_min(1)  # last index where cond holds
+        theta = (css.gather(1, rho.long()[:, None] - 1).squeeze(1) - eps) / rho
+        w = v.sign() * (a - theta[:, None]).clamp_min(0)
+        inside = a.sum(1) <= eps
+        return torch.where(inside[:, None], v, w).view_as(delta)
+
+    def steepest(self, grad: Tensor) -> Tensor:
+        g = grad.flatten(1)
+        k = max(1, int(math.ceil((1 - self.sparsity) * g.shape[1])))
+        top = g.abs().topk(k, dim=1).indices
+        d = torch.zeros_like(g).scatter_(1, top, g.gather(1, top).sign())
+        return (d / k).view_as(grad)
+
+    def random(self, like: Tensor, eps: Tensor, generator: torch.Generator) -> Tensor:
+        n, d = len(like), like[0].numel()
+        e = -torch.rand(n, d + 1, generator=generator, device=like.device, dtype=like.dtype).log()
+        mag = e[:, :d] / e.sum(1, keepdim=True)  # uniform in the simplex {v >= 0, sum v <= 1}
+        sign = torch.randint(0, 2, (n, d), generator=generator, device=like.device) * 2 - 1
+        return (mag * sign * eps[:, None]).view_as(like)
+
+
+def ball(norm: str) -> Ball:
+    """The ball object for a norm name ('linf', 'l2' or 'l1')."""
+    balls = {"linf": LinfBall, "l2": L2Ball, "l1": L1Ball}
+    if norm not in balls:
+        raise ThreatModelError(f"unknown norm {norm!r}; available: {', '.join(balls)}")
+    return balls[norm]()
+
+
+def project_box(x: Tensor, x_adv: Tensor, eps: Tensor, b: Ball) -> Tensor:
+    """Map x_adv into S(x): project x_adv - x onto the ball, then clip to [0, 1].
+
+    Clipping only shrinks every |r_i|, so the result stays inside the ball.
+    """
+    return clip_box(x + b.project(x_adv - x, eps))

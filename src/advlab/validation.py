@@ -1,0 +1,80 @@
+"""Checks on what users hand to advlab, each raising a clear :mod:`advlab.errors` error.
+
+Every public entry point (attacks, detectors, defenses, evaluation) calls these instead of
+trusting its inputs, so a bad input is never a silent wrong answer.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from advlab.errors import InputError, LabelError, ModelModeError, ModelOutputError
+
+
+def check_images(x: Tensor, name: str = "x") -> None:
+    """x must be a floating tensor N x C x H x W, finite, with values in [0, 1]."""
+    if not isinstance(x, Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputError(f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}")
+    if x.dim() != 4:
+        raise InputError(f"{name} must have shape N x C x H x W, got {tuple(x.shape)}")
+    if len(x) == 0:
+        raise InputError(f"{name} is an empty batch")
+    if not torch.isfinite(x).all():
+        raise InputError(f"{name} holds NaN or Inf values")
+    lo, hi = x.min().item(), x.max().item()
+    if lo < 0.0 or hi > 1.0:
+        raise InputError(
+            f"{name} must lie in [0, 1] (pixel space; put normalisation inside the model with "
+            f"advlab.zoo.Normalize), got values in [{lo:.4g}, {hi:.4g}]")
+
+
+def check_labels(y: Tensor, n: int, num_classes: int | None = None, name: str = "y") -> None:
+    """y must be int64 of shape (N,), with values in [0, num_classes)."""
+    if not isinstance(y, Tensor):
+        raise LabelError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
+    if y.dtype != torch.int64:
+        raise LabelError(f"{name} must be int64 class indices (not one-hot), got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise LabelError(f"{name} must have shape ({n},) to match the batch, got {tuple(y.shape)}")
+    if num_classes is not None and ((y < 0).any() or (y >= num_classes).any()):
+        raise LabelError(
+            f"{name} must lie in [0, {num_classes}), got values in "
+            f"[{y.min().item()}, {y.max().item()}]")
+
+
+def check_target(target: Tensor, y: Tensor, num_classes: int) -> None:
+    """A target must be a valid label different from the true label of each example."""
+    check_labels(target, len(y), num_classes, name="target")
+    same = target == y.to(target.device)
+    if same.any():
+        raise LabelError(
+            f"target equals the true label for {int(same.sum())} example(s) "
+            f"(first at index {int(same.nonzero()[0])}); a targeted attack needs t != y")
+
+
+def check_logits(logits: Tensor, n: int) -> None:
+    """Model outputs must be finite logits of shape N x K, K >= 2, not probabilities."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or len(logits) != n:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ModelOutputError(f"the model must return logits of shape ({n}, K), got {shape}")
+    if logits.shape[1] < 2:
+        raise ModelOutputError(f"the model must return at least 2 classes, got {logits.shape[1]}")
+    if not torch.isfinite(logits).all():
+        raise ModelOutputError("the model returned NaN or Inf logits")
+    in_unit = (logits >= 0).all() and (logits <= 1).all()
+    sums_to_one = torch.allclose(logits.sum(1), torch.ones_like(logits[:, 0]), atol=1e-4)
+    if in_unit and sums_to_one:
+        raise ModelOutputError(
+            "the model seems to return probabilities (rows in [0, 1] summing to 1); advlab "
+            "needs logits: remove the final softmax")
+
+
+def check_eval_mode(model: object) -> None:
+    """A model in train mode would change its BatchNorm statistics and use dropout while
+    attacked; advlab refuses it instead of silently switching it to eval mode."""
+    if isinstance(model, nn.Module) and any(m.training for m in model.modules()):
+        raise ModelModeError(
+            "the model is in train mode (dropout and BatchNorm statistics would change while "
+            "it is attacked); call model.eval() first")
