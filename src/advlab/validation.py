@@ -71,10 +71,25 @@ def check_logits(logits: Tensor, n: int) -> None:
             "needs logits: remove the final softmax")
 
 
+_MODE_FREE = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Linear, nn.Conv1d, nn.Conv2d,
+              nn.Conv3d, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Sigmoid, nn.Tanh,
+              nn.Softplus, nn.Flatten, nn.Unflatten, nn.Identity, nn.MaxPool2d, nn.AvgPool2d,
+              nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Softmax, nn.LogSoftmax)
+
+
 def check_eval_mode(model: object) -> None:
     """A model in train mode would change its BatchNorm statistics and use dropout while
-    attacked; advlab refuses it instead of silently switching it to eval mode."""
-    if isinstance(model, nn.Module) and any(m.training for m in model.modules()):
-        raise ModelModeError(
-            "the model is in train mode (dropout and BatchNorm statistics would change while "
-            "it is attacked); call model.eval() first")
+    attacked; advlab refuses it instead of silently switching it to eval mode.
+
+    Modules whose behaviour does not depend on the mode (containers, linear and conv layers,
+    activations, pooling) may be left in train mode; any other module in train mode
+    (BatchNorm, dropout, or a user-defined module that might read ``self.training``) is refused.
+    """
+    if not isinstance(model, nn.Module):
+        return
+    for name, m in model.named_modules():
+        if m.training and type(m) not in _MODE_FREE:
+            raise ModelModeError(
+                f"the model is in train mode (module {name or type(m).__name__!r}: dropout and "
+                "BatchNorm statistics would change while it is attacked); call model.eval() "
+                "first")

@@ -1,0 +1,73 @@
+"""Shared fixtures: the embedded data and the zoo models, built once per test session.
+
+The zoo models train on first use and are cached under $ADVLAB_HOME, so a fresh machine pays
+the training once (a few tens of seconds) and later runs load them.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads() -> None:
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def mnist_test() -> tuple[torch.Tensor, torch.Tensor]:
+    import advlab
+
+    return advlab.data.load("mnist5k", split="test")
+
+
+@pytest.fixture(scope="session")
+def mnist_train() -> tuple[torch.Tensor, torch.Tensor]:
+    import advlab
+
+    return advlab.data.load("mnist5k", split="train")
+
+
+@pytest.fixture(scope="session")
+def mlp() -> nn.Module:
+    import advlab
+
+    return advlab.zoo.load("mnist-mlp")
+
+
+@pytest.fixture(scope="session")
+def cnn() -> nn.Module:
+    import advlab
+
+    return advlab.zoo.load("mnist-cnn")
+
+
+class Tiny(nn.Module):
+    """1x8x8 -> 10 classes with a conv, a BatchNorm (buffers to watch) and a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def make_tiny(seed: int = 0) -> nn.Module:
+    """A seeded Tiny model in eval mode with non-trivial BatchNorm statistics."""
+    g = torch.Generator().manual_seed(seed)
+    model = Tiny()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        model.bn.running_mean.copy_(torch.randn(4, generator=g) * 0.1)
+        model.bn.running_var.copy_(torch.rand(4, generator=g) + 0.5)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny() -> nn.Module:
+    return make_tiny()

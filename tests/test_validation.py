@@ -1,0 +1,72 @@
+"""Every bad input gets a clear advlab error."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import advlab
+from advlab.errors import (
+    AdvlabError,
+    InputError,
+    LabelError,
+    ModelModeError,
+    ModelOutputError,
+    ThreatModelError,
+)
+
+X = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+Y = torch.tensor([0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("x, y, err, match", [
+    (X.clone().index_put_((torch.tensor([0]),), torch.tensor(float("nan"))), Y, InputError, "NaN"),
+    (X + 2, Y, InputError, r"\[0, 1\]"),
+    (X - 1, Y, InputError, "Normalize"),
+    (X[0], Y, InputError, "N x C x H x W"),
+    ((X * 255).to(torch.uint8), Y, InputError, "float"),
+    (X, Y[:-1], LabelError, "shape"),
+    (X, Y.float(), LabelError, "int64"),
+    (X, torch.full_like(Y, 10), LabelError, r"\[0, 10\)"),
+    (X, -Y - 1, LabelError, r"\[0, 10\)"),
+])
+def test_bad_inputs(tiny: nn.Module, x: torch.Tensor, y: torch.Tensor, err: type, match: str
+                    ) -> None:
+    with pytest.raises(err, match=match):
+        advlab.attacks.get("fgsm")(tiny, x, y)
+
+
+def test_bad_target(tiny: nn.Module) -> None:
+    with pytest.raises(LabelError, match="target equals the true label"):
+        advlab.attacks.get("fgsm")(tiny, X, Y, target=Y.clone())
+
+
+def test_softmax_model_rejected(tiny: nn.Module) -> None:
+    with pytest.raises(ModelOutputError, match="probabilities"):
+        advlab.attacks.get("fgsm")(nn.Sequential(tiny, nn.Softmax(1)), X, Y)
+
+
+def test_nan_model_rejected() -> None:
+    class NaNModel(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full((len(x), 3), float("nan"))
+
+    with pytest.raises(ModelOutputError, match="NaN"):
+        advlab.attacks.get("fgsm")(NaNModel().eval(), X, torch.zeros(4, dtype=torch.int64))
+
+
+def test_train_mode_refused_not_switched(tiny: nn.Module) -> None:
+    tiny.train()
+    with pytest.raises(ModelModeError, match="eval"):
+        advlab.attacks.get("pgd")(tiny, X, Y)
+    assert tiny.training
+
+
+def test_negative_eps() -> None:
+    with pytest.raises(ThreatModelError, match="non-negative"):
+        advlab.attacks.PGD(eps=-0.1)
+
+
+def test_unknown_attack_lists_names() -> None:
+    with pytest.raises(AdvlabError, match="available: .*pgd"):
+        advlab.attacks.get("pgdd")
