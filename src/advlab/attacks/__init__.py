@@ -13,3 +13,5 @@ from advlab.attacks.base import (  # noqa: F401
     register,
 )
 from advlab.attacks.gradient import BIM, FGSM, MIFGSM, PGD, GradientAttack  # noqa: F401
+from advlab.attacks.patch import AdversarialPatch  # noqa: F401
+from advlab.attacks.universal import UniversalPerturbation  # noqa: F401
