@@ -12,6 +12,7 @@ from advlab.attacks.base import (  # noqa: F401
     is_success,
     register,
 )
+from advlab.attacks.eot import EOTPGD, eot  # noqa: F401
 from advlab.attacks.gradient import BIM, FGSM, MIFGSM, PGD, GradientAttack  # noqa: F401
 from advlab.attacks.patch import AdversarialPatch  # noqa: F401
 from advlab.attacks.universal import UniversalPerturbation  # noqa: F401
