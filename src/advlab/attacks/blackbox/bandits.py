@@ -95,6 +95,20 @@ class Bandits(EstimatedGradientAttack):
 
     def _update(self, session: Session, x: Tensor, y: Tensor, target: Tensor | None,
                 rows: Tensor, v: Tensor) -> Tensor:
+        """The time prior's online step: v moved along the two-query estimate of dJ/dv."""
+        g = self.prior_gradient(session, x, y, target, rows, v)
+        if self.norm == "linf":
+            # exponentiated gradient on v in [-1, 1]: with p = (v + 1) / 2,
+            # p <- p e^{lr g} / (p e^{lr g} + (1 - p) e^{-lr g}), i.e. v <- tanh(atanh(v) + lr g)
+            return torch.tanh(torch.atanh(v.clamp(-1 + 1e-6, 1 - 1e-6)) + self.online_lr * g)
+        return v + self.online_lr * g
+
+    def prior_gradient(self, session: Session, x: Tensor, y: Tensor, target: Tensor | None,
+                       rows: Tensor, v: Tensor) -> Tensor:
+        """Delta = (J(x + eta q+/|q+|) - J(x + eta q-/|q-|)) / (eta delta) u, two queries per
+        row, with q+- = up(v +- u) and u = delta N(0, I) / sqrt(d).
+
+        Shape: x M x C x H x W, v and the result M x C x h x w (the prior's resolution)."""
         d = v[0].numel()
         u = self.exploration * torch.randn(v.shape, generator=session.generator,
                                            device=v.device, dtype=v.dtype) / math.sqrt(d)
@@ -106,12 +120,7 @@ class Bandits(EstimatedGradientAttack):
         tt = None if target is None else target.repeat(2)
         obj = self.objective(scores, yy, tt)
         deriv = (obj[: len(x)] - obj[len(x):]) / (self.fd_eta * self.exploration)
-        g = _expand(deriv, u) * u
-        if self.norm == "linf":
-            # exponentiated gradient on v in [-1, 1]: with p = (v + 1) / 2,
-            # p <- p e^{lr g} / (p e^{lr g} + (1 - p) e^{-lr g}), i.e. v <- tanh(atanh(v) + lr g)
-            return torch.tanh(torch.atanh(v.clamp(-1 + 1e-6, 1 - 1e-6)) + self.online_lr * g)
-        return v + self.online_lr * g
+        return _expand(deriv, u) * u
 
 
 def _unit(q: Tensor) -> Tensor:
