@@ -13,6 +13,7 @@ from advlab.defenses.magnet import MagNet
 from advlab.detectors import (
     LID,
     ActivationKNN,
+    AnyOf,
     DeepKNN,
     DefensePerturbation,
     Detector,
@@ -66,6 +67,7 @@ FACTORIES: dict[str, Callable[[Callable[[int], nn.Module]], Detector]] = {
     "defense": lambda mk: TransformationDetector(
         samples=1, defense=DefensePerturbation(eps=0.05, steps=2)),
     "vote": lambda mk: NetworkVote([mk(1), mk(2)]),
+    "anyof": lambda mk: AnyOf([FeatureSqueezing(), ActivationKNN(["fc"], k=3)]),
     "magnet": lambda mk: MagNet(epochs=1, components=("l1", "l2", "jsd10")),
 }
 

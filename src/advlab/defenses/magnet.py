@@ -69,8 +69,8 @@ class AutoEncoder(nn.Module):
         return torch.sigmoid(c[4](torch.sigmoid(c[3](h))))
 
 
-def train_autoencoder(x: Tensor, *, epochs: int = 30, noise: float = 0.1, lr: float = 3e-3,
-                      batch_size: int = 128, filters: int = 3,
+def train_autoencoder(x: Tensor, *, epochs: int = 10, noise: float = 0.1, lr: float = 3e-3,
+                      batch_size: int = 128, filters: int = 16,
                       seed: int = 0) -> AutoEncoder:
     """Train a MagNet autoencoder on clean images: inputs with Gaussian noise of std
     ``noise`` added (clipped to [0, 1]), targets clean, mean squared error, Adam.
@@ -80,7 +80,8 @@ def train_autoencoder(x: Tensor, *, epochs: int = 30, noise: float = 0.1, lr: fl
         epochs: passes over x.
         noise: std of the training noise ("noise volume" in the paper).
         lr, batch_size: Adam's learning rate and the minibatch size.
-        filters: hidden channels.
+        filters: hidden channels (the paper's 3 needs ~100 epochs to reconstruct well; 16
+            reaches a lower error in 10 epochs on mnist5k).
         seed: seeds the weights, the shuffling and the noise.
 
     Returns:
@@ -155,7 +156,7 @@ class MagNet(Detector):
 
     def __init__(self, autoencoder: nn.Module | None = None, *,
                  components: Sequence[str] = COMPONENTS, validation: float = 0.1,
-                 epochs: int = 30, noise: float = 0.1, batch_size: int = 500,
+                 epochs: int = 10, noise: float = 0.1, batch_size: int = 500,
                  seed: int = 0) -> None:
         super().__init__(batch_size=batch_size, seed=seed)
         for c in components:
