@@ -9,9 +9,17 @@ from advlab.detectors import DeepKNN, DetectorAwarePGD, FeatureSqueezing
 from advlab.errors import AttackError
 
 
-def test_needs_a_differentiable_detector(tiny_factory) -> None:
+class Opaque(DeepKNN):
+    differentiable = False
+
+
+def test_needs_a_differentiable_detector() -> None:
     with pytest.raises(AttackError):
-        DetectorAwarePGD(DeepKNN(k=3))
+        DetectorAwarePGD(Opaque(k=3))
+    with pytest.raises(AttackError):
+        DetectorAwarePGD("not a detector")  # type: ignore[arg-type]
+    with pytest.raises(AttackError):
+        Opaque(k=3).score_torch(torch.rand(2, 1, 8, 8))
 
 
 def test_adaptive_attack_contract_and_effect(tiny_factory, more_images) -> None:

@@ -110,3 +110,25 @@ def test_deep_knn_p_values_by_hand() -> None:
     np.testing.assert_allclose(det.p_values(xt).numpy(), expected, atol=1e-7)
     np.testing.assert_allclose(det.score(xt).numpy(), 1 - expected[np.arange(15), pred],
                                atol=1e-7)
+
+
+def test_class_distances_and_soft_score() -> None:
+    from advlab.detectors.knn import class_distances, soft_knn_score
+
+    g = torch.Generator().manual_seed(0)
+    base, q = torch.randn(40, 3, generator=g), torch.randn(5, 3, generator=g)
+    labels = torch.arange(40) % 4
+    labels[labels == 3] = 2  # class 3 empty
+    d = class_distances(q, base, labels, 4, 3)
+    full = torch.cdist(q, base)
+    for c in range(3):
+        expected = full[:, labels == c].sort(1).values[:, :3].mean(1)
+        torch.testing.assert_close(d[:, c], expected)
+    assert torch.isinf(d[:, 3]).all()
+    pred = torch.tensor([0, 1, 2, 0, 1])
+    own = d.gather(1, pred[:, None]).squeeze(1)
+    other = d.scatter(1, pred[:, None], float("inf")).amin(1)
+    torch.testing.assert_close(soft_knn_score(d, pred, 0.5), torch.sigmoid((own - other) / 0.5))
+    qg = q.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(class_distances(qg, base, labels, 4, 3)[:, :3].sum(), qg)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0

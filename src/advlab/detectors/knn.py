@@ -128,11 +128,13 @@ class ActivationKNN(Detector):
             raise InputError(f"need at least k={self.k} training inputs, got {len(x)}")
         _, acts = collect_activations(model, x, self.layers, self.batch_size)
         self.train_features_, self.train_labels_ = self._features(acts), y.clone()
-        d, _ = self._class_distances(self.train_features_[: min(len(x), 500)])
-        pred = self.train_labels_[: len(d)]
-        own = d.gather(1, pred[:, None]).squeeze(1)
-        other = d.scatter(1, pred[:, None], float("inf")).amin(1)
-        self.tau_ = float((own - other).abs().median().clamp_min(1e-6))
+        self.tau_ = self._temperature(self.train_features_, self.train_labels_)
+
+    def _temperature(self, feats: Tensor, labels: Tensor) -> float:
+        n = min(len(feats), 500)  # the first 500 fitting rows (each is its own neighbour)
+        d = class_distances(feats[:n], feats, labels, self.num_classes_ or 0,
+                            self.surrogate_neighbours)
+        return surrogate_temperature(d, labels[:n])
 
     def neighbours(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(labels N x k of the nearest training activations, their distances, the logits)."""
@@ -163,35 +165,50 @@ class ActivationKNN(Detector):
 
     # -- a smooth surrogate for adaptive attacks -------------------------------------------
 
-    def _class_distances(self, feats: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean distance to the m nearest training activations of each class, N x K, and
-        the indices of those neighbours N x K x m (search without gradients)."""
-        k_cls = self.num_classes_ or 0
-        m = self.surrogate_neighbours
-        mean_d = feats.new_full((len(feats), k_cls), float("inf"))
-        idx = torch.zeros(len(feats), k_cls, m, dtype=torch.long, device=feats.device)
-        with torch.no_grad():
-            for c in range(k_cls):
-                rows = (self.train_labels_ == c).nonzero().squeeze(1)
-                if len(rows) < m:
-                    continue
-                d, i = knn_search(feats.detach(), self.train_features_[rows], m)
-                mean_d[:, c], idx[:, c] = d.mean(1), rows[i]
-        return mean_d, idx
-
     def _score_torch(self, model: Model, x: Tensor, generator: torch.Generator) -> Tensor:
-        r"""sigmoid((D_pred - min_{c != pred} D_c) / tau): D_c the mean distance to the m
-        nearest training activations of class c (distances differentiable in x). High when the
-        activation sits nearer to other classes than to the predicted one, as the kNN vote."""
+        """See :func:`soft_knn_score`; distances differentiable in x."""
         logits, acts = forward_with_activations(model, x, self.layers)
         feats = self._features(acts)
-        _, idx = self._class_distances(feats)
-        nb = self.train_features_[idx]  # N x K x m x D
-        d = (feats[:, None, None, :] - nb).pow(2).sum(-1).clamp_min(1e-12).sqrt().mean(-1)
-        pred = logits.argmax(1, keepdim=True)
-        own = d.gather(1, pred).squeeze(1)
-        other = d.scatter(1, pred, float("inf")).amin(1)
-        return torch.sigmoid((own - other) / self.tau_)
+        d = class_distances(feats, self.train_features_, self.train_labels_,
+                            self.num_classes_ or 0, self.surrogate_neighbours)
+        return soft_knn_score(d, logits.argmax(1), self.tau_)
+
+
+def class_distances(feats: Tensor, base: Tensor, labels: Tensor, num_classes: int,
+                    m: int) -> Tensor:
+    """Mean distance from each row of ``feats`` to its m nearest ``base`` rows of each class,
+    N x K (+inf for a class with fewer than m rows). The neighbours are searched without
+    gradients; the distances to them are differentiable in ``feats``."""
+    out = []
+    for c in range(num_classes):
+        rows = (labels == c).nonzero().squeeze(1)
+        if len(rows) < m:
+            out.append(feats.new_full((len(feats),), float("inf")))
+            continue
+        with torch.no_grad():
+            _, i = knn_search(feats.detach(), base[rows], m)
+        nb = base[rows][i]  # N x m x D
+        d = (feats[:, None, :] - nb).pow(2).sum(-1).clamp_min(1e-12).sqrt()
+        out.append(d.mean(1))
+    return torch.stack(out, 1)
+
+
+def soft_knn_score(dist: Tensor, pred: Tensor, tau: float) -> Tensor:
+    r"""A smooth stand-in for the kNN disagreement, for adaptive attacks:
+    :math:`\sigma((D_{\hat y} - \min_{c \ne \hat y} D_c) / \tau)`, with :math:`D_c` the mean
+    distance to the nearest training activations of class c (:func:`class_distances`). High
+    when the activation sits nearer to another class than to the predicted one, as the kNN
+    vote. After Sitawarin & Wagner, arXiv:1903.08333."""
+    own = dist.gather(1, pred[:, None]).squeeze(1)
+    other = dist.scatter(1, pred[:, None], float("inf")).amin(1)
+    return torch.sigmoid((own - other) / tau)
+
+
+def surrogate_temperature(dist: Tensor, labels: Tensor) -> float:
+    """tau for :func:`soft_knn_score`: the median gap |D_y - min_{c != y} D_c| on clean rows."""
+    own = dist.gather(1, labels[:, None]).squeeze(1)
+    other = dist.scatter(1, labels[:, None], float("inf")).amin(1)
+    return float((own - other).abs().median().clamp_min(1e-6))
 
 
 class DeepKNN(Detector):
@@ -212,6 +229,8 @@ class DeepKNN(Detector):
         k: neighbours per layer (75 in the paper).
         calibration: size of the calibration split of the fitting data (int), or a fraction.
         label: "model" (credibility of the network's prediction) or "dknn" (of the DkNN's).
+        surrogate_neighbours: m of the smooth surrogate for adaptive attacks (the mean over
+            layers of :func:`soft_knn_score`).
         batch_size, seed: see :class:`~advlab.detectors.base.Detector`; the seed draws the
             calibration split.
 
@@ -219,9 +238,11 @@ class DeepKNN(Detector):
     interpretable and robust deep learning", arXiv:1803.04765.
     """
 
+    differentiable = True
+
     def __init__(self, layers: Sequence[str] | None = None, k: int = 75, *,
                  calibration: int | float = 0.1, label: str = "model", precise: bool = False,
-                 batch_size: int = 500, seed: int = 0) -> None:
+                 surrogate_neighbours: int = 10, batch_size: int = 500, seed: int = 0) -> None:
         super().__init__(batch_size=batch_size, seed=seed)
         if label not in ("model", "dknn"):
             raise InputError(f"label must be 'model' or 'dknn', got {label!r}")
@@ -229,6 +250,7 @@ class DeepKNN(Detector):
             raise InputError(f"k must be >= 1, got {k}")
         self.layers = None if layers is None else list(layers)
         self.k, self.calibration, self.label, self.precise = k, calibration, label, precise
+        self.surrogate_neighbours = surrogate_neighbours
 
     def _fit(self, model: Model, x: Tensor, y: Tensor, x_adv: Tensor | None) -> None:
         self.layers_ = self.layers or parametric_layers(model)
@@ -245,6 +267,11 @@ class DeepKNN(Detector):
         counts = torch.cat([self._counts(model, b) for b in x[cal].split(self.batch_size)])
         alpha = len(self.layers_) * self.k - counts.gather(1, y[cal][:, None]).squeeze(1)
         self.calibration_alpha_ = alpha.sort().values
+        n = min(len(tr), 500)
+        self.tau_ = {name: surrogate_temperature(
+            class_distances(a[:n], a, self.train_labels_, self.num_classes_ or 0,
+                            self.surrogate_neighbours), self.train_labels_[:n])
+            for name, a in acts.items()}
 
     def _counts(self, model: Model, x: Tensor) -> Tensor:
         """N x K: neighbours of each label, summed over layers."""
@@ -279,3 +306,14 @@ class DeepKNN(Detector):
         p, logits = self._p_values(model, x)
         judged = logits.argmax(1) if self.label == "model" else p.argmax(1)
         return 1.0 - p.gather(1, judged[:, None]).squeeze(1)
+
+    def _score_torch(self, model: Model, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Surrogate: the mean over layers of :func:`soft_knn_score` (the conformal p-value
+        is a step function of neighbour counts)."""
+        logits, acts = forward_with_activations(model, x, self.layers_)
+        pred = logits.argmax(1)
+        return torch.stack([
+            soft_knn_score(class_distances(acts[n], self.train_acts_[n], self.train_labels_,
+                                           self.num_classes_ or 0, self.surrogate_neighbours),
+                           pred, self.tau_[n])
+            for n in self.layers_]).mean(0)
