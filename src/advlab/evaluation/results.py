@@ -35,33 +35,29 @@ def _mean(a: np.ndarray) -> float | None:
     return _f(a.mean()) if a.size else None
 
 
-def summarize_cell(store: Store, key: str, spec: dict[str, Any]) -> dict[str, Any] | None:
-    """The numbers of one stored cell, or None if the cell is not in the database."""
-    rec = store.cell(key)
-    if rec is None:
-        return None
-    ex = store.examples(key)
-    y, ok, succ = ex["label"], ex["clean_pred"] == ex["label"], ex["success"]
+def summarize_rows(ex: dict[str, np.ndarray], probes: dict[str, dict[str, np.ndarray]],
+                   scores: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The numbers of one cell from its per-example columns (see :class:`CellRecord`)."""
+    y, ok, succ = ex["label"], ex["clean_pred"] == ex["label"], ex["success"].astype(bool)
     fooled = ok & succ
+    ssim = ex["ssim"].astype(np.float64)
+    queries = np.array([-1 if q is None else q for q in ex["queries"]], np.int64)
     out: dict[str, Any] = {
-        "key": key, "model": spec["model"]["name"], "defense": spec["defense"]["name"],
-        "attack": spec["attack"], "eps": spec["params"].get("eps"),
-        "params": spec["params"], "seed": spec["seed"], "data": spec["data"], "n": len(y),
+        "n": len(y),
         "clean_accuracy": _f(metrics.accuracy(ex["clean_pred"], y)),
         "robust_accuracy": _f(metrics.robust_accuracy(ex["adv_pred"], y)),
         "success_rate": _f(metrics.success_rate(succ, ex["clean_pred"], y)),
         "fooled": int(fooled.sum()),
         "median_norms": {k: _f(v) for k, v in metrics.median_norms(
             {k: ex[k] for k in ("l0", "l1", "l2", "linf")}, fooled).items()},
-        "mean_ssim": _mean(ex["ssim"][fooled & ~np.isnan(ex["ssim"])]),
+        "mean_ssim": _mean(ssim[fooled & ~np.isnan(ssim)]),
         "clean_confidence": _mean(ex["clean_conf"][ok]),
         "wrong_confidence": _f(metrics.wrong_confidence(ex["adv_conf"], ex["adv_pred"], y)),
-        "median_queries": None, "wall_s": rec["wall_s"], "device": rec["device"],
-        "finished": rec["finished"], "transfer": {}, "fragility": {}, "detectors": {},
+        "median_queries": None, "transfer": {}, "fragility": {}, "detectors": {},
     }
-    if (ex["queries"] >= 0).any():
-        out["median_queries"] = _f(np.median(ex["queries"][fooled])) if fooled.any() else None
-    for probe, cols in store.probes(key).items():
+    if (queries >= 0).any() and fooled.any():
+        out["median_queries"] = _f(np.median(queries[fooled]))
+    for probe, cols in probes.items():
         kind, _, name = probe.partition(":")
         if kind == "transfer":
             out["transfer"][name] = _f(metrics.transfer_rate(
@@ -71,13 +67,26 @@ def summarize_cell(store: Store, key: str, spec: dict[str, Any]) -> dict[str, An
                 "adversarial_reverted": _f(metrics.revert_rate(cols["adv_pred"], fooled, y)),
                 "clean_kept": _f(metrics.accuracy(cols["clean_pred"][ok], y[ok])),
             }
-    for det, s in store.scores(key).items():
+    for det, s in scores.items():
         pos, neg = s["adv"][fooled], s["clean"]
         if pos.size and neg.size:
             out["detectors"][det] = {
                 "auc": metrics.roc_auc(neg, pos),
                 "tpr_at_fpr": metrics.tpr_at_fpr(neg, pos, DETECTION_FPR),
                 "fpr": DETECTION_FPR}
+    return out
+
+
+def summarize_cell(store: Store, key: str, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The numbers of one stored cell, or None if the cell is not in the database."""
+    rec = store.cell(key)
+    if rec is None:
+        return None
+    out = {"key": key, "model": spec["model"]["name"], "defense": spec["defense"]["name"],
+           "attack": spec["attack"], "eps": spec["params"].get("eps"),
+           "params": spec["params"], "seed": spec["seed"], "data": spec["data"]}
+    out.update(summarize_rows(store.examples(key), store.probes(key), store.scores(key)))
+    out.update(wall_s=rec["wall_s"], device=rec["device"], finished=rec["finished"])
     return out
 
 

@@ -184,9 +184,18 @@ def load_data(spec: DataSpec, split: str | None = None,
     """The first ``n`` images of a split of the configured data set."""
     from advlab import data
 
-    kwargs = {} if spec.root is None else {"root": spec.root}
-    x, y = data.load(spec.name, split=split or spec.split, **kwargs)
-    return (x, y) if n is None else (x[:n], y[:n])
+    return data.load(spec.name, split=split or spec.split, root=spec.root, n=n)
+
+
+def class_names(spec: DataSpec) -> list[str] | None:
+    """The data set's class names when advlab.data knows them (for the report)."""
+    from advlab import data
+
+    try:
+        return list(data.info(spec.name, spec.root).classes)
+    except AdvlabError as exc:
+        log.info("no class names for %s: %s", spec.name, exc)
+        return None
 
 
 # ----------------------------------------------------------------------------- one cell
@@ -461,6 +470,7 @@ class Runner:
         cells = plan_cells(cfg, {k: fingerprint_model(m) for k, m in models.items()},
                            fingerprint_data(x, y))
         env = environment(self.device, cfg.seed)
+        env["classes"] = class_names(cfg.data) if self._data is None else None
         self.store.begin_run(cfg.name, cfg.to_dict(), env, [(c.key, c.spec) for c in cells])
         done = self.store.finished(c.key for c in cells)
         self.progress(Progress("plan", 0, len(cells)))
