@@ -71,3 +71,9 @@ def make_tiny(seed: int = 0) -> nn.Module:
 @pytest.fixture
 def tiny() -> nn.Module:
     return make_tiny()
+
+
+@pytest.fixture
+def tiny_factory():  # noqa: ANN201
+    """make_tiny(seed) -> a fresh seeded Tiny model in eval mode."""
+    return make_tiny

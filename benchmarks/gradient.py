@@ -1,0 +1,116 @@
+"""FGSM / BIM / PGD: time against the floor and against the peers, strength side by side.
+
+    python benchmarks/gradient.py [--batches 1 100 1000] [--models mnist-mlp mnist-cnn]
+
+For each zoo model and batch size: advlab's time, the floor (steps x one forward+backward of
+the model on the same batch), the overhead ratio (1.0 is the floor; early stopping is off so
+every attack runs all its steps), and at batch 100 the same attack in ART, torchattacks and
+foolbox with equal settings: time ratio (peer / advlab) and robust accuracy, re-checked on the
+returned images.
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from common import floor_time, have, robust_accuracy, table, timed, zoo_setup
+from torch import Tensor, nn
+
+import advlab
+
+SETTINGS = {  # name: (eps, steps, alpha, random start)
+    "fgsm": (0.3, 1, 0.3, False),
+    "bim": (0.3, 10, 0.03, False),
+    "pgd": (0.3, 40, 0.01, True),
+}
+
+
+def advlab_attack(name: str) -> advlab.attacks.Attack:
+    eps, steps, alpha, _ = SETTINGS[name]
+    if name == "fgsm":
+        return advlab.attacks.FGSM(eps=eps)
+    if name == "bim":
+        return advlab.attacks.BIM(eps=eps, steps=steps, alpha=alpha, early_stop=False)
+    return advlab.attacks.PGD(eps=eps, steps=steps, alpha=alpha, early_stop=False)
+
+
+def peers(name: str, model: nn.Module, x: Tensor) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+    """Each installed peer's version of the attack, as (x, y) -> x_adv."""
+    eps, steps, alpha, rand = SETTINGS[name]
+    out: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
+    if have("torchattacks"):
+        import torchattacks as ta
+
+        atk = {"fgsm": lambda: ta.FGSM(model, eps=eps),
+               "bim": lambda: ta.BIM(model, eps=eps, alpha=alpha, steps=steps),
+               "pgd": lambda: ta.PGD(model, eps=eps, alpha=alpha, steps=steps,
+                                     random_start=rand)}[name]()
+        out["torchattacks"] = lambda xx, yy: atk(xx, yy)
+    if have("art"):
+        from art.attacks.evasion import (
+            BasicIterativeMethod,
+            FastGradientMethod,
+            ProjectedGradientDescent,
+        )
+        from common import art_classifier
+
+        clf = art_classifier(model, tuple(x.shape[1:]))
+        n = len(x)
+        atk = {"fgsm": lambda: FastGradientMethod(clf, eps=eps, batch_size=n),
+               "bim": lambda: BasicIterativeMethod(clf, eps=eps, eps_step=alpha, max_iter=steps,
+                                                   batch_size=n, verbose=False),
+               "pgd": lambda: ProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=alpha,
+                                                       max_iter=steps, num_random_init=1,
+                                                       batch_size=n, verbose=False)}[name]()
+        out["art"] = lambda xx, yy: torch.from_numpy(
+            atk.generate(xx.numpy(), yy.numpy()))
+    if have("foolbox"):
+        import foolbox as fb
+
+        fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+        atk = {"fgsm": lambda: fb.attacks.FGSM(),
+               "bim": lambda: fb.attacks.LinfBasicIterativeAttack(abs_stepsize=alpha,
+                                                                  steps=steps),
+               "pgd": lambda: fb.attacks.LinfPGD(abs_stepsize=alpha, steps=steps,
+                                                 random_start=rand)}[name]()
+        out["foolbox"] = lambda xx, yy: atk(fmodel, xx, yy, epsilons=eps)[1]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 100, 1000])
+    ap.add_argument("--models", nargs="+", default=["mnist-mlp", "mnist-cnn"])
+    ap.add_argument("--peer-batch", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for model_name in args.models:
+        for n in args.batches:
+            model, x, y = zoo_setup(model_name, n)
+            for name, (_, steps, _, _) in SETTINGS.items():
+                atk = advlab_attack(name)
+                reps = 3 if n * steps <= 4000 else 1
+                t, res = timed(lambda a=atk: a(model, x, y), repeat=reps)
+                floor = floor_time(model, x, y, steps, repeat=reps)
+                row = {"model": model_name, "batch": n, "attack": name, "advlab_s": t,
+                       "floor_s": floor, "overhead": t / floor,
+                       "advlab_acc": robust_accuracy(model, x, y, res.x_adv)}
+                if n == args.peer_batch:
+                    for peer, run in peers(name, model, x).items():
+                        tp, xp = timed(lambda r=run: r(x, y), repeat=reps)
+                        row[f"{peer}_x"] = tp / t
+                        row[f"{peer}_acc"] = robust_accuracy(model, x, y, xp.to(x.dtype))
+                rows.append(row)
+                print(table([row], list(row)), flush=True)
+    cols = ["model", "batch", "attack", "advlab_s", "floor_s", "overhead", "advlab_acc",
+            "torchattacks_x", "torchattacks_acc", "art_x", "art_acc", "foolbox_x", "foolbox_acc"]
+    print("\n" + table(rows, cols))
+    print("\n*_x: peer time / advlab time (>1: advlab faster); *_acc: robust accuracy")
+
+
+if __name__ == "__main__":
+    main()
