@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
+import importlib.metadata
 import logging
 import math
 import os
@@ -306,9 +307,11 @@ def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _pick_gallery(rows: dict[str, np.ndarray], k: int) -> list[int]:
-    """Up to k examples: correct and fooled first, then correct and not fooled."""
+    """Up to k examples: correct and fooled first, then correct and not fooled, then the
+    misclassified ones."""
     ok = rows["clean_pred"] == rows["label"]
-    order = list(np.flatnonzero(ok & rows["success"])) + list(np.flatnonzero(ok & ~rows["success"]))
+    s = rows["success"].astype(bool)
+    order = np.concatenate([np.flatnonzero(ok & s), np.flatnonzero(ok & ~s), np.flatnonzero(~ok)])
     return [int(i) for i in order[:k]]
 
 
@@ -396,15 +399,20 @@ def plan_cells(cfg: RunConfig, model_fps: dict[str, str], data_fp: str) -> list[
 
 def environment(device: torch.device, seed: int) -> dict[str, Any]:
     """Versions, machine and settings, for the report's environment section."""
-    import sklearn
-
     return {"advlab": advlab.__version__, "python": platform.python_version(),
             "torch": torch.__version__, "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__, "platform": platform.platform(),
+            "scikit-learn": _version("scikit-learn"), "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "device": str(device), "cuda": torch.cuda.get_device_name(device)
             if device.type == "cuda" else None, "seed": seed}
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 class Runner:
