@@ -177,7 +177,7 @@ def load_model(spec: ModelSpec) -> nn.Module:
 
     if spec.file is None:
         return zoo.load(spec.name)
-    return zoo.load(spec.arch, weights=spec.file)
+    return zoo.load_weights(zoo.build(spec.arch), spec.file).eval()
 
 
 def load_data(spec: DataSpec, split: str | None = None,
