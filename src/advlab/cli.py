@@ -196,9 +196,9 @@ def report(run_dir: str, db: str | None) -> None:
 
 def _param(text: str) -> tuple[str, Any]:
     """k=v with v read as JSON when it parses (numbers, true/false, lists), else a string."""
-    if "=" not in text:
+    k, sep, v = text.partition("=")
+    if not sep or not k.strip() or not v.strip():
         raise click.BadParameter(f"expected key=value, got {text!r}", param_hint="--param")
-    k, v = text.split("=", 1)
     try:
         return k.strip(), json.loads(v)
     except json.JSONDecodeError:
@@ -236,7 +236,10 @@ def attack(name: str, model: str, weights: str | None, data_name: str, eps: floa
     kw = dict(_param(p) for p in params)
     if eps is not None:
         kw["eps"] = eps
-    atk = attacks.get(name, **kw, seed=seed)
+    try:
+        atk = attacks.get(name, **kw, seed=seed)
+    except TypeError as exc:  # an unknown or ill-typed keyword of the attack's constructor
+        raise Failure(f"attack {name!r} does not accept these parameters: {exc}") from None
     dev = runner.resolve_device(device)
     spec = runner.ModelSpec(model, weights, model) if weights else runner.ModelSpec(model)
     net = runner.load_model(spec).to(dev).eval()

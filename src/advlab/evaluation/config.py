@@ -8,6 +8,7 @@ probes and report options. :data:`DEFAULT_TOML` is the built-in tour of the lect
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass, field
@@ -68,6 +69,20 @@ noise = [0.05]        # fragility: add N(0, 0.05^2) noise
 [report]
 gallery = 8           # image pairs stored per cell
 """
+
+_EPS = [0.05, 0.1, 0.2, 0.3]
+
+#: :data:`DEFAULT_TOML` as a mapping, so the tour runs without a TOML reader (Python 3.10).
+DEFAULT: dict[str, Any] = {
+    "name": "tour", "seed": 0, "batch_size": 500,
+    "data": {"name": "mnist5k", "split": "test", "n": 1000},
+    "models": [{"name": "mnist-mlp"}, {"name": "mnist-cnn"}],
+    "attacks": [{"name": "fgsm", "eps": _EPS},
+                {"name": "bim", "eps": _EPS, "params": {"steps": 10}},
+                {"name": "pgd", "eps": _EPS, "params": {"steps": 40, "alpha": 0.01}}],
+    "probes": {"shifts": [1, 2], "noise": [0.05]},
+    "report": {"gallery": 8},
+}
 
 # ----------------------------------------------------------------------------- configuration
 
@@ -262,7 +277,7 @@ def parse_config(text: str) -> RunConfig:
 def load_config(path: str | os.PathLike | None = None) -> RunConfig:
     """Read a TOML configuration file; None gives the built-in tour (:data:`DEFAULT_TOML`)."""
     if path is None:
-        return parse_config(DEFAULT_TOML)
+        return config_from_dict(copy.deepcopy(DEFAULT))
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"no configuration file at {p}")

@@ -23,6 +23,7 @@ their cells are skipped with a log message.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import importlib
 import importlib.metadata
@@ -408,6 +409,32 @@ def environment(device: torch.device, seed: int) -> dict[str, Any]:
             if device.type == "cuda" else None, "seed": seed}
 
 
+def _finding(f: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(f):
+        f = dataclasses.asdict(f)
+    elif not isinstance(f, dict):
+        f = vars(f)
+    return {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+            for k, v in f.items()}
+
+
+def sanity_findings(models: dict[str, nn.Module], x: Tensor, y: Tensor, store: Store,
+                    run: str) -> list[dict[str, Any]] | None:
+    """The findings of :mod:`advlab.evaluation.sanity` on this run, or None without it.
+
+    The adapter calls ``sanity.run_checks(models, x, y, results)`` (results: the run's
+    :func:`~advlab.evaluation.results.collect`) and records each finding (a dataclass,
+    object or dict with ``level``, ``check``, ``message``) as a dict.
+    """
+    mod = optional_module("advlab.evaluation.sanity")
+    if mod is None or not hasattr(mod, "run_checks"):
+        log.info("no sanity checks: advlab.evaluation.sanity.run_checks is not available")
+        return None
+    from advlab.evaluation.results import collect
+
+    return [_finding(f) for f in mod.run_checks(models, x, y, collect(store, run))]
+
+
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
@@ -494,7 +521,10 @@ class Runner:
                 log.warning("skipping %s: %s", cell.label, exc)
                 skipped[cell.key] = str(exc)
                 self.progress(Progress("skip", i, len(cells), cell.label))
+        findings = sanity_findings(models, x, y, self.store, cfg.name)
         env.update(wall_s=time.perf_counter() - t0, skipped=skipped)
+        if findings is not None:
+            env["sanity"] = findings
         self.store.end_run(cfg.name, env["wall_s"], env)
         return self.store.run(cfg.name)
 
