@@ -9,5 +9,14 @@ from advlab import data
 from advlab import transforms
 from advlab import attacks
 from advlab import detectors  # noqa: F401
+"""advlab: adversarial examples in PyTorch — attacks, defenses, detectors, honest evaluation."""
+from advlab import (  # noqa: F401  (core layer)
+    attacks,  # noqa: F401
+    data,
+    errors,
+    losses,
+    threat,
+    zoo,
+)
 
 __version__ = "0.1.0"
