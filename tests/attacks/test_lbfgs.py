@@ -2,12 +2,14 @@
 selection, then strength on the zoo (against DeepFool, the paper's ordering)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import advlab
 from advlab.attacks import LBFGS, DeepFool
+from advlab.attacks.lbfgs import History
 
 
 class Linear(nn.Module):
@@ -30,6 +32,45 @@ def linear_setup(seed: int = 0, n: int = 5):
     y = z.argmax(1)
     w = model.w[1] - model.w[0]
     return model, x, y, (z[:, 1] - z[:, 0]).abs().detach(), w.detach()
+
+
+def bfgs_matrix(pairs: list[tuple[np.ndarray, np.ndarray]], d: int) -> np.ndarray:
+    """The inverse-Hessian estimate by the explicit BFGS recursion, from gamma I (gamma =
+    s.y / y.y of the newest pair); pairs with s.y <= 0 skipped."""
+    good = [(s, y) for s, y in pairs if s @ y > 1e-10]
+    if not good:
+        return np.eye(d)
+    s, y = good[-1]
+    h = np.eye(d) * (s @ y) / (y @ y)
+    for s, y in good:
+        rho = 1 / (s @ y)
+        v = np.eye(d) - rho * np.outer(y, s)
+        h = v.T @ h @ v + rho * np.outer(s, s)
+    return h
+
+
+def test_two_loop_recursion_equals_the_bfgs_matrix() -> None:
+    """Per example: its own number of pairs (0 to 5, memory 4, so one wraps around), one
+    pair with negative curvature; H g equals the explicit matrix product."""
+    g = torch.Generator().manual_seed(0)
+    n, d, m = 6, 5, 4
+    mem = History(n, d, m, torch.zeros(1, dtype=torch.float64))
+    pairs: list[list] = [[] for _ in range(n)]
+    for step in range(5):
+        rows = torch.arange(step, n)  # example i gets min(i, 5) pairs... all but the first
+        s = torch.randn(len(rows), d, generator=g, dtype=torch.float64)
+        a = torch.randn(d, d, generator=g, dtype=torch.float64)
+        y = s @ (a @ a.T + torch.eye(d, dtype=torch.float64))  # positive curvature
+        if step == 2:
+            y[0] = -s[0]  # one pair with s.y < 0: must be ignored
+        mem.push(rows, s, y)
+        for k, i in enumerate(rows.tolist()):
+            pairs[i].append((s[k].numpy(), y[k].numpy()))
+    grad = torch.randn(n, d, generator=g, dtype=torch.float64)
+    got = mem.apply(grad, torch.arange(n))
+    for i in range(n):
+        want = bfgs_matrix(pairs[i][-m:], d) @ grad[i].numpy()
+        np.testing.assert_allclose(got[i].numpy(), want, rtol=1e-9, atol=1e-12)
 
 
 def test_linear_reaches_the_minimal_targeted_distance() -> None:
