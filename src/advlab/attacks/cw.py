@@ -112,6 +112,20 @@ class Adam:
         return w - self.lr * mhat / (vhat.sqrt() + 1e-8)
 
 
+def confirm(model: Model, x: Tensor, x_adv: Tensor, y: Tensor, target: Tensor | None,
+            found: Tensor) -> Tensor:
+    """Re-check the found examples on the whole batch (as the base will): one that was
+    adversarial in a smaller batch but not here (a margin within float rounding of 0) gets
+    its perturbation lengthened by 0.1%, then 0.2%, 0.4%, ... until it is."""
+    for j in range(10):
+        with torch.no_grad():
+            lost = found & ~is_success(model(x_adv), y, target)
+        if not lost.any():
+            break
+        x_adv[lost] = (x[lost] + (1 + 1e-3 * 2**j) * (x_adv[lost] - x[lost])).clamp(0, 1)
+    return x_adv
+
+
 def _check(kappa: float, lr: float, steps: int, box: str) -> None:
     if kappa < 0:
         raise ThreatModelError(f"confidence kappa must be >= 0, got {kappa}")
@@ -180,6 +194,7 @@ class CarliniWagnerL2(Attack):
             hi = torch.where(found, torch.minimum(hi, c), hi)
             lo = torch.where(found, lo, torch.maximum(lo, c))
             c = torch.where(hi < math.inf, (lo + hi) / 2, c * 10)
+        best_x = confirm(model, x, best_x, y, target, best_l2 < math.inf)
         return Crafted(best_x, info={"c": best_c})
 
     def _descend(self, model: Model, box: Box, x: Tensor, y: Tensor, target: Tensor | None,
@@ -214,7 +229,7 @@ class CarliniWagnerL2(Attack):
                 opt.t = step + 1
                 w[idx] = box.project(opt.step(ws.detach(), g, idx), idx)
                 if self.abort_early and (step + 1) % check_every == 0:
-                    stall = loss >= 0.9999 * prev[idx]
+                    stall = loss >= prev[idx] - 1e-4 * prev[idx].abs()
                     prev[idx] = loss
                     idx = idx[~stall]
                     if len(idx) == 0:
@@ -275,18 +290,20 @@ class CarliniWagnerLinf(Attack):
         tau = torch.ones(n, dtype=x.dtype, device=x.device)
         c = torch.full_like(tau, self.c0)
         best = x.clone()
+        found = torch.zeros(n, dtype=torch.bool, device=x.device)
         idx = torch.arange(n, device=x.device)
         for _ in range(self.max_rounds):
             w_new, ok, x_new = self._solve(model, box, w, x, y, target, tau, c, idx)
             with torch.no_grad():
                 win, lose = idx[ok], idx[~ok]
-                best[win], w[win] = x_new[ok], w_new[ok]
+                best[win], w[win], found[win] = x_new[ok], w_new[ok], True
                 reached = (x_new[ok] - x[win]).flatten(1).abs().amax(1)
                 tau[win] = torch.minimum(tau[win], reached) * self.decrease
                 c[lose] = c[lose] * 2
                 idx = idx[(c[idx] <= self.max_c) & (tau[idx] >= self.min_tau)]
             if len(idx) == 0:
                 break
+        best = confirm(model, x, best, y, target, found)
         return Crafted(best, info={"tau": tau, "c": c})
 
     def _solve(self, model: Model, box: Box, w: Tensor, x: Tensor, y: Tensor,

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, is_success, register
+from advlab.attacks.cw import confirm
 from advlab.errors import ThreatModelError
 from advlab.threat import ball
 
@@ -110,6 +111,7 @@ class LBFGS(Attack):
                 fail_c = torch.where(hit, fail_c, torch.minimum(fail_c, c))
                 both = (ok_c > 0) & (fail_c < math.inf)
                 c = torch.where(both, (ok_c * fail_c).sqrt(), torch.where(hit, c * 10, c / 10))
+        best = confirm(model, x, best, y, target, best_l2 < math.inf)
         return best, torch.where(best_l2 < math.inf, ok_c, math.nan)
 
     def image(self, x: Tensor, r: Tensor, eps: Tensor | None) -> Tensor:
