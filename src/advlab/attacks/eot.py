@@ -76,8 +76,8 @@ class EOTMixin:
         (grad,) = torch.autograd.grad(loss, xa)
         return grad, logits.detach().view(s, len(xa), -1).mean(0)
 
-    def gradient(self, model: Model, x_adv: Tensor, y: Tensor,
-                 target: Tensor | None) -> tuple[Tensor, Tensor]:
+    def gradient(self, model: Model, x_adv: Tensor, y: Tensor, target: Tensor | None,
+                 idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self._generator is None:
             raise AttackError("the EOT gradient needs the attack's generator: call the attack, "
                               "or use expected_gradient(..., generator)")
