@@ -5,3 +5,4 @@ import advlab.attacks.blackbox.simba  # noqa: F401
 import advlab.attacks.blackbox.square  # noqa: F401
 import advlab.attacks.blackbox.zoo  # noqa: F401
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle, as_oracle  # noqa: F401
+import advlab.attacks.blackbox.hopskipjump  # noqa: F401
