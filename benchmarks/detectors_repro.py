@@ -331,7 +331,7 @@ def section_adaptive(n: int, lam: float, n_adaptive: int) -> None:
             row[a] = f"{roc_auc(sc, sa):.3f} / {pct(rate(sa > thr))}"
         for norm, eps in (("linf", 0.3), ("l2", 3.0)):
             xs, ys = x[:n_adaptive], y[:n_adaptive]
-            res = DetectorAwarePGD(det, lam=lam, eps=eps, norm=norm, steps=100)(model, xs, ys)
+            res = DetectorAwarePGD(det, lam=lam, eps=eps, norm=norm, steps=50)(model, xs, ys)
             ok = res.success
             sa = det.score(res.x_adv[ok]) if ok.any() else sc[:0]
             auc = roc_auc(sc, sa) if ok.any() else float("nan")
@@ -341,7 +341,7 @@ def section_adaptive(n: int, lam: float, n_adaptive: int) -> None:
         rows.append(row)
         log(f"  {name}: done in {row['s']} s")
     log("cells: ROC AUC / TPR at the threshold calibrated to 5% FPR on other clean images; "
-        "adaptive = PGD on min(margin, 5) - lambda * max(0, score - threshold), 100 steps "
+        "adaptive = PGD on min(margin, 5) - lambda * max(0, score - threshold), 50 steps "
         f"(lambda = {lam}; Linf eps 0.3, L2 eps 3.0) on the first {n_adaptive} images; evaded "
         "= misclassified and not flagged, over all attacked images")
     cols = ["detector", "clean FPR", *adv, "adaptive linf", "evaded linf", "adaptive l2",
@@ -361,7 +361,7 @@ def magnet_reformer(model: nn.Module, x: Tensor, y: Tensor, ae: nn.Module, x_tr:
             ("oblivious PGD on the classifier", PGD(eps=0.3, steps=40)(model, x, y)),
             ("PGD through the reformer", PGD(eps=0.3, steps=40)(reformer, x, y)),
             ("adaptive: through the reformer + detector term",
-             DetectorAwarePGD(det, lam=lam, eps=0.3, steps=100)(reformer, x, y))):
+             DetectorAwarePGD(det, lam=lam, eps=0.3, steps=50)(reformer, x, y))):
         with torch.no_grad():
             wrong = reformer(res.x_adv).argmax(1) != y
         flagged = det.score(res.x_adv) > thr
@@ -379,7 +379,7 @@ def main() -> None:
                         default=["lecture", "transforms", "robust", "adaptive"])
     parser.add_argument("--n", type=int, default=500, help="attacked images per model")
     parser.add_argument("--lam", type=float, default=10.0, help="adaptive attacks' lambda")
-    parser.add_argument("--n-adaptive", type=int, default=200,
+    parser.add_argument("--n-adaptive", type=int, default=100,
                         help="images attacked by the (slower) adaptive attacks")
     args = parser.parse_args()
     torch.set_num_threads(1)
