@@ -189,7 +189,9 @@ def build(name: str, seed: int = 0) -> nn.Module:
     Returns:
         The model, in train mode.
     """
-    model = _entry(name).build()
+    entry = _entry(name)
+    with torch.random.fork_rng(devices=[]):  # the layers' own default init draws globally
+        model = entry.build()
     return init_weights(model, torch.Generator().manual_seed(seed))
 
 
@@ -469,6 +471,9 @@ def _load_cached(name: str, entry: ZooEntry, path: Path) -> nn.Module:
     if meta.get("arch") != name or meta.get("version") != entry.version:
         raise ModelFileError(f"{path} holds {meta.get('arch')!r} version "
                              f"{meta.get('version')!r}, expected {name!r} version {entry.version}")
+    if meta.get("training") != asdict(entry.settings):
+        raise ModelFileError(f"{path} was trained with {meta.get('training')}, "
+                             f"expected {asdict(entry.settings)}")
     return load_weights(entry.build(), path).eval()
 
 
