@@ -6,6 +6,7 @@
   with BPDA + EOT as their adaptive attack; the transformations themselves come from
   :mod:`advlab.transforms` and are re-exported here.
 """
+from advlab.defenses.magnet import AutoEncoder, MagNet, Reformer, train_autoencoder  # noqa: F401
 from advlab.defenses.training import (  # noqa: F401
     FitSettings,
     TrainingProgress,
