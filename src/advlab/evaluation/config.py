@@ -63,7 +63,7 @@ params = { steps = 40, alpha = 0.01 }
 # params = { layers = ["fc1"], k = 10 }
 
 [probes]
-shifts = [1, 2]       # fragility: translate by 1 and 2 pixels
+shifts = [1, 2]       # fragility: shift right by 1 and 2 pixels
 noise = [0.05]        # fragility: add N(0, 0.05^2) noise
 
 [report]

@@ -353,10 +353,10 @@ def section_properties(ctx: Context) -> str:
             "clean ones.</li><li><b>Transferability</b>: fooling rate on the other models "
             "(heatmap above).</li><li><b>Visual similarity</b>: perturbation norms and "
             "structural similarity (SSIM, 1 = identical).</li><li><b>Fragility</b>: "
-            "fraction of successful adversarial examples that a small transformation (shift "
-            "by 1-2 pixels, Gaussian noise) turns back into the true class; in brackets, the "
-            "fraction of correct clean images that stay correct under the same "
-            "transformation.</li></ol>" + table(head, rows, "num"))
+            "fraction of successful adversarial examples that a small transformation "
+            "(shift:k = k pixels to the right, noise:s = Gaussian noise of std s) turns back "
+            "into the true class; in brackets, the fraction of correct clean images that stay "
+            "correct under the same transformation.</li></ol>" + table(head, rows, "num"))
 
 
 def section_sanity(ctx: Context) -> str:
@@ -406,7 +406,7 @@ max-width:1200px;padding:0 1em;color:#222;line-height:1.4}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.6em 0;font-size:13px}
 th,td{border:1px solid #ddd;padding:3px 8px}th{background:#f3f3f3;text-align:left}
-table.num td{text-align:right}table.num td:nth-child(-n+3){text-align:left}
+table.num td{text-align:right}table.num td:nth-child(-n+3){text-align:left;white-space:nowrap}
 tbody tr:nth-child(even){background:#fafafa}
 img{max-width:100%;display:block;margin:.5em 0}.none{color:#777;font-style:italic}
 nav a{margin-right:1em}small{color:#777}pre{background:#f6f6f6;padding:.6em;font-size:12px;
