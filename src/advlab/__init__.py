@@ -8,5 +8,6 @@ from advlab import errors, validation, threat, losses
 from advlab import data
 from advlab import transforms
 from advlab import attacks
+from advlab import defenses  # noqa: F401
 
 __version__ = "0.1.0"

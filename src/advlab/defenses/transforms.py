@@ -78,6 +78,7 @@ class Transformed(nn.Module):
             raise InputError(f"eot_samples must be >= 1, got {eot_samples}")
         self.model = model
         self.transform = Compose(ts, seed=seed)
+        self.training = False  # eval mode like the model it wraps; the model's mode is its own
         self.bpda, self.seed, self.eot_samples = bpda, seed, eot_samples
 
     @property
