@@ -129,3 +129,21 @@ def test_bad_arguments(digits, net_factory):
         defenses.madry_training(net_factory(), x, y, epoch=3)  # misspelt setting
     with pytest.raises(InputError):
         defenses.madry_training(net_factory(), x * 2, y)
+
+
+def test_load_robust_cache(tmp_path, monkeypatch):
+    from advlab import zoo
+
+    monkeypatch.setenv("ADVLAB_HOME", str(tmp_path))
+    with pytest.raises(UnknownNameError):
+        defenses.load_robust("nope")
+    with pytest.raises(ModelFileError):
+        defenses.load_robust(train_if_missing=False)
+    cached = zoo.build("mnist-cnn", seed=7)
+    zoo.save(cached, tmp_path / "models" / "mnist-cnn-trades.safetensors",
+             {"robust": "mnist-cnn-trades", "version": defenses.ROBUST["mnist-cnn-trades"][
+                 "version"]})
+    loaded = defenses.load_robust(train_if_missing=False)
+    assert not loaded.training
+    for a, b in zip(loaded.state_dict().values(), cached.state_dict().values()):
+        assert torch.equal(a, b)

@@ -21,11 +21,13 @@ from advlab.defenses.pixeldefend import (  # noqa: F401
     train_pixelcnn,
 )
 from advlab.defenses.training import (  # noqa: F401
+    ROBUST,
     FitSettings,
     TrainingProgress,
     adversarial_training,
     fast_training,
     lecture_training,
+    load_robust,
     madry_training,
     trades_training,
 )
