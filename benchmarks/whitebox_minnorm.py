@@ -20,7 +20,7 @@ Sections:
   average / worst case over targets (Carlini & Wagner's MNIST: 1.36 / 1.76 / 2.60).
 - cw-box: the box constraint's cost: tanh change of variables (the paper's) vs projected Adam.
 - jsma: all 9 targets for --n-jsma images, theta = 1, gamma = 0.145, vs ART SaliencyMapMethod
-  and torchattacks JSMA.
+  and torchattacks JSMA; advlab on the softmax outputs (default) and on the logits.
 - lbfgs: L-BFGS targeted at the class DeepFool reaches (same images), and at random targets.
 """
 from __future__ import annotations
@@ -210,7 +210,10 @@ def cw_box_rows(model: Meter, x: Tensor, y: Tensor, steps: int) -> list[dict]:
 
 def jsma_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
     xs, ys, ts = all_targets(x, y)
-    runs: dict[str, Run] = {"advlab": advlab_run(advlab.attacks.get("jsma"), model)}
+    runs: dict[str, Run] = {
+        "advlab": advlab_run(advlab.attacks.get("jsma"), model),
+        "advlab, logits (JSMA-Z)": advlab_run(advlab.attacks.get("jsma", output="logits"),
+                                              model)}
     if have("art"):
         from art.attacks.evasion import SaliencyMapMethod
 
