@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from advlab.attacks.base import Attack, Model, register
+from advlab.attacks.base import Attack, Crafted, Model, register
 from advlab.errors import LabelError, ThreatModelError
 from advlab.threat import Ball, _expand, ball, clip_box
 from advlab.validation import check_eval_mode, check_images, check_labels
@@ -159,7 +159,8 @@ class UniversalPerturbation(Attack):
     ``fit(model, x, y, target)`` returns a :class:`UniversalResult`; calling the attack fits
     a perturbation on the batch and applies it (one perturbation per target class for a
     targeted call; with per-example eps the perturbation is fitted at the largest radius and
-    projected onto each example's ball).
+    projected onto each example's ball). ``info["delta"]`` holds the perturbation (a dict
+    target -> perturbation for a targeted call).
 
     References: Moosavi-Dezfooli et al., CVPR 2017, arXiv:1610.08401 (Algorithm 1).
     """
@@ -259,20 +260,21 @@ class UniversalPerturbation(Attack):
         return v
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
-                eps: Tensor | None, generator: torch.Generator) -> Tensor:
+                eps: Tensor | None, generator: torch.Generator) -> Crafted:
         assert eps is not None
         b = ball(self.norm)
         e_max = float(eps.max())
         if target is None:
             v = self.fit(model, x, y, eps=e_max, generator=generator).delta
-            return clip_box(x + b.project(v.expand_as(x), eps))
-        x_adv = x.clone()
+            return Crafted(clip_box(x + b.project(v.expand_as(x), eps)), info={"delta": v})
+        x_adv, deltas = x.clone(), {}
         for t in target.unique().tolist():
             rows = (target == t).nonzero().squeeze(1)
             v = self.fit(model, x[rows], y[rows], target=t, eps=e_max, generator=generator).delta
             x_adv[rows] = clip_box(x[rows] + b.project(v.expand(len(rows), -1, -1, -1),
                                                        eps[rows]))
-        return x_adv
+            deltas[t] = v
+        return Crafted(x_adv, info={"delta": deltas})
 
 
 @register("universal", knowledge="white", goal="both", norm="linf", kind="iterative")
