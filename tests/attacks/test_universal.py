@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 import advlab
-from advlab.attacks.universal import UniversalPerturbation, deepfool_step, fooling_rate
+from advlab.attacks.deepfool import DeepFool
+from advlab.attacks.universal import (
+    UniversalPerturbation,
+    fooling_rate,
+    minimal_step,
+    targeted_step,
+)
 from advlab.threat import lp_norm
 
 
@@ -32,28 +38,35 @@ class Linear(nn.Module):
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
-def test_deepfool_step_closed_form_on_a_linear_model(norm: str) -> None:
-    # one DeepFool iteration on an affine classifier reaches the nearest boundary exactly:
-    # l = argmin_k |f_k| / ||w_k||_q, r = (|f_l| + 1e-4) / ||w_l||_q^q |w_l|^(q-1) sign(w_l)
+def test_targeted_step_closed_form_on_a_linear_model(norm: str) -> None:
+    # one linearised step towards t on an affine classifier: f = z_t - z_k, w = W_t - W_k,
+    # r = (|f| + 1e-4) w / ||w||_2^2 (L2) or (|f| + 1e-4) sign(w) / ||w||_1 (Linf)
     model = Linear().eval()
     g = torch.Generator().manual_seed(1)
     x = 0.45 + 0.1 * torch.rand(6, 1, 4, 4, generator=g, dtype=torch.float64)
-    ref = model(x).argmax(1)
-    r = deepfool_step(model, x, ref, None, norm, max_iter=1, overshoot=0.0)
     with torch.no_grad():
         z = model(x)
+    pred = z.argmax(1)
+    t = (pred + 2) % 5
+    r = targeted_step(model, x, t, norm, max_iter=1, overshoot=0.0)
     want = torch.zeros_like(x)
     for i in range(len(x)):
-        w = model.w - model.w[ref[i]]
-        f = z[i] - z[i, ref[i]]
-        q = w.norm(dim=1) if norm == "l2" else w.abs().sum(1)
-        dist = (f.abs() + 1e-4) / q
-        dist[ref[i]] = float("inf")
-        k = dist.argmin()
-        step = w[k] * dist[k] / q[k] if norm == "l2" else w[k].sign() * dist[k]
-        want[i] = step.view_as(x[i])
+        w = (model.w[t[i]] - model.w[pred[i]]).detach()
+        f = (z[i, t[i]] - z[i, pred[i]]).abs() + 1e-4
+        want[i] = (f * w / w.norm() ** 2 if norm == "l2" else f * w.sign() / w.abs().sum()
+                   ).view_as(x[i])
     torch.testing.assert_close(r, want)
-    assert (model(x + r).argmax(1) != ref).all()  # and it crosses
+    with torch.no_grad():  # the linearisation is exact: z_t = z_k on the new point
+        z2 = model(x + r)
+    torch.testing.assert_close(z2.gather(1, t[:, None]) - z2.gather(1, pred[:, None]),
+                               torch.full((6, 1), 1e-4, dtype=x.dtype))
+
+
+def test_untargeted_inner_step_is_deepfool(mnist_test, mlp) -> None:
+    x, y = mnist_test[0][:16], mnist_test[1][:16]
+    r = minimal_step(mlp, x, y, None, "l2", max_iter=10, overshoot=0.02)
+    want = DeepFool(norm="l2", overshoot=0.02, max_iter=10)(mlp, x, y).x_adv - x
+    torch.testing.assert_close(r, want)
 
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.2), ("l2", 3.0)])
