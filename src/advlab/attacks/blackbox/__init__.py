@@ -1,5 +1,7 @@
 """Black-box attacks: the attacker only queries the model (scores or labels)."""
+import advlab.attacks.blackbox.autozoom  # noqa: F401
 import advlab.attacks.blackbox.boundary  # noqa: F401
+import advlab.attacks.blackbox.genetic  # noqa: F401
 import advlab.attacks.blackbox.hopskipjump  # noqa: F401
 import advlab.attacks.blackbox.substitute  # noqa: F401
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle, as_oracle  # noqa: F401

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,35 +109,26 @@ class Ensemble(nn.Module):
         return torch.stack([m(x).log_softmax(1) for m in self.members]).mean(0)
 
 
-def train_substitute(net: nn.Module, x: Tensor, labels: Tensor, *, epochs: int,
-                     batch_size: int, lr: float, generator: torch.Generator,
-                     weight_decay: float = 0.0, noise: float = 0.0,
-                     state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fit the substitute (in place) to the oracle's labels: Adam on cross-entropy, shuffled
-    with ``generator``. This is training code on advlab's own network, never the oracle's.
+def fit_adam(params: list[Tensor], batch_loss: Callable[[Tensor], Tensor], n: int, *,
+             epochs: int, batch_size: int, lr: float, generator: torch.Generator,
+             weight_decay: float = 0.0, state: dict[str, Any] | None = None,
+             device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Minibatch Adam (Kingma & Ba, arXiv:1412.6980) over n examples, shuffled with
+    ``generator``, for advlab's own networks (never a user's model).
 
-    Adam (Kingma & Ba, arXiv:1412.6980) is written out here: its moments live in ``state``
-    (returned, to warm-start the next round), and parameters' ``.grad`` is never filled.
-    ``weight_decay`` adds an L2 penalty to the gradient; ``noise`` trains on inputs with
-    Gaussian noise of that standard deviation (both smooth the substitute's input gradients,
-    which makes its adversarial examples transfer better).
+    ``batch_loss(indices)`` returns the mean loss of a minibatch. Gradients come from
+    :func:`torch.autograd.grad`, so parameters' ``.grad`` is never filled; the moments live in
+    ``state`` (returned, to warm-start a later call). ``weight_decay`` adds an L2 penalty.
     """
-    params = [p for p in net.parameters()]
     if state is None:
         state = {"t": 0, "m": [torch.zeros_like(p) for p in params],
                  "v": [torch.zeros_like(p) for p in params]}
     b1, b2 = 0.9, 0.999
     with torch.enable_grad():
         for _ in range(epochs):
-            order = torch.randperm(len(x), generator=generator, device=x.device)
-            for lo in range(0, len(x), batch_size):
-                b = order[lo:lo + batch_size]
-                xb = x[b]
-                if noise > 0:
-                    xb = clip_box(xb + noise * torch.randn(xb.shape, generator=generator,
-                                                           device=xb.device, dtype=xb.dtype))
-                loss = F.cross_entropy(net(xb), labels[b])
-                grads = torch.autograd.grad(loss, params)
+            order = torch.randperm(n, generator=generator, device=device)
+            for lo in range(0, n, batch_size):
+                grads = torch.autograd.grad(batch_loss(order[lo:lo + batch_size]), params)
                 state["t"] += 1
                 c1, c2 = 1 - b1 ** state["t"], 1 - b2 ** state["t"]
                 with torch.no_grad():
@@ -148,6 +139,29 @@ def train_substitute(net: nn.Module, x: Tensor, labels: Tensor, *, epochs: int,
                         v.mul_(b2).addcmul_(g, g, value=1 - b2)
                         p.sub_(lr * (m / c1) / ((v / c2).sqrt() + 1e-8))
     return state
+
+
+def train_substitute(net: nn.Module, x: Tensor, labels: Tensor, *, epochs: int,
+                     batch_size: int, lr: float, generator: torch.Generator,
+                     weight_decay: float = 0.0, noise: float = 0.0,
+                     state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit the substitute (in place) to the oracle's labels: Adam on cross-entropy
+    (:func:`fit_adam`; ``state`` warm-starts it across rounds).
+
+    ``weight_decay`` adds an L2 penalty; ``noise`` trains on inputs with Gaussian noise of
+    that standard deviation (both smooth the substitute's input gradients, which makes its
+    adversarial examples transfer better).
+    """
+    def batch_loss(b: Tensor) -> Tensor:
+        xb = x[b]
+        if noise > 0:
+            xb = clip_box(xb + noise * torch.randn(xb.shape, generator=generator,
+                                                   device=xb.device, dtype=xb.dtype))
+        return F.cross_entropy(net(xb), labels[b])
+
+    return fit_adam(list(net.parameters()), batch_loss, len(x), epochs=epochs,
+                    batch_size=batch_size, lr=lr, generator=generator,
+                    weight_decay=weight_decay, state=state, device=x.device)
 
 
 def jacobian_sign(net: nn.Module, x: Tensor, labels: Tensor, chunk: int = 1024) -> Tensor:
