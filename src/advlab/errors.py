@@ -59,3 +59,7 @@ class BudgetExceededError(AdvlabError, RuntimeError):
 
 class NotFittedError(AdvlabError, RuntimeError):
     """A detector or defense used before fit(), or with another model."""
+
+
+class ConfigError(AdvlabError, ValueError):
+    """An experiment configuration (TOML file or dict) that is malformed or inconsistent."""

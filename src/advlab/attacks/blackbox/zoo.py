@@ -1,0 +1,306 @@
+r"""ZOO: zeroth-order optimisation of the Carlini-Wagner L2 objective from scores only.
+
+(Not the model zoo: that is :mod:`advlab.zoo`.)
+
+The attack minimises, over a perturbation variable :math:`w`, the C&W objective on the
+log-scores :math:`\log F(x')` (so no softmax saturation; their differences are the logit
+differences)
+
+.. math::  L(w) = \|x'(w) - x\|_2^2 + c\, f(x'(w)),\qquad
+           f = \max\big(\log F(x')_y - \max_{i \ne y} \log F(x')_i,\ -\kappa\big)
+
+(targeted: :math:`f = \max(\max_{i \ne t} \log F(x')_i - \log F(x')_t, -\kappa)`), one
+coordinate at a time. For each of ``coords`` randomly chosen coordinates :math:`e_i`, the
+lecture's symmetric difference gives the partial derivative (and the second derivative for
+Newton's method)
+
+.. math::  \hat g_i = \frac{L(w + h e_i) - L(w - h e_i)}{2h},\qquad
+           \hat h_i = \frac{L(w + h e_i) - 2 L(w) + L(w - h e_i)}{h^2},
+
+all ``2 * coords + 1`` points of all examples evaluated in batched queries. The coordinate
+then takes an ADAM step (moments and bias correction kept per coordinate) or a Newton step
+:math:`-\eta\, \hat g_i / \hat h_i`. A binary search over the constant :math:`c` finds the
+smallest perturbation per example (as in C&W); the best adversarial point seen is returned
+(the clean image where none was found).
+
+Dimension reduction: with ``hierarchy`` the variable :math:`w` starts at a reduced resolution
+(upsampled bilinearly to the image) and is upsampled to the next resolution every
+``resize_every`` iterations; with ``importance`` the coordinates of the new resolution are
+sampled with probability proportional to the max-pooled :math:`|w|` of the previous one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from advlab.attacks.base import is_success, register
+from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
+from advlab.errors import ThreatModelError
+from advlab.losses import margin
+
+SOLVERS = ("adam", "newton")
+ROWS_PER_QUERY = 4096  # images per oracle call (bounds the model's activation memory)
+
+
+@dataclass
+class _State:
+    """Per-example state of one binary-search step (never stored on the attack)."""
+
+    w: Tensor  # N x C x h x w, the optimisation variable at the current resolution
+    m: Tensor  # N x d, ADAM first moments
+    v: Tensor  # N x d, ADAM second moments
+    t: Tensor  # N x d, ADAM step count per coordinate (from 1)
+    prob: Tensor  # N x d, coordinate sampling probabilities
+
+
+@register("zoo-attack", knowledge="score", goal="both", norm="l2", kind="optimization",
+          bounded=False)
+class ZOO(BlackBoxAttack):
+    r"""ZOO-ADAM / ZOO-Newton, minimum-norm L2, untargeted or targeted, batched.
+
+    Args:
+        solver: "adam" (coordinate ADAM) or "newton" (coordinate Newton).
+        coords: coordinates estimated per iteration (``2 * coords + 1`` queries per example).
+        h: finite-difference step.
+        lr: step size of the coordinate updates.
+        initial_const: first value of the constant c.
+        binary_search_steps: steps of the binary search over c.
+        max_iter: iterations per binary-search step.
+        abort_early: stop an example's step when its loss has not decreased by 0.01% over
+            ``max_iter // 10`` iterations.
+        confidence: kappa, the margin demanded by f.
+        use_tanh: optimise in tanh space, :math:`x' = (\tanh(\mathrm{atanh}(2x - 1) + w) + 1)/2`,
+            as C&W; off by default: the pixels at 0 or 1 (most of MNIST) then have a
+            derivative of order 1e-6 that float32 finite differences cannot see, so the
+            variable is the perturbation itself, kept in the box.
+        hierarchy: sides of the reduced resolutions of w, smallest first (e.g. (14,) for
+            28 x 28 images); empty for none.
+        resize_every: iterations at each reduced resolution.
+        importance: importance sampling of coordinates after each upsampling.
+        beta1, beta2: ADAM's decay rates.
+        max_queries: per-example budget (success checks included); an example stops when it
+            cannot pay for three queries. The default, 20,000, keeps the default run on a
+            few tiny images well under a second; attacks on MNIST want 10^5 or more.
+        seed: seeds the coordinate sampling.
+
+    Shape: x N x C x H x W in [0, 1], y (N,); queries per example in ``AttackResult.queries``.
+
+    References: Chen, Zhang, Sharma, Yi & Hsieh, "ZOO: zeroth order optimization based
+    black-box attacks to deep neural networks without training substitute models", AISec
+    2017, arXiv:1708.03999. Carlini & Wagner, "Towards evaluating the robustness of neural
+    networks", IEEE S&P 2017, arXiv:1608.04644.
+    """
+
+    norm = "l2"
+
+    def __init__(self, *, solver: str = "adam", coords: int = 128, h: float = 1e-4,
+                 lr: float = 0.01, initial_const: float = 1.0, binary_search_steps: int = 9,
+                 max_iter: int = 1000, abort_early: bool = True, confidence: float = 0.0,
+                 use_tanh: bool = False, hierarchy: tuple[int, ...] = (),
+                 resize_every: int = 200, importance: bool = True, beta1: float = 0.9,
+                 beta2: float = 0.999, max_queries: int | None = 20_000, seed: int = 0) -> None:
+        if solver not in SOLVERS:
+            raise ThreatModelError(f"unknown ZOO solver {solver!r}; use adam or newton")
+        if coords < 1 or binary_search_steps < 1 or max_iter < 1 or resize_every < 1:
+            raise ThreatModelError("coords, binary_search_steps, max_iter and resize_every "
+                                   "must be >= 1")
+        if min(h, lr, initial_const) <= 0 or confidence < 0:
+            raise ThreatModelError("h, lr and initial_const must be positive, confidence >= 0")
+        if max_queries is not None and max_queries < 3:
+            raise ThreatModelError(f"max_queries must be >= 3, got {max_queries}")
+        if any(s < 1 for s in hierarchy) or list(hierarchy) != sorted(hierarchy):
+            raise ThreatModelError(f"hierarchy must be increasing sides >= 1, got {hierarchy}")
+        self.solver, self.coords, self.h, self.lr = solver, coords, h, lr
+        self.initial_const, self.binary_search_steps = initial_const, binary_search_steps
+        self.max_iter, self.abort_early, self.confidence = max_iter, abort_early, confidence
+        self.use_tanh, self.hierarchy, self.resize_every = use_tanh, tuple(hierarchy), resize_every
+        self.importance, self.beta1, self.beta2 = importance, beta1, beta2
+        self.max_queries, self.seed = max_queries, seed
+        self.eps = None
+
+    # -- the binary search -----------------------------------------------------------------
+
+    def attack(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
+               eps: Tensor | None, generator: torch.Generator) -> Tensor:
+        n = len(x)
+        const = torch.full((n,), self.initial_const, device=x.device, dtype=torch.float64)
+        lo, hi = torch.zeros_like(const), torch.full_like(const, 1e10)
+        best_l2 = torch.full((n,), float("inf"), device=x.device, dtype=torch.float64)
+        best_x = x.clone()
+        for _ in range(self.binary_search_steps):
+            found = self._search(oracle, x, y, target, const, best_l2, best_x, generator)
+            hi = torch.where(found, torch.minimum(hi, const), hi)
+            lo = torch.where(found, lo, torch.maximum(lo, const))
+            const = torch.where(hi < 1e9, (lo + hi) / 2, const * 10)
+            if (oracle.remaining() < 3).all():
+                break
+        return best_x
+
+    def _search(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
+                const: Tensor, best_l2: Tensor, best_x: Tensor,
+                g: torch.Generator) -> Tensor:
+        """One binary-search step from w = 0: coordinate descent for ``max_iter`` iterations.
+        Updates best_l2 / best_x in place; returns bool (N,), success seen in this step."""
+        n = len(x)
+        sides = [*[s for s in self.hierarchy if s < x.shape[2]], x.shape[2]]
+        state = self._fresh(x, sides[0], None)
+        found = torch.zeros(n, dtype=torch.bool, device=x.device)
+        running = torch.ones(n, dtype=torch.bool, device=x.device)
+        prev = torch.full((n,), float("inf"), device=x.device, dtype=torch.float64)
+        abort_every = max(1, self.max_iter // 10)
+        level = 0
+        for it in range(self.max_iter):
+            if level + 1 < len(sides) and it == (level + 1) * self.resize_every:
+                level += 1
+                state = self._fresh(x, sides[level], state.w)
+            idx = (running & (oracle.remaining() >= 3)).nonzero().squeeze(1)
+            if len(idx) == 0:
+                break
+            loss0 = self._iterate(oracle, x, y, target, const, state, idx, best_l2, best_x,
+                                  found, g)
+            running &= best_l2 > 0  # the clean input is adversarial: nothing to shrink
+            if self.abort_early and it % abort_every == 0:
+                stuck = loss0 > prev[idx] * 0.9999
+                running[idx[stuck]] = False
+                prev[idx] = loss0
+        return found
+
+    def _fresh(self, x: Tensor, side: int, previous: Tensor | None) -> _State:
+        """State at resolution ``side``: w = 0, or the previous w upsampled (new moments);
+        importance probabilities from the previous |w| when there is one."""
+        n, c, hh, ww = x.shape
+        size = (side, max(1, round(side * ww / hh)))
+        if previous is None:
+            w = torch.zeros(n, c, *size, device=x.device, dtype=x.dtype)
+        else:
+            w = F.interpolate(previous, size=size, mode="bilinear", align_corners=False)
+        d = w[0].numel()
+        zeros = torch.zeros(n, d, device=x.device, dtype=x.dtype)
+        prob = torch.full_like(zeros, 1.0 / d)
+        if self.importance and previous is not None:
+            k = max(1, previous.shape[2] // 8)
+            pooled = F.max_pool2d(previous.abs(), k, k, ceil_mode=True)
+            pooled = F.interpolate(pooled, size=size, mode="nearest").flatten(1)
+            total = pooled.sum(1, keepdim=True)
+            share = torch.where(total > 0, pooled / total.clamp_min(1e-30), prob)
+            prob = 0.99 * share + 0.01 * prob  # keep every coordinate reachable
+        return _State(w, zeros, zeros.clone(), torch.ones_like(zeros), prob)
+
+    # -- one iteration ---------------------------------------------------------------------
+
+    def _iterate(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
+                 const: Tensor, s: _State, idx: Tensor, best_l2: Tensor, best_x: Tensor,
+                 found: Tensor, g: torch.Generator) -> Tensor:
+        """Estimate ``coords`` partial derivatives per example of idx, update them, record
+        successes at the current point. Returns the loss L(w) of each example (float64)."""
+        k = min(self.coords, s.w[0].numel())
+        per_row = torch.clamp((oracle.remaining()[idx] - 1) // 2, max=k)  # >= 1 here
+        pick = torch.multinomial(s.prob[idx], k, replacement=False, generator=g)  # m x k
+        use = torch.arange(k, device=x.device)[None, :] < per_row[:, None]
+        chunk = max(1, ROWS_PER_QUERY // (2 * k + 1))
+        loss0 = [self._chunk(oracle, x, y, target, const, s, idx[a:a + chunk],
+                             pick[a:a + chunk], use[a:a + chunk], best_l2, best_x, found)
+                 for a in range(0, len(idx), chunk)]
+        return torch.cat(loss0)
+
+    def _chunk(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
+               const: Tensor, s: _State, idx: Tensor, pick: Tensor, use: Tensor,
+               best_l2: Tensor, best_x: Tensor, found: Tensor) -> Tensor:
+        m, k = pick.shape
+        x0 = x[idx]
+        images = self._rows(x0, s.w[idx], pick, use)  # m x (2k + 1) x C x H x W
+        keep = torch.cat([torch.ones(m, 1, dtype=torch.bool, device=x.device), use, use], 1)
+        flat = images.flatten(2)
+        rows, owner = flat.flatten(0, 1), idx.repeat_interleave(2 * k + 1)
+        if not keep.all():  # a short budget: query only the probes in use
+            rows, owner = rows[keep.flatten()], owner[keep.flatten()]
+        scores = oracle(rows.view(len(rows), *x.shape[1:]), owner=owner)
+        # ||x' - x||^2 of every row from the center's, exactly: the probes differ from it by
+        # O(h) in a few pixels, so the difference is summed on its own (float32 is enough)
+        e0 = flat[:, 0] - x0.flatten(1)
+        diff = flat[:, 1:] - flat[:, :1]
+        l2sq = torch.cat([e0.double().pow(2).sum(1, keepdim=True),
+                          e0.double().pow(2).sum(1, keepdim=True)
+                          + (diff * (2 * e0[:, None] + diff)).sum(2).double()], 1)
+        t = None if target is None else target[owner]
+        f = torch.zeros(m, 2 * k + 1, device=x.device, dtype=torch.float64)
+        f[keep] = self._f(scores.double(), y[owner], t)
+        loss = l2sq + const[idx][:, None] * f
+        first = torch.cat([keep.new_zeros(1, dtype=torch.long),  # each center's row
+                           keep.sum(1).cumsum(0)[:-1]])
+        self._record(images[:, 0], scores[first], l2sq[:, 0], idx, y, target, best_l2,
+                     best_x, found)
+        lp, lm, l0 = loss[:, 1:k + 1], loss[:, k + 1:], loss[:, :1]
+        grad = ((lp - lm) / (2 * self.h)).to(x.dtype)
+        hess = ((lp - 2 * l0 + lm) / self.h ** 2).to(x.dtype)
+        self._update(s, idx, pick, use, grad, hess, x)
+        return loss[:, 0]
+
+    def _rows(self, x: Tensor, w: Tensor, pick: Tensor, use: Tensor) -> Tensor:
+        """The images x'(w), x'(w + h e_i), x'(w - h e_i) for the picked coordinates
+        (a probe not in use repeats the center). Shape: m x (2k + 1) x C x H x W."""
+        m, k = pick.shape
+        pre = self._pre(x) + self._up(w, x)  # before the squashing map: m x C x H x W
+        step = torch.where(use, self.h, 0.0).to(x.dtype)
+        if w.shape[2:] == x.shape[2:]:  # full resolution: e_i is one pixel
+            probe = torch.zeros(m, k, pre[0].numel(), device=x.device, dtype=x.dtype)
+            probe.scatter_(2, pick[:, :, None], step[:, :, None])
+        else:  # reduced resolution: e_i's upsampled footprint
+            onehot = torch.zeros(m * k, w[0].numel(), device=x.device, dtype=x.dtype)
+            onehot.scatter_(1, pick.reshape(-1, 1), step.reshape(-1, 1))
+            probe = self._up(onehot.view(m * k, *w.shape[1:]), x).reshape(m, k, -1)
+        center = pre.flatten(1)[:, None]
+        rows = torch.cat([center, center + probe, center - probe], 1)
+        return self._squash(rows).view(m, 2 * k + 1, *x.shape[1:])
+
+    def _pre(self, x: Tensor) -> Tensor:
+        return torch.atanh((2 * x - 1) * (1 - 1e-6)) if self.use_tanh else x
+
+    def _squash(self, pre: Tensor) -> Tensor:
+        return (torch.tanh(pre) + 1) / 2 if self.use_tanh else pre.clamp(0.0, 1.0)
+
+    def _up(self, w: Tensor, like: Tensor) -> Tensor:
+        if w.shape[2:] == like.shape[2:]:
+            return w
+        return F.interpolate(w, size=like.shape[2:], mode="bilinear", align_corners=False)
+
+    def _f(self, scores: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+        """The C&W term on log-scores."""
+        logp = scores.log_softmax(1)
+        if target is None:
+            return margin(logp, y, kappa=self.confidence)
+        return (-margin(logp, target)).clamp_min(-self.confidence)
+
+    def _record(self, images: Tensor, scores: Tensor, l2sq: Tensor, rows: Tensor, y: Tensor,
+                target: Tensor | None, best_l2: Tensor, best_x: Tensor, found: Tensor) -> None:
+        """Success at the current points (one per row of ``rows``), and the best so far."""
+        ok = is_success(scores, y[rows], None if target is None else target[rows])
+        found[rows] |= ok
+        l2 = l2sq.sqrt()
+        better = ok & (l2 < best_l2[rows])
+        best_l2[rows[better]] = l2[better]
+        best_x[rows[better]] = images[better]
+
+    def _update(self, s: _State, idx: Tensor, pick: Tensor, use: Tensor, grad: Tensor,
+                hess: Tensor, x: Tensor) -> None:
+        """The coordinate step (ADAM or Newton) on the sampled coordinates in use."""
+        r = idx[:, None].expand_as(pick)
+        r, c, grad, hess = r[use], pick[use], grad[use], hess[use]
+        w = s.w.view(len(s.w), -1)
+        if self.solver == "adam":
+            m = self.beta1 * s.m[r, c] + (1 - self.beta1) * grad
+            v = self.beta2 * s.v[r, c] + (1 - self.beta2) * grad * grad
+            t = s.t[r, c]
+            corr = (1 - self.beta2 ** t).sqrt() / (1 - self.beta1 ** t)
+            s.m[r, c], s.v[r, c], s.t[r, c] = m, v, t + 1
+            new = w[r, c] - self.lr * corr * m / (v.sqrt() + 1e-8)
+        else:
+            hess = torch.where(hess < 0, torch.ones_like(hess), hess).clamp_min(0.1)
+            new = w[r, c] - self.lr * grad / hess
+        if not self.use_tanh and s.w.shape[2:] == x.shape[2:]:
+            xf = x.view(len(x), -1)[r, c]
+            new = torch.maximum(torch.minimum(new, 1 - xf), -xf)  # keep x + w in the box
+        w[r, c] = new

@@ -1,0 +1,282 @@
+r"""Universal adversarial perturbations: one image-agnostic perturbation v for a data set.
+
+The algorithm of Moosavi-Dezfooli et al. loops over the data set; for every image that
+:math:`x_i + v` does not fool yet, it finds the minimal extra perturbation that does
+(DeepFool, the linearised step to the nearest decision boundary),
+
+.. math::  \Delta v_i = \arg\min_r \|r\|_2 \ \text{s.t.}\ \hat k(x_i + v + r) \ne \hat k(x_i),
+
+and adds it, projecting back onto the eps-ball: :math:`v \leftarrow P_{p,\xi}(v + \Delta v_i)`.
+It stops when the fooling rate on the data set reaches :math:`1 - \delta` or after
+``max_passes`` passes. The lecture: "almost like any other white-box attack, but we loop on
+the input dataset during adversarial perturbation craft procedure".
+
+advlab batches the inner step: the images of a mini-batch that v does not fool yet get their
+DeepFool steps in one batched computation at the current v, and the steps are then added to v
+one after the other, each followed by the projection (the original is the batch size 1 case).
+Targeted: every image is pushed towards one class t, and an image counts as fooled when it is
+classified as t.
+
+References:
+    Moosavi-Dezfooli, Fawzi, Fawzi & Frossard, "Universal adversarial perturbations",
+    CVPR 2017, arXiv:1610.08401. DeepFool: Moosavi-Dezfooli, Fawzi & Frossard, CVPR 2016,
+    arXiv:1511.04599.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from advlab.attacks.base import Attack, Model, register
+from advlab.errors import LabelError, ThreatModelError
+from advlab.threat import Ball, _expand, ball, clip_box
+from advlab.validation import check_eval_mode, check_images, check_labels
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EPS = {"linf": 0.2, "l2": 4.0}
+
+
+@dataclass
+class UniversalResult:
+    """A fitted universal perturbation.
+
+    Attributes:
+        delta: the perturbation, 1 x C x H x W, inside the eps-ball.
+        fooling_rate: fraction of the fitting images fooled by ``clip(x + delta)``.
+        passes: passes over the data made.
+        target: the target class of a targeted perturbation, else None.
+    """
+
+    delta: Tensor
+    fooling_rate: float
+    passes: int
+    target: int | None = None
+
+
+def fooling_rate(model: Model, x: Tensor, delta: Tensor, y: Tensor | None = None,
+                 target: int | Tensor | None = None, batch_size: int = 500) -> float:
+    """Fraction of images fooled by a universal perturbation, as in the paper.
+
+    Untargeted: :math:`\\hat k(x + v) \\ne \\hat k(x)`, with :math:`\\hat k(x)` the model's
+    clean prediction (or ``y`` when given). Targeted: :math:`\\hat k(x + v) = t`.
+
+    Shape: x N x C x H x W, delta 1 x C x H x W (or N x ...), y (N,).
+    """
+    fooled = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size]
+            d = delta if len(delta) == 1 else delta[i:i + batch_size]
+            adv = model(clip_box(xb + d)).argmax(1)
+            if target is not None:
+                t = torch.as_tensor(target, device=x.device)
+                t = t if t.dim() == 0 else t[i:i + batch_size]
+                fooled += int((adv == t).sum())
+            else:
+                ref = model(xb).argmax(1) if y is None else y[i:i + batch_size]
+                fooled += int((adv != ref).sum())
+    return fooled / len(x)
+
+
+def deepfool_step(model: Model, x: Tensor, ref: Tensor, target: Tensor | None, norm: str,
+                  max_iter: int = 10, overshoot: float = 0.02) -> Tensor:
+    r"""DeepFool's minimal perturbation r for each image (batched), from the linearisation
+
+    .. math:: l = \arg\min_{k \ne \hat k} \frac{|f_k|}{\|w_k\|_q},\quad
+              r \mathrel{+}= \frac{|f_l| + 10^{-4}}{\|w_l\|_q^q}\,|w_l|^{q-1} \odot
+              \mathrm{sign}(w_l)
+
+    with :math:`f_k = z_k - z_{\hat k}`, :math:`w_k = \nabla f_k` and q the dual norm (2 for
+    L2, 1 for Linf), repeated until the label changes (or reaches ``target``), then scaled by
+    ``1 + overshoot``. Untargeted images move away from ``ref``; targeted ones towards
+    ``target`` only.
+
+    Shape: x N x C x H x W, ref (N,), target (N,) or None -> r N x C x H x W.
+    """
+    r = torch.zeros_like(x)
+    k = None
+    for _ in range(max_iter):
+        xa = clip_box(x + (1 + overshoot) * r).detach().requires_grad_(True)
+        logits = model(xa)
+        pred = logits.argmax(1)
+        todo = pred == ref if target is None else pred != target
+        if not todo.any():
+            break
+        k = logits.shape[1] if k is None else k
+        classes = range(k) if target is None else [None]
+        best_dist, best_step = None, None
+        for c in classes:
+            other = target if c is None else torch.full_like(ref, c)
+            base = ref if target is None else pred
+            f = (logits.gather(1, other[:, None]) - logits.gather(1, base[:, None])).squeeze(1)
+            (w,) = torch.autograd.grad(f.sum(), xa, retain_graph=True)
+            dist, step = _linear_step(f.detach(), w, norm)
+            if c is not None:
+                dist = torch.where(other == ref, float("inf"), dist)
+            if best_dist is None:
+                best_dist, best_step = dist, step
+            else:
+                closer = dist < best_dist
+                best_dist = torch.where(closer, dist, best_dist)
+                best_step = torch.where(_expand(closer, step), step, best_step)
+        assert best_step is not None
+        r = r + torch.where(_expand(todo, r), best_step, torch.zeros_like(r))
+    return (1 + overshoot) * r
+
+
+def _linear_step(f: Tensor, w: Tensor, norm: str) -> tuple[Tensor, Tensor]:
+    """Distance |f| / ||w||_q to the linearised boundary and the step that reaches it."""
+    flat = w.flatten(1)
+    if norm == "l2":
+        wn = flat.norm(dim=1).clamp_min(1e-12)
+        dist = (f.abs() + 1e-4) / wn
+        return dist, w * _expand(dist / wn, w)
+    wn = flat.abs().sum(1).clamp_min(1e-12)
+    dist = (f.abs() + 1e-4) / wn
+    return dist, w.sign() * _expand(dist, w)
+
+
+class UniversalPerturbation(Attack):
+    """Universal adversarial perturbation (Moosavi-Dezfooli et al. 2017), Linf or L2.
+
+    Args:
+        eps: radius xi of the ball; default 0.2 (linf) or 4.0 (l2).
+        norm: "linf" or "l2".
+        delta: stop once the fooling rate on the fitting images reaches 1 - delta (0.2 in
+            the paper).
+        max_passes: passes over the data at most.
+        batch_size: images whose DeepFool steps are computed together at the same v.
+        step_norm: the norm of the inner DeepFool step ("l2" as in the paper, or "linf");
+            default the ball's norm.
+        max_iter: DeepFool iterations per step.
+        overshoot: DeepFool's overshoot (0.02).
+        seed: seeds the order in which images are visited.
+
+    ``fit(model, x, y, target)`` returns a :class:`UniversalResult`; calling the attack fits
+    a perturbation on the batch and applies it (one perturbation per target class for a
+    targeted call; with per-example eps the perturbation is fitted at the largest radius and
+    projected onto each example's ball).
+
+    References: Moosavi-Dezfooli et al., CVPR 2017, arXiv:1610.08401 (Algorithm 1).
+    """
+
+    def __init__(self, eps: float | None = None, *, norm: str = "linf", delta: float = 0.2,
+                 max_passes: int = 10, batch_size: int = 32, step_norm: str | None = None,
+                 max_iter: int = 10, overshoot: float = 0.02, seed: int = 0) -> None:
+        if norm not in DEFAULT_EPS:
+            raise ThreatModelError(f"universal perturbations support linf and l2, got {norm!r}")
+        if step_norm not in (None, "linf", "l2"):
+            raise ThreatModelError(f"step_norm must be linf or l2, got {step_norm!r}")
+        if not 0.0 <= delta < 1.0 or max_passes < 1 or batch_size < 1 or max_iter < 1:
+            raise ThreatModelError("need 0 <= delta < 1 and max_passes, batch_size, "
+                                   "max_iter >= 1")
+        self.eps = DEFAULT_EPS[norm] if eps is None else eps
+        if isinstance(self.eps, (int, float)) and self.eps < 0:
+            raise ThreatModelError(f"eps must be non-negative, got {self.eps}")
+        self.norm, self.delta, self.max_passes = norm, delta, max_passes
+        self.batch_size, self.step_norm = batch_size, step_norm or norm
+        self.max_iter, self.overshoot, self.seed = max_iter, overshoot, seed
+
+    def fit(self, model: Model, x: Tensor, y: Tensor | None = None, target: int | None = None,
+            *, eps: float | None = None, generator: torch.Generator | None = None
+            ) -> UniversalResult:
+        """Fit one perturbation on the images x.
+
+        Args:
+            model: the classifier (eval mode).
+            x: images in [0, 1], N x C x H x W.
+            y: the labels to move away from (untargeted); default the model's predictions.
+            target: a class index for a targeted perturbation.
+            eps: radius overriding ``self.eps``.
+            generator: randomness for the visiting order; default seeded with ``self.seed``.
+
+        Returns:
+            UniversalResult with delta (1 x C x H x W) and the fooling rate on x.
+        """
+        check_images(x)
+        check_eval_mode(model)
+        radius = float(self.eps if eps is None else eps)
+        if radius < 0:
+            raise ThreatModelError(f"eps must be non-negative, got {radius}")
+        with torch.no_grad():
+            clean = model(x).argmax(1)
+        num_classes = self._classes(model, x)
+        ref = clean if y is None else y.to(x.device)
+        check_labels(ref, len(x), num_classes)
+        t = None
+        if target is not None:
+            if not 0 <= int(target) < num_classes:
+                raise LabelError(f"target class must lie in [0, {num_classes}), got {target}")
+            t = torch.full_like(ref, int(target))
+        if generator is None:
+            generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        v, passes = self._fit(model, x.detach(), ref, t, radius, generator)
+        rate = fooling_rate(model, x, v, ref if t is None else None, t)
+        return UniversalResult(v, rate, passes, None if t is None else int(target))
+
+    @staticmethod
+    def _classes(model: Model, x: Tensor) -> int:
+        with torch.no_grad():
+            return model(x[:1]).shape[1]
+
+    def _fit(self, model: Model, x: Tensor, ref: Tensor, target: Tensor | None, eps: float,
+             generator: torch.Generator) -> tuple[Tensor, int]:
+        b = ball(self.norm)
+        e = torch.full((1,), eps, dtype=x.dtype, device=x.device)
+        v = torch.zeros_like(x[:1])
+        passes = 0
+        if eps == 0:
+            return v, passes
+        for passes in range(1, self.max_passes + 1):
+            order = torch.randperm(len(x), generator=generator, device=x.device)
+            for i in range(0, len(x), self.batch_size):
+                idx = order[i:i + self.batch_size]
+                v = self._visit(model, x[idx], ref[idx],
+                                None if target is None else target[idx], v, e, b)
+            rate = fooling_rate(model, x, v, ref if target is None else None, target)
+            log.debug("universal pass %d: fooling rate %.3f", passes, rate)
+            if rate >= 1 - self.delta:
+                break
+        return v, passes
+
+    def _visit(self, model: Model, xb: Tensor, ref: Tensor, target: Tensor | None, v: Tensor,
+               e: Tensor, b: Ball) -> Tensor:
+        """One mini-batch: DeepFool steps for the images v does not fool, added in turn."""
+        xv = clip_box(xb + v)
+        with torch.no_grad():
+            pred = model(xv).argmax(1)
+        need = pred == ref if target is None else pred != target
+        if not need.any():
+            return v
+        r = deepfool_step(model, xv[need], ref[need], None if target is None else target[need],
+                          self.step_norm, self.max_iter, self.overshoot)
+        for ri in r:
+            v = b.project(v + ri[None], e)
+        return v
+
+    def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
+                eps: Tensor | None, generator: torch.Generator) -> Tensor:
+        assert eps is not None
+        b = ball(self.norm)
+        e_max = float(eps.max())
+        if target is None:
+            v = self.fit(model, x, y, eps=e_max, generator=generator).delta
+            return clip_box(x + b.project(v.expand_as(x), eps))
+        x_adv = x.clone()
+        for t in target.unique().tolist():
+            rows = (target == t).nonzero().squeeze(1)
+            v = self.fit(model, x[rows], y[rows], target=t, eps=e_max, generator=generator).delta
+            x_adv[rows] = clip_box(x[rows] + b.project(v.expand(len(rows), -1, -1, -1),
+                                                       eps[rows]))
+        return x_adv
+
+
+@register("universal", knowledge="white", goal="both", norm="linf", kind="iterative")
+@register("universal-l2", knowledge="white", goal="both", norm="l2", kind="iterative",
+          defaults={"norm": "l2"})
+class _RegisteredUniversal(UniversalPerturbation):
+    """Universal perturbation, Linf and L2 (see :class:`UniversalPerturbation`)."""

@@ -1,0 +1,297 @@
+"""Experiment configuration: what :func:`advlab.evaluation.run` evaluates.
+
+A run is described by a TOML file (or the equivalent mapping): the data subset, the models,
+the defenses, the attacks with their eps grids and parameters, the detectors, the fragility
+probes, the sanity checks and report options. :data:`DEFAULT_TOML` is the built-in tour of
+the lecture; ``advlab run`` with no file runs it. Every field is validated with a clear
+:class:`~advlab.errors.ConfigError` naming the allowed keys.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from advlab import attacks
+from advlab.errors import ConfigError, UnknownNameError
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - exercised on 3.10 only
+    tomllib = None  # type: ignore[assignment]
+
+DEFAULT_TOML = """\
+# advlab's built-in tour of the lecture, on the embedded MNIST subset and the zoo models.
+# Copy this file, edit it, and run `advlab run my.toml`.
+name = "tour"
+seed = 0
+batch_size = 500
+
+[data]
+name = "mnist5k"      # embedded; see advlab.data.load
+split = "test"
+n = 1000              # the first n images of the split
+
+[[models]]
+name = "mnist-mlp"    # a zoo name, or: name = "mine", file = "w.safetensors", arch = "mnist-cnn"
+
+[[models]]
+name = "mnist-cnn"
+
+# [[defenses]]        # "none" (the default) is the undefended model
+# name = "none"
+
+[[attacks]]
+name = "fgsm"
+eps = [0.05, 0.1, 0.2, 0.3]
+
+[[attacks]]
+name = "bim"
+eps = [0.05, 0.1, 0.2, 0.3]
+params = { steps = 10 }
+
+[[attacks]]
+name = "pgd"
+eps = [0.05, 0.1, 0.2, 0.3]
+params = { steps = 40, alpha = 0.01 }
+
+# [[detectors]]
+# name = "activation-knn"
+# params = { layers = ["fc1"], k = 10 }
+
+[probes]
+shifts = [1, 2]       # fragility: shift right by 1 and 2 pixels
+noise = [0.05]        # fragility: add N(0, 0.05^2) noise
+
+[sanity]              # advlab.evaluation.sanity checks at the report's reference eps
+enabled = true
+max_examples = 100
+blackbox_queries = 500
+
+[report]
+gallery = 8           # image pairs stored per cell
+"""
+
+_EPS = [0.05, 0.1, 0.2, 0.3]
+
+#: :data:`DEFAULT_TOML` as a mapping, so the tour runs without a TOML reader (Python 3.10).
+DEFAULT: dict[str, Any] = {
+    "name": "tour", "seed": 0, "batch_size": 500,
+    "data": {"name": "mnist5k", "split": "test", "n": 1000},
+    "models": [{"name": "mnist-mlp"}, {"name": "mnist-cnn"}],
+    "attacks": [{"name": "fgsm", "eps": _EPS},
+                {"name": "bim", "eps": _EPS, "params": {"steps": 10}},
+                {"name": "pgd", "eps": _EPS, "params": {"steps": 40, "alpha": 0.01}}],
+    "probes": {"shifts": [1, 2], "noise": [0.05]},
+    "sanity": {"enabled": True, "max_examples": 100, "blackbox_queries": 500},
+    "report": {"gallery": 8},
+}
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model: a zoo name, or a safetensors ``file`` holding weights of zoo architecture
+    ``arch``."""
+
+    name: str
+    file: str | None = None
+    arch: str | None = None
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """An attack by registry name, its eps grid (None: the attack's own default or a
+    minimum-norm attack), its other parameters, and an optional target selection
+    ("random", "least_likely" or "next") for a targeted attack."""
+
+    name: str
+    eps: tuple[float | None, ...] = (None,)
+    params: dict[str, Any] = field(default_factory=dict)
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """A defense or detector: a name and its parameters (``none`` is no defense)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The evaluation images: the first ``n`` of ``split`` of data set ``name`` (None: all);
+    detectors and trained defenses fit on up to ``fit_n`` images of ``train_split``."""
+
+    name: str = "mnist5k"
+    split: str = "test"
+    n: int | None = 1000
+    train_split: str = "train"
+    fit_n: int | None = 2000
+    root: str | None = None
+
+
+@dataclass
+class RunConfig:
+    """Everything :func:`run` needs; build it from TOML with :func:`load_config`."""
+
+    name: str = "tour"
+    seed: int = 0
+    batch_size: int = 500
+    device: str | None = None
+    data: DataSpec = field(default_factory=DataSpec)
+    models: list[ModelSpec] = field(default_factory=list)
+    attacks: list[AttackSpec] = field(default_factory=list)
+    defenses: list[PluginSpec] = field(default_factory=lambda: [PluginSpec("none")])
+    detectors: list[PluginSpec] = field(default_factory=list)
+    shifts: tuple[int, ...] = (1, 2)
+    noise: tuple[float, ...] = (0.05,)
+    gallery: int = 8
+    report: dict[str, Any] = field(default_factory=dict)
+    sanity: dict[str, Any] = field(default_factory=lambda: dict(SANITY))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able description (what the results database and results.json record)."""
+        return {
+            "name": self.name, "seed": self.seed, "batch_size": self.batch_size,
+            "device": self.device, "data": vars(self.data),
+            "models": [vars(m) for m in self.models],
+            "attacks": [{"name": a.name, "eps": list(a.eps), "params": a.params,
+                         "target": a.target} for a in self.attacks],
+            "defenses": [vars(d) for d in self.defenses],
+            "detectors": [vars(d) for d in self.detectors],
+            "probes": {"shifts": list(self.shifts), "noise": list(self.noise)},
+            "report": {"gallery": self.gallery, **self.report},
+            "sanity": self.sanity,
+        }
+
+
+_TOP = {"name", "seed", "batch_size", "device", "data", "models", "attacks", "defenses",
+        "detectors", "probes", "report", "sanity"}
+
+#: defaults of the [sanity] table
+SANITY: dict[str, Any] = {"enabled": True, "max_examples": 100, "blackbox_queries": 500}
+
+
+def _keys(d: dict[str, Any], allowed: set[str], where: str) -> None:
+    extra = set(d) - allowed
+    if extra:
+        raise ConfigError(f"unknown key(s) {sorted(extra)} in {where}; allowed: "
+                          f"{', '.join(sorted(allowed))}")
+
+
+def _table(v: Any, where: str) -> dict[str, Any]:
+    if isinstance(v, str):
+        return {"name": v}
+    if not isinstance(v, dict) or "name" not in v:
+        raise ConfigError(f"{where} must be a name or a table with a 'name', got {v!r}")
+    return v
+
+
+def _eps_grid(v: Any, where: str) -> tuple[float | None, ...]:
+    grid = v if isinstance(v, list) else [v]
+    for e in grid:
+        if e is not None and (isinstance(e, bool) or not isinstance(e, (int, float))
+                              or not math.isfinite(e) or e < 0):
+            raise ConfigError(f"{where}: eps must be non-negative numbers, got {e!r}")
+    return tuple(None if e is None else float(e) for e in grid) or (None,)
+
+
+def _attack_spec(v: Any, i: int) -> AttackSpec:
+    where = f"attacks[{i}]"
+    d = _table(v, where)
+    _keys(d, {"name", "eps", "params", "target"}, where)
+    available = attacks.available()
+    if d["name"] not in available:
+        raise UnknownNameError("attack", d["name"], list(available))
+    params = dict(d.get("params", {}))
+    if "eps" in params:
+        raise ConfigError(f"{where}: give eps as the attack's 'eps' grid, not in params")
+    target = d.get("target")
+    if target not in (None, "random", "least_likely", "next"):
+        raise ConfigError(f"{where}: target must be random, least_likely or next, "
+                          f"got {target!r}")
+    return AttackSpec(d["name"], _eps_grid(d.get("eps"), where), params, target)
+
+
+def config_from_dict(d: dict[str, Any]) -> RunConfig:
+    """Validate a configuration mapping (the parsed TOML) and build a :class:`RunConfig`.
+
+    Raises:
+        ConfigError: unknown keys, wrong types, no models or no attacks.
+        UnknownNameError: an attack name that is not registered.
+    """
+    _keys(d, _TOP, "the configuration")
+    data = dict(d.get("data", {}))
+    _keys(data, set(DataSpec.__dataclass_fields__), "[data]")
+    models = [_table(m, f"models[{i}]") for i, m in enumerate(d.get("models", []))]
+    for i, m in enumerate(models):
+        _keys(m, {"name", "file", "arch"}, f"models[{i}]")
+        if ("file" in m) != ("arch" in m):
+            raise ConfigError(f"models[{i}]: a weights 'file' needs its 'arch' and vice versa")
+    names = [m["name"] for m in models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"model names must be distinct, got {names}")
+    plugins = {}
+    for kind in ("defenses", "detectors"):
+        specs = []
+        for i, p in enumerate(d.get(kind, ["none"] if kind == "defenses" else [])):
+            p = _table(p, f"{kind}[{i}]")
+            _keys(p, {"name", "params"}, f"{kind}[{i}]")
+            specs.append(PluginSpec(p["name"], dict(p.get("params", {}))))
+        plugins[kind] = specs
+    probes = dict(d.get("probes", {}))
+    _keys(probes, {"shifts", "noise"}, "[probes]")
+    report = dict(d.get("report", {}))
+    sanity = dict(d.get("sanity", {}))
+    _keys(sanity, set(SANITY), "[sanity]")
+    cfg = RunConfig(
+        name=str(d.get("name", "run")), seed=int(d.get("seed", 0)),
+        batch_size=int(d.get("batch_size", 500)), device=d.get("device"),
+        data=DataSpec(**data), models=[ModelSpec(**m) for m in models],
+        attacks=[_attack_spec(a, i) for i, a in enumerate(d.get("attacks", []))],
+        defenses=plugins["defenses"], detectors=plugins["detectors"],
+        shifts=tuple(int(s) for s in probes.get("shifts", (1, 2))),
+        noise=tuple(float(s) for s in probes.get("noise", (0.05,))),
+        gallery=int(report.pop("gallery", 8)), report=report, sanity={**SANITY, **sanity})
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: RunConfig) -> None:
+    if not cfg.models:
+        raise ConfigError("the configuration lists no [[models]]")
+    if not cfg.attacks:
+        raise ConfigError("the configuration lists no [[attacks]]")
+    if cfg.batch_size < 1 or (cfg.data.n is not None and cfg.data.n < 1):
+        raise ConfigError("batch_size and data.n must be >= 1")
+    if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name.startswith("."):
+        raise ConfigError(f"run name {cfg.name!r} must be a plain directory name")
+    if any(s < 0 for s in cfg.noise) or cfg.gallery < 0:
+        raise ConfigError("probe noise and report.gallery must be non-negative")
+
+
+def parse_config(text: str) -> RunConfig:
+    """Parse TOML text into a :class:`RunConfig`."""
+    if tomllib is None:
+        raise ConfigError("reading TOML needs Python >= 3.11 (tomllib); build the "
+                          "configuration with config_from_dict instead")
+    try:
+        return config_from_dict(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}") from exc
+
+
+def load_config(path: str | os.PathLike | None = None) -> RunConfig:
+    """Read a TOML configuration file; None gives the built-in tour (:data:`DEFAULT_TOML`)."""
+    if path is None:
+        return config_from_dict(copy.deepcopy(DEFAULT))
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"no configuration file at {p}")
+    return parse_config(p.read_text())

@@ -1,0 +1,155 @@
+"""A run's numbers, recomputed from the results database: ``results.json`` and the report's
+tables come from :func:`collect`.
+
+Per cell (see :mod:`advlab.evaluation.metrics` for the definitions):
+clean and robust accuracy, success rate, median norms and mean SSIM of the successful
+adversarial examples, mean confidence of the clean correct and of the wrong adversarial
+predictions, median queries, transfer rate to every other model, fragility (how many
+successful adversarial examples a small transformation turns back, and how many clean
+correct images survive the same transformation), detector AUC and detection rate at 5% FPR.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from advlab import attacks
+from advlab.evaluation import metrics
+from advlab.evaluation.store import Store, atomic_write
+
+SCHEMA = "advlab.results/1"
+DETECTION_FPR = 0.05
+
+
+def _f(v: float) -> float | None:
+    """JSON-safe float: NaN becomes None."""
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def _mean(a: np.ndarray) -> float | None:
+    return _f(a.mean()) if a.size else None
+
+
+def attack_norm(cell: dict[str, Any]) -> str:
+    """The cell's perturbation norm: its params' norm, else the registry's taxonomy."""
+    if "norm" in cell["params"]:
+        return str(cell["params"]["norm"])
+    tax = attacks.available().get(cell["attack"])
+    return tax.norm if tax is not None else "?"
+
+
+def reference_eps(cells: Sequence[dict[str, Any]], override: float | None = None) -> float | None:
+    """The Linf eps at which the gallery, transfer, properties and ROC sections look.
+
+    Default: the smallest eps of the grid at which some attack fools at least half of the
+    correctly classified images of every model; else the largest eps.
+    """
+    if override is not None:
+        return float(override)
+    bounded = [c for c in cells if c["eps"] is not None and attack_norm(c) == "linf"]
+    grid = sorted({c["eps"] for c in bounded if c["eps"] > 0})
+    models = {c["model"] for c in bounded}
+    for e in grid:
+        best = {m: max((c["success_rate"] or 0.0 for c in bounded
+                        if c["model"] == m and math.isclose(c["eps"], e)), default=0.0)
+                for m in models}
+        if best and min(best.values()) >= 0.5:
+            return e
+    return grid[-1] if grid else None
+
+
+def summarize_rows(ex: dict[str, np.ndarray], probes: dict[str, dict[str, np.ndarray]],
+                   scores: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The numbers of one cell from its per-example columns (see :class:`CellRecord`)."""
+    y, ok, succ = ex["label"], ex["clean_pred"] == ex["label"], ex["success"].astype(bool)
+    fooled = ok & succ
+    ssim = ex["ssim"].astype(np.float64)
+    queries = np.array([-1 if q is None else q for q in ex["queries"]], np.int64)
+    out: dict[str, Any] = {
+        "n": len(y),
+        "clean_accuracy": _f(metrics.accuracy(ex["clean_pred"], y)),
+        "robust_accuracy": _f(metrics.robust_accuracy(ex["adv_pred"], y)),
+        "success_rate": _f(metrics.success_rate(succ, ex["clean_pred"], y)),
+        "fooled": int(fooled.sum()),
+        "median_norms": {k: _f(v) for k, v in metrics.median_norms(
+            {k: ex[k] for k in ("l0", "l1", "l2", "linf")}, fooled).items()},
+        "mean_ssim": _mean(ssim[fooled & ~np.isnan(ssim)]),
+        "clean_confidence": _mean(ex["clean_conf"][ok]),
+        "wrong_confidence": _f(metrics.wrong_confidence(ex["adv_conf"], ex["adv_pred"], y)),
+        "median_queries": None, "transfer": {}, "fragility": {}, "detectors": {},
+    }
+    if (queries >= 0).any() and fooled.any():
+        out["median_queries"] = _f(np.median(queries[fooled]))
+    for probe, cols in probes.items():
+        kind, _, name = probe.partition(":")
+        if kind == "transfer":
+            out["transfer"][name] = _f(metrics.transfer_rate(
+                fooled, cols["clean_pred"], cols["adv_pred"], y))
+        else:
+            out["fragility"][probe] = {
+                "adversarial_reverted": _f(metrics.revert_rate(cols["adv_pred"], fooled, y)),
+                "clean_kept": _f(metrics.accuracy(cols["clean_pred"][ok], y[ok])),
+            }
+    for det, s in scores.items():
+        pos, neg = s["adv"][fooled], s["clean"]
+        if pos.size and neg.size:
+            out["detectors"][det] = {
+                "auc": metrics.roc_auc(neg, pos),
+                "tpr_at_fpr": metrics.tpr_at_fpr(neg, pos, DETECTION_FPR),
+                "fpr": DETECTION_FPR}
+    return out
+
+
+def summarize_cell(store: Store, key: str, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The numbers of one stored cell, or None if the cell is not in the database."""
+    rec = store.cell(key)
+    if rec is None:
+        return None
+    out = {"key": key, "model": spec["model"]["name"], "defense": spec["defense"]["name"],
+           "attack": spec["attack"], "eps": spec["params"].get("eps"),
+           "params": spec["params"], "seed": spec["seed"], "data": spec["data"]}
+    out.update(summarize_rows(store.examples(key), store.probes(key), store.scores(key)))
+    out.update(wall_s=rec["wall_s"], device=rec["device"], finished=rec["finished"])
+    return out
+
+
+def collect(store: Store, run: str) -> dict[str, Any]:
+    """Everything about a run, as JSON-able data (the content of results.json)."""
+    rec = store.run(run)
+    cells, missing = [], []
+    for key, spec in rec["cells"]:
+        s = summarize_cell(store, key, spec)
+        if s is None:
+            missing.append({"key": key, "model": spec["model"]["name"],
+                            "defense": spec["defense"]["name"], "attack": spec["attack"],
+                            "eps": spec["params"].get("eps"),
+                            "reason": rec["env"].get("skipped", {}).get(key, "not computed")})
+        else:
+            cells.append(s)
+    return {"schema": SCHEMA,
+            "run": {k: rec[k] for k in ("name", "config", "env", "started", "finished",
+                                        "wall_s")},
+            "cells": cells, "missing": missing}
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float):
+        return _f(v)
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def write_results(path: str | os.PathLike, results: dict[str, Any]) -> Path:
+    """Write results.json atomically (NaN written as null)."""
+    text = json.dumps(_clean(results), indent=1, allow_nan=False)
+    return atomic_write(path, text + "\n")

@@ -1,0 +1,624 @@
+"""The experiment matrix: models x defenses x attacks (x eps), resumable, cell by cell.
+
+A *cell* is one (model, defense, attack, params, seed, data subset); its key is the hash of
+its canonical JSON, which also holds fingerprints of the model weights and of the data, the
+batch size (random starts depend on it) and the advlab version. :func:`run` plans the cells of
+a :class:`~advlab.evaluation.config.RunConfig`, skips those already in the results database,
+and computes the rest one by one, batch by batch:
+
+- the attack on the (defended) model, with per-example success, norms, SSIM and queries;
+- *probes*: the same clean and adversarial images shown to the other models (transfer) and
+  to the attacked model after small transformations (fragility);
+- the configured detectors' scores on the clean and the adversarial images;
+- a few image pairs for the report's gallery.
+
+Each finished cell is stored in one transaction (:mod:`advlab.evaluation.store`), so an
+interrupted run loses at most the cell in flight. The library logs and reports progress
+through a callback; it never prints.
+
+Defenses and detectors come from :mod:`advlab.defenses` and :mod:`advlab.detectors` through
+small adapters (:data:`DEFENSES`, :func:`build_detector`); when those packages are missing,
+their cells are skipped with a log message.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import advlab
+from advlab import attacks
+from advlab.errors import AdvlabError, ConfigError
+from advlab.evaluation import metrics
+from advlab.evaluation.config import (
+    AttackSpec,
+    DataSpec,
+    ModelSpec,
+    PluginSpec,
+    RunConfig,
+    load_config,
+)
+from advlab.evaluation.results import attack_norm, collect, reference_eps
+from advlab.evaluation.store import CellRecord, Store, canonical_json, cell_key
+
+log = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------- plugins
+
+
+def optional_module(name: str) -> Any | None:
+    """Import an optional advlab package (defenses, detectors, sanity) or return None."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and name.startswith(exc.name):
+            return None
+        raise
+
+
+class Unavailable(AdvlabError):
+    """A cell that cannot run in this installation (a missing optional package)."""
+
+
+TrainData = Callable[[], tuple[Tensor, Tensor]]
+DefenseAdapter = Callable[[Any, nn.Module, TrainData, dict[str, Any], int], nn.Module]
+
+
+def _adversarial_training(mod: Any, model: nn.Module, train: TrainData, p: dict[str, Any],
+                          seed: int) -> nn.Module:
+    p = dict(p)
+    atk = attacks.get(p.pop("attack", "pgd"), **p.pop("attack_params", {}), seed=seed)
+    return mod.adversarial_training(model, *train(), attack=atk, **p)
+
+
+def _distillation(mod: Any, model: nn.Module, train: TrainData, p: dict[str, Any],
+                  seed: int) -> nn.Module:
+    out = mod.distill(model, *train(), **p)
+    return out[-1] if isinstance(out, tuple) else out  # (teacher, student) -> student
+
+
+def _transformed(mod: Any, model: nn.Module, train: TrainData, p: dict[str, Any],
+                 seed: int) -> nn.Module:
+    layers = []
+    for t in p.get("transforms", []):
+        t = dict(t)
+        layers.append(getattr(mod, t.pop("name"))(**t))
+    return mod.Transformed(model, layers)
+
+
+#: defense name -> adapter(advlab.defenses module, model, train data loader, params, seed)
+#: returning the defended model. Add an entry to plug a new defense into the runner.
+DEFENSES: dict[str, DefenseAdapter] = {
+    "adversarial-training": _adversarial_training,
+    "distillation": _distillation,
+    "transformed": _transformed,
+}
+
+
+def defend(spec: PluginSpec, model: nn.Module, train: TrainData, seed: int) -> nn.Module:
+    """The model behind defense ``spec`` ("none": the model itself), in eval mode.
+
+    Raises:
+        Unavailable: :mod:`advlab.defenses` is not installed.
+        UnknownNameError: no adapter for that defense name.
+    """
+    if spec.name == "none":
+        return model
+    mod = optional_module("advlab.defenses")
+    if mod is None:
+        raise Unavailable(f"defense {spec.name!r} needs advlab.defenses, not available")
+    if spec.name not in DEFENSES:
+        raise advlab.errors.UnknownNameError("defense", spec.name, ["none", *DEFENSES])
+    return DEFENSES[spec.name](mod, model, train, spec.params, seed).eval()
+
+
+def build_detector(spec: PluginSpec, model: nn.Module, train: TrainData) -> Any:
+    """A fitted detector from :mod:`advlab.detectors` (``get(name)`` when it has a registry,
+    else the class whose name matches, ignoring case, '-' and '_'), ``.fit(model, x, y)``.
+
+    Raises:
+        Unavailable: :mod:`advlab.detectors` is not installed.
+        UnknownNameError: no detector of that name.
+    """
+    mod = optional_module("advlab.detectors")
+    if mod is None:
+        raise Unavailable(f"detector {spec.name!r} needs advlab.detectors, not available")
+    if hasattr(mod, "get"):
+        det = mod.get(spec.name, **spec.params)
+    else:
+        classes = {k.lower(): v for k, v in vars(mod).items()
+                   if isinstance(v, type) and hasattr(v, "score") and hasattr(v, "fit")}
+        key = spec.name.replace("-", "").replace("_", "").lower()
+        if key not in classes:
+            raise advlab.errors.UnknownNameError("detector", spec.name, list(classes))
+        det = classes[key](**spec.params)
+    return det.fit(model, *train()) or det
+
+
+# ----------------------------------------------------------------------------- models, data
+
+
+def fingerprint_model(model: nn.Module) -> str:
+    """sha256 (16 hex digits) of the model's parameters and buffers, names included."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint_data(x: Tensor, y: Tensor) -> str:
+    """sha256 (16 hex digits) of the images and labels."""
+    h = hashlib.sha256()
+    for t in (x, y):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_model(spec: ModelSpec) -> nn.Module:
+    """A zoo model by name, or a user's safetensors weights for a zoo architecture."""
+    from advlab import zoo
+
+    if spec.file is None:
+        return zoo.load(spec.name)
+    return zoo.load_weights(zoo.build(spec.arch), spec.file).eval()
+
+
+def load_data(spec: DataSpec, split: str | None = None,
+              n: int | None = None) -> tuple[Tensor, Tensor]:
+    """The first ``n`` images of a split of the configured data set."""
+    from advlab import data
+
+    return data.load(spec.name, split=split or spec.split, root=spec.root, n=n)
+
+
+def class_names(spec: DataSpec) -> list[str] | None:
+    """The data set's class names when advlab.data knows them (for the report)."""
+    from advlab import data
+
+    try:
+        return list(data.info(spec.name, spec.root).classes)
+    except AdvlabError as exc:
+        log.info("no class names for %s: %s", spec.name, exc)
+        return None
+
+
+# ----------------------------------------------------------------------------- one cell
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress event: ``event`` is "plan" (cells known), "skip" (a stored or unavailable
+    cell), "cell" (a cell starts), "batch" (a batch of it is done) or "done" (it is stored).
+    ``cell`` counts from 1 of ``cells``; ``batch`` from 1 of ``batches``."""
+
+    event: str
+    cell: int = 0
+    cells: int = 0
+    label: str = ""
+    batch: int = 0
+    batches: int = 0
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def _softmax_top(logits: Tensor) -> tuple[Tensor, Tensor]:
+    p = logits.float().softmax(1)
+    conf, pred = p.max(1)
+    return pred, conf
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+@dataclass
+class CellPlan:
+    """What to compute for one attacked model (used by :func:`run` and the CLI's attack)."""
+
+    attack: attacks.Attack
+    target: str | None = None
+    transfer: dict[str, nn.Module] = field(default_factory=dict)
+    shifts: Sequence[int] = (1, 2)
+    noise: Sequence[float] = (0.05,)
+    detectors: dict[str, Any] = field(default_factory=dict)
+    gallery: int = 8
+    batch_size: int = 500
+    seed: int = 0
+
+
+def _probes(plan: CellPlan, model: nn.Module, x: Tensor, x_adv: Tensor, seed: int
+            ) -> dict[str, tuple[Tensor, Tensor]]:
+    """Name -> (logits on the clean images, logits on the adversarial images)."""
+    out = {}
+    with torch.no_grad():
+        for name, other in plan.transfer.items():
+            out[f"transfer:{name}"] = (other(x), other(x_adv))
+        for s in plan.shifts:
+            out[f"shift:{s}"] = (model(metrics.translate(x, s)),
+                                 model(metrics.translate(x_adv, s)))
+        for sigma in plan.noise:
+            g1 = torch.Generator(device=x.device).manual_seed(seed)
+            g2 = torch.Generator(device=x.device).manual_seed(seed)  # same noise on both
+            out[f"noise:{sigma:g}"] = (model(metrics.gaussian_noise(x, sigma, g1)),
+                                       model(metrics.gaussian_noise(x_adv, sigma, g2)))
+    return out
+
+
+def _batch_rows(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor, seed: int
+                ) -> tuple[dict[str, np.ndarray], dict, dict, Tensor]:
+    with torch.no_grad():
+        clean_logits = model(x)
+    target = None
+    if plan.target is not None:
+        g = torch.Generator(device=x.device).manual_seed(seed)
+        target = attacks.choose_target(clean_logits, y, plan.target, g)
+    res = plan.attack(model, x, y, target)
+    clean_pred, clean_conf = _softmax_top(clean_logits)
+    adv_pred, adv_conf = _softmax_top(res.logits)
+    n = len(x)
+    sim = metrics.ssim(x, res.x_adv) if min(x.shape[2:]) >= 7 else \
+        torch.full((n,), float("nan"), device=x.device)
+    rows = {
+        "label": _np(y), "clean_pred": _np(clean_pred), "clean_conf": _np(clean_conf),
+        "adv_pred": _np(adv_pred), "adv_conf": _np(adv_conf),
+        "target": np.full(n, None) if res.target is None else _np(res.target),
+        "success": _np(res.success), "ssim": _np(sim.double()).astype(np.float64),
+        "queries": np.full(n, None) if res.queries is None else _np(res.queries),
+        **{k: _np(v.double()) for k, v in res.norms.items()},
+    }
+    probes = {}
+    for name, (lc, la) in _probes(plan, model, x, res.x_adv, seed).items():
+        pc, cc = _softmax_top(lc)
+        pa, ca = _softmax_top(la)
+        probes[name] = {"clean_pred": _np(pc), "clean_conf": _np(cc),
+                        "adv_pred": _np(pa), "adv_conf": _np(ca)}
+    scores = {}
+    for name, det in plan.detectors.items():
+        with torch.no_grad():
+            scores[name] = {"clean": _np(det.score(x).double()),
+                            "adv": _np(det.score(res.x_adv).double())}
+    return rows, probes, scores, res.x_adv.detach()
+
+
+def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in parts[0].items():
+        out[k] = _concat([p[k] for p in parts]) if isinstance(v, dict) else \
+            np.concatenate([p[k] for p in parts])
+    return out
+
+
+def _pick_gallery(rows: dict[str, np.ndarray], k: int) -> list[int]:
+    """Up to k examples: correct and fooled first, then correct and not fooled, then the
+    misclassified ones."""
+    ok = rows["clean_pred"] == rows["label"]
+    s = rows["success"].astype(bool)
+    order = np.concatenate([np.flatnonzero(ok & s), np.flatnonzero(ok & ~s), np.flatnonzero(~ok)])
+    return [int(i) for i in order[:k]]
+
+
+def evaluate(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor,
+             on_batch: Callable[[int, int], None] | None = None) -> CellRecord:
+    """Attack ``model`` on (x, y) batch by batch and measure everything for one cell.
+
+    Args:
+        plan: the attack and what to measure besides.
+        model: the attacked (possibly defended) model, eval mode, on x's device.
+        x, y: images N x C x H x W in [0, 1] and int64 labels (N,).
+        on_batch: called with (batch done, batches) after each batch.
+
+    Returns:
+        A :class:`CellRecord` without key and spec (the caller sets them).
+    """
+    t0, started = time.perf_counter(), time.time()
+    bs = plan.batch_size
+    batches = math.ceil(len(x) / bs)
+    parts, probe_parts, score_parts, advs = [], [], [], []
+    for b in range(batches):
+        sl = slice(b * bs, (b + 1) * bs)
+        rows, probes, scores, x_adv = _batch_rows(plan, model, x[sl], y[sl], plan.seed + b)
+        rows["idx"] = np.arange(sl.start, sl.start + len(x_adv))
+        parts.append(rows)
+        probe_parts.append(probes)
+        score_parts.append(scores)
+        advs.append(x_adv.cpu())
+        if on_batch is not None:
+            on_batch(b + 1, batches)
+    rows = _concat(parts)
+    x_adv = torch.cat(advs)
+    gallery = [(i, _np(x[i].float()), _np(x_adv[i].float()))
+               for i in _pick_gallery(rows, plan.gallery)]
+    return CellRecord(key="", spec={}, examples=rows, probes=_concat(probe_parts),
+                      scores=_concat(score_parts), gallery=gallery, started=started,
+                      finished=time.time(), wall_s=time.perf_counter() - t0,
+                      device=str(x.device), info={"attack": repr(plan.attack)})
+
+
+# ----------------------------------------------------------------------------- the matrix
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One planned cell: its key, canonical spec and a short label for progress lines."""
+
+    key: str
+    spec: dict[str, Any]
+    label: str
+    model: str
+    defense: PluginSpec
+    attack: AttackSpec
+    eps: float | None
+
+
+def _resolve_eps(a: AttackSpec, eps: float | None) -> float | None:
+    """A bounded attack without an eps gets its default eps, written into the key."""
+    if eps is not None:
+        return eps
+    default = attacks.get(a.name, **a.params).eps
+    return float(default) if isinstance(default, (int, float)) else None
+
+
+def plan_cells(cfg: RunConfig, model_fps: dict[str, str], data_fp: str) -> list[Cell]:
+    """Every cell of the matrix, in order: model, defense, attack, eps."""
+    data = {"name": cfg.data.name, "split": cfg.data.split, "n": cfg.data.n,
+            "fingerprint": data_fp}
+    cells = []
+    for m in cfg.models:
+        for d in cfg.defenses:
+            for a in cfg.attacks:
+                for e in a.eps:
+                    eps = _resolve_eps(a, e)
+                    params = {**a.params, "eps": eps, "target": a.target}
+                    spec = {"model": {"name": m.name, "fingerprint": model_fps[m.name]},
+                            "defense": {"name": d.name, "params": d.params},
+                            "attack": a.name, "params": params, "seed": cfg.seed,
+                            "data": data, "batch_size": cfg.batch_size,
+                            "advlab": advlab.__version__}
+                    label = f"{m.name} / {d.name} / {a.name} eps={eps}"
+                    cells.append(Cell(cell_key(spec), spec, label, m.name, d, a, eps))
+    return cells
+
+
+def environment(device: torch.device, seed: int) -> dict[str, Any]:
+    """Versions, machine and settings, for the report's environment section."""
+    return {"advlab": advlab.__version__, "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": np.__version__,
+            "scikit-learn": _version("scikit-learn"), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": str(device), "cuda": torch.cuda.get_device_name(device)
+            if device.type == "cuda" else None, "seed": seed}
+
+
+def _finding(f: Any) -> dict[str, Any]:
+    """A sanity finding (``to_dict()``, dataclass, object or dict) as JSON-able dict."""
+    if hasattr(f, "to_dict"):
+        f = f.to_dict()
+    elif dataclasses.is_dataclass(f):
+        f = dataclasses.asdict(f)
+    elif not isinstance(f, dict):
+        f = vars(f)
+    return json.loads(json.dumps(f, default=str))
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+class Runner:
+    """Runs a :class:`RunConfig` into a :class:`Store`; see :func:`run`."""
+
+    def __init__(self, cfg: RunConfig, store: Store, device: torch.device,
+                 models: dict[str, nn.Module] | None = None,
+                 data: tuple[Tensor, Tensor] | None = None,
+                 train_data: tuple[Tensor, Tensor] | None = None,
+                 progress: ProgressFn | None = None) -> None:
+        self.cfg, self.store, self.device = cfg, store, device
+        self.progress = progress or (lambda p: None)
+        self._given_models = models or {}
+        self._data, self._train = data, train_data
+        self._defended: dict[tuple[str, str], nn.Module] = {}
+        self._detectors: dict[tuple[str, str, str], Any] = {}
+
+    # -- lazy inputs ----------------------------------------------------------------------
+
+    def models(self) -> dict[str, nn.Module]:
+        out = {}
+        for spec in self.cfg.models:
+            m = self._given_models.get(spec.name)
+            if m is None:
+                m = load_model(spec)
+            elif _device_of(m) != self.device:
+                m = copy.deepcopy(m)  # never move the caller's model
+            out[spec.name] = m.to(self.device).eval()
+        return out
+
+    def train(self) -> tuple[Tensor, Tensor]:
+        if self._train is None:
+            self._train = load_data(self.cfg.data, self.cfg.data.train_split,
+                                    self.cfg.data.fit_n)
+        x, y = self._train
+        return x.to(self.device), y.to(self.device)
+
+    def defended(self, name: str, base: nn.Module, spec: PluginSpec) -> nn.Module:
+        key = (name, canonical(spec))
+        if key not in self._defended:
+            if spec.name != "none":
+                log.info("building defense %s for %s", spec.name, name)
+            self._defended[key] = defend(spec, base, self.train, self.cfg.seed)
+        return self._defended[key]
+
+    def detectors(self, name: str, model: nn.Module, defense: PluginSpec) -> dict[str, Any]:
+        out = {}
+        for spec in self.cfg.detectors:
+            key = (name, canonical(defense), canonical(spec))
+            if key not in self._detectors:
+                log.info("fitting detector %s on %s", spec.name, name)
+                self._detectors[key] = build_detector(spec, model, self.train)
+            out[spec.name] = self._detectors[key]
+        return out
+
+    # -- the run --------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        cfg, t0 = self.cfg, time.perf_counter()
+        x, y = self._data if self._data is not None else load_data(cfg.data, n=cfg.data.n)
+        x, y = x.to(self.device), y.to(self.device)
+        models = self.models()
+        cells = plan_cells(cfg, {k: fingerprint_model(m) for k, m in models.items()},
+                           fingerprint_data(x, y))
+        env = environment(self.device, cfg.seed)
+        env["classes"] = class_names(cfg.data) if self._data is None else None
+        self.store.begin_run(cfg.name, cfg.to_dict(), env, [(c.key, c.spec) for c in cells])
+        done = self.store.finished(c.key for c in cells)
+        self.progress(Progress("plan", 0, len(cells)))
+        log.info("run %s: %d cells, %d already stored", cfg.name, len(cells), len(done))
+        skipped: dict[str, str] = {}
+        for i, cell in enumerate(cells, 1):
+            if cell.key in done:
+                self.progress(Progress("skip", i, len(cells), cell.label))
+                continue
+            try:
+                self._run_cell(i, len(cells), cell, models, x, y)
+            except Unavailable as exc:
+                log.warning("skipping %s: %s", cell.label, exc)
+                skipped[cell.key] = str(exc)
+                self.progress(Progress("skip", i, len(cells), cell.label))
+        findings = self.sanity(models, x, y) if cfg.sanity.get("enabled", True) else None
+        env.update(wall_s=time.perf_counter() - t0, skipped=skipped)
+        if findings is not None:
+            env["sanity"] = findings
+        self.store.end_run(cfg.name, env["wall_s"], env)
+        return self.store.run(cfg.name)
+
+    def sanity(self, models: dict[str, nn.Module], x: Tensor, y: Tensor
+               ) -> list[dict[str, Any]] | None:
+        """Sanity checks (:func:`advlab.evaluation.sanity.run_all`) on every attacked model
+        at the report's reference eps, reusing the success rates of the stored cells.
+
+        Findings are stored per (model weights, defense, eps, rates, settings), so a rerun
+        does not repeat them. None when the sanity module is not installed.
+        """
+        mod = optional_module("advlab.evaluation.sanity")
+        if mod is None or not hasattr(mod, "run_all"):
+            log.info("no sanity checks: advlab.evaluation.sanity.run_all is not available")
+            return None
+        cfg, rec = self.cfg, self.store.run(self.cfg.name)
+        res = collect(self.store, cfg.name)
+        eps = reference_eps(res["cells"], cfg.report.get("eps"))
+        n, q = int(cfg.sanity["max_examples"]), int(cfg.sanity["blackbox_queries"])
+        groups: dict[str, dict[str, Any]] = {}
+        for c in res["cells"]:
+            if eps is None or c["eps"] is None or attack_norm(c) != "linf" or \
+                    not math.isclose(c["eps"], eps):
+                continue
+            spec = dict(rec["cells"])[c["key"]]
+            g = groups.setdefault(canonical_json([spec["model"], spec["defense"]]), {
+                "model": c["model"], "defense": PluginSpec(**spec["defense"]), "rates": {},
+                "spec": {"model": spec["model"], "defense": spec["defense"], "eps": eps,
+                         "data": spec["data"], "max_examples": n, "queries": q,
+                         "seed": cfg.seed, "advlab": advlab.__version__}})
+            g["rates"][c["attack"]] = float(self.store.examples(c["key"])["success"][:n].mean())
+        out = []
+        for g in groups.values():
+            key = cell_key({**g["spec"], "rates": g["rates"], "kind": "sanity"})
+            findings = self.store.sanity(key)
+            if findings is None:
+                log.info("sanity checks on %s / %s at eps %g", g["model"], g["defense"].name, eps)
+                net = self.defended(g["model"], models[g["model"]], g["defense"])
+                found = mod.run_all(net, x, y, eps=eps, norm="linf", results=g["rates"],
+                                    max_examples=n, blackbox_queries=q, seed=cfg.seed)
+                findings = [_finding(f) for f in found]
+                self.store.write_sanity(key, g["model"], g["defense"].name, findings)
+            out.append({"model": g["model"], "defense": g["defense"].name, "eps": eps,
+                        "findings": findings})
+        return out
+
+    def _run_cell(self, i: int, total: int, cell: Cell, models: dict[str, nn.Module],
+                  x: Tensor, y: Tensor) -> None:
+        cfg = self.cfg
+        self.progress(Progress("cell", i, total, cell.label))
+        model = self.defended(cell.model, models[cell.model], cell.defense)
+        a = cell.attack
+        kw = dict(a.params) if cell.eps is None else {**a.params, "eps": cell.eps}
+        plan = CellPlan(
+            attack=attacks.get(a.name, **kw, seed=cfg.seed), target=a.target,
+            transfer={k: m for k, m in models.items()
+                      if k != cell.model or cell.defense.name != "none"},
+            shifts=cfg.shifts, noise=cfg.noise,
+            detectors=self.detectors(cell.model, model, cell.defense),
+            gallery=cfg.gallery, batch_size=cfg.batch_size, seed=cfg.seed)
+        rec = evaluate(plan, model, x, y, on_batch=lambda b, nb: self.progress(
+            Progress("batch", i, total, cell.label, b, nb)))
+        rec.key, rec.spec = cell.key, cell.spec
+        self.store.write_cell(rec)
+        ok = rec.examples["adv_pred"] == rec.examples["label"]
+        log.info("%s: robust accuracy %.3f (%.1f s)", cell.label, ok.mean(), rec.wall_s)
+        self.progress(Progress("done", i, total, cell.label))
+
+
+def canonical(spec: PluginSpec) -> str:
+    return canonical_json({"name": spec.name, "params": spec.params})
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return torch.device("cpu") if p is None else p.device
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """A torch device from a name (None: cpu), with a clear error for unavailable CUDA."""
+    dev = torch.device(name or "cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but CUDA is not available here")
+    return dev
+
+
+def run(config: RunConfig | None = None, *, root: str | os.PathLike = "runs",
+        device: str | None = None, progress: ProgressFn | None = None,
+        models: dict[str, nn.Module] | None = None,
+        data: tuple[Tensor, Tensor] | None = None,
+        train_data: tuple[Tensor, Tensor] | None = None) -> dict[str, Any]:
+    """Run an experiment matrix into ``root/advlab.sqlite``, skipping stored cells.
+
+    Args:
+        config: the experiment (None: the built-in tour, :data:`DEFAULT_TOML`).
+        root: directory of the database and of the run folders.
+        device: "cpu" or "cuda" (overrides the config's); data and models are moved there.
+        progress: called with :class:`Progress` events (per cell and per batch).
+        models: name -> model, used instead of loading the configured model of that name.
+        data: (x, y) evaluation images, instead of loading the configured data set.
+        train_data: (x, y) for fitting detectors and trained defenses.
+
+    Returns:
+        The run's record from the database (name, config, env, cells [(key, spec)], ...).
+        Write results.json with :func:`advlab.evaluation.results.write_results`.
+    """
+    cfg = config or load_config()
+    dev = resolve_device(device or cfg.device)
+    with Store(Path(root) / "advlab.sqlite") as store:
+        return Runner(cfg, store, dev, models, data, train_data, progress).run()

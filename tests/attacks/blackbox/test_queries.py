@@ -1,0 +1,103 @@
+"""Honest query accounting for the score-based attacks.
+
+Every attack is run on a model wrapped in a counter of the rows it really evaluates. The
+attack base evaluates the model twice per call outside the oracle (the clean check and the
+final re-check, one row per example each); every other row must be an oracle query charged
+to the right example, and no example may go over its budget.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import advlab
+from advlab.attacks.blackbox import Oracle
+
+SCORE = ["nes", "bandits", "square", "square-l2", "simba", "simba-dct", "zoo-attack"]
+HARD = {  # settings under which 12 queries cannot fool the tiny model
+    "nes": {"eps": 0.01}, "bandits": {"eps": 0.01}, "square": {"eps": 0.01},
+    "square-l2": {"eps": 0.05}, "simba": {"step": 0.01}, "simba-dct": {"step": 0.01},
+    "zoo-attack": {"lr": 1e-4},
+}
+X = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+
+
+class Counted(nn.Module):
+    """Counts the rows the wrapped model evaluates; refuses to build an autograd graph."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.rows, self.calls = model, 0, 0
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.requires_grad:
+            raise AssertionError("a black-box attack built an autograd graph")
+        self.rows += len(x)
+        self.calls += 1
+        return self.model(x)
+
+
+def predicted(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Labels the model gets right, so that every attack has work to do."""
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+@pytest.mark.parametrize("name", SCORE)
+@pytest.mark.parametrize("budget", [3, 40])
+def test_each_example_charged_exactly(name: str, budget: int, tiny_factory) -> None:
+    model = Counted(tiny_factory())
+    y = predicted(model.model, X)
+    for i in range(3):  # one example at a time: its real calls are exactly known
+        model.rows = 0
+        res = advlab.attacks.get(name, max_queries=budget)(model, X[i:i + 1], y[i:i + 1])
+        assert res.queries is not None
+        q = int(res.queries.item())
+        assert 1 <= q <= budget
+        assert model.rows - 2 == q, "reported queries differ from the model's real calls"
+        assert bool(res.info["budget_exhausted"].item()) == (q >= budget)
+
+
+@pytest.mark.parametrize("name", SCORE)
+def test_batch_budget_and_total(name: str, tiny_factory) -> None:
+    model = Counted(tiny_factory())
+    y = predicted(model.model, X)
+    budget = 25
+    res = advlab.attacks.get(name, max_queries=budget)(model, X, y)
+    assert (res.queries <= budget).all() and (res.queries >= 1).all()
+    assert int(res.queries.sum()) == model.rows - 2 * len(X)
+    # the same through a caller's own Oracle, whose budget is the one enforced
+    model.rows = 0
+    oracle = Oracle(model, max_queries=7)
+    res = advlab.attacks.get(name, max_queries=10_000)(oracle, X, y)
+    assert (res.queries <= 7).all()
+    assert int(res.queries.sum()) == model.rows - 2 * len(X)
+    assert torch.equal(oracle.counts, res.queries)
+
+
+@pytest.mark.parametrize("name", SCORE)
+def test_budget_is_spent_on_hard_examples(name: str, tiny_factory) -> None:
+    """With a budget too small to succeed, attacks use it up to the last query they can
+    afford (not stopping at zero), and never beyond."""
+    model = Counted(tiny_factory())
+    y = predicted(model.model, X)
+    res = advlab.attacks.get(name, max_queries=12, **HARD[name])(model, X, y)
+    hard = ~res.success
+    assert hard.sum() >= 3
+    assert (res.queries[hard] >= 9).all(), res.queries  # at most a partial step left unused
+
+
+@pytest.mark.parametrize("name", SCORE)
+def test_no_graph_no_backward(name: str, tiny_factory) -> None:
+    """A model whose parameters require grad, attacked by every score-based attack with the
+    default settings: the model is never run with autograd enabled, so no graph exists and
+    no backward pass can happen; parameters' .grad stay None."""
+    inner = tiny_factory()
+    assert all(p.requires_grad for p in inner.parameters())
+    model = Counted(inner)
+    y = predicted(inner, X)
+    res = advlab.attacks.get(name, max_queries=60)(model, X, y)
+    assert model.calls > 2 and not res.x_adv.requires_grad
+    assert all(p.grad is None for p in inner.parameters())

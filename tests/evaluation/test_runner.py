@@ -1,0 +1,399 @@
+"""The experiment runner: configuration, exact numbers, resume after interruption or kill."""
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import advlab
+from advlab.errors import ConfigError, UnknownNameError
+from advlab.evaluation import metrics, results, runner
+from advlab.evaluation.config import DEFAULT_TOML, config_from_dict, load_config, parse_config
+from advlab.evaluation.store import Store
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def tiny_setup(make_tiny, n: int = 24):  # noqa: ANN001, ANN201
+    """Two seeded Tiny models; labels = model a's predictions (clean accuracy 100% on a)."""
+    a, b = make_tiny(0), make_tiny(1)
+    x = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y = a(x).argmax(1)
+    return {"a": a, "b": b}, (x, y)
+
+
+def tiny_config(**over) -> runner.RunConfig:  # noqa: ANN003
+    d = {"name": "t", "batch_size": 24, "models": ["a", "b"], "data": {"name": "x", "n": 24},
+         "attacks": [{"name": "fgsm", "eps": [0.02, 0.1]},
+                     {"name": "pgd", "eps": 0.05, "params": {"steps": 5}}],
+         "report": {"gallery": 3}}
+    d.update(over)
+    return config_from_dict(d)
+
+
+class Counter:
+    """Counts the attacks the runner builds (one per computed cell)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[str] = []
+        real = advlab.attacks.get
+
+        def counting(name: str, **kw):  # noqa: ANN003, ANN202
+            self.calls.append(name)
+            return real(name, **kw)
+
+        monkeypatch.setattr(advlab.attacks, "get", counting)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def test_default_config_builds() -> None:
+    cfg = load_config()
+    assert cfg == parse_config(DEFAULT_TOML)
+    assert [m.name for m in cfg.models] == ["mnist-mlp", "mnist-cnn"]
+    assert [a.name for a in cfg.attacks] == ["fgsm", "bim", "pgd"]
+    assert all(a.eps == (0.05, 0.1, 0.2, 0.3) for a in cfg.attacks)
+    assert cfg.attacks[2].params == {"steps": 40, "alpha": 0.01}
+    assert cfg.data.name == "mnist5k" and cfg.data.split == "test"
+    cells = runner.plan_cells(cfg, {"mnist-mlp": "f1", "mnist-cnn": "f2"}, "d")
+    assert len(cells) == 24 and len({c.key for c in cells}) == 24
+    again = runner.plan_cells(load_config(), {"mnist-mlp": "f1", "mnist-cnn": "f2"}, "d")
+    assert [c.key for c in cells] == [c.key for c in again]
+    other = runner.plan_cells(cfg, {"mnist-mlp": "f1", "mnist-cnn": "CHANGED"}, "d")
+    assert [c.key for c in other][:12] == [c.key for c in cells][:12]   # mlp cells kept
+    assert not {c.key for c in other[12:]} & {c.key for c in cells}     # new weights: new
+    for c in cells:  # every cell builds its attack
+        advlab.attacks.get(c.attack.name, **c.attack.params, eps=c.eps)
+
+
+def test_missing_eps_takes_the_attack_default() -> None:
+    cfg = tiny_config(attacks=[{"name": "pgd-l2"}])
+    (cell, *_) = runner.plan_cells(cfg, {"a": "1", "b": "2"}, "d")
+    assert cell.eps == advlab.attacks.get("pgd-l2").eps == 2.0
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"colour": "red"}, "unknown key"),
+    ({"models": []}, "no \\[\\[models\\]\\]"),
+    ({"attacks": []}, "no \\[\\[attacks\\]\\]"),
+    ({"attacks": [{"name": "fgsm", "eps": -0.1}]}, "non-negative"),
+    ({"attacks": [{"name": "fgsm", "params": {"eps": 0.1}}]}, "'eps' grid"),
+    ({"attacks": [{"name": "fgsm", "target": "worst"}]}, "target must be"),
+    ({"models": [{"name": "m", "file": "w.safetensors"}]}, "needs its 'arch'"),
+    ({"models": ["a", "a"]}, "distinct"),
+    ({"data": {"name": "x", "size": 3}}, "unknown key"),
+    ({"name": "../evil"}, "plain directory name"),
+])
+def test_config_errors(bad: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        tiny_config(**bad)
+
+
+def test_unknown_attack_lists_what_exists() -> None:
+    with pytest.raises(UnknownNameError, match="available: .*fgsm.*pgd"):
+        tiny_config(attacks=[{"name": "nope"}])
+
+
+def test_toml_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        parse_config("name = ")
+    with pytest.raises(ConfigError, match="no configuration file"):
+        load_config(tmp_path / "missing.toml")
+
+
+# ----------------------------------------------------------------------------- exact numbers
+
+
+def test_run_matches_direct_computation(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
+    models, (x, y) = tiny_setup(tiny_factory)
+    rec = runner.run(tiny_config(), root=tmp_path, models=models, data=(x, y))
+    assert len(rec["cells"]) == 6
+    with Store(tmp_path / "advlab.sqlite") as store:
+        res = results.collect(store, "t")
+        for key, spec in rec["cells"]:
+            m = models[spec["model"]["name"]]
+            atk = advlab.attacks.get(spec["attack"], eps=spec["params"]["eps"], seed=0,
+                                     **{k: v for k, v in spec["params"].items()
+                                        if k not in ("eps", "target")})
+            direct = atk(m, x, y)
+            ex = store.examples(key)
+            assert np.array_equal(ex["adv_pred"], direct.logits.argmax(1).numpy())
+            assert np.array_equal(ex["success"], direct.success.numpy())
+            assert np.allclose(ex["linf"], direct.norms["linf"].numpy(), atol=1e-6)
+            assert np.allclose(ex["ssim"], metrics.ssim(x, direct.x_adv).numpy(), atol=1e-6)
+            probes = store.probes(key)
+            other = "b" if spec["model"]["name"] == "a" else "a"
+            with torch.no_grad():
+                assert np.array_equal(probes[f"transfer:{other}"]["adv_pred"],
+                                      models[other](direct.x_adv).argmax(1).numpy())
+                assert np.array_equal(probes["shift:1"]["adv_pred"],
+                                      m(metrics.translate(direct.x_adv, 1)).argmax(1).numpy())
+            summary = next(c for c in res["cells"] if c["key"] == key)
+            assert summary["robust_accuracy"] == pytest.approx(
+                (direct.logits.argmax(1) == y).float().mean().item())
+            gal = store.gallery(key)
+            assert 0 < len(gal) <= 3
+            for idx, xi, xa in gal:
+                assert np.array_equal(xi, x[idx].numpy())
+                assert np.allclose(xa, direct.x_adv[idx].numpy())
+    a_cells = [c for c in res["cells"] if c["model"] == "a"]
+    assert all(c["clean_accuracy"] == 1.0 for c in a_cells)
+    assert res["missing"] == []
+
+
+def test_models_of_the_caller_untouched(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
+    models, data = tiny_setup(tiny_factory)
+    before = {k: [p.clone() for p in m.state_dict().values()] for k, m in models.items()}
+    runner.run(tiny_config(), root=tmp_path, models=models, data=data)
+    for k, m in models.items():
+        assert not m.training and all(p.grad is None for p in m.parameters())
+        assert all(torch.equal(a, b) for a, b in zip(before[k], m.state_dict().values(),
+                                                     strict=True))
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_rerun_skips_finished_cells(tmp_path: Path, tiny_factory,  # noqa: ANN001
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    models, data = tiny_setup(tiny_factory)
+    count = Counter(monkeypatch)
+    runner.run(tiny_config(), root=tmp_path, models=models, data=data)
+    assert len(count.calls) == 6
+    with Store(tmp_path / "advlab.sqlite") as s:
+        stamps = {k: s.cell(k)["finished"] for k, _ in s.run("t")["cells"]}
+    events = []
+    runner.run(tiny_config(), root=tmp_path, models=models, data=data, progress=events.append)
+    assert len(count.calls) == 6                       # nothing recomputed
+    assert [e.event for e in events] == ["plan"] + ["skip"] * 6
+    with Store(tmp_path / "advlab.sqlite") as s:
+        assert {k: s.cell(k)["finished"] for k in stamps} == stamps
+    # one more eps: only the new cells run
+    more = tiny_config(attacks=[{"name": "fgsm", "eps": [0.02, 0.1, 0.3]},
+                                {"name": "pgd", "eps": 0.05, "params": {"steps": 5}}])
+    runner.run(more, root=tmp_path, models=models, data=data)
+    assert count.calls[6:] == ["fgsm", "fgsm"]
+
+
+def test_interrupted_run_loses_only_the_cell_in_flight(  # noqa: ANN001
+        tmp_path: Path, tiny_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    models, data = tiny_setup(tiny_factory)
+    count = Counter(monkeypatch)
+    cfg = tiny_config(batch_size=10)                   # 3 batches per cell
+
+    def stop(p: runner.Progress) -> None:
+        if p.event == "batch" and p.cell == 3 and p.batch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(cfg, root=tmp_path, models=models, data=data, progress=stop)
+    with Store(tmp_path / "advlab.sqlite") as s:
+        keys = [k for k, _ in s.run("t")["cells"]]
+        assert s.finished(keys) == set(keys[:2])
+        assert len(s.examples(keys[2])["idx"]) == 0
+    runner.run(cfg, root=tmp_path, models=models, data=data)
+    assert len(count.calls) == 3 + 4                   # 3 before the stop, then the other 4
+
+
+@pytest.mark.slow
+def test_killed_process_resumes(tmp_path: Path, tiny_factory,  # noqa: ANN001
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL a real `advlab run`-like process mid-run; the rerun computes only the rest."""
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        sys.path[:0] = [{str(TESTS)!r}, {str(TESTS / 'evaluation')!r},
+                        {str(Path(advlab.__file__).parents[1])!r}]
+        import torch
+        torch.set_num_threads(1)
+        from conftest import make_tiny
+        from test_runner import tiny_config, tiny_setup
+        from advlab.evaluation import runner
+        models, data = tiny_setup(make_tiny)
+        slow = lambda p: time.sleep(0.15) if p.event == "batch" else None
+        runner.run(tiny_config(batch_size=4), root={str(tmp_path)!r}, models=models,
+                   data=data, progress=slow)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path)
+    db = tmp_path / "advlab.sqlite"
+    deadline = time.time() + 60
+    stored = 0
+    while time.time() < deadline and stored < 2 and proc.poll() is None:
+        time.sleep(0.05)
+        if db.exists():
+            try:
+                with sqlite3.connect(db, timeout=5) as con:
+                    stored = con.execute("SELECT count(*) FROM cells").fetchone()[0]
+            except sqlite3.OperationalError:
+                continue    # tables not created yet
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the job finished before it could be killed"
+    models, data = tiny_setup(tiny_factory)
+    with Store(db) as s:
+        keys = [k for k, _ in s.run("t")["cells"]]
+        done = s.finished(keys)
+        assert 2 <= len(done) < 6
+        for k in keys:   # no partial cell: a cell has all its rows, or none
+            assert len(s.examples(k)["idx"]) == (24 if k in done else 0)
+    count = Counter(monkeypatch)
+    runner.run(tiny_config(batch_size=4), root=tmp_path, models=models, data=data)
+    assert len(count.calls) == 6 - len(done)
+
+
+# ----------------------------------------------------------------------------- plugins
+
+
+def test_unavailable_defense_is_skipped(tmp_path: Path, tiny_factory,  # noqa: ANN001
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "optional_module", lambda name: None)
+    models, data = tiny_setup(tiny_factory)
+    cfg = tiny_config(defenses=["none", {"name": "adversarial-training",
+                                         "params": {"epochs": 1}}],
+                      attacks=[{"name": "fgsm", "eps": 0.1}])
+    runner.run(cfg, root=tmp_path, models=models, data=data)
+    with Store(tmp_path / "advlab.sqlite") as s:
+        res = results.collect(s, "t")
+    assert [(c["model"], c["defense"]) for c in res["cells"]] == [("a", "none"), ("b", "none")]
+    assert len(res["missing"]) == 2
+    assert all("advlab.defenses" in m["reason"] for m in res["missing"])
+
+
+class DistanceDetector:
+    """Test detector: distance to the mean training image (higher = more unusual)."""
+
+    def __init__(self, power: float = 2.0) -> None:
+        self.power = power
+
+    def fit(self, model, x, y):  # noqa: ANN001, ANN201
+        self.mean = x.mean(0, keepdim=True)
+        return self
+
+    def score(self, x):  # noqa: ANN001, ANN201
+        return (x - self.mean).abs().pow(self.power).flatten(1).sum(1)
+
+
+def test_detector_scores_and_auc(tmp_path: Path, tiny_factory,  # noqa: ANN001
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.SimpleNamespace(DistanceDetector=DistanceDetector)
+    monkeypatch.setattr(runner, "optional_module",
+                        lambda name: fake if name == "advlab.detectors" else None)
+    models, data = tiny_setup(tiny_factory)
+    x_tr = torch.rand(30, 1, 8, 8, generator=torch.Generator().manual_seed(9))
+    cfg = tiny_config(detectors=[{"name": "distance-detector", "params": {"power": 1.0}}],
+                      attacks=[{"name": "fgsm", "eps": 0.3}])
+    runner.run(cfg, root=tmp_path, models=models, data=data,
+               train_data=(x_tr, torch.zeros(30, dtype=torch.int64)))
+    det = DistanceDetector(1.0).fit(None, x_tr, None)
+    with Store(tmp_path / "advlab.sqlite") as s:
+        res = results.collect(s, "t")
+        cell = res["cells"][0]
+        ex, sc = s.examples(cell["key"]), s.scores(cell["key"])["distance-detector"]
+    x, y = data
+    x_adv = advlab.attacks.get("fgsm", eps=0.3)(models["a"], x, y).x_adv
+    assert np.allclose(sc["clean"], det.score(x).numpy())
+    assert np.allclose(sc["adv"], det.score(x_adv).numpy(), rtol=1e-5)
+    fooled = ex["success"] & (ex["clean_pred"] == ex["label"])
+    auc = cell["detectors"]["distance-detector"]["auc"]
+    assert auc == pytest.approx(metrics.roc_auc(sc["clean"], sc["adv"][fooled]))
+    assert auc > 0.5   # better than chance: eps 0.3 sign noise moves away from the mean
+
+
+def test_unknown_detector_name(tmp_path: Path, tiny_factory,  # noqa: ANN001
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.SimpleNamespace(DistanceDetector=DistanceDetector)
+    monkeypatch.setattr(runner, "optional_module", lambda name: fake)
+    models, data = tiny_setup(tiny_factory)
+    cfg = tiny_config(detectors=["nope"], attacks=[{"name": "fgsm", "eps": 0.3}])
+    with pytest.raises(UnknownNameError, match="distancedetector"):
+        runner.run(cfg, root=tmp_path, models=models, data=data, train_data=data)
+
+
+# ----------------------------------------------------------------------------- results.json
+
+
+def test_results_json_schema(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
+    models, data = tiny_setup(tiny_factory)
+    runner.run(tiny_config(), root=tmp_path, models=models, data=data)
+    with Store(tmp_path / "advlab.sqlite") as s:
+        path = results.write_results(tmp_path / "t" / "results.json", results.collect(s, "t"))
+    doc = json.loads(path.read_text())      # strict JSON: NaN would not parse back as null
+    assert doc["schema"] == "advlab.results/1"
+    assert set(doc) == {"schema", "run", "cells", "missing"}
+    assert {"name", "config", "env", "started", "finished", "wall_s"} <= set(doc["run"])
+    assert doc["run"]["env"]["torch"] == torch.__version__
+    assert len(doc["cells"]) == 6
+    for c in doc["cells"]:
+        assert {"key", "model", "defense", "attack", "eps", "params", "seed", "n",
+                "clean_accuracy", "robust_accuracy", "success_rate", "median_norms",
+                "mean_ssim", "wrong_confidence", "transfer", "fragility", "detectors",
+                "wall_s"} <= set(c)
+        assert 0 <= c["robust_accuracy"] <= c["clean_accuracy"] <= 1
+        assert set(c["median_norms"]) == {"l0", "l1", "l2", "linf"}
+        assert set(c["fragility"]) == {"shift:1", "shift:2", "noise:0.05"}
+        assert list(c["transfer"]) == ["b" if c["model"] == "a" else "a"]
+    assert "NaN" not in path.read_text()
+
+
+# ----------------------------------------------------------------------------- sanity adapter
+
+
+def test_sanity_adapter_reuses_rates_and_caches(tmp_path: Path, tiny_factory,  # noqa: ANN001
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def run_all(model, x, y, *, eps, norm, results, max_examples, blackbox_queries, seed):  # noqa: ANN001, ANN202
+        calls.append({"model": model, "eps": eps, "norm": norm, "results": results,
+                      "n": max_examples, "q": blackbox_queries})
+        return [{"check": "softmax", "level": "ok", "message": "logits"},
+                {"check": "unbounded", "level": "warning", "message": "PGD fails",
+                 "attack": "apgd-dlr", "attack_kwargs": {"steps": 100}}]
+
+    fake = types.SimpleNamespace(run_all=run_all)
+    monkeypatch.setattr(runner, "optional_module",
+                        lambda name: fake if name == "advlab.evaluation.sanity" else None)
+    models, data = tiny_setup(tiny_factory)
+    cfg = tiny_config(attacks=[{"name": "fgsm", "eps": [0.02, 0.1]},
+                               {"name": "bim", "eps": 0.1, "params": {"steps": 3}}],
+                      report={"eps": 0.1}, sanity={"max_examples": 10,
+                                                   "blackbox_queries": 7})
+    rec = runner.run(cfg, root=tmp_path, models=models, data=data)
+    assert [c["model"] for c in calls] == [models["a"], models["b"]]
+    with Store(tmp_path / "advlab.sqlite") as s:
+        for call, name in zip(calls, "ab", strict=True):
+            assert call["eps"] == 0.1 and call["norm"] == "linf" and call["n"] == 10
+            assert call["q"] == 7 and set(call["results"]) == {"fgsm", "bim"}
+            for attack, rate in call["results"].items():
+                key = next(k for k, sp in rec["cells"] if sp["model"]["name"] == name
+                           and sp["attack"] == attack and sp["params"]["eps"] == 0.1)
+                assert rate == pytest.approx(s.examples(key)["success"][:10].mean())
+    groups = rec["env"]["sanity"]
+    assert [(g["model"], g["eps"], len(g["findings"])) for g in groups] == [("a", 0.1, 2),
+                                                                           ("b", 0.1, 2)]
+    rec = runner.run(cfg, root=tmp_path, models=models, data=data)
+    assert len(calls) == 2 and rec["env"]["sanity"] == groups    # stored, not rerun
+    runner.run(config_from_dict({**_raw(cfg), "sanity": {"enabled": False}}), root=tmp_path,
+               models=models, data=data)
+    assert len(calls) == 2
+
+
+def _raw(cfg: runner.RunConfig) -> dict:
+    d = cfg.to_dict()
+    d["data"] = {k: v for k, v in d["data"].items() if v is not None}
+    d["models"] = [m["name"] for m in d["models"]]
+    for a in d["attacks"]:
+        a.pop("target")
+    d.pop("device")
+    return d

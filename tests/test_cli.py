@@ -1,0 +1,114 @@
+"""The advlab command line, through click's CliRunner (digits data and the zoo's digits-mlp)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import advlab
+from advlab.cli import cli
+from advlab.evaluation import load_config, parse_config
+
+TINY_TOML = """
+name = "tiny"
+batch_size = 50
+[data]
+name = "digits"
+n = 50
+[[models]]
+name = "digits-mlp"
+[[attacks]]
+name = "fgsm"
+eps = [0.1, 0.3]
+"""
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(cli, list(args))
+    return res.exit_code, res.output
+
+
+def test_list_prints_the_taxonomy() -> None:
+    code, out = invoke("list")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["attack", "knowledge", "goal", "norm", "kind", "bounded"]
+    rows = {ln.split()[0]: ln.split()[1:] for ln in lines[2:]}
+    assert set(rows) == set(advlab.attacks.available())
+    for name, tax in advlab.attacks.available().items():
+        assert rows[name] == [tax.knowledge, tax.goal, tax.norm, tax.kind,
+                              "yes" if tax.bounded else "no"]
+
+
+def test_unknown_attack_exits_2_with_the_list() -> None:
+    code, out = invoke("attack", "nope", "-n", "5")
+    assert code == 2
+    assert "unknown attack 'nope'" in out and "Traceback" not in out
+    for name in advlab.attacks.available():
+        assert name in out
+
+
+def test_bad_config_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TINY_TOML + "\ncolour = 'red'\n")
+    code, out = invoke("run", str(bad), "--root", str(tmp_path))
+    assert code == 2 and "unknown key(s) ['colour']" in out and "Traceback" not in out
+    code, out = invoke("report", str(tmp_path / "nothing"))
+    assert code == 2 and "no results database" in out
+
+
+def test_show_config_is_the_default_tour() -> None:
+    code, out = invoke("run", "--show-config")
+    assert code == 0
+    assert parse_config(out) == load_config()
+
+
+def test_run_then_cached_rerun_then_report(tmp_path: Path) -> None:
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY_TOML)
+    root = tmp_path / "runs"
+    code, out = invoke("run", str(cfg), "--root", str(root), "--no-progress")
+    assert code == 0, out
+    assert "robust accuracy" in out and "eps=0.1" in out and "eps=0.3" in out
+    run_dir = root / "tiny"
+    res = json.loads((run_dir / "results.json").read_text())
+    assert [c["eps"] for c in res["cells"]] == [0.1, 0.3] and res["missing"] == []
+    assert res["cells"][0]["clean_accuracy"] > 0.8   # the zoo's digits model is trained
+    assert res["cells"][1]["robust_accuracy"] < res["cells"][1]["clean_accuracy"]
+    stamps = [c["finished"] for c in res["cells"]]
+    code, out = invoke("run", str(cfg), "--root", str(root), "--no-progress")
+    assert code == 0
+    again = json.loads((run_dir / "results.json").read_text())
+    assert [c["finished"] for c in again["cells"]] == stamps    # nothing recomputed
+    (run_dir / "report.html").unlink()
+    code, out = invoke("report", str(run_dir))
+    assert code == 0 and (run_dir / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_attack_prints_table_and_gallery(tmp_path: Path) -> None:
+    out_png = tmp_path / "g.png"
+    code, out = invoke("attack", "pgd", "--model", "digits-mlp", "--data", "digits", "-n",
+                       "30", "--eps", "0.3", "--param", "steps=5", "--out", str(out_png))
+    assert code == 0, out
+    assert "robust accuracy" in out and "steps=5" in out and "eps=0.3" in out
+    assert out_png.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("param", ["steps", "steps=", "=3"])
+def test_attack_bad_param(param: str) -> None:
+    code, out = invoke("attack", "pgd", "--param", param, "-n", "3")
+    assert code == 2 and "Traceback" not in out
+
+
+def test_attack_unknown_param() -> None:
+    code, out = invoke("attack", "pgd", "--param", "colour=3", "-n", "3")
+    assert code == 2 and "does not accept" in out and "colour" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_unavailable_is_a_clear_error() -> None:
+    code, out = invoke("attack", "fgsm", "--device", "cuda", "-n", "3")
+    assert code == 2 and "CUDA is not available" in out
