@@ -230,7 +230,10 @@ class SubstituteAttack(BlackBoxAttack):
         seed: seeds the initialisation, shuffling and reservoir.
 
     The defaults (6 rounds, 10 epochs) train on 64 x N labels for a batch of N; a default run
-    on 4 tiny 8x8 images takes a fraction of a second.
+    on 4 tiny 8x8 images takes a fraction of a second. Measured on mnist-cnn (FGSM eps 0.3,
+    850 test images): the paper's setting (150 seeds, 6 rounds, 9,600 labels, one CNN)
+    transfers 31%; an MLP+CNN ensemble with weight_decay 1e-3 on 1,250 seeds and 3 rounds
+    (10,000 labels) transfers 74.5% (benchmarks/blackbox_label.py).
 
     Shape: x N x C x H x W in [0, 1], y (N,). ``info``: "oracle_labels" (int),
     "train_agreement", "holdout_agreement" (when holdout_x), "transfer_success" (float,
