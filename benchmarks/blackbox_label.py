@@ -25,9 +25,20 @@ def median_l2(x, x_adv, ok) -> float:  # noqa: ANN001
     return statistics.median(d.tolist()) if len(d) else float("nan")
 
 
+class Float32(torch.nn.Module):
+    """ART's HopSkipJump hands float64 arrays to the model: cast them."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.float())
+
+
 def hsj_rows(model, x, y, queries: int) -> list[dict]:  # noqa: ANN001
     rows = []
-    counted = Counted(model).eval()
+    counted = Counted(Float32(model)).eval()
     n = len(x)
     peers = []
     if have("art"):
