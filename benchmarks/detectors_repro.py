@@ -156,7 +156,8 @@ def all_detectors(model_name: str, ae: nn.Module) -> dict[str, Callable[[], Dete
         "FeatureSqueezing": lambda: FeatureSqueezing(),
         "Transformations (vote)": lambda: TransformationDetector(measure="kl", combine="mean"),
         "MagNet": lambda: MagNet(ae),
-        "AnyOf(MagNet, Squeezing)": lambda: AnyOf([MagNet(ae), FeatureSqueezing()]),
+        f"AnyOf(MagNet, ActivationKNN {first[0]})": lambda: AnyOf(
+            [MagNet(ae), ActivationKNN(first, k=10)]),
     }
 
 
