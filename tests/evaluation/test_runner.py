@@ -116,11 +116,23 @@ def test_toml_errors(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- exact numbers
 
 
-def test_run_matches_direct_computation(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
-    models, (x, y) = tiny_setup(tiny_factory)
-    rec = runner.run(tiny_config(), root=tmp_path, models=models, data=(x, y))
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """One run of tiny_config, shared: (root, models, data, run record, state before)."""
+    sys.path.insert(0, str(TESTS))
+    from conftest import make_tiny
+
+    models, (x, y) = tiny_setup(make_tiny)
+    before = {k: [p.clone() for p in m.state_dict().values()] for k, m in models.items()}
+    root = tmp_path_factory.mktemp("tiny")
+    rec = runner.run(tiny_config(), root=root, models=models, data=(x, y))
+    return root, models, (x, y), rec, before
+
+
+def test_run_matches_direct_computation(tiny_run) -> None:  # noqa: ANN001
+    root, models, (x, y), rec, _ = tiny_run
     assert len(rec["cells"]) == 6
-    with Store(tmp_path / "advlab.sqlite") as store:
+    with Store(root / "advlab.sqlite") as store:
         res = results.collect(store, "t")
         for key, spec in rec["cells"]:
             m = models[spec["model"]["name"]]
@@ -153,10 +165,8 @@ def test_run_matches_direct_computation(tmp_path: Path, tiny_factory) -> None:  
     assert res["missing"] == []
 
 
-def test_models_of_the_caller_untouched(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
-    models, data = tiny_setup(tiny_factory)
-    before = {k: [p.clone() for p in m.state_dict().values()] for k, m in models.items()}
-    runner.run(tiny_config(), root=tmp_path, models=models, data=data)
+def test_models_of_the_caller_untouched(tiny_run) -> None:  # noqa: ANN001
+    _, models, _, _, before = tiny_run
     for k, m in models.items():
         assert not m.training and all(p.grad is None for p in m.parameters())
         assert all(torch.equal(a, b) for a, b in zip(before[k], m.state_dict().values(),
@@ -170,28 +180,29 @@ def test_rerun_skips_finished_cells(tmp_path: Path, tiny_factory,  # noqa: ANN00
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     models, data = tiny_setup(tiny_factory)
     count = Counter(monkeypatch)
-    runner.run(tiny_config(), root=tmp_path, models=models, data=data)
-    assert len(count.calls) == 6
+    cfg = tiny_config(attacks=[{"name": "fgsm", "eps": [0.02, 0.1]}])
+    runner.run(cfg, root=tmp_path, models=models, data=data)
+    assert len(count.calls) == 4
     with Store(tmp_path / "advlab.sqlite") as s:
         stamps = {k: s.cell(k)["finished"] for k, _ in s.run("t")["cells"]}
     events = []
-    runner.run(tiny_config(), root=tmp_path, models=models, data=data, progress=events.append)
-    assert len(count.calls) == 6                       # nothing recomputed
-    assert [e.event for e in events] == ["plan"] + ["skip"] * 6
+    runner.run(cfg, root=tmp_path, models=models, data=data, progress=events.append)
+    assert len(count.calls) == 4                       # nothing recomputed
+    assert [e.event for e in events] == ["plan"] + ["skip"] * 4
     with Store(tmp_path / "advlab.sqlite") as s:
         assert {k: s.cell(k)["finished"] for k in stamps} == stamps
     # one more eps: only the new cells run
-    more = tiny_config(attacks=[{"name": "fgsm", "eps": [0.02, 0.1, 0.3]},
-                                {"name": "pgd", "eps": 0.05, "params": {"steps": 5}}])
+    more = tiny_config(attacks=[{"name": "fgsm", "eps": [0.02, 0.1, 0.3]}])
     runner.run(more, root=tmp_path, models=models, data=data)
-    assert count.calls[6:] == ["fgsm", "fgsm"]
+    assert count.calls[4:] == ["fgsm", "fgsm"]
 
 
 def test_interrupted_run_loses_only_the_cell_in_flight(  # noqa: ANN001
         tmp_path: Path, tiny_factory, monkeypatch: pytest.MonkeyPatch) -> None:
     models, data = tiny_setup(tiny_factory)
     count = Counter(monkeypatch)
-    cfg = tiny_config(batch_size=10)                   # 3 batches per cell
+    cfg = tiny_config(batch_size=10,                   # 3 batches per cell, 4 cells
+                      attacks=[{"name": "fgsm", "eps": [0.02, 0.1]}])
 
     def stop(p: runner.Progress) -> None:
         if p.event == "batch" and p.cell == 3 and p.batch == 2:
@@ -204,7 +215,7 @@ def test_interrupted_run_loses_only_the_cell_in_flight(  # noqa: ANN001
         assert s.finished(keys) == set(keys[:2])
         assert len(s.examples(keys[2])["idx"]) == 0
     runner.run(cfg, root=tmp_path, models=models, data=data)
-    assert len(count.calls) == 3 + 4                   # 3 before the stop, then the other 4
+    assert len(count.calls) == 3 + 2                   # 3 before the stop, then the other 2
 
 
 @pytest.mark.slow
@@ -324,11 +335,10 @@ def test_unknown_detector_name(tmp_path: Path, tiny_factory,  # noqa: ANN001
 # ----------------------------------------------------------------------------- results.json
 
 
-def test_results_json_schema(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
-    models, data = tiny_setup(tiny_factory)
-    runner.run(tiny_config(), root=tmp_path, models=models, data=data)
-    with Store(tmp_path / "advlab.sqlite") as s:
-        path = results.write_results(tmp_path / "t" / "results.json", results.collect(s, "t"))
+def test_results_json_schema(tiny_run) -> None:  # noqa: ANN001
+    root = tiny_run[0]
+    with Store(root / "advlab.sqlite") as s:
+        path = results.write_results(root / "t" / "results.json", results.collect(s, "t"))
     doc = json.loads(path.read_text())      # strict JSON: NaN would not parse back as null
     assert doc["schema"] == "advlab.results/1"
     assert set(doc) == {"schema", "run", "cells", "missing"}
