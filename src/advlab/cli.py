@@ -57,8 +57,14 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def cli(verbose: int) -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch intra-op threads (default: torch's choice, one per core).")
+def cli(verbose: int, threads: int | None) -> None:
     """advlab: adversarial examples, attacks, defenses and honest evaluation."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("advlab").setLevel(level)
