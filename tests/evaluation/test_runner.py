@@ -407,3 +407,21 @@ def _raw(cfg: runner.RunConfig) -> dict:
         a.pop("target")
     d.pop("device")
     return d
+
+
+def test_real_detector_through_the_adapter(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
+    """advlab.detectors.ActivationKNN by its config name, fitted and scored by the runner."""
+    from advlab.detectors import ActivationKNN
+
+    models, data = tiny_setup(tiny_factory)
+    train = (torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(2)),
+             torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(3)))
+    cfg = tiny_config(models=["a"], attacks=[{"name": "fgsm", "eps": 0.3}],
+                      detectors=[{"name": "activation-knn",
+                                  "params": {"layers": ["fc"], "k": 3}}])
+    runner.run(cfg, root=tmp_path, models=models, data=data, train_data=train)
+    det = ActivationKNN(layers=["fc"], k=3).fit(models["a"], *train)
+    with Store(tmp_path / "advlab.sqlite") as s:
+        (key, _), = s.run("t")["cells"]
+        sc = s.scores(key)["activation-knn"]
+    assert np.allclose(sc["clean"], det.score(data[0]).double().numpy(), rtol=1e-5)
