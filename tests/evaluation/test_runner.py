@@ -425,3 +425,24 @@ def test_real_detector_through_the_adapter(tmp_path: Path, tiny_factory) -> None
         (key, _), = s.run("t")["cells"]
         sc = s.scores(key)["activation-knn"]
     assert np.allclose(sc["clean"], det.score(data[0]).double().numpy(), rtol=1e-5)
+
+
+def test_real_transformed_defense(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
+    """defense = transformed (advlab.defenses.Transformed with a Translate), attacked naively:
+    the stored clean predictions are the defended model's; transfer to the bare model."""
+    from advlab.defenses import Transformed, Translate
+
+    models, data = tiny_setup(tiny_factory)
+    cfg = tiny_config(models=["a"], attacks=[{"name": "fgsm", "eps": 0.1}], defenses=[
+        "none", {"name": "transformed", "params": {"transforms": [
+            {"name": "Translate", "dx": 1.0}]}}])
+    rec = runner.run(cfg, root=tmp_path, models=models, data=data)
+    defended = Transformed(models["a"], [Translate(1.0)], seed=0).eval()
+    with Store(tmp_path / "advlab.sqlite") as s:
+        (k0, _), (k1, spec1) = s.run("t")["cells"]
+        assert spec1["defense"]["name"] == "transformed"
+        with torch.no_grad():
+            assert np.array_equal(s.examples(k1)["clean_pred"],
+                                  defended(data[0]).argmax(1).numpy())
+        assert "transfer:a" in s.probes(k1) and "transfer:a" not in s.probes(k0)
+    assert rec["env"]["skipped"] == {}
