@@ -24,6 +24,8 @@ name = "digits-mlp"
 [[attacks]]
 name = "fgsm"
 eps = [0.1, 0.3]
+[sanity]
+enabled = false
 """
 
 

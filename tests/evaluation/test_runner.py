@@ -37,7 +37,7 @@ def tiny_config(**over) -> runner.RunConfig:  # noqa: ANN003
     d = {"name": "t", "batch_size": 24, "models": ["a", "b"], "data": {"name": "x", "n": 24},
          "attacks": [{"name": "fgsm", "eps": [0.02, 0.1]},
                      {"name": "pgd", "eps": 0.05, "params": {"steps": 5}}],
-         "report": {"gallery": 3}}
+         "report": {"gallery": 3}, "sanity": {"enabled": False}}
     d.update(over)
     return config_from_dict(d)
 
@@ -377,7 +377,7 @@ def test_sanity_adapter_reuses_rates_and_caches(tmp_path: Path, tiny_factory,  #
     models, data = tiny_setup(tiny_factory)
     cfg = tiny_config(attacks=[{"name": "fgsm", "eps": [0.02, 0.1]},
                                {"name": "bim", "eps": 0.1, "params": {"steps": 3}}],
-                      report={"eps": 0.1}, sanity={"max_examples": 10,
+                      report={"eps": 0.1}, sanity={"enabled": True, "max_examples": 10,
                                                    "blackbox_queries": 7})
     rec = runner.run(cfg, root=tmp_path, models=models, data=data)
     assert [c["model"] for c in calls] == [models["a"], models["b"]]
