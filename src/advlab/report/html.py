@@ -57,8 +57,9 @@ def img(png: bytes, alt: str) -> str:
 def table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
     """An HTML table; cells are already-escaped HTML."""
     th = "".join(f"<th>{h}</th>" for h in head)
+    thead = f"<thead><tr>{th}</tr></thead>" if any(head) else ""
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<table class="{cls}">{thead}<tbody>{body}</tbody></table>'
 
 
 def note(text: str) -> str:
