@@ -345,3 +345,55 @@ def test_results_json_schema(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN
         assert set(c["fragility"]) == {"shift:1", "shift:2", "noise:0.05"}
         assert list(c["transfer"]) == ["b" if c["model"] == "a" else "a"]
     assert "NaN" not in path.read_text()
+
+
+# ----------------------------------------------------------------------------- sanity adapter
+
+
+def test_sanity_adapter_reuses_rates_and_caches(tmp_path: Path, tiny_factory,  # noqa: ANN001
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def run_all(model, x, y, *, eps, norm, results, max_examples, blackbox_queries, seed):  # noqa: ANN001, ANN202
+        calls.append({"model": model, "eps": eps, "norm": norm, "results": results,
+                      "n": max_examples, "q": blackbox_queries})
+        return [{"check": "softmax", "level": "ok", "message": "logits"},
+                {"check": "unbounded", "level": "warning", "message": "PGD fails",
+                 "attack": "apgd-dlr", "attack_kwargs": {"steps": 100}}]
+
+    fake = types.SimpleNamespace(run_all=run_all)
+    monkeypatch.setattr(runner, "optional_module",
+                        lambda name: fake if name == "advlab.evaluation.sanity" else None)
+    models, data = tiny_setup(tiny_factory)
+    cfg = tiny_config(attacks=[{"name": "fgsm", "eps": [0.02, 0.1]},
+                               {"name": "bim", "eps": 0.1, "params": {"steps": 3}}],
+                      report={"eps": 0.1}, sanity={"max_examples": 10,
+                                                   "blackbox_queries": 7})
+    rec = runner.run(cfg, root=tmp_path, models=models, data=data)
+    assert [c["model"] for c in calls] == [models["a"], models["b"]]
+    with Store(tmp_path / "advlab.sqlite") as s:
+        for call, name in zip(calls, "ab", strict=True):
+            assert call["eps"] == 0.1 and call["norm"] == "linf" and call["n"] == 10
+            assert call["q"] == 7 and set(call["results"]) == {"fgsm", "bim"}
+            for attack, rate in call["results"].items():
+                key = next(k for k, sp in rec["cells"] if sp["model"]["name"] == name
+                           and sp["attack"] == attack and sp["params"]["eps"] == 0.1)
+                assert rate == pytest.approx(s.examples(key)["success"][:10].mean())
+    groups = rec["env"]["sanity"]
+    assert [(g["model"], g["eps"], len(g["findings"])) for g in groups] == [("a", 0.1, 2),
+                                                                           ("b", 0.1, 2)]
+    rec = runner.run(cfg, root=tmp_path, models=models, data=data)
+    assert len(calls) == 2 and rec["env"]["sanity"] == groups    # stored, not rerun
+    runner.run(config_from_dict({**_raw(cfg), "sanity": {"enabled": False}}), root=tmp_path,
+               models=models, data=data)
+    assert len(calls) == 2
+
+
+def _raw(cfg: runner.RunConfig) -> dict:
+    d = cfg.to_dict()
+    d["data"] = {k: v for k, v in d["data"].items() if v is not None}
+    d["models"] = [m["name"] for m in d["models"]]
+    for a in d["attacks"]:
+        a.pop("target")
+    d.pop("device")
+    return d

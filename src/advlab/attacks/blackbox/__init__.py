@@ -6,3 +6,4 @@ import advlab.attacks.blackbox.square  # noqa: F401
 import advlab.attacks.blackbox.zoo  # noqa: F401
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle, as_oracle  # noqa: F401
 import advlab.attacks.blackbox.hopskipjump  # noqa: F401
+import advlab.attacks.blackbox.boundary  # noqa: F401
