@@ -262,8 +262,9 @@ class CarliniWagnerLinf(Attack):
     example is adversarial and no pixel exceeds tau), tau becomes 0.9 times the Linf norm
     reached; when it fails, c doubles (up to ``max_c``) and the next solve goes on from the
     failed solve's last iterate (the paper's code restarts from the last success, which with
-    few steps per solve can leave an example stuck at x: Adam's steps do not grow with c). An example stops when c exceeds
-    ``max_c`` (its last success is returned) or tau falls below ``min_tau``. All examples run
+    few steps per solve can leave an example stuck at x: Adam's steps do not grow with c).
+    An example stops when c exceeds ``max_c`` (its last success is returned) or tau falls
+    below ``min_tau``. All examples run
     in lock-step rounds, each with its own tau and c.
 
     Args:

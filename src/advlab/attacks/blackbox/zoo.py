@@ -82,7 +82,7 @@ class ZOO(BlackBoxAttack):
         importance: importance sampling of coordinates after each upsampling.
         beta1, beta2: ADAM's decay rates.
         max_queries: per-example budget (success checks included); an example stops when it
-            cannot pay for three queries. The default, 20,000, keeps the default run on a
+            cannot pay for three queries. The default, 5,000, keeps the default run on a
             few tiny images well under a second; attacks on MNIST want 10^5 or more.
         seed: seeds the coordinate sampling.
 
@@ -101,7 +101,7 @@ class ZOO(BlackBoxAttack):
                  max_iter: int = 1000, abort_early: bool = True, confidence: float = 0.0,
                  use_tanh: bool = False, hierarchy: tuple[int, ...] = (),
                  resize_every: int = 200, importance: bool = True, beta1: float = 0.9,
-                 beta2: float = 0.999, max_queries: int | None = 20_000, seed: int = 0) -> None:
+                 beta2: float = 0.999, max_queries: int | None = 5_000, seed: int = 0) -> None:
         if solver not in SOLVERS:
             raise ThreatModelError(f"unknown ZOO solver {solver!r}; use adam or newton")
         if coords < 1 or binary_search_steps < 1 or max_iter < 1 or resize_every < 1:
@@ -148,7 +148,7 @@ class ZOO(BlackBoxAttack):
         sides = [*[s for s in self.hierarchy if s < x.shape[2]], x.shape[2]]
         state = self._fresh(x, sides[0], None)
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
-        running = torch.ones(n, dtype=torch.bool, device=x.device)
+        running = best_l2 > 0  # a clean input already adversarial has nothing to shrink
         prev = torch.full((n,), float("inf"), device=x.device, dtype=torch.float64)
         abort_every = max(1, self.max_iter // 10)
         level = 0
@@ -196,43 +196,76 @@ class ZOO(BlackBoxAttack):
                  found: Tensor, g: torch.Generator) -> Tensor:
         """Estimate ``coords`` partial derivatives per example of idx, update them, record
         successes at the current point. Returns the loss L(w) of each example (float64)."""
-        m, d = len(idx), s.w[0].numel()
-        k = min(self.coords, d)
+        k = min(self.coords, s.w[0].numel())
         per_row = torch.clamp((oracle.remaining()[idx] - 1) // 2, max=k)  # >= 1 here
         pick = torch.multinomial(s.prob[idx], k, replacement=False, generator=g)  # m x k
         use = torch.arange(k, device=x.device)[None, :] < per_row[:, None]
-        w0 = s.w[idx].flatten(1)
-        rows = w0[:, None, :].repeat(1, 2 * k + 1, 1)  # center, +h e_i, -h e_i
-        step = torch.where(use, self.h, 0.0).to(w0.dtype)
-        ar = torch.arange(k, device=x.device)
-        rows[:, 1 + ar, :] = rows[:, 1 + ar, :].scatter_add(2, pick[:, :, None], step[:, :, None])
-        rows[:, 1 + k + ar, :] = rows[:, 1 + k + ar, :].scatter_add(
-            2, pick[:, :, None], -step[:, :, None])
+        chunk = max(1, ROWS_PER_QUERY // (2 * k + 1))
+        loss0 = [self._chunk(oracle, x, y, target, const, s, idx[a:a + chunk],
+                             pick[a:a + chunk], use[a:a + chunk], best_l2, best_x, found)
+                 for a in range(0, len(idx), chunk)]
+        return torch.cat(loss0)
+
+    def _chunk(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
+               const: Tensor, s: _State, idx: Tensor, pick: Tensor, use: Tensor,
+               best_l2: Tensor, best_x: Tensor, found: Tensor) -> Tensor:
+        m, k = pick.shape
+        x0 = x[idx]
+        images = self._rows(x0, s.w[idx], pick, use)  # m x (2k + 1) x C x H x W
         keep = torch.cat([torch.ones(m, 1, dtype=torch.bool, device=x.device), use, use], 1)
-        ex, slot = keep.nonzero(as_tuple=True)  # the rows actually queried
-        images = self._image(x[idx][ex], rows[ex, slot].view(len(ex), *s.w.shape[1:]))
-        scores = torch.cat([oracle(part, owner=own) for part, own in
-                            zip(images.split(ROWS_PER_QUERY), idx[ex].split(ROWS_PER_QUERY))])
-        loss = torch.zeros(m, 2 * k + 1, device=x.device, dtype=torch.float64)
-        t = None if target is None else target[idx][ex]
-        l2sq = (images - x[idx][ex]).flatten(1).double().pow(2).sum(1)
-        loss[ex, slot] = l2sq + const[idx][ex] * self._f(scores.double(), y[idx][ex], t)
-        center = slot == 0
-        self._record(images[center], scores[center], l2sq[center], idx[ex[center]], y, target,
-                     best_l2, best_x, found)
+        flat = images.flatten(2)
+        rows, owner = flat.flatten(0, 1), idx.repeat_interleave(2 * k + 1)
+        if not keep.all():  # a short budget: query only the probes in use
+            rows, owner = rows[keep.flatten()], owner[keep.flatten()]
+        scores = oracle(rows.view(len(rows), *x.shape[1:]), owner=owner)
+        # ||x' - x||^2 of every row from the center's, exactly: the probes differ from it by
+        # O(h) in a few pixels, so the difference is summed on its own (float32 is enough)
+        e0 = flat[:, 0] - x0.flatten(1)
+        diff = flat[:, 1:] - flat[:, :1]
+        l2sq = torch.cat([e0.double().pow(2).sum(1, keepdim=True),
+                          e0.double().pow(2).sum(1, keepdim=True)
+                          + (diff * (2 * e0[:, None] + diff)).sum(2).double()], 1)
+        t = None if target is None else target[owner]
+        f = torch.zeros(m, 2 * k + 1, device=x.device, dtype=torch.float64)
+        f[keep] = self._f(scores.double(), y[owner], t)
+        loss = l2sq + const[idx][:, None] * f
+        first = torch.cat([keep.new_zeros(1, dtype=torch.long),  # each center's row
+                           keep.sum(1).cumsum(0)[:-1]])
+        self._record(images[:, 0], scores[first], l2sq[:, 0], idx, y, target, best_l2,
+                     best_x, found)
         lp, lm, l0 = loss[:, 1:k + 1], loss[:, k + 1:], loss[:, :1]
-        grad = ((lp - lm) / (2 * self.h)).to(w0.dtype)
-        hess = ((lp - 2 * l0 + lm) / self.h ** 2).to(w0.dtype)
+        grad = ((lp - lm) / (2 * self.h)).to(x.dtype)
+        hess = ((lp - 2 * l0 + lm) / self.h ** 2).to(x.dtype)
         self._update(s, idx, pick, use, grad, hess, x)
         return loss[:, 0]
 
-    def _image(self, x: Tensor, w: Tensor) -> Tensor:
-        """x' for each row: x plus the (upsampled) variable, in tanh space or clipped."""
-        if w.shape[2:] != x.shape[2:]:
-            w = F.interpolate(w, size=x.shape[2:], mode="bilinear", align_corners=False)
-        if self.use_tanh:
-            return (torch.tanh(torch.atanh((2 * x - 1) * (1 - 1e-6)) + w) + 1) / 2
-        return (x + w).clamp(0.0, 1.0)
+    def _rows(self, x: Tensor, w: Tensor, pick: Tensor, use: Tensor) -> Tensor:
+        """The images x'(w), x'(w + h e_i), x'(w - h e_i) for the picked coordinates
+        (a probe not in use repeats the center). Shape: m x (2k + 1) x C x H x W."""
+        m, k = pick.shape
+        pre = self._pre(x) + self._up(w, x)  # before the squashing map: m x C x H x W
+        step = torch.where(use, self.h, 0.0).to(x.dtype)
+        if w.shape[2:] == x.shape[2:]:  # full resolution: e_i is one pixel
+            probe = torch.zeros(m, k, pre[0].numel(), device=x.device, dtype=x.dtype)
+            probe.scatter_(2, pick[:, :, None], step[:, :, None])
+        else:  # reduced resolution: e_i's upsampled footprint
+            onehot = torch.zeros(m * k, w[0].numel(), device=x.device, dtype=x.dtype)
+            onehot.scatter_(1, pick.reshape(-1, 1), step.reshape(-1, 1))
+            probe = self._up(onehot.view(m * k, *w.shape[1:]), x).reshape(m, k, -1)
+        center = pre.flatten(1)[:, None]
+        rows = torch.cat([center, center + probe, center - probe], 1)
+        return self._squash(rows).view(m, 2 * k + 1, *x.shape[1:])
+
+    def _pre(self, x: Tensor) -> Tensor:
+        return torch.atanh((2 * x - 1) * (1 - 1e-6)) if self.use_tanh else x
+
+    def _squash(self, pre: Tensor) -> Tensor:
+        return (torch.tanh(pre) + 1) / 2 if self.use_tanh else pre.clamp(0.0, 1.0)
+
+    def _up(self, w: Tensor, like: Tensor) -> Tensor:
+        if w.shape[2:] == like.shape[2:]:
+            return w
+        return F.interpolate(w, size=like.shape[2:], mode="bilinear", align_corners=False)
 
     def _f(self, scores: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
         """The C&W term on log-scores."""
