@@ -75,11 +75,13 @@ class DeepFool(Attack):
             xs = x_adv[idx].requires_grad_(True)
             logits = model(xs)
             live = logits.argmax(1) == y[idx]
-            if not live.all():
+            if not live.all():  # the fooled leave; backward passes only for the others
                 idx = idx[live]
                 if len(idx) == 0:
                     break
-            r = self._step(xs, logits, classes[idx], live)
+                xs = x_adv[idx].requires_grad_(True)
+                logits = model(xs)
+            r = self._step(xs, logits, classes[idx])
             with torch.no_grad():
                 r_tot[idx] += r
                 x_adv[idx] = (x[idx] + (1 + self.overshoot) * r_tot[idx]).clamp(0, 1)
@@ -93,12 +95,12 @@ class DeepFool(Attack):
         others = logits.scatter(1, y[:, None], float("-inf")).topk(k - 1, dim=1).indices
         return torch.cat([y[:, None], others], 1)
 
-    def _step(self, xs: Tensor, logits: Tensor, classes: Tensor, live: Tensor) -> Tensor:
-        """r_i for the rows ``live`` of xs: the step to the closest linearised boundary."""
-        z = logits[live].gather(1, classes)  # n x k, column 0 is the true class
+    def _step(self, xs: Tensor, logits: Tensor, classes: Tensor) -> Tensor:
+        """r_i for the rows of xs: the step to the closest linearised boundary."""
+        z = logits.gather(1, classes)  # n x k, column 0 is the true class
         f = z[:, 1:] - z[:, :1]  # f'_k, n x (k-1)
         k = f.shape[1]
-        w = torch.stack([torch.autograd.grad(f[:, j].sum(), xs, retain_graph=j < k - 1)[0][live]
+        w = torch.stack([torch.autograd.grad(f[:, j].sum(), xs, retain_graph=j < k - 1)[0]
                          for j in range(k)], 1).flatten(2)  # w'_k, n x (k-1) x D
         f = f.detach()
         q = 2 if self.norm == "l2" else 1
