@@ -47,11 +47,13 @@ class LBFGS(Attack):
         search_steps: number of values of c tried per example.
         max_iter: L-BFGS iterations per value of c.
         history: L-BFGS memory.
+        tol: an example stops its L-BFGS run when one iteration lowers its objective by less
+            than ``tol * (1 + |objective|)``.
         target_selection: how the base picks a target when none is given.
         warm_start: start each value of c from the previous minimiser instead of r = 0
             (measured on mnist-cnn, 30 images aimed at DeepFool's class: 10 iterations warm
-            give mean L2 1.629 in 103 evaluations per image, 20 cold 1.623 in 198, 10 cold
-            1.804 in 106).
+            give mean L2 1.623 in 84 model evaluations per image, 10 cold 1.636 in 107,
+            20 cold 1.619 in 167).
         seed: seeds the random target selection.
 
     Returns (``info``): "c", each example's largest successful c (nan if none).
@@ -63,8 +65,8 @@ class LBFGS(Attack):
 
     def __init__(self, *, eps: float | None = None, norm: str = "l2", c0: float = 1.0,
                  search_steps: int = 8, max_iter: int = 10, history: int = 10,
-                 target_selection: str = "random", warm_start: bool = True,
-                 seed: int = 0) -> None:
+                 tol: float = 1e-4, target_selection: str = "random",
+                 warm_start: bool = True, seed: int = 0) -> None:
         if norm not in ("l2", "linf"):
             raise ThreatModelError(f"L-BFGS supports norm 'l2' or 'linf', got {norm!r}")
         if c0 <= 0 or search_steps < 1 or max_iter < 1 or history < 1:
@@ -77,7 +79,7 @@ class LBFGS(Attack):
         self.c0, self.search_steps, self.max_iter, self.history = c0, search_steps, max_iter, \
             history
         self.target_selection = target_selection
-        self.warm_start = warm_start
+        self.warm_start, self.tol = warm_start, tol
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:
@@ -134,8 +136,8 @@ class LBFGS(Attack):
                   eps: Tensor | None, r0: Tensor) -> tuple[Tensor, Tensor]:
         """L-BFGS per example (own history and backtracking line search) from r = r0.
 
-        Returns the image x' and r after ``max_iter`` iterations (an example whose line search
-        finds no decrease stops where it is).
+        Returns the image x' and r after ``max_iter`` iterations (an example stops early where
+        its line search finds no decrease, or the decrease is below ``tol`` relative).
         """
         n, shape = len(x), x.shape
         r = r0.flatten(1).clone()
@@ -154,8 +156,9 @@ class LBFGS(Attack):
             moved, r_new, f_new, g_new = self._line_search(value, rows, r, f, d, slope, first)
             done = rows[moved]
             mem.push(done, r_new[moved] - r[done], g_new[moved] - g[done])
+            gain = f[done] - f_new[moved]
             r[done], f[done], g[done] = r_new[moved], f_new[moved], g_new[moved]
-            rows = done
+            rows = done[gain > self.tol * (1 + f[done].abs())]  # converged rows stop
             if len(rows) == 0:
                 break
         r = r.view(shape)
