@@ -95,7 +95,8 @@ def cmd_advtrain(a: argparse.Namespace) -> None:
     else:
         model = defenses.fast_training(base, x_tr, y_tr, eps=a.eps, **kw)
     train_s = time.perf_counter() - t0
-    zoo.save(model, out / "model.safetensors", {"recipe": vars(a) | {"out": str(a.out)}})
+    recipe = {k: v for k, v in vars(a).items() if k != "fn"}
+    zoo.save(model, out / "model.safetensors", {"recipe": recipe})
     res = evaluate_robust(model, x_te, y_te, a.eps)
     res["train_seconds (this call)"] = round(train_s, 1)
     res["history"] = getattr(model, "train_history", [])
@@ -103,6 +104,154 @@ def cmd_advtrain(a: argparse.Namespace) -> None:
     print(name)
     print(table([{k: v for k, v in res.items() if k != "history"}],
                 [k for k in res if k != "history"]))
+
+
+def _rate(atk: attacks.Attack, model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, Tensor]:
+    res = atk(model, x, y)
+    return res.success.float().mean().item(), res.norms["l2"][res.success]
+
+
+def _fired(model: nn.Module, x: Tensor, y: Tensor) -> str:
+    from advlab.evaluation import sanity
+
+    f = sanity.check_gradients(model, x, y)
+    return f"{'FIRES' if f.fired else 'silent'} (vanishing {f.evidence['vanishing']:.2f})"
+
+
+def cmd_distillation(a: argparse.Namespace) -> None:
+    """Papernot et al.'s story and Carlini & Wagner's answer, on mnist-cnn."""
+    x_tr, y_tr = advlab.data.load("mnist5k", "train")
+    x_te, y_te = advlab.data.load("mnist5k", "test")
+    x, y = x_te[:a.n], y_te[:a.n]
+    base = zoo.build("mnist-cnn", seed=0)
+    rows = []
+    models = [("undistilled (zoo mnist-cnn)", None)] + [(f"distilled T={t:g}", t)
+                                                         for t in a.temperatures]
+    for label, t in models:
+        t0 = time.perf_counter()
+        if t is None:
+            student = zoo.load("mnist-cnn")
+        else:
+            _, student = defenses.distill(base, x_tr, y_tr, temperature=t, epochs=a.epochs)
+        secs = time.perf_counter() - t0
+        ok = student(x).argmax(1) == y
+        xs, ys = x[ok], y[ok]
+        fgsm, _ = _rate(attacks.get("fgsm", eps=a.eps), student, xs, ys)
+        row = {"model": label, "clean": ok.float().mean().item(), "train_s": round(secs, 1),
+               f"fgsm@{a.eps} (softmax CE)": fgsm}
+        if "jsma" in attacks.available():
+            row["jsma (softmax)"], _ = _rate(attacks.get("jsma"), student, xs, ys)
+        if "cw-l2" in attacks.available():
+            rate, l2 = _rate(attacks.get("cw-l2", steps=a.cw_steps), student, xs, ys)
+            row["cw-l2 (logits)"] = rate
+            row["cw median L2"] = l2.median().item() if len(l2) else float("nan")
+        row["vanishing-gradient check"] = _fired(student, xs, ys)
+        rows.append(row)
+        log.info("%s", row)
+    print(table(rows, list(rows[0])))
+
+
+def cmd_transforms(a: argparse.Namespace) -> None:
+    """Naive PGD vs BPDA + EOT PGD on an input-transformation defense of mnist-cnn."""
+    from advlab.evaluation import sanity
+
+    x_te, y_te = advlab.data.load("mnist5k", "test")
+    x, y = x_te[:a.n], y_te[:a.n]
+    model = zoo.load("mnist-cnn")
+    recipes = {
+        "bitdepth-1": [defenses.BitDepth(1)],
+        "jpeg-q30": [defenses.JPEG(30)],
+        "translate2+bitdepth1": [defenses.Translate(max_shift=2), defenses.BitDepth(1)],
+        "median3+noise0.1": [defenses.MedianSmoothing(3), defenses.GaussianNoise(0.1)],
+    }
+    rows = []
+    for name, ts in recipes.items():
+        d = defenses.Transformed(model, ts, seed=0)
+        with torch.no_grad():
+            clean = (d(x).argmax(1) == y).float().mean().item()
+        naive = attacks.get("pgd", eps=a.eps, steps=a.steps)
+        x_naive = naive(d, x, y).x_adv
+        adv = d.adaptive(eot_samples=a.eot)
+        kw = dict(adv.attack_kwargs, steps=a.steps)
+        if adv.attack not in attacks.available():
+            log.warning("%s not registered; using pgd on the surrogate", adv.attack)
+            adv.attack, kw = "pgd", {"steps": a.steps}
+        x_ad = attacks.get(adv.attack, eps=a.eps, **kw)(adv.model, x, y).x_adv
+        with torch.no_grad():  # both judged on the deployed (random) defense, same images
+            d.reset()
+            r_naive = (d(x_naive).argmax(1) == y).float().mean().item()
+            d.reset()
+            r_adapt = (d(x_ad).argmax(1) == y).float().mean().item()
+        fired = [f.name for f in sanity.run_all(d, x, y, eps=a.eps, max_examples=100,
+                                                blackbox_queries=300) if f.fired]
+        rows.append({"defense": name, "clean": clean, "naive PGD robust": r_naive,
+                     f"{adv.attack} BPDA robust": r_adapt, "gap": r_naive - r_adapt,
+                     "sanity findings (naive)": ",".join(fired) or "none"})
+        log.info("%s", rows[-1])
+    print(table(rows, list(rows[0])))
+
+
+def cmd_pixeldefend(a: argparse.Namespace) -> None:
+    """PixelDefend on mnist-cnn: oblivious PGD (crafted on the bare classifier) vs BPDA."""
+    x_tr, _ = advlab.data.load("mnist5k", "train")
+    x_te, y_te = advlab.data.load("mnist5k", "test")
+    x, y = x_te[:a.n], y_te[:a.n]
+    model = zoo.load("mnist-cnn")
+    path = Path(a.out) / "pixelcnn.safetensors"
+    pc = defenses.PixelCNN(1, levels=256, hidden=a.hidden, layers=a.layers, first_kernel=5)
+    t0 = time.perf_counter()
+    if path.exists():
+        zoo.load_weights(pc, path)
+        pc.eval()
+    else:
+        pc = defenses.train_pixelcnn(x_tr, levels=256, hidden=a.hidden, layers=a.layers,
+                                     first_kernel=5, epochs=a.epochs)
+        zoo.save(pc, path, {"bits_per_dim": pc.train_bits_per_dim})
+    train_s = time.perf_counter() - t0
+    with torch.no_grad():
+        bpd = pc.nll(x_te[:200]).mean().item()
+    d = defenses.PixelDefend(model, pc, eps_defend=a.eps_defend)
+    pgd = attacks.get("pgd", eps=a.eps, steps=a.steps)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        clean = (d(x).argmax(1) == y).float().mean().item()
+    purify_s = (time.perf_counter() - t0) / len(x)
+    x_obl = pgd(model, x, y).x_adv
+    with torch.no_grad():
+        undefended = (model(x_obl).argmax(1) == y).float().mean().item()
+        oblivious = (d(x_obl).argmax(1) == y).float().mean().item()
+    res = pgd(d.adaptive().model, x, y)
+    row = {"PixelCNN train s": round(train_s, 1), "test bits/dim": bpd, "clean": clean,
+           "undefended PGD robust": undefended, "oblivious PGD robust": oblivious,
+           "BPDA PGD robust": 1 - res.success.float().mean().item(),
+           "purify s/image": round(purify_s, 3)}
+    print(table([row], list(row)))
+
+
+def cmd_timing(a: argparse.Namespace) -> None:
+    """Training time of each defense on mnist5k-train, one epoch each, this machine."""
+    x_tr, y_tr = advlab.data.load("mnist5k", "train")
+    base = zoo.build("mnist-cnn", seed=0)
+    runs = {
+        "plain (1 epoch)": lambda: defenses.lecture_training(
+            base, x_tr, y_tr, attacks.FGSM(0.3), pretrain_epochs=1, epochs=0),
+        "madry PGD-10 (1 epoch)": lambda: defenses.madry_training(base, x_tr, y_tr, epochs=1),
+        "trades 10 steps (1 epoch)": lambda: defenses.trades_training(base, x_tr, y_tr,
+                                                                      epochs=1),
+        "fast FGSM-RS (1 epoch)": lambda: defenses.fast_training(base, x_tr, y_tr, epochs=1),
+        "distillation T=100 (1+1 epochs)": lambda: defenses.distill(base, x_tr, y_tr,
+                                                                    epochs=1),
+        "pixelcnn h16 l4 (1 epoch)": lambda: defenses.train_pixelcnn(
+            x_tr, hidden=16, layers=4, first_kernel=5, epochs=1),
+    }
+    rows = []
+    for name, fn in runs.items():
+        t0 = time.perf_counter()
+        fn()
+        rows.append({"defense": name, "seconds": round(time.perf_counter() - t0, 1),
+                     "threads": torch.get_num_threads()})
+        log.info("%s", rows[-1])
+    print(table(rows, ["defense", "seconds", "threads"]))
 
 
 def main() -> None:
@@ -128,6 +277,27 @@ def main() -> None:
     t.add_argument("--patience", type=int, default=None)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=cmd_advtrain)
+    d = sub.add_parser("distillation", help="defensive distillation story on mnist-cnn")
+    d.add_argument("--temperatures", type=float, nargs="+", default=[100.0])
+    d.add_argument("--epochs", type=int, default=10)
+    d.add_argument("--eps", type=float, default=0.3)
+    d.add_argument("--cw-steps", type=int, default=100)
+    d.set_defaults(fn=cmd_distillation)
+    r = sub.add_parser("transforms", help="naive vs BPDA+EOT on transformation defenses")
+    r.add_argument("--eps", type=float, default=0.3)
+    r.add_argument("--steps", type=int, default=40)
+    r.add_argument("--eot", type=int, default=10)
+    r.set_defaults(fn=cmd_transforms)
+    x = sub.add_parser("pixeldefend", help="PixelDefend: oblivious vs BPDA")
+    x.add_argument("--eps", type=float, default=0.3)
+    x.add_argument("--eps-defend", type=float, default=0.3)
+    x.add_argument("--steps", type=int, default=20)
+    x.add_argument("--hidden", type=int, default=16)
+    x.add_argument("--layers", type=int, default=4)
+    x.add_argument("--epochs", type=int, default=3)
+    x.set_defaults(fn=cmd_pixeldefend)
+    m = sub.add_parser("timing", help="training time per defense (one epoch each)")
+    m.set_defaults(fn=cmd_timing)
     a = p.parse_args()
     a.fn(a)
 

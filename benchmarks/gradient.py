@@ -47,7 +47,7 @@ def peers(name: str, model: nn.Module, x: Tensor) -> dict[str, Callable[[Tensor,
                "bim": lambda: ta.BIM(model, eps=eps, alpha=alpha, steps=steps),
                "pgd": lambda: ta.PGD(model, eps=eps, alpha=alpha, steps=steps,
                                      random_start=rand)}[name]()
-        out["torchattacks"] = lambda xx, yy: atk(xx, yy)
+        out["torchattacks"] = lambda xx, yy, a=atk: a(xx, yy)
     if have("art"):
         from art.attacks.evasion import (
             BasicIterativeMethod,
@@ -64,8 +64,7 @@ def peers(name: str, model: nn.Module, x: Tensor) -> dict[str, Callable[[Tensor,
                "pgd": lambda: ProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=alpha,
                                                        max_iter=steps, num_random_init=1,
                                                        batch_size=n, verbose=False)}[name]()
-        out["art"] = lambda xx, yy: torch.from_numpy(
-            atk.generate(xx.numpy(), yy.numpy()))
+        out["art"] = lambda xx, yy, a=atk: torch.from_numpy(a.generate(xx.numpy(), yy.numpy()))
     if have("foolbox"):
         import foolbox as fb
 
@@ -75,7 +74,7 @@ def peers(name: str, model: nn.Module, x: Tensor) -> dict[str, Callable[[Tensor,
                                                                   steps=steps),
                "pgd": lambda: fb.attacks.LinfPGD(abs_stepsize=alpha, steps=steps,
                                                  random_start=rand)}[name]()
-        out["foolbox"] = lambda xx, yy: atk(fmodel, xx, yy, epsilons=eps)[1]
+        out["foolbox"] = lambda xx, yy, a=atk: a(fmodel, xx, yy, epsilons=eps)[1]
     return out
 
 

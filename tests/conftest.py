@@ -5,9 +5,15 @@ the training once (a few tens of seconds) and later runs load them.
 """
 from __future__ import annotations
 
-import pytest
-import torch
-from torch import nn
+import os
+
+# Idle OpenMP threads spin by default: on a loaded 2-core machine that makes small models
+# 10-100x slower. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

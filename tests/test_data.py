@@ -304,6 +304,8 @@ def test_unknown_names_and_bad_arguments() -> None:
         data.load("mnist5k", split="validation")
     with pytest.raises(UnknownNameError):
         data.load("folder")  # no path and no root
+    with pytest.raises(UnknownNameError):
+        data.info("imagenet", root=".")
     for n in (0, -3, 2.5, True):
         with pytest.raises(InputError):
             data.load("digits", n=n)

@@ -246,7 +246,11 @@ def test_corrupt_or_mismatching_cache_is_retrained(home: Path, caplog) -> None:
                             zoo.read_metadata(path)).read_bytes()
     stale = zoo.save(reference, home / "stale.safetensors",
                      {**zoo.read_metadata(path), "version": -1}).read_bytes()
-    for content in (b"", b"garbage" * 10, path.read_bytes()[:-5], wrong_shapes, stale):
+    meta = zoo.read_metadata(path)
+    other_settings = zoo.save(reference, home / "settings.safetensors",
+                              {**meta, "training": {**meta["training"], "epochs": 1}}).read_bytes()
+    for content in (b"", b"garbage" * 10, path.read_bytes()[:-5], wrong_shapes, stale,
+                    other_settings):
         path.write_bytes(content)
         with pytest.raises(ModelFileError):
             zoo.load("digits-mlp", train_if_missing=False)

@@ -9,6 +9,7 @@ from advlab import data
 from advlab import zoo
 from advlab import transforms
 from advlab import attacks
+from advlab import defenses  # noqa: F401
 from advlab import detectors
 
 __version__ = "0.1.0"

@@ -93,6 +93,8 @@ def info(name: str, root: str | Path | None = None) -> DatasetInfo:
     """
     if name in _INFO:
         return _INFO[name]
+    if name != "folder" and not name.startswith("folder:"):
+        raise UnknownNameError("data set", name, available())
     path = _folder_path(name, root)
     x, _ = load(name, "train", root)
     return DatasetInfo(name, tuple(x.shape[1:]), tuple(_folder_classes(path)))

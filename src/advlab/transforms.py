@@ -94,6 +94,7 @@ class Transform(nn.Module):
 
     def __init__(self, *, random: bool, seed: int = 0) -> None:
         super().__init__()
+        self.training = False  # no mode-dependent behaviour: built in eval mode, like a model
         self.random = random
         self.seed = seed
         self._streams: dict[str, torch.Generator] = {}
@@ -728,6 +729,7 @@ class BPDA(nn.Module):
 
     def __init__(self, transform: Transform) -> None:
         super().__init__()
+        self.training = False
         if not isinstance(transform, Transform):
             raise InputError(f"BPDA wraps a Transform, got {type(transform).__name__}")
         self.transform = transform

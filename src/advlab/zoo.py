@@ -471,6 +471,9 @@ def _load_cached(name: str, entry: ZooEntry, path: Path) -> nn.Module:
     if meta.get("arch") != name or meta.get("version") != entry.version:
         raise ModelFileError(f"{path} holds {meta.get('arch')!r} version "
                              f"{meta.get('version')!r}, expected {name!r} version {entry.version}")
+    if meta.get("training") != asdict(entry.settings):
+        raise ModelFileError(f"{path} was trained with {meta.get('training')}, "
+                             f"expected {asdict(entry.settings)}")
     return load_weights(entry.build(), path).eval()
 
 

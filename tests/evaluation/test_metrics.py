@@ -46,8 +46,9 @@ def test_wrong_confidence_transfer_revert() -> None:
 
 def test_translate_is_numpy_roll() -> None:
     x = torch.arange(2 * 1 * 5 * 6, dtype=torch.float32).reshape(2, 1, 5, 6)
-    ref = np.roll(x.numpy(), shift=(2, 2), axis=(2, 3))
-    assert np.array_equal(M.translate(x, 2).numpy(), ref)
+    assert np.array_equal(M.translate(x, 2).numpy(), np.roll(x.numpy(), 2, axis=3))
+    ref = np.roll(x.numpy(), shift=(-1, 2), axis=(2, 3))
+    assert np.array_equal(M.translate(x, 2, -1).numpy(), ref)
     assert torch.equal(M.translate(x, 0), x)
 
 

@@ -184,7 +184,8 @@ class APGD(GradientAttack):
         x0 = x
         if self.random_start:
             x0 = project_box(x, x + b.random(x, eps, generator), eps, b)
-        f, g, logits = self._evaluate(model, x0, y, loss_target)
+        f, g, logits = self._evaluate(model, x0, y, loss_target,
+                                      torch.arange(len(x), device=x.device))
         s = {"idx": torch.arange(len(x), device=x.device), "x": x, "y": y, "eps": eps,
              "eta": 2 * eps, "xk": x0, "xprev": x0, "fk": f, "gk": g, "xmax": x0,
              "fmax": f, "gmax": g, "count": torch.zeros_like(eps),
@@ -208,10 +209,11 @@ class APGD(GradientAttack):
         out_f[s["idx"][rest]] = s["fmax"][rest]
         return out_x, out_f, out_ok
 
-    def _evaluate(self, model: Model, xa: Tensor, y: Tensor,
-                  loss_target: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Objective (N,), its gradient and the logits at xa (through :meth:`gradient`)."""
-        grad, logits = self.gradient(model, xa, y, loss_target)
+    def _evaluate(self, model: Model, xa: Tensor, y: Tensor, loss_target: Tensor | None,
+                  idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Objective (N,), its gradient and the logits at xa (through :meth:`gradient`;
+        ``idx``: the rows of the run that xa holds)."""
+        grad, logits = self.gradient(model, xa, y, loss_target, idx)
         with torch.no_grad():
             f = self.objective(logits, y, loss_target)
         return f, grad, logits
@@ -227,7 +229,7 @@ class APGD(GradientAttack):
         else:
             a = self.momentum
             x_new = project_box(x, xk + a * (z - xk) + (1 - a) * (xk - s["xprev"]), eps, b)
-        f, g, logits = self._evaluate(model, x_new, s["y"], s.get("lt"))
+        f, g, logits = self._evaluate(model, x_new, s["y"], s.get("lt"), s["idx"])
         s["count"] = s["count"] + (f > s["fk"]).to(f.dtype)
         better = f > s["fmax"]
         s["xmax"] = torch.where(_expand(better, x_new), x_new, s["xmax"])
@@ -326,6 +328,9 @@ class APGDT(APGD):
 
 MEMBERS = {"linf": ("apgd-ce", "apgd-t", "fab-t", "square"),
            "l2": ("apgd-ce-l2", "apgd-t-l2", "fab-t-l2", "square-l2")}
+# the published settings of the standard version where a member's own default differs
+MEMBER_DEFAULTS: dict[str, dict[str, Any]] = {"square": {"max_queries": 5000},
+                                              "square-l2": {"max_queries": 5000}}
 
 
 @register("autoattack", knowledge="white", goal="untargeted", norm="linf", kind="iterative")
@@ -338,17 +343,17 @@ class AutoAttack(Attack):
     classified; an example's output is the first adversarial point found, else the point
     with the lowest true-class margin over the members (the worst case per example).
     Members are built from the registry by name at call time with the published defaults
-    (APGD: 100 iterations, 1 restart, 9 target classes; Square: the black-box package's
-    defaults), so a member registered later joins automatically. Members that are not
-    registered are skipped and the skip is logged: advlab has no FAB-T, and Square is only
-    present once ``advlab.attacks.blackbox`` provides it. The black-box member receives the
-    plain model (it wraps it in its own Oracle); its query counts go to ``info``.
+    (APGD: 100 iterations, 1 restart, 9 target classes; Square: 5,000 queries, p_init 0.8),
+    so a member registered later joins automatically. Members that are not registered are
+    skipped and the skip is logged: advlab has no FAB-T, so the ensemble runs APGD-CE,
+    APGD-T and Square. The black-box member receives the plain model (it wraps it in its own
+    Oracle); its query counts go to ``info``.
 
     Args:
         eps: radius; default 0.3 (linf) or 2.0 (l2).
         norm: "linf" or "l2".
         members: registry names, in order; default :data:`MEMBERS` for the norm.
-        member_kwargs: extra keyword arguments per member name.
+        member_kwargs: keyword arguments per member name, over :data:`MEMBER_DEFAULTS`.
         seed: passed to every member.
 
     Returns (in ``AttackResult.info``): ``members`` (names run), ``robust_after`` (name ->
@@ -367,7 +372,9 @@ class AutoAttack(Attack):
             raise ThreatModelError(f"eps must be non-negative, got {self.eps}")
         self.norm, self.seed = norm, seed
         self.members = tuple(MEMBERS[norm] if members is None else members)
-        self.member_kwargs = dict(member_kwargs or {})
+        given = member_kwargs or {}
+        self.member_kwargs = {name: {**MEMBER_DEFAULTS.get(name, {}), **given.get(name, {})}
+                              for name in {*MEMBER_DEFAULTS, *given}}
 
     def resolve(self) -> tuple[list[str], list[str]]:
         """(members registered with this norm, members skipped)."""

@@ -123,11 +123,12 @@ class AdversarialPatch(Attack):
     """Adversarial patch (Brown et al. 2017): universal, targeted, trained with EOT.
 
     Args:
-        size: the patch side as a fraction of the image side (0.3: 8 pixels on MNIST).
+        size: the patch side as a fraction of the image side (0.5: 14 pixels on MNIST; the
+            zoo models shrug off smaller patches: 0.3 reaches 2-5% target success).
         shape: "circle" (as in the paper) or "square".
         scale: range of the random scale factor.
         rotation: largest random rotation, in degrees.
-        steps: Adam steps.
+        steps: Adam steps (100: on the zoo models 200 steps gain nothing more).
         lr: Adam learning rate (patch values live in [0, 1]).
         batch_size: images per step, each with its own random placement.
         seed: seeds the initial patch, the mini-batches and the placements.
@@ -142,9 +143,9 @@ class AdversarialPatch(Attack):
 
     targeted_only = True
 
-    def __init__(self, *, size: float = 0.3, shape: str = "circle",
+    def __init__(self, *, size: float = 0.5, shape: str = "circle",
                  scale: tuple[float, float] = (0.8, 1.2), rotation: float = 22.5,
-                 steps: int = 200, lr: float = 0.05, batch_size: int = 64,
+                 steps: int = 100, lr: float = 0.05, batch_size: int = 64,
                  seed: int = 0) -> None:
         if shape not in ("circle", "square"):
             raise ThreatModelError(f"patch shape must be circle or square, got {shape!r}")

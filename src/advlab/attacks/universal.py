@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from advlab.attacks.base import Attack, Model, register
+from advlab.attacks.base import Attack, Crafted, Model, register
+from advlab.attacks.deepfool import DeepFool
 from advlab.errors import LabelError, ThreatModelError
 from advlab.threat import Ball, _expand, ball, clip_box
 from advlab.validation import check_eval_mode, check_images, check_labels
@@ -82,62 +83,49 @@ def fooling_rate(model: Model, x: Tensor, delta: Tensor, y: Tensor | None = None
     return fooled / len(x)
 
 
-def deepfool_step(model: Model, x: Tensor, ref: Tensor, target: Tensor | None, norm: str,
-                  max_iter: int = 10, overshoot: float = 0.02) -> Tensor:
-    r"""DeepFool's minimal perturbation r for each image (batched), from the linearisation
-
-    .. math:: l = \arg\min_{k \ne \hat k} \frac{|f_k|}{\|w_k\|_q},\quad
-              r \mathrel{+}= \frac{|f_l| + 10^{-4}}{\|w_l\|_q^q}\,|w_l|^{q-1} \odot
-              \mathrm{sign}(w_l)
-
-    with :math:`f_k = z_k - z_{\hat k}`, :math:`w_k = \nabla f_k` and q the dual norm (2 for
-    L2, 1 for Linf), repeated until the label changes (or reaches ``target``), then scaled by
-    ``1 + overshoot``. Untargeted images move away from ``ref``; targeted ones towards
-    ``target`` only.
+def minimal_step(model: Model, x: Tensor, ref: Tensor, target: Tensor | None, norm: str,
+                 max_iter: int = 10, overshoot: float = 0.02) -> Tensor:
+    """DeepFool's minimal perturbation r for each image (batched): away from ``ref``
+    (untargeted: :class:`advlab.attacks.deepfool.DeepFool` with ``ref`` as the labels), or
+    to ``target`` (:func:`targeted_step`).
 
     Shape: x N x C x H x W, ref (N,), target (N,) or None -> r N x C x H x W.
     """
+    if target is None:
+        attack = DeepFool(norm=norm, overshoot=overshoot, max_iter=max_iter)
+        return attack(model, x, ref).x_adv - x
+    return targeted_step(model, x, target, norm, max_iter, overshoot)
+
+
+def targeted_step(model: Model, x: Tensor, target: Tensor, norm: str, max_iter: int = 10,
+                  overshoot: float = 0.02) -> Tensor:
+    r"""DeepFool's linearisation towards one class t (the targeted inner step):
+
+    .. math:: f = z_t - z_{\hat k}, \quad w = \nabla f, \quad
+              r \mathrel{+}= \frac{|f| + 10^{-4}}{\|w\|_q^q}\, |w|^{q-1} \odot \mathrm{sign}(w)
+
+    with :math:`\hat k` the current prediction and q the dual exponent (2 for L2, 1 for
+    Linf), repeated until t is predicted, then scaled by ``1 + overshoot``. On an affine
+    classifier with two classes one iteration lands exactly on the boundary.
+
+    Shape: x N x C x H x W, target (N,) -> r N x C x H x W.
+    """
     r = torch.zeros_like(x)
-    k = None
     for _ in range(max_iter):
         xa = clip_box(x + (1 + overshoot) * r).detach().requires_grad_(True)
         logits = model(xa)
         pred = logits.argmax(1)
-        todo = pred == ref if target is None else pred != target
+        todo = pred != target
         if not todo.any():
             break
-        k = logits.shape[1] if k is None else k
-        classes = range(k) if target is None else [None]
-        best_dist, best_step = None, None
-        for c in classes:
-            other = target if c is None else torch.full_like(ref, c)
-            base = ref if target is None else pred
-            f = (logits.gather(1, other[:, None]) - logits.gather(1, base[:, None])).squeeze(1)
-            (w,) = torch.autograd.grad(f.sum(), xa, retain_graph=True)
-            dist, step = _linear_step(f.detach(), w, norm)
-            if c is not None:
-                dist = torch.where(other == ref, float("inf"), dist)
-            if best_dist is None:
-                best_dist, best_step = dist, step
-            else:
-                closer = dist < best_dist
-                best_dist = torch.where(closer, dist, best_dist)
-                best_step = torch.where(_expand(closer, step), step, best_step)
-        assert best_step is not None
-        r = r + torch.where(_expand(todo, r), best_step, torch.zeros_like(r))
+        f = (logits.gather(1, target[:, None]) - logits.gather(1, pred[:, None])).squeeze(1)
+        (w,) = torch.autograd.grad(f.sum(), xa)
+        flat = w.flatten(1)
+        q = flat.norm(dim=1) ** 2 if norm == "l2" else flat.abs().sum(1)
+        scale = (f.detach().abs() + 1e-4) / q.clamp_min(1e-12)
+        step = (w if norm == "l2" else w.sign()) * _expand(scale, w)
+        r = r + torch.where(_expand(todo, r), step, torch.zeros_like(r))
     return (1 + overshoot) * r
-
-
-def _linear_step(f: Tensor, w: Tensor, norm: str) -> tuple[Tensor, Tensor]:
-    """Distance |f| / ||w||_q to the linearised boundary and the step that reaches it."""
-    flat = w.flatten(1)
-    if norm == "l2":
-        wn = flat.norm(dim=1).clamp_min(1e-12)
-        dist = (f.abs() + 1e-4) / wn
-        return dist, w * _expand(dist / wn, w)
-    wn = flat.abs().sum(1).clamp_min(1e-12)
-    dist = (f.abs() + 1e-4) / wn
-    return dist, w.sign() * _expand(dist, w)
 
 
 class UniversalPerturbation(Attack):
@@ -159,7 +147,8 @@ class UniversalPerturbation(Attack):
     ``fit(model, x, y, target)`` returns a :class:`UniversalResult`; calling the attack fits
     a perturbation on the batch and applies it (one perturbation per target class for a
     targeted call; with per-example eps the perturbation is fitted at the largest radius and
-    projected onto each example's ball).
+    projected onto each example's ball). ``info["delta"]`` holds the perturbation (a dict
+    target -> perturbation for a targeted call).
 
     References: Moosavi-Dezfooli et al., CVPR 2017, arXiv:1610.08401 (Algorithm 1).
     """
@@ -252,27 +241,28 @@ class UniversalPerturbation(Attack):
         need = pred == ref if target is None else pred != target
         if not need.any():
             return v
-        r = deepfool_step(model, xv[need], ref[need], None if target is None else target[need],
-                          self.step_norm, self.max_iter, self.overshoot)
+        r = minimal_step(model, xv[need], ref[need], None if target is None else target[need],
+                         self.step_norm, self.max_iter, self.overshoot)
         for ri in r:
             v = b.project(v + ri[None], e)
         return v
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
-                eps: Tensor | None, generator: torch.Generator) -> Tensor:
+                eps: Tensor | None, generator: torch.Generator) -> Crafted:
         assert eps is not None
         b = ball(self.norm)
         e_max = float(eps.max())
         if target is None:
             v = self.fit(model, x, y, eps=e_max, generator=generator).delta
-            return clip_box(x + b.project(v.expand_as(x), eps))
-        x_adv = x.clone()
+            return Crafted(clip_box(x + b.project(v.expand_as(x), eps)), info={"delta": v})
+        x_adv, deltas = x.clone(), {}
         for t in target.unique().tolist():
             rows = (target == t).nonzero().squeeze(1)
             v = self.fit(model, x[rows], y[rows], target=t, eps=e_max, generator=generator).delta
             x_adv[rows] = clip_box(x[rows] + b.project(v.expand(len(rows), -1, -1, -1),
                                                        eps[rows]))
-        return x_adv
+            deltas[t] = v
+        return Crafted(x_adv, info={"delta": deltas})
 
 
 @register("universal", knowledge="white", goal="both", norm="linf", kind="iterative")

@@ -236,7 +236,9 @@ class Purifier(Transform):
         if x.shape[1] != self.pixelcnn.channels:
             raise InputError(f"the PixelCNN models {self.pixelcnn.channels}-channel images, "
                              f"got {x.shape[1]} channels")
-        return purify(self.pixelcnn, x.detach(), self.eps_defend)
+        # the arg-max has a zero gradient almost everywhere: say so to autograd (naive attacks
+        # then see the masked gradient instead of failing); the value is exactly purify(x)
+        return purify(self.pixelcnn, x.detach(), self.eps_defend) + 0.0 * x
 
 
 class PixelDefend(Transformed):

@@ -40,8 +40,11 @@ class Adaptive:
         model: a differentiable surrogate of the defended model: the same forward values,
             BPDA gradients through non-differentiable parts, fresh random draws every call.
         eot_samples: how many gradients to average per step (1 for a deterministic defense).
-        attack: the registry name of the attack to run against ``model``.
-        attack_kwargs: its suggested settings (eps is the caller's).
+        attack: the registry name of the attack to run against ``model`` ("pgd", or "eot-pgd"
+            for a random defense).
+        attack_kwargs: its suggested settings (eps is the caller's); for "eot-pgd",
+            ``transform=[]`` (no extra transformation: the surrogate draws the defense's own
+            randomness) and ``samples``.
     """
 
     model: nn.Module
@@ -78,6 +81,7 @@ class Transformed(nn.Module):
             raise InputError(f"eot_samples must be >= 1, got {eot_samples}")
         self.model = model
         self.transform = Compose(ts, seed=seed)
+        self.training = False  # eval mode like the model it wraps; the model's mode is its own
         self.bpda, self.seed, self.eot_samples = bpda, seed, eot_samples
 
     @property
@@ -117,8 +121,8 @@ class Transformed(nn.Module):
         k = eot_samples or (self.eot_samples if self.random else 1)
         surrogate = Transformed(self.model, list(self.transform.transforms), bpda=True,
                                 seed=self.seed + 1, eot_samples=k)
-        name = "eot-pgd" if self.random else "pgd"
-        kwargs: dict[str, Any] = {"steps": steps}
-        if self.random:
-            kwargs["samples"] = k
-        return Adaptive(surrogate, k, name, kwargs)
+        if not self.random:
+            return Adaptive(surrogate, 1, "pgd", {"steps": steps})
+        # the surrogate draws the defense's randomness itself, call after call: EOT with no
+        # extra transformation (transform=[]) averages gradients over k of its draws
+        return Adaptive(surrogate, k, "eot-pgd", {"steps": steps, "samples": k, "transform": []})

@@ -177,19 +177,16 @@ class ActivationKNN(Detector):
 def class_distances(feats: Tensor, base: Tensor, labels: Tensor, num_classes: int,
                     m: int) -> Tensor:
     """Mean distance from each row of ``feats`` to its m nearest ``base`` rows of each class,
-    N x K (+inf for a class with fewer than m rows). The neighbours are searched without
-    gradients; the distances to them are differentiable in ``feats``."""
+    N x K (+inf for a class with fewer than m rows), differentiable in ``feats`` (the m
+    smallest of the distances to all rows of the class; memory N x rows-per-class)."""
     out = []
     for c in range(num_classes):
-        rows = (labels == c).nonzero().squeeze(1)
+        rows = base[labels == c]
         if len(rows) < m:
             out.append(feats.new_full((len(feats),), float("inf")))
             continue
-        with torch.no_grad():
-            _, i = knn_search(feats.detach(), base[rows], m)
-        nb = base[rows][i]  # N x m x D
-        d = (feats[:, None, :] - nb).pow(2).sum(-1).clamp_min(1e-12).sqrt()
-        out.append(d.mean(1))
+        d = torch.cdist(feats, rows)
+        out.append(d.topk(m, dim=1, largest=False).values.mean(1))
     return torch.stack(out, 1)
 
 

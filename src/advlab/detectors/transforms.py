@@ -120,6 +120,8 @@ class TransformationDetector(Detector):
             the name of one transformation.
         samples: draws per random transformation.
         defense: a :class:`DefensePerturbation` applied to the input before transforming.
+        fit_size: at most this many fitting inputs (a seeded subset) measure the clean 95th
+            percentiles (the only thing fit learns).
         batch_size, seed: see :class:`~advlab.detectors.base.Detector`.
 
     Shape: score x N x C x H x W -> (N,).
@@ -132,8 +134,8 @@ class TransformationDetector(Detector):
 
     def __init__(self, transforms: Mapping[str, Transform] | None = None, *,
                  measure: str = "kl", combine: str = "vote", samples: int = 4,
-                 defense: DefensePerturbation | None = None, batch_size: int = 500,
-                 seed: int = 0) -> None:
+                 defense: DefensePerturbation | None = None, fit_size: int = 1000,
+                 batch_size: int = 500, seed: int = 0) -> None:
         super().__init__(batch_size=batch_size, seed=seed)
         self.transforms = dict(transforms) if transforms is not None else \
             lecture_transforms(seed)
@@ -145,10 +147,16 @@ class TransformationDetector(Detector):
             raise UnknownNameError("combination", combine, ["vote", "mean", *self.transforms])
         if samples < 1:
             raise InputError(f"samples must be >= 1, got {samples}")
+        if fit_size < 1:
+            raise InputError(f"fit_size must be >= 1, got {fit_size}")
         self.measure, self.combine, self.samples, self.defense = measure, combine, samples, \
             defense
+        self.fit_size = fit_size
 
     def _fit(self, model: Model, x: Tensor, y: Tensor, x_adv: Tensor | None) -> None:
+        if len(x) > self.fit_size:
+            pick = torch.randperm(len(x), generator=self.generator(torch.device("cpu")))
+            x = x[pick[: self.fit_size].to(x.device)]
         per = self.per_transform_scores(x, model=model, _checked=True)
         self.scale_ = {name: float(s.quantile(0.95).clamp_min(1e-6)) for name, s in per.items()}
 

@@ -2,8 +2,8 @@
 
 A run is described by a TOML file (or the equivalent mapping): the data subset, the models,
 the defenses, the attacks with their eps grids and parameters, the detectors, the fragility
-probes and report options. :data:`DEFAULT_TOML` is the built-in tour of the lecture;
-``advlab run`` with no file runs it. Every field is validated with a clear
+probes, the sanity checks and report options. :data:`DEFAULT_TOML` is the built-in tour of
+the lecture; ``advlab run`` with no file runs it. Every field is validated with a clear
 :class:`~advlab.errors.ConfigError` naming the allowed keys.
 """
 from __future__ import annotations
@@ -63,8 +63,13 @@ params = { steps = 40, alpha = 0.01 }
 # params = { layers = ["fc1"], k = 10 }
 
 [probes]
-shifts = [1, 2]       # fragility: translate by 1 and 2 pixels
+shifts = [1, 2]       # fragility: shift right by 1 and 2 pixels
 noise = [0.05]        # fragility: add N(0, 0.05^2) noise
+
+[sanity]              # advlab.evaluation.sanity checks at the report's reference eps
+enabled = true
+max_examples = 100
+blackbox_queries = 500
 
 [report]
 gallery = 8           # image pairs stored per cell
@@ -81,6 +86,7 @@ DEFAULT: dict[str, Any] = {
                 {"name": "bim", "eps": _EPS, "params": {"steps": 10}},
                 {"name": "pgd", "eps": _EPS, "params": {"steps": 40, "alpha": 0.01}}],
     "probes": {"shifts": [1, 2], "noise": [0.05]},
+    "sanity": {"enabled": True, "max_examples": 100, "blackbox_queries": 500},
     "report": {"gallery": 8},
 }
 
@@ -147,6 +153,7 @@ class RunConfig:
     noise: tuple[float, ...] = (0.05,)
     gallery: int = 8
     report: dict[str, Any] = field(default_factory=dict)
+    sanity: dict[str, Any] = field(default_factory=lambda: dict(SANITY))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description (what the results database and results.json record)."""
@@ -160,11 +167,15 @@ class RunConfig:
             "detectors": [vars(d) for d in self.detectors],
             "probes": {"shifts": list(self.shifts), "noise": list(self.noise)},
             "report": {"gallery": self.gallery, **self.report},
+            "sanity": self.sanity,
         }
 
 
 _TOP = {"name", "seed", "batch_size", "device", "data", "models", "attacks", "defenses",
-        "detectors", "probes", "report"}
+        "detectors", "probes", "report", "sanity"}
+
+#: defaults of the [sanity] table
+SANITY: dict[str, Any] = {"enabled": True, "max_examples": 100, "blackbox_queries": 500}
 
 
 def _keys(d: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -237,6 +248,8 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
     probes = dict(d.get("probes", {}))
     _keys(probes, {"shifts", "noise"}, "[probes]")
     report = dict(d.get("report", {}))
+    sanity = dict(d.get("sanity", {}))
+    _keys(sanity, set(SANITY), "[sanity]")
     cfg = RunConfig(
         name=str(d.get("name", "run")), seed=int(d.get("seed", 0)),
         batch_size=int(d.get("batch_size", 500)), device=d.get("device"),
@@ -245,7 +258,7 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
         defenses=plugins["defenses"], detectors=plugins["detectors"],
         shifts=tuple(int(s) for s in probes.get("shifts", (1, 2))),
         noise=tuple(float(s) for s in probes.get("noise", (0.05,))),
-        gallery=int(report.pop("gallery", 8)), report=report)
+        gallery=int(report.pop("gallery", 8)), report=report, sanity={**SANITY, **sanity})
     _check(cfg)
     return cfg
 

@@ -124,12 +124,13 @@ def revert_rate(probe_adv_pred: Tensor | np.ndarray, success: Tensor | np.ndarra
     return _mean(_arr(probe_adv_pred)[s] == _arr(y)[s])
 
 
-def translate(x: Tensor, pixels: int) -> Tensor:
-    """Shift images right and down by ``pixels`` (cyclic, torch.roll). Shape N x C x H x W.
+def translate(x: Tensor, dx: int, dy: int = 0) -> Tensor:
+    """Shift images right by ``dx`` and down by ``dy`` pixels (cyclic, torch.roll).
+    Shape N x C x H x W.
 
     On MNIST-like images with an empty border the wrap-around only moves background.
     """
-    return torch.roll(x, shifts=(pixels, pixels), dims=(2, 3))
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
 
 
 def gaussian_noise(x: Tensor, sigma: float, generator: torch.Generator) -> Tensor:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from advlab import attacks
 from advlab.evaluation import metrics
 from advlab.evaluation.store import Store, atomic_write
 
@@ -33,6 +35,34 @@ def _f(v: float) -> float | None:
 
 def _mean(a: np.ndarray) -> float | None:
     return _f(a.mean()) if a.size else None
+
+
+def attack_norm(cell: dict[str, Any]) -> str:
+    """The cell's perturbation norm: its params' norm, else the registry's taxonomy."""
+    if "norm" in cell["params"]:
+        return str(cell["params"]["norm"])
+    tax = attacks.available().get(cell["attack"])
+    return tax.norm if tax is not None else "?"
+
+
+def reference_eps(cells: Sequence[dict[str, Any]], override: float | None = None) -> float | None:
+    """The Linf eps at which the gallery, transfer, properties and ROC sections look.
+
+    Default: the smallest eps of the grid at which some attack fools at least half of the
+    correctly classified images of every model; else the largest eps.
+    """
+    if override is not None:
+        return float(override)
+    bounded = [c for c in cells if c["eps"] is not None and attack_norm(c) == "linf"]
+    grid = sorted({c["eps"] for c in bounded if c["eps"] > 0})
+    models = {c["model"] for c in bounded}
+    for e in grid:
+        best = {m: max((c["success_rate"] or 0.0 for c in bounded
+                        if c["model"] == m and math.isclose(c["eps"], e)), default=0.0)
+                for m in models}
+        if best and min(best.values()) >= 0.5:
+            return e
+    return grid[-1] if grid else None
 
 
 def summarize_rows(ex: dict[str, np.ndarray], probes: dict[str, dict[str, np.ndarray]],

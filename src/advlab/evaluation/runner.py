@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import importlib
 import importlib.metadata
+import json
 import logging
 import math
 import os
@@ -53,6 +54,7 @@ from advlab.evaluation.config import (
     RunConfig,
     load_config,
 )
+from advlab.evaluation.results import attack_norm, collect, reference_eps
 from advlab.evaluation.store import CellRecord, Store, canonical_json, cell_key
 
 log = logging.getLogger(__name__)
@@ -97,7 +99,8 @@ def _transformed(mod: Any, model: nn.Module, train: TrainData, p: dict[str, Any]
     for t in p.get("transforms", []):
         t = dict(t)
         layers.append(getattr(mod, t.pop("name"))(**t))
-    return mod.Transformed(model, layers)
+    rest = {k: v for k, v in p.items() if k != "transforms"}
+    return mod.Transformed(model, layers, **{"seed": seed, **rest})
 
 
 #: defense name -> adapter(advlab.defenses module, model, train data loader, params, seed)
@@ -410,29 +413,14 @@ def environment(device: torch.device, seed: int) -> dict[str, Any]:
 
 
 def _finding(f: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(f):
+    """A sanity finding (``to_dict()``, dataclass, object or dict) as JSON-able dict."""
+    if hasattr(f, "to_dict"):
+        f = f.to_dict()
+    elif dataclasses.is_dataclass(f):
         f = dataclasses.asdict(f)
     elif not isinstance(f, dict):
         f = vars(f)
-    return {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
-            for k, v in f.items()}
-
-
-def sanity_findings(models: dict[str, nn.Module], x: Tensor, y: Tensor, store: Store,
-                    run: str) -> list[dict[str, Any]] | None:
-    """The findings of :mod:`advlab.evaluation.sanity` on this run, or None without it.
-
-    The adapter calls ``sanity.run_checks(models, x, y, results)`` (results: the run's
-    :func:`~advlab.evaluation.results.collect`) and records each finding (a dataclass,
-    object or dict with ``level``, ``check``, ``message``) as a dict.
-    """
-    mod = optional_module("advlab.evaluation.sanity")
-    if mod is None or not hasattr(mod, "run_checks"):
-        log.info("no sanity checks: advlab.evaluation.sanity.run_checks is not available")
-        return None
-    from advlab.evaluation.results import collect
-
-    return [_finding(f) for f in mod.run_checks(models, x, y, collect(store, run))]
+    return json.loads(json.dumps(f, default=str))
 
 
 def _version(dist: str) -> str | None:
@@ -521,12 +509,55 @@ class Runner:
                 log.warning("skipping %s: %s", cell.label, exc)
                 skipped[cell.key] = str(exc)
                 self.progress(Progress("skip", i, len(cells), cell.label))
-        findings = sanity_findings(models, x, y, self.store, cfg.name)
+        findings = self.sanity(models, x, y) if cfg.sanity.get("enabled", True) else None
         env.update(wall_s=time.perf_counter() - t0, skipped=skipped)
         if findings is not None:
             env["sanity"] = findings
         self.store.end_run(cfg.name, env["wall_s"], env)
         return self.store.run(cfg.name)
+
+    def sanity(self, models: dict[str, nn.Module], x: Tensor, y: Tensor
+               ) -> list[dict[str, Any]] | None:
+        """Sanity checks (:func:`advlab.evaluation.sanity.run_all`) on every attacked model
+        at the report's reference eps, reusing the success rates of the stored cells.
+
+        Findings are stored per (model weights, defense, eps, rates, settings), so a rerun
+        does not repeat them. None when the sanity module is not installed.
+        """
+        mod = optional_module("advlab.evaluation.sanity")
+        if mod is None or not hasattr(mod, "run_all"):
+            log.info("no sanity checks: advlab.evaluation.sanity.run_all is not available")
+            return None
+        cfg, rec = self.cfg, self.store.run(self.cfg.name)
+        res = collect(self.store, cfg.name)
+        eps = reference_eps(res["cells"], cfg.report.get("eps"))
+        n, q = int(cfg.sanity["max_examples"]), int(cfg.sanity["blackbox_queries"])
+        groups: dict[str, dict[str, Any]] = {}
+        for c in res["cells"]:
+            if eps is None or c["eps"] is None or attack_norm(c) != "linf" or \
+                    not math.isclose(c["eps"], eps):
+                continue
+            spec = dict(rec["cells"])[c["key"]]
+            g = groups.setdefault(canonical_json([spec["model"], spec["defense"]]), {
+                "model": c["model"], "defense": PluginSpec(**spec["defense"]), "rates": {},
+                "spec": {"model": spec["model"], "defense": spec["defense"], "eps": eps,
+                         "data": spec["data"], "max_examples": n, "queries": q,
+                         "seed": cfg.seed, "advlab": advlab.__version__}})
+            g["rates"][c["attack"]] = float(self.store.examples(c["key"])["success"][:n].mean())
+        out = []
+        for g in groups.values():
+            key = cell_key({**g["spec"], "rates": g["rates"], "kind": "sanity"})
+            findings = self.store.sanity(key)
+            if findings is None:
+                log.info("sanity checks on %s / %s at eps %g", g["model"], g["defense"].name, eps)
+                net = self.defended(g["model"], models[g["model"]], g["defense"])
+                found = mod.run_all(net, x, y, eps=eps, norm="linf", results=g["rates"],
+                                    max_examples=n, blackbox_queries=q, seed=cfg.seed)
+                findings = [_finding(f) for f in found]
+                self.store.write_sanity(key, g["model"], g["defense"].name, findings)
+            out.append({"model": g["model"], "defense": g["defense"].name, "eps": eps,
+                        "findings": findings})
+        return out
 
     def _run_cell(self, i: int, total: int, cell: Cell, models: dict[str, nn.Module],
                   x: Tensor, y: Tensor) -> None:

@@ -11,6 +11,7 @@ One SQLite file (``runs/advlab.sqlite``, stdlib :mod:`sqlite3`, WAL journal) hol
   (``shift:1``, ``noise:0.05``) for the fragility property;
 - ``scores``: per example, each detector's score on the clean and the adversarial image;
 - ``gallery``: a few (clean, adversarial) image pairs per cell for the report;
+- ``sanity``: the findings of the sanity checks per (model, defense, settings);
 - ``runs`` and ``run_cells``: which cells a named run consists of, its configuration and
   environment, so a report can be re-rendered from the database alone.
 
@@ -77,6 +78,9 @@ CREATE TABLE IF NOT EXISTS scores (
     key TEXT NOT NULL, detector TEXT NOT NULL, idx INTEGER NOT NULL,
     clean REAL NOT NULL, adv REAL NOT NULL,
     PRIMARY KEY (key, detector, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sanity (
+    key TEXT PRIMARY KEY, model TEXT NOT NULL, defense TEXT NOT NULL,
+    findings TEXT NOT NULL, finished REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS gallery (
     key TEXT NOT NULL, idx INTEGER NOT NULL, shape TEXT NOT NULL,
     x BLOB NOT NULL, x_adv BLOB NOT NULL, PRIMARY KEY (key, idx));
@@ -378,3 +382,17 @@ class Store:
             out.append((idx, np.frombuffer(x, np.float32).reshape(s),
                         np.frombuffer(xa, np.float32).reshape(s)))
         return out
+
+    # -- sanity findings ------------------------------------------------------------------
+
+    def sanity(self, key: str) -> list[dict[str, Any]] | None:
+        """Stored sanity findings under ``key``, or None."""
+        row = self._db.execute("SELECT findings FROM sanity WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def write_sanity(self, key: str, model: str, defense: str,
+                     findings: list[dict[str, Any]]) -> None:
+        """Store the sanity findings of one (model, defense, settings), one transaction."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO sanity VALUES (?, ?, ?, ?, ?)",
+                       (key, model, defense, json.dumps(findings), time.time()))

@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from advlab import attacks
 from advlab.errors import DataError
 from advlab.evaluation import metrics
-from advlab.evaluation.results import collect, write_results
+from advlab.evaluation.results import attack_norm, collect, reference_eps, write_results
 from advlab.evaluation.store import Store, atomic_write
 from advlab.report import plots
 
@@ -58,8 +57,9 @@ def img(png: bytes, alt: str) -> str:
 def table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
     """An HTML table; cells are already-escaped HTML."""
     th = "".join(f"<th>{h}</th>" for h in head)
+    thead = f"<thead><tr>{th}</tr></thead>" if any(head) else ""
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<table class="{cls}">{thead}<tbody>{body}</tbody></table>'
 
 
 def note(text: str) -> str:
@@ -87,36 +87,8 @@ class Context:
         return self.results["run"]["config"]
 
 
-def attack_norm(cell: Cell) -> str:
-    """The cell's perturbation norm: its params' norm, else the registry's taxonomy."""
-    if "norm" in cell["params"]:
-        return str(cell["params"]["norm"])
-    tax = attacks.available().get(cell["attack"])
-    return tax.norm if tax is not None else "?"
-
-
 def group_label(c: Cell, with_defense: bool) -> str:
     return f"{c['attack']} ({c['defense']})" if with_defense else c["attack"]
-
-
-def reference_eps(cells: Sequence[Cell], override: float | None = None) -> float | None:
-    """The Linf eps at which the gallery, transfer, properties and ROC sections look.
-
-    Default: the smallest eps of the grid at which some attack fools at least half of the
-    correctly classified images of every model; else the largest eps.
-    """
-    if override is not None:
-        return float(override)
-    bounded = [c for c in cells if c["eps"] is not None and attack_norm(c) == "linf"]
-    grid = sorted({c["eps"] for c in bounded if c["eps"] > 0})
-    models = {c["model"] for c in bounded}
-    for e in grid:
-        best = {m: max((c["success_rate"] or 0.0 for c in bounded
-                        if c["model"] == m and math.isclose(c["eps"], e)), default=0.0)
-                for m in models}
-        if best and min(best.values()) >= 0.5:
-            return e
-    return grid[-1] if grid else None
 
 
 def reference_cells(ctx: Context) -> list[Cell]:
@@ -353,22 +325,40 @@ def section_properties(ctx: Context) -> str:
             "clean ones.</li><li><b>Transferability</b>: fooling rate on the other models "
             "(heatmap above).</li><li><b>Visual similarity</b>: perturbation norms and "
             "structural similarity (SSIM, 1 = identical).</li><li><b>Fragility</b>: "
-            "fraction of successful adversarial examples that a small transformation (shift "
-            "by 1-2 pixels, Gaussian noise) turns back into the true class; in brackets, the "
-            "fraction of correct clean images that stay correct under the same "
-            "transformation.</li></ol>" + table(head, rows, "num"))
+            "fraction of successful adversarial examples that a small transformation "
+            "(shift:k = k pixels to the right, noise:s = Gaussian noise of std s) turns back "
+            "into the true class; in brackets, the fraction of correct clean images that stay "
+            "correct under the same transformation.</li></ol>" + table(head, rows, "num"))
 
 
 def section_sanity(ctx: Context) -> str:
-    findings = ctx.results["run"]["env"].get("sanity")
-    if findings is None:
-        return note("Sanity checks (advlab.evaluation.sanity) did not run for this run: "
-                    "the module is not available in this installation.")
-    if not findings:
-        return note("All sanity checks passed.")
-    rows = [[esc(f.get("level", "")), esc(f.get("check", "")), esc(f.get("message", ""))]
-            for f in findings]
-    return table(["level", "check", "finding"], rows)
+    """Findings of advlab.evaluation.sanity per attacked model, warnings first."""
+    groups = ctx.results["run"]["env"].get("sanity")
+    if groups is None:
+        return note("Sanity checks did not run: advlab.evaluation.sanity is not available "
+                    "in this installation, or [sanity] enabled = false.")
+    if not groups:
+        return note("No sanity checks: no L∞ cell at the reference eps.")
+    rows = []
+    order = {"warning": 0, "ok": 1, "skipped": 2}
+    for g in groups:
+        for f in sorted(g["findings"], key=lambda f: order.get(f.get("level"), 3)):
+            level = f.get("level", "")
+            fix = ""
+            if f.get("attack"):
+                kw = ", ".join(f"{k}={v}" for k, v in (f.get("attack_kwargs") or {}).items())
+                fix = f"{f['attack']}({kw})" + (" on the BPDA/EOT surrogate"
+                                                if f.get("on_surrogate") else "")
+            cls = ' class="warn"' if level == "warning" else ""
+            rows.append([esc(g["model"]), esc(g["defense"]), esc(fmt_eps(g["eps"])),
+                         esc(f.get("check", f.get("name", ""))), f"<b{cls}>{esc(level)}</b>",
+                         esc(f.get("message", "")), esc(fix)])
+    warnings = sum(f.get("level") == "warning" for g in groups for f in g["findings"])
+    head = (f"<p><b>{warnings} warning(s)</b>: each names the adaptive attack that settles "
+            "the question.</p>" if warnings else
+            "<p>No symptom of gradient masking or of a broken evaluation.</p>")
+    return head + table(["model", "defense", "eps", "check", "level", "finding",
+                         "adaptive attack"], rows)
 
 
 def section_environment(ctx: Context) -> str:
@@ -378,8 +368,11 @@ def section_environment(ctx: Context) -> str:
     env.pop("classes", None)
     skipped = env.pop("skipped", {})
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started"]))
-    rows = [["run", esc(run["name"])], ["started", esc(when)],
-            ["wall time", f"{run['wall_s']:.1f} s" if run["wall_s"] else "unfinished"]]
+    compute = sum(c["wall_s"] for c in ctx.cells)
+    rows = [["run", esc(run["name"])], ["started (last invocation)", esc(when)],
+            ["wall time (last invocation)",
+             f"{run['wall_s']:.1f} s" if run["wall_s"] else "unfinished"],
+            ["time spent in the cells (all invocations)", f"{compute:.1f} s"]]
     rows += [[esc(k), esc(v)] for k, v in env.items() if k != "wall_s"]
     if skipped:
         rows.append(["skipped cells", str(len(skipped))])
@@ -406,11 +399,11 @@ max-width:1200px;padding:0 1em;color:#222;line-height:1.4}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.6em 0;font-size:13px}
 th,td{border:1px solid #ddd;padding:3px 8px}th{background:#f3f3f3;text-align:left}
-table.num td{text-align:right}table.num td:nth-child(-n+3){text-align:left}
+table.num td{text-align:right}table.num td:nth-child(-n+3){text-align:left;white-space:nowrap}
 tbody tr:nth-child(even){background:#fafafa}
 img{max-width:100%;display:block;margin:.5em 0}.none{color:#777;font-style:italic}
-nav a{margin-right:1em}small{color:#777}pre{background:#f6f6f6;padding:.6em;font-size:12px;
-overflow:auto}
+nav a{margin-right:1em}.warn{color:#b00}small{color:#777}
+pre{background:#f6f6f6;padding:.6em;font-size:12px;overflow:auto}
 """
 
 

@@ -69,10 +69,10 @@ def gallery(rows: Sequence[tuple[str, Sequence[GalleryItem]]], classes: Sequence
             delta = it.x_adv - it.x
             amp = 0.5 / max(float(np.abs(delta).max()), 1e-12)
             panels = [
-                (it.x, f"{name(it.clean_pred)} {100 * it.clean_conf:.0f}%",
+                (it.x, f"{name(it.clean_pred)} ({100 * it.clean_conf:.0f}%)",
                  it.clean_pred == it.label),
                 (0.5 + amp * delta, f"perturbation x{amp:.1f}", None),
-                (it.x_adv, f"{name(it.adv_pred)} {100 * it.adv_conf:.0f}%",
+                (it.x_adv, f"{name(it.adv_pred)} ({100 * it.adv_conf:.0f}%)",
                  it.adv_pred == it.label),
             ]
             for k, (img, label, right) in enumerate(panels):
@@ -135,11 +135,11 @@ def heatmaps(panels: Sequence[tuple[str, Sequence[str], Sequence[str], np.ndarra
     fig = Figure(figsize=(min(3.6 * n, 13), 3.4))
     axes = fig.subplots(1, n, squeeze=False)[0]
     image = None
-    for ax, (title, rows, cols, m) in zip(axes, panels, strict=False):
+    for k, (ax, (title, rows, cols, m)) in enumerate(zip(axes, panels, strict=False)):
         m = np.asarray(m, dtype=np.float64)
         image = ax.imshow(np.ma.masked_invalid(m), vmin=0, vmax=1, cmap="viridis")
         ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=8)
-        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        ax.set_yticks(range(len(rows)), rows if k == 0 else [], fontsize=8)
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 v = m[i, j]
@@ -148,7 +148,8 @@ def heatmaps(panels: Sequence[tuple[str, Sequence[str], Sequence[str], np.ndarra
                         color="white" if np.isnan(v) or v < 0.6 else "black")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
+        if k == 0:
+            ax.set_ylabel(ylabel)
     if image is not None:
         fig.colorbar(image, ax=list(axes), shrink=0.8)
     return _png(fig)

@@ -1,0 +1,354 @@
+"""Sanity checks of an evaluation: symptoms of gradient masking and evaluation mistakes.
+
+A robustness number is only as good as the attack behind it. Each check here is small and
+single-purpose, and returns a :class:`Finding`: whether it fired, a message, the numbers
+behind it, and the adaptive attack that settles the question (a registry name and its
+settings, to run on the model, or on ``model.adaptive().model`` when ``on_surrogate``).
+
+- :func:`check_softmax`: the model outputs probabilities, not logits (the cross-entropy of
+  a softmax output saturates).
+- :func:`check_randomness`: the same input gives different logits (a randomised model
+  needs EOT).
+- :func:`check_gradients`: input gradients that vanish (are exactly zero) or are NaN/Inf.
+- :func:`check_one_step_vs_iterative`: a one-step attack (FGSM) beating an iterative one
+  (PGD): the iterative attack is lost in a masked landscape.
+- :func:`check_blackbox_vs_whitebox`: a score-based black-box attack (Square) beating the
+  white-box one: the gradients mislead.
+- :func:`check_unbounded`: success not approaching 100% as eps grows to 1.0 (an attack
+  that may change every pixel arbitrarily must win).
+
+:func:`run_all` runs them all (on at most ``max_examples`` examples), reusing success rates
+the caller already measured.
+
+References:
+    Athalye, Carlini & Wagner, "Obfuscated gradients give a false sense of security", ICML
+    2018, arXiv:1802.00420 (Section 3.1, the checklist). Carlini et al., "On evaluating
+    adversarial robustness", arXiv:1902.06705. Croce & Hein, auto-attack's ``checks.py``
+    (arXiv:2003.01690).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advlab import attacks
+from advlab.errors import InputError
+from advlab.validation import check_images, check_labels
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Finding:
+    """The outcome of one sanity check.
+
+    Attributes:
+        name: the check ("softmax", "randomness", "gradients", "one-step-vs-iterative",
+            "blackbox-vs-whitebox", "unbounded").
+        fired: True when the symptom is present (the evaluation is suspect).
+        message: one sentence for the report.
+        evidence: the numbers behind the verdict.
+        attack: the registry name of the attack that settles the question (None when the
+            check did not fire or none applies).
+        attack_kwargs: its settings (eps is the evaluation's).
+        on_surrogate: run ``attack`` on ``model.adaptive().model`` (BPDA / EOT surface of an
+            advlab defense) instead of the model itself.
+        skipped: the check could not run (e.g. no black-box attack registered).
+    """
+
+    name: str
+    fired: bool
+    message: str
+    evidence: dict[str, float] = field(default_factory=dict)
+    attack: str | None = None
+    attack_kwargs: dict[str, Any] = field(default_factory=dict)
+    on_surrogate: bool = False
+    skipped: bool = False
+
+    @property
+    def level(self) -> str:
+        """"warning" when fired, "skipped", else "ok"."""
+        return "warning" if self.fired else "skipped" if self.skipped else "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the fields plus ``check`` (= name) and ``level``."""
+        return {**asdict(self), "check": self.name, "level": self.level}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _logits(model: nn.Module, x: Tensor, batch_size: int = 500) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _success(atk: attacks.Attack, model: nn.Module, x: Tensor, y: Tensor,
+             eps: float | None = None) -> float:
+    return atk(model, x, y, eps=eps).success.float().mean().item()
+
+
+def _logit_attack(norm: str) -> tuple[str, dict[str, Any]]:
+    """An attack on the logits that saturation cannot stop: APGD-DLR (scale-invariant) when
+    registered, else PGD on the C&W margin."""
+    name = "apgd-dlr" if norm == "linf" else "apgd-dlr-l2"
+    if name in attacks.available():
+        return name, {"steps": 100}
+    return ("pgd" if norm == "linf" else f"pgd-{norm}"), {"loss": "margin", "steps": 100,
+                                                          "restarts": 5}
+
+
+def _adaptive(model: nn.Module, norm: str, fallback: tuple[str, dict[str, Any]]
+              ) -> tuple[str, dict[str, Any], bool]:
+    """The defense's own adaptive attack when it has one (``model.adaptive()``), else the
+    fallback; the flag says whether it runs on the surrogate."""
+    adaptive = getattr(model, "adaptive", None)
+    if callable(adaptive):
+        a = adaptive()
+        name = a.attack if norm == "linf" or a.attack.endswith(norm) else f"{a.attack}-{norm}"
+        if name in attacks.available():
+            return name, dict(a.attack_kwargs), True
+    return fallback[0], dict(fallback[1]), False
+
+
+def _pgd_name(norm: str) -> str:
+    return "pgd" if norm == "linf" else f"pgd-{norm}"
+
+
+def _tolerance(n: int, tol: float) -> float:
+    """Rates must differ by more than ``tol`` and by more than 2 examples out of n."""
+    return max(tol, 2.0 / n)
+
+
+# ----------------------------------------------------------------------------- the checks
+
+
+def check_softmax(model: nn.Module, x: Tensor) -> Finding:
+    """Fires when every output row lies in [0, 1] and sums to 1: probabilities, not logits.
+
+    Attacks on the cross-entropy of probabilities see a saturated, masked loss; attack the
+    logits (remove the softmax) or use a scale-invariant loss (DLR).
+    """
+    out = _logits(model, x)
+    in_unit = bool(((out >= 0) & (out <= 1)).all())
+    sums = out.sum(1)
+    to_one = bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-4))
+    fired = in_unit and to_one
+    name, kw = _logit_attack("linf")
+    msg = ("the model outputs probabilities (rows in [0, 1] summing to 1), not logits: a "
+           "cross-entropy on them saturates; remove the final softmax or use the DLR loss"
+           if fired else "the model outputs logits")
+    return Finding("softmax", fired, msg,
+                   {"min": out.min().item(), "max": out.max().item(),
+                    "max_row_sum_error": (sums - 1).abs().max().item()},
+                   name if fired else None, kw if fired else {})
+
+
+def check_randomness(model: nn.Module, x: Tensor, *, repeats: int = 2,
+                     atol: float = 1e-5) -> Finding:
+    """Fires when the same input gives different logits: a randomised model, whose single
+    gradients are noisy; attack it with EOT (Athalye et al. 2018)."""
+    outs = [_logits(model, x) for _ in range(max(2, repeats))]
+    diff = max((o - outs[0]).abs().max().item() for o in outs[1:])
+    scale = outs[0].abs().max().item() + 1e-12
+    changed = max((o.argmax(1) != outs[0].argmax(1)).float().mean().item() for o in outs[1:])
+    fired = diff > atol * max(1.0, scale)
+    name, kw, sur = _adaptive(model, "linf", ("eot-pgd", {"samples": 20, "transform": [],
+                                                          "steps": 100}))
+    msg = (f"the same input gives different logits (max difference {diff:.3g}; "
+           f"{changed:.1%} of predictions change): evaluate with EOT over the randomness"
+           if fired else "the model is deterministic")
+    return Finding("randomness", fired, msg,
+                   {"max_logit_difference": diff, "prediction_changes": changed},
+                   name if fired else None, kw if fired else {}, sur and fired)
+
+
+def check_gradients(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf",
+                    vanishing: float = 0.1, zero: float = 1e-30) -> Finding:
+    """Fires when input gradients of the cross-entropy are NaN/Inf for any example, or
+    vanish (every entry below ``zero`` in absolute value) for more than a fraction
+    ``vanishing`` of the correctly classified examples (a saturated softmax, a
+    non-differentiable preprocessing, a quantisation).
+    """
+    xg = x.clone().requires_grad_(True)
+    logits = model(xg)
+    loss = nn.functional.cross_entropy(logits, y, reduction="sum")
+    if not loss.requires_grad:
+        grad = torch.zeros_like(x)  # no graph at all: as masked as it gets
+    else:
+        (grad,) = torch.autograd.grad(loss, xg)
+    flat = grad.detach().flatten(1)
+    bad = (~torch.isfinite(flat)).any(1)
+    right = logits.detach().argmax(1) == y
+    tiny = flat.abs().amax(1) < zero
+    frac_bad = bad.float().mean().item()
+    frac_zero = (tiny & right).float().sum().item() / max(1, int(right.sum()))
+    fired = frac_bad > 0 or frac_zero > vanishing
+    norms = flat.abs().sum(1)[torch.isfinite(flat).all(1)]
+    name, kw, sur = _adaptive(model, norm, _logit_attack(norm))
+    if frac_bad > 0:
+        msg = f"{frac_bad:.1%} of the examples have NaN or Inf input gradients"
+    elif fired:
+        msg = (f"the input gradient vanishes (is zero) for {frac_zero:.1%} of the correctly "
+               "classified examples: gradient attacks cannot move; attack the logits (margin, "
+               "DLR) or through a BPDA surrogate")
+    else:
+        msg = "input gradients are finite and non-zero"
+    return Finding("gradients", fired, msg,
+                   {"nan_or_inf": frac_bad, "vanishing": frac_zero,
+                    "median_l1": norms.median().item() if len(norms) else float("nan")},
+                   name if fired else None, kw if fired else {}, sur and fired)
+
+
+def check_one_step_vs_iterative(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3,
+                                norm: str = "linf", steps: int = 20, tol: float = 0.02,
+                                results: Mapping[str, float] | None = None,
+                                seed: int = 0) -> Finding:
+    """Fires when a one-step attack (FGSM) fools more examples than an iterative one (PGD),
+    which should never happen unless the iterative attack is lost in a masked landscape.
+
+    Args:
+        results: already measured success rates by registry name; a one-shot and an
+            iterative white-box entry (by the registry's taxonomy) are used when present.
+    """
+    one, it = _rates_by_kind(results, norm)
+    if one is None:
+        one = ("fgsm", _success(attacks.get("fgsm", eps=eps, norm=norm, seed=seed), model, x, y))
+    if it is None:
+        atk = attacks.get(_pgd_name(norm), eps=eps, steps=steps, seed=seed)
+        it = (_pgd_name(norm), _success(atk, model, x, y))
+    fired = one[1] > it[1] + _tolerance(len(x), tol)
+    name, kw, sur = _adaptive(model, norm, _logit_attack(norm))
+    msg = (f"the one-step {one[0]} fools {one[1]:.1%}, more than the iterative {it[0]} "
+           f"({it[1]:.1%}): the iterative attack is misled (gradient masking)" if fired else
+           f"the iterative {it[0]} ({it[1]:.1%}) is at least as strong as {one[0]} "
+           f"({one[1]:.1%})")
+    return Finding("one-step-vs-iterative", fired, msg,
+                   {f"success_{one[0]}": one[1], f"success_{it[0]}": it[1]},
+                   name if fired else None, kw if fired else {}, sur and fired)
+
+
+def _rates_by_kind(results: Mapping[str, float] | None, norm: str
+                   ) -> tuple[tuple[str, float] | None, tuple[str, float] | None]:
+    if not results:
+        return None, None
+    tax = attacks.available()
+    white = {k: v for k, v in results.items()
+             if k in tax and tax[k].knowledge == "white" and tax[k].norm == norm}
+    one = [(k, v) for k, v in white.items() if tax[k].kind == "one-shot"]
+    it = [(k, v) for k, v in white.items() if tax[k].kind == "iterative"]
+    return (max(one, key=lambda kv: kv[1]) if one else None,
+            max(it, key=lambda kv: kv[1]) if it else None)
+
+
+def check_blackbox_vs_whitebox(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3,
+                               norm: str = "linf", steps: int = 20, queries: int = 1000,
+                               tol: float = 0.02, results: Mapping[str, float] | None = None,
+                               seed: int = 0) -> Finding:
+    """Fires when a score-based black-box attack (Square) beats the best white-box attack:
+    gradients that mislead the white-box attack while the decision surface is not robust.
+
+    Args:
+        results: already measured success rates by registry name (used when they contain a
+            black-box and a white-box entry of this norm).
+    """
+    tax = attacks.available()
+    square = "square" if norm == "linf" else f"square-{norm}"
+    given = {k: v for k, v in (results or {}).items() if k in tax and tax[k].norm == norm}
+    black = {k: v for k, v in given.items() if tax[k].knowledge in ("score", "label")}
+    white = {k: v for k, v in given.items() if tax[k].knowledge == "white"}
+    if not black:
+        if square not in tax:
+            return Finding("blackbox-vs-whitebox", False,
+                           f"skipped: no black-box attack ({square}) is registered",
+                           skipped=True)
+        atk = attacks.get(square, eps=eps, max_queries=queries, seed=seed)
+        black = {square: _success(atk, model, x, y)}
+    if not white:
+        atk = attacks.get(_pgd_name(norm), eps=eps, steps=steps, seed=seed)
+        white = {_pgd_name(norm): _success(atk, model, x, y)}
+    b = max(black.items(), key=lambda kv: kv[1])
+    w = max(white.items(), key=lambda kv: kv[1])
+    fired = b[1] > w[1] + _tolerance(len(x), tol)
+    name, kw, sur = _adaptive(model, norm, _logit_attack(norm))
+    msg = (f"the black-box {b[0]} fools {b[1]:.1%}, more than the best white-box attack "
+           f"{w[0]} ({w[1]:.1%}): the gradients are masked" if fired else
+           f"the white-box {w[0]} ({w[1]:.1%}) is at least as strong as the black-box "
+           f"{b[0]} ({b[1]:.1%})")
+    return Finding("blackbox-vs-whitebox", fired, msg,
+                   {f"success_{b[0]}": b[1], f"success_{w[0]}": w[1]},
+                   name if fired else None, kw if fired else {}, sur and fired)
+
+
+def check_unbounded(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf",
+                    eps_grid: Sequence[float] | None = None, steps: int = 20,
+                    target_rate: float = 0.95, seed: int = 0) -> Finding:
+    """Fires when PGD's success does not approach 100% as eps grows: with eps = 1.0 (Linf),
+    the attacker may put any image in the box, so only a broken attack fails.
+
+    PGD here starts at x (no random start: a random start inside a huge ball is itself
+    noise that fools any model, hiding a useless gradient) and takes ``steps`` steps.
+
+    Args:
+        eps_grid: the radii tried (default 0.5, 1.0 for Linf; 5, 10 for L2).
+        target_rate: the success required at the largest eps.
+    """
+    grid = list(eps_grid or ({"linf": (0.5, 1.0), "l2": (5.0, 10.0)}.get(norm, (20.0, 100.0))))
+    atk = attacks.get(_pgd_name(norm), eps=grid[-1], steps=steps, random_start=False,
+                      seed=seed)
+    rates = {f"success_eps_{e:g}": _success(atk, model, x, y, eps=e) for e in grid}
+    top = rates[f"success_eps_{grid[-1]:g}"]
+    fired = top < target_rate
+    name, kw, sur = _adaptive(model, norm, _logit_attack(norm))
+    msg = (f"PGD fools only {top:.1%} at eps={grid[-1]:g}, where any image is reachable: the "
+           "gradients mislead the attack (or the evaluation is broken)" if fired else
+           f"PGD fools {top:.1%} at eps={grid[-1]:g}")
+    return Finding("unbounded", fired, msg, rates, name if fired else None,
+                   kw if fired else {}, sur and fired)
+
+
+def run_all(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3, norm: str = "linf",
+            results: Mapping[str, float] | None = None, max_examples: int = 200,
+            blackbox_queries: int = 1000, seed: int = 0) -> list[Finding]:
+    """Every sanity check on (at most ``max_examples`` of) x, y.
+
+    Args:
+        model: the evaluated model or defense (eval mode), x in [0, 1] -> logits.
+        x, y: evaluation images and int64 labels.
+        eps, norm: the evaluated threat model.
+        results: success rates already measured at this eps, by attack registry name (reused
+            by the attack-comparison checks instead of re-running attacks).
+        max_examples: examples used (the first ones).
+        blackbox_queries: query budget of Square when it has to be run.
+        seed: seeds the attacks.
+
+    Returns:
+        The findings, in a fixed order; ``[f for f in findings if f.fired]`` are the warnings.
+    """
+    check_images(x)
+    if not isinstance(y, Tensor):
+        raise InputError(f"y must be a torch.Tensor, got {type(y).__name__}")
+    check_labels(y, len(x))
+    x, y = x[:max_examples], y[:max_examples]
+    soft = check_softmax(model, x)
+    out = [soft, check_randomness(model, x), check_gradients(model, x, y, norm=norm)]
+    if soft.fired:  # attacks refuse probability outputs: the attack checks cannot run
+        out += [Finding(name, False, "skipped: the model outputs probabilities, attacks need "
+                        "logits", skipped=True)
+                for name in ("one-step-vs-iterative", "blackbox-vs-whitebox", "unbounded")]
+    else:
+        out += [check_one_step_vs_iterative(model, x, y, eps=eps, norm=norm, results=results,
+                                            seed=seed),
+                check_blackbox_vs_whitebox(model, x, y, eps=eps, norm=norm, results=results,
+                                           queries=blackbox_queries, seed=seed),
+                check_unbounded(model, x, y, norm=norm, seed=seed)]
+    for f in out:
+        if f.fired:
+            log.warning("sanity check %s: %s (adaptive attack: %s %s)", f.name, f.message,
+                        f.attack, f.attack_kwargs)
+    return out

@@ -1,0 +1,118 @@
+"""APGD: the published schedule exactly, the halving rules, DLR's class check, and strength
+against PGD on the zoo models."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import advlab
+from advlab.attacks import APGD, PGD, AutoAttack
+from advlab.attacks.apgd import APGDT, checkpoint_fractions, checkpoints
+from advlab.errors import LabelError, ThreatModelError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():  # noqa: ANN202
+    """One thread: on a busy shared machine two OpenMP threads spin and run 10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_checkpoints_match_the_paper() -> None:
+    # Croce & Hein 2020, Section 3.2: p_0 = 0, p_1 = 0.22,
+    # p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), w_j = ceil(p_j N_iter)
+    p = [0.0, 0.22]
+    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    assert checkpoint_fractions() == pytest.approx(p)
+    assert checkpoint_fractions() == pytest.approx(
+        [0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99])
+    assert checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
+    assert checkpoints(1000) == [0, 220, 410, 570, 700, 800, 870, 930, 990]
+    for n in (10, 37, 250):
+        want = sorted({math.ceil(round(q * n, 6)) for q in p})
+        assert checkpoints(n) == want
+
+
+def _state(count: float, reduced_last: bool, fmax: float, fmax_last: float) -> dict:
+    one = torch.ones(1)
+    return {"count": one * count, "reduced_last": torch.tensor([reduced_last]),
+            "fmax": one * fmax, "fmax_last": one * fmax_last, "eta": one * 0.4,
+            "xk": torch.zeros(1, 1, 2, 2), "xmax": torch.ones(1, 1, 2, 2),
+            "gk": torch.zeros(1, 1, 2, 2), "gmax": torch.ones(1, 1, 2, 2),
+            "fk": one * 0.0}
+
+
+@pytest.mark.parametrize("count, reduced_last, fmax, fmax_last, halve", [
+    (16, False, 2.0, 1.0, True),    # condition 1: 16 < 0.75 * 22 = 16.5 increases
+    (17, False, 2.0, 1.0, False),   # enough increases and f_max improved
+    (17, False, 1.0, 1.0, True),    # condition 2: not halved last time and no improvement
+    (17, True, 1.0, 1.0, False),    # ... but halved last time: keep eta
+])
+def test_halving_conditions(count: float, reduced_last: bool, fmax: float, fmax_last: float,
+                            halve: bool) -> None:
+    s = APGD(eps=0.2)._check(_state(count, reduced_last, fmax, fmax_last), length=22)
+    assert s["eta"].item() == pytest.approx(0.2 if halve else 0.4)
+    assert torch.equal(s["xk"], torch.ones(1, 1, 2, 2) if halve else torch.zeros(1, 1, 2, 2))
+    assert s["reduced_last"].item() == halve and s["count"].item() == 0
+    assert s["fmax_last"].item() == fmax
+
+
+class Linear(nn.Module):
+    def __init__(self, k: int, d: int = 16) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = nn.Parameter(torch.randn(k, d, generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.w.T
+
+
+def test_dlr_needs_three_classes_and_targeted_four() -> None:
+    x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 0, 1])
+    with pytest.raises(LabelError, match="at least 3 classes"):
+        advlab.attacks.get("apgd-dlr")(Linear(2).eval(), x, y)
+    with pytest.raises(LabelError, match="at least 4 classes"):
+        advlab.attacks.get("apgd-t")(Linear(3).eval(), x, y)
+    with pytest.raises(LabelError, match="at least 4 classes"):
+        advlab.attacks.get("apgd-dlr")(Linear(3).eval(), x, y, target=(y + 1) % 3)
+    res = advlab.attacks.get("apgd-ce", steps=5)(Linear(2).eval(), x, y)  # CE: fine
+    assert res.x_adv.shape == x.shape
+
+
+def test_bad_settings() -> None:
+    with pytest.raises(ThreatModelError):
+        APGD(norm="l1")
+    with pytest.raises(ThreatModelError):
+        APGD(loss="margin")
+    with pytest.raises(ThreatModelError):
+        APGDT(n_targets=0)
+    with pytest.raises(ThreatModelError, match="untargeted"):
+        AutoAttack(eps=0.1)(Linear(10).eval(), torch.rand(2, 1, 4, 4), torch.tensor([0, 1]),
+                            target=torch.tensor([2, 3]))
+
+
+def test_autoattack_members_from_the_registry() -> None:
+    run, skipped = AutoAttack().resolve()
+    assert run[:2] == ["apgd-ce", "apgd-t"] and "fab-t" in skipped
+    assert AutoAttack().member_kwargs["square"]["max_queries"] == 5000
+    aa = AutoAttack(member_kwargs={"square": {"p_init": 0.5}})
+    assert aa.member_kwargs["square"] == {"max_queries": 5000, "p_init": 0.5}
+
+
+@pytest.mark.slow
+def test_apgd_strength_on_the_zoo(mnist_test, mlp, cnn) -> None:
+    x, y = mnist_test
+    for model in (mlp, cnn):  # eps = 0.3: nothing stays robust
+        assert advlab.attacks.get("apgd-ce", eps=0.3)(model, x[:50], y[:50]).success.all()
+    # at a smaller eps PGD leaves some accuracy; APGD, same iterations, leaves no more
+    x, y = x[:200], y[:200]
+    pgd = PGD(eps=0.08, steps=100)(mlp, x, y)
+    apgd = APGD(eps=0.08, steps=100)(mlp, x, y)
+    assert 0 < (~pgd.success).sum() and (~apgd.success).sum() <= (~pgd.success).sum()
