@@ -48,11 +48,12 @@ def test_simba_dct_beats_pixel_on_mlp(mlp, mnist_test) -> None:
 
 @pytest.mark.slow
 def test_zoo_minimum_norm_on_mlp(mlp, mnist_test) -> None:
-    """ZOO (14 x 14 then 28 x 28, one search step at c = 1): every example fooled with a
-    small L2 (C&W white-box finds about 1.1 to 1.3 on this model)."""
+    """ZOO (14 x 14 then 28 x 28, two binary-search steps from c = 1): every example fooled,
+    mean L2 within 1.2x of C&W white-box on the same images (about 1.1x measured)."""
     x, y = correct(mlp, *mnist_test, 4)
     res = advlab.attacks.get("zoo-attack", hierarchy=(14,), resize_every=30, max_iter=60,
-                             binary_search_steps=1, max_queries=20_000)(mlp, x, y)
-    assert res.success.all()
-    assert res.norms["l2"].mean() < 1.8
-    assert (res.queries <= 20_000).all()
+                             binary_search_steps=2, lr=0.02, max_queries=40_000)(mlp, x, y)
+    cw = advlab.attacks.get("cw-l2")(mlp, x, y)
+    assert res.success.all() and cw.success.all()
+    assert res.norms["l2"].mean() <= 1.2 * cw.norms["l2"].mean()
+    assert (res.queries <= 40_000).all()
