@@ -95,7 +95,8 @@ def cmd_advtrain(a: argparse.Namespace) -> None:
     else:
         model = defenses.fast_training(base, x_tr, y_tr, eps=a.eps, **kw)
     train_s = time.perf_counter() - t0
-    zoo.save(model, out / "model.safetensors", {"recipe": vars(a) | {"out": str(a.out)}})
+    recipe = {k: v for k, v in vars(a).items() if k != "fn"}
+    zoo.save(model, out / "model.safetensors", {"recipe": recipe})
     res = evaluate_robust(model, x_te, y_te, a.eps)
     res["train_seconds (this call)"] = round(train_s, 1)
     res["history"] = getattr(model, "train_history", [])

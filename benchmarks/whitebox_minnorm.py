@@ -2,6 +2,7 @@
 
     python benchmarks/whitebox_minnorm.py [--sections deepfool cw cw-targeted cw-box jsma lbfgs]
         [--models mnist-cnn mnist-mlp] [--n 100] [--n-targeted 20] [--n-jsma 100]
+        [--cw-steps 100] [--peers foolbox art torchattacks]
 
 For each zoo model, on the first correctly classified images of the mnist5k test split, in
 one process (torch.set_num_threads(1)): wall time, model evaluations (forward rows and
@@ -20,7 +21,7 @@ Sections:
   average / worst case over targets (Carlini & Wagner's MNIST: 1.36 / 1.76 / 2.60).
 - cw-box: the box constraint's cost: tanh change of variables (the paper's) vs projected Adam.
 - jsma: all 9 targets for --n-jsma images, theta = 1, gamma = 0.145, vs ART SaliencyMapMethod
-  and torchattacks JSMA.
+  and torchattacks JSMA; advlab on the softmax outputs (default) and on the logits.
 - lbfgs: L-BFGS targeted at the class DeepFool reaches (same images), and at random targets.
 """
 from __future__ import annotations
@@ -31,12 +32,21 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from common import Counted, art_classifier, have, table
+from common import Counted, art_classifier, table
+from common import have as installed
 from torch import Tensor, nn
 
 import advlab
 
 Run = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+
+
+PEERS = ["foolbox", "art", "torchattacks"]
+
+
+def have(peer: str) -> bool:
+    """A peer library that is installed and selected with --peers."""
+    return peer in PEERS and installed(peer)
 
 
 class Meter(Counted):
@@ -210,7 +220,10 @@ def cw_box_rows(model: Meter, x: Tensor, y: Tensor, steps: int) -> list[dict]:
 
 def jsma_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
     xs, ys, ts = all_targets(x, y)
-    runs: dict[str, Run] = {"advlab": advlab_run(advlab.attacks.get("jsma"), model)}
+    runs: dict[str, Run] = {
+        "advlab": advlab_run(advlab.attacks.get("jsma"), model),
+        "advlab, logits (JSMA-Z)": advlab_run(advlab.attacks.get("jsma", output="logits"),
+                                              model)}
     if have("art"):
         from art.attacks.evasion import SaliencyMapMethod
 
@@ -271,7 +284,9 @@ def main() -> None:
     ap.add_argument("--n-targeted", type=int, default=20)
     ap.add_argument("--n-jsma", type=int, default=100)
     ap.add_argument("--cw-steps", type=int, default=100)
+    ap.add_argument("--peers", nargs="*", default=PEERS, help="peer libraries to run")
     args = ap.parse_args()
+    PEERS[:] = args.peers
     torch.set_num_threads(1)
     for name in args.models:
         model = Meter(advlab.zoo.load(name)).eval()

@@ -57,8 +57,14 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def cli(verbose: int) -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch intra-op threads (default: torch's choice, one per core).")
+def cli(verbose: int, threads: int | None) -> None:
     """advlab: adversarial examples, attacks, defenses and honest evaluation."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("advlab").setLevel(level)
@@ -253,7 +259,10 @@ def attack(name: str, model: str, weights: str | None, data_name: str, eps: floa
     bar.close()
     s = results.summarize_rows(rec.examples, rec.probes, rec.scores)
     norms = s["median_norms"]
-    rows = [["attack", repr(atk)], ["model", model], ["images", f"{s['n']} ({data_name})"],
+    settings = ", ".join(f"{k}={v!r}" for k, v in vars(atk).items()
+                         if not k.startswith("_") and not callable(v))
+    rows = [["attack", f"{name}({settings})"], ["model", model],
+            ["images", f"{s['n']} ({data_name})"],
             ["clean accuracy", _pct(s["clean_accuracy"])],
             ["robust accuracy", _pct(s["robust_accuracy"])],
             ["success rate", _pct(s["success_rate"])],
@@ -262,7 +271,8 @@ def attack(name: str, model: str, weights: str | None, data_name: str, eps: floa
             ["mean SSIM", _num(s["mean_ssim"])],
             ["confidence of wrong predictions", _pct(s["wrong_confidence"])],
             ["median queries", _num(s["median_queries"])], ["time", f"{rec.wall_s:.2f} s"]]
-    click.echo(_table(["", ""], rows))
+    width = max(len(k) for k, _ in rows)
+    click.echo("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
     classes = _classes(data_name)
     ex = rec.examples
     items = [plots.GalleryItem(xi, xa, int(ex["label"][i]), int(ex["clean_pred"][i]),
@@ -270,7 +280,8 @@ def attack(name: str, model: str, weights: str | None, data_name: str, eps: floa
                                float(ex["adv_conf"][i])) for i, xi, xa in rec.gallery]
     if items:
         path = atomic_write(out or f"advlab-attack-{name}.png",
-                            plots.gallery([(name, items)], classes))
+                            plots.gallery([(name, items[:2]), ("", items[2:4])]
+                                          if len(items) > 2 else [(name, items)], classes))
         click.echo(f"gallery: {path}")
 
 

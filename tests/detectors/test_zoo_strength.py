@@ -40,14 +40,22 @@ def test_lecture_knn_first_layer_beats_both_layers(mlp_setup) -> None:
     assert roc_auc(first.score(x), first.score(xa)) >= 0.95
 
 
-def test_squeezing_naive_vs_adaptive(mlp_setup) -> None:
-    model, x_tr, y_tr, x, y, x_cal = mlp_setup
+def test_squeezing_detects_pgd(mlp_setup) -> None:
+    model, x_tr, y_tr, x, y, _ = mlp_setup
     det = FeatureSqueezing().fit(model, x_tr, y_tr)
-    thr = det.threshold(x_cal, fpr=0.05)
     naive = PGD(eps=0.3, steps=40)(model, x, y)
     tp, _, _ = tpr_at_fpr(det.score(x), det.score(naive.x_adv[naive.success]), 0.05)
     assert tp >= 0.9  # measured 98.2% at 2.8% (500 images)
-    adaptive = DetectorAwarePGD(det, lam=10.0, eps=0.3, steps=50)(model, x[:60], y[:60])
+
+
+def test_knn_naive_vs_adaptive(mlp_setup) -> None:
+    """The adaptive attack (C&W 2017) turns the kNN detector's catch into evasion."""
+    model, x_tr, y_tr, x, y, x_cal = mlp_setup
+    det = ActivationKNN(["relu1"], k=10).fit(model, x_tr, y_tr)
+    thr = det.threshold(x_cal, fpr=0.05)
+    x, y = x[:60], y[:60]
+    naive = PGD(eps=0.3, steps=40)(model, x, y)
+    naive_evaded = (naive.success & (det.score(naive.x_adv) <= thr)).float().mean()
+    adaptive = DetectorAwarePGD(det, lam=10.0, eps=0.3, steps=50)(model, x, y)
     evaded = adaptive.info["evaded"].float().mean()
-    naive_evaded = (naive.success[:60] & (det.score(naive.x_adv[:60]) <= thr)).float().mean()
-    assert evaded >= 0.8 and evaded > naive_evaded + 0.5
+    assert naive_evaded <= 0.2 and evaded >= 0.8  # measured 5% and 95%

@@ -37,7 +37,7 @@ def tiny_config(**over) -> runner.RunConfig:  # noqa: ANN003
     d = {"name": "t", "batch_size": 24, "models": ["a", "b"], "data": {"name": "x", "n": 24},
          "attacks": [{"name": "fgsm", "eps": [0.02, 0.1]},
                      {"name": "pgd", "eps": 0.05, "params": {"steps": 5}}],
-         "report": {"gallery": 3}}
+         "report": {"gallery": 3}, "sanity": {"enabled": False}}
     d.update(over)
     return config_from_dict(d)
 
@@ -116,11 +116,23 @@ def test_toml_errors(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- exact numbers
 
 
-def test_run_matches_direct_computation(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
-    models, (x, y) = tiny_setup(tiny_factory)
-    rec = runner.run(tiny_config(), root=tmp_path, models=models, data=(x, y))
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """One run of tiny_config, shared: (root, models, data, run record, state before)."""
+    sys.path.insert(0, str(TESTS))
+    from conftest import make_tiny
+
+    models, (x, y) = tiny_setup(make_tiny)
+    before = {k: [p.clone() for p in m.state_dict().values()] for k, m in models.items()}
+    root = tmp_path_factory.mktemp("tiny")
+    rec = runner.run(tiny_config(), root=root, models=models, data=(x, y))
+    return root, models, (x, y), rec, before
+
+
+def test_run_matches_direct_computation(tiny_run) -> None:  # noqa: ANN001
+    root, models, (x, y), rec, _ = tiny_run
     assert len(rec["cells"]) == 6
-    with Store(tmp_path / "advlab.sqlite") as store:
+    with Store(root / "advlab.sqlite") as store:
         res = results.collect(store, "t")
         for key, spec in rec["cells"]:
             m = models[spec["model"]["name"]]
@@ -153,10 +165,8 @@ def test_run_matches_direct_computation(tmp_path: Path, tiny_factory) -> None:  
     assert res["missing"] == []
 
 
-def test_models_of_the_caller_untouched(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
-    models, data = tiny_setup(tiny_factory)
-    before = {k: [p.clone() for p in m.state_dict().values()] for k, m in models.items()}
-    runner.run(tiny_config(), root=tmp_path, models=models, data=data)
+def test_models_of_the_caller_untouched(tiny_run) -> None:  # noqa: ANN001
+    _, models, _, _, before = tiny_run
     for k, m in models.items():
         assert not m.training and all(p.grad is None for p in m.parameters())
         assert all(torch.equal(a, b) for a, b in zip(before[k], m.state_dict().values(),
@@ -170,28 +180,29 @@ def test_rerun_skips_finished_cells(tmp_path: Path, tiny_factory,  # noqa: ANN00
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     models, data = tiny_setup(tiny_factory)
     count = Counter(monkeypatch)
-    runner.run(tiny_config(), root=tmp_path, models=models, data=data)
-    assert len(count.calls) == 6
+    cfg = tiny_config(attacks=[{"name": "fgsm", "eps": [0.02, 0.1]}])
+    runner.run(cfg, root=tmp_path, models=models, data=data)
+    assert len(count.calls) == 4
     with Store(tmp_path / "advlab.sqlite") as s:
         stamps = {k: s.cell(k)["finished"] for k, _ in s.run("t")["cells"]}
     events = []
-    runner.run(tiny_config(), root=tmp_path, models=models, data=data, progress=events.append)
-    assert len(count.calls) == 6                       # nothing recomputed
-    assert [e.event for e in events] == ["plan"] + ["skip"] * 6
+    runner.run(cfg, root=tmp_path, models=models, data=data, progress=events.append)
+    assert len(count.calls) == 4                       # nothing recomputed
+    assert [e.event for e in events] == ["plan"] + ["skip"] * 4
     with Store(tmp_path / "advlab.sqlite") as s:
         assert {k: s.cell(k)["finished"] for k in stamps} == stamps
     # one more eps: only the new cells run
-    more = tiny_config(attacks=[{"name": "fgsm", "eps": [0.02, 0.1, 0.3]},
-                                {"name": "pgd", "eps": 0.05, "params": {"steps": 5}}])
+    more = tiny_config(attacks=[{"name": "fgsm", "eps": [0.02, 0.1, 0.3]}])
     runner.run(more, root=tmp_path, models=models, data=data)
-    assert count.calls[6:] == ["fgsm", "fgsm"]
+    assert count.calls[4:] == ["fgsm", "fgsm"]
 
 
 def test_interrupted_run_loses_only_the_cell_in_flight(  # noqa: ANN001
         tmp_path: Path, tiny_factory, monkeypatch: pytest.MonkeyPatch) -> None:
     models, data = tiny_setup(tiny_factory)
     count = Counter(monkeypatch)
-    cfg = tiny_config(batch_size=10)                   # 3 batches per cell
+    cfg = tiny_config(batch_size=10,                   # 3 batches per cell, 4 cells
+                      attacks=[{"name": "fgsm", "eps": [0.02, 0.1]}])
 
     def stop(p: runner.Progress) -> None:
         if p.event == "batch" and p.cell == 3 and p.batch == 2:
@@ -204,7 +215,7 @@ def test_interrupted_run_loses_only_the_cell_in_flight(  # noqa: ANN001
         assert s.finished(keys) == set(keys[:2])
         assert len(s.examples(keys[2])["idx"]) == 0
     runner.run(cfg, root=tmp_path, models=models, data=data)
-    assert len(count.calls) == 3 + 4                   # 3 before the stop, then the other 4
+    assert len(count.calls) == 3 + 2                   # 3 before the stop, then the other 2
 
 
 @pytest.mark.slow
@@ -324,11 +335,10 @@ def test_unknown_detector_name(tmp_path: Path, tiny_factory,  # noqa: ANN001
 # ----------------------------------------------------------------------------- results.json
 
 
-def test_results_json_schema(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
-    models, data = tiny_setup(tiny_factory)
-    runner.run(tiny_config(), root=tmp_path, models=models, data=data)
-    with Store(tmp_path / "advlab.sqlite") as s:
-        path = results.write_results(tmp_path / "t" / "results.json", results.collect(s, "t"))
+def test_results_json_schema(tiny_run) -> None:  # noqa: ANN001
+    root = tiny_run[0]
+    with Store(root / "advlab.sqlite") as s:
+        path = results.write_results(root / "t" / "results.json", results.collect(s, "t"))
     doc = json.loads(path.read_text())      # strict JSON: NaN would not parse back as null
     assert doc["schema"] == "advlab.results/1"
     assert set(doc) == {"schema", "run", "cells", "missing"}
@@ -367,7 +377,7 @@ def test_sanity_adapter_reuses_rates_and_caches(tmp_path: Path, tiny_factory,  #
     models, data = tiny_setup(tiny_factory)
     cfg = tiny_config(attacks=[{"name": "fgsm", "eps": [0.02, 0.1]},
                                {"name": "bim", "eps": 0.1, "params": {"steps": 3}}],
-                      report={"eps": 0.1}, sanity={"max_examples": 10,
+                      report={"eps": 0.1}, sanity={"enabled": True, "max_examples": 10,
                                                    "blackbox_queries": 7})
     rec = runner.run(cfg, root=tmp_path, models=models, data=data)
     assert [c["model"] for c in calls] == [models["a"], models["b"]]
@@ -397,3 +407,42 @@ def _raw(cfg: runner.RunConfig) -> dict:
         a.pop("target")
     d.pop("device")
     return d
+
+
+def test_real_detector_through_the_adapter(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
+    """advlab.detectors.ActivationKNN by its config name, fitted and scored by the runner."""
+    from advlab.detectors import ActivationKNN
+
+    models, data = tiny_setup(tiny_factory)
+    train = (torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(2)),
+             torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(3)))
+    cfg = tiny_config(models=["a"], attacks=[{"name": "fgsm", "eps": 0.3}],
+                      detectors=[{"name": "activation-knn",
+                                  "params": {"layers": ["fc"], "k": 3}}])
+    runner.run(cfg, root=tmp_path, models=models, data=data, train_data=train)
+    det = ActivationKNN(layers=["fc"], k=3).fit(models["a"], *train)
+    with Store(tmp_path / "advlab.sqlite") as s:
+        (key, _), = s.run("t")["cells"]
+        sc = s.scores(key)["activation-knn"]
+    assert np.allclose(sc["clean"], det.score(data[0]).double().numpy(), rtol=1e-5)
+
+
+def test_real_transformed_defense(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
+    """defense = transformed (advlab.defenses.Transformed with a Translate), attacked naively:
+    the stored clean predictions are the defended model's; transfer to the bare model."""
+    from advlab.defenses import Transformed, Translate
+
+    models, data = tiny_setup(tiny_factory)
+    cfg = tiny_config(models=["a"], attacks=[{"name": "fgsm", "eps": 0.1}], defenses=[
+        "none", {"name": "transformed", "params": {"transforms": [
+            {"name": "Translate", "dx": 1.0}]}}])
+    rec = runner.run(cfg, root=tmp_path, models=models, data=data)
+    defended = Transformed(models["a"], [Translate(1.0)], seed=0).eval()
+    with Store(tmp_path / "advlab.sqlite") as s:
+        (k0, _), (k1, spec1) = s.run("t")["cells"]
+        assert spec1["defense"]["name"] == "transformed"
+        with torch.no_grad():
+            assert np.array_equal(s.examples(k1)["clean_pred"],
+                                  defended(data[0]).argmax(1).numpy())
+        assert "transfer:a" in s.probes(k1) and "transfer:a" not in s.probes(k0)
+    assert rec["env"]["skipped"] == {}

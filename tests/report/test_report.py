@@ -33,7 +33,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = config_from_dict({
         "name": "rep", "batch_size": 20, "models": ["a", "b"], "data": {"name": "x", "n": 20},
         "attacks": [{"name": "fgsm", "eps": [0.05, 0.2]}, {"name": "bim", "eps": [0.05, 0.2],
-                                                           "params": {"steps": 3}}]})
+                                                           "params": {"steps": 3}}],
+        "report": {"eps": 0.2}, "sanity": {"max_examples": 20, "blackbox_queries": 20}})
     root = tmp_path_factory.mktemp("runs")
     run(cfg, root=root, models={"a": a, "b": b}, data=(x, y))
     write_report(root / "rep")
@@ -55,7 +56,10 @@ def test_sections_and_embedded_images(run_dir: Path) -> None:
     assert "<script" not in page and 'src="http' not in page and "<link" not in page
     # sections without data say so
     assert "No black-box" in page and "No detectors in this run" in page
-    assert "Sanity checks did not run" in page
+    # the real advlab.evaluation.sanity ran on both models at the reference eps
+    sanity = page.split('<section id="sanity">')[1].split("</section>")[0]
+    for check in ("softmax", "randomness", "gradients", "one-step-vs-iterative", "unbounded"):
+        assert check in sanity
     # summary table rows: 2 models x 2 attacks x 2 eps
     summary = page.split('<section id="summary">')[1].split("</section>")[0]
     assert summary.count("<tr>") == 1 + 8

@@ -248,15 +248,21 @@ class CarliniWagnerLinf(Attack):
 
     solved with Adam, warm-started from the previous solution. When a solve succeeds (the
     example is adversarial and no pixel exceeds tau), tau becomes 0.9 times the Linf norm
-    reached; when it fails, c doubles (up to ``max_c``). An example stops when c exceeds
-    ``max_c`` (its last success is returned) or tau falls below ``min_tau``. All examples run
+    reached; when it fails, c doubles (up to ``max_c``) and the next solve goes on from the
+    failed solve's last iterate (the paper's code restarts from the last success, which with
+    few steps per solve can leave an example stuck at x: Adam's steps do not grow with c).
+    An example stops when c exceeds ``max_c`` (its last success is returned) or tau falls
+    below ``min_tau``. All examples run
     in lock-step rounds, each with its own tau and c.
 
     Args:
         confidence: kappa of the margin loss.
         c0: initial c (the paper's code uses 1e-5; a larger start saves rounds of doubling).
         max_c: largest c tried (the paper's 20).
-        steps: Adam steps per solve; a solve stops as soon as its loss is (almost) 0.
+        steps: Adam steps per solve (1,000 in the paper's code); a solve stops as soon as the
+            example is adversarial within tau. Measured on mnist-cnn (20 images): 30 steps
+            and c0 = 0.1 give median Linf 0.1471 in 262 model evaluations per image, 100
+            steps and c0 = 0.01 0.1470 in 1,192.
         lr: Adam's learning rate (5e-3 in the paper's code).
         decrease: factor applied to tau after a success (0.9).
         min_tau: stop when tau falls below this (1/256 in the paper).
@@ -269,8 +275,8 @@ class CarliniWagnerLinf(Attack):
     attack).
     """
 
-    def __init__(self, *, confidence: float = 0.0, c0: float = 1e-2, max_c: float = 20.0,
-                 steps: int = 100, lr: float = 5e-3, decrease: float = 0.9,
+    def __init__(self, *, confidence: float = 0.0, c0: float = 0.1, max_c: float = 20.0,
+                 steps: int = 30, lr: float = 5e-3, decrease: float = 0.9,
                  min_tau: float = 1 / 256, max_rounds: int = 40, box: str = "clip",
                  tanh_eps: float = 1e-6, seed: int = 0) -> None:
         _check(confidence, lr, steps, box)
@@ -296,7 +302,8 @@ class CarliniWagnerLinf(Attack):
             w_new, ok, x_new = self._solve(model, box, w, x, y, target, tau, c, idx)
             with torch.no_grad():
                 win, lose = idx[ok], idx[~ok]
-                best[win], w[win], found[win] = x_new[ok], w_new[ok], True
+                best[win], found[win] = x_new[ok], True
+                w[idx] = w_new  # successes restart from their solution, failures go on
                 reached = (x_new[ok] - x[win]).flatten(1).abs().amax(1)
                 tau[win] = torch.minimum(tau[win], reached) * self.decrease
                 c[lose] = c[lose] * 2
@@ -309,8 +316,8 @@ class CarliniWagnerLinf(Attack):
     def _solve(self, model: Model, box: Box, w: Tensor, x: Tensor, y: Tensor,
                target: Tensor | None, tau: Tensor, c: Tensor,
                idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Adam on the rows idx from w. Returns their final w, success (adversarial and
-        within tau) and image, each for the rows of idx."""
+        """Adam on the rows idx from w. Returns, for the rows of idx, w (at the success, or
+        the last iterate), success (adversarial and within tau) and the successful image."""
         ws = w[idx].clone()
         out_w, out_x = ws.clone(), box.image(ws, idx)
         done = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
@@ -337,4 +344,5 @@ class CarliniWagnerLinf(Attack):
                 live = live[~fine]
             if len(live) == 0:
                 break
+        out_w[~done] = ws[~done]
         return out_w, done, out_x

@@ -12,8 +12,8 @@
 
 MagNet lives in :mod:`advlab.defenses.magnet`.
 """
-from advlab.defenses.magnet import AutoEncoder, MagNet, Reformer, train_autoencoder  # noqa: F401
 from advlab.defenses.distillation import Distilled, distill, soft_labels  # noqa: F401
+from advlab.defenses.magnet import AutoEncoder, MagNet, Reformer, train_autoencoder  # noqa: F401
 from advlab.defenses.pixeldefend import (  # noqa: F401
     PixelCNN,
     PixelDefend,

@@ -99,7 +99,8 @@ def _transformed(mod: Any, model: nn.Module, train: TrainData, p: dict[str, Any]
     for t in p.get("transforms", []):
         t = dict(t)
         layers.append(getattr(mod, t.pop("name"))(**t))
-    return mod.Transformed(model, layers)
+    rest = {k: v for k, v in p.items() if k != "transforms"}
+    return mod.Transformed(model, layers, **{"seed": seed, **rest})
 
 
 #: defense name -> adapter(advlab.defenses module, model, train data loader, params, seed)

@@ -57,8 +57,9 @@ def img(png: bytes, alt: str) -> str:
 def table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
     """An HTML table; cells are already-escaped HTML."""
     th = "".join(f"<th>{h}</th>" for h in head)
+    thead = f"<thead><tr>{th}</tr></thead>" if any(head) else ""
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<table class="{cls}">{thead}<tbody>{body}</tbody></table>'
 
 
 def note(text: str) -> str:
@@ -367,8 +368,11 @@ def section_environment(ctx: Context) -> str:
     env.pop("classes", None)
     skipped = env.pop("skipped", {})
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started"]))
-    rows = [["run", esc(run["name"])], ["started", esc(when)],
-            ["wall time", f"{run['wall_s']:.1f} s" if run["wall_s"] else "unfinished"]]
+    compute = sum(c["wall_s"] for c in ctx.cells)
+    rows = [["run", esc(run["name"])], ["started (last invocation)", esc(when)],
+            ["wall time (last invocation)",
+             f"{run['wall_s']:.1f} s" if run["wall_s"] else "unfinished"],
+            ["time spent in the cells (all invocations)", f"{compute:.1f} s"]]
     rows += [[esc(k), esc(v)] for k, v in env.items() if k != "wall_s"]
     if skipped:
         rows.append(["skipped cells", str(len(skipped))])

@@ -35,7 +35,8 @@ class NES(EstimatedGradientAttack):
         steps: loop steps; default enough to spend ``max_queries`` (1 + n_samples a step).
         max_queries: per-example budget (success checks included). The default, 2,000, keeps
             the default run on a few tiny images well under a second.
-        loss: objective on the scores: "ce" or "margin" (C&W logit margin).
+        loss: objective on the scores: "margin" (C&W logit margin; the default, it does not
+            saturate on confident examples) or "ce".
         random_start: start from a uniform point of the ball.
         seed: seeds the samples.
 
@@ -48,7 +49,8 @@ class NES(EstimatedGradientAttack):
 
     def __init__(self, eps: float | None = None, *, norm: str = "linf", sigma: float = 1e-3,
                  n_samples: int = 50, alpha: float | None = None, steps: int | None = None,
-                 max_queries: int | None = 2_000, loss: str = "ce", random_start: bool = False,
+                 max_queries: int | None = 2_000, loss: str = "margin",
+                 random_start: bool = False,
                  seed: int = 0) -> None:
         if norm not in ("linf", "l2"):
             raise ThreatModelError(f"NES supports linf and l2, got {norm!r}")

@@ -82,7 +82,7 @@ class ZOO(BlackBoxAttack):
         importance: importance sampling of coordinates after each upsampling.
         beta1, beta2: ADAM's decay rates.
         max_queries: per-example budget (success checks included); an example stops when it
-            cannot pay for three queries. The default, 20,000, keeps the default run on a
+            cannot pay for three queries. The default, 5,000, keeps the default run on a
             few tiny images well under a second; attacks on MNIST want 10^5 or more.
         seed: seeds the coordinate sampling.
 
@@ -101,7 +101,7 @@ class ZOO(BlackBoxAttack):
                  max_iter: int = 1000, abort_early: bool = True, confidence: float = 0.0,
                  use_tanh: bool = False, hierarchy: tuple[int, ...] = (),
                  resize_every: int = 200, importance: bool = True, beta1: float = 0.9,
-                 beta2: float = 0.999, max_queries: int | None = 20_000, seed: int = 0) -> None:
+                 beta2: float = 0.999, max_queries: int | None = 5_000, seed: int = 0) -> None:
         if solver not in SOLVERS:
             raise ThreatModelError(f"unknown ZOO solver {solver!r}; use adam or newton")
         if coords < 1 or binary_search_steps < 1 or max_iter < 1 or resize_every < 1:
@@ -148,7 +148,7 @@ class ZOO(BlackBoxAttack):
         sides = [*[s for s in self.hierarchy if s < x.shape[2]], x.shape[2]]
         state = self._fresh(x, sides[0], None)
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
-        running = torch.ones(n, dtype=torch.bool, device=x.device)
+        running = best_l2 > 0  # a clean input already adversarial has nothing to shrink
         prev = torch.full((n,), float("inf"), device=x.device, dtype=torch.float64)
         abort_every = max(1, self.max_iter // 10)
         level = 0

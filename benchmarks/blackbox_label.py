@@ -1,0 +1,118 @@
+"""Label-only and score-based attacks of blackB against the peers, on mnist-cnn (mnist5k test).
+
+Usage: python benchmarks/blackbox_label.py [--n 20] [--queries 1000] [--part hsj,sub,gen,zoom]
+
+- HopSkipJump: median L2 after the same number of queries per example, advlab vs ART's
+  HopSkipJump and foolbox's HopSkipJumpAttack (peers' queries counted on the model, rows / N;
+  advlab's budget is set to the peers' measured mean), and the Boundary attacks likewise.
+- Substitute: transfer success of FGSM eps 0.3 with <= 10,000 oracle labels (paper setting:
+  150 seeds, 6 rounds; and 1,250 seeds, 3 rounds with an MLP+CNN ensemble).
+- GenAttack (Linf 0.3) and AutoZOOM (minimum L2): success and median queries.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+from common import Counted, art_classifier, have, table, zoo_setup
+
+import advlab
+
+
+def median_l2(x, x_adv, ok) -> float:  # noqa: ANN001
+    d = (x_adv - x).flatten(1).norm(dim=1)[ok]
+    return statistics.median(d.tolist()) if len(d) else float("nan")
+
+
+class Float32(torch.nn.Module):
+    """ART's HopSkipJump hands float64 arrays to the model: cast them."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.float())
+
+
+def hsj_rows(model, x, y, queries: int) -> list[dict]:  # noqa: ANN001
+    rows = []
+    counted = Counted(Float32(model)).eval()
+    n = len(x)
+    peers = []
+    if have("art"):
+        from art.attacks.evasion import HopSkipJump
+
+        def art_run() -> torch.Tensor:
+            clf = art_classifier(counted, tuple(x.shape[1:]))
+            atk = HopSkipJump(clf, targeted=False, norm=2, max_iter=max(1, queries // 250),
+                              max_eval=10_000, init_eval=100, init_size=100, verbose=False)
+            return torch.as_tensor(atk.generate(x.numpy()))
+        peers.append(("ART HopSkipJump", art_run))
+    if have("foolbox"):
+        import foolbox as fb
+
+        def fb_run() -> torch.Tensor:
+            fmodel = fb.PyTorchModel(counted, bounds=(0, 1))
+            atk = fb.attacks.HopSkipJumpAttack(steps=max(1, queries // 250))
+            return atk.run(fmodel, x, y)
+        peers.append(("foolbox HopSkipJump", fb_run))
+    for name, fn in peers:
+        counted.reset()
+        x_adv = fn().to(x)
+        q = counted.rows / n
+        with torch.no_grad():
+            ok = model(x_adv).argmax(1) != y
+        rows.append({"attack": name, "queries/ex": q, "success": ok.float().mean().item(),
+                     "median_l2": median_l2(x, x_adv, ok)})
+        for init in ("noise", "auto"):
+            res = advlab.attacks.get("hopskipjump", max_queries=int(q), init=init)(model, x, y)
+            rows.append({"attack": f"advlab hopskipjump ({init}) at {name}'s budget",
+                         "queries/ex": res.queries.float().mean().item(),
+                         "success": res.success_rate,
+                         "median_l2": median_l2(x, res.x_adv, res.success)})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--part", default="hsj,sub,gen,zoom")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    model, x, y = zoo_setup("mnist-cnn", args.n)
+    parts = args.part.split(",")
+    if "hsj" in parts:
+        print(table(hsj_rows(model, x, y, args.queries),
+                    ["attack", "queries/ex", "success", "median_l2"]))
+    if "sub" in parts:
+        xs, _ = advlab.data.load("mnist5k", split="train")
+        xt, yt = advlab.data.load("mnist5k", split="test")
+        rows = []
+        for label, kw, seed in [
+            ("paper: 150 seeds, 6 rounds, CNN", {}, xt[:150]),
+            ("1250 seeds, 3 rounds, MLP+CNN", {"rounds": 3, "arch": ("mlp", "cnn"),
+                                               "width": (50, 16), "weight_decay": 1e-3},
+             xs[:1250])]:
+            atk = advlab.attacks.get("substitute", seed_x=seed, holdout_x=xt[150:], **kw)
+            res = atk(model, xt[150:], yt[150:])
+            rows.append({"setting": label, "labels": res.info["oracle_labels"],
+                         "holdout_agree": res.info["holdout_agreement"],
+                         "transfer": res.success_rate})
+        print(table(rows, ["setting", "labels", "holdout_agree", "transfer"]))
+    if "gen" in parts:
+        res = advlab.attacks.get("genattack")(model, x, y)
+        print(f"genattack linf 0.3: success {res.success_rate:.3f}, median queries (successes) "
+              f"{res.queries[res.success].float().median().item():.0f}")
+    if "zoom" in parts:
+        res = advlab.attacks.get("autozoom", max_queries=args.queries)(model, x, y)
+        first = res.info["first_success_queries"]
+        print(f"autozoom: success {res.success_rate:.3f}, median queries to first success "
+              f"{first[first >= 0].float().median().item():.0f}, median L2 after "
+              f"{args.queries} {median_l2(x, res.x_adv, res.success):.3f}")
+
+
+if __name__ == "__main__":
+    main()
