@@ -11,8 +11,9 @@ counts an example robust only if it is classified correctly both clean and adver
   (100 iterations each, the paper's setting) at eps 0.3, 0.15 and 0.1 (Linf), with
   torchattacks' APGD / APGDT and ART's AutoProjectedGradientDescent at equal settings.
 - ensemble: autoattack at eps 0.1 against each of its members run alone on the same images.
-- universal: one perturbation fitted on mnist5k train images, fooling rate on the 1,000
-  held-out test images, against ART's UniversalPerturbation at the same eps and passes.
+- universal: one perturbation fitted on mnist5k train images (the paper's DeepFool algorithm,
+  and the "sgd" method), fooling rate on the 1,000 held-out test images, against ART's
+  UniversalPerturbation (DeepFool) at the same eps and passes.
 - eot: on mnist-cnn, PGD and EOT-PGD at eps 0.3; per adversarial example the fraction of
   random transformations from the EOT distribution under which the adversarial class is kept.
 - patch: a patch per target trained on train images, target success on held-out images at a
@@ -121,37 +122,44 @@ def section_ensemble(models: list[str], n: int, eps: float) -> None:
 # ----------------------------------------------------------------------------- universal
 
 
-def section_universal(models: list[str], n_fit: int, eps: float, passes: int) -> None:
+def section_universal(models: list[str], n_fit: int, eps_list: list[float], passes: int
+                      ) -> None:
     rows = []
     x_out, _ = advlab.data.load("mnist5k", split="test")
     for name in models:
         model, x_fit, _ = zoo_setup(name, n_fit, split="train")
         counted = Counted(model).eval()
-        atk = UniversalPerturbation(eps=eps, max_passes=passes)
-        counted.reset()
-        t, res = once(lambda: atk.fit(counted, x_fit))
-        rows.append({"model": name, "impl": "advlab", "fit_rate": res.fooling_rate,
-                     "heldout_rate": fooling_rate(model, x_out, res.delta), "time_s": t,
-                     "passes": res.passes, "fwd": counted.rows, "bwd": counted.backwards})
-        print(table(rows[-1:], list(rows[-1])), flush=True)
-        if have("art"):
-            from art.attacks.evasion import UniversalPerturbation as ArtUAP
+        for eps in eps_list:
+            for impl, atk in [("advlab-deepfool", UniversalPerturbation(eps=eps,
+                                                                       max_passes=passes)),
+                              ("advlab-sgd", UniversalPerturbation(eps=eps, method="sgd"))]:
+                counted.reset()
+                t, res = once(lambda a=atk: a.fit(counted, x_fit))
+                rows.append({"model": name, "eps": eps, "impl": impl,
+                             "fit_rate": res.fooling_rate,
+                             "heldout_rate": fooling_rate(model, x_out, res.delta),
+                             "time_s": t, "passes": res.passes, "fwd": counted.rows,
+                             "bwd": counted.backwards})
+                print(table(rows[-1:], list(rows[-1])), flush=True)
+            if have("art"):
+                from art.attacks.evasion import UniversalPerturbation as ArtUAP
 
-            clf = art_classifier(counted, tuple(x_fit.shape[1:]))
-            art = ArtUAP(clf, attacker="deepfool", attacker_params={"verbose": False}, eps=eps,
-                         norm=np.inf, max_iter=passes, delta=0.2, batch_size=len(x_fit),
-                         verbose=False)
-            counted.reset()
-            t, _ = once(lambda: art.generate(x_fit.numpy()))
-            noise = torch.from_numpy(art.noise).to(x_fit.dtype)
-            rows.append({"model": name, "impl": "art", "fit_rate": art.fooling_rate,
-                         "heldout_rate": fooling_rate(model, x_out, noise), "time_s": t,
-                         "fwd": counted.rows, "bwd": counted.backwards})
-            print(table(rows[-1:], list(rows[-1])), flush=True)
-    print(f"\nUniversal (Linf eps = {eps}, {n_fit} fitting images, <= {passes} passes, "
-          "held-out: the 1,000 test images)\n"
-          + table(rows, ["model", "impl", "fit_rate", "heldout_rate", "time_s", "passes", "fwd",
-                         "bwd"]))
+                clf = art_classifier(counted, tuple(x_fit.shape[1:]))
+                art = ArtUAP(clf, attacker="deepfool", attacker_params={"verbose": False},
+                             eps=eps, norm=np.inf, max_iter=passes, delta=0.2,
+                             batch_size=len(x_fit), verbose=False)
+                counted.reset()
+                t, _ = once(lambda: art.generate(x_fit.numpy()))
+                noise = torch.from_numpy(art.noise).to(x_fit.dtype)
+                rows.append({"model": name, "eps": eps, "impl": "art-deepfool",
+                             "fit_rate": art.fooling_rate,
+                             "heldout_rate": fooling_rate(model, x_out, noise), "time_s": t,
+                             "fwd": counted.rows, "bwd": counted.backwards})
+                print(table(rows[-1:], list(rows[-1])), flush=True)
+    print(f"\nUniversal (Linf, {n_fit} fitting images, DeepFool: <= {passes} passes, sgd: <= 10; "
+          "stop at fooling rate 0.8; held-out: the 1,000 test images)\n"
+          + table(rows, ["model", "eps", "impl", "fit_rate", "heldout_rate", "time_s", "passes",
+                         "fwd", "bwd"]))
 
 
 # ----------------------------------------------------------------------------- eot
@@ -226,7 +234,7 @@ def main() -> None:
     ap.add_argument("--eps", type=float, nargs="+", default=[0.3, 0.15, 0.1])
     ap.add_argument("--ensemble-n", type=int, default=200)
     ap.add_argument("--uap-n", type=int, default=200, help="fitting images (universal)")
-    ap.add_argument("--uap-eps", type=float, default=0.2)
+    ap.add_argument("--uap-eps", type=float, nargs="+", default=[0.2, 0.3])
     ap.add_argument("--uap-passes", type=int, default=3)
     ap.add_argument("--eot-n", type=int, default=100)
     ap.add_argument("--patch-n", type=int, default=500)
