@@ -22,12 +22,12 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack
-from advlab.detectors.base import Detector, Model, collect_activations, forward_with_activations
-from advlab.detectors.learned import craft, default_attacks, train_binary
+from advlab.detectors.base import Model, collect_activations, forward_with_activations
+from advlab.detectors.learned import LearnedDetector, craft, default_attacks, train_binary
 from advlab.errors import InputError
 
 
-class FeatureDistance(Detector):
+class FeatureDistance(LearnedDetector):
     """Distances to class centroids at several layers, fed to a learned detector.
 
     Args:
@@ -91,18 +91,3 @@ class FeatureDistance(Detector):
             d = torch.cdist(self._prepare(acts[name]), self.centroids_[name])  # N x K
             cols.append(d.gather(1, order))
         return torch.cat(cols, 1)
-
-    def features(self, x: Tensor, model: Model | None = None, *,
-                 _checked: bool = False) -> Tensor:
-        """The distance-space encoding B_f(x), flattened: N x (K * len(layers))."""
-        fitted = model if _checked else self.check_model(model)
-        if not _checked:
-            self.check_inputs(x)
-        with torch.no_grad():
-            return torch.cat([self._features_of(fitted, b) for b in x.split(self.batch_size)])
-
-    def _score(self, model: Model, x: Tensor, generator: torch.Generator) -> Tensor:
-        return self.classifier_(self._features_of(model, x))
-
-    def _score_torch(self, model: Model, x: Tensor, generator: torch.Generator) -> Tensor:
-        return self.classifier_(self._features_of(model, x))

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from advlab.attacks.base import Attack
 from advlab.attacks.gradient import BIM, FGSM, PGD
+from advlab.detectors.base import Detector, Model
 from advlab.errors import InputError
 
 
@@ -115,3 +116,32 @@ def train_binary(clean: Tensor, adv: Tensor, *, hidden: int = 0, epochs: int = 3
     for p in clf.parameters():
         p.requires_grad_(False)
     return clf.eval()
+
+
+class LearnedDetector(Detector):
+    """A detector that scores with ``classifier_`` on per-input features.
+
+    Subclasses fit ``classifier_`` (with :func:`train_binary`) and implement
+    ``_features_of(model, x)``, differentiable in x so that adaptive attacks can use it.
+    """
+
+    batch_size: int
+    classifier_: nn.Module
+
+    def _features_of(self, model: Model, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def features(self, x: Tensor, model: Model | None = None, *,
+                 _checked: bool = False) -> Tensor:
+        """The features the classifier reads, N x F, computed in batches without autograd."""
+        fitted = model if _checked else self.check_model(model)
+        if not _checked:
+            self.check_inputs(x)
+        with torch.no_grad():
+            return torch.cat([self._features_of(fitted, b) for b in x.split(self.batch_size)])
+
+    def _score(self, model: Model, x: Tensor, generator: torch.Generator) -> Tensor:
+        return self.classifier_(self._features_of(model, x))
+
+    def _score_torch(self, model: Model, x: Tensor, generator: torch.Generator) -> Tensor:
+        return self.classifier_(self._features_of(model, x))

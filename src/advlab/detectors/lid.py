@@ -19,13 +19,12 @@ from torch import Tensor
 
 from advlab.attacks.base import Attack
 from advlab.detectors.base import (
-    Detector,
     Model,
     collect_activations,
     forward_with_activations,
     parametric_layers,
 )
-from advlab.detectors.learned import craft, default_attacks, train_binary
+from advlab.detectors.learned import LearnedDetector, craft, default_attacks, train_binary
 from advlab.errors import InputError
 
 
@@ -36,7 +35,7 @@ def lid_mle(dist: Tensor) -> Tensor:
     return -1.0 / m.clamp_max(-1e-12)
 
 
-class LID(Detector):
+class LID(LearnedDetector):
     """LID at several layers against a fixed reference batch, and a logistic regression.
 
     Args:
@@ -90,18 +89,3 @@ class LID(Detector):
             d = torch.cdist(acts[name], self.reference_acts_[name])
             cols.append(lid_mle(d.topk(self.k, dim=1, largest=False).values))
         return torch.stack(cols, 1)
-
-    def features(self, x: Tensor, model: Model | None = None, *,
-                 _checked: bool = False) -> Tensor:
-        """Per-layer LID estimates N x len(layers)."""
-        fitted = model if _checked else self.check_model(model)
-        if not _checked:
-            self.check_inputs(x)
-        with torch.no_grad():
-            return torch.cat([self._features_of(fitted, b) for b in x.split(self.batch_size)])
-
-    def _score(self, model: Model, x: Tensor, generator: torch.Generator) -> Tensor:
-        return self.classifier_(self._features_of(model, x))
-
-    def _score_torch(self, model: Model, x: Tensor, generator: torch.Generator) -> Tensor:
-        return self.classifier_(self._features_of(model, x))
