@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from advlab.detectors.metrics import roc_auc, roc_curve, trapezoid_auc  # noqa: F401  (re-exported)
 from advlab.errors import InputError
 
 # ----------------------------------------------------------------------------- accuracy
@@ -221,44 +222,12 @@ def accuracy_vs_norm(norms: Tensor | np.ndarray, success: Tensor | np.ndarray,
 
 
 # ----------------------------------------------------------------------------- detection ROC
-
-
-def roc_curve(negatives: Tensor | np.ndarray,
-              positives: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ROC of a score where higher means "positive" (adversarial).
-
-    Args:
-        negatives: scores of clean inputs (M,).
-        positives: scores of adversarial inputs (P,).
-
-    Returns:
-        (fpr, tpr, thresholds): the rates of flagging at ``score >= threshold`` for each
-        distinct score in decreasing order, starting at (0, 0) with threshold +inf.
-    """
-    neg, pos = _arr(negatives).astype(np.float64), _arr(positives).astype(np.float64)
-    if neg.size == 0 or pos.size == 0:
-        raise InputError("a ROC curve needs at least one clean and one adversarial score")
-    if not (np.isfinite(neg).all() and np.isfinite(pos).all()):
-        raise InputError("detector scores hold NaN or Inf values")
-    thr = np.unique(np.concatenate([neg, pos]))[::-1]
-    neg_sorted, pos_sorted = np.sort(neg), np.sort(pos)
-    # number of scores >= t, for each threshold t
-    fp = neg.size - np.searchsorted(neg_sorted, thr, side="left")
-    tp = pos.size - np.searchsorted(pos_sorted, thr, side="left")
-    fpr = np.concatenate([[0.0], fp / neg.size])
-    tpr = np.concatenate([[0.0], tp / pos.size])
-    return fpr, tpr, np.concatenate([[np.inf], thr])
+# roc_curve and roc_auc are the detectors' (advlab.detectors.metrics), imported above.
 
 
 def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
     """Area under a curve by the trapezoid rule (fpr increasing)."""
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
-
-
-def roc_auc(negatives: Tensor | np.ndarray, positives: Tensor | np.ndarray) -> float:
-    """Area under the ROC curve: P(score of an adversarial > score of a clean input), ties
-    counted one half."""
-    return auc(*roc_curve(negatives, positives)[:2])
+    return trapezoid_auc(fpr, tpr)
 
 
 def tpr_at_fpr(negatives: Tensor | np.ndarray, positives: Tensor | np.ndarray,
