@@ -185,7 +185,7 @@ class APGD(GradientAttack):
         if self.random_start:
             x0 = project_box(x, x + b.random(x, eps, generator), eps, b)
         f, g, logits = self._evaluate(model, x0, y, loss_target,
-                                      torch.arange(len(x), device=x.device))
+                                      torch.arange(len(x), device=x.device), generator)
         s = {"idx": torch.arange(len(x), device=x.device), "x": x, "y": y, "eps": eps,
              "eta": 2 * eps, "xk": x0, "xprev": x0, "fk": f, "gk": g, "xmax": x0,
              "fmax": f, "gmax": g, "count": torch.zeros_like(eps),
@@ -199,7 +199,7 @@ class APGD(GradientAttack):
         for k in range(self.steps):
             if len(s["idx"]) == 0:
                 break
-            s, logits = self._step(model, s, first=k == 0)
+            s, logits = self._step(model, s, generator, first=k == 0)
             s = self._harvest(s, logits, s["xk"], out_x, out_ok)
             if k + 1 in marks[1:] and len(s["idx"]):
                 j = marks.index(k + 1)
@@ -210,16 +210,16 @@ class APGD(GradientAttack):
         return out_x, out_f, out_ok
 
     def _evaluate(self, model: Model, xa: Tensor, y: Tensor, loss_target: Tensor | None,
-                  idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                  idx: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """Objective (N,), its gradient and the logits at xa (through :meth:`gradient`;
         ``idx``: the rows of the run that xa holds)."""
-        grad, logits = self.gradient(model, xa, y, loss_target, idx)
+        grad, logits = self.gradient(model, xa, y, loss_target, idx, generator)
         with torch.no_grad():
             f = self.objective(logits, y, loss_target)
         return f, grad, logits
 
-    def _step(self, model: Model, s: dict[str, Tensor], first: bool
-              ) -> tuple[dict[str, Tensor], Tensor]:
+    def _step(self, model: Model, s: dict[str, Tensor], generator: torch.Generator,
+              first: bool) -> tuple[dict[str, Tensor], Tensor]:
         """x^{k+1} from x^k and x^{k-1}; the objective and the running best updated."""
         b, x, eps = self.ball, s["x"], s["eps"]
         xk = s["xk"]
@@ -229,7 +229,7 @@ class APGD(GradientAttack):
         else:
             a = self.momentum
             x_new = project_box(x, xk + a * (z - xk) + (1 - a) * (xk - s["xprev"]), eps, b)
-        f, g, logits = self._evaluate(model, x_new, s["y"], s.get("lt"), s["idx"])
+        f, g, logits = self._evaluate(model, x_new, s["y"], s.get("lt"), s["idx"], generator)
         s["count"] = s["count"] + (f > s["fk"]).to(f.dtype)
         better = f > s["fmax"]
         s["xmax"] = torch.where(_expand(better, x_new), x_new, s["xmax"])

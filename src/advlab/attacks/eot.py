@@ -48,14 +48,12 @@ DEFAULT_DISTRIBUTION: dict[str, Any] = {
 class EOTMixin:
     """Replaces :meth:`GradientAttack.gradient` by the EOT average over ``samples`` draws.
 
-    Needs ``self.transform`` (a :class:`advlab.transforms.Transform`) and ``self.samples``.
-    The attack's generator is bound to a per-call copy of the attack (nothing is stored on
-    the attack itself).
+    Needs ``self.transform`` (a :class:`advlab.transforms.Transform`) and ``self.samples``;
+    the transformations are drawn from the generator the attack's loop hands to ``gradient``.
     """
 
     transform: Transform
     samples: int
-    _generator: torch.Generator | None = None
 
     def expected_gradient(self, model: Model, x_adv: Tensor, y: Tensor, target: Tensor | None,
                           generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -77,18 +75,12 @@ class EOTMixin:
         return grad, logits.detach().view(s, len(xa), -1).mean(0)
 
     def gradient(self, model: Model, x_adv: Tensor, y: Tensor, target: Tensor | None,
-                 idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self._generator is None:
+                 idx: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        if generator is None:
             raise AttackError("the EOT gradient needs the attack's generator: call the attack, "
                               "or use expected_gradient(..., generator)")
-        return self.expected_gradient(model, x_adv, y, target, self._generator)
-
-    def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
-                eps: Tensor | None, generator: torch.Generator) -> Any:
-        worker = copy.copy(self)
-        worker._generator = generator
-        return super(EOTMixin, worker).perturb(model, x, y, target, eps,  # type: ignore[misc]
-                                               generator)
+        return self.expected_gradient(model, x_adv, y, target, generator)
 
 
 def _check_samples(samples: int) -> None:

@@ -60,11 +60,13 @@ class GradientAttack(Attack):
     # -- the pieces a subclass may replace ------------------------------------------------
 
     def gradient(self, model: Model, x_adv: Tensor, y: Tensor, target: Tensor | None,
-                 idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                 idx: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """The gradient of the objective at x_adv, and the logits there (for early stopping).
 
         ``idx`` holds the batch indices of the rows of ``x_adv`` (None: the whole batch of
-        the run), for estimators that keep per-example state or charge queries per example.
+        the run), for estimators that keep per-example state or charge queries per example;
+        ``generator`` is the attack's, for gradients that sample (EOT, estimators).
         White-box: autograd on a fresh leaf, never ``backward()`` (parameters' .grad untouched).
         """
         x_adv = x_adv.detach().requires_grad_(True)
@@ -120,7 +122,7 @@ class GradientAttack(Attack):
         active: Tensor | None = None  # indices still attacked; None means all
         for _ in range(self.steps):
             xs, ys, ts = _take(active, x_adv, y, target)
-            grad, logits = self.gradient(model, xs, ys, ts, active)
+            grad, logits = self.gradient(model, xs, ys, ts, active, generator)
             if self.early_stop:
                 keep = ~is_success(logits, ys, ts)
                 if not keep.all():

@@ -79,7 +79,8 @@ class EstimatedGradientAttack(BlackBoxAttack, GradientAttack):
         return {}
 
     def gradient(self, model: Model, x_adv: Tensor, y: Tensor, target: Tensor | None,
-                 idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                 idx: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Success check at x_adv, then the estimate for the examples still to fool."""
         session = model
         assert isinstance(session, Session)
