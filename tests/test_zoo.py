@@ -13,19 +13,6 @@ from advlab import data, zoo
 from advlab.errors import InputError, LabelError, ModelFileError, UnknownNameError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(request: pytest.FixtureRequest):  # noqa: ANN202
-    """The digits-mlp tests train a 2,400-parameter net: extra threads only add contention
-    (10x slower on a busy 2-core machine). The slow zoo-model tests keep the session's setting."""
-    if request.node.get_closest_marker("slow"):
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private, empty $ADVLAB_HOME for one test."""

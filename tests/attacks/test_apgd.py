@@ -14,15 +14,6 @@ from advlab.attacks.apgd import APGDT, checkpoint_fractions, checkpoints
 from advlab.errors import LabelError, ThreatModelError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # noqa: ANN202
-    """One thread: on a busy shared machine two OpenMP threads spin and run 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_checkpoints_match_the_paper() -> None:
     # Croce & Hein 2020, Section 3.2: p_0 = 0, p_1 = 0.22,
     # p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), w_j = ceil(p_j N_iter)

@@ -10,15 +10,6 @@ from advlab.attacks.patch import AdversarialPatch, paste, patch_mask, random_pla
 from advlab.errors import LabelError, ThreatModelError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # noqa: ANN202
-    """One thread: on a busy shared machine two OpenMP threads spin and run 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_identity_placement_pastes_the_patch_at_the_centre() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 12, 12, generator=g)

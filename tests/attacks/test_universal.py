@@ -17,15 +17,6 @@ from advlab.attacks.universal import (
 from advlab.threat import lp_norm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # noqa: ANN202
-    """One thread: on a busy shared machine two OpenMP threads spin and run 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Linear(nn.Module):
     def __init__(self, k: int = 5, d: int = 16) -> None:
         super().__init__()

@@ -75,11 +75,3 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
         assert torch.equal(v, after["state"][k]), k
 
 
-@pytest.fixture(scope="package", autouse=True)
-def _one_thread():  # noqa: ANN202
-    """Tiny networks run fastest on one thread (on a loaded machine, several threads on
-    64-wide layers cost more than they gain); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -12,15 +12,6 @@ from advlab.errors import InputError, UnknownNameError
 from advlab.validation import check_eval_mode
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # noqa: ANN202
-    """One intra-op thread for these tiny convolutions (2 spin-wait on a loaded machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _data(n: int, seed: int) -> torch.Tensor:
     return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
 

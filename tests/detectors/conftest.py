@@ -25,16 +25,6 @@ from advlab.detectors import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # noqa: ANN202
-    """One intra-op thread for these small models: on a loaded 2-core machine, 2 threads
-    spin-wait on each tiny op (measured 16x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def images(n: int, seed: int) -> torch.Tensor:
     return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
 

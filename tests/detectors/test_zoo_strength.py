@@ -17,7 +17,6 @@ def mlp_setup():  # noqa: ANN201
     import advlab
     import advlab.zoo
 
-    torch.set_num_threads(1)
     model = advlab.zoo.load("mnist-mlp")
     x_tr, y_tr = advlab.data.load("mnist5k", "train")
     x, y = advlab.data.load("mnist5k", "test")

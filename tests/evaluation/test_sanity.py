@@ -11,15 +11,6 @@ from advlab.evaluation import sanity
 N = 100
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():  # noqa: ANN202
-    """Small models on a shared machine run fastest on one thread; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data(mnist_test) -> tuple[Tensor, Tensor]:
     x, y = mnist_test
