@@ -50,7 +50,22 @@ def timed(fn: Callable[[], object], repeat: int = 3) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def floor_time(model: nn.Module, x: Tensor, y: Tensor, steps: int, repeat: int = 3) -> float:
+def race(fns: dict[str, Callable[[], object]], rounds: int = 5) -> tuple[dict[str, float],
+                                                                        dict[str, object]]:
+    """Each contender's fastest wall time over ``rounds`` interleaved rounds (after one
+    warm-up each), and its last output. Interleaving exposes every contender to the same
+    load, and the minimum discards the rounds that another process disturbed."""
+    out = {k: f() for k, f in fns.items()}
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            out[k] = f()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best, out
+
+
+def floor_step(model: nn.Module, x: Tensor, y: Tensor, steps: int) -> Callable[[], None]:
     """The physical floor of an iterative attack: steps x one forward+backward w.r.t. x."""
     def one() -> None:
         for _ in range(steps):
@@ -58,7 +73,7 @@ def floor_time(model: nn.Module, x: Tensor, y: Tensor, steps: int, repeat: int =
             loss = nn.functional.cross_entropy(model(xa), y)
             torch.autograd.grad(loss, xa)
 
-    return timed(one, repeat)[0]
+    return one
 
 
 def zoo_setup(name: str, n: int, split: str = "test") -> tuple[nn.Module, Tensor, Tensor]:

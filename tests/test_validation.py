@@ -55,6 +55,19 @@ def test_nan_model_rejected() -> None:
         advlab.attacks.get("fgsm")(NaNModel().eval(), X, torch.zeros(4, dtype=torch.int64))
 
 
+def test_nan_logits_beyond_the_probe_rows_rejected() -> None:
+    """The output's kind is checked on a few rows before the attack; every row at the end."""
+    class LateNaN(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            bad = x[:, 0, 0, 0] > 0.5
+            return torch.where(bad[:, None], float("nan"), x.flatten(1)[:, :3] * 10)
+
+    x = torch.zeros(12, 1, 8, 8)
+    x[10:] = 1.0  # rows 10 and 11, past the probe rows, give NaN logits
+    with pytest.raises(ModelOutputError, match="NaN"):
+        advlab.attacks.get("fgsm")(LateNaN().eval(), x, torch.zeros(12, dtype=torch.int64))
+
+
 def test_train_mode_refused_not_switched(tiny: nn.Module) -> None:
     tiny.train()
     with pytest.raises(ModelModeError, match="eval"):

@@ -3,7 +3,15 @@
 The layers, bottom to top: errors/threat/losses/validation -> data, zoo, transforms ->
 attacks -> defenses, detectors -> evaluation -> report, cli (imported on demand).
 """
-# ruff: noqa: I001, F401
+# ruff: noqa: I001, F401, E402
+import os
+
+# Idle OpenMP threads spin by default; advlab's loops of small tensor operations then run
+# 10-100x slower on a machine whose cores are busy (measured on 2 cores). Passive waiting
+# costs little when the machine is idle. Only takes effect if torch is not imported yet, and
+# never overrides the user's own setting.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from advlab import errors, validation, threat, losses
 from advlab import data
 from advlab import zoo

@@ -61,20 +61,27 @@ def lp_norm(delta: Tensor, norm: str) -> Tensor:
     Shape: delta N x ... -> (N,).
     """
     flat = delta.flatten(1)
-    if norm == "linf":
-        return flat.abs().amax(1) if flat.shape[1] else flat.new_zeros(len(flat))
-    if norm == "l2":
-        return flat.norm(p=2, dim=1)
-    if norm == "l1":
-        return flat.abs().sum(1)
-    if norm == "l0":
-        return (flat.abs() > 1e-7).sum(1).to(delta.dtype)
-    raise ThreatModelError(f"unknown norm {norm!r}; available: l0, l1, l2, linf")
+    return _norm(flat, flat.abs(), norm)
 
 
 def all_norms(delta: Tensor) -> dict[str, Tensor]:
     """The L0, L1, L2 and Linf norms of each perturbation, as a dict of (N,) tensors."""
-    return {p: lp_norm(delta, p) for p in ("l0", "l1", "l2", "linf")}
+    flat = delta.flatten(1)
+    mag = flat.abs()  # computed once for the four norms
+    return {p: _norm(flat, mag, p) for p in ("l0", "l1", "l2", "linf")}
+
+
+def _norm(flat: Tensor, mag: Tensor, norm: str) -> Tensor:
+    """The norm of each row of ``flat`` (N x D), given ``mag = flat.abs()``."""
+    if norm == "linf":
+        return mag.amax(1) if flat.shape[1] else flat.new_zeros(len(flat))
+    if norm == "l2":
+        return flat.norm(p=2, dim=1)
+    if norm == "l1":
+        return mag.sum(1)
+    if norm == "l0":
+        return (mag > 1e-7).sum(1).to(flat.dtype)
+    raise ThreatModelError(f"unknown norm {norm!r}; available: l0, l1, l2, linf")
 
 
 def clip_box(x_adv: Tensor) -> Tensor:
@@ -200,3 +207,36 @@ def project_box(x: Tensor, x_adv: Tensor, eps: Tensor, b: Ball) -> Tensor:
     Clipping only shrinks every |r_i|, so the result stays inside the ball.
     """
     return clip_box(x + b.project(x_adv - x, eps))
+
+
+class Region:
+    """The feasible set S(x) = {x' : ||x' - x|| <= eps, x' in [0, 1]} of a batch, for loops
+    that project many times onto the same set; ``idx`` selects rows of the batch."""
+
+    def __init__(self, x: Tensor, eps: Tensor, b: Ball) -> None:
+        self.x, self.eps, self.ball = x, eps, b
+
+    def project(self, x_adv: Tensor, idx: Tensor | None = None) -> Tensor:
+        if idx is None:
+            return project_box(self.x, x_adv, self.eps, self.ball)
+        return project_box(self.x[idx], x_adv, self.eps[idx], self.ball)
+
+
+class LinfRegion(Region):
+    """S(x) for Linf is a box: clip x' to [max(x - eps, 0), min(x + eps, 1)], bounds computed
+    once instead of at every projection."""
+
+    def __init__(self, x: Tensor, eps: Tensor, b: Ball) -> None:
+        super().__init__(x, eps, b)
+        e = _expand(eps, x)
+        self.lo, self.hi = (x - e).clamp_min(0.0), (x + e).clamp_max(1.0)
+
+    def project(self, x_adv: Tensor, idx: Tensor | None = None) -> Tensor:
+        if idx is None:
+            return torch.clamp(x_adv, self.lo, self.hi)
+        return torch.clamp(x_adv, self.lo[idx], self.hi[idx])
+
+
+def region(x: Tensor, eps: Tensor, b: Ball) -> Region:
+    """The feasible set S(x) of ball ``b`` and radius eps (N,) around each row of x."""
+    return LinfRegion(x, eps, b) if isinstance(b, LinfBall) else Region(x, eps, b)

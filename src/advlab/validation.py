@@ -5,6 +5,8 @@ trusting its inputs, so a bad input is never a silent wrong answer.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -21,9 +23,9 @@ def check_images(x: Tensor, name: str = "x") -> None:
         raise InputError(f"{name} must have shape N x C x H x W, got {tuple(x.shape)}")
     if len(x) == 0:
         raise InputError(f"{name} is an empty batch")
-    if not torch.isfinite(x).all():
+    lo, hi = (v.item() for v in x.aminmax())  # one pass; NaN propagates into min and max
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise InputError(f"{name} holds NaN or Inf values")
-    lo, hi = x.min().item(), x.max().item()
     if lo < 0.0 or hi > 1.0:
         raise InputError(
             f"{name} must lie in [0, 1] (pixel space; put normalisation inside the model with "

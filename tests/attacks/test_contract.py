@@ -11,32 +11,14 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 import advlab
 from advlab.threat import lp_norm
+from testkit import assert_same_state, model_state
 
 NAMES = sorted(advlab.attacks.available())
 X = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
 Y = torch.tensor([0, 1, 2, 3, 4, 5])
-
-
-def state(model: nn.Module) -> dict:
-    return {
-        "training": [m.training for m in model.modules()],
-        "params": [p.detach().clone() for p in model.parameters()],
-        "grads": [p.grad for p in model.parameters()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "buffers": [b.clone() for b in model.buffers()],
-    }
-
-
-def assert_same_state(a: dict, b: dict) -> None:
-    assert a["training"] == b["training"]
-    assert a["requires_grad"] == b["requires_grad"]
-    assert all(g is None for g in b["grads"]), ".grad was filled (use torch.autograd.grad)"
-    assert all(torch.equal(p, q) for p, q in zip(a["params"], b["params"]))
-    assert all(torch.equal(p, q) for p, q in zip(a["buffers"], b["buffers"]))
 
 
 def test_registry_is_not_empty() -> None:
@@ -48,13 +30,13 @@ def test_contract(name: str, tiny_factory) -> None:
     taxonomy = advlab.attacks.available()[name]
     attack = advlab.attacks.get(name)
     model = tiny_factory()
-    before = state(model)
+    before = model_state(model)
     x, y = X.clone(), Y.clone()
     rng = torch.get_rng_state()
     res = attack(model, x, y)
     assert torch.equal(rng, torch.get_rng_state()), "global RNG touched"
     assert torch.equal(x, X) and torch.equal(y, Y), "caller's tensors changed"
-    assert_same_state(before, state(model))
+    assert_same_state(before, model_state(model))
 
     xa = res.x_adv
     assert xa.shape == X.shape and xa.dtype == X.dtype and xa.device == X.device

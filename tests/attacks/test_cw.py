@@ -9,30 +9,7 @@ from torch import nn
 import advlab
 from advlab.attacks import CarliniWagnerL2, CarliniWagnerLinf, DeepFool
 from advlab.attacks.cw import Box, cw_loss, cw_success
-
-
-class Linear(nn.Module):
-    """logits = W flat(x) + b (float64)."""
-
-    def __init__(self, d: int, k: int, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.w = nn.Parameter(torch.randn(k, d, generator=g, dtype=torch.float64))
-        self.b = nn.Parameter(torch.randn(k, generator=g, dtype=torch.float64) * 0.1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) @ self.w.T + self.b
-
-
-def linear_setup(n: int = 4, seed: int = 0):
-    model = Linear(16, 2, seed).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    x = torch.rand(n, 1, 4, 4, generator=g, dtype=torch.float64) * 0.2 + 0.4
-    with torch.no_grad():
-        y = model(x).argmax(1)
-        w = model.w[1] - model.w[0]
-        f = (model(x)[:, 1] - model(x)[:, 0]).abs()
-    return model, x, y, f, w
+from testkit import Linear, linear_setup
 
 
 def test_margin_is_right_for_negative_logits() -> None:
@@ -98,7 +75,7 @@ def test_linf_linear_reaches_the_minimal_distance() -> None:
 
 
 def test_targeted_linear_multiclass() -> None:
-    model = Linear(16, 5, seed=3).eval()
+    model = Linear(16, 5, seed=3, bias_scale=0.1).eval()
     x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(0),
                    dtype=torch.float64) * 0.2 + 0.4
     with torch.no_grad():

@@ -8,19 +8,7 @@ from torch import nn
 
 import advlab
 from advlab.attacks import BIM, FGSM, MIFGSM, PGD
-
-
-class Linear(nn.Module):
-    """logits = W flat(x) + b, gradients in closed form."""
-
-    def __init__(self, d: int, k: int, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.w = nn.Parameter(torch.randn(k, d, generator=g, dtype=torch.float64))
-        self.b = nn.Parameter(torch.randn(k, generator=g, dtype=torch.float64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) @ self.w.T + self.b
+from testkit import Linear
 
 
 class MeanPool(nn.Module):

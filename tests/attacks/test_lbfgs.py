@@ -5,33 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import advlab
 from advlab.attacks import LBFGS, DeepFool
 from advlab.attacks.lbfgs import History
-
-
-class Linear(nn.Module):
-    def __init__(self, d: int, k: int, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.w = nn.Parameter(torch.randn(k, d, generator=g, dtype=torch.float64))
-        self.b = nn.Parameter(torch.randn(k, generator=g, dtype=torch.float64) * 0.1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) @ self.w.T + self.b
-
-
-def linear_setup(seed: int = 0, n: int = 5):
-    model = Linear(16, 2, seed).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    x = torch.rand(n, 1, 4, 4, generator=g, dtype=torch.float64) * 0.2 + 0.4
-    with torch.no_grad():
-        z = model(x)
-    y = z.argmax(1)
-    w = model.w[1] - model.w[0]
-    return model, x, y, (z[:, 1] - z[:, 0]).abs().detach(), w.detach()
+from testkit import Linear, linear_setup
 
 
 def bfgs_matrix(pairs: list[tuple[np.ndarray, np.ndarray]], d: int) -> np.ndarray:
@@ -76,7 +54,7 @@ def test_two_loop_recursion_equals_the_bfgs_matrix() -> None:
 def test_linear_reaches_the_minimal_targeted_distance() -> None:
     """Binary linear model, target = the other class: the smallest perturbation is
     |f(x)| / ||w||_2; the search over c ends just beyond it."""
-    model, x, y, f, w = linear_setup()
+    model, x, y, f, w = linear_setup(n=5)
     res = LBFGS(search_steps=14)(model, x, y, target=1 - y)
     assert res.success.all()
     dmin = f / w.norm()
@@ -88,7 +66,7 @@ def test_linear_reaches_the_minimal_targeted_distance() -> None:
 def test_eps_bound_is_kept_and_feasible_targets_reached() -> None:
     """The lecture's |r_i| < eps: with norm='linf' the perturbation stays in the box; the
     examples whose minimal Linf distance |f|/||w||_1 is well inside eps succeed."""
-    model, x, y, f, w = linear_setup(seed=0, n=8)
+    model, x, y, f, w = linear_setup(n=8)
     eps = 0.03
     res = LBFGS(eps=eps, norm="linf")(model, x, y, target=1 - y)
     assert (res.norms["linf"] <= eps + 1e-12).all()
@@ -99,7 +77,7 @@ def test_eps_bound_is_kept_and_feasible_targets_reached() -> None:
 
 
 def test_targets_chosen_by_the_base() -> None:
-    model = Linear(16, 6, seed=4).eval()
+    model = Linear(16, 6, seed=4, bias_scale=0.1).eval()
     x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(0),
                    dtype=torch.float64) * 0.2 + 0.4
     with torch.no_grad():

@@ -13,30 +13,9 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from advlab.errors import InputError, NotFittedError
-
-
-def state(model: nn.Module) -> dict:
-    return {
-        "training": [m.training for m in model.modules()],
-        "params": [p.detach().clone() for p in model.parameters()],
-        "grads": [p.grad for p in model.parameters()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "buffers": [b.clone() for b in model.buffers()],
-        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) +
-                     len(m._backward_hooks) for m in model.modules()),
-    }
-
-
-def assert_same_state(a: dict, b: dict) -> None:
-    assert a["training"] == b["training"]
-    assert a["requires_grad"] == b["requires_grad"]
-    assert all(g is None for g in b["grads"]), ".grad was filled"
-    assert all(torch.equal(p, q) for p, q in zip(a["params"], b["params"]))
-    assert all(torch.equal(p, q) for p, q in zip(a["buffers"], b["buffers"]))
-    assert a["hooks"] == b["hooks"], "hooks left on the model"
+from testkit import assert_same_state, model_state
 
 
 def test_not_fitted(detector_name: str, make_detector, tiny_factory, data) -> None:
@@ -56,7 +35,7 @@ def test_model_and_caller_untouched_and_fpr(detector_name: str, make_detector, t
     x, y, xc = data
     x0, y0, xc0 = x.clone(), y.clone(), xc.clone()
     det = make_detector(detector_name)  # (building voter models draws from the global RNG)
-    before = state(model)
+    before = model_state(model)
     rng = torch.get_rng_state()
     det.fit(model, x, y)
     scores = det.score(xc)
@@ -68,7 +47,7 @@ def test_model_and_caller_untouched_and_fpr(detector_name: str, make_detector, t
         assert torch.isfinite(g).all()
     assert torch.equal(rng, torch.get_rng_state()), "global RNG touched"
     assert torch.equal(x, x0) and torch.equal(y, y0) and torch.equal(xc, xc0)
-    assert_same_state(before, state(model))
+    assert_same_state(before, model_state(model))
     assert scores.shape == (len(xc),) and torch.isfinite(scores).all()
     assert flagged.dtype == torch.bool and flagged.shape == (len(xc),)
     assert int((scores > t).sum()) <= int(0.1 * len(xc))  # at most fpr of the clean set

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 Model = Callable[[Tensor], Tensor]
 
+#: rows on which :meth:`Attack.__call__` checks the model's output before attacking
+PROBE_ROWS = 8
+
 
 @dataclass(frozen=True)
 class Taxonomy:
@@ -164,14 +167,16 @@ class Attack:
         check_images(x)
         evaluator = unwrap(model)  # an oracle's model: the evaluator's checks are not queries
         check_eval_mode(evaluator)
-        with torch.no_grad():
-            logits = evaluator(x)
-        check_logits(logits, len(x))
-        num_classes = logits.shape[1]
+        with torch.no_grad():  # the output's kind, on a few rows; every row is checked at the end
+            probe = evaluator(x[:PROBE_ROWS])
+        check_logits(probe, len(probe))
+        num_classes = probe.shape[1]
         check_labels(y, len(x), num_classes)
         y = y.to(x.device)
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
         if target is None and self.targeted_only:
+            with torch.no_grad():
+                logits = evaluator(x)
             target = choose_target(logits, y, self.target_selection, generator)
         if target is not None:
             check_target(target, y, num_classes)
@@ -189,13 +194,14 @@ class Attack:
         x_adv = crafted.x_adv.detach()
         if x_adv.shape != x.shape:
             raise AttackError(f"{type(self).__name__} returned shape {tuple(x_adv.shape)}")
-        if not torch.isfinite(x_adv).all():
+        if not torch.stack(x_adv.aminmax()).isfinite().all():  # one pass; NaN propagates
             raise AttackError(f"{type(self).__name__} produced NaN or Inf images")
         x_adv = x_adv.to(x.dtype)
         x_adv = project_box(x, x_adv, radius, self.ball) if radius is not None and \
             self.norm is not None else clip_box(x_adv)
         with torch.no_grad():
             logits = evaluator(x_adv)
+        check_logits(logits, len(x))
         success = is_success(logits, y, target)
         log.debug("%s: success %.3f", type(self).__name__, success.float().mean().item())
         return AttackResult(x_adv=x_adv, success=success, norms=all_norms(x_adv - x),

@@ -20,7 +20,7 @@ from torch import Tensor
 from advlab.attacks.base import Attack, Model, is_success, register
 from advlab.errors import ThreatModelError
 from advlab.losses import objective
-from advlab.threat import _expand, project_box
+from advlab.threat import _expand, region
 
 DEFAULT_EPS = {"linf": 0.3, "l2": 2.0, "l1": 10.0}
 
@@ -114,10 +114,11 @@ class GradientAttack(Attack):
         """One run from x (or a random start). Returns x_adv and, when restarts are on, a
         score per example: +inf if adversarial, else the objective."""
         b = self.ball
+        feasible = region(x, eps, b)
         x_adv = x.clone()
         if self.random_start:
-            x_adv = project_box(x, x + b.random(x, eps, generator), eps, b)
-        alpha = self.step_sizes(eps)
+            x_adv = feasible.project(x + b.random(x, eps, generator))
+        alpha = _expand(self.step_sizes(eps), x)
         memory = self.init_memory(x)
         active: Tensor | None = None  # indices still attacked; None means all
         for _ in range(self.steps):
@@ -132,9 +133,8 @@ class GradientAttack(Attack):
                     xs, ys, ts = _take(active, x_adv, y, target)
                     grad = grad[keep]
             d = self.direction(grad, memory, active)
-            a, e, x0 = (alpha, eps, x) if active is None else (alpha[active], eps[active],
-                                                                  x[active])
-            x_new = project_box(x0, xs + _expand(a, d) * d, e, b)
+            a = alpha if active is None else alpha[active]
+            x_new = feasible.project(torch.addcmul(xs, a, d), active)  # x + alpha d
             if active is None:
                 x_adv = x_new
             else:

@@ -17,19 +17,7 @@ from advlab.attacks.blackbox.bandits import Bandits
 from advlab.attacks.blackbox.estimate import Session
 from advlab.attacks.blackbox.nes import NES
 from advlab.attacks.blackbox.zoo import ZOO
-
-
-class Linear(nn.Module):
-    """logits = W flat(x) + b (float64)."""
-
-    def __init__(self, d: int, k: int, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.w = nn.Parameter(torch.randn(k, d, generator=g, dtype=torch.float64))
-        self.b = nn.Parameter(torch.randn(k, generator=g, dtype=torch.float64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) @ self.w.T + self.b
+from testkit import Linear
 
 
 class Quadratic(nn.Module):

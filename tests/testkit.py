@@ -1,0 +1,56 @@
+"""Helpers shared by test modules (plain functions and classes; fixtures live in conftest.py).
+
+Imported as ``testkit`` (tests/ is on pytest's pythonpath).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Linear(nn.Module):
+    """logits = W flat(x) + b in float64: gradients and decision boundaries in closed form."""
+
+    def __init__(self, d: int, k: int, seed: int = 0, bias_scale: float = 1.0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w = nn.Parameter(torch.randn(k, d, generator=g, dtype=torch.float64))
+        self.b = nn.Parameter(torch.randn(k, generator=g, dtype=torch.float64) * bias_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.w.T + self.b
+
+
+def linear_setup(n: int = 4, seed: int = 0):  # noqa: ANN201
+    """A two-class Linear model on 1x4x4 images near 0.5: (model, x, y, |margin|, w1 - w0),
+    so the minimal L2 perturbation that flips example i is |margin_i| / ||w1 - w0||."""
+    model = Linear(16, 2, seed, bias_scale=0.1).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.rand(n, 1, 4, 4, generator=g, dtype=torch.float64) * 0.2 + 0.4
+    with torch.no_grad():
+        z = model(x)
+        w = model.w[1] - model.w[0]
+    return model, x, z.argmax(1), (z[:, 1] - z[:, 0]).abs(), w
+
+
+def model_state(model: nn.Module) -> dict:
+    """Everything about a model that attacks and detectors must leave as it was."""
+    return {
+        "training": [m.training for m in model.modules()],
+        "params": [p.detach().clone() for p in model.parameters()],
+        "grads": [p.grad for p in model.parameters()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "buffers": [b.clone() for b in model.buffers()],
+        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) +
+                     len(m._backward_hooks) for m in model.modules()),
+    }
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """``b`` (after) equals ``a`` (before); ``.grad`` must have stayed None."""
+    assert a["training"] == b["training"]
+    assert a["requires_grad"] == b["requires_grad"]
+    assert all(g is None for g in b["grads"]), ".grad was filled (use torch.autograd.grad)"
+    assert all(torch.equal(p, q) for p, q in zip(a["params"], b["params"]))
+    assert all(torch.equal(p, q) for p, q in zip(a["buffers"], b["buffers"]))
+    assert a["hooks"] == b["hooks"], "hooks left on the model"
