@@ -1,0 +1,247 @@
+r"""FAB, the Fast Adaptive Boundary attack: minimum-norm adversarial examples by projecting
+onto the linearised decision boundary, biased toward the original image.
+
+At the iterate :math:`x^{(i)}`, the boundary between the true class y and a class s is
+linearised, :math:`\pi_s = \{z : f_s + \langle w_s, z - x^{(i)} \rangle = 0\}` with
+:math:`f_s = Z_s(x^{(i)}) - Z_y(x^{(i)})` and :math:`w_s = \nabla f_s`. FAB takes the closest
+one, :math:`s = \arg\min_{k \ne y} |f_k| / \|w_k\|_q` (q the dual norm); FAB-T each of the
+most likely other classes in turn (success is untargeted in both). With
+:math:`\delta = P_p(x^{(i)}, \pi_s \cap C)` and :math:`\delta_0 = P_p(x_0, \pi_s \cap C)`,
+the smallest steps (in the attack's p-norm, inside the box C) from the iterate and from the
+original onto that hyperplane,
+
+.. math::  x^{(i+1)} = \Pi_C\big((1 - \alpha)(x^{(i)} + \eta\,\delta)
+                       + \alpha\,(x_0 + \eta\,\delta_0)\big), \qquad
+           \alpha = \min\Big(\frac{\|\delta\|_p}{\|\delta\|_p + \|\delta_0\|_p},
+           \alpha_{max}\Big)
+
+(:math:`\eta` overshoots the boundary). When :math:`x^{(i+1)}` is adversarial it is recorded if
+it is the closest so far, and the iterate steps back toward the original,
+:math:`x^{(i+1)} \leftarrow x_0 + \beta (x^{(i+1)} - x_0)`, so the search walks along the
+boundary toward x0. For a linear classifier the first step lands on the exact minimal
+perturbation (times eta).
+
+The projection onto a hyperplane inside the box is exact: the minimiser of :math:`\|d\|_p`
+subject to :math:`\langle w, d \rangle = r` and :math:`0 \le p + d \le 1` is
+:math:`d_i = s_i \min(t\,m_i, c_i)`, with :math:`s_i = \mathrm{sign}(w_i r)`, :math:`c_i` the
+room left in the box along :math:`s_i`, :math:`m_i = 1` (Linf) or :math:`|w_i|` (L2), and the
+scalar t solved from the piecewise-linear, non-decreasing :math:`\sum_i |w_i| \min(t m_i, c_i)
+= |r|` by sorting its breakpoints.
+
+References: Croce & Hein, "Minimally distorted adversarial examples with a fast adaptive
+boundary attack", ICML 2020, arXiv:1907.02044. FAB-T in AutoAttack: Croce & Hein, ICML 2020,
+arXiv:2003.01690.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from advlab.attacks.base import Attack, Crafted, Model, is_success, register
+from advlab.errors import ThreatModelError
+from advlab.threat import _expand, lp_norm
+
+DUAL = {"linf": 1.0, "l2": 2.0}
+DEFAULT_EPS = {"linf": 0.3, "l2": 2.0}
+
+
+def _untargeted(attack: Attack, target: Tensor | None) -> None:
+    if target is not None:
+        raise ThreatModelError(f"{type(attack).__name__} is untargeted (FAB-T's targets only "
+                               "choose the boundaries it follows); use cw-l2, apgd-t or jsma "
+                               "for a targeted attack")
+
+
+def plane_step(w: Tensor, r: Tensor, p: Tensor, norm: str) -> Tensor:
+    """The smallest d (in ``norm``) with <w, d> = r and p + d in [0, 1], row by row.
+
+    Args:
+        w: normals, N x D.  r: right-hand sides, (N,).  p: points, N x D in [0, 1].
+        norm: "linf" or "l2".
+
+    Where the box makes the hyperplane unreachable, d goes as far as the box allows.
+    """
+    s = torch.sign(w) * torch.sign(r)[:, None]  # the direction each coordinate moves
+    a = w.abs()
+    room = torch.where(s > 0, 1 - p, p)  # how far each coordinate can move along s
+    m = torch.ones_like(a) if norm == "linf" else a
+    brk = torch.where(m > 0, room / m.clamp_min(1e-30), torch.zeros_like(room))
+    brk, order = brk.sort(1)  # t at which each coordinate saturates
+    a_s, m_s, room_s = a.gather(1, order), m.gather(1, order), room.gather(1, order)
+    saturated = (a_s * room_s).cumsum(1)  # sum over i <= j of a_i c_i
+    free = (a_s * m_s).sum(1, keepdim=True) - (a_s * m_s).cumsum(1)  # sum over i > j
+    h = saturated + brk * free  # h(t) at each breakpoint, non-decreasing
+    need = r.abs()[:, None]
+    j = (h < need).sum(1, keepdim=True)  # the first breakpoint where h reaches |r|
+    reachable = j < w.shape[1]
+    jm1 = (j - 1).clamp_min(0)
+    sat_before = torch.where(j > 0, saturated.gather(1, jm1), torch.zeros_like(need))
+    free_before = torch.where(j > 0, free.gather(1, jm1), free[:, :1] + (a_s * m_s)[:, :1])
+    t = (need - sat_before) / free_before.clamp_min(1e-30)
+    t = torch.where(reachable, t, brk[:, -1:])
+    return s * torch.minimum(t * m, room)
+
+
+@register("fab", knowledge="white", goal="untargeted", norm="linf", kind="iterative",
+          bounded=False)
+@register("fab-l2", knowledge="white", goal="untargeted", norm="l2", kind="iterative",
+          bounded=False, defaults={"norm": "l2"})
+class FAB(Attack):
+    """FAB, minimum-norm and untargeted, Linf or L2: the closest linearised boundary.
+
+    Args:
+        norm: "linf" or "l2".
+        steps: iterations per run (100, as in AutoAttack).
+        restarts: runs; after the first, each starts from a random point of the ball of half
+            the best norm found so far (the paper's restarts; half the default eps while none
+            is found).
+        alpha_max: the largest weight of the step from the original (0.1).
+        eta: overshoot of each projection (1.05).
+        beta: step back toward the original after an adversarial iterate (0.9).
+        seed: seeds the restarts.
+
+    Returns (``info``): "norm", the norm of the closest adversarial example found per example
+    (inf where none was found; the output is then x).
+
+    References: Croce & Hein, ICML 2020, arXiv:1907.02044.
+    """
+
+    def __init__(self, *, norm: str = "linf", steps: int = 100, restarts: int = 1,
+                 alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
+                 seed: int = 0) -> None:
+        if norm not in DUAL:
+            raise ThreatModelError(f"FAB supports norms {', '.join(DUAL)}, got {norm!r}")
+        if steps < 1 or restarts < 1:
+            raise ThreatModelError(f"steps and restarts must be >= 1, got {steps}, {restarts}")
+        if not (0 <= alpha_max <= 1 and eta >= 1 and 0 < beta <= 1):
+            raise ThreatModelError("FAB needs 0 <= alpha_max <= 1, eta >= 1, 0 < beta <= 1")
+        self.norm, self.steps, self.restarts = norm, steps, restarts
+        self.alpha_max, self.eta, self.beta, self.seed = alpha_max, eta, beta, seed
+
+    def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
+                eps: Tensor | None, generator: torch.Generator) -> Crafted:
+        _untargeted(self, target)
+        best, dist = self.search(model, x, y, None, generator)
+        return Crafted(best, info={"norm": dist})
+
+    # -- the search ------------------------------------------------------------------------
+
+    def search(self, model: Model, x: Tensor, y: Tensor, towards: Tensor | None,
+               generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """The closest adversarial example found over the restarts, and its norm (inf: none).
+
+        ``towards``: the class t whose boundary with y is followed (None: the closest class).
+        Success is any class but y, as in the paper.
+        """
+        with torch.no_grad():
+            done = is_success(model(x), y, None)
+        best = x.clone()
+        dist = torch.where(done, 0.0, float("inf")).to(x.dtype)
+        for r in range(self.restarts):
+            todo = (~done).nonzero().squeeze(1)
+            if len(todo) == 0:
+                break
+            start = x[todo]
+            if r > 0:
+                radius = torch.where(dist[todo].isfinite(), dist[todo],
+                                     DEFAULT_EPS[self.norm]) / 2
+                start = (start + self.ball.random(start, radius, generator)).clamp(0, 1)
+            t = None if towards is None else towards[todo]
+            run_best, run_dist = self._run(model, x[todo], y[todo], t, start)
+            better = run_dist < dist[todo]
+            best[todo[better]] = run_best[better]
+            dist[todo[better]] = run_dist[better]
+        return best, dist
+
+    def _run(self, model: Model, x0: Tensor, y: Tensor, towards: Tensor | None,
+             start: Tensor) -> tuple[Tensor, Tensor]:
+        best = x0.clone()
+        dist = torch.full((len(x0),), float("inf"), dtype=x0.dtype, device=x0.device)
+        x, flat0 = start.clone(), x0.flatten(1)
+        for _ in range(self.steps):
+            f, w = self._boundary(model, x, y, towards)
+            flat = x.flatten(1)
+            d = plane_step(w, -f, flat, self.norm)  # from the iterate onto the hyperplane
+            d0 = plane_step(w, -(f + (w * (flat0 - flat)).sum(1)), flat0, self.norm)  # from x0
+            n, n0 = lp_norm(d, self.norm), lp_norm(d0, self.norm)
+            alpha = (n / (n + n0).clamp_min(1e-12)).clamp(0, self.alpha_max)[:, None]
+            new = ((1 - alpha) * (flat + self.eta * d) + alpha * (flat0 + self.eta * d0))
+            x = new.clamp(0, 1).view_as(x0)
+            with torch.no_grad():
+                adv = is_success(model(x), y, None)
+            gap = lp_norm(x - x0, self.norm)
+            closer = adv & (gap < dist)
+            best[closer], dist[closer] = x[closer], gap[closer]
+            x = torch.where(_expand(adv, x), x0 + self.beta * (x - x0), x)
+        return best, dist
+
+    def _boundary(self, model: Model, x: Tensor, y: Tensor, towards: Tensor | None
+                  ) -> tuple[Tensor, Tensor]:
+        """f (N,) and w = grad f (N x D) of the linearised boundary to follow at x.
+
+        Toward a class t: f = Z_t - Z_y. Otherwise f_k = Z_k - Z_y for the class minimising
+        |f_k| / ||w_k||_q (one backward pass per class)."""
+        x = x.detach().requires_grad_(True)
+        z = model(x)
+        if towards is not None:
+            f = (z.gather(1, towards[:, None]) - z.gather(1, y[:, None])).squeeze(1)
+            (w,) = torch.autograd.grad(f.sum(), x)
+            return f.detach(), w.flatten(1)
+        k = z.shape[1]
+        jac = torch.stack([torch.autograd.grad(z[:, c].sum(), x, retain_graph=c < k - 1)[0]
+                           .flatten(1) for c in range(k)], 1)  # N x K x D
+        rows = torch.arange(len(x), device=x.device)
+        fs = (z - z.gather(1, y[:, None])).detach()
+        ws = jac - jac[rows, y][:, None]
+        score = fs.abs() / ws.norm(p=DUAL[self.norm], dim=2).clamp_min(1e-12)
+        s = score.scatter(1, y[:, None], float("inf")).argmin(1)
+        return fs[rows, s], ws[rows, s]
+
+
+@register("fab-t", knowledge="white", goal="untargeted", norm="linf", kind="iterative")
+@register("fab-t-l2", knowledge="white", goal="untargeted", norm="l2", kind="iterative",
+          defaults={"norm": "l2"})
+class FABT(FAB):
+    """FAB-T, the AutoAttack member: FAB along the boundary to each of the ``n_targets``
+    classes with the highest clean logits in turn, on the examples not yet fooled within eps.
+
+    Success is untargeted (any class but y): the targets only choose the boundaries to
+    follow. The output is the closest adversarial example found if its norm is at most eps,
+    else x.
+
+    Args:
+        eps: radius; default 0.3 (linf) or 2.0 (l2).
+        n_targets: classes tried (9 in AutoAttack, capped at K - 1).
+        (others as :class:`FAB`)
+
+    References: Croce & Hein, ICML 2020, arXiv:2003.01690 (AutoAttack), arXiv:1907.02044.
+    """
+
+    def __init__(self, eps: float | None = None, *, norm: str = "linf", n_targets: int = 9,
+                 steps: int = 100, restarts: int = 1, alpha_max: float = 0.1,
+                 eta: float = 1.05, beta: float = 0.9, seed: int = 0) -> None:
+        super().__init__(norm=norm, steps=steps, restarts=restarts, alpha_max=alpha_max,
+                         eta=eta, beta=beta, seed=seed)
+        if n_targets < 1:
+            raise ThreatModelError(f"n_targets must be >= 1, got {n_targets}")
+        self.eps = DEFAULT_EPS[norm] if eps is None else eps
+        if isinstance(self.eps, (int, float)) and self.eps < 0:
+            raise ThreatModelError(f"eps must be non-negative, got {self.eps}")
+        self.n_targets = n_targets
+
+    def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
+                eps: Tensor | None, generator: torch.Generator) -> Crafted:
+        assert eps is not None
+        _untargeted(self, target)
+        with torch.no_grad():
+            ranked = model(x).scatter(1, y[:, None], float("-inf")).argsort(1, True)
+        best, dist = x.clone(), torch.full_like(eps, float("inf"))
+        for i in range(min(self.n_targets, ranked.shape[1] - 1)):
+            todo = (dist > eps).nonzero().squeeze(1)
+            if len(todo) == 0:
+                break
+            b, d = self.search(model, x[todo], y[todo], ranked[todo, i], generator)
+            better = d < dist[todo]
+            best[todo[better]], dist[todo[better]] = b[better], d[better]
+        inside = dist <= eps
+        return Crafted(torch.where(_expand(inside, x), best, x), info={"norm": dist})
