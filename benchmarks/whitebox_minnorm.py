@@ -1,6 +1,6 @@
 """Minimum-norm and optimisation white-box attacks against the peers, side by side.
 
-    python benchmarks/whitebox_minnorm.py [--sections deepfool cw cw-targeted cw-box jsma lbfgs]
+    python benchmarks/whitebox_minnorm.py [--sections deepfool cw cw-targeted cw-box jsma lbfgs fab]
         [--models mnist-cnn mnist-mlp] [--n 100] [--n-targeted 20] [--n-jsma 100]
         [--cw-steps 100] [--peers foolbox art torchattacks]
 
@@ -260,7 +260,23 @@ def lbfgs_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
     return [df, lb, lr, fg]
 
 
+def fab_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+    """Untargeted Linf FAB (100 steps, 1 restart) against torchattacks' FAB at equal settings,
+    with DeepFool-Linf as the reference it should beat."""
+    runs: dict[str, Run] = {"advlab": advlab_run(advlab.attacks.get("fab", steps=100), model),
+                            "advlab deepfool-linf": advlab_run(
+                                advlab.attacks.get("deepfool-linf"), model)}
+    if have("torchattacks"):
+        import torchattacks as ta
+
+        runs["torchattacks"] = torchattacks_run(ta.FAB(model, norm="Linf", eps=1.0, steps=100,
+                                                       n_restarts=1, n_classes=10))
+    return summarise([measure(k, f, model, x, y) for k, f in runs.items()], "linf")
+
+
 COLUMNS = {
+    "fab": ["lib", "time_s", "fwd/img", "bwd/img", "success", "med_linf", "mean_linf",
+            "med_linf_common", "n_common"],
     "deepfool": ["lib", "time_s", "fwd/img", "bwd/img", "success", "med_l2", "mean_l2",
                  "med_l2_common", "n_common", "rho"],
     "cw": ["lib", "time_s", "fwd/img", "bwd/img", "success", "med_l2", "mean_l2",
@@ -301,6 +317,8 @@ def main() -> None:
                                         args.cw_steps)
             elif sec == "cw-box":
                 rows = cw_box_rows(model, x[:args.n], y[:args.n], args.cw_steps)
+            elif sec == "fab":
+                rows = fab_rows(model, x[:args.n], y[:args.n])
             elif sec == "jsma":
                 rows = jsma_rows(model, x[:args.n_jsma], y[:args.n_jsma])
             else:
