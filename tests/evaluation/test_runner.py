@@ -63,19 +63,31 @@ def test_default_config_builds() -> None:
     cfg = load_config()
     assert cfg == parse_config(DEFAULT_TOML)
     assert [m.name for m in cfg.models] == ["mnist-mlp", "mnist-cnn"]
-    assert [a.name for a in cfg.attacks] == ["fgsm", "bim", "pgd"]
-    assert all(a.eps == (0.05, 0.1, 0.2, 0.3) for a in cfg.attacks)
-    assert cfg.attacks[2].params == {"steps": 40, "alpha": 0.01}
+    assert [a.name for a in cfg.attacks] == ["fgsm", "bim", "pgd", "fgsm", "pgd", "cw-l2",
+                                             "square", "bandits", "simba-dct"]
+    assert all(a.eps == (0.05, 0.1, 0.2, 0.3) for a in cfg.attacks[:3])
     assert cfg.data.name == "mnist5k" and cfg.data.split == "test"
-    cells = runner.plan_cells(cfg, {"mnist-mlp": "f1", "mnist-cnn": "f2"}, "d")
-    assert len(cells) == 24 and len({c.key for c in cells}) == 24
-    again = runner.plan_cells(load_config(), {"mnist-mlp": "f1", "mnist-cnn": "f2"}, "d")
+    fps = {"mnist-mlp": "f1", "mnist-cnn": "f2"}
+    cells = runner.plan_cells(cfg, fps, "d", 500)
+    assert len({c.key for c in cells}) == len(cells)
+    kinds = [c.kind for c in cells]
+    assert kinds.count("attack") == 24 + 3 + 2 + 3          # grid, cnn subset, defended, bb
+    assert kinds.count("defense") == 1                      # fgsm and pgd at 0.3: one attack
+    assert kinds.count("detector") == len(cfg.detectors)    # fgsm and pgd at 0.3: one each
+    bb = [c for c in cells if c.attack.name in ("square", "bandits", "simba-dct")]
+    assert [(c.model, c.defense.name, c.n) for c in bb] == [("mnist-cnn", "none", 100),
+                                                            ("mnist-cnn", "none", 50),
+                                                            ("mnist-cnn", "none", 20)]
+    again = runner.plan_cells(load_config(), fps, "d", 500)
     assert [c.key for c in cells] == [c.key for c in again]
-    other = runner.plan_cells(cfg, {"mnist-mlp": "f1", "mnist-cnn": "CHANGED"}, "d")
-    assert [c.key for c in other][:12] == [c.key for c in cells][:12]   # mlp cells kept
-    assert not {c.key for c in other[12:]} & {c.key for c in cells}     # new weights: new
-    for c in cells:  # every cell builds its attack
-        advlab.attacks.get(c.attack.name, **c.attack.params, eps=c.eps)
+    other = runner.plan_cells(cfg, {"mnist-mlp": "f1", "mnist-cnn": "CHANGED"}, "d", 500)
+    mlp = [c.key for c in cells if c.model == "mnist-mlp"]
+    assert [c.key for c in other if c.model == "mnist-mlp"] == mlp      # mlp cells kept
+    assert not {c.key for c in other if c.model == "mnist-cnn"} & {c.key for c in cells}
+    for c in cells:  # every naive cell builds its attack
+        if c.kind == "attack":
+            eps = {} if c.eps is None else {"eps": c.eps}
+            advlab.attacks.get(c.attack.name, **c.attack.params, **eps)
 
 
 def test_missing_eps_takes_the_attack_default() -> None:
@@ -278,7 +290,7 @@ def test_unavailable_defense_is_skipped(tmp_path: Path, tiny_factory,  # noqa: A
     with Store(tmp_path / "advlab.sqlite") as s:
         res = results.collect(s, "t")
     assert [(c["model"], c["defense"]) for c in res["cells"]] == [("a", "none"), ("b", "none")]
-    assert len(res["missing"]) == 2
+    assert len(res["missing"]) == 4                   # naive and adaptive, on a and b
     assert all("advlab.defenses" in m["reason"] for m in res["missing"])
 
 
@@ -422,7 +434,8 @@ def test_real_detector_through_the_adapter(tmp_path: Path, tiny_factory) -> None
     runner.run(cfg, root=tmp_path, models=models, data=data, train_data=train)
     det = ActivationKNN(layers=["fc"], k=3).fit(models["a"], *train)
     with Store(tmp_path / "advlab.sqlite") as s:
-        (key, _), = s.run("t")["cells"]
+        (key, spec), (adaptive, _) = s.run("t")["cells"]
+        assert spec["attack"] == "fgsm"
         sc = s.scores(key)["activation-knn"]
     assert np.allclose(sc["clean"], det.score(data[0]).double().numpy(), rtol=1e-5)
 
@@ -439,7 +452,8 @@ def test_real_transformed_defense(tmp_path: Path, tiny_factory) -> None:  # noqa
     rec = runner.run(cfg, root=tmp_path, models=models, data=data)
     defended = Transformed(models["a"], [Translate(1.0)], seed=0).eval()
     with Store(tmp_path / "advlab.sqlite") as s:
-        (k0, _), (k1, spec1) = s.run("t")["cells"]
+        (k0, _), (k1, spec1), (k2, spec2) = s.run("t")["cells"]
+        assert spec2["adaptive"] == {"against": "defense"}
         assert spec1["defense"]["name"] == "transformed"
         with torch.no_grad():
             assert np.array_equal(s.examples(k1)["clean_pred"],
