@@ -33,7 +33,7 @@ batch_size = 500
 [data]
 name = "mnist5k"      # embedded; see advlab.data.load
 split = "test"
-n = 500               # the first n images of the split
+n = 300               # the first n images of the split
 
 [[models]]
 name = "mnist-mlp"    # a zoo name, or: name = "mine", file = "w.safetensors", arch = "mnist-cnn"
@@ -141,7 +141,7 @@ n = 20
 
 [adaptive]            # automatic adaptive cells (defenses, detectors, sanity findings)
 enabled = true
-steps = 50            # PGD steps of the detector-aware attack
+steps = 20            # PGD steps of the detector-aware attack
 lam = 10.0            # its weight on the detector's score
 
 [probes]
@@ -167,7 +167,7 @@ _BLACK = {"models": _CNN, "defenses": ["none"], "detectors": []}
 #: :data:`DEFAULT_TOML` as a mapping, so the tour runs without a TOML reader (Python 3.10).
 DEFAULT: dict[str, Any] = {
     "name": "tour", "seed": 0, "batch_size": 500,
-    "data": {"name": "mnist5k", "split": "test", "n": 500},
+    "data": {"name": "mnist5k", "split": "test", "n": 300},
     "models": [{"name": "mnist-mlp"}, {"name": "mnist-cnn"}],
     "defenses": [{"name": "none"},
                  {"name": "transformed",
@@ -189,7 +189,7 @@ DEFAULT: dict[str, Any] = {
         {"name": "square", "eps": 0.3, "params": {"max_queries": 1000}, **_BLACK, "n": 100},
         {"name": "bandits", "eps": 0.3, "params": {"max_queries": 1000}, **_BLACK, "n": 50},
         {"name": "simba-dct", "params": {"max_queries": 1000}, **_BLACK, "n": 20}],
-    "adaptive": {"enabled": True, "steps": 50, "lam": 10.0},
+    "adaptive": {"enabled": True, "steps": 20, "lam": 10.0},
     "probes": {"shifts": [1, 2], "noise": [0.05]},
     "sanity": {"enabled": True, "max_examples": 100, "blackbox_queries": 500},
     "report": {"gallery": 8, "eps": 0.3},

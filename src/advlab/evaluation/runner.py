@@ -66,8 +66,13 @@ from advlab.evaluation.config import (
     RunConfig,
     load_config,
 )
-from advlab.evaluation.results import attack_norm as attack_norm_of
-from advlab.evaluation.results import collect, defense_label, reference_eps
+from advlab.evaluation.results import (
+    DETECTION_FPR,
+    attack_norm,
+    collect,
+    defense_label,
+    reference_eps,
+)
 from advlab.evaluation.store import CellRecord, Store, canonical_json, cell_key
 
 log = logging.getLogger(__name__)
@@ -447,11 +452,6 @@ def _resolve_eps(a: AttackSpec, eps: float | None) -> float | None:
     return float(default) if isinstance(default, (int, float)) else None
 
 
-def attack_norm(name: str, params: dict[str, Any]) -> str:
-    """An attack's norm: its ``norm`` parameter, else the registry's taxonomy."""
-    return str(params.get("norm", attacks.available()[name].norm))
-
-
 class _Planner:
     """Builds the cells' specs; one per run (the data and model fingerprints)."""
 
@@ -525,7 +525,7 @@ def _adaptive_cells(cfg: RunConfig, plan: _Planner, naive: list[Cell]) -> list[C
         a, eps = c.attack, c.eps
         if eps is None:  # minimum-norm attacks have no eps to hold an adaptive attack to
             continue
-        norm = attack_norm(a.name, a.params)
+        norm = attack_norm({"attack": a.name, "params": a.params})
         if c.defense.name != "none":
             out.append(plan.cell("defense", c.model, c.defense, a, eps, "adaptive",
                                  {"eps": eps, "norm": norm, "target": a.target}, c.n,
@@ -535,7 +535,7 @@ def _adaptive_cells(cfg: RunConfig, plan: _Planner, naive: list[Cell]) -> list[C
             if not (a.scored_by(det.name) and differentiable[det.name]):
                 continue
             params = {"eps": eps, "norm": norm, "target": a.target, "steps": ad["steps"],
-                      "lam": ad["lam"]}
+                      "lam": ad["lam"], "threshold_fpr": DETECTION_FPR}
             extra = {"adaptive": {"against": "detector",
                                   "detector": {"name": det.name, "params": det.params}}}
             out.append(plan.cell("detector", c.model, c.defense, a, eps, "detector-aware-pgd",
@@ -721,7 +721,7 @@ class Runner:
         n, q = int(cfg.sanity["max_examples"]), int(cfg.sanity["blackbox_queries"])
         groups: dict[str, dict[str, Any]] = {}
         for c in naive:
-            if eps is None or c["eps"] is None or attack_norm_of(c) != "linf" or \
+            if eps is None or c["eps"] is None or attack_norm(c) != "linf" or \
                     not math.isclose(c["eps"], eps):
                 continue
             spec = dict(rec["cells"])[c["key"]]
@@ -749,9 +749,15 @@ class Runner:
                         "defense_key": canonical(g["defense"])})
         return out
 
-    def _plan(self, cell: Cell, model: nn.Module, models: dict[str, nn.Module]
+    def _plan(self, cell: Cell, model: nn.Module, models: dict[str, nn.Module], x: Tensor
               ) -> tuple[str, CellPlan]:
-        """The attack's name and what to run for ``cell`` on the (defended) ``model``."""
+        """The attack's name and what to run for ``cell`` on the (defended) ``model`` and the
+        cell's images ``x``.
+
+        The detector-aware attack knows the detector and its threshold: the one that flags
+        :data:`~advlab.evaluation.results.DETECTION_FPR` of the cell's clean images, where
+        the report measures what gets through.
+        """
         cfg, a, seed = self.cfg, cell.attack, self.cfg.seed
         surrogate, detectors = None, {}
         if cell.kind == "attack":
@@ -768,8 +774,10 @@ class Runner:
             assert cell.detector is not None
             det = self.detector(cell.model, model, cell.detector)
             p = cell.spec["params"]
+            tau = metrics.calibrate_threshold(det.score(x), DETECTION_FPR)
             name, atk = "detector-aware-pgd", DetectorAwarePGD(
-                det, lam=p["lam"], eps=cell.eps, norm=p["norm"], steps=p["steps"], seed=seed)
+                det, lam=p["lam"], threshold=tau, eps=cell.eps, norm=p["norm"],
+                steps=p["steps"], seed=seed)
             detectors = {cell.detector.name: det}
         else:
             assert cell.sanity is not None
@@ -787,8 +795,8 @@ class Runner:
                   x: Tensor, y: Tensor) -> None:
         self.progress(Progress("cell", i, total, cell.label))
         model = self.defended(cell.model, models[cell.model], cell.defense)
-        name, plan = self._plan(cell, model, models)
         xs, ys = (x, y) if cell.n is None else (x[:cell.n], y[:cell.n])
+        name, plan = self._plan(cell, model, models, xs)
         rec = evaluate(plan, model, xs, ys, on_batch=lambda b, nb: self.progress(
             Progress("batch", i, total, cell.label, b, nb)))
         rec.key, rec.spec = cell.key, cell.spec
