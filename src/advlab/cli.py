@@ -86,7 +86,8 @@ class Bars:
             return
         from tqdm import tqdm
 
-        if p.event == "plan":
+        if p.event == "plan":  # the matrix, then the cells that sanity findings add
+            self.close()
             self.cells = tqdm(total=p.cells, desc="cells", unit="cell", dynamic_ncols=True)
         elif p.event in ("skip", "done"):
             self._close_batches()
@@ -109,6 +110,7 @@ class Bars:
         self._close_batches()
         if self.cells is not None:
             self.cells.close()
+            self.cells = None
 
 
 def _robust_grid(results: dict[str, Any]) -> str:
