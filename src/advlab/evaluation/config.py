@@ -142,7 +142,7 @@ n = 20
 [adaptive]            # automatic adaptive cells (defenses, detectors, sanity findings)
 enabled = true
 steps = 20            # PGD steps of the detector-aware attack
-lam = 10.0            # its weight on the detector's score
+lam = 1.0             # its weight on the detector's score above the threshold
 
 [probes]
 shifts = [1, 2]       # fragility: shift right by 1 and 2 pixels
@@ -189,7 +189,7 @@ DEFAULT: dict[str, Any] = {
         {"name": "square", "eps": 0.3, "params": {"max_queries": 1000}, **_BLACK, "n": 100},
         {"name": "bandits", "eps": 0.3, "params": {"max_queries": 1000}, **_BLACK, "n": 50},
         {"name": "simba-dct", "params": {"max_queries": 1000}, **_BLACK, "n": 20}],
-    "adaptive": {"enabled": True, "steps": 20, "lam": 10.0},
+    "adaptive": {"enabled": True, "steps": 20, "lam": 1.0},
     "probes": {"shifts": [1, 2], "noise": [0.05]},
     "sanity": {"enabled": True, "max_examples": 100, "blackbox_queries": 500},
     "report": {"gallery": 8, "eps": 0.3},
@@ -312,7 +312,7 @@ SANITY: dict[str, Any] = {"enabled": True, "max_examples": 100, "blackbox_querie
 #: defaults of the [adaptive] table: whether the runner adds adaptive cells (a defense's own
 #: adaptive attack, the detector-aware PGD against each detector, the attacks that fired
 #: sanity findings name), and the detector-aware PGD's steps and weight lam on the score
-ADAPTIVE: dict[str, Any] = {"enabled": True, "steps": 50, "lam": 10.0}
+ADAPTIVE: dict[str, Any] = {"enabled": True, "steps": 20, "lam": 1.0}
 
 
 def _keys(d: dict[str, Any], allowed: set[str], where: str) -> None:

@@ -230,8 +230,8 @@ def section_blackbox(ctx: Context) -> str:
             q = ex["queries"][ok]
             budgets = np.unique(np.geomspace(1, max(int(q.max(initial=1)), 2), 40).astype(int))
             rate = metrics.success_vs_queries(q, ex["success"][ok], budgets)
-            curves.append(plots.Curve(f"{c['label']} eps={fmt_eps(c['eps'])}",
-                                      list(budgets), list(rate), "-"))
+            eps = "" if c["eps"] is None else f" eps={fmt_eps(c['eps'])}"
+            curves.append(plots.Curve(c["label"] + eps, list(budgets), list(rate), "-"))
             rows.append([esc(model), esc(c["label"]), esc(fmt_eps(c["eps"])), str(c["n"]),
                          esc(c["params"].get("max_queries", "–")), pct(c["success_rate"]),
                          num(c["median_queries"], 4)])
@@ -274,8 +274,9 @@ def section_detectors(ctx: Context) -> str:
             s = ctx.store.scores(c["key"])[det]
             fpr, tpr, _ = metrics.roc_curve(s["clean"], s["adv"][fooled])
             style = "--" if c["adaptive"] else "-"
-            curves.append(plots.Curve(f"{c['label']} (AUC {d['auc']:.3f})", list(fpr),
-                                      list(tpr), style))
+            name = "adaptive" if c["adaptive"] else f"{c['attack']} eps={fmt_eps(c['eps'])}"
+            curves.append(plots.Curve(f"{name} (AUC {d['auc']:.3f})", list(fpr), list(tpr),
+                                      style))
             kind = "<b>adaptive</b>" if c["adaptive"] else "naive"
             table_rows.append([esc(model), esc(det), kind, esc(c["label"]),
                                esc(fmt_eps(c["eps"])), str(c["n"]), pct(c["success_rate"]),
@@ -283,7 +284,7 @@ def section_detectors(ctx: Context) -> str:
                                f"<b>{pct(d.get('undetected'))}</b>"])
         panels.append((f"{det} on {model}", curves))
     png = plots.lines(panels, "false-positive rate (clean flagged)",
-                      "true-positive rate (AEs detected)", diagonal=True)
+                      "true-positive rate (AEs detected)", diagonal=True, columns=2)
     return (img(png, "detector ROC") + "<p>Positives: successful adversarial examples; "
             "negatives: the clean images of the same cell. Naive: the attack ignores the "
             "detector; adaptive (dashed): PGD on the classification margin minus lam times the "

@@ -97,15 +97,20 @@ class Curve:
 
 def lines(panels: Sequence[tuple[str, Sequence[Curve]]], xlabel: str, ylabel: str,
           ylim: tuple[float, float] | None = (0.0, 1.0), logx: bool = False,
-          diagonal: bool = False) -> bytes:
-    """One subplot per (title, curves) panel, side by side.
+          diagonal: bool = False, columns: int = 3) -> bytes:
+    """One subplot per (title, curves) panel, at most ``columns`` side by side.
 
     Args:
         diagonal: draw the chance line y = x (ROC curves).
+        columns: panels per row.
     """
     n = max(len(panels), 1)
-    fig = Figure(figsize=(min(4.2 * n, 13), 3.3))
-    axes = fig.subplots(1, n, squeeze=False)[0]
+    cols = min(n, columns)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(min(4.4 * cols, 13), 3.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     for ax, (title, curves) in zip(axes, panels, strict=False):
         for c in curves:
             ax.plot(c.x, c.y, c.style, label=c.label, markersize=4, linewidth=1.5)
