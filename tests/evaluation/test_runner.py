@@ -64,15 +64,16 @@ def test_default_config_builds() -> None:
     assert cfg == parse_config(DEFAULT_TOML)
     assert [m.name for m in cfg.models] == ["mnist-mlp", "mnist-cnn"]
     assert [a.name for a in cfg.attacks] == ["fgsm", "bim", "pgd", "fgsm", "pgd", "cw-l2",
-                                             "square", "bandits", "simba-dct"]
+                                             "fgsm", "pgd", "square", "bandits", "simba-dct"]
     assert all(a.eps == (0.05, 0.1, 0.2, 0.3) for a in cfg.attacks[:3])
     assert cfg.data.name == "mnist5k" and cfg.data.split == "test"
     fps = {"mnist-mlp": "f1", "mnist-cnn": "f2"}
     cells = runner.plan_cells(cfg, fps, "d", 300)
     assert len({c.key for c in cells}) == len(cells)
     kinds = [c.kind for c in cells]
-    assert kinds.count("attack") == 24 + 3 + 2 + 3          # grid, cnn subset, defended, bb
-    assert kinds.count("defense") == 1                      # fgsm and pgd at 0.3: one attack
+    assert kinds.count("attack") == 24 + (3 + 2) + (2 + 2) + 3   # grid, cnn, mlp, black-box
+    defended = [(c.model, c.defense.name) for c in cells if c.kind == "defense"]
+    assert defended == [("mnist-mlp", "distillation"), ("mnist-cnn", "transformed")]
     assert kinds.count("detector") == len(cfg.detectors)    # fgsm and pgd at 0.3: one each
     bb = [c for c in cells if c.attack.name in ("square", "bandits", "simba-dct")]
     assert [(c.model, c.defense.name, c.n) for c in bb] == [("mnist-cnn", "none", 100),

@@ -49,6 +49,10 @@ name = "none"         # the undefended model
 name = "transformed"  # bit-depth reduction to 2 bits in front of the classifier
 params = { transforms = [{ name = "BitDepth", bits = 2 }] }
 
+[[defenses]]
+name = "distillation" # defensive distillation at temperature 100
+params = { temperature = 100, epochs = 20, lr = 0.002 }
+
 # Detectors score the undefended cells of the attacks that use them; each detector with a
 # differentiable score is also attacked adaptively (PGD on the detector's score, [adaptive]).
 [[detectors]]
@@ -91,11 +95,13 @@ params = { steps = 20, alpha = 0.02 }
 defenses = ["none"]
 detectors = []
 
-# 2. Detectors and defenses on mnist-cnn, on a subset
+# 2. Detectors and defenses, on a subset: mnist-cnn with bit-depth reduction,
+#    mnist-mlp with distillation
 [[attacks]]
 name = "fgsm"
 eps = 0.3
 models = ["mnist-cnn"]
+defenses = ["none", "transformed"]
 n = 100
 
 [[attacks]]
@@ -103,6 +109,7 @@ name = "pgd"
 eps = 0.3
 params = { steps = 20, alpha = 0.02 }
 models = ["mnist-cnn"]
+defenses = ["none", "transformed"]
 n = 100
 
 [[attacks]]
@@ -110,6 +117,23 @@ name = "cw-l2"
 params = { search_steps = 3, steps = 50, c0 = 1.0 }
 models = ["mnist-cnn"]
 defenses = ["none"]
+n = 100
+
+[[attacks]]
+name = "fgsm"
+eps = 0.3
+models = ["mnist-mlp"]
+defenses = ["none", "distillation"]
+detectors = []
+n = 100
+
+[[attacks]]
+name = "pgd"
+eps = 0.3
+params = { steps = 20, alpha = 0.02 }
+models = ["mnist-mlp"]
+defenses = ["none", "distillation"]
+detectors = []
 n = 100
 
 # 3. Black-box (score-based) attacks: success vs queries
@@ -163,6 +187,9 @@ _CNN = ["mnist-cnn"]
 _PGD = {"steps": 20, "alpha": 0.02}
 _GRID = {"eps": _EPS, "defenses": ["none"], "detectors": []}
 _BLACK = {"models": _CNN, "defenses": ["none"], "detectors": []}
+_CNN_DEF = {"eps": 0.3, "models": _CNN, "defenses": ["none", "transformed"], "n": 100}
+_MLP_DEF = {"eps": 0.3, "models": ["mnist-mlp"], "defenses": ["none", "distillation"],
+            "detectors": [], "n": 100}
 
 #: :data:`DEFAULT_TOML` as a mapping, so the tour runs without a TOML reader (Python 3.10).
 DEFAULT: dict[str, Any] = {
@@ -171,7 +198,9 @@ DEFAULT: dict[str, Any] = {
     "models": [{"name": "mnist-mlp"}, {"name": "mnist-cnn"}],
     "defenses": [{"name": "none"},
                  {"name": "transformed",
-                  "params": {"transforms": [{"name": "BitDepth", "bits": 2}]}}],
+                  "params": {"transforms": [{"name": "BitDepth", "bits": 2}]}},
+                 {"name": "distillation",
+                  "params": {"temperature": 100, "epochs": 20, "lr": 0.002}}],
     "detectors": [
         {"name": "activation-knn", "params": {"layers": ["pool1"], "k": 10}},
         {"name": "feature-squeezing"},
@@ -182,10 +211,12 @@ DEFAULT: dict[str, Any] = {
         {"name": "fgsm", **_GRID},
         {"name": "bim", **_GRID, "params": {"steps": 10}},
         {"name": "pgd", **_GRID, "params": _PGD},
-        {"name": "fgsm", "eps": 0.3, "models": _CNN, "n": 100},
-        {"name": "pgd", "eps": 0.3, "params": _PGD, "models": _CNN, "n": 100},
+        {"name": "fgsm", **_CNN_DEF},
+        {"name": "pgd", **_CNN_DEF, "params": _PGD},
         {"name": "cw-l2", "params": {"search_steps": 3, "steps": 50, "c0": 1.0},
          "models": _CNN, "defenses": ["none"], "n": 100},
+        {"name": "fgsm", **_MLP_DEF},
+        {"name": "pgd", **_MLP_DEF, "params": _PGD},
         {"name": "square", "eps": 0.3, "params": {"max_queries": 1000}, **_BLACK, "n": 100},
         {"name": "bandits", "eps": 0.3, "params": {"max_queries": 1000}, **_BLACK, "n": 50},
         {"name": "simba-dct", "params": {"max_queries": 1000}, **_BLACK, "n": 20}],
