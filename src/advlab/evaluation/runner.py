@@ -610,7 +610,7 @@ class Runner:
         self._given_models = models or {}
         self._data, self._train = data, train_data
         self._defended: dict[tuple[str, str], nn.Module] = {}
-        self._detectors: dict[tuple[str, str, str], Any] = {}
+        self._detectors: dict[tuple[str, str], Any] = {}
 
     # -- lazy inputs ----------------------------------------------------------------------
 
@@ -642,7 +642,7 @@ class Runner:
 
     def detector(self, name: str, model: nn.Module, spec: PluginSpec) -> Any:
         """Detector ``spec`` fitted on the undefended model ``name`` (fitted once per run)."""
-        key = (name, "none", canonical(spec))
+        key = (name, canonical(spec))
         if key not in self._detectors:
             log.info("fitting detector %s on %s", spec.name, name)
             self._detectors[key] = build_detector(spec, model, self.train)
@@ -663,9 +663,9 @@ class Runner:
         x, y = self._data if self._data is not None else load_data(cfg.data, n=cfg.data.n)
         x, y = x.to(self.device), y.to(self.device)
         models = self.models()
-        planner = _Planner(cfg, {k: fingerprint_model(m) for k, m in models.items()},
-                           fingerprint_data(x, y), len(x))
-        cells = plan_cells(cfg, planner.fps, planner.data["fingerprint"], len(x))
+        fps, data_fp = {k: fingerprint_model(m) for k, m in models.items()}, \
+            fingerprint_data(x, y)
+        cells = plan_cells(cfg, fps, data_fp, len(x))
         env = environment(self.device, cfg.seed)
         env["classes"] = class_names(cfg.data) if self._data is None else None
         self.store.begin_run(cfg.name, cfg.to_dict(), env, [(c.key, c.spec) for c in cells])
@@ -674,9 +674,10 @@ class Runner:
         self._run_cells(cells, models, x, y, skipped)
         findings = self.sanity(models, x, y) if cfg.sanity.get("enabled", True) else None
         if findings and cfg.adaptive["enabled"]:
+            planned = {c.key for c in cells}
             specs = {canonical(d): d for d in cfg.defenses}
-            extra = [c for c in sanity_cells(cfg, planner, findings, specs)
-                     if c.key not in {k.key for k in cells}]
+            extra = [c for c in sanity_cells(cfg, _Planner(cfg, fps, data_fp, len(x)),
+                                             findings, specs) if c.key not in planned]
             self.store.add_run_cells(cfg.name, [(c.key, c.spec) for c in extra])
             self._run_cells(extra, models, x, y, skipped)
         env.update(wall_s=time.perf_counter() - t0, skipped=skipped)
@@ -732,6 +733,7 @@ class Runner:
                          "max_examples": n, "queries": q, "seed": cfg.seed,
                          "advlab": advlab.__version__}})
             ex = self.store.examples(c["key"])["success"][:n]
+            # an attack run twice at this eps (the grid, and a subset): its best rate
             g["rates"][c["attack"]] = max(g["rates"].get(c["attack"], 0.0), float(ex.mean()))
         out = []
         for g in groups.values():
