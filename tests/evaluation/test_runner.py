@@ -405,8 +405,18 @@ def test_sanity_adapter_reuses_rates_and_caches(tmp_path: Path, tiny_factory,  #
     groups = rec["env"]["sanity"]
     assert [(g["model"], g["eps"], len(g["findings"])) for g in groups] == [("a", 0.1, 2),
                                                                            ("b", 0.1, 2)]
+    # the fired finding's attack ran as a cell of its own, on the checks' 10 images
+    specs = dict(rec["cells"])
+    for g in groups:
+        spec = specs[g["findings"][1]["cell"]]
+        assert (spec["model"]["name"], spec["attack"], spec["params"]) == (
+            g["model"], "apgd-dlr", {"steps": 100, "eps": 0.1, "target": None})
+        assert spec["adaptive"] == {"against": "sanity", "surrogate": False}
+        assert spec["data"]["subset"] == 10 and "cell" not in g["findings"][0]
+    count = Counter(monkeypatch)
     rec = runner.run(cfg, root=tmp_path, models=models, data=data)
     assert len(calls) == 2 and rec["env"]["sanity"] == groups    # stored, not rerun
+    assert count.calls == []                                     # the cells too
     runner.run(config_from_dict({**_raw(cfg), "sanity": {"enabled": False}}), root=tmp_path,
                models=models, data=data)
     assert len(calls) == 2

@@ -457,7 +457,7 @@ def _settled(ctx: Context, group: dict[str, Any], finding: dict[str, Any]) -> st
             if x["model"] == group["model"] and x["defense"] == group["defense"]
             and x["eps"] is not None and math.isclose(x["eps"], group["eps"])
             and x["robust_accuracy"] is not None]
-    naive_best = f"; naive attacks: {pct(min(best))}" if best else ""
+    naive_best = f"; best naive attack: {pct(min(best))}" if best else ""
     return (f"robust acc <b>{pct(c['robust_accuracy'])}</b> "
             f"<small>(n={c['n']}{naive_best})</small>")
 
