@@ -108,6 +108,7 @@ def test_missing_eps_takes_the_attack_default() -> None:
     ({"models": ["a", "a"]}, "distinct"),
     ({"data": {"name": "x", "size": 3}}, "unknown key"),
     ({"name": "../evil"}, "plain directory name"),
+    ({"detectors": ["lid", "lid"]}, "detector names must be distinct"),
 ])
 def test_config_errors(bad: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

@@ -2,9 +2,14 @@
 
 A run is described by a TOML file (or the equivalent mapping): the data subset, the models,
 the defenses, the attacks with their eps grids and parameters, the detectors, the fragility
-probes, the sanity checks and report options. :data:`DEFAULT_TOML` is the built-in tour of
-the lecture; ``advlab run`` with no file runs it. Every field is validated with a clear
-:class:`~advlab.errors.ConfigError` naming the allowed keys.
+probes, the sanity checks, the adaptive cells and report options. :data:`DEFAULT_TOML` is the
+built-in tour of the lecture; ``advlab run`` with no file runs it. Every field is validated
+with a clear :class:`~advlab.errors.ConfigError` naming the allowed keys.
+
+Which cells exist is said in one place, each attack's scope (:class:`AttackSpec`): its first
+``n`` images, the ``models``, ``defenses`` and ``detectors`` it runs with. ``[adaptive]``
+switches the automatic adaptive cells (see :mod:`advlab.evaluation.runner`) and sets the
+detector-aware attack's ``steps`` and weight ``lam``.
 """
 from __future__ import annotations
 
@@ -481,6 +486,10 @@ def _check(cfg: RunConfig) -> None:
         raise ConfigError(f"run name {cfg.name!r} must be a plain directory name")
     if any(s < 0 for s in cfg.noise) or cfg.gallery < 0:
         raise ConfigError("probe noise and report.gallery must be non-negative")
+    detectors = [d.name for d in cfg.detectors]
+    if len(set(detectors)) != len(detectors):
+        raise ConfigError(f"detector names must be distinct (scores are stored by name), got "
+                          f"{detectors}")
 
 
 def parse_config(text: str) -> RunConfig:
