@@ -192,14 +192,25 @@ def _gallery_items(ctx: Context, c: Cell, k: int) -> list[plots.GalleryItem]:
     return items
 
 
+def gallery_cells(ctx: Context) -> list[Cell]:
+    """One reference cell per (model, defense, attack), the whole data's before a subset's,
+    then the adaptive attacks on the defenses."""
+    ref = sorted(reference_cells(ctx), key=lambda c: c["subset"] is not None)
+    firsts = {}
+    for c in ref:
+        firsts.setdefault((c["model"], c["defense"], c["attack"]), c)
+    adaptive = [c for c in ctx.cells if c["adaptive"] and c["adaptive"]["against"] == "defense"]
+    return list(firsts.values()) + adaptive
+
+
 def section_gallery(ctx: Context) -> str:
     """Original | amplified perturbation | adversarial, per model, one row per attack."""
     k = int(ctx.config.get("report", {}).get("gallery_columns", 2))
     out = []
-    for (model, defense), cells in _by(reference_cells(ctx),
+    for (model, defense), cells in _by(gallery_cells(ctx),
                                        lambda c: (c["model"], c["defense"])).items():
-        rows = [(f"{c['attack']}\neps={fmt_eps(c['eps'])}", _gallery_items(ctx, c, k))
-                for c in cells]
+        rows = [(("adaptive\n" + c["adaptive"]["attack"] if c["adaptive"] else c["attack"])
+                 + f"\neps={fmt_eps(c['eps'])}", _gallery_items(ctx, c, k)) for c in cells]
         rows = [r for r in rows if r[1]]
         if not rows:
             continue

@@ -67,11 +67,13 @@ def gallery(rows: Sequence[tuple[str, Sequence[GalleryItem]]], classes: Sequence
                         ha="right", va="center", fontsize=9)
         for j, it in enumerate(items):
             delta = it.x_adv - it.x
-            amp = 0.5 / max(float(np.abs(delta).max()), 1e-12)
+            top = float(np.abs(delta).max())
+            amp = 0.5 / top if top > 1e-6 else 0.0  # below float noise: no perturbation
             panels = [
                 (it.x, f"{name(it.clean_pred)} ({100 * it.clean_conf:.0f}%)",
                  it.clean_pred == it.label),
-                (0.5 + amp * delta, f"perturbation x{amp:.1f}", None),
+                (0.5 + amp * delta, f"perturbation x{amp:.1f}" if amp else "no perturbation",
+                 None),
                 (it.x_adv, f"{name(it.adv_pred)} ({100 * it.adv_conf:.0f}%)",
                  it.adv_pred == it.label),
             ]
