@@ -65,15 +65,27 @@ name = "activation-knn"
 params = { layers = ["pool1"], k = 10 }
 
 [[detectors]]
+name = "deep-knn"
+params = { layers = ["pool1", "pool2", "relu3", "fc2"] }
+
+[[detectors]]
+name = "feature-distance"
+params = { layers = ["pool1", "pool2", "relu3", "fc2"], n_adv = 300, epochs = 200 }
+
+[[detectors]]
+name = "lid"
+params = { layers = ["pool1", "pool2", "relu3", "fc2"], n_adv = 300, epochs = 200 }
+
+[[detectors]]
+name = "mahalanobis"
+params = { layers = ["pool1", "pool2", "relu3", "fc2"], n_adv = 300, epochs = 200 }
+
+[[detectors]]
 name = "feature-squeezing"
 
 [[detectors]]
 name = "transformation-detector"
 params = { samples = 1, fit_size = 200 }
-
-[[detectors]]
-name = "mahalanobis"
-params = { layers = ["pool1", "pool2", "relu3", "fc2"], n_adv = 300, epochs = 200 }
 
 # Attacks run at every eps of their grid, on `models` (default: all), behind `defenses`
 # (default: all), scored by `detectors` (default: all), on the first `n` images (default:
@@ -189,6 +201,8 @@ eps = 0.3             # the reference eps of gallery, transfer, properties and s
 
 _EPS = [0.05, 0.1, 0.2, 0.3]
 _CNN = ["mnist-cnn"]
+_LAYERS = ["pool1", "pool2", "relu3", "fc2"]
+_LEARNED = {"layers": _LAYERS, "n_adv": 300, "epochs": 200}
 _PGD = {"steps": 20, "alpha": 0.02}
 _GRID = {"eps": _EPS, "defenses": ["none"], "detectors": []}
 _BLACK = {"models": _CNN, "defenses": ["none"], "detectors": []}
@@ -208,10 +222,12 @@ DEFAULT: dict[str, Any] = {
                   "params": {"temperature": 100, "epochs": 20, "lr": 0.002}}],
     "detectors": [
         {"name": "activation-knn", "params": {"layers": ["pool1"], "k": 10}},
+        {"name": "deep-knn", "params": {"layers": _LAYERS}},
+        {"name": "feature-distance", "params": _LEARNED},
+        {"name": "lid", "params": _LEARNED},
+        {"name": "mahalanobis", "params": _LEARNED},
         {"name": "feature-squeezing"},
-        {"name": "transformation-detector", "params": {"samples": 1, "fit_size": 200}},
-        {"name": "mahalanobis", "params": {"layers": ["pool1", "pool2", "relu3", "fc2"],
-                                           "n_adv": 300, "epochs": 200}}],
+        {"name": "transformation-detector", "params": {"samples": 1, "fit_size": 200}}],
     "attacks": [
         {"name": "fgsm", **_GRID},
         {"name": "bim", **_GRID, "params": {"steps": 10}},
