@@ -165,8 +165,9 @@ def run(config: str | None, root: str, device: str | None, name: str | None, n: 
     With no CONFIG, runs the built-in tour on the embedded MNIST subset: FGSM, BIM, PGD at
     several eps on the zoo's mnist-mlp and mnist-cnn; on mnist-cnn, seven detectors and a
     bit-depth defense under naive and adaptive attacks, and black-box attacks (Square,
-    Bandits, SimBA) with their query counts (`advlab run --show-config`). Finished cells are
-    stored in ROOT/advlab.sqlite and never recomputed: interrupt and rerun to resume.
+    Bandits, SimBA) with their query counts; on mnist-mlp, defensive distillation
+    (`advlab run --show-config`). Finished cells are stored in ROOT/advlab.sqlite and never
+    recomputed: interrupt and rerun to resume.
     """
     from advlab import evaluation, report
 
