@@ -114,3 +114,35 @@ def test_attack_unknown_param() -> None:
 def test_cuda_unavailable_is_a_clear_error() -> None:
     code, out = invoke("attack", "fgsm", "--device", "cuda", "-n", "3")
     assert code == 2 and "CUDA is not available" in out
+
+
+def test_run_with_a_defense_prints_its_adaptive_row(tmp_path: Path) -> None:
+    cfg = tmp_path / "def.toml"
+    cfg.write_text(TINY_TOML + """
+[[defenses]]
+name = "none"
+[[defenses]]
+name = "transformed"
+params = { transforms = [{ name = "BitDepth", bits = 1 }] }
+[[attacks]]
+name = "fgsm"
+eps = 0.3
+n = 20
+defenses = ["transformed"]
+""")
+    code, out = invoke("run", str(cfg), "--root", str(tmp_path / "runs"), "--no-progress")
+    assert code == 0, out
+    res = json.loads((tmp_path / "runs" / "tiny" / "results.json").read_text())
+    defended = [(c["label"], c["eps"], c["n"]) for c in res["cells"] if c["defense"] != "none"]
+    adaptive = "adaptive pgd on the BPDA/EOT surrogate"
+    assert defended == [("fgsm", 0.1, 50), ("fgsm", 0.3, 50), ("fgsm [n=20]", 0.3, 20),
+                        (adaptive, 0.1, 50), (adaptive, 0.3, 50), (adaptive + " [n=20]", 0.3, 20)]
+    printed = [ln for ln in out.splitlines() if "transformed" in ln]
+    assert len(printed) == 4 and any(adaptive + " [n=20]" in ln for ln in printed)
+
+
+def test_scope_naming_an_unknown_defense_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(TINY_TOML + '[[attacks]]\nname = "pgd"\ndefenses = ["jpeg"]\n')
+    code, out = invoke("run", str(cfg), "--root", str(tmp_path))
+    assert code == 2 and "defenses names ['jpeg']" in out and "Traceback" not in out

@@ -86,7 +86,8 @@ class Bars:
             return
         from tqdm import tqdm
 
-        if p.event == "plan":
+        if p.event == "plan":  # the matrix, then the cells that sanity findings add
+            self.close()
             self.cells = tqdm(total=p.cells, desc="cells", unit="cell", dynamic_ncols=True)
         elif p.event in ("skip", "done"):
             self._close_batches()
@@ -109,15 +110,16 @@ class Bars:
         self._close_batches()
         if self.cells is not None:
             self.cells.close()
+            self.cells = None
 
 
 def _robust_grid(results: dict[str, Any]) -> str:
-    """Robust accuracy, one row per model / defense / attack, one column per eps."""
+    """Robust accuracy, one row per model / defense / attack (label), one column per eps."""
     cells = results["cells"]
     eps = sorted({c["eps"] for c in cells if c["eps"] is not None})
     groups: dict[tuple[str, str, str], dict[Any, dict]] = {}
     for c in cells:
-        groups.setdefault((c["model"], c["defense"], c["attack"]), {})[c["eps"]] = c
+        groups.setdefault((c["model"], c["defense"], c["label"]), {})[c["eps"]] = c
     rows = []
     for (m, d, a), by_eps in groups.items():
         clean = next(iter(by_eps.values()))["clean_accuracy"]
@@ -133,6 +135,16 @@ def _robust_grid(results: dict[str, Any]) -> str:
     return _table(head, rows)
 
 
+def _detection(results: dict[str, Any]) -> str:
+    """One row per detector and scored cell: AUC, TPR at 5% FPR, fooled and undetected."""
+    rows = [[c["model"], det, c["label"], _num(d["auc"]), _pct(d["tpr_at_fpr"]),
+             _pct(d.get("undetected"))]
+            for c in results["cells"] for det, d in c["detectors"].items()]
+    if not rows:
+        return ""
+    return _table(["model", "detector", "attack", "AUC", "TPR", "undetected"], rows)
+
+
 @cli.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--root", default="runs", show_default=True, type=click.Path(file_okay=False),
@@ -140,7 +152,8 @@ def _robust_grid(results: dict[str, Any]) -> str:
 @click.option("--device", default=None, help="cpu or cuda (default: the config's, else cpu).")
 @click.option("--name", default=None, help="Run name (default: the config's).")
 @click.option("-n", "n", type=click.IntRange(min=1), default=None,
-              help="Number of test images (overrides the config).")
+              help="Number of test images (overrides the config; attacks with a smaller n "
+              "keep theirs).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Batch size (overrides the config).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -149,9 +162,12 @@ def run(config: str | None, root: str, device: str | None, name: str | None, n: 
         batch_size: int | None, progress: bool, show_config: bool) -> None:
     """Evaluate models x defenses x attacks and write runs/<name>/report.html.
 
-    With no CONFIG, runs the built-in tour (FGSM, BIM, PGD at several eps on the zoo's
-    mnist-mlp and mnist-cnn, embedded MNIST subset). Finished cells are stored in
-    ROOT/advlab.sqlite and never recomputed: interrupt and rerun to resume.
+    With no CONFIG, runs the built-in tour on the embedded MNIST subset: FGSM, BIM, PGD at
+    several eps on the zoo's mnist-mlp and mnist-cnn; on mnist-cnn, seven detectors and a
+    bit-depth defense under naive and adaptive attacks, and black-box attacks (Square,
+    Bandits, SimBA) with their query counts; on mnist-mlp, defensive distillation
+    (`advlab run --show-config`). Finished cells are stored in ROOT/advlab.sqlite and never
+    recomputed: interrupt and rerun to resume.
     """
     from advlab import evaluation, report
 
@@ -179,6 +195,9 @@ def run(config: str | None, root: str, device: str | None, name: str | None, n: 
     html, results_json = report.write_report(Path(root) / cfg.name)
     results = json.loads(results_json.read_text())
     click.echo("\nrobust accuracy\n" + _robust_grid(results))
+    detection = _detection(results)
+    if detection:
+        click.echo("\ndetectors (AUC / TPR at 5% FPR / fooled and undetected)\n" + detection)
     if results["missing"]:
         click.echo(f"\n{len(results['missing'])} cell(s) without results (see the report).")
     click.echo(f"\nreport:  {html}\nresults: {results_json}\n"

@@ -63,19 +63,32 @@ def test_default_config_builds() -> None:
     cfg = load_config()
     assert cfg == parse_config(DEFAULT_TOML)
     assert [m.name for m in cfg.models] == ["mnist-mlp", "mnist-cnn"]
-    assert [a.name for a in cfg.attacks] == ["fgsm", "bim", "pgd"]
-    assert all(a.eps == (0.05, 0.1, 0.2, 0.3) for a in cfg.attacks)
-    assert cfg.attacks[2].params == {"steps": 40, "alpha": 0.01}
+    assert [a.name for a in cfg.attacks] == ["fgsm", "bim", "pgd", "fgsm", "pgd", "cw-l2",
+                                             "fgsm", "pgd", "square", "bandits", "simba-dct"]
+    assert all(a.eps == (0.05, 0.1, 0.2, 0.3) for a in cfg.attacks[:3])
     assert cfg.data.name == "mnist5k" and cfg.data.split == "test"
-    cells = runner.plan_cells(cfg, {"mnist-mlp": "f1", "mnist-cnn": "f2"}, "d")
-    assert len(cells) == 24 and len({c.key for c in cells}) == 24
-    again = runner.plan_cells(load_config(), {"mnist-mlp": "f1", "mnist-cnn": "f2"}, "d")
+    fps = {"mnist-mlp": "f1", "mnist-cnn": "f2"}
+    cells = runner.plan_cells(cfg, fps, "d", 300)
+    assert len({c.key for c in cells}) == len(cells)
+    kinds = [c.kind for c in cells]
+    assert kinds.count("attack") == 24 + (3 + 2) + (2 + 2) + 3   # grid, cnn, mlp, black-box
+    defended = [(c.model, c.defense.name) for c in cells if c.kind == "defense"]
+    assert defended == [("mnist-mlp", "distillation"), ("mnist-cnn", "transformed")]
+    assert kinds.count("detector") == len(cfg.detectors)    # fgsm and pgd at 0.3: one each
+    bb = [c for c in cells if c.attack.name in ("square", "bandits", "simba-dct")]
+    assert [(c.model, c.defense.name, c.n) for c in bb] == [("mnist-cnn", "none", 100),
+                                                            ("mnist-cnn", "none", 50),
+                                                            ("mnist-cnn", "none", 20)]
+    again = runner.plan_cells(load_config(), fps, "d", 300)
     assert [c.key for c in cells] == [c.key for c in again]
-    other = runner.plan_cells(cfg, {"mnist-mlp": "f1", "mnist-cnn": "CHANGED"}, "d")
-    assert [c.key for c in other][:12] == [c.key for c in cells][:12]   # mlp cells kept
-    assert not {c.key for c in other[12:]} & {c.key for c in cells}     # new weights: new
-    for c in cells:  # every cell builds its attack
-        advlab.attacks.get(c.attack.name, **c.attack.params, eps=c.eps)
+    other = runner.plan_cells(cfg, {"mnist-mlp": "f1", "mnist-cnn": "CHANGED"}, "d", 300)
+    mlp = [c.key for c in cells if c.model == "mnist-mlp"]
+    assert [c.key for c in other if c.model == "mnist-mlp"] == mlp      # mlp cells kept
+    assert not {c.key for c in other if c.model == "mnist-cnn"} & {c.key for c in cells}
+    for c in cells:  # every naive cell builds its attack
+        if c.kind == "attack":
+            eps = {} if c.eps is None else {"eps": c.eps}
+            advlab.attacks.get(c.attack.name, **c.attack.params, **eps)
 
 
 def test_missing_eps_takes_the_attack_default() -> None:
@@ -95,6 +108,7 @@ def test_missing_eps_takes_the_attack_default() -> None:
     ({"models": ["a", "a"]}, "distinct"),
     ({"data": {"name": "x", "size": 3}}, "unknown key"),
     ({"name": "../evil"}, "plain directory name"),
+    ({"detectors": ["lid", "lid"]}, "detector names must be distinct"),
 ])
 def test_config_errors(bad: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -278,7 +292,7 @@ def test_unavailable_defense_is_skipped(tmp_path: Path, tiny_factory,  # noqa: A
     with Store(tmp_path / "advlab.sqlite") as s:
         res = results.collect(s, "t")
     assert [(c["model"], c["defense"]) for c in res["cells"]] == [("a", "none"), ("b", "none")]
-    assert len(res["missing"]) == 2
+    assert len(res["missing"]) == 4                   # naive and adaptive, on a and b
     assert all("advlab.defenses" in m["reason"] for m in res["missing"])
 
 
@@ -392,8 +406,18 @@ def test_sanity_adapter_reuses_rates_and_caches(tmp_path: Path, tiny_factory,  #
     groups = rec["env"]["sanity"]
     assert [(g["model"], g["eps"], len(g["findings"])) for g in groups] == [("a", 0.1, 2),
                                                                            ("b", 0.1, 2)]
+    # the fired finding's attack ran as a cell of its own, on the checks' 10 images
+    specs = dict(rec["cells"])
+    for g in groups:
+        spec = specs[g["findings"][1]["cell"]]
+        assert (spec["model"]["name"], spec["attack"], spec["params"]) == (
+            g["model"], "apgd-dlr", {"steps": 100, "eps": 0.1, "target": None})
+        assert spec["adaptive"] == {"against": "sanity", "surrogate": False}
+        assert spec["data"]["subset"] == 10 and "cell" not in g["findings"][0]
+    count = Counter(monkeypatch)
     rec = runner.run(cfg, root=tmp_path, models=models, data=data)
     assert len(calls) == 2 and rec["env"]["sanity"] == groups    # stored, not rerun
+    assert count.calls == []                                     # the cells too
     runner.run(config_from_dict({**_raw(cfg), "sanity": {"enabled": False}}), root=tmp_path,
                models=models, data=data)
     assert len(calls) == 2
@@ -422,7 +446,8 @@ def test_real_detector_through_the_adapter(tmp_path: Path, tiny_factory) -> None
     runner.run(cfg, root=tmp_path, models=models, data=data, train_data=train)
     det = ActivationKNN(layers=["fc"], k=3).fit(models["a"], *train)
     with Store(tmp_path / "advlab.sqlite") as s:
-        (key, _), = s.run("t")["cells"]
+        (key, spec), (adaptive, _) = s.run("t")["cells"]
+        assert spec["attack"] == "fgsm"
         sc = s.scores(key)["activation-knn"]
     assert np.allclose(sc["clean"], det.score(data[0]).double().numpy(), rtol=1e-5)
 
@@ -439,10 +464,156 @@ def test_real_transformed_defense(tmp_path: Path, tiny_factory) -> None:  # noqa
     rec = runner.run(cfg, root=tmp_path, models=models, data=data)
     defended = Transformed(models["a"], [Translate(1.0)], seed=0).eval()
     with Store(tmp_path / "advlab.sqlite") as s:
-        (k0, _), (k1, spec1) = s.run("t")["cells"]
+        (k0, _), (k1, spec1), (k2, spec2) = s.run("t")["cells"]
+        assert spec2["adaptive"] == {"against": "defense"}
         assert spec1["defense"]["name"] == "transformed"
         with torch.no_grad():
             assert np.array_equal(s.examples(k1)["clean_pred"],
                                   defended(data[0]).argmax(1).numpy())
         assert "transfer:a" in s.probes(k1) and "transfer:a" not in s.probes(k0)
     assert rec["env"]["skipped"] == {}
+
+
+# ----------------------------------------------------------------------------- scope, adaptive
+
+
+@pytest.mark.parametrize("attack, match", [
+    ({"n": 0}, "n must be a positive integer"),
+    ({"n": True}, "n must be a positive integer"),
+    ({"n": "10"}, "n must be a positive integer"),
+    ({"models": ["c"]}, r"models names \['c'\].*defined: a, b"),
+    ({"models": "a"}, "must be a list of names"),
+    ({"defenses": ["jpeg"]}, r"defenses names \['jpeg'\].*defined: none"),
+    ({"detectors": ["knn"]}, r"detectors names \['knn'\].*defined: none"),
+    ({"budget": 3}, "unknown key"),
+])
+def test_attack_scope_errors(attack: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        tiny_config(attacks=[{"name": "fgsm", "eps": 0.1, **attack}])
+
+
+@pytest.mark.parametrize("adaptive, match", [
+    ({"steps": 0}, "steps must be a positive integer"),
+    ({"lam": -1.0}, "lam must be a non-negative number"),
+    ({"enabled": "yes"}, "enabled must be true or false"),
+    ({"detector": "x"}, "unknown key"),
+])
+def test_adaptive_table_errors(adaptive: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        tiny_config(adaptive=adaptive)
+
+
+def test_attack_n_takes_the_first_images_and_keys_the_cell(tmp_path: Path,  # noqa: ANN001
+                                                            tiny_factory) -> None:
+    models, (x, y) = tiny_setup(tiny_factory)
+    cfg = tiny_config(models=["a"], attacks=[{"name": "fgsm", "eps": 0.3},
+                                             {"name": "fgsm", "eps": 0.3, "n": 10},
+                                             {"name": "fgsm", "eps": 0.3, "n": 99}])
+    cells = runner.plan_cells(cfg, {"a": "1"}, "d", len(x))
+    assert [c.n for c in cells] == [None, 10]      # n >= the data: the same cell as no n
+    assert cells[1].spec["data"]["subset"] == 10 and "subset" not in cells[0].spec["data"]
+    rec = runner.run(cfg, root=tmp_path, models=models, data=(x, y))
+    assert len(rec["cells"]) == 2
+    with Store(tmp_path / "advlab.sqlite") as s:
+        ex = s.examples(rec["cells"][1][0])
+    direct = advlab.attacks.get("fgsm", eps=0.3, seed=0)(models["a"], x[:10], y[:10])
+    assert list(ex["idx"]) == list(range(10))
+    assert np.array_equal(ex["adv_pred"], direct.logits.argmax(1).numpy())
+
+
+def test_scope_restricts_models_and_defenses() -> None:
+    cfg = tiny_config(defenses=["none", {"name": "transformed", "params": {"transforms": [
+        {"name": "BitDepth", "bits": 1}]}}], attacks=[
+        {"name": "fgsm", "eps": 0.1, "defenses": ["none"]},
+        {"name": "pgd", "eps": 0.1, "models": ["b"]}], adaptive={"enabled": False})
+    cells = runner.plan_cells(cfg, {"a": "1", "b": "2"}, "d")
+    assert [(c.model, c.defense.name, c.attack.name) for c in cells] == [
+        ("a", "none", "fgsm"), ("b", "none", "fgsm"), ("b", "none", "pgd"),
+        ("b", "transformed", "pgd")]
+
+
+BITDEPTH = {"name": "transformed", "params": {"transforms": [{"name": "BitDepth", "bits": 1}]}}
+
+
+def test_adaptive_cell_for_a_defended_model(tmp_path: Path, tiny_factory,  # noqa: ANN001
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """1-bit depth reduction: FGSM through it sees a zero gradient and changes nothing; the
+    defense's adaptive attack (PGD through the BPDA surrogate) is run, judged on the real
+    defended model, stored as its own cell, and not recomputed on a rerun."""
+    from advlab.defenses import Transformed
+    from advlab.transforms import BitDepth
+
+    models, (x, y) = tiny_setup(tiny_factory)
+    cfg = tiny_config(models=["a"], defenses=["none", BITDEPTH],
+                      attacks=[{"name": "fgsm", "eps": 0.3, "n": 16}])
+    count = Counter(monkeypatch)
+    rec = runner.run(cfg, root=tmp_path, models=models, data=(x, y))
+    assert count.calls == ["fgsm", "fgsm", "pgd"]
+    (k0, s0), (k1, s1), (k2, s2) = rec["cells"]
+    assert (s1["defense"]["name"], s2["defense"]["name"]) == ("transformed", "transformed")
+    assert s2["adaptive"] == {"against": "defense"} and s2["data"]["subset"] == 16
+    defended = Transformed(models["a"], [BitDepth(1)], seed=0).eval()
+    a = defended.adaptive()
+    direct = advlab.attacks.get(a.attack, **a.attack_kwargs, eps=0.3, seed=0)(
+        a.model, x[:16], y[:16])
+    with torch.no_grad():
+        want = defended(direct.x_adv).argmax(1).numpy()
+        clean = defended(x[:16]).argmax(1).numpy()
+    with Store(tmp_path / "advlab.sqlite") as s:
+        naive, adaptive = s.examples(k1), s.examples(k2)
+        assert np.array_equal(adaptive["adv_pred"], want)
+        assert np.array_equal(adaptive["success"], want != y[:16].numpy())
+        assert np.array_equal(naive["adv_pred"], clean)        # zero gradient: unchanged
+        res = results.collect(s, "t")
+    summary = {c["key"]: c for c in res["cells"]}
+    assert summary[k1]["success_rate"] == 0.0 and summary[k2]["success_rate"] > 0.5
+    assert summary[k2]["adaptive"]["attack"] == "pgd" and summary[k2]["adaptive"]["surrogate"]
+    assert summary[k2]["label"] == "adaptive pgd on the BPDA/EOT surrogate [n=16]"
+    events: list = []
+    before = len(count.calls)
+    runner.run(cfg, root=tmp_path, models=models, data=(x, y), progress=events.append)
+    assert len(count.calls) == before and [e.event for e in events] == ["plan"] + ["skip"] * 3
+
+
+def test_adaptive_cells_can_be_disabled() -> None:
+    cfg = tiny_config(defenses=["none", BITDEPTH], attacks=[{"name": "fgsm", "eps": 0.3}],
+                      adaptive={"enabled": False})
+    kinds = {c.kind for c in runner.plan_cells(cfg, {"a": "1", "b": "2"}, "d")}
+    assert kinds == {"attack"}
+
+
+def test_detector_aware_cell(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
+    """A differentiable detector gets an adaptive cell: DetectorAwarePGD against it and the
+    threshold at 5% FPR on the cell's clean images, its scores stored; a detector that the
+    attack's scope leaves out gets neither."""
+    from advlab.detectors import ActivationKNN, DetectorAwarePGD
+
+    models, (x, y) = tiny_setup(tiny_factory)
+    x_tr = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        train = (x_tr, models["a"](x_tr).argmax(1))
+    params = {"layers": ["fc"], "k": 3, "surrogate_neighbours": 2}
+    knn = {"name": "activation-knn", "params": params}
+    cfg = tiny_config(models=["a"], detectors=[knn, {"name": "feature-squeezing"}],
+                      attacks=[{"name": "fgsm", "eps": 0.3, "detectors": ["activation-knn"]}],
+                      adaptive={"steps": 5, "lam": 2.0})
+    rec = runner.run(cfg, root=tmp_path, models=models, data=(x, y), train_data=train)
+    (k0, _), (k1, s1) = rec["cells"]
+    assert s1["attack"] == "detector-aware-pgd" and s1["params"]["steps"] == 5
+    assert s1["adaptive"]["detector"]["name"] == "activation-knn"
+    det = ActivationKNN(**params).fit(models["a"], *train)
+    tau = metrics.calibrate_threshold(det.score(x), 0.05)     # the attacker knows it
+    direct = DetectorAwarePGD(det, lam=2.0, threshold=tau, eps=0.3, steps=5, seed=0)(
+        models["a"], x, y)
+    assert direct.success.any()
+    with Store(tmp_path / "advlab.sqlite") as s:
+        assert set(s.scores(k0)) == {"activation-knn"}
+        sc = s.scores(k1)["activation-knn"]
+        assert np.allclose(sc["adv"], det.score(direct.x_adv).double().numpy(), atol=1e-6)
+        assert np.array_equal(s.examples(k1)["success"], direct.success.numpy())
+        cell = next(c for c in results.collect(s, "t")["cells"] if c["key"] == k1)
+    d = cell["detectors"]["activation-knn"]
+    fooled = direct.success.numpy()
+    thr = metrics.calibrate_threshold(sc["clean"], 0.05)
+    assert d["undetected"] == pytest.approx((fooled & (sc["adv"] <= thr)).mean())
+    assert d["auc"] == pytest.approx(metrics.roc_auc(sc["clean"], sc["adv"][fooled]))

@@ -15,7 +15,7 @@ from advlab.evaluation import config_from_dict, run
 from advlab.report import html as H
 from advlab.report import plots, write_report
 
-SECTIONS = ["summary", "robustness", "gallery", "blackbox", "detectors", "transfer",
+SECTIONS = ["summary", "robustness", "gallery", "defenses", "blackbox", "detectors", "transfer",
             "properties", "sanity", "environment"]
 
 
@@ -121,3 +121,108 @@ def test_sanity_section_lists_warnings_first() -> None:
     assert out.index("unbounded") < out.index("softmax") and "logits &lt;ok&gt;" in out
     ctx.results["run"]["env"]["sanity"] = []
     assert "No sanity checks" in H.section_sanity(ctx)
+
+
+# ----------------------------------------------------------------------------- the tour's sections
+
+
+@pytest.fixture(scope="module")
+def tour_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small run with what the default tour adds: a detector (naive and adaptive), a
+    defense (naive and adaptive), a black-box attack, and a sanity finding's attack."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import make_tiny
+
+    a = make_tiny(0)
+    x = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    x_tr = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y, y_tr = a(x).argmax(1), a(x_tr).argmax(1)
+    cfg = config_from_dict({
+        "name": "tour", "batch_size": 20, "models": ["a"], "data": {"name": "x", "n": 20},
+        "defenses": ["none", {"name": "transformed", "params": {"transforms": [
+            {"name": "BitDepth", "bits": 1}]}}],
+        "detectors": [{"name": "activation-knn",
+                       "params": {"layers": ["fc"], "k": 3, "surrogate_neighbours": 2}}],
+        "attacks": [{"name": "fgsm", "eps": 0.3},
+                    {"name": "square", "eps": 0.3, "params": {"max_queries": 40}, "n": 12,
+                     "defenses": ["none"], "detectors": []}],
+        "adaptive": {"steps": 5, "lam": 2.0},
+        "sanity": {"max_examples": 10, "blackbox_queries": 20}, "report": {"eps": 0.3}})
+    root = tmp_path_factory.mktemp("runs")
+    run(cfg, root=root, models={"a": a}, data=(x, y), train_data=(x_tr, y_tr))
+    write_report(root / "tour")
+    return root / "tour"
+
+
+def section(page: str, sid: str) -> str:
+    return page.split(f'<section id="{sid}">')[1].split("</section>")[0]
+
+
+def test_defense_rows_naive_vs_adaptive(tour_dir: Path) -> None:
+    page = (tour_dir / "report.html").read_text()
+    res = json.loads((tour_dir / "results.json").read_text())
+    cells = {(c["defense"], c["label"]): c for c in res["cells"]}
+    naive = cells[("transformed: BitDepth(bits=1)", "fgsm")]
+    adaptive = cells[("transformed: BitDepth(bits=1)", "adaptive pgd on the BPDA/EOT surrogate")]
+    plain = cells[("none", "fgsm")]
+    assert naive["success_rate"] == 0.0 < adaptive["success_rate"]   # zero gradient vs BPDA
+    sec = section(page, "defenses")
+    gap = 100 * (naive["robust_accuracy"] - adaptive["robust_accuracy"])
+    row = sec.split("<tr>")[-1]
+    for v in (H.pct(naive["clean_accuracy"]), H.pct(plain["robust_accuracy"]),
+              H.pct(naive["robust_accuracy"]), H.pct(adaptive["robust_accuracy"]),
+              f"{gap:+.1f} pts"):
+        assert v in row
+
+
+def test_detector_rows_naive_and_adaptive(tour_dir: Path) -> None:
+    page = (tour_dir / "report.html").read_text()
+    res = json.loads((tour_dir / "results.json").read_text())
+    scored = [c for c in res["cells"] if c["detectors"]]
+    assert [(c["label"], c["adaptive"] is not None) for c in scored] == [
+        ("fgsm", False), ("adaptive detector-aware-pgd vs activation-knn", True)]
+    sec = section(page, "detectors")
+    rows = sec.split("<tbody>")[1].split("<tr>")[1:]
+    assert len(rows) == 2 and "naive" in rows[0] and "adaptive" in rows[1]
+    for row, c in zip(rows, scored, strict=True):
+        d = c["detectors"]["activation-knn"]
+        assert H.num(d["auc"]) in row and H.pct(d["tpr_at_fpr"]) in row
+        assert H.pct(d["undetected"]) in row
+    assert len(pngs(sec)) == 1
+
+
+def test_blackbox_queries_curve(tour_dir: Path) -> None:
+    page = (tour_dir / "report.html").read_text()
+    sec = section(page, "blackbox")
+    assert "No black-box" not in sec and len(pngs(sec)) == 1
+    from advlab.evaluation import Store
+
+    with Store(tour_dir.parent / "advlab.sqlite") as s:
+        res = json.loads((tour_dir / "results.json").read_text())
+        c = next(c for c in res["cells"] if c["attack"] == "square")
+        ex = s.examples(c["key"])
+    fooled = ex["success"] & (ex["clean_pred"] == ex["label"])
+    assert len(ex["idx"]) == 12 and (ex["queries"] > 0).all() and (ex["queries"] <= 40).all()
+    assert c["median_queries"] == float(np.median(ex["queries"][fooled]))
+    row = sec.split("<tbody>")[1]
+    assert "square [n=12]" in row and ">40<" in row and H.num(c["median_queries"], 4) in row
+
+
+def test_sanity_finding_runs_its_attack(tour_dir: Path) -> None:
+    """1-bit depth zeroes the gradient: the gradients check fires on the defense, names PGD
+    on the BPDA surrogate, and its result (a cell of its own) stands next to the finding."""
+    page = (tour_dir / "report.html").read_text()
+    res = json.loads((tour_dir / "results.json").read_text())
+    groups = res["run"]["env"]["sanity"]
+    defended = next(g for g in groups if g["defense"] != "none")
+    fired = [f for f in defended["findings"] if f["level"] == "warning"]
+    assert "gradients" in {f["check"] for f in fired} and all(f.get("cell") for f in fired)
+    cell = next(c for c in res["cells"] if c["key"] == fired[0]["cell"])
+    assert cell["adaptive"]["against"] == "sanity" and cell["n"] == 10
+    assert cell["adaptive"]["surrogate"] is True
+    row = next(r for r in section(page, "sanity").split("<tr>")
+               if ">gradients<" in r and "transformed" in r)
+    assert f"robust acc <b>{H.pct(cell['robust_accuracy'])}</b>" in row

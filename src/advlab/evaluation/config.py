@@ -2,9 +2,14 @@
 
 A run is described by a TOML file (or the equivalent mapping): the data subset, the models,
 the defenses, the attacks with their eps grids and parameters, the detectors, the fragility
-probes, the sanity checks and report options. :data:`DEFAULT_TOML` is the built-in tour of
-the lecture; ``advlab run`` with no file runs it. Every field is validated with a clear
-:class:`~advlab.errors.ConfigError` naming the allowed keys.
+probes, the sanity checks, the adaptive cells and report options. :data:`DEFAULT_TOML` is the
+built-in tour of the lecture; ``advlab run`` with no file runs it. Every field is validated
+with a clear :class:`~advlab.errors.ConfigError` naming the allowed keys.
+
+Which cells exist is said in one place, each attack's scope (:class:`AttackSpec`): its first
+``n`` images, the ``models``, ``defenses`` and ``detectors`` it runs with. ``[adaptive]``
+switches the automatic adaptive cells (see :mod:`advlab.evaluation.runner`) and sets the
+detector-aware attack's ``steps`` and weight ``lam``.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ batch_size = 500
 [data]
 name = "mnist5k"      # embedded; see advlab.data.load
 split = "test"
-n = 1000              # the first n images of the split
+n = 300               # the first n images of the split
 
 [[models]]
 name = "mnist-mlp"    # a zoo name, or: name = "mine", file = "w.safetensors", arch = "mnist-cnn"
@@ -41,26 +46,144 @@ name = "mnist-mlp"    # a zoo name, or: name = "mine", file = "w.safetensors", a
 [[models]]
 name = "mnist-cnn"
 
-# [[defenses]]        # "none" (the default) is the undefended model
-# name = "none"
+# Every defended model is attacked naively and by its adaptive attack (BPDA / EOT).
+[[defenses]]
+name = "none"         # the undefended model
 
+[[defenses]]
+name = "transformed"  # bit-depth reduction to 2 bits in front of the classifier
+params = { transforms = [{ name = "BitDepth", bits = 2 }] }
+
+[[defenses]]
+name = "distillation" # defensive distillation at temperature 100
+params = { temperature = 100, epochs = 20, lr = 0.002 }
+
+# Detectors score the undefended cells of the attacks that use them; each detector with a
+# differentiable score is also attacked adaptively (PGD on the detector's score, [adaptive]).
+[[detectors]]
+name = "activation-knn"
+params = { layers = ["pool1"], k = 10 }
+
+[[detectors]]
+name = "deep-knn"
+params = { layers = ["pool1", "pool2", "relu3", "fc2"] }
+
+[[detectors]]
+name = "feature-distance"
+params = { layers = ["pool1", "pool2", "relu3", "fc2"], n_adv = 300, epochs = 200 }
+
+[[detectors]]
+name = "lid"
+params = { layers = ["pool1", "pool2", "relu3", "fc2"], n_adv = 300, epochs = 200 }
+
+[[detectors]]
+name = "mahalanobis"
+params = { layers = ["pool1", "pool2", "relu3", "fc2"], n_adv = 300, epochs = 200 }
+
+[[detectors]]
+name = "feature-squeezing"
+
+[[detectors]]
+name = "transformation-detector"
+params = { samples = 1, fit_size = 200 }
+
+# Attacks run at every eps of their grid, on `models` (default: all), behind `defenses`
+# (default: all), scored by `detectors` (default: all), on the first `n` images (default:
+# all of [data]).
+
+# 1. White-box robustness of both models
 [[attacks]]
 name = "fgsm"
 eps = [0.05, 0.1, 0.2, 0.3]
+defenses = ["none"]
+detectors = []
 
 [[attacks]]
 name = "bim"
 eps = [0.05, 0.1, 0.2, 0.3]
 params = { steps = 10 }
+defenses = ["none"]
+detectors = []
 
 [[attacks]]
 name = "pgd"
 eps = [0.05, 0.1, 0.2, 0.3]
-params = { steps = 40, alpha = 0.01 }
+params = { steps = 20, alpha = 0.02 }
+defenses = ["none"]
+detectors = []
 
-# [[detectors]]
-# name = "activation-knn"
-# params = { layers = ["fc1"], k = 10 }
+# 2. Detectors and defenses, on a subset: mnist-cnn with bit-depth reduction,
+#    mnist-mlp with distillation
+[[attacks]]
+name = "fgsm"
+eps = 0.3
+models = ["mnist-cnn"]
+defenses = ["none", "transformed"]
+n = 100
+
+[[attacks]]
+name = "pgd"
+eps = 0.3
+params = { steps = 20, alpha = 0.02 }
+models = ["mnist-cnn"]
+defenses = ["none", "transformed"]
+n = 100
+
+[[attacks]]
+name = "cw-l2"
+params = { search_steps = 3, steps = 50, c0 = 1.0 }
+models = ["mnist-cnn"]
+defenses = ["none"]
+n = 100
+
+[[attacks]]
+name = "fgsm"
+eps = 0.3
+models = ["mnist-mlp"]
+defenses = ["none", "distillation"]
+detectors = []
+n = 100
+
+[[attacks]]
+name = "pgd"
+eps = 0.3
+params = { steps = 20, alpha = 0.02 }
+models = ["mnist-mlp"]
+defenses = ["none", "distillation"]
+detectors = []
+n = 100
+
+# 3. Black-box (score-based) attacks: success vs queries
+[[attacks]]
+name = "square"
+eps = 0.3
+params = { max_queries = 1000 }
+models = ["mnist-cnn"]
+defenses = ["none"]
+detectors = []
+n = 100
+
+[[attacks]]
+name = "bandits"
+eps = 0.3
+params = { max_queries = 1000 }
+models = ["mnist-cnn"]
+defenses = ["none"]
+detectors = []
+n = 50
+
+[[attacks]]
+name = "simba-dct"
+params = { max_queries = 1000 }
+models = ["mnist-cnn"]
+defenses = ["none"]
+detectors = []
+n = 20
+
+[adaptive]            # automatic adaptive cells (defenses, detectors, sanity findings)
+enabled = true
+steps = 20            # PGD steps of the detector-aware attack
+lam = 1.0             # its weight on the detector's score above the threshold
 
 [probes]
 shifts = [1, 2]       # fragility: shift right by 1 and 2 pixels
@@ -73,21 +196,55 @@ blackbox_queries = 500
 
 [report]
 gallery = 8           # image pairs stored per cell
+eps = 0.3             # the reference eps of gallery, transfer, properties and sanity
 """
 
 _EPS = [0.05, 0.1, 0.2, 0.3]
+_CNN = ["mnist-cnn"]
+_LAYERS = ["pool1", "pool2", "relu3", "fc2"]
+_LEARNED = {"layers": _LAYERS, "n_adv": 300, "epochs": 200}
+_PGD = {"steps": 20, "alpha": 0.02}
+_GRID = {"eps": _EPS, "defenses": ["none"], "detectors": []}
+_BLACK = {"models": _CNN, "defenses": ["none"], "detectors": []}
+_CNN_DEF = {"eps": 0.3, "models": _CNN, "defenses": ["none", "transformed"], "n": 100}
+_MLP_DEF = {"eps": 0.3, "models": ["mnist-mlp"], "defenses": ["none", "distillation"],
+            "detectors": [], "n": 100}
 
 #: :data:`DEFAULT_TOML` as a mapping, so the tour runs without a TOML reader (Python 3.10).
 DEFAULT: dict[str, Any] = {
     "name": "tour", "seed": 0, "batch_size": 500,
-    "data": {"name": "mnist5k", "split": "test", "n": 1000},
+    "data": {"name": "mnist5k", "split": "test", "n": 300},
     "models": [{"name": "mnist-mlp"}, {"name": "mnist-cnn"}],
-    "attacks": [{"name": "fgsm", "eps": _EPS},
-                {"name": "bim", "eps": _EPS, "params": {"steps": 10}},
-                {"name": "pgd", "eps": _EPS, "params": {"steps": 40, "alpha": 0.01}}],
+    "defenses": [{"name": "none"},
+                 {"name": "transformed",
+                  "params": {"transforms": [{"name": "BitDepth", "bits": 2}]}},
+                 {"name": "distillation",
+                  "params": {"temperature": 100, "epochs": 20, "lr": 0.002}}],
+    "detectors": [
+        {"name": "activation-knn", "params": {"layers": ["pool1"], "k": 10}},
+        {"name": "deep-knn", "params": {"layers": _LAYERS}},
+        {"name": "feature-distance", "params": _LEARNED},
+        {"name": "lid", "params": _LEARNED},
+        {"name": "mahalanobis", "params": _LEARNED},
+        {"name": "feature-squeezing"},
+        {"name": "transformation-detector", "params": {"samples": 1, "fit_size": 200}}],
+    "attacks": [
+        {"name": "fgsm", **_GRID},
+        {"name": "bim", **_GRID, "params": {"steps": 10}},
+        {"name": "pgd", **_GRID, "params": _PGD},
+        {"name": "fgsm", **_CNN_DEF},
+        {"name": "pgd", **_CNN_DEF, "params": _PGD},
+        {"name": "cw-l2", "params": {"search_steps": 3, "steps": 50, "c0": 1.0},
+         "models": _CNN, "defenses": ["none"], "n": 100},
+        {"name": "fgsm", **_MLP_DEF},
+        {"name": "pgd", **_MLP_DEF, "params": _PGD},
+        {"name": "square", "eps": 0.3, "params": {"max_queries": 1000}, **_BLACK, "n": 100},
+        {"name": "bandits", "eps": 0.3, "params": {"max_queries": 1000}, **_BLACK, "n": 50},
+        {"name": "simba-dct", "params": {"max_queries": 1000}, **_BLACK, "n": 20}],
+    "adaptive": {"enabled": True, "steps": 20, "lam": 1.0},
     "probes": {"shifts": [1, 2], "noise": [0.05]},
     "sanity": {"enabled": True, "max_examples": 100, "blackbox_queries": 500},
-    "report": {"gallery": 8},
+    "report": {"gallery": 8, "eps": 0.3},
 }
 
 # ----------------------------------------------------------------------------- configuration
@@ -106,13 +263,32 @@ class ModelSpec:
 @dataclass(frozen=True)
 class AttackSpec:
     """An attack by registry name, its eps grid (None: the attack's own default or a
-    minimum-norm attack), its other parameters, and an optional target selection
-    ("random", "least_likely" or "next") for a targeted attack."""
+    minimum-norm attack), its other parameters, an optional target selection ("random",
+    "least_likely" or "next") for a targeted attack, and its *scope*: where it runs.
+
+    The scope is the one place that says which cells an attack contributes: the first ``n``
+    evaluation images (None: all of [data]), the ``models``, the ``defenses`` (by name) and
+    the ``detectors`` (by name; they score its undefended cells) it runs with. None means
+    all of the configured ones.
+    """
 
     name: str
     eps: tuple[float | None, ...] = (None,)
     params: dict[str, Any] = field(default_factory=dict)
     target: str | None = None
+    n: int | None = None
+    models: tuple[str, ...] | None = None
+    defenses: tuple[str, ...] | None = None
+    detectors: tuple[str, ...] | None = None
+
+    def runs_on(self, model: str, defense: str) -> bool:
+        """Whether this attack has cells on ``model`` behind defense ``defense``."""
+        return (self.models is None or model in self.models) and \
+            (self.defenses is None or defense in self.defenses)
+
+    def scored_by(self, detector: str) -> bool:
+        """Whether detector ``detector`` scores this attack's undefended cells."""
+        return self.detectors is None or detector in self.detectors
 
 
 @dataclass(frozen=True)
@@ -154,6 +330,7 @@ class RunConfig:
     gallery: int = 8
     report: dict[str, Any] = field(default_factory=dict)
     sanity: dict[str, Any] = field(default_factory=lambda: dict(SANITY))
+    adaptive: dict[str, Any] = field(default_factory=lambda: dict(ADAPTIVE))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description (what the results database and results.json record)."""
@@ -162,20 +339,32 @@ class RunConfig:
             "device": self.device, "data": vars(self.data),
             "models": [vars(m) for m in self.models],
             "attacks": [{"name": a.name, "eps": list(a.eps), "params": a.params,
-                         "target": a.target} for a in self.attacks],
+                         "target": a.target, "n": a.n, "models": _list(a.models),
+                         "defenses": _list(a.defenses), "detectors": _list(a.detectors)}
+                        for a in self.attacks],
             "defenses": [vars(d) for d in self.defenses],
             "detectors": [vars(d) for d in self.detectors],
             "probes": {"shifts": list(self.shifts), "noise": list(self.noise)},
             "report": {"gallery": self.gallery, **self.report},
             "sanity": self.sanity,
+            "adaptive": self.adaptive,
         }
 
 
+def _list(v: tuple[str, ...] | None) -> list[str] | None:
+    return None if v is None else list(v)
+
+
 _TOP = {"name", "seed", "batch_size", "device", "data", "models", "attacks", "defenses",
-        "detectors", "probes", "report", "sanity"}
+        "detectors", "probes", "report", "sanity", "adaptive"}
 
 #: defaults of the [sanity] table
 SANITY: dict[str, Any] = {"enabled": True, "max_examples": 100, "blackbox_queries": 500}
+
+#: defaults of the [adaptive] table: whether the runner adds adaptive cells (a defense's own
+#: adaptive attack, the detector-aware PGD against each detector, the attacks that fired
+#: sanity findings name), and the detector-aware PGD's steps and weight lam on the score
+ADAPTIVE: dict[str, Any] = {"enabled": True, "steps": 20, "lam": 1.0}
 
 
 def _keys(d: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -202,10 +391,30 @@ def _eps_grid(v: Any, where: str) -> tuple[float | None, ...]:
     return tuple(None if e is None else float(e) for e in grid) or (None,)
 
 
-def _attack_spec(v: Any, i: int) -> AttackSpec:
+def _positive_int(v: Any, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ConfigError(f"{where} must be a positive integer, got {v!r}")
+    return v
+
+
+def _names(v: Any, known: list[str], where: str) -> tuple[str, ...] | None:
+    """A scope list: names among ``known`` (None when not given)."""
+    if v is None:
+        return None
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        raise ConfigError(f"{where} must be a list of names, got {v!r}")
+    unknown = sorted(set(v) - set(known))
+    if unknown:
+        raise ConfigError(f"{where} names {unknown}, which the configuration does not "
+                          f"define; defined: {', '.join(dict.fromkeys(known)) or 'none'}")
+    return tuple(v)
+
+
+def _attack_spec(v: Any, i: int, scope: dict[str, list[str]]) -> AttackSpec:
     where = f"attacks[{i}]"
     d = _table(v, where)
-    _keys(d, {"name", "eps", "params", "target"}, where)
+    _keys(d, {"name", "eps", "params", "target", "n", "models", "defenses", "detectors"},
+          where)
     available = attacks.available()
     if d["name"] not in available:
         raise UnknownNameError("attack", d["name"], list(available))
@@ -216,7 +425,23 @@ def _attack_spec(v: Any, i: int) -> AttackSpec:
     if target not in (None, "random", "least_likely", "next"):
         raise ConfigError(f"{where}: target must be random, least_likely or next, "
                           f"got {target!r}")
-    return AttackSpec(d["name"], _eps_grid(d.get("eps"), where), params, target)
+    n = None if d.get("n") is None else _positive_int(d["n"], f"{where}.n")
+    return AttackSpec(d["name"], _eps_grid(d.get("eps"), where), params, target, n,
+                      *(_names(d.get(k), scope[k], f"{where}.{k}")
+                        for k in ("models", "defenses", "detectors")))
+
+
+def _adaptive(d: dict[str, Any]) -> dict[str, Any]:
+    _keys(d, set(ADAPTIVE), "[adaptive]")
+    out = {**ADAPTIVE, **d}
+    if not isinstance(out["enabled"], bool):
+        raise ConfigError(f"[adaptive].enabled must be true or false, got {out['enabled']!r}")
+    _positive_int(out["steps"], "[adaptive].steps")
+    lam = out["lam"]
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) \
+            or lam < 0:
+        raise ConfigError(f"[adaptive].lam must be a non-negative number, got {lam!r}")
+    return {**out, "lam": float(lam)}
 
 
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
@@ -250,15 +475,18 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
     report = dict(d.get("report", {}))
     sanity = dict(d.get("sanity", {}))
     _keys(sanity, set(SANITY), "[sanity]")
+    scope = {"models": names, "defenses": [p.name for p in plugins["defenses"]],
+             "detectors": [p.name for p in plugins["detectors"]]}
     cfg = RunConfig(
         name=str(d.get("name", "run")), seed=int(d.get("seed", 0)),
         batch_size=int(d.get("batch_size", 500)), device=d.get("device"),
         data=DataSpec(**data), models=[ModelSpec(**m) for m in models],
-        attacks=[_attack_spec(a, i) for i, a in enumerate(d.get("attacks", []))],
+        attacks=[_attack_spec(a, i, scope) for i, a in enumerate(d.get("attacks", []))],
         defenses=plugins["defenses"], detectors=plugins["detectors"],
         shifts=tuple(int(s) for s in probes.get("shifts", (1, 2))),
         noise=tuple(float(s) for s in probes.get("noise", (0.05,))),
-        gallery=int(report.pop("gallery", 8)), report=report, sanity={**SANITY, **sanity})
+        gallery=int(report.pop("gallery", 8)), report=report, sanity={**SANITY, **sanity},
+        adaptive=_adaptive(dict(d.get("adaptive", {}))))
     _check(cfg)
     return cfg
 
@@ -274,6 +502,10 @@ def _check(cfg: RunConfig) -> None:
         raise ConfigError(f"run name {cfg.name!r} must be a plain directory name")
     if any(s < 0 for s in cfg.noise) or cfg.gallery < 0:
         raise ConfigError("probe noise and report.gallery must be non-negative")
+    detectors = [d.name for d in cfg.detectors]
+    if len(set(detectors)) != len(detectors):
+        raise ConfigError(f"detector names must be distinct (scores are stored by name), got "
+                          f"{detectors}")
 
 
 def parse_config(text: str) -> RunConfig:

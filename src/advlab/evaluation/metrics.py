@@ -28,7 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from advlab.detectors.metrics import roc_auc, roc_curve, trapezoid_auc  # noqa: F401  (re-exported)
+from advlab.detectors.metrics import (  # noqa: F401  (re-exported)
+    calibrate_threshold,
+    roc_auc,
+    roc_curve,
+    trapezoid_auc,
+)
 from advlab.errors import InputError
 
 # ----------------------------------------------------------------------------- accuracy
@@ -228,6 +233,27 @@ def accuracy_vs_norm(norms: Tensor | np.ndarray, success: Tensor | np.ndarray,
 def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
     """Area under a curve by the trapezoid rule (fpr increasing)."""
     return trapezoid_auc(fpr, tpr)
+
+
+def detection_at_fpr(clean_scores: Tensor | np.ndarray, adv_scores: Tensor | np.ndarray,
+                     fooled: Tensor | np.ndarray, fpr: float = 0.05) -> tuple[float, float]:
+    r"""The lecture's detection rate and what gets through, at a threshold :math:`\tau` that
+    flags at most ``fpr`` of the clean inputs (:func:`calibrate_threshold`, score > tau).
+
+    Args:
+        clean_scores: detector scores of the clean inputs (N,), the negatives.
+        adv_scores: scores of the adversarial inputs (M,), one per attacked input.
+        fooled: bool (M,), the attack succeeded on that input.
+        fpr: the false-positive rate allowed.
+
+    Returns:
+        (TP rate: fooled inputs flagged / fooled inputs, NaN when none is fooled;
+        evasion rate: inputs both fooled and not flagged / attacked inputs).
+    """
+    t = calibrate_threshold(clean_scores, fpr)
+    flagged = _arr(adv_scores) > t
+    f = _arr(fooled).astype(bool)
+    return _mean(flagged[f]), _mean(f & ~flagged)
 
 
 def tpr_at_fpr(negatives: Tensor | np.ndarray, positives: Tensor | np.ndarray,

@@ -6,7 +6,12 @@ clean and robust accuracy, success rate, median norms and mean SSIM of the succe
 adversarial examples, mean confidence of the clean correct and of the wrong adversarial
 predictions, median queries, transfer rate to every other model, fragility (how many
 successful adversarial examples a small transformation turns back, and how many clean
-correct images survive the same transformation), detector AUC and detection rate at 5% FPR.
+correct images survive the same transformation), detector AUC, detection rate at 5% FPR and
+the rate of attacked inputs both misclassified and undetected there.
+
+Adaptive cells (see :mod:`advlab.evaluation.runner`) carry ``adaptive``: what they attack
+("defense", "detector" or "sanity"), the attack that ran, whether on a surrogate, and the
+detector; ``label`` names every cell for the report.
 """
 from __future__ import annotations
 
@@ -48,12 +53,13 @@ def attack_norm(cell: dict[str, Any]) -> str:
 def reference_eps(cells: Sequence[dict[str, Any]], override: float | None = None) -> float | None:
     """The Linf eps at which the gallery, transfer, properties and ROC sections look.
 
-    Default: the smallest eps of the grid at which some attack fools at least half of the
-    correctly classified images of every model; else the largest eps.
+    Default: the smallest eps of the grid at which some naive attack fools at least half of
+    the correctly classified images of every model; else the largest eps.
     """
     if override is not None:
         return float(override)
-    bounded = [c for c in cells if c["eps"] is not None and attack_norm(c) == "linf"]
+    bounded = [c for c in cells if c["eps"] is not None and attack_norm(c) == "linf"
+               and not c.get("adaptive")]
     grid = sorted({c["eps"] for c in bounded if c["eps"] > 0})
     models = {c["model"] for c in bounded}
     for e in grid:
@@ -100,11 +106,28 @@ def summarize_rows(ex: dict[str, np.ndarray], probes: dict[str, dict[str, np.nda
     for det, s in scores.items():
         pos, neg = s["adv"][fooled], s["clean"]
         if pos.size and neg.size:
-            out["detectors"][det] = {
-                "auc": metrics.roc_auc(neg, pos),
-                "tpr_at_fpr": metrics.tpr_at_fpr(neg, pos, DETECTION_FPR),
-                "fpr": DETECTION_FPR}
+            tpr, evaded = metrics.detection_at_fpr(neg, s["adv"][ok], fooled[ok],
+                                                   DETECTION_FPR)
+            out["detectors"][det] = {"auc": metrics.roc_auc(neg, pos), "tpr_at_fpr": _f(tpr),
+                                     "undetected": _f(evaded), "fpr": DETECTION_FPR}
     return out
+
+
+def cell_label(spec: dict[str, Any], info: dict[str, Any]) -> str:
+    """How the report names a cell: the attack, with the subset size and, for an adaptive
+    cell, what it attacks and how."""
+    sub = spec["data"].get("subset")
+    n = "" if sub is None else f" [n={sub}]"
+    ad = spec.get("adaptive")
+    if not ad:
+        return spec["attack"] + n
+    name = info.get("adaptive_attack", spec["attack"])
+    how = " on the BPDA/EOT surrogate" if info.get("surrogate") else ""
+    if ad["against"] == "detector":
+        return f"adaptive {name} vs {ad['detector']['name']}{n}"
+    if ad["against"] == "sanity":
+        return f"{name} (sanity{how}){n}"
+    return f"adaptive {name}{how}{n}"
 
 
 def summarize_cell(store: Store, key: str, spec: dict[str, Any]) -> dict[str, Any] | None:
@@ -112,12 +135,26 @@ def summarize_cell(store: Store, key: str, spec: dict[str, Any]) -> dict[str, An
     rec = store.cell(key)
     if rec is None:
         return None
-    out = {"key": key, "model": spec["model"]["name"], "defense": spec["defense"]["name"],
-           "attack": spec["attack"], "eps": spec["params"].get("eps"),
-           "params": spec["params"], "seed": spec["seed"], "data": spec["data"]}
+    info, ad = rec["info"], spec.get("adaptive")
+    out = {"key": key, "model": spec["model"]["name"], "defense": defense_label(spec["defense"]),
+           "attack": spec["attack"], "label": cell_label(spec, info),
+           "eps": spec["params"].get("eps"), "params": spec["params"], "seed": spec["seed"],
+           "data": spec["data"], "subset": spec["data"].get("subset"),
+           "adaptive": None if not ad else {
+               **ad, "attack": info.get("adaptive_attack"), "surrogate": info.get("surrogate")}}
     out.update(summarize_rows(store.examples(key), store.probes(key), store.scores(key)))
     out.update(wall_s=rec["wall_s"], device=rec["device"], finished=rec["finished"])
     return out
+
+
+def defense_label(d: dict[str, Any]) -> str:
+    """A defense's name, with the transformations of a "transformed" defense."""
+    ts = d.get("params", {}).get("transforms") if d["name"] == "transformed" else None
+    if not ts:
+        return d["name"]
+    parts = [t["name"] + "(" + ", ".join(f"{k}={v}" for k, v in t.items() if k != "name") + ")"
+             for t in ts]
+    return f"{d['name']}: {' + '.join(parts)}"
 
 
 def collect(store: Store, run: str) -> dict[str, Any]:
@@ -128,7 +165,8 @@ def collect(store: Store, run: str) -> dict[str, Any]:
         s = summarize_cell(store, key, spec)
         if s is None:
             missing.append({"key": key, "model": spec["model"]["name"],
-                            "defense": spec["defense"]["name"], "attack": spec["attack"],
+                            "defense": defense_label(spec["defense"]),
+                            "attack": cell_label(spec, {}),
                             "eps": spec["params"].get("eps"),
                             "reason": rec["env"].get("skipped", {}).get(key, "not computed")})
         else:

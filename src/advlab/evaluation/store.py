@@ -244,6 +244,16 @@ class Store:
             db.executemany("INSERT INTO run_cells VALUES (?, ?, ?, ?)",
                            [(name, i, k, canonical_json(s)) for i, (k, s) in enumerate(cells)])
 
+    def add_run_cells(self, name: str, cells: list[tuple[str, dict[str, Any]]]) -> None:
+        """Append cells (key, spec) to a recorded run (cells planned from its results, such
+        as the attacks that sanity findings name)."""
+        with self.transaction() as db:
+            (start,) = db.execute("SELECT count(*) FROM run_cells WHERE run = ?",
+                                  (name,)).fetchone()
+            db.executemany("INSERT INTO run_cells VALUES (?, ?, ?, ?)",
+                           [(name, start + i, k, canonical_json(s))
+                            for i, (k, s) in enumerate(cells)])
+
     def end_run(self, name: str, wall_s: float, env: dict[str, Any] | None = None) -> None:
         """Mark a run finished after ``wall_s`` seconds (optionally updating its env)."""
         with self.transaction() as db:

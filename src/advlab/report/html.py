@@ -1,9 +1,10 @@
 """report.html: one self-contained page (inline CSS, figures as base64 PNG) for a stored run.
 
-Sections: summary table, robust accuracy vs eps, adversarial-example gallery, black-box
-success vs queries, detector ROC curves, transferability heatmap, the four properties of
-adversarial examples, sanity-check findings, environment. A section without data says why
-in one line instead of disappearing.
+Sections: summary table, robust accuracy vs eps, adversarial-example gallery, defenses
+(naive vs adaptive attack), black-box success vs queries, detector ROC curves (naive vs
+adaptive attack), transferability heatmap, the four properties of adversarial examples,
+sanity-check findings (with the result of the adaptive attack each one names), environment.
+A section without data says why in one line instead of disappearing.
 
 Everything is recomputed from the results database (:func:`advlab.evaluation.collect` and
 the stored per-example rows), so ``advlab report RUN_DIR`` re-renders a run at any time.
@@ -88,15 +89,20 @@ class Context:
 
 
 def group_label(c: Cell, with_defense: bool) -> str:
-    return f"{c['attack']} ({c['defense']})" if with_defense else c["attack"]
+    return f"{c['label']} ({c['defense']})" if with_defense else c["label"]
+
+
+def naive(cells: Sequence[Cell]) -> list[Cell]:
+    """The cells of configured attacks (not the adaptive ones)."""
+    return [c for c in cells if not c["adaptive"]]
 
 
 def reference_cells(ctx: Context) -> list[Cell]:
-    """One cell per (model, defense, attack): the one at the reference eps, else the one
-    nearest the middle of that attack's grid (minimum-norm attacks have one cell)."""
+    """One naive cell per (model, defense, attack label): the one at the reference eps, else
+    the one nearest the middle of that attack's grid (minimum-norm attacks have one cell)."""
     groups: dict[tuple[str, str, str], list[Cell]] = {}
-    for c in ctx.cells:
-        groups.setdefault((c["model"], c["defense"], c["attack"]), []).append(c)
+    for c in naive(ctx.cells):
+        groups.setdefault((c["model"], c["defense"], c["label"]), []).append(c)
     out = []
     for cs in groups.values():
         exact = [c for c in cs if c["eps"] is not None and ctx.ref_eps is not None
@@ -120,12 +126,12 @@ def section_summary(ctx: Context) -> str:
     rows = []
     for c in ctx.cells:
         n = c["median_norms"]
-        rows.append([esc(c["model"]), esc(c["defense"]), esc(c["attack"]),
-                     esc(fmt_eps(c["eps"])), pct(c["clean_accuracy"]),
+        rows.append([esc(c["model"]), esc(c["defense"]), esc(c["label"]),
+                     esc(fmt_eps(c["eps"])), str(c["n"]), pct(c["clean_accuracy"]),
                      f"<b>{pct(c['robust_accuracy'])}</b>", pct(c["success_rate"]),
                      num(n["linf"]), num(n["l2"]), num(c["mean_ssim"]),
                      pct(c["wrong_confidence"]), f"{c['wall_s']:.1f} s"])
-    out = table(["model", "defense", "attack", "eps", "clean acc", "robust acc", "success",
+    out = table(["model", "defense", "attack", "eps", "n", "clean acc", "robust acc", "success",
                  "median L∞", "median L2", "SSIM", "conf. wrong", "time"], rows, "num")
     missing = ctx.results["missing"]
     if missing:
@@ -133,11 +139,13 @@ def section_summary(ctx: Context) -> str:
                         f"eps={esc(fmt_eps(m['eps']))}: {esc(m['reason'])}</li>"
                         for m in missing)
         out += f"<p><b>{len(missing)} cell(s) without results:</b></p><ul>{items}</ul>"
-    n = ctx.cells[0]["n"] if ctx.cells else 0
-    intro = (f"<p>{n} test images per cell. Robust accuracy: the model is right after the "
-             "attack. Success: fooled among the images the model gets right. Norms and SSIM "
-             "over the successful adversarial examples; conf. wrong: mean confidence of the "
-             "wrong predictions on adversarial examples.</p>")
+    intro = ("<p>n: test images of the cell (the first n of the data; [n=...] marks an "
+             "attack run on a subset). Adaptive cells attack a defense through its BPDA/EOT "
+             "surrogate, a detector together with the model, or settle a sanity finding. "
+             "Robust accuracy: the model is right after the attack. Success: fooled among the "
+             "images the model gets right. Norms and SSIM over the successful adversarial "
+             "examples; conf. wrong: mean confidence of the wrong predictions on adversarial "
+             "examples.</p>")
     return intro + out
 
 
@@ -145,7 +153,8 @@ def section_robustness(ctx: Context) -> str:
     """Robust accuracy vs eps, one panel per model and norm (eps 0 = clean accuracy)."""
     with_def = _defended(ctx)
     panels: dict[tuple[str, str], list[plots.Curve]] = {}
-    for (model, norm), cells in _by(ctx.cells, lambda c: (c["model"], attack_norm(c))).items():
+    full = [c for c in naive(ctx.cells) if c["subset"] is None]
+    for (model, norm), cells in _by(full, lambda c: (c["model"], attack_norm(c))).items():
         curves = []
         bounded = [c for c in cells if c["eps"] is not None]
         top = max((c["eps"] for c in bounded), default=1.0) or 1.0
@@ -183,14 +192,25 @@ def _gallery_items(ctx: Context, c: Cell, k: int) -> list[plots.GalleryItem]:
     return items
 
 
+def gallery_cells(ctx: Context) -> list[Cell]:
+    """One reference cell per (model, defense, attack), the whole data's before a subset's,
+    then the adaptive attacks on the defenses."""
+    ref = sorted(reference_cells(ctx), key=lambda c: c["subset"] is not None)
+    firsts = {}
+    for c in ref:
+        firsts.setdefault((c["model"], c["defense"], c["attack"]), c)
+    adaptive = [c for c in ctx.cells if c["adaptive"] and c["adaptive"]["against"] == "defense"]
+    return list(firsts.values()) + adaptive
+
+
 def section_gallery(ctx: Context) -> str:
     """Original | amplified perturbation | adversarial, per model, one row per attack."""
     k = int(ctx.config.get("report", {}).get("gallery_columns", 2))
     out = []
-    for (model, defense), cells in _by(reference_cells(ctx),
+    for (model, defense), cells in _by(gallery_cells(ctx),
                                        lambda c: (c["model"], c["defense"])).items():
-        rows = [(f"{c['attack']}\neps={fmt_eps(c['eps'])}", _gallery_items(ctx, c, k))
-                for c in cells]
+        rows = [(("adaptive\n" + c["adaptive"]["attack"] if c["adaptive"] else c["attack"])
+                 + f"\neps={fmt_eps(c['eps'])}", _gallery_items(ctx, c, k)) for c in cells]
         rows = [r for r in rows if r[1]]
         if not rows:
             continue
@@ -221,47 +241,119 @@ def section_blackbox(ctx: Context) -> str:
             q = ex["queries"][ok]
             budgets = np.unique(np.geomspace(1, max(int(q.max(initial=1)), 2), 40).astype(int))
             rate = metrics.success_vs_queries(q, ex["success"][ok], budgets)
-            curves.append(plots.Curve(f"{c['attack']} eps={fmt_eps(c['eps'])}",
-                                      list(budgets), list(rate), "-"))
-            rows.append([esc(model), esc(c["attack"]), esc(fmt_eps(c["eps"])),
-                         pct(c["success_rate"]), num(c["median_queries"], 4)])
+            eps = "" if c["eps"] is None else f" eps={fmt_eps(c['eps'])}"
+            curves.append(plots.Curve(c["label"] + eps, list(budgets), list(rate), "-"))
+            rows.append([esc(model), esc(c["label"]), esc(fmt_eps(c["eps"])), str(c["n"]),
+                         esc(c["params"].get("max_queries", "–")), pct(c["success_rate"]),
+                         num(c["median_queries"], 4)])
         panels.append((model, curves))
     png = plots.lines(panels, "queries per example", "success rate", logx=True)
-    return img(png, "success vs queries") + table(
-        ["model", "attack", "eps", "success", "median queries (fooled)"], rows, "num")
+    return (img(png, "success vs queries") + "<p>Fraction of the correctly classified images "
+            "fooled within each query budget (every query counted, success checks included)."
+            "</p>" + table(["model", "attack", "eps", "n", "query budget", "success",
+                            "median queries (fooled)"], rows, "num"))
+
+
+def detection_rows(ctx: Context) -> list[tuple[str, str, Cell, dict[str, Any]]]:
+    """(model, detector, cell, its numbers) for every cell a detector scored: the naive
+    attacks, then the adaptive attacks against that detector."""
+    out = []
+    for c in ctx.cells:
+        for det, d in c["detectors"].items():
+            out.append((c["model"], det, c, d))
+    adaptive = lambda r: r[2]["adaptive"] is not None  # noqa: E731
+    return sorted(out, key=lambda r: (r[0], r[1], adaptive(r)))
 
 
 def section_detectors(ctx: Context) -> str:
-    """ROC curves of the detectors on the reference cells, and the AUC of every cell."""
-    if not any(c["detectors"] for c in ctx.cells):
+    """Per detector: ROC curves and AUC, TPR at 5% FPR and the rate of inputs both
+    misclassified and undetected, under the naive attacks and under the adaptive attack
+    that also descends the detector's score."""
+    rows = detection_rows(ctx)
+    if not rows:
         configured = ctx.config.get("detectors") or []
         if configured:
             return note("Detectors were configured but produced no scores "
                         "(advlab.detectors unavailable, or no successful attack).")
         return note("No detectors in this run: add [[detectors]] to the configuration.")
-    panels = []
-    for model, cs in _by(reference_cells(ctx), lambda c: c["model"]).items():
+    panels, table_rows = [], []
+    for (model, det), rs in _by(rows, lambda r: (r[0], r[1])).items():
         curves = []
-        for c in cs:
+        for _, _, c, d in rs:
             ex = ctx.store.examples(c["key"])
             fooled = ex["success"] & (ex["clean_pred"] == ex["label"])
-            for det, s in ctx.store.scores(c["key"]).items():
-                if not fooled.any():
-                    continue
-                fpr, tpr, _ = metrics.roc_curve(s["clean"], s["adv"][fooled])
-                curves.append(plots.Curve(
-                    f"{det} vs {c['attack']} (AUC {metrics.auc(fpr, tpr):.3f})",
-                    list(fpr), list(tpr), "-"))
-        panels.append((model, curves))
-    rows = [[esc(c["model"]), esc(c["defense"]), esc(c["attack"]), esc(fmt_eps(c["eps"])),
-             esc(det), num(d["auc"]), pct(d["tpr_at_fpr"])]
-            for c in ctx.cells for det, d in c["detectors"].items()]
+            s = ctx.store.scores(c["key"])[det]
+            fpr, tpr, _ = metrics.roc_curve(s["clean"], s["adv"][fooled])
+            style = "--" if c["adaptive"] else "-"
+            name = "adaptive" if c["adaptive"] else f"{c['attack']} eps={fmt_eps(c['eps'])}"
+            curves.append(plots.Curve(f"{name} (AUC {d['auc']:.3f})", list(fpr), list(tpr),
+                                      style))
+            kind = "<b>adaptive</b>" if c["adaptive"] else "naive"
+            table_rows.append([esc(model), esc(det), kind, esc(c["label"]),
+                               esc(fmt_eps(c["eps"])), str(c["n"]), pct(c["success_rate"]),
+                               num(d["auc"]), pct(d["tpr_at_fpr"]),
+                               f"<b>{pct(d.get('undetected'))}</b>"])
+        panels.append((f"{det} on {model}", curves))
     png = plots.lines(panels, "false-positive rate (clean flagged)",
-                      "true-positive rate (AEs detected)", diagonal=True)
+                      "true-positive rate (AEs detected)", diagonal=True, columns=2)
     return (img(png, "detector ROC") + "<p>Positives: successful adversarial examples; "
-            "negatives: all clean test images.</p>" + table(
-                ["model", "defense", "attack", "eps", "detector", "AUC", "TP at 5% FP"],
-                rows, "num"))
+            "negatives: the clean images of the same cell. Naive: the attack ignores the "
+            "detector; adaptive (dashed): PGD on the classification margin minus lam times the "
+            "detector's differentiable score (Carlini &amp; Wagner 2017, arXiv:1705.07263). "
+            "TPR at the threshold that flags 5% of the clean images; <b>fooled and "
+            "undetected</b>: attacked images misclassified and not flagged there (what gets "
+            "through model and detector together).</p>" + table(
+                ["model", "detector", "attack", "", "eps", "n", "success", "AUC",
+                 "TPR at 5% FPR", "fooled and undetected"], table_rows, "num"))
+
+
+def defense_rows(ctx: Context) -> list[dict[str, Any]]:
+    """Per defended naive bounded cell: clean accuracy, robust accuracy under the naive
+    attack, under the adaptive attack at the same eps on the same images, the gap, and the
+    undefended model's robust accuracy under the same naive attack."""
+    adaptive = {(c["model"], c["defense"], c["eps"], c["subset"], attack_norm(c)): c
+                for c in ctx.cells if c["adaptive"] and c["adaptive"]["against"] == "defense"}
+    plain = {(c["model"], c["label"], c["eps"]): c for c in naive(ctx.cells)
+             if c["defense"] == "none"}
+    out = []
+    for c in naive(ctx.cells):
+        if c["defense"] == "none" or c["eps"] is None:
+            continue
+        a = adaptive.get((c["model"], c["defense"], c["eps"], c["subset"], attack_norm(c)))
+        base = plain.get((c["model"], c["label"], c["eps"]))
+        gap = None if a is None or c["robust_accuracy"] is None or \
+            a["robust_accuracy"] is None else c["robust_accuracy"] - a["robust_accuracy"]
+        out.append({"cell": c, "adaptive": a, "gap": gap,
+                    "undefended": None if base is None else base["robust_accuracy"]})
+    return out
+
+
+def section_defenses(ctx: Context) -> str:
+    """Every defense against the naive attacks and against its adaptive attack."""
+    rows = defense_rows(ctx)
+    if not rows:
+        return note("No defended cells in this run: add a [[defenses]] entry (e.g. name = "
+                    '"transformed" with a BitDepth or JPEG transformation) and let attacks '
+                    "run behind it.")
+    out = []
+    for r in rows:
+        c, a = r["cell"], r["adaptive"]
+        out.append([esc(c["model"]), esc(c["defense"]), esc(c["label"]),
+                    esc(fmt_eps(c["eps"])), str(c["n"]), pct(c["clean_accuracy"]),
+                    pct(r["undefended"]), pct(c["robust_accuracy"]),
+                    "–" if a is None else f"<b>{pct(a['robust_accuracy'])}</b>",
+                    "–" if a is None else esc(a["label"]),
+                    "–" if r["gap"] is None else f"<b>{100 * r['gap']:+.1f} pts</b>"])
+    return ("<p>Clean and robust accuracy of each defended model. Naive: the attack "
+            "differentiates the defended model as it is (non-differentiable or random parts "
+            "give useless gradients); adaptive: the defense's own attack (BPDA through "
+            "non-differentiable parts, EOT over its randomness; Athalye, Carlini &amp; Wagner "
+            "2018, arXiv:1802.00420), its examples judged on the real defended model. Gap: "
+            "naive minus adaptive robust accuracy, the robustness the naive evaluation "
+            "overstates.</p>" + table(
+                ["model", "defense", "naive attack", "eps", "n", "clean acc",
+                 "undefended robust acc", "robust acc (naive)", "robust acc (adaptive)",
+                 "adaptive attack", "gap"], out, "num"))
 
 
 def transfer_matrices(ctx: Context) -> list[tuple[str, list[str], list[str], np.ndarray]]:
@@ -270,7 +362,9 @@ def transfer_matrices(ctx: Context) -> list[tuple[str, list[str], list[str], np.
     out = []
     undefended = [c for c in reference_cells(ctx) if c["defense"] == "none"]
     models = list(dict.fromkeys(c["model"] for c in ctx.cells))
-    for attack, cs in _by(undefended, lambda c: c["attack"]).items():
+    for attack, cs in _by(undefended, lambda c: c["label"]).items():
+        if len({c["model"] for c in cs}) < 2:
+            continue
         m = np.full((len(models), len(models)), np.nan)
         for c in cs:
             i = models.index(c["model"])
@@ -308,7 +402,7 @@ def section_properties(ctx: Context) -> str:
         frag = [f"{pct(c['fragility'][p]['adversarial_reverted'])} "
                 f"<small>({pct(c['fragility'][p]['clean_kept'])})</small>"
                 if p in c["fragility"] else "–" for p in probes]
-        rows.append([esc(c["model"]), esc(c["defense"]), esc(c["attack"]),
+        rows.append([esc(c["model"]), esc(c["defense"]), esc(c["label"]),
                      esc(fmt_eps(c["eps"])), f"{pct(c['wrong_confidence'])} <small>("
                      f"{pct(c['clean_confidence'])})</small>",
                      pct(float(np.mean(tr))) if tr else "–",
@@ -352,13 +446,31 @@ def section_sanity(ctx: Context) -> str:
             cls = ' class="warn"' if level == "warning" else ""
             rows.append([esc(g["model"]), esc(g["defense"]), esc(fmt_eps(g["eps"])),
                          esc(f.get("check", f.get("name", ""))), f"<b{cls}>{esc(level)}</b>",
-                         esc(f.get("message", "")), esc(fix)])
+                         esc(f.get("message", "")), esc(fix), _settled(ctx, g, f)])
     warnings = sum(f.get("level") == "warning" for g in groups for f in g["findings"])
     head = (f"<p><b>{warnings} warning(s)</b>: each names the adaptive attack that settles "
             "the question.</p>" if warnings else
             "<p>No symptom of gradient masking or of a broken evaluation.</p>")
     return head + table(["model", "defense", "eps", "check", "level", "finding",
-                         "adaptive attack"], rows)
+                         "adaptive attack", "its result"], rows)
+
+
+def _settled(ctx: Context, group: dict[str, Any], finding: dict[str, Any]) -> str:
+    """The result of the adaptive attack a fired finding names (its cell), next to the best
+    naive attack at the same eps on the same model and defense."""
+    key = finding.get("cell")
+    if not key:
+        return ""
+    c = next((c for c in ctx.cells if c["key"] == key), None)
+    if c is None:
+        return "not computed"
+    best = [x["robust_accuracy"] for x in naive(ctx.cells)
+            if x["model"] == group["model"] and x["defense"] == group["defense"]
+            and x["eps"] is not None and math.isclose(x["eps"], group["eps"])
+            and x["robust_accuracy"] is not None]
+    naive_best = f"; best naive attack: {pct(min(best))}" if best else ""
+    return (f"robust acc <b>{pct(c['robust_accuracy'])}</b> "
+            f"<small>(n={c['n']}{naive_best})</small>")
 
 
 def section_environment(ctx: Context) -> str:
@@ -385,8 +497,9 @@ SECTIONS: list[tuple[str, str, Callable[[Context], str]]] = [
     ("summary", "Summary", section_summary),
     ("robustness", "Robust accuracy vs eps", section_robustness),
     ("gallery", "Adversarial examples", section_gallery),
+    ("defenses", "Defenses: naive vs adaptive attacks", section_defenses),
     ("blackbox", "Black-box: success vs queries", section_blackbox),
-    ("detectors", "Detectors: ROC curves", section_detectors),
+    ("detectors", "Detectors: ROC curves, naive vs adaptive attacks", section_detectors),
     ("transfer", "Transferability", section_transfer),
     ("properties", "The four properties of adversarial examples", section_properties),
     ("sanity", "Sanity checks", section_sanity),

@@ -67,11 +67,13 @@ def gallery(rows: Sequence[tuple[str, Sequence[GalleryItem]]], classes: Sequence
                         ha="right", va="center", fontsize=9)
         for j, it in enumerate(items):
             delta = it.x_adv - it.x
-            amp = 0.5 / max(float(np.abs(delta).max()), 1e-12)
+            top = float(np.abs(delta).max())
+            amp = 0.5 / top if top > 1e-6 else 0.0  # below float noise: no perturbation
             panels = [
                 (it.x, f"{name(it.clean_pred)} ({100 * it.clean_conf:.0f}%)",
                  it.clean_pred == it.label),
-                (0.5 + amp * delta, f"perturbation x{amp:.1f}", None),
+                (0.5 + amp * delta, f"perturbation x{amp:.1f}" if amp else "no perturbation",
+                 None),
                 (it.x_adv, f"{name(it.adv_pred)} ({100 * it.adv_conf:.0f}%)",
                  it.adv_pred == it.label),
             ]
@@ -97,15 +99,20 @@ class Curve:
 
 def lines(panels: Sequence[tuple[str, Sequence[Curve]]], xlabel: str, ylabel: str,
           ylim: tuple[float, float] | None = (0.0, 1.0), logx: bool = False,
-          diagonal: bool = False) -> bytes:
-    """One subplot per (title, curves) panel, side by side.
+          diagonal: bool = False, columns: int = 3) -> bytes:
+    """One subplot per (title, curves) panel, at most ``columns`` side by side.
 
     Args:
         diagonal: draw the chance line y = x (ROC curves).
+        columns: panels per row.
     """
     n = max(len(panels), 1)
-    fig = Figure(figsize=(min(4.2 * n, 13), 3.3))
-    axes = fig.subplots(1, n, squeeze=False)[0]
+    cols = min(n, columns)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(min(4.4 * cols, 13), 3.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     for ax, (title, curves) in zip(axes, panels, strict=False):
         for c in curves:
             ax.plot(c.x, c.y, c.style, label=c.label, markersize=4, linewidth=1.5)
