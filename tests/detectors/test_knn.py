@@ -132,3 +132,24 @@ def test_class_distances_and_soft_score() -> None:
     qg = q.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(class_distances(qg, base, labels, 4, 3)[:, :3].sum(), qg)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_small_classes_keep_the_surrogate_finite() -> None:
+    """A class with fewer rows than m uses all of them (it used to be +inf, and the soft score
+    of an input predicted as that class became NaN, silently disarming adaptive attacks)."""
+    from advlab.detectors.knn import class_distances, soft_knn_score
+
+    g = torch.Generator().manual_seed(1)
+    base, q = torch.randn(7, 3, generator=g), torch.randn(4, 3, generator=g, requires_grad=True)
+    labels = torch.tensor([0, 0, 0, 0, 0, 1, 1])  # class 1 has 2 rows < m = 3
+    d = class_distances(q, base, labels, 2, 3)
+    full = torch.cdist(q, base)
+    torch.testing.assert_close(d[:, 1], full[:, 5:].mean(1))
+    score = soft_knn_score(d, torch.tensor([1, 1, 0, 1]), 0.5)
+    (grad,) = torch.autograd.grad(score.sum(), q)
+    assert torch.isfinite(score).all() and torch.isfinite(grad).all()
+    inf = float("inf")
+    unseen = soft_knn_score(torch.tensor([[1.0, inf]]), torch.tensor([1]), 0.5)
+    assert unseen.item() == 1.0  # no training rows of the predicted class: most suspicious
+    blank = soft_knn_score(torch.tensor([[inf, inf]]), torch.tensor([1]), 0.5)
+    assert blank.item() == 0.5  # nothing to compare with

@@ -176,17 +176,17 @@ class ActivationKNN(Detector):
 
 def class_distances(feats: Tensor, base: Tensor, labels: Tensor, num_classes: int,
                     m: int) -> Tensor:
-    """Mean distance from each row of ``feats`` to its m nearest ``base`` rows of each class,
-    N x K (+inf for a class with fewer than m rows), differentiable in ``feats`` (the m
-    smallest of the distances to all rows of the class; memory N x rows-per-class)."""
+    """Mean distance from each row of ``feats`` to its m nearest ``base`` rows of each class
+    (all of them for a class with fewer rows; +inf for a class with none), N x K,
+    differentiable in ``feats`` (memory N x rows-per-class)."""
     out = []
     for c in range(num_classes):
         rows = base[labels == c]
-        if len(rows) < m:
+        if len(rows) == 0:
             out.append(feats.new_full((len(feats),), float("inf")))
             continue
         d = torch.cdist(feats, rows)
-        out.append(d.topk(m, dim=1, largest=False).values.mean(1))
+        out.append(d.topk(min(m, len(rows)), dim=1, largest=False).values.mean(1))
     return torch.stack(out, 1)
 
 
@@ -198,7 +198,8 @@ def soft_knn_score(dist: Tensor, pred: Tensor, tau: float) -> Tensor:
     vote. After Sitawarin & Wagner, arXiv:1903.08333."""
     own = dist.gather(1, pred[:, None]).squeeze(1)
     other = dist.scatter(1, pred[:, None], float("inf")).amin(1)
-    return torch.sigmoid((own - other) / tau)
+    gap = torch.where(own.isinf() & other.isinf(), 0.0, own - other)  # no class to compare
+    return torch.sigmoid(gap / tau)
 
 
 def surrogate_temperature(dist: Tensor, labels: Tensor) -> float:
