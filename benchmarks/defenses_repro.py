@@ -118,36 +118,75 @@ def _fired(model: nn.Module, x: Tensor, y: Tensor) -> str:
     return f"{'FIRES' if f.fired else 'silent'} (vanishing {f.evidence['vanishing']:.2f})"
 
 
+def _student(base: nn.Module, x: Tensor, y: Tensor, t: float, epochs: int,
+             out: Path) -> tuple[nn.Module, float]:
+    """The distilled student at temperature t, cached under ``out`` (seconds: 0 when cached)."""
+    path = out / f"distilled-T{t:g}-e{epochs}.safetensors"
+    student = zoo.build("mnist-cnn", seed=0)
+    if path.exists():
+        return zoo.load_weights(student, path).eval(), 0.0
+    t0 = time.perf_counter()
+    _, student = defenses.distill(base, x, y, temperature=t, epochs=epochs)
+    secs = time.perf_counter() - t0
+    zoo.save(student, path, {"temperature": t, "epochs": epochs, "train_seconds": secs})
+    return student, secs
+
+
 def cmd_distillation(a: argparse.Namespace) -> None:
-    """Papernot et al.'s story and Carlini & Wagner's answer, on mnist-cnn."""
+    """Papernot et al.'s story and Carlini & Wagner's answer, on mnist-cnn.
+
+    Attacks on the *softmax* of the deployed (T = 1) student, as in Papernot et al.:
+
+    - FGSM with ``loss="ce"``: J = -log softmax(Z(x))_y, so the input gradient is
+      (softmax(Z) - e_y)^T dZ/dx, which is exactly 0 in float32 once the logit gaps exceed
+      ~100 (the student's logits are ~T times a normal network's);
+    - JSMA with ``output="probs"``: the Jacobian of the softmax probabilities (the paper's F),
+      theta = +1, gamma = 14.5%, random targets.
+
+    Attacks on the *logits* (Carlini & Wagner 2017, arXiv:1608.04644, Section VIII / Table VI):
+
+    - FGSM with ``loss="margin"``: the C&W margin max_{j != y} Z_j - Z_y (scale changes nothing
+      in the sign of its gradient);
+    - C&W L2 (margin loss on Z, 9 binary-search steps over c, ``--cw-steps`` Adam steps).
+
+    Every attack runs on the test images each model classifies correctly (success = the label
+    changes, or the target is reached for JSMA); "cw L2 ratio" is the median L2 of C&W divided
+    by the undistilled model's.
+    """
     x_tr, y_tr = advlab.data.load("mnist5k", "train")
     x_te, y_te = advlab.data.load("mnist5k", "test")
     x, y = x_te[:a.n], y_te[:a.n]
     base = zoo.build("mnist-cnn", seed=0)
-    rows = []
+    out = Path(a.out) / "distillation"
+    out.mkdir(parents=True, exist_ok=True)
+    rows, l2_plain = [], None
     models = [("undistilled (zoo mnist-cnn)", None)] + [(f"distilled T={t:g}", t)
                                                          for t in a.temperatures]
     for label, t in models:
-        t0 = time.perf_counter()
         if t is None:
-            student = zoo.load("mnist-cnn")
+            student, secs = zoo.load("mnist-cnn"), float("nan")
         else:
-            _, student = defenses.distill(base, x_tr, y_tr, temperature=t, epochs=a.epochs)
-        secs = time.perf_counter() - t0
-        ok = student(x).argmax(1) == y
+            student, secs = _student(base, x_tr, y_tr, t, a.epochs, out)
+        with torch.no_grad():
+            ok = student(x).argmax(1) == y
+            gap = student(x).topk(2, 1).values.diff(dim=1).abs().median().item()
         xs, ys = x[ok], y[ok]
-        fgsm, _ = _rate(attacks.get("fgsm", eps=a.eps), student, xs, ys)
         row = {"model": label, "clean": ok.float().mean().item(), "train_s": round(secs, 1),
-               f"fgsm@{a.eps} (softmax CE)": fgsm}
-        if "jsma" in attacks.available():
-            row["jsma (softmax)"], _ = _rate(attacks.get("jsma"), student, xs, ys)
-        if "cw-l2" in attacks.available():
-            rate, l2 = _rate(attacks.get("cw-l2", steps=a.cw_steps), student, xs, ys)
-            row["cw-l2 (logits)"] = rate
-            row["cw median L2"] = l2.median().item() if len(l2) else float("nan")
+               "median logit gap": round(gap, 1)}
+        row[f"fgsm@{a.eps} softmax-CE"], _ = _rate(
+            attacks.get("fgsm", eps=a.eps, loss="ce"), student, xs, ys)
+        row[f"fgsm@{a.eps} logit-margin"], _ = _rate(
+            attacks.get("fgsm", eps=a.eps, loss="margin"), student, xs, ys)
+        row["jsma softmax"], _ = _rate(attacks.get("jsma", output="probs"), student, xs, ys)
+        rate, l2 = _rate(attacks.get("cw-l2", steps=a.cw_steps), student, xs, ys)
+        med = l2.median().item() if len(l2) else float("nan")
+        l2_plain = med if t is None else l2_plain
+        row["cw-l2 logits"], row["cw median L2"] = rate, med
+        row["cw L2 ratio"] = med / l2_plain if l2_plain else float("nan")
         row["vanishing-gradient check"] = _fired(student, xs, ys)
         rows.append(row)
         log.info("%s", row)
+    print(f"mnist-cnn, first {a.n} mnist5k test images, attacks on the correctly classified ones")
     print(table(rows, list(rows[0])))
 
 
@@ -191,41 +230,77 @@ def cmd_transforms(a: argparse.Namespace) -> None:
     print(table(rows, list(rows[0])))
 
 
+def _pixelcnn(a: argparse.Namespace, x_tr: Tensor) -> tuple[defenses.PixelCNN, float]:
+    """The PixelCNN (256 levels), trained once and cached under ``--out``."""
+    path = Path(a.out) / f"pixelcnn-h{a.hidden}-l{a.layers}-e{a.epochs}.safetensors"
+    pc = defenses.PixelCNN(1, levels=256, hidden=a.hidden, layers=a.layers, first_kernel=5)
+    if path.exists():
+        return zoo.load_weights(pc, path).eval(), 0.0
+    t0 = time.perf_counter()
+    pc = defenses.train_pixelcnn(x_tr, levels=256, hidden=a.hidden, layers=a.layers,
+                                 first_kernel=5, epochs=a.epochs)
+    secs = time.perf_counter() - t0
+    zoo.save(pc, path, {"bits_per_dim": pc.train_bits_per_dim, "train_seconds": secs})
+    return pc, secs
+
+
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
 def cmd_pixeldefend(a: argparse.Namespace) -> None:
-    """PixelDefend on mnist-cnn: oblivious PGD (crafted on the bare classifier) vs BPDA."""
+    """PixelDefend on mnist-cnn, Linf eps ``--eps``: oblivious PGD (crafted on the bare
+    classifier) vs the adaptive BPDA attack of ``PixelDefend.adaptive()`` (exact purification
+    forward, identity backward; the purification is deterministic, so no EOT), for each
+    ``--eps-defend``.
+
+    Also measured, to say why the attack fails where it fails: "pixels moved" = the fraction
+    of pixels where purify(x_adv) differs from purify(x) (the attacker's real reach after
+    purification), and "purified Linf" = the median of max |purify(x_adv) - purify(x)|.
+
+    When eps <= eps_defend, the purifier's window [x'_i - eps_defend, x'_i + eps_defend]
+    around every attacked pixel still holds the clean value, and on MNIST (pixels near 0 or 1,
+    a confident PixelCNN) the most likely value in it is the clean one: purification undoes
+    the perturbation wherever the PixelCNN is sure, whatever the attacker does; only grey
+    (edge) pixels remain levers. With eps_defend < eps every pixel can be pushed out of reach.
+    """
     x_tr, _ = advlab.data.load("mnist5k", "train")
     x_te, y_te = advlab.data.load("mnist5k", "test")
     x, y = x_te[:a.n], y_te[:a.n]
     model = zoo.load("mnist-cnn")
-    path = Path(a.out) / "pixelcnn.safetensors"
-    pc = defenses.PixelCNN(1, levels=256, hidden=a.hidden, layers=a.layers, first_kernel=5)
-    t0 = time.perf_counter()
-    if path.exists():
-        zoo.load_weights(pc, path)
-        pc.eval()
-    else:
-        pc = defenses.train_pixelcnn(x_tr, levels=256, hidden=a.hidden, layers=a.layers,
-                                     first_kernel=5, epochs=a.epochs)
-        zoo.save(pc, path, {"bits_per_dim": pc.train_bits_per_dim})
-    train_s = time.perf_counter() - t0
+    pc, train_s = _pixelcnn(a, x_tr)
     with torch.no_grad():
         bpd = pc.nll(x_te[:200]).mean().item()
-    d = defenses.PixelDefend(model, pc, eps_defend=a.eps_defend)
-    pgd = attacks.get("pgd", eps=a.eps, steps=a.steps)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        clean = (d(x).argmax(1) == y).float().mean().item()
-    purify_s = (time.perf_counter() - t0) / len(x)
-    x_obl = pgd(model, x, y).x_adv
-    with torch.no_grad():
-        undefended = (model(x_obl).argmax(1) == y).float().mean().item()
-        oblivious = (d(x_obl).argmax(1) == y).float().mean().item()
-    res = pgd(d.adaptive().model, x, y)
-    row = {"PixelCNN train s": round(train_s, 1), "test bits/dim": bpd, "clean": clean,
-           "undefended PGD robust": undefended, "oblivious PGD robust": oblivious,
-           "BPDA PGD robust": 1 - res.success.float().mean().item(),
-           "purify s/image": round(purify_s, 3)}
-    print(table([row], list(row)))
+    x_obl = attacks.get("pgd", eps=a.eps, steps=40)(model, x, y).x_adv
+    rows = []
+    for eps_d in a.eps_defend:
+        d = defenses.PixelDefend(model, pc, eps_defend=eps_d)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            x_pur = d.preprocess(x)
+        purify_s = (time.perf_counter() - t0) / len(x)
+        adv = d.adaptive(steps=a.steps)
+        t0 = time.perf_counter()
+        res = attacks.get(adv.attack, eps=a.eps, **adv.attack_kwargs)(adv.model, x, y)
+        attack_s = time.perf_counter() - t0
+        with torch.no_grad():
+            moved = (d.preprocess(res.x_adv) - x_pur).flatten(1)
+        rows.append({
+            "eps_defend": eps_d, "clean (defended)": _accuracy(d, x, y),
+            "oblivious PGD-40 robust": _accuracy(d, x_obl, y),
+            f"BPDA {adv.attack}-{a.steps} ({adv.attack_kwargs.get('loss', 'ce')}) success":
+                res.success.float().mean().item(),
+            "BPDA robust": _accuracy(d, res.x_adv, y),
+            "pixels moved": (moved.abs() > 1e-6).float().mean().item(),
+            "purified Linf": moved.abs().amax(1).median().item(),
+            "purify s/image": round(purify_s, 3), "attack s": round(attack_s)})
+        log.info("%s", rows[-1])
+    print(f"mnist-cnn, first {a.n} mnist5k test images, Linf eps {a.eps}; PixelCNN "
+          f"h{a.hidden} l{a.layers} {a.epochs} epochs ({train_s:.0f} s to train, 0: cached), "
+          f"{bpd:.3f} bits/dim on test; undefended: clean {_accuracy(model, x, y):.3f}, "
+          f"PGD-40 robust {_accuracy(model, x_obl, y):.3f}")
+    print(table(rows, list(rows[0])))
 
 
 def cmd_timing(a: argparse.Namespace) -> None:
@@ -278,7 +353,7 @@ def main() -> None:
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=cmd_advtrain)
     d = sub.add_parser("distillation", help="defensive distillation story on mnist-cnn")
-    d.add_argument("--temperatures", type=float, nargs="+", default=[100.0])
+    d.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 100.0])
     d.add_argument("--epochs", type=int, default=10)
     d.add_argument("--eps", type=float, default=0.3)
     d.add_argument("--cw-steps", type=int, default=100)
@@ -290,8 +365,8 @@ def main() -> None:
     r.set_defaults(fn=cmd_transforms)
     x = sub.add_parser("pixeldefend", help="PixelDefend: oblivious vs BPDA")
     x.add_argument("--eps", type=float, default=0.3)
-    x.add_argument("--eps-defend", type=float, default=0.3)
-    x.add_argument("--steps", type=int, default=20)
+    x.add_argument("--eps-defend", type=float, nargs="+", default=[0.3, 32 / 255])
+    x.add_argument("--steps", type=int, default=100)
     x.add_argument("--hidden", type=int, default=16)
     x.add_argument("--layers", type=int, default=4)
     x.add_argument("--epochs", type=int, default=3)

@@ -125,6 +125,21 @@ def _tolerance(n: int, tol: float) -> float:
     return max(tol, 2.0 / n)
 
 
+def _weaker_wins(check: str, model: nn.Module, norm: str, weak: tuple[str, str, float],
+                 strong: tuple[str, str, float], margin: float, why: str) -> Finding:
+    """The finding of an attack comparison: fires when the attack that should be weaker,
+    ``weak = (kind, name, success rate)``, beats the one that should be stronger by more than
+    ``margin``; names the defense's adaptive attack (or one on the logits) when it fires."""
+    (wk, wn, wr), (sk, sn, sr) = weak, strong
+    fired = wr > sr + margin
+    msg = (f"the {wk} {wn} fools {wr:.1%}, more than the {sk} {sn} ({sr:.1%}): {why}"
+           if fired else f"the {sk} {sn} ({sr:.1%}) is at least as strong as the {wk} {wn} "
+           f"({wr:.1%})")
+    name, kw, sur = _adaptive(model, norm, _logit_attack(norm))
+    return Finding(check, fired, msg, {f"success_{wn}": wr, f"success_{sn}": sr},
+                   name if fired else None, kw if fired else {}, sur and fired)
+
+
 # ----------------------------------------------------------------------------- the checks
 
 
@@ -222,15 +237,9 @@ def check_one_step_vs_iterative(model: nn.Module, x: Tensor, y: Tensor, *, eps: 
     if it is None:
         atk = attacks.get(_pgd_name(norm), eps=eps, steps=steps, seed=seed)
         it = (_pgd_name(norm), _success(atk, model, x, y))
-    fired = one[1] > it[1] + _tolerance(len(x), tol)
-    name, kw, sur = _adaptive(model, norm, _logit_attack(norm))
-    msg = (f"the one-step {one[0]} fools {one[1]:.1%}, more than the iterative {it[0]} "
-           f"({it[1]:.1%}): the iterative attack is misled (gradient masking)" if fired else
-           f"the iterative {it[0]} ({it[1]:.1%}) is at least as strong as {one[0]} "
-           f"({one[1]:.1%})")
-    return Finding("one-step-vs-iterative", fired, msg,
-                   {f"success_{one[0]}": one[1], f"success_{it[0]}": it[1]},
-                   name if fired else None, kw if fired else {}, sur and fired)
+    return _weaker_wins("one-step-vs-iterative", model, norm, ("one-step", *one),
+                        ("iterative", *it), _tolerance(len(x), tol),
+                        "the iterative attack is misled (gradient masking)")
 
 
 def _rates_by_kind(results: Mapping[str, float] | None, norm: str
@@ -274,15 +283,9 @@ def check_blackbox_vs_whitebox(model: nn.Module, x: Tensor, y: Tensor, *, eps: f
         white = {_pgd_name(norm): _success(atk, model, x, y)}
     b = max(black.items(), key=lambda kv: kv[1])
     w = max(white.items(), key=lambda kv: kv[1])
-    fired = b[1] > w[1] + _tolerance(len(x), tol)
-    name, kw, sur = _adaptive(model, norm, _logit_attack(norm))
-    msg = (f"the black-box {b[0]} fools {b[1]:.1%}, more than the best white-box attack "
-           f"{w[0]} ({w[1]:.1%}): the gradients are masked" if fired else
-           f"the white-box {w[0]} ({w[1]:.1%}) is at least as strong as the black-box "
-           f"{b[0]} ({b[1]:.1%})")
-    return Finding("blackbox-vs-whitebox", fired, msg,
-                   {f"success_{b[0]}": b[1], f"success_{w[0]}": w[1]},
-                   name if fired else None, kw if fired else {}, sur and fired)
+    return _weaker_wins("blackbox-vs-whitebox", model, norm, ("black-box", *b),
+                        ("best white-box", *w), _tolerance(len(x), tol),
+                        "the gradients are masked")
 
 
 def check_unbounded(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf",
