@@ -23,6 +23,16 @@ gap = median top-2 logit gap; check = sanity.check_gradients, vanishing fraction
     undistilled      0.97   10.1   96.9%    99.0%   100%     100%    1.538 (x1.00)  silent 0.00
     distilled T=1    0.96   9.0    91.7%    94.8%   99.0%    100%    1.706 (x1.11)  silent 0.00
     distilled T=100  0.95   553.7  6.3%     96.8%   2.1%     100%    1.646 (x1.07)  FIRES  0.94
+
+``--n 100 magnet`` (mnist-cnn, Linf eps 0.3; MagNet autoencoder 16 maps, 10 epochs; detector
+threshold at 5% false positives on 500 other clean test images; success = the reformed
+prediction is wrong and the input is not flagged)::
+
+    attack                                              reformed wrong  detected  success
+    none (clean)                                        3%              4%        -
+    oblivious PGD-40 on the bare classifier             7%              100%      0%
+    PGD-100 (margin) through the reformer               100%            100%      0%
+    Reformer.adaptive(): DetectorAwarePGD-100, lam 10   96%             0%        96%
 """
 from __future__ import annotations
 
