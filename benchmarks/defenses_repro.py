@@ -37,6 +37,7 @@ prediction is wrong and the input is not flagged)::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import sys
@@ -405,8 +406,8 @@ def cmd_timing(a: argparse.Namespace) -> None:
     x_tr, y_tr = advlab.data.load("mnist5k", "train")
     base = zoo.build("mnist-cnn", seed=0)
     runs = {
-        "plain (1 epoch)": lambda: defenses.lecture_training(
-            base, x_tr, y_tr, attacks.FGSM(0.3), pretrain_epochs=1, epochs=0),
+        "plain (1 epoch)": lambda: zoo.train(copy.deepcopy(base), x_tr, y_tr, epochs=1,
+                                             lr=1e-3, batch_size=64, seed=0),
         "madry PGD-10 (1 epoch)": lambda: defenses.madry_training(base, x_tr, y_tr, epochs=1),
         "trades 10 steps (1 epoch)": lambda: defenses.trades_training(base, x_tr, y_tr,
                                                                       epochs=1),
