@@ -33,6 +33,22 @@ prediction is wrong and the input is not flagged)::
     oblivious PGD-40 on the bare classifier             7%              100%      0%
     PGD-100 (margin) through the reformer               100%            100%      0%
     Reformer.adaptive(): DetectorAwarePGD-100, lam 10   96%             0%        96%
+
+``--n 100 pixeldefend`` (mnist-cnn, Linf eps 0.3; PixelCNN 256 levels, 16 maps, 4 blocks, 3
+epochs, 1.487 bits/dim on test; undefended: clean 97%, PGD-40 robust 0%; BPDA =
+``PixelDefend.adaptive()``: PGD-100 on the C&W margin, identity backward through the
+purifier; "moved" = fraction of pixels where purify(x_adv) != purify(x))::
+
+    eps_defend  clean  oblivious PGD-40 robust  BPDA success  moved  purify s/image
+    0.3         97%    96%                      23%           8.6%   0.19
+    32/255      97%    77%                      100%          41.3%  0.07
+
+With eps <= eps_defend the window [x'_i - eps_defend, x'_i + eps_defend] of every attacked
+pixel holds its clean value, which the PixelCNN prefers wherever it is confident (MNIST's
+near-binary background and strokes): 91% of the purified pixels are exactly those of the
+clean image's purification whatever the attacker does; only uncertain edge pixels and their
+effect on later pixels' context remain to move. That is a property of the purification, not
+a weakness of BPDA (which gets 100% once eps_defend < eps).
 """
 from __future__ import annotations
 
