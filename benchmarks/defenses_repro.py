@@ -72,7 +72,7 @@ the mean of a plain mnist-cnn epoch timed just before and after, 2.9-5.4 s under
     pixelcnn h16 l4 (1 epoch)          13.7
 
 so the zoo's mnist-cnn-trades (30 epochs) costs ~310 plain epochs; it took 40 min here (one
-thread on the shared machine), ~25 min when the machine is quiet.
+thread on the loaded shared machine; 38 s per epoch while it was quieter, 23-150 s later).
 """
 from __future__ import annotations
 
