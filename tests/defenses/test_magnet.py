@@ -78,3 +78,24 @@ def test_magnet_components_by_hand(tiny_factory) -> None:
     torch.testing.assert_close(det.reformer()(xt), model(ae(xt)))
     with pytest.raises(UnknownNameError):
         MagNet(components=("l3",))
+
+
+def test_magnet_leaves_the_model_untouched_and_reformer_adaptive(tiny_factory, guard) -> None:
+    from advlab import attacks
+    from advlab.detectors import DetectorAwarePGD
+
+    model, x = tiny_factory(0), _data(60, 1)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    check = guard(model)
+    det = MagNet(components=("l2", "jsd10"), epochs=2, seed=0).fit(model, x, y)
+    ref = det.reformer()
+    adv = ref.adaptive(steps=5)
+    assert adv.model is ref and adv.eot_samples == 1 and adv.detector is det
+    res = attacks.get(adv.attack, eps=0.3, **adv.attack_kwargs)(adv.model, x[:8], y[:8])
+    with torch.no_grad():  # the attack ran through the autoencoder: it judges model(AE(x))
+        assert torch.equal(res.success, ref(res.x_adv).argmax(1) != y[:8])
+    DetectorAwarePGD(adv.detector, eps=0.3, steps=3)(adv.model, x[:8], y[:8])
+    det.score(x[:8])
+    check()
+    assert Reformer(model, det.autoencoder_).adaptive().detector is None

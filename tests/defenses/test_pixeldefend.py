@@ -91,7 +91,7 @@ def test_pixeldefend_forward_naive_and_bpda_gradients(plain_net, digits, guard):
     (g_naive,) = torch.autograd.grad(F.cross_entropy(logits, y), xg)
     assert g_naive.abs().max() == 0  # the arg-max masks the gradient
     adv = d.adaptive()
-    assert adv.eot_samples == 1 and adv.attack == "pgd"
+    assert adv.eot_samples == 1 and adv.attack == "pgd" and adv.attack_kwargs["loss"] == "margin"
     (g,) = torch.autograd.grad(F.cross_entropy(adv.model(xg), y), xg)
     zg = z.clone().requires_grad_(True)
     (g_ref,) = torch.autograd.grad(F.cross_entropy(plain_net(zg), y), zg)

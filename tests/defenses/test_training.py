@@ -38,6 +38,20 @@ def test_methods_gain_robustness_and_leave_model_untouched(digits, plain_net, me
     assert _robust(robust, x_te, y_te) > _robust(plain_net, x_te, y_te) + 0.12
 
 
+@pytest.mark.parametrize("method", ["madry", "trades", "fast", "lecture"])
+def test_every_method_leaves_the_input_model_untouched(digits, plain_net, method, guard):
+    x, y = digits[0][:96], digits[1][:96]
+    check = guard(plain_net)
+    kw = {"attack": [attacks.FGSM(EPS)]} if method == "lecture" else \
+        {"eps": EPS, **({"steps": 2} if method != "fast" else {})}
+    out = defenses.adversarial_training(plain_net, x, y, method=method, epochs=1, **kw)
+    check()
+    assert out is not plain_net and not out.training
+    changed = [not torch.equal(a, b) for a, b in zip(out.state_dict().values(),
+                                                     plain_net.state_dict().values())]
+    assert any(changed)  # it did train (a copy)
+
+
 def test_lecture_loop_learns_its_adversarial_examples(digits, plain_net, guard):
     x_tr, y_tr, x_te, y_te = digits
     check = guard(plain_net)

@@ -130,7 +130,16 @@ def test_blackbox_beats_whitebox(mlp, data):
     f = sanity.check_blackbox_vs_whitebox(bits, x, y, queries=300)
     assert f.fired, f.message
     given = sanity.check_blackbox_vs_whitebox(mlp, x, y, results={"square": 0.2, "pgd": 0.9})
-    assert not given.fired
+    assert not given.fired and given.evidence == {"success_square": 0.2, "success_pgd": 0.9}
+
+
+def test_blackbox_check_confirms_with_a_strong_whitebox_attack(mlp, data):
+    # a weak white-box figure (a fixed-step PGD falls behind Square on robust models) is not
+    # masking: before firing, the check runs APGD-CE + APGD-DLR, which break the plain mlp
+    x, y = data
+    f = sanity.check_blackbox_vs_whitebox(mlp, x, y, results={"square": 0.5, "pgd": 0.1})
+    assert not f.fired, f.message
+    assert f.evidence["success_apgd-ce+apgd-dlr"] > 0.9 and f.evidence["success_square"] == 0.5
 
 
 def test_naive_evaluation_of_a_transformation_defense_is_flagged(mlp, data):

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advlab.defenses.transforms import Adaptive
 from advlab.detectors.base import Detector, Model
 from advlab.errors import InputError, UnknownNameError
 from advlab.validation import check_images
@@ -115,15 +116,31 @@ class Reformer(nn.Module):
     Args:
         model: the classifier.
         autoencoder: a trained autoencoder (e.g. ``MagNet(...).fit(...).autoencoder_``).
+        detector: MagNet's fitted detector when the defense also rejects inputs (set by
+            :meth:`MagNet.reformer`); the adaptive attack must then evade it too.
     """
 
-    def __init__(self, model: nn.Module, autoencoder: nn.Module) -> None:
+    def __init__(self, model: nn.Module, autoencoder: nn.Module,
+                 detector: Detector | None = None) -> None:
         super().__init__()
         self.model, self.autoencoder = model, autoencoder
+        self.detector = detector
         self.training = False  # this wrapper only; the classifier keeps its own mode
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(self.autoencoder(x))
+
+    def adaptive(self, steps: int = 100) -> Adaptive:
+        """The adaptive attack surface (Carlini & Wagner, arXiv:1711.08478): the reformer is
+        differentiable, so the attack is PGD on the C&W margin through ``model(AE(x))``; with
+        a detector, ``Adaptive.detector`` says to run
+        :class:`~advlab.detectors.DetectorAwarePGD` with it on this model instead.
+
+        Args:
+            steps: suggested PGD steps.
+        """
+        return Adaptive(self, 1, "pgd", {"steps": steps, "loss": "margin"},
+                        detector=self.detector)
 
 
 def jsd(logits_p: Tensor, logits_q: Tensor, temperature: float) -> Tensor:
@@ -215,5 +232,6 @@ class MagNet(Detector):
         return self._combined(model, x)
 
     def reformer(self) -> Reformer:
-        """The reformer defense around the fitted model: model(AE(x))."""
-        return Reformer(self.check_model(), self.autoencoder_)
+        """The reformer defense around the fitted model, model(AE(x)), with this detector
+        attached (its :meth:`Reformer.adaptive` attack evades the detector too)."""
+        return Reformer(self.check_model(), self.autoencoder_, self)

@@ -45,12 +45,21 @@ class Adaptive:
         attack_kwargs: its suggested settings (eps is the caller's); for "eot-pgd",
             ``transform=[]`` (no extra transformation: the surrogate draws the defense's own
             randomness) and ``samples``.
+        detector: a fitted detector that the defense also uses to reject inputs (MagNet), or
+            None. When set, the adaptive attack is
+            ``DetectorAwarePGD(detector, eps=..., steps=...)`` run on ``model`` (it is not in
+            the registry, as it needs the fitted detector); success means misclassified and
+            not flagged.
+
+    Use: ``a = defended.adaptive(); attacks.get(a.attack, eps=eps, **a.attack_kwargs)(a.model,
+    x, y)``; judge the adversarial images on the deployed defense itself.
     """
 
     model: nn.Module
     eot_samples: int
     attack: str = "pgd"
     attack_kwargs: dict[str, Any] = field(default_factory=dict)
+    detector: Any = None
 
 
 class Transformed(nn.Module):
