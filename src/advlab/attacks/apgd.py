@@ -27,9 +27,9 @@ classes in turn (9 by default), on the examples still classified correctly.
 
 :class:`AutoAttack` runs APGD-CE, APGD-T, FAB-T and Square in that order, each on the examples
 the previous members left robust, and keeps for every example the first adversarial point
-found (the worst case per example). Members are looked up in the registry at call time; one
-that is not registered (FAB-T is not implemented in advlab; Square comes from the black-box
-package) is skipped and the skip is logged.
+found (the worst case per example). Members are looked up in the registry at call time
+(FAB-T comes from :mod:`advlab.attacks.fab`, Square from the black-box package); one that is
+not registered is skipped and the skip is logged.
 
 References:
     Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
@@ -345,8 +345,7 @@ class AutoAttack(Attack):
     Members are built from the registry by name at call time with the published defaults
     (APGD: 100 iterations, 1 restart, 9 target classes; Square: 5,000 queries, p_init 0.8),
     so a member registered later joins automatically. Members that are not registered are
-    skipped and the skip is logged: advlab has no FAB-T, so the ensemble runs APGD-CE,
-    APGD-T and Square. The black-box member receives the plain model (it wraps it in its own
+    skipped and the skip is logged. The black-box member receives the plain model (it wraps it in its own
     Oracle); its query counts go to ``info``.
 
     Args:
