@@ -91,7 +91,9 @@ def test_bad_settings() -> None:
 
 def test_autoattack_members_from_the_registry() -> None:
     run, skipped = AutoAttack().resolve()
-    assert run[:2] == ["apgd-ce", "apgd-t"] and "fab-t" in skipped
+    assert run == ["apgd-ce", "apgd-t", "fab-t", "square"] and skipped == []
+    run, skipped = AutoAttack(members=["apgd-ce", "no-such-attack"]).resolve()
+    assert run == ["apgd-ce"] and skipped == ["no-such-attack"]
     assert AutoAttack().member_kwargs["square"]["max_queries"] == 5000
     aa = AutoAttack(member_kwargs={"square": {"p_init": 0.5}})
     assert aa.member_kwargs["square"] == {"max_queries": 5000, "p_init": 0.5}
