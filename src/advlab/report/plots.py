@@ -7,7 +7,7 @@ results database alone.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,11 +24,10 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _image(img: np.ndarray) -> tuple[np.ndarray, str | None]:
-    """C x H x W in [0, 1] -> an array imshow accepts, and the colormap for one channel."""
-    if img.shape[0] == 1:
-        return img[0], "gray"
-    return np.transpose(img, (1, 2, 0)).clip(0, 1), None
+def _rgb(img: np.ndarray) -> np.ndarray:
+    """C x H x W in [0, 1] (C = 1 or 3) -> H x W x 3, clipped to [0, 1]."""
+    img = np.asarray(img, dtype=np.float64).clip(0, 1)
+    return np.transpose(np.repeat(img, 3, axis=0) if img.shape[0] == 1 else img, (1, 2, 0))
 
 
 @dataclass
@@ -45,9 +44,26 @@ class GalleryItem:
     adv_conf: float
 
 
+def _panels(it: GalleryItem, name: Callable[[int], str]
+            ) -> list[tuple[np.ndarray, str, bool | None]]:
+    """(image, caption, prediction right?) for original | amplified perturbation |
+    adversarial; the perturbation is stretched to fill [0, 1] around grey."""
+    delta = it.x_adv - it.x
+    top = float(np.abs(delta).max())
+    amp = 0.5 / top if top > 1e-6 else 0.0  # below float noise: no perturbation
+    return [(it.x, f"{name(it.clean_pred)} ({100 * it.clean_conf:.0f}%)",
+             it.clean_pred == it.label),
+            (0.5 + amp * delta, f"perturbation x{amp:.1f}" if amp else "no perturbation", None),
+            (it.x_adv, f"{name(it.adv_pred)} ({100 * it.adv_conf:.0f}%)",
+             it.adv_pred == it.label)]
+
+
 def gallery(rows: Sequence[tuple[str, Sequence[GalleryItem]]], classes: Sequence[str] | None
             = None) -> bytes:
     """Original | amplified perturbation | adversarial, like the lecture's cat 96% -> dog 92%.
+
+    Each row is drawn as one image (its panels side by side, a gap between them), so the
+    figure costs one axes per row whatever the number of panels.
 
     Args:
         rows: (row title, items) pairs; each item takes three panels of its row.
@@ -58,31 +74,24 @@ def gallery(rows: Sequence[tuple[str, Sequence[GalleryItem]]], classes: Sequence
     """
     ncol = 3 * max((len(items) for _, items in rows), default=1)
     fig = Figure(figsize=(1.45 * ncol, 1.75 * max(len(rows), 1)))
-    axes = fig.subplots(max(len(rows), 1), ncol, squeeze=False)
+    axes = fig.subplots(max(len(rows), 1), 1, squeeze=False)[:, 0]
     name = (lambda c: classes[c]) if classes else str
-    for r, (title, items) in enumerate(rows):
-        for ax in axes[r]:
-            ax.set_axis_off()
-        axes[r][0].text(-0.15, 0.5, title, transform=axes[r][0].transAxes, rotation=90,
-                        ha="right", va="center", fontsize=9)
-        for j, it in enumerate(items):
-            delta = it.x_adv - it.x
-            top = float(np.abs(delta).max())
-            amp = 0.5 / top if top > 1e-6 else 0.0  # below float noise: no perturbation
-            panels = [
-                (it.x, f"{name(it.clean_pred)} ({100 * it.clean_conf:.0f}%)",
-                 it.clean_pred == it.label),
-                (0.5 + amp * delta, f"perturbation x{amp:.1f}" if amp else "no perturbation",
-                 None),
-                (it.x_adv, f"{name(it.adv_pred)} ({100 * it.adv_conf:.0f}%)",
-                 it.adv_pred == it.label),
-            ]
-            for k, (img, label, right) in enumerate(panels):
-                ax = axes[r][3 * j + k]
-                arr, cmap = _image(np.asarray(img, dtype=np.float64).clip(0, 1))
-                ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-                color = "black" if right is None else ("tab:green" if right else "tab:red")
-                ax.set_title(label, fontsize=8, color=color)
+    for ax, (title, items) in zip(axes, rows):
+        ax.set_axis_off()
+        panels = [p for it in items for p in _panels(it, name)]
+        if not panels:
+            continue
+        h, w = panels[0][0].shape[-2:]
+        gap = max(w // 4, 2)
+        strip = np.ones((h, ncol * (w + gap) - gap, 3))
+        for k, (image, caption, right) in enumerate(panels):
+            left = k * (w + gap)
+            strip[:, left:left + w] = _rgb(image)
+            color = "black" if right is None else ("tab:green" if right else "tab:red")
+            ax.text(left + w / 2, -1, caption, ha="center", va="bottom", fontsize=8,
+                    color=color)
+        ax.imshow(strip, vmin=0, vmax=1, interpolation="nearest")
+        ax.text(-gap, h / 2, title, rotation=90, ha="right", va="center", fontsize=9)
     fig.tight_layout()
     return _png(fig)
 
