@@ -385,9 +385,7 @@ def test_sanity_adapter_reuses_rates_and_caches(tmp_path: Path, tiny_factory,  #
                 {"check": "unbounded", "level": "warning", "message": "PGD fails",
                  "attack": "apgd-dlr", "attack_kwargs": {"steps": 100}}]
 
-    fake = types.SimpleNamespace(run_all=run_all)
-    monkeypatch.setattr(runner, "optional_module",
-                        lambda name: fake if name == "advlab.evaluation.sanity" else None)
+    monkeypatch.setattr(runner.sanity, "run_all", run_all)
     models, data = tiny_setup(tiny_factory)
     cfg = tiny_config(attacks=[{"name": "fgsm", "eps": [0.02, 0.1]},
                                {"name": "bim", "eps": 0.1, "params": {"steps": 3}}],

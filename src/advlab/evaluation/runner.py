@@ -57,7 +57,7 @@ from torch import Tensor, nn
 import advlab
 from advlab import attacks
 from advlab.errors import AdvlabError, ConfigError
-from advlab.evaluation import metrics
+from advlab.evaluation import metrics, sanity
 from advlab.evaluation.config import (
     AttackSpec,
     DataSpec,
@@ -81,7 +81,7 @@ log = logging.getLogger(__name__)
 
 
 def optional_module(name: str) -> Any | None:
-    """Import an optional advlab package (defenses, detectors, sanity) or return None."""
+    """Import an optional advlab package (defenses, detectors) or return None."""
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
@@ -182,30 +182,22 @@ def build_detector(spec: PluginSpec, model: nn.Module, train: TrainData) -> Any:
 def adaptive_attack(model: nn.Module, eps: float, norm: str, seed: int, lam: float
                     ) -> tuple[str, attacks.Attack, nn.Module | None]:
     """The adaptive attack on a defended model at ``eps``: the defense's own
-    (``model.adaptive()``: an attack name and settings, run on its differentiable surrogate
-    ``.model``; with a ``.detector``, :class:`~advlab.detectors.DetectorAwarePGD` against it
-    too), else PGD on the C&W margin of the model's logits, 100 steps.
+    (:func:`~advlab.evaluation.sanity.defense_attack`; with a detector,
+    :class:`~advlab.detectors.DetectorAwarePGD` against it too, weight ``lam``), else PGD on
+    the C&W margin of the model's logits, 100 steps.
 
     Returns:
         (the attack's name, the attack, the surrogate to run it on or None for the model).
-
-    References: Athalye, Carlini & Wagner, ICML 2018, arXiv:1802.00420 (BPDA, EOT);
-    Tramer et al., "On adaptive attacks to adversarial example defenses", arXiv:2002.08347.
     """
     pgd = "pgd" if norm == "linf" else f"pgd-{norm}"
-    make = getattr(model, "adaptive", None)
-    if not callable(make):
-        return pgd, attacks.get(pgd, eps=eps, loss="margin", steps=100, seed=seed), None
-    a = make()
-    kw = dict(a.attack_kwargs)
-    if getattr(a, "detector", None) is not None:
+    a = sanity.defense_attack(model, norm, (pgd, {"loss": "margin", "steps": 100}))
+    if a.detector is not None:
         from advlab.detectors import DetectorAwarePGD
 
         return "detector-aware-pgd", DetectorAwarePGD(
-            a.detector, lam=lam, eps=eps, norm=norm, steps=int(kw.get("steps", 100)),
-            seed=seed), a.model
-    name = a.attack if norm == "linf" or a.attack.endswith(norm) else f"{a.attack}-{norm}"
-    return name, attacks.get(name, **kw, eps=eps, seed=seed), a.model
+            a.detector, lam=lam, eps=eps, norm=norm, steps=int(a.kwargs.get("steps", 100)),
+            seed=seed), a.surrogate
+    return a.name, attacks.get(a.name, **a.kwargs, eps=eps, seed=seed), a.surrogate
 
 
 # ----------------------------------------------------------------------------- models, data
@@ -709,12 +701,8 @@ class Runner:
         at the report's reference eps, reusing the success rates of the stored naive cells.
 
         Findings are stored per (model weights, defense, eps, rates, settings), so a rerun
-        does not repeat them. None when the sanity module is not installed.
+        does not repeat them.
         """
-        mod = optional_module("advlab.evaluation.sanity")
-        if mod is None or not hasattr(mod, "run_all"):
-            log.info("no sanity checks: advlab.evaluation.sanity.run_all is not available")
-            return None
         cfg, rec = self.cfg, self.store.run(self.cfg.name)
         res = collect(self.store, cfg.name)
         naive = [c for c in res["cells"] if c["adaptive"] is None]
@@ -742,7 +730,7 @@ class Runner:
             if findings is None:
                 log.info("sanity checks on %s / %s at eps %g", g["model"], g["defense"].name, eps)
                 net = self.defended(g["model"], models[g["model"]], g["defense"])
-                found = mod.run_all(net, x, y, eps=eps, norm="linf", results=g["rates"],
+                found = sanity.run_all(net, x, y, eps=eps, norm="linf", results=g["rates"],
                                     max_examples=n, blackbox_queries=q, seed=cfg.seed)
                 findings = [_finding(f) for f in found]
                 self.store.write_sanity(key, g["model"], g["defense"].name, findings)

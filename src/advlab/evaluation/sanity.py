@@ -103,17 +103,42 @@ def _logit_attack(norm: str) -> tuple[str, dict[str, Any]]:
                                                           "restarts": 5}
 
 
-def _adaptive(model: nn.Module, norm: str, fallback: tuple[str, dict[str, Any]]
-              ) -> tuple[str, dict[str, Any], bool]:
-    """The defense's own adaptive attack when it has one (``model.adaptive()``), else the
-    fallback; the flag says whether it runs on the surrogate."""
+@dataclass(frozen=True)
+class DefenseAttack:
+    """The attack to run on a defended model: a registry name and its settings, the
+    differentiable surrogate to run it on (None: the model itself), and the detector the
+    defense also rejects inputs with (None: none)."""
+
+    name: str
+    kwargs: dict[str, Any]
+    surrogate: nn.Module | None = None
+    detector: Any = None
+
+
+def defense_attack(model: nn.Module, norm: str, fallback: tuple[str, dict[str, Any]]
+                   ) -> DefenseAttack:
+    """The defense's own adaptive attack when it has a registered one (``model.adaptive()``:
+    BPDA / EOT on its surrogate ``.model``, with its ``.detector``), else ``fallback`` =
+    (name, settings) on the model itself.
+
+    References: Athalye, Carlini & Wagner, ICML 2018, arXiv:1802.00420 (BPDA, EOT);
+    Tramer et al., "On adaptive attacks to adversarial example defenses", arXiv:2002.08347.
+    """
     adaptive = getattr(model, "adaptive", None)
     if callable(adaptive):
         a = adaptive()
         name = a.attack if norm == "linf" or a.attack.endswith(norm) else f"{a.attack}-{norm}"
         if name in attacks.available():
-            return name, dict(a.attack_kwargs), True
-    return fallback[0], dict(fallback[1]), False
+            return DefenseAttack(name, dict(a.attack_kwargs), a.model,
+                                 getattr(a, "detector", None))
+    return DefenseAttack(fallback[0], dict(fallback[1]))
+
+
+def _adaptive(model: nn.Module, norm: str, fallback: tuple[str, dict[str, Any]]
+              ) -> tuple[str, dict[str, Any], bool]:
+    """(name, settings, whether on the surrogate) of :func:`defense_attack`."""
+    a = defense_attack(model, norm, fallback)
+    return a.name, a.kwargs, a.surrogate is not None
 
 
 def _pgd_name(norm: str) -> str:
