@@ -615,3 +615,47 @@ def test_detector_aware_cell(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN
     thr = metrics.calibrate_threshold(sc["clean"], 0.05)
     assert d["undetected"] == pytest.approx((fooled & (sc["adv"] <= thr)).mean())
     assert d["auc"] == pytest.approx(metrics.roc_auc(sc["clean"], sc["adv"][fooled]))
+
+
+def test_clean_side_is_computed_once_per_model(tiny_factory) -> None:  # noqa: ANN001
+    # cells on the same model share the clean logits, probes and detector scores; the
+    # measurements equal those computed without the memo
+    models, (x, y) = tiny_setup(tiny_factory)
+    model, other = models["a"], models["b"]
+    seen: list[torch.Tensor] = []
+    hook = model.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+
+    class Score:
+        calls = 0
+
+        def score(self, v: torch.Tensor) -> torch.Tensor:
+            Score.calls += 1
+            return v.flatten(1).mean(1)
+
+    det = Score()  # one fitted detector per model and run
+
+    def plan(name: str, memo: dict | None) -> runner.CellPlan:
+        atk = advlab.attacks.get(name, eps=0.1, **({"steps": 3} if name == "pgd" else {}))
+        return runner.CellPlan(atk, transfer={"b": other}, detectors={"d": det},
+                               batch_size=10, clean=memo)
+
+    def flat(rec: runner.CellRecord) -> dict[str, np.ndarray]:
+        out = dict(rec.examples)
+        for part in ("probes", "scores"):
+            for name, cols in getattr(rec, part).items():
+                out.update({f"{part}:{name}:{k}": v for k, v in cols.items()})
+        return out
+
+    memo: dict = {}
+    # clean forwards of the first batch: the memo's (first cell only) and FGSM's own step
+    # from x (PGD starts at a random point); detector scores: clean (first cell) and adv
+    for name, expected in (("fgsm", (2, 6)), ("pgd", (0, 3))):
+        plain = flat(runner.evaluate(plan(name, None), model, x, y))
+        seen.clear()
+        Score.calls = 0
+        shared = flat(runner.evaluate(plan(name, memo), model, x, y))
+        assert (sum(v.shape == x[:10].shape and torch.equal(v, x[:10]) for v in seen),
+                Score.calls) == expected
+        assert plain.keys() == shared.keys()
+        assert all(np.array_equal(plain[k], shared[k]) for k in plain)
+    hook.remove()

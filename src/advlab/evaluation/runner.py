@@ -295,30 +295,46 @@ class CellPlan:
     gallery: int = 8
     batch_size: int = 500
     seed: int = 0
+    clean: dict[tuple, Tensor] | None = None  # memo of the clean side, see _clean
 
 
-def _probes(plan: CellPlan, model: nn.Module, x: Tensor, x_adv: Tensor, seed: int
-            ) -> dict[str, tuple[Tensor, Tensor]]:
+def _clean(plan: CellPlan, what: tuple, start: int, fn: Callable[[], Tensor]) -> Tensor:
+    """The clean-image side of a measurement (logits, probes, detector scores): the same for
+    every cell on the same model, images and seed, so computed once when ``plan.clean`` is a
+    memo shared by those cells (keyed by ``what`` and the batch's first row)."""
+    if plan.clean is None:
+        return fn()
+    key = (*what, start, plan.seed)
+    if key not in plan.clean:
+        plan.clean[key] = fn()
+    return plan.clean[key]
+
+
+def _probes(plan: CellPlan, model: nn.Module, x: Tensor, x_adv: Tensor, seed: int,
+            start: int = 0) -> dict[str, tuple[Tensor, Tensor]]:
     """Name -> (logits on the clean images, logits on the adversarial images)."""
+    def both(what: tuple, f: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        return _clean(plan, (*what, len(x)), start, lambda: f(x)), f(x_adv)
+
+    def noisy(sigma: float) -> Callable[[Tensor], Tensor]:  # the same noise on both sides
+        return lambda v: model(metrics.gaussian_noise(
+            v, sigma, torch.Generator(device=v.device).manual_seed(seed)))
+
     out = {}
     with torch.no_grad():
         for name, other in plan.transfer.items():
-            out[f"transfer:{name}"] = (other(x), other(x_adv))
+            out[f"transfer:{name}"] = both(("transfer", name), other)
         for s in plan.shifts:
-            out[f"shift:{s}"] = (model(metrics.translate(x, s)),
-                                 model(metrics.translate(x_adv, s)))
+            out[f"shift:{s}"] = both(("shift", s), lambda v, s=s: model(metrics.translate(v, s)))
         for sigma in plan.noise:
-            g1 = torch.Generator(device=x.device).manual_seed(seed)
-            g2 = torch.Generator(device=x.device).manual_seed(seed)  # same noise on both
-            out[f"noise:{sigma:g}"] = (model(metrics.gaussian_noise(x, sigma, g1)),
-                                       model(metrics.gaussian_noise(x_adv, sigma, g2)))
+            out[f"noise:{sigma:g}"] = both(("noise", sigma, seed), noisy(sigma))
     return out
 
 
-def _batch_rows(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor, seed: int
-                ) -> tuple[dict[str, np.ndarray], dict, dict, Tensor]:
+def _batch_rows(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor, seed: int,
+                start: int = 0) -> tuple[dict[str, np.ndarray], dict, dict, Tensor]:
     with torch.no_grad():
-        clean_logits = model(x)
+        clean_logits = _clean(plan, ("logits", len(x)), start, lambda: model(x))
     target = None
     if plan.target is not None:
         g = torch.Generator(device=x.device).manual_seed(seed)
@@ -343,7 +359,7 @@ def _batch_rows(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor, seed: in
         **{k: _np(v.double()) for k, v in res.norms.items()},
     }
     probes = {}
-    for name, (lc, la) in _probes(plan, model, x, res.x_adv, seed).items():
+    for name, (lc, la) in _probes(plan, model, x, res.x_adv, seed, start).items():
         pc, cc = _softmax_top(lc)
         pa, ca = _softmax_top(la)
         probes[name] = {"clean_pred": _np(pc), "clean_conf": _np(cc),
@@ -351,7 +367,9 @@ def _batch_rows(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor, seed: in
     scores = {}
     for name, det in plan.detectors.items():
         with torch.no_grad():
-            scores[name] = {"clean": _np(det.score(x).double()),
+            clean = _clean(plan, ("score", name, id(det), len(x)), start,
+                           lambda det=det: det.score(x))
+            scores[name] = {"clean": _np(clean.double()),
                             "adv": _np(det.score(res.x_adv).double())}
     return rows, probes, scores, res.x_adv.detach()
 
@@ -392,7 +410,8 @@ def evaluate(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor,
     parts, probe_parts, score_parts, advs = [], [], [], []
     for b in range(batches):
         sl = slice(b * bs, (b + 1) * bs)
-        rows, probes, scores, x_adv = _batch_rows(plan, model, x[sl], y[sl], plan.seed + b)
+        rows, probes, scores, x_adv = _batch_rows(plan, model, x[sl], y[sl], plan.seed + b,
+                                                  sl.start)
         rows["idx"] = np.arange(sl.start, sl.start + len(x_adv))
         parts.append(rows)
         probe_parts.append(probes)
@@ -602,6 +621,7 @@ class Runner:
         self._given_models = models or {}
         self._data, self._train = data, train_data
         self._defended: dict[tuple[str, str], nn.Module] = {}
+        self._clean: dict[int, dict[tuple, Tensor]] = {}  # id(model) -> CellPlan.clean
         self._detectors: dict[tuple[str, str], Any] = {}
 
     # -- lazy inputs ----------------------------------------------------------------------
@@ -779,7 +799,8 @@ class Runner:
         return name, CellPlan(attack=atk, target=a.target, surrogate=surrogate,
                               transfer=transfer, shifts=cfg.shifts, noise=cfg.noise,
                               detectors=detectors, gallery=cfg.gallery,
-                              batch_size=cfg.batch_size, seed=seed)
+                              batch_size=cfg.batch_size, seed=seed,
+                              clean=self._clean.setdefault(id(model), {}))
 
     def _run_cell(self, i: int, total: int, cell: Cell, models: dict[str, nn.Module],
                   x: Tensor, y: Tensor) -> None:
