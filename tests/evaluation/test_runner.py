@@ -472,6 +472,39 @@ def test_real_transformed_defense(tmp_path: Path, tiny_factory) -> None:  # noqa
     assert rec["env"]["skipped"] == {}
 
 
+def test_trained_defense_is_cached_under_advlab_home(tmp_path: Path, tiny_factory,  # noqa: ANN001
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from advlab import defenses
+
+    monkeypatch.setenv("ADVLAB_HOME", str(tmp_path / "home"))
+    trained = []
+    real = defenses.distill
+
+    def counting(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        trained.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(defenses, "distill", counting)
+    models, data = tiny_setup(tiny_factory)
+    cfg = tiny_config(models=["a"], attacks=[{"name": "fgsm", "eps": 0.1}], adaptive={
+        "enabled": False}, defenses=[{"name": "distillation", "params": {
+            "temperature": 10, "epochs": 1}}])
+
+    def student(root: str) -> dict[str, torch.Tensor]:
+        r = runner.Runner(cfg, Store(tmp_path / root / "db.sqlite"), torch.device("cpu"),
+                          models=models, data=data, train_data=data)
+        return r.defended("a", models["a"], cfg.defenses[0]).state_dict()
+
+    first = student("r1")
+    (path,) = (tmp_path / "home" / "defenses").iterdir()
+    assert student("r2").keys() == first.keys() and len(trained) == 1  # loaded, not trained
+    assert all(torch.equal(first[k], v) for k, v in student("r3").items())
+    path.write_bytes(b"not a safetensors file")
+    assert all(torch.equal(first[k], v) for k, v in student("r4").items())  # retrained
+    assert len(trained) == 2 and "unusable cached defense" in caplog.text
+
+
 # ----------------------------------------------------------------------------- scope, adaptive
 
 

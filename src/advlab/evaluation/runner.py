@@ -130,6 +130,11 @@ DEFENSES: dict[str, DefenseAdapter] = {
 }
 
 
+#: defenses whose result is a retrained copy of the model (same architecture): cached by
+#: :meth:`Runner.defended` under ``$ADVLAB_HOME/defenses`` like the zoo models.
+TRAINED = ("adversarial-training", "distillation")
+
+
 def defend(spec: PluginSpec, model: nn.Module, train: TrainData, seed: int) -> nn.Module:
     """The model behind defense ``spec`` ("none": the model itself), in eval mode.
 
@@ -649,8 +654,30 @@ class Runner:
         if key not in self._defended:
             if spec.name != "none":
                 log.info("building defense %s for %s", spec.name, name)
-            self._defended[key] = defend(spec, base, self.train, self.cfg.seed)
+            self._defended[key] = self._trained(name, base, spec) if spec.name in TRAINED \
+                else defend(spec, base, self.train, self.cfg.seed)
         return self._defended[key]
+
+    def _trained(self, name: str, base: nn.Module, spec: PluginSpec) -> nn.Module:
+        """A trained defense from ``$ADVLAB_HOME/defenses``, keyed by the model's weights,
+        the defense, the seed and the training data; trained and cached (atomically) when
+        missing or unusable."""
+        from advlab import zoo
+
+        x, y = self.train()
+        key = canonical_json({"model": fingerprint_model(base), "defense": canonical(spec),
+                              "seed": self.cfg.seed, "data": fingerprint_data(x, y)})
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        path = advlab.data.home() / "defenses" / f"{name}-{spec.name}-{digest}.safetensors"
+        if path.exists():
+            try:
+                return zoo.load_weights(copy.deepcopy(base), path).eval()
+            except AdvlabError as exc:
+                log.warning("unusable cached defense %s (%s); retraining", path, exc)
+        model = defend(spec, base, self.train, self.cfg.seed)
+        zoo.save(model, path, {"model": name, "defense": spec.name, "params": spec.params,
+                               "seed": self.cfg.seed})
+        return model
 
     def detector(self, name: str, model: nn.Module, spec: PluginSpec) -> Any:
         """Detector ``spec`` fitted on the undefended model ``name`` (fitted once per run)."""
