@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import advlab
 from advlab.attacks.deepfool import DeepFool
@@ -15,24 +14,14 @@ from advlab.attacks.universal import (
     targeted_step,
 )
 from advlab.threat import lp_norm
-
-
-class Linear(nn.Module):
-    def __init__(self, k: int = 5, d: int = 16) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.w = nn.Parameter(torch.randn(k, d, generator=g, dtype=torch.float64))
-        self.b = nn.Parameter(torch.randn(k, generator=g, dtype=torch.float64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) @ self.w.T + self.b
+from testkit import Linear
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_targeted_step_closed_form_on_a_linear_model(norm: str) -> None:
     # one linearised step towards t on an affine classifier: f = z_t - z_k, w = W_t - W_k,
     # r = (|f| + 1e-4) w / ||w||_2^2 (L2) or (|f| + 1e-4) sign(w) / ||w||_1 (Linf)
-    model = Linear().eval()
+    model = Linear(16, 5).eval()
     g = torch.Generator().manual_seed(1)
     x = 0.45 + 0.1 * torch.rand(6, 1, 4, 4, generator=g, dtype=torch.float64)
     with torch.no_grad():
@@ -109,7 +98,7 @@ def test_attack_applies_one_perturbation_to_the_batch(mnist_test, mlp) -> None:
 
 
 def test_fooling_rate_definition() -> None:
-    model = Linear().eval()
+    model = Linear(16, 5).eval()
     x = 0.5 * torch.ones(4, 1, 4, 4, dtype=torch.float64)
     assert fooling_rate(model, x, torch.zeros(1, 1, 4, 4, dtype=torch.float64)) == 0.0
     pred = model(x).argmax(1)
