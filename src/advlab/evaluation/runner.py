@@ -743,7 +743,7 @@ class Runner:
                 self.progress(Progress("skip", i, len(cells), cell.label))
 
     def sanity(self, models: dict[str, nn.Module], x: Tensor, y: Tensor
-               ) -> list[dict[str, Any]] | None:
+               ) -> list[dict[str, Any]]:
         """Sanity checks (:func:`advlab.evaluation.sanity.run_all`) on every attacked model
         at the report's reference eps, reusing the success rates of the stored naive cells.
 
