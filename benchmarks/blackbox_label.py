@@ -12,6 +12,7 @@ Usage: python benchmarks/blackbox_label.py [--n 20] [--queries 1000] [--part hsj
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 
 import torch
@@ -36,17 +37,33 @@ class Float32(torch.nn.Module):
         return self.model(x.float())
 
 
+def peer_iterations(queries: int, init_evals: int = 100, overhead: int = 50,
+                    per_iter: int = 20) -> int:
+    """The HSJ iterations whose cost fits ``queries``: B_0 sqrt(t) gradient probes plus about
+    ``per_iter`` for the step and binary searches per iteration, ``overhead`` for the start.
+    Only sizes the peers' runs; every comparison uses the peer's *measured* queries."""
+    t, cost = 0, overhead
+    while cost + init_evals * math.sqrt(t + 1) + per_iter <= queries:
+        t += 1
+        cost += init_evals * math.sqrt(t) + per_iter
+    return max(1, t)
+
+
 def hsj_rows(model, x, y, queries: int) -> list[dict]:  # noqa: ANN001
+    """Every contender queries the same Counted model; queries/ex = rows / N counted there
+    (advlab's budget: the peer's count);
+    success is re-checked on the returned images (x holds only clean-correct examples, so a
+    peer that returns its input unchanged on failure is not counted as a success)."""
     rows = []
     counted = Counted(Float32(model)).eval()
-    n = len(x)
+    n, steps = len(x), peer_iterations(queries)
     peers = []
     if have("art"):
         from art.attacks.evasion import HopSkipJump
 
         def art_run() -> torch.Tensor:
             clf = art_classifier(counted, tuple(x.shape[1:]))
-            atk = HopSkipJump(clf, targeted=False, norm=2, max_iter=max(1, queries // 250),
+            atk = HopSkipJump(clf, targeted=False, norm=2, max_iter=steps,
                               max_eval=10_000, init_eval=100, init_size=100, verbose=False)
             return torch.as_tensor(atk.generate(x.numpy()))
         peers.append(("ART HopSkipJump", art_run))
@@ -55,24 +72,36 @@ def hsj_rows(model, x, y, queries: int) -> list[dict]:  # noqa: ANN001
 
         def fb_run() -> torch.Tensor:
             fmodel = fb.PyTorchModel(counted, bounds=(0, 1))
-            atk = fb.attacks.HopSkipJumpAttack(steps=max(1, queries // 250))
+            atk = fb.attacks.HopSkipJumpAttack(steps=steps)
             return atk.run(fmodel, x, y)
         peers.append(("foolbox HopSkipJump", fb_run))
-    for name, fn in peers:
-        counted.reset()
-        x_adv = fn().to(x)
-        q = counted.rows / n
+
+    def measured(name: str, x_adv: torch.Tensor) -> dict:
         with torch.no_grad():
             ok = model(x_adv).argmax(1) != y
-        rows.append({"attack": name, "queries/ex": q, "success": ok.float().mean().item(),
-                     "median_l2": median_l2(x, x_adv, ok)})
+        return {"attack": name, "queries/ex": counted.rows / n, "success": ok.float().mean().item(),
+                "median_l2": median_l2(x, x_adv, ok)}
+
+    for name, fn in peers:
+        counted.reset()
+        rows.append(measured(f"{name} ({steps} iterations)", fn().to(x)))
+        # advlab's Attack also runs the evaluator's checks through the model (a probe of a
+        # few rows, the final success check): counted here too, so its budget leaves 2 for them
+        budget = int(rows[-1]["queries/ex"]) - 2
         for init in ("noise", "auto"):
-            res = advlab.attacks.get("hopskipjump", max_queries=int(q), init=init)(model, x, y)
-            rows.append({"attack": f"advlab hopskipjump ({init}) at {name}'s budget",
-                         "queries/ex": res.queries.float().mean().item(),
-                         "success": res.success_rate,
-                         "median_l2": median_l2(x, res.x_adv, res.success)})
+            counted.reset()
+            res = advlab.attacks.get("hopskipjump", max_queries=budget, init=init)(counted, x, y)
+            assert int(res.queries.max()) <= budget and counted.rows <= (budget + 2) * n
+            rows.append(measured(f"advlab hopskipjump ({init}), budget {budget}", res.x_adv))
     return rows
+
+
+def clean_correct(model, n: int) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    """The first n mnist5k test images that the model classifies correctly."""
+    x, y = advlab.data.load("mnist5k", split="test")
+    with torch.no_grad():
+        ok = model(x).argmax(1) == y
+    return x[ok][:n], y[ok][:n]
 
 
 def main() -> None:
@@ -85,7 +114,8 @@ def main() -> None:
     model, x, y = zoo_setup("mnist-cnn", args.n)
     parts = args.part.split(",")
     if "hsj" in parts:
-        print(table(hsj_rows(model, x, y, args.queries),
+        xc, yc = clean_correct(model, args.n)
+        print(table(hsj_rows(model, xc, yc, args.queries),
                     ["attack", "queries/ex", "success", "median_l2"]))
     if "sub" in parts:
         xs, _ = advlab.data.load("mnist5k", split="train")
@@ -98,10 +128,16 @@ def main() -> None:
              xs[:1250])]:
             atk = advlab.attacks.get("substitute", seed_x=seed, holdout_x=xt[150:], **kw)
             res = atk(model, xt[150:], yt[150:])
+            with torch.no_grad():  # re-checked on the model; clean errors counted apart
+                correct = model(xt[150:]).argmax(1) == yt[150:]
+                fooled = model(res.x_adv).argmax(1) != yt[150:]
+            assert int(res.queries.sum()) == res.info["oracle_labels"]
             rows.append({"setting": label, "labels": res.info["oracle_labels"],
                          "holdout_agree": res.info["holdout_agreement"],
-                         "transfer": res.success_rate})
-        print(table(rows, ["setting", "labels", "holdout_agree", "transfer"]))
+                         "transfer": fooled.float().mean().item(),
+                         "transfer_clean_correct": fooled[correct].float().mean().item()})
+        print(table(rows, ["setting", "labels", "holdout_agree", "transfer",
+                           "transfer_clean_correct"]))
     if "gen" in parts:
         res = advlab.attacks.get("genattack")(model, x, y)
         print(f"genattack linf 0.3: success {res.success_rate:.3f}, median queries (successes) "
