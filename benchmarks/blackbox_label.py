@@ -42,6 +42,16 @@ ART 1.20.1, foolbox 3.3.4; ``PYTHONPATH=src OMP_NUM_THREADS=1``):
     advlab hopskipjump (noise), budget 4808  4807        1        2.211
     advlab hopskipjump (auto), budget 4808   4807        1        2.105
 
+``--n 40 --queries 5000 --part hsj`` (first 40 clean-correct test images):
+
+    attack                                   queries/ex  success  median_l2
+    ART HopSkipJump (16 iterations)          4664        1        2.355
+    advlab hopskipjump (noise), budget 4662  4661        1        2.126
+    advlab hopskipjump (auto), budget 4662   4661        1        2.126
+    foolbox HopSkipJump (16 iterations)      4804        1        3.617
+    advlab hopskipjump (noise), budget 4802  4801        1        2.121
+    advlab hopskipjump (auto), budget 4802   4801        1        2.112
+
 advlab with its default init ("noise", the paper's) beats both peers at both budgets;
 init="auto" (nearest adversarial batch image first) is smaller still.
 Same 20 images, advlab alone, budget exactly 1,000 / 5,000: noise 3.221 / 2.184 (seed 1:
