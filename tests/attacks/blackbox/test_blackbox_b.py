@@ -104,6 +104,16 @@ def test_starting_points_for_targeted() -> None:
 zoo = pytest.importorskip("advlab.zoo")
 
 
+def test_substitute_recommended_setting_labels() -> None:
+    """The docstring's recommended setting (ensemble, 3 rounds) labels seeds x 2^3 points."""
+    model = Linear().eval()
+    y = labels(model)
+    atk = advlab.attacks.get("substitute", seed_x=X, rounds=3, arch=("mlp", "cnn"),
+                             width=(50, 16), weight_decay=1e-3, epochs=1)
+    res = atk(model, X, y)
+    assert res.info["oracle_labels"] == N * 2 ** 3 == int(res.queries.sum())
+
+
 @pytest.mark.slow
 def test_genattack_on_cnn(cnn, mnist_test) -> None:
     x, y = mnist_test
