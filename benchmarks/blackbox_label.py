@@ -4,7 +4,7 @@ Usage: python benchmarks/blackbox_label.py [--n 20] [--queries 1000] [--part hsj
 
 - HopSkipJump: median L2 after the same number of queries per example, advlab vs ART's
   HopSkipJump and foolbox's HopSkipJumpAttack (peers' queries counted on the model, rows / N;
-  advlab's budget is set to the peers' measured mean), and the Boundary attacks likewise.
+  advlab's budget is set to the peers' measured mean).
 - Substitute: transfer success of FGSM eps 0.3 with <= 10,000 oracle labels (paper setting:
   150 seeds, 6 rounds; and 1,250 seeds, 3 rounds with an MLP+CNN ensemble).
 - GenAttack (Linf 0.3) and AutoZOOM (minimum L2): success and median queries.
