@@ -6,7 +6,7 @@ import torch
 
 from advlab.attacks import PGD
 from advlab.detectors import DeepKNN, DetectorAwarePGD, FeatureSqueezing
-from advlab.errors import AttackError
+from advlab.errors import AttackError, NotFittedError
 
 
 class Opaque(DeepKNN):
@@ -41,3 +41,55 @@ def test_adaptive_attack_contract_and_effect(tiny_factory, more_images) -> None:
     naive_evaded = (naive.success & ~det.detect(naive.x_adv)).float().mean()
     assert res.info["evaded"].float().mean() > naive_evaded
     assert res.info["evaded"].float().mean() > 0.8
+
+
+class Rescaled(FeatureSqueezing):
+    """Feature squeezing whose differentiable score lives on another scale than its real
+    score (as a surrogate does): 1024 s + 3."""
+
+    def _score_torch(self, model, x, generator):  # noqa: ANN001, ANN202
+        return 1024.0 * super()._score_torch(model, x, generator) + 3.0
+
+
+def test_the_scale_of_the_differentiable_score_does_not_matter(tiny_factory,
+                                                               more_images) -> None:
+    """Success is judged on the real score and its threshold, and the detector's gradient
+    enters with unit length: a surrogate on another scale gives the same attack."""
+    model = tiny_factory(0)
+    x, xc = more_images(40, 1), more_images(60, 2)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    plain, rescaled = FeatureSqueezing().fit(model, x, y), Rescaled().fit(model, x, y)
+    tau = plain.threshold(xc, fpr=0.1)
+    assert rescaled.threshold(xc, fpr=0.1) == tau
+    runs = [DetectorAwarePGD(d, eps=0.1, steps=10, kappa=1.0)(model, x, y)
+            for d in (plain, rescaled)]
+    assert torch.equal(runs[0].x_adv, runs[1].x_adv)
+    assert runs[0].info["evaded"].any()
+
+
+def test_an_evading_iterate_is_kept(tiny_factory, more_images) -> None:
+    """An iterate that evades (below kappa) is noted and returned over a later iterate that
+    does not; an evading one with margin kappa stops the example."""
+    model = tiny_factory(0)
+    x = more_images(40, 1)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    det = FeatureSqueezing().fit(model, x, y)
+    x_adv = PGD(eps=0.3, steps=20, early_stop=False, loss="margin")(model, x, y).x_adv
+    x_adv = torch.cat([x_adv[:20], x[20:]])  # half adversarial, half clean
+    det.threshold_ = float(det.score(x_adv).max())  # every misclassified x_adv evades
+    with torch.no_grad():
+        logits = model(x_adv)
+    wrong = logits.argmax(1) != y
+    assert wrong.any() and not wrong.all()
+    atk = DetectorAwarePGD(det, kappa=float("inf"))
+    memory = atk.init_memory(x)
+    done = atk.succeeded(x_adv, logits, y, None, memory, None)
+    assert not done.any()  # margin kappa = inf is never reached: nothing stops
+    out = atk.result(x, memory)  # a last iterate that does not evade (the clean x)
+    assert torch.equal(out[wrong], x_adv[wrong]) and torch.equal(out[~wrong], x[~wrong])
+    atk.kappa = 0.0
+    assert torch.equal(atk.succeeded(x_adv, logits, y, None, atk.init_memory(x), None), wrong)
+    with pytest.raises(NotFittedError):
+        DetectorAwarePGD(FeatureSqueezing().fit(model, x, y), steps=2)(model, x, y)
