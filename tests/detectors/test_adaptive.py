@@ -93,3 +93,21 @@ def test_an_evading_iterate_is_kept(tiny_factory, more_images) -> None:
     assert torch.equal(atk.succeeded(x_adv, logits, y, None, atk.init_memory(x), None), wrong)
     with pytest.raises(NotFittedError):
         DetectorAwarePGD(FeatureSqueezing().fit(model, x, y), steps=2)(model, x, y)
+
+
+def test_targeted_reruns_only_add_evasions(tiny_factory, more_images) -> None:
+    """The reruns at the next most likely classes touch only the examples that did not evade,
+    and keep a result only where it evades."""
+    model = tiny_factory(0)
+    x, xc = more_images(40, 1), more_images(60, 2)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    det = FeatureSqueezing().fit(model, x, y)
+    det.threshold(xc, fpr=0.05)
+    once, again = (DetectorAwarePGD(det, eps=0.1, steps=5, targets=t)(model, x, y)
+                   for t in (0, 3))
+    first = once.info["evaded"]
+    assert torch.equal(again.x_adv[first], once.x_adv[first])
+    assert (again.info["evaded"] >= first).all()
+    new = again.info["evaded"] & ~first
+    assert new.any() and not torch.equal(again.x_adv[new], once.x_adv[new])

@@ -28,6 +28,10 @@ default), :math:`g_{det}` the gradient of the detector's differentiable score
   away from the decision boundary, where a detector with random transformations, drawing
   anew, would flag it.
 
+The wrong class the margin picks (the most likely one) is not always the one the detector
+accepts: the examples that still do not evade are attacked again, targeted at the next most
+likely classes (``targets``, as APGD-T's restarts; Croce & Hein 2020, arXiv:2003.01690).
+
 The attack needs a fitted detector, so it is not in the attack registry (``get(name)`` must
 build with defaults); construct it directly. To attack a defense together with its detector
 (MagNet), call it on the defended model (the reformer) with the detector of the classifier.
@@ -58,6 +62,9 @@ class DetectorAwarePGD(GradientAttack):
             (one of them must be set: "undetected" means score <= threshold).
         kappa: confidence: the logit margin of the wrong class sought before an example
             counts as done and the classification term stops (C&W's kappa).
+        targets: untargeted attacks only: for the examples that did not evade, rerun
+            targeted at the 2nd, 3rd, ... most likely class of x, up to this many (APGD-T's
+            restarts); each keeps the first evading result.
         eps, norm, steps, alpha, random_start, restarts, loss, seed: as
             :class:`~advlab.attacks.PGD` (loss "margin" by default; "ce" and "dlr" work too).
 
@@ -74,7 +81,8 @@ class DetectorAwarePGD(GradientAttack):
     def __init__(self, detector: Detector, *, lam: float = 1.0, threshold: float | None = None,
                  kappa: float = 5.0, eps: float | None = None, norm: str = "linf",
                  steps: int = 100, alpha: float | None = None, random_start: bool = False,
-                 restarts: int = 1, loss: str = "margin", seed: int = 0) -> None:
+                 restarts: int = 1, targets: int = 2, loss: str = "margin",
+                 seed: int = 0) -> None:
         super().__init__(eps, norm=norm, steps=steps, alpha=alpha, random_start=random_start,
                          restarts=restarts, loss=loss, early_stop=True, seed=seed)
         if not isinstance(detector, Detector) or not detector.differentiable:
@@ -82,6 +90,7 @@ class DetectorAwarePGD(GradientAttack):
         if lam < 0:
             raise InputError(f"lam must be non-negative, got {lam}")
         self.detector, self.lam, self.threshold, self.kappa = detector, lam, threshold, kappa
+        self.targets = targets
 
     @property
     def tau(self) -> float:
@@ -135,13 +144,31 @@ class DetectorAwarePGD(GradientAttack):
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:
+        assert eps is not None
         tau = self.tau  # no threshold: fail before attacking
         x_adv = super().perturb(model, x, y, target, eps, generator)
-        with torch.no_grad():
-            score = self.detector.score(x_adv)
-            evaded = is_success(model(x_adv), y, target) & (score <= tau)
+        evaded, score = self._evaded(model, x_adv, y, target, tau)
+        if target is None and self.targets > 0 and not evaded.all():
+            with torch.no_grad():  # the other classes, most likely first (y last)
+                ranked = model(x).scatter(1, y[:, None], float("-inf")).argsort(
+                    1, descending=True)
+            for r in range(1, min(self.targets, ranked.shape[1] - 2) + 1):
+                todo = (~evaded).nonzero().squeeze(1)
+                x_t = super().perturb(model, x[todo], y[todo], ranked[todo, r], eps[todo],
+                                      generator)
+                ok = self._evaded(model, x_t, y[todo], None, tau)[0]
+                x_adv[todo[ok]], evaded[todo[ok]] = x_t[ok], True
+                if evaded.all():
+                    break
+            evaded, score = self._evaded(model, x_adv, y, target, tau)
         return Crafted(x_adv, info={"score": score, "evaded": evaded})
 
+    def _evaded(self, model: Model, x_adv: Tensor, y: Tensor, target: Tensor | None,
+                tau: float) -> tuple[Tensor, Tensor]:
+        """(misclassified and not flagged, the detector score), judged on the whole batch."""
+        with torch.no_grad():
+            score = self.detector.score(x_adv)
+            return is_success(model(x_adv), y, target) & (score <= tau), score
 
 def _unit(g: Tensor) -> Tensor:
     """g / ||g||_2 per example (zero rows stay zero)."""
