@@ -31,10 +31,14 @@ def test_adaptive_attack_contract_and_effect(tiny_factory, more_images) -> None:
     tau = det.threshold(xc, fpr=0.1)
     naive = PGD(eps=0.1, steps=20)(model, x, y)
     atk = DetectorAwarePGD(det, lam=10.0, eps=0.1, steps=20)
-    x0 = x.clone()
+    x0, state, rng = x.clone(), {k: v.clone() for k, v in model.state_dict().items()}, \
+        torch.random.get_rng_state()
     res = atk(model, x, y)
     again = atk(model, x, y)
     assert torch.equal(x, x0) and torch.equal(res.x_adv, again.x_adv)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.random.get_rng_state(), rng)
     assert (res.x_adv - x).abs().amax() <= 0.1 + 1e-6
     assert torch.equal(res.info["score"], det.score(res.x_adv))
     assert torch.equal(res.info["evaded"], res.success & (det.score(res.x_adv) <= tau))
