@@ -34,6 +34,9 @@ prediction is wrong and the input is not flagged)::
     PGD-100 (margin) through the reformer               100%            100%      0%
     Reformer.adaptive(): DetectorAwarePGD-100, lam 10   96%             0%        96%
 
+(the last row was measured with DetectorAwarePGD before it judged success on the real
+detector decision, commit 7e65fa8 and earlier)
+
 ``--n 100 pixeldefend`` (mnist-cnn, Linf eps 0.3; PixelCNN 256 levels, 16 maps, 4 blocks, 3
 epochs, 1.487 bits/dim on test; undefended: clean 97%, PGD-40 robust 0%; BPDA =
 ``PixelDefend.adaptive()``: PGD-100 on the C&W margin, identity backward through the
@@ -372,10 +375,11 @@ def cmd_pixeldefend(a: argparse.Namespace) -> None:
 def cmd_magnet(a: argparse.Namespace) -> None:
     """MagNet (detector + reformer) on mnist-cnn at Linf eps ``--eps``: oblivious PGD (crafted
     on the bare classifier), PGD through the reformer, and the adaptive attack of
-    ``Reformer.adaptive()`` with its detector: DetectorAwarePGD on min(margin, 5) -
-    lambda * max(0, score - threshold) through model(AE(x)) (Carlini & Wagner,
-    arXiv:1711.08478). Success = the reformed prediction is wrong and the detector (threshold
-    at 5% false positives on 500 other clean test images) does not flag the input.
+    ``Reformer.adaptive()`` with its detector: DetectorAwarePGD (margin and detector terms,
+    success judged on the real detector decision; see :mod:`advlab.detectors.adaptive`)
+    through model(AE(x)) (Carlini & Wagner, arXiv:1711.08478). Success = the reformed
+    prediction is wrong and the detector (threshold at 5% false positives on 500 other clean
+    test images) does not flag the input.
     """
     from advlab.detectors import DetectorAwarePGD
 

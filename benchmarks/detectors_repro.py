@@ -346,7 +346,8 @@ def section_adaptive(n: int, lam: float, n_adaptive: int,
         rows.append(row)
         log(f"  {name}: {row}")
     log("cells: ROC AUC / TPR at the threshold calibrated to 5% FPR on other clean images; "
-        "adaptive = PGD on min(margin, 5) - lambda * max(0, score - threshold), 50 steps "
+        "adaptive = DetectorAwarePGD (margin, then lambda x the detector's unit gradient), "
+        "50 steps "
         f"(lambda = {lam}; Linf eps 0.3, L2 eps 3.0) on the first {n_adaptive} images; evaded "
         "= misclassified and not flagged, over all attacked images")
     cols = ["detector", "clean FPR", *adv,

@@ -95,6 +95,7 @@ def test_magnet_leaves_the_model_untouched_and_reformer_adaptive(tiny_factory, g
     res = attacks.get(adv.attack, eps=0.3, **adv.attack_kwargs)(adv.model, x[:8], y[:8])
     with torch.no_grad():  # the attack ran through the autoencoder: it judges model(AE(x))
         assert torch.equal(res.success, ref(res.x_adv).argmax(1) != y[:8])
+    det.threshold(x[8:], fpr=0.1)  # "undetected" needs a threshold
     DetectorAwarePGD(adv.detector, eps=0.3, steps=3)(adv.model, x[:8], y[:8])
     det.score(x[:8])
     check()

@@ -74,9 +74,22 @@ class GradientAttack(Attack):
         (grad,) = torch.autograd.grad(self.objective(logits, y, target).sum(), x_adv)
         return grad, logits.detach()
 
+    def succeeded(self, x_adv: Tensor, logits: Tensor, y: Tensor, target: Tensor | None,
+                  memory: dict[str, Tensor], idx: Tensor | None) -> Tensor:
+        """bool (N,): the rows of x_adv (the model's logits there) that reach the goal, for
+        early stopping (they freeze) and restarts (they are not rerun). Misclassified (or on
+        target) by default; an attack with a further goal (evading a detector) narrows it,
+        and may note iterates in ``memory`` (rows ``idx`` of the batch, None: all)."""
+        return is_success(logits, y, target)
+
     def init_memory(self, x: Tensor) -> dict[str, Tensor]:
-        """Per-run state of :meth:`direction` (for instance a momentum), batch-sized."""
+        """Per-run state of :meth:`direction` and :meth:`succeeded` (for instance a
+        momentum), batch-sized."""
         return {}
+
+    def result(self, x_adv: Tensor, memory: dict[str, Tensor]) -> Tensor:
+        """A run's output from its last iterate and its memory: the last iterate."""
+        return x_adv
 
     def direction(self, grad: Tensor, memory: dict[str, Tensor], idx: Tensor | None) -> Tensor:
         """The step direction from the gradient (steepest ascent of the ball).
@@ -125,7 +138,7 @@ class GradientAttack(Attack):
             xs, ys, ts = _take(active, x_adv, y, target)
             grad, logits = self.gradient(model, xs, ys, ts, active, generator)
             if self.early_stop:
-                keep = ~is_success(logits, ys, ts)
+                keep = ~self.succeeded(xs, logits, ys, ts, memory, active)
                 if not keep.all():
                     active = _narrow(active, keep, len(x))
                     if len(active) == 0:
@@ -139,12 +152,14 @@ class GradientAttack(Attack):
                 x_adv = x_new
             else:
                 x_adv[active] = x_new
+        x_adv = self.result(x_adv, memory)
         if self.restarts == 1:
             return x_adv, eps
         with torch.no_grad():
             logits = model(x_adv)
         score = self.objective(logits, y, target)
-        return x_adv, torch.where(is_success(logits, y, target), float("inf"), score)
+        done = self.succeeded(x_adv, logits, y, target, memory, None)
+        return x_adv, torch.where(done, float("inf"), score)
 
 
 def _take(idx: Tensor | None, x: Tensor, y: Tensor,

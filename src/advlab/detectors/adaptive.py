@@ -1,18 +1,36 @@
 r"""Adaptive attacks on detectors (Carlini & Wagner 2017, "not easily detected").
 
 A detector that is evaluated only against attacks that ignore it says little. The adaptive
-attacker knows the detector and ascends
+attacker knows the detector and its threshold :math:`\tau` and wants an input that is
+misclassified and not flagged, :math:`s(x') \le \tau` on the detector's real score. It runs
+the shared PGD loop (:class:`~advlab.attacks.gradient.GradientAttack`) with the step
 
-.. math::  J(x') = \min\big(L_{cls}(x'), \kappa\big) - \lambda\,
-           \max\big(0,\ s(x') - \tau\big)
+.. math::  d = \mathbb{1}[m(x') < \kappa]\ \hat g_{cls}
+           \;-\; \lambda\ \mathbb{1}[\text{misclassified}]\ \hat g_{det},
+           \qquad \hat g = g / \|g\|_2
 
-where :math:`L_{cls}` is the classification objective (the C&W margin by default: the wrong
-class's lead over the true one), capped at :math:`\kappa` so that once the input is
-misclassified with margin kappa only the detector term moves it; :math:`s` is the detector's
-differentiable score (:meth:`Detector.score_torch`, or its smooth surrogate) and
-:math:`\tau` its calibrated threshold (when none is set, the score itself is minimised).
-Projected steps in the eps-ball as PGD; each example keeps the iterate that is misclassified
-and scores lowest under the detector (first among those below tau).
+where :math:`g_{cls}` is the gradient of the classification objective (the C&W margin by
+default), :math:`g_{det}` the gradient of the detector's differentiable score
+(:meth:`Detector.score_torch`, or its smooth surrogate), each normalised per example, and
+:math:`m` the C&W logit margin of the wrong (or target) class. This is Carlini & Wagner's
+:math:`\min(L_{cls}, \kappa) - \lambda s` with three changes that make it work:
+
+- the detector term starts once the input is misclassified: before, its gradient points back
+  to the true class (the input looks like what it is), and the two terms fight;
+- both gradients have unit length, so :math:`\lambda` weighs directions, whatever the
+  scale of the score (a probability, a distance of 100, a surrogate on another scale than
+  the real score and its threshold);
+- success is judged at every iterate on the *real* detector decision
+  (:meth:`DetectorAwarePGD.succeeded`, not on a surrogate and its scale): an example stops
+  at the first iterate that is misclassified with margin :math:`\kappa` and not flagged
+  (the loop's early stopping); one that never gets there returns its last iterate that
+  evaded with a smaller margin, else its last misclassified one. The margin keeps the point
+  away from the decision boundary, where a detector with random transformations, drawing
+  anew, would flag it.
+
+The wrong class the margin picks (the most likely one) is not always the one the detector
+accepts: the examples that still do not evade are attacked again, targeted at the next most
+likely classes (``targets``, as APGD-T's restarts; Croce & Hein 2020, arXiv:2003.01690).
 
 The attack needs a fitted detector, so it is not in the attack registry (``get(name)`` must
 build with defaults); construct it directly. To attack a defense together with its detector
@@ -26,8 +44,11 @@ from torch import Tensor
 from advlab.attacks.base import Crafted, Model, is_success
 from advlab.attacks.gradient import GradientAttack
 from advlab.detectors.base import Detector
-from advlab.errors import AttackError, InputError
-from advlab.threat import _expand, project_box
+from advlab.errors import AttackError, InputError, NotFittedError
+from advlab.losses import objective
+from advlab.threat import _expand
+
+_margin = objective("margin")
 
 
 class DetectorAwarePGD(GradientAttack):
@@ -35,88 +56,120 @@ class DetectorAwarePGD(GradientAttack):
 
     Args:
         detector: a fitted detector with a differentiable score (``differentiable``).
-        lam: weight of the detector term.
+        lam: weight of the detector's unit gradient against the classifier's (0: the
+            detector only decides when to stop).
         threshold: the detector threshold to get under; default ``detector.threshold_``
-            (None there too: minimise the score).
-        kappa: cap on the classification objective (confidence margin).
-        eps, norm, steps, alpha, random_start, loss, seed: as :class:`~advlab.attacks.PGD`
-            (loss "margin" by default; "ce" and "dlr" work too).
+            (one of them must be set: "undetected" means score <= threshold).
+        kappa: confidence: the logit margin of the wrong class sought before an example
+            counts as done and the classification term stops (C&W's kappa).
+        targets: untargeted attacks only: for the examples that did not evade, rerun
+            targeted at the 2nd, 3rd, ... most likely class of x, up to this many (APGD-T's
+            restarts); each keeps the first evading result.
+        eps, norm, steps, alpha, random_start, restarts, loss, seed: as
+            :class:`~advlab.attacks.PGD` (loss "margin" by default; "ce" and "dlr" work too).
 
     Returns (via the attack call): AttackResult whose ``info`` holds ``score`` (the detector
     score of each x_adv, (N,)) and ``evaded`` (misclassified and not above the threshold).
 
     References: Carlini & Wagner, "Adversarial examples are not easily detected: bypassing
-    ten detection methods", AISec 2017, arXiv:1705.07263; Athalye, Carlini & Wagner 2018,
-    arXiv:1802.00420 (attacks through defenses, BPDA).
+    ten detection methods", AISec 2017, arXiv:1705.07263; Bryniarski et al., "Evading
+    adversarial example detectors using orthogonal projected gradient descent", ICLR 2022,
+    arXiv:2106.15023 (a term per goal, switched by the real decisions); Athalye, Carlini &
+    Wagner 2018, arXiv:1802.00420 (attacks through defenses, BPDA).
     """
 
     def __init__(self, detector: Detector, *, lam: float = 1.0, threshold: float | None = None,
                  kappa: float = 5.0, eps: float | None = None, norm: str = "linf",
                  steps: int = 100, alpha: float | None = None, random_start: bool = False,
-                 loss: str = "margin", seed: int = 0) -> None:
+                 restarts: int = 1, targets: int = 2, loss: str = "margin",
+                 seed: int = 0) -> None:
         super().__init__(eps, norm=norm, steps=steps, alpha=alpha, random_start=random_start,
-                         loss=loss, early_stop=False, seed=seed)
+                         restarts=restarts, loss=loss, early_stop=True, seed=seed)
         if not isinstance(detector, Detector) or not detector.differentiable:
             raise AttackError(f"{type(detector).__name__} has no differentiable score to attack")
         if lam < 0:
             raise InputError(f"lam must be non-negative, got {lam}")
         self.detector, self.lam, self.threshold, self.kappa = detector, lam, threshold, kappa
+        self.targets = targets
 
     @property
-    def tau(self) -> float | None:
-        return self.threshold if self.threshold is not None else self.detector.threshold_
+    def tau(self) -> float:
+        tau = self.threshold if self.threshold is not None else self.detector.threshold_
+        if tau is None:
+            raise NotFittedError(
+                f"DetectorAwarePGD needs the threshold of {type(self.detector).__name__}: "
+                "pass threshold= or call detector.threshold(x_clean, fpr) first")
+        return tau
 
-    def _terms(self, model: Model, x: Tensor, y: Tensor,
-               target: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """(objective J per example, logits, detector score), attached to x's graph."""
-        logits = model(x)
-        cls = self.objective(logits, y, target).clamp(max=self.kappa)
-        score = self.detector.score_torch(x)
-        excess = score if self.tau is None else (score - self.tau).clamp_min(0.0)
-        return cls - self.lam * excess, logits, score
+    def init_memory(self, x: Tensor) -> dict[str, Tensor]:
+        """The best iterate of each example so far and its rank: 2 evaded, 1 misclassified
+        only, 0 none yet (the latest iterate of the highest rank)."""
+        return {"best": x.clone(), "rank": torch.zeros(len(x), dtype=torch.long,
+                                                       device=x.device)}
 
-    def gradient(self, model: Model, x_adv: Tensor, y: Tensor,
-                 target: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self._step(model, x_adv, y, target)[:2]
+    def succeeded(self, x_adv: Tensor, logits: Tensor, y: Tensor, target: Tensor | None,
+                  memory: dict[str, Tensor], idx: Tensor | None) -> Tensor:
+        """Misclassified with margin kappa and not flagged by the real detector: the example
+        stops. Every misclassified iterate is noted in ``memory``, ranked."""
+        wrong = is_success(logits, y, target)
+        evaded = wrong.clone()
+        if wrong.any():
+            evaded[wrong] = self.detector.score(x_adv[wrong]) <= self.tau
+        rank = wrong.long() + evaded.long()
+        rows = torch.arange(len(x_adv), device=x_adv.device) if idx is None else idx
+        better = (rank > 0) & (rank >= memory["rank"][rows])
+        memory["best"][rows[better]] = x_adv[better]
+        memory["rank"][rows[better]] = rank[better]
+        return evaded & (_margin(logits, y, target) >= self.kappa)
 
-    def _step(self, model: Model, x_adv: Tensor, y: Tensor,
-              target: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def result(self, x_adv: Tensor, memory: dict[str, Tensor]) -> Tensor:
+        """The best noted iterate of each example that has one, else the last iterate."""
+        return torch.where(_expand(memory["rank"] > 0, x_adv), memory["best"], x_adv)
+
+    def gradient(self, model: Model, x_adv: Tensor, y: Tensor, target: Tensor | None,
+                 idx: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """The step's gradient d at x_adv (see the module docstring) and the logits there."""
         xg = x_adv.detach().requires_grad_(True)
-        with torch.enable_grad():
-            j, logits, score = self._terms(model, xg, y, target)
-            (grad,) = torch.autograd.grad(j.sum(), xg)
-        return grad, logits.detach(), score.detach()
+        logits = model(xg)
+        g_cls = _unit(torch.autograd.grad(self.objective(logits, y, target).sum(), xg)[0])
+        logits = logits.detach()
+        grad = torch.where(_expand(_margin(logits, y, target) < self.kappa, xg), g_cls, 0.0)
+        wrong = is_success(logits, y, target)
+        if self.lam > 0 and wrong.any():
+            xw = x_adv[wrong].detach().requires_grad_(True)
+            (g_det,) = torch.autograd.grad(self.detector.score_torch(xw).sum(), xw)
+            grad[wrong] -= self.lam * _unit(g_det)
+        return grad, logits
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:
         assert eps is not None
-        b = self.ball
-        x_adv = x.clone()
-        if self.random_start:
-            x_adv = project_box(x, x + b.random(x, eps, generator), eps, b)
-        alpha = self.step_sizes(eps)
-        best = x.clone()
-        best_key = torch.full_like(eps, float("inf"))  # score; -inf offset once evaded
-        for i in range(self.steps + 1):
-            grad, logits, score = self._step(model, x_adv, y, target)
-            key = self._key(logits, score, y, target)
-            better = key < best_key
-            best = torch.where(_expand(better, x), x_adv, best)
-            best_key = torch.where(better, key, best_key)
-            if i < self.steps:
-                x_adv = project_box(x, x_adv + _expand(alpha, grad) * b.steepest(grad), eps, b)
-        with torch.no_grad():
-            score = self.detector.score(best)
-            logits = model(best)
-        evaded = is_success(logits, y, target)
-        if self.tau is not None:
-            evaded &= score <= self.tau
-        return Crafted(best, info={"score": score, "evaded": evaded})
+        tau = self.tau  # no threshold: fail before attacking
+        x_adv = super().perturb(model, x, y, target, eps, generator)
+        evaded, score = self._evaded(model, x_adv, y, target, tau)
+        if target is None and self.targets > 0 and not evaded.all():
+            with torch.no_grad():  # the other classes, most likely first (y last)
+                ranked = model(x).scatter(1, y[:, None], float("-inf")).argsort(
+                    1, descending=True)
+            for r in range(1, min(self.targets, ranked.shape[1] - 2) + 1):
+                todo = (~evaded).nonzero().squeeze(1)
+                x_t = super().perturb(model, x[todo], y[todo], ranked[todo, r], eps[todo],
+                                      generator)
+                ok = self._evaded(model, x_t, y[todo], None, tau)[0]
+                x_adv[todo[ok]], evaded[todo[ok]] = x_t[ok], True
+                if evaded.all():
+                    break
+            evaded, score = self._evaded(model, x_adv, y, target, tau)
+        return Crafted(x_adv, info={"score": score, "evaded": evaded})
 
-    def _key(self, logits: Tensor, score: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
-        """Lower is better: +inf unless misclassified; the score, minus a large offset when
-        also below the threshold."""
-        key = torch.where(is_success(logits, y, target), score, float("inf"))
-        if self.tau is not None:
-            key = torch.where(score <= self.tau, key - 1e9, key)
-        return key
+    def _evaded(self, model: Model, x_adv: Tensor, y: Tensor, target: Tensor | None,
+                tau: float) -> tuple[Tensor, Tensor]:
+        """(misclassified and not flagged, the detector score), judged on the whole batch."""
+        with torch.no_grad():
+            score = self.detector.score(x_adv)
+            return is_success(model(x_adv), y, target) & (score <= tau), score
+
+def _unit(g: Tensor) -> Tensor:
+    """g / ||g||_2 per example (zero rows stay zero)."""
+    return g / _expand(g.flatten(1).norm(dim=1).clamp_min(torch.finfo(g.dtype).tiny), g)

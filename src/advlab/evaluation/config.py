@@ -183,7 +183,7 @@ n = 20
 [adaptive]            # automatic adaptive cells (defenses, detectors, sanity findings)
 enabled = true
 steps = 20            # PGD steps of the detector-aware attack
-lam = 1.0             # its weight on the detector's score above the threshold
+lam = 1.0             # weight of the detector's unit gradient against the classifier's
 
 [probes]
 shifts = [1, 2]       # fragility: shift right by 1 and 2 pixels
@@ -363,7 +363,7 @@ SANITY: dict[str, Any] = {"enabled": True, "max_examples": 100, "blackbox_querie
 
 #: defaults of the [adaptive] table: whether the runner adds adaptive cells (a defense's own
 #: adaptive attack, the detector-aware PGD against each detector, the attacks that fired
-#: sanity findings name), and the detector-aware PGD's steps and weight lam on the score
+#: sanity findings name), and the detector-aware PGD's steps and weight lam of its detector term
 ADAPTIVE: dict[str, Any] = {"enabled": True, "steps": 20, "lam": 1.0}
 
 
