@@ -692,3 +692,21 @@ def test_clean_side_is_computed_once_per_model(tiny_factory) -> None:  # noqa: A
         assert plain.keys() == shared.keys()
         assert all(np.array_equal(plain[k], shared[k]) for k in plain)
     hook.remove()
+
+
+def test_adaptive_attack_on_a_defense_with_a_detector(tiny_factory) -> None:  # noqa: ANN001
+    # MagNet's reformer rejects inputs with its detector: the adaptive attack evades both, at
+    # the threshold that flags DETECTION_FPR of the clean images
+    from advlab.defenses import MagNet
+    from advlab.detectors import DetectorAwarePGD
+
+    models, (x, _) = tiny_setup(tiny_factory, n=40)
+    model = models["a"]
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    det = MagNet(components=("l2",), epochs=2, seed=0).fit(model, x, y)
+    name, atk, surrogate = runner.adaptive_attack(det.reformer(), 0.3, "linf", 0, 1.0, x)
+    assert name == "detector-aware-pgd" and isinstance(atk, DetectorAwarePGD)
+    assert atk.tau == metrics.calibrate_threshold(det.score(x), results.DETECTION_FPR)
+    res = atk(surrogate, x[:8], y[:8])
+    assert torch.equal(res.info["evaded"], res.success & (det.score(res.x_adv) <= atk.tau))

@@ -170,6 +170,7 @@ class DetectorAwarePGD(GradientAttack):
             score = self.detector.score(x_adv)
             return is_success(model(x_adv), y, target) & (score <= tau), score
 
+
 def _unit(g: Tensor) -> Tensor:
     """g / ||g||_2 per example (zero rows stay zero)."""
     return g / _expand(g.flatten(1).norm(dim=1).clamp_min(torch.finfo(g.dtype).tiny), g)

@@ -135,21 +135,27 @@ DEFENSES: dict[str, DefenseAdapter] = {
 TRAINED = ("adversarial-training", "distillation")
 
 
-def defend(spec: PluginSpec, model: nn.Module, train: TrainData, seed: int) -> nn.Module:
-    """The model behind defense ``spec`` ("none": the model itself), in eval mode.
+def defense_builder(spec: PluginSpec) -> Callable[[nn.Module, TrainData, int], nn.Module]:
+    """What builds defense ``spec`` (not "none"): (model, train data loader, seed) -> the
+    defended model, in eval mode.
 
     Raises:
         Unavailable: :mod:`advlab.defenses` is not installed.
         UnknownNameError: no adapter for that defense name.
     """
-    if spec.name == "none":
-        return model
     mod = optional_module("advlab.defenses")
     if mod is None:
         raise Unavailable(f"defense {spec.name!r} needs advlab.defenses, not available")
     if spec.name not in DEFENSES:
         raise advlab.errors.UnknownNameError("defense", spec.name, ["none", *DEFENSES])
-    return DEFENSES[spec.name](mod, model, train, spec.params, seed).eval()
+    adapter = DEFENSES[spec.name]
+    return lambda model, train, seed: adapter(mod, model, train, spec.params, seed).eval()
+
+
+def defend(spec: PluginSpec, model: nn.Module, train: TrainData, seed: int) -> nn.Module:
+    """The model behind defense ``spec`` ("none": the model itself), in eval mode (raises as
+    :func:`defense_builder`)."""
+    return model if spec.name == "none" else defense_builder(spec)(model, train, seed)
 
 
 def detector_class(spec: PluginSpec) -> type | None:
@@ -184,12 +190,13 @@ def build_detector(spec: PluginSpec, model: nn.Module, train: TrainData) -> Any:
     return det.fit(model, *train()) or det
 
 
-def adaptive_attack(model: nn.Module, eps: float, norm: str, seed: int, lam: float
-                    ) -> tuple[str, attacks.Attack, nn.Module | None]:
+def adaptive_attack(model: nn.Module, eps: float, norm: str, seed: int, lam: float,
+                    x: Tensor) -> tuple[str, attacks.Attack, nn.Module | None]:
     """The adaptive attack on a defended model at ``eps``: the defense's own
     (:func:`~advlab.evaluation.sanity.defense_attack`; with a detector,
-    :class:`~advlab.detectors.DetectorAwarePGD` against it too, weight ``lam``), else PGD on
-    the C&W margin of the model's logits, 100 steps.
+    :class:`~advlab.detectors.DetectorAwarePGD` against it too, weight ``lam``, at the
+    threshold that flags :data:`DETECTION_FPR` of the clean images ``x``), else PGD on the
+    C&W margin of the model's logits, 100 steps.
 
     Returns:
         (the attack's name, the attack, the surrogate to run it on or None for the model).
@@ -199,9 +206,10 @@ def adaptive_attack(model: nn.Module, eps: float, norm: str, seed: int, lam: flo
     if a.detector is not None:
         from advlab.detectors import DetectorAwarePGD
 
+        tau = metrics.calibrate_threshold(a.detector.score(x), DETECTION_FPR)
         return "detector-aware-pgd", DetectorAwarePGD(
-            a.detector, lam=lam, eps=eps, norm=norm, steps=int(a.kwargs.get("steps", 100)),
-            seed=seed), a.surrogate
+            a.detector, lam=lam, threshold=tau, eps=eps, norm=norm,
+            steps=int(a.kwargs.get("steps", 100)), seed=seed), a.surrogate
     return a.name, attacks.get(a.name, **a.kwargs, eps=eps, seed=seed), a.surrogate
 
 
@@ -664,6 +672,7 @@ class Runner:
         missing or unusable."""
         from advlab import zoo
 
+        build = defense_builder(spec)  # an unavailable defense fails here, before any work
         x, y = self.train()
         key = canonical_json({"model": fingerprint_model(base), "defense": canonical(spec),
                               "seed": self.cfg.seed, "data": fingerprint_data(x, y)})
@@ -674,7 +683,7 @@ class Runner:
                 return zoo.load_weights(copy.deepcopy(base), path).eval()
             except AdvlabError as exc:
                 log.warning("unusable cached defense %s (%s); retraining", path, exc)
-        model = defend(spec, base, self.train, self.cfg.seed)
+        model = build(base, self.train, self.cfg.seed)
         zoo.save(model, path, {"model": name, "defense": spec.name, "params": spec.params,
                                "seed": self.cfg.seed})
         return model
@@ -804,7 +813,7 @@ class Runner:
         elif cell.kind == "defense":
             assert cell.eps is not None
             name, atk, surrogate = adaptive_attack(model, cell.eps, cell.spec["params"]["norm"],
-                                                   seed, cfg.adaptive["lam"])
+                                                   seed, cfg.adaptive["lam"], x)
         elif cell.kind == "detector":
             from advlab.detectors import DetectorAwarePGD
 
