@@ -710,3 +710,22 @@ def test_adaptive_attack_on_a_defense_with_a_detector(tiny_factory) -> None:  # 
     assert atk.tau == metrics.calibrate_threshold(det.score(x), results.DETECTION_FPR)
     res = atk(surrogate, x[:8], y[:8])
     assert torch.equal(res.info["evaded"], res.success & (det.score(res.x_adv) <= atk.tau))
+
+
+def test_robust_models_load_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "mnist-cnn-trades" is not a zoo name: the runner asks advlab.defenses for it
+    from advlab import defenses, zoo
+    from advlab.evaluation.config import ModelSpec
+
+    monkeypatch.setenv("ADVLAB_HOME", str(tmp_path))
+    with pytest.raises(advlab.errors.ModelFileError, match="not cached"):
+        defenses.load_robust("mnist-cnn-trades", train_if_missing=False)
+    cached = zoo.build("mnist-cnn", seed=5).eval()
+    zoo.save(cached, tmp_path / "models" / "mnist-cnn-trades.safetensors",
+             {"robust": "mnist-cnn-trades",
+              "version": defenses.ROBUST["mnist-cnn-trades"]["version"]})
+    loaded = runner.load_model(ModelSpec("mnist-cnn-trades"))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
+                                                 cached.state_dict().values()))
+    with pytest.raises(UnknownNameError):
+        runner.load_model(ModelSpec("no-such-model"))

@@ -41,7 +41,8 @@ split = "test"
 n = 300               # the first n images of the split
 
 [[models]]
-name = "mnist-mlp"    # a zoo name, or: name = "mine", file = "w.safetensors", arch = "mnist-cnn"
+name = "mnist-mlp"    # a zoo name, "mnist-cnn-trades" (adversarially trained, cached), or:
+                      # name = "mine", file = "w.safetensors", arch = "mnist-cnn"
 
 [[models]]
 name = "mnist-cnn"
@@ -252,8 +253,8 @@ DEFAULT: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model: a zoo name, or a safetensors ``file`` holding weights of zoo architecture
-    ``arch``."""
+    """A model: a zoo name or a robust model's (:data:`advlab.defenses.ROBUST`), or a
+    safetensors ``file`` holding weights of zoo architecture ``arch``."""
 
     name: str
     file: str | None = None

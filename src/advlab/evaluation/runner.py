@@ -237,10 +237,15 @@ def fingerprint_data(x: Tensor, y: Tensor) -> str:
 
 
 def load_model(spec: ModelSpec) -> nn.Module:
-    """A zoo model by name, or a user's safetensors weights for a zoo architecture."""
+    """A zoo model or a cached robust model (:data:`advlab.defenses.ROBUST`, such as
+    ``mnist-cnn-trades``) by name, or a user's safetensors weights for a zoo architecture;
+    trained on first use and cached."""
     from advlab import zoo
 
     if spec.file is None:
+        defenses = optional_module("advlab.defenses")
+        if defenses is not None and spec.name in defenses.ROBUST:
+            return defenses.load_robust(spec.name)
         return zoo.load(spec.name)
     return zoo.load_weights(zoo.build(spec.arch), spec.file).eval()
 
