@@ -345,8 +345,8 @@ class AutoAttack(Attack):
     Members are built from the registry by name at call time with the published defaults
     (APGD: 100 iterations, 1 restart, 9 target classes; Square: 5,000 queries, p_init 0.8),
     so a member registered later joins automatically. Members that are not registered are
-    skipped and the skip is logged. The black-box member receives the plain model (it wraps it in its own
-    Oracle); its query counts go to ``info``.
+    skipped and the skip is logged. The black-box member receives the plain model (it wraps
+    it in its own Oracle); its query counts go to ``info``.
 
     Args:
         eps: radius; default 0.3 (linf) or 2.0 (l2).
