@@ -49,6 +49,19 @@ def test_untargeted_inner_step_is_deepfool(mnist_test, mlp) -> None:
     torch.testing.assert_close(r, want)
 
 
+def test_linf_ball_takes_the_papers_l2_deepfool_step(mnist_test, mlp) -> None:
+    # Algorithm 1: delta v_i = argmin ||r||_2 (L2 DeepFool), then the projection onto the
+    # Linf ball; one image, one pass from v = 0 gives v = clip(r, -eps, eps)
+    x = mnist_test[0][:1]
+    with torch.no_grad():
+        ref = mlp(x).argmax(1)
+    r = DeepFool(norm="l2", overshoot=0.02, max_iter=10)(mlp, x, ref).x_adv - x
+    v = UniversalPerturbation(eps=0.1, max_passes=1).fit(mlp, x).delta
+    torch.testing.assert_close(v, r.clamp(-0.1, 0.1))
+    v_linf = UniversalPerturbation(eps=0.1, max_passes=1, step_norm="linf").fit(mlp, x).delta
+    assert not torch.allclose(v, v_linf)
+
+
 @pytest.mark.parametrize("norm, eps", [("linf", 0.2), ("l2", 3.0)])
 def test_universal_within_eps_and_beats_random_noise(norm: str, eps: float, mnist_train,
                                                       mnist_test, mlp) -> None:
@@ -64,7 +77,7 @@ def test_universal_within_eps_and_beats_random_noise(norm: str, eps: float, mnis
     noise = noise.sign() * eps if norm == "linf" else noise * eps / noise.norm()
     base = fooling_rate(mlp, x_out, noise)
     rate = fooling_rate(mlp, x_out, res.delta)
-    assert rate > base + 0.15, (rate, base)  # measured: 0.36 vs 0.07 (linf), 0.69 vs 0.04
+    assert rate > base + 0.15, (rate, base)  # measured: 0.38 vs 0.07 (linf), 0.69 vs 0.04
 
 
 def test_sgd_universal(mnist_train, mnist_test, mlp) -> None:
@@ -81,7 +94,7 @@ def test_targeted_universal(mnist_train, mnist_test, mlp) -> None:
     assert res.target == 3
     with torch.no_grad():
         clean = (mlp(x_out).argmax(1) == 3).float().mean().item()
-    assert fooling_rate(mlp, x_out, res.delta, target=3) > clean + 0.5  # measured 0.88 vs 0.09
+    assert fooling_rate(mlp, x_out, res.delta, target=3) > clean + 0.5  # measured 0.93 vs 0.09
 
 
 def test_attack_applies_one_perturbation_to_the_batch(mnist_test, mlp) -> None:
