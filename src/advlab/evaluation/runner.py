@@ -673,14 +673,15 @@ class Runner:
 
     def _trained(self, name: str, base: nn.Module, spec: PluginSpec) -> nn.Module:
         """A trained defense from ``$ADVLAB_HOME/defenses``, keyed by the model's weights,
-        the defense, the seed and the training data; trained and cached (atomically) when
-        missing or unusable."""
+        the defense, the seed, the training data and advlab's version (like the cells);
+        trained and cached (atomically) when missing or unusable."""
         from advlab import zoo
 
         build = defense_builder(spec)  # an unavailable defense fails here, before any work
         x, y = self.train()
         key = canonical_json({"model": fingerprint_model(base), "defense": canonical(spec),
-                              "seed": self.cfg.seed, "data": fingerprint_data(x, y)})
+                              "seed": self.cfg.seed, "data": fingerprint_data(x, y),
+                              "advlab": advlab.__version__})
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         path = advlab.data.home() / "defenses" / f"{name}-{spec.name}-{digest}.safetensors"
         if path.exists():
