@@ -13,7 +13,6 @@ detector-aware attack's ``steps`` and weight ``lam``.
 """
 from __future__ import annotations
 
-import copy
 import math
 import os
 from dataclasses import dataclass, field
@@ -25,8 +24,8 @@ from advlab.errors import ConfigError, UnknownNameError
 
 try:  # Python >= 3.11
     import tomllib
-except ModuleNotFoundError:  # pragma: no cover - exercised on 3.10 only
-    tomllib = None  # type: ignore[assignment]
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10: the same parser, as tomli
+    import tomli as tomllib  # type: ignore[no-redef]
 
 DEFAULT_TOML = """\
 # advlab's built-in tour of the lecture, on the embedded MNIST subset and the zoo models.
@@ -199,54 +198,6 @@ blackbox_queries = 500
 gallery = 8           # image pairs stored per cell
 eps = 0.3             # the reference eps of gallery, transfer, properties and sanity
 """
-
-_EPS = [0.05, 0.1, 0.2, 0.3]
-_CNN = ["mnist-cnn"]
-_LAYERS = ["pool1", "pool2", "relu3", "fc2"]
-_LEARNED = {"layers": _LAYERS, "n_adv": 300, "epochs": 200}
-_PGD = {"steps": 20, "alpha": 0.02}
-_GRID = {"eps": _EPS, "defenses": ["none"], "detectors": []}
-_BLACK = {"models": _CNN, "defenses": ["none"], "detectors": []}
-_CNN_DEF = {"eps": 0.3, "models": _CNN, "defenses": ["none", "transformed"], "n": 100}
-_MLP_DEF = {"eps": 0.3, "models": ["mnist-mlp"], "defenses": ["none", "distillation"],
-            "detectors": [], "n": 100}
-
-#: :data:`DEFAULT_TOML` as a mapping, so the tour runs without a TOML reader (Python 3.10).
-DEFAULT: dict[str, Any] = {
-    "name": "tour", "seed": 0, "batch_size": 500,
-    "data": {"name": "mnist5k", "split": "test", "n": 300},
-    "models": [{"name": "mnist-mlp"}, {"name": "mnist-cnn"}],
-    "defenses": [{"name": "none"},
-                 {"name": "transformed",
-                  "params": {"transforms": [{"name": "BitDepth", "bits": 2}]}},
-                 {"name": "distillation",
-                  "params": {"temperature": 100, "epochs": 20, "lr": 0.002}}],
-    "detectors": [
-        {"name": "activation-knn", "params": {"layers": ["pool1"], "k": 10}},
-        {"name": "deep-knn", "params": {"layers": _LAYERS}},
-        {"name": "feature-distance", "params": _LEARNED},
-        {"name": "lid", "params": _LEARNED},
-        {"name": "mahalanobis", "params": _LEARNED},
-        {"name": "feature-squeezing"},
-        {"name": "transformation-detector", "params": {"samples": 1, "fit_size": 200}}],
-    "attacks": [
-        {"name": "fgsm", **_GRID},
-        {"name": "bim", **_GRID, "params": {"steps": 10}},
-        {"name": "pgd", **_GRID, "params": _PGD},
-        {"name": "fgsm", **_CNN_DEF},
-        {"name": "pgd", **_CNN_DEF, "params": _PGD},
-        {"name": "cw-l2", "params": {"search_steps": 3, "steps": 50, "c0": 1.0},
-         "models": _CNN, "defenses": ["none"], "n": 100},
-        {"name": "fgsm", **_MLP_DEF},
-        {"name": "pgd", **_MLP_DEF, "params": _PGD},
-        {"name": "square", "eps": 0.3, "params": {"max_queries": 1000}, **_BLACK, "n": 100},
-        {"name": "bandits", "eps": 0.3, "params": {"max_queries": 1000}, **_BLACK, "n": 50},
-        {"name": "simba-dct", "params": {"max_queries": 1000}, **_BLACK, "n": 20}],
-    "adaptive": {"enabled": True, "steps": 20, "lam": 1.0},
-    "probes": {"shifts": [1, 2], "noise": [0.05]},
-    "sanity": {"enabled": True, "max_examples": 100, "blackbox_queries": 500},
-    "report": {"gallery": 8, "eps": 0.3},
-}
 
 # ----------------------------------------------------------------------------- configuration
 
@@ -511,9 +462,6 @@ def _check(cfg: RunConfig) -> None:
 
 def parse_config(text: str) -> RunConfig:
     """Parse TOML text into a :class:`RunConfig`."""
-    if tomllib is None:
-        raise ConfigError("reading TOML needs Python >= 3.11 (tomllib); build the "
-                          "configuration with config_from_dict instead")
     try:
         return config_from_dict(tomllib.loads(text))
     except tomllib.TOMLDecodeError as exc:
@@ -523,7 +471,7 @@ def parse_config(text: str) -> RunConfig:
 def load_config(path: str | os.PathLike | None = None) -> RunConfig:
     """Read a TOML configuration file; None gives the built-in tour (:data:`DEFAULT_TOML`)."""
     if path is None:
-        return config_from_dict(copy.deepcopy(DEFAULT))
+        return parse_config(DEFAULT_TOML)
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"no configuration file at {p}")
