@@ -38,11 +38,11 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, is_success, register
+from advlab.attacks.gradient import DEFAULT_EPS
 from advlab.errors import ThreatModelError
 from advlab.threat import _expand, lp_norm
 
 DUAL = {"linf": 1.0, "l2": 2.0}
-DEFAULT_EPS = {"linf": 0.3, "l2": 2.0}
 
 
 def _untargeted(attack: Attack, target: Tensor | None) -> None:

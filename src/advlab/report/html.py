@@ -298,8 +298,9 @@ def section_detectors(ctx: Context) -> str:
                       "true-positive rate (AEs detected)", diagonal=True, columns=2)
     return (img(png, "detector ROC") + "<p>Positives: successful adversarial examples; "
             "negatives: the clean images of the same cell. Naive: the attack ignores the "
-            "detector; adaptive (dashed): PGD on the classification margin minus lam times the "
-            "detector's differentiable score (Carlini &amp; Wagner 2017, arXiv:1705.07263). "
+            "detector; adaptive (dashed): PGD on the classification margin until the image is "
+            "misclassified, then away from the detector's differentiable score, judged on the "
+            "real detector at every step (Carlini &amp; Wagner 2017, arXiv:1705.07263). "
             "TPR at the threshold that flags 5% of the clean images; <b>fooled and "
             "undetected</b>: attacked images misclassified and not flagged there (what gets "
             "through model and detector together).</p>" + table(
