@@ -190,6 +190,12 @@ def build_detector(spec: PluginSpec, model: nn.Module, train: TrainData) -> Any:
     return det.fit(model, *train()) or det
 
 
+def detection_threshold(detector: Any, x: Tensor) -> float:
+    """The score above which ``detector`` flags :data:`DETECTION_FPR` of the clean images x
+    (not stored on the detector, which the run's cells share)."""
+    return metrics.calibrate_threshold(detector.score(x), DETECTION_FPR)
+
+
 def adaptive_attack(model: nn.Module, eps: float, norm: str, seed: int, lam: float,
                     x: Tensor) -> tuple[str, attacks.Attack, nn.Module | None]:
     """The adaptive attack on a defended model at ``eps``: the defense's own
@@ -206,9 +212,8 @@ def adaptive_attack(model: nn.Module, eps: float, norm: str, seed: int, lam: flo
     if a.detector is not None:
         from advlab.detectors import DetectorAwarePGD
 
-        tau = metrics.calibrate_threshold(a.detector.score(x), DETECTION_FPR)
         return "detector-aware-pgd", DetectorAwarePGD(
-            a.detector, lam=lam, threshold=tau, eps=eps, norm=norm,
+            a.detector, lam=lam, threshold=detection_threshold(a.detector, x), eps=eps, norm=norm,
             steps=int(a.kwargs.get("steps", 100)), seed=seed), a.surrogate
     return a.name, attacks.get(a.name, **a.kwargs, eps=eps, seed=seed), a.surrogate
 
@@ -826,7 +831,7 @@ class Runner:
             assert cell.detector is not None
             det = self.detector(cell.model, model, cell.detector)
             p = cell.spec["params"]
-            tau = metrics.calibrate_threshold(det.score(x), DETECTION_FPR)
+            tau = detection_threshold(det, x)
             name, atk = "detector-aware-pgd", DetectorAwarePGD(
                 det, lam=p["lam"], threshold=tau, eps=cell.eps, norm=p["norm"],
                 steps=p["steps"], seed=seed)
