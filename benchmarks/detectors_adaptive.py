@@ -65,11 +65,10 @@ from torch import Tensor, nn
 import advlab.zoo
 from advlab.attacks import PGD
 from advlab.detectors import DetectorAwarePGD
-from advlab.detectors.metrics import calibrate_threshold
 from advlab.detectors.squeeze import mnist_squeezers
 from advlab.evaluation import config
 from advlab.evaluation.results import DETECTION_FPR
-from advlab.evaluation.runner import build_detector, load_data
+from advlab.evaluation.runner import build_detector, detection_threshold, load_data
 from advlab.transforms import Transform
 
 EPS = 0.3
@@ -123,7 +122,7 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         det = build_detector(spec, model, lambda: train)
-        tau = calibrate_threshold(det.score(x), DETECTION_FPR)
+        tau = detection_threshold(det, x)
         row: dict[str, object] = {"detector": spec.name, "fit s": round(time.perf_counter() - t0)}
         for steps in args.steps:
             t0 = time.perf_counter()
