@@ -48,6 +48,21 @@ def test_normalize_is_exact_per_channel() -> None:
             Normalize(*bad)
 
 
+@pytest.mark.parametrize("shape", [(4, 3, 26, 26), (4, 3, 11, 11), (2, 1, 2, 3)])
+def test_maxpool2x2_equals_torch_with_and_without_autograd(shape: tuple) -> None:
+    g = torch.Generator().manual_seed(0)
+    pool, ref = zoo.MaxPool2x2(), nn.MaxPool2d(2)
+    for x in (torch.randn(*shape, generator=g),                      # distinct values
+              torch.randint(0, 3, shape, generator=g).float()):      # many ties
+        with torch.no_grad():
+            assert torch.equal(pool(x), ref(x))
+        xg = x.clone().requires_grad_()
+        up = torch.randn(ref(x).shape, generator=g)
+        (grad,) = torch.autograd.grad(pool(xg), xg, up)
+        (grad_ref,) = torch.autograd.grad(ref(xg), xg, up)
+        assert torch.equal(grad, grad_ref)
+
+
 # ---------------------------------------------------------------- architectures
 
 

@@ -156,10 +156,14 @@ def _detection(results: dict[str, Any]) -> str:
               "keep theirs).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Batch size (overrides the config).")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Processes computing cells on CPU (overrides the config; 0: one per "
+              "core).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--show-config", is_flag=True, help="Print the built-in configuration and exit.")
 def run(config: str | None, root: str, device: str | None, name: str | None, n: int | None,
-        batch_size: int | None, progress: bool, show_config: bool) -> None:
+        batch_size: int | None, workers: int | None, progress: bool, show_config: bool
+        ) -> None:
     """Evaluate models x defenses x attacks and write runs/<name>/report.html.
 
     With no CONFIG, runs the built-in tour on the embedded MNIST subset: FGSM, BIM, PGD at
@@ -179,6 +183,7 @@ def run(config: str | None, root: str, device: str | None, name: str | None, n: 
     if n is not None:
         cfg.data = dataclasses.replace(cfg.data, n=n)
     cfg.batch_size = batch_size or cfg.batch_size
+    cfg.workers = cfg.workers if workers is None else workers
     t0 = time.perf_counter()
     bars = Bars(progress)
     try:

@@ -82,6 +82,27 @@ class Normalize(nn.Module):
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
 
+class MaxPool2x2(nn.MaxPool2d):
+    """2 x 2 max pooling with stride 2 (``nn.MaxPool2d(2)``), faster without autograd.
+
+    When no gradient is needed (queries, success checks, detector features), the output is
+    the elementwise maximum of the four strided sub-grids: the same values as PyTorch's
+    kernel, which on CPU is 1.9x slower for the zoo CNN's forward (batch 100 to 500). With
+    autograd, PyTorch's kernel runs (its backward is the fastest measured).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+            return super().forward(x)
+        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+        top = torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2])
+        bottom = torch.maximum(x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2])
+        return torch.maximum(top, bottom)
+
+
 # ------------------------------------------------------------------ architectures
 
 def mnist_mlp() -> nn.Sequential:
@@ -97,8 +118,8 @@ def mnist_cnn() -> nn.Sequential:
     """A small conv net for 1 x 28 x 28 inputs: two 3 x 3 conv blocks and two linear layers."""
     return nn.Sequential(OrderedDict(
         norm=Normalize(MNIST_MEAN, MNIST_STD),
-        conv1=nn.Conv2d(1, 32, 3), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),   # 32 x 13 x 13
-        conv2=nn.Conv2d(32, 64, 3), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2),  # 64 x 5 x 5
+        conv1=nn.Conv2d(1, 32, 3), relu1=nn.ReLU(), pool1=MaxPool2x2(),   # 32 x 13 x 13
+        conv2=nn.Conv2d(32, 64, 3), relu2=nn.ReLU(), pool2=MaxPool2x2(),  # 64 x 5 x 5
         flatten=nn.Flatten(),
         fc1=nn.Linear(64 * 5 * 5, 128), relu3=nn.ReLU(),
         fc2=nn.Linear(128, 10)))

@@ -215,7 +215,7 @@ def test_interrupted_run_loses_only_the_cell_in_flight(  # noqa: ANN001
         tmp_path: Path, tiny_factory, monkeypatch: pytest.MonkeyPatch) -> None:
     models, data = tiny_setup(tiny_factory)
     count = Counter(monkeypatch)
-    cfg = tiny_config(batch_size=10,                   # 3 batches per cell, 4 cells
+    cfg = tiny_config(batch_size=10, workers=1,        # 3 batches per cell, 4 cells
                       attacks=[{"name": "fgsm", "eps": [0.02, 0.1]}])
 
     def stop(p: runner.Progress) -> None:
@@ -229,7 +229,42 @@ def test_interrupted_run_loses_only_the_cell_in_flight(  # noqa: ANN001
         assert s.finished(keys) == set(keys[:2])
         assert len(s.examples(keys[2])["idx"]) == 0
     runner.run(cfg, root=tmp_path, models=models, data=data)
-    assert len(count.calls) == 3 + 2                   # 3 before the stop, then the other 2
+    assert len(count.calls) == 4 + 2    # all 4 planned before the stop, then the other 2
+
+
+def test_workers_store_what_one_process_stores_and_resume(  # noqa: ANN001
+        tmp_path: Path, tiny_factory) -> None:
+    models, data = tiny_setup(tiny_factory)
+    one, two = tmp_path / "one", tmp_path / "two"
+    runner.run(tiny_config(workers=1), root=one, models=models, data=data)
+    stored = []
+
+    def stop(p: runner.Progress) -> None:  # interrupt the parallel run after 2 stored cells
+        assert p.event in ("plan", "skip", "done")   # workers report no batches
+        stored.append(p.event)
+        if stored.count("done") == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(tiny_config(workers=2), root=two, models=models, data=data, progress=stop)
+    with Store(two / "advlab.sqlite") as s:
+        assert len(s.finished(k for k, _ in s.run("t")["cells"])) == 2
+    runner.run(tiny_config(workers=2), root=two, models=models, data=data)
+    with Store(one / "advlab.sqlite") as a, Store(two / "advlab.sqlite") as b:
+        keys = [k for k, _ in a.run("t")["cells"]]
+        assert [k for k, _ in b.run("t")["cells"]] == keys and b.finished(keys) == set(keys)
+        for k in keys:
+            ea, eb = a.examples(k), b.examples(k)
+            for col in ("idx", "label", "clean_pred", "adv_pred", "success"):
+                assert np.array_equal(ea[col], eb[col]), (k, col)
+            np.testing.assert_allclose(ea["linf"].astype(float), eb["linf"].astype(float),
+                                       atol=1e-6)
+
+
+def test_worker_count() -> None:
+    assert runner.worker_count(0, torch.device("cuda")) == 1
+    assert runner.worker_count(3, torch.device("cpu")) in (1, 3)  # 1 where fork is unsafe
+    assert runner.worker_count(0, torch.device("cpu")) >= 1
 
 
 @pytest.mark.slow
@@ -248,7 +283,7 @@ def test_killed_process_resumes(tmp_path: Path, tiny_factory,  # noqa: ANN001
         from advlab.evaluation import runner
         models, data = tiny_setup(make_tiny)
         slow = lambda p: time.sleep(0.15) if p.event == "batch" else None
-        runner.run(tiny_config(batch_size=4), root={str(tmp_path)!r}, models=models,
+        runner.run(tiny_config(batch_size=4, workers=1), root={str(tmp_path)!r}, models=models,
                    data=data, progress=slow)
     """))
     proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path)
@@ -390,7 +425,8 @@ def test_sanity_adapter_reuses_rates_and_caches(tmp_path: Path, tiny_factory,  #
     cfg = tiny_config(attacks=[{"name": "fgsm", "eps": [0.02, 0.1]},
                                {"name": "bim", "eps": 0.1, "params": {"steps": 3}}],
                       report={"eps": 0.1}, sanity={"enabled": True, "max_examples": 10,
-                                                   "blackbox_queries": 7})
+                                                   "blackbox_queries": 7},
+                      workers=1)  # the patched checks record their calls in this process
     rec = runner.run(cfg, root=tmp_path, models=models, data=data)
     assert [c["model"] for c in calls] == [models["a"], models["b"]]
     with Store(tmp_path / "advlab.sqlite") as s:

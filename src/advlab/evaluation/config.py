@@ -33,6 +33,7 @@ DEFAULT_TOML = """\
 name = "tour"
 seed = 0
 batch_size = 500
+workers = 0           # processes computing cells on CPU; 0: one per core
 
 [data]
 name = "mnist5k"      # embedded; see advlab.data.load
@@ -272,6 +273,7 @@ class RunConfig:
     seed: int = 0
     batch_size: int = 500
     device: str | None = None
+    workers: int = 0  # processes computing cells on CPU; 0: one per core (see runner)
     data: DataSpec = field(default_factory=DataSpec)
     models: list[ModelSpec] = field(default_factory=list)
     attacks: list[AttackSpec] = field(default_factory=list)
@@ -307,8 +309,8 @@ def _list(v: tuple[str, ...] | None) -> list[str] | None:
     return None if v is None else list(v)
 
 
-_TOP = {"name", "seed", "batch_size", "device", "data", "models", "attacks", "defenses",
-        "detectors", "probes", "report", "sanity", "adaptive"}
+_TOP = {"name", "seed", "batch_size", "device", "workers", "data", "models", "attacks",
+        "defenses", "detectors", "probes", "report", "sanity", "adaptive"}
 
 #: defaults of the [sanity] table
 SANITY: dict[str, Any] = {"enabled": True, "max_examples": 100, "blackbox_queries": 500}
@@ -432,7 +434,8 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
     cfg = RunConfig(
         name=str(d.get("name", "run")), seed=int(d.get("seed", 0)),
         batch_size=int(d.get("batch_size", 500)), device=d.get("device"),
-        data=DataSpec(**data), models=[ModelSpec(**m) for m in models],
+        workers=int(d.get("workers", 0)), data=DataSpec(**data),
+        models=[ModelSpec(**m) for m in models],
         attacks=[_attack_spec(a, i, scope) for i, a in enumerate(d.get("attacks", []))],
         defenses=plugins["defenses"], detectors=plugins["detectors"],
         shifts=tuple(int(s) for s in probes.get("shifts", (1, 2))),
@@ -450,6 +453,8 @@ def _check(cfg: RunConfig) -> None:
         raise ConfigError("the configuration lists no [[attacks]]")
     if cfg.batch_size < 1 or (cfg.data.n is not None and cfg.data.n < 1):
         raise ConfigError("batch_size and data.n must be >= 1")
+    if cfg.workers < 0:
+        raise ConfigError(f"workers must be >= 0 (0: one per CPU core), got {cfg.workers}")
     if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name.startswith("."):
         raise ConfigError(f"run name {cfg.name!r} must be a plain directory name")
     if any(s < 0 for s in cfg.noise) or cfg.gallery < 0:

@@ -42,10 +42,13 @@ import importlib.metadata
 import json
 import logging
 import math
+import multiprocessing
 import os
 import platform
+import signal
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -631,6 +634,50 @@ def _version(dist: str) -> str | None:
         return None
 
 
+# ----------------------------------------------------------------------------- workers
+
+_FORKED: list[Callable[[], Any]] = []  # the tasks of the running pool, inherited by fork
+
+
+def _run_forked(i: int) -> tuple[int, Any]:
+    return i, _FORKED[i]()
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    torch.set_num_threads(1)
+
+
+def worker_count(requested: int, device: torch.device) -> int:
+    """Processes for computing cells: ``requested``, or one per core when 0; always 1 on
+    CUDA and where processes cannot be forked (only Linux forks safely with torch loaded)."""
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
+        return 1
+    return requested or len(os.sched_getaffinity(0))
+
+
+def parallel(tasks: list[Callable[[], Any]], workers: int) -> Iterator[tuple[int, Any]]:
+    """(i, tasks[i]()) for every task, in the order they finish.
+
+    With ``workers`` > 1 the tasks run in forked processes of one torch thread each: a
+    small batch keeps one core busy, not two, so cells in parallel use the machine better
+    than torch's threads inside one cell. The tasks and the models, detectors and data they
+    hold are inherited by the fork, never pickled; only the results travel back.
+    """
+    global _FORKED
+    if workers <= 1:
+        for i, task in enumerate(tasks):
+            yield i, task()
+        return
+    _FORKED = tasks
+    try:
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
+            yield from pool.imap_unordered(_run_forked, range(len(tasks)))
+    finally:
+        _FORKED = []
+
+
 class Runner:
     """Runs a :class:`RunConfig` into a :class:`Store`; see :func:`run`."""
 
@@ -640,6 +687,7 @@ class Runner:
                  train_data: tuple[Tensor, Tensor] | None = None,
                  progress: ProgressFn | None = None) -> None:
         self.cfg, self.store, self.device = cfg, store, device
+        self.workers = worker_count(cfg.workers, device)
         self.progress = progress or (lambda p: None)
         self._given_models = models or {}
         self._data, self._train = data, train_data
@@ -748,19 +796,63 @@ class Runner:
 
     def _run_cells(self, cells: list[Cell], models: dict[str, nn.Module], x: Tensor,
                    y: Tensor, skipped: dict[str, str]) -> None:
+        """Compute and store the cells not stored yet. Their inputs (defenses, fitted
+        detectors) are prepared here, in order; the attacks then run on ``self.workers``
+        processes, and each finished cell is stored as soon as it arrives."""
         done = self.store.finished(c.key for c in cells)
         self.progress(Progress("plan", 0, len(cells)))
-        log.info("%d cells, %d already stored", len(cells), len(done))
+        log.info("%d cells, %d already stored, %d worker(s)", len(cells), len(done),
+                 self.workers)
+        jobs = []
         for i, cell in enumerate(cells, 1):
             if cell.key in done:
                 self.progress(Progress("skip", i, len(cells), cell.label))
                 continue
             try:
-                self._run_cell(i, len(cells), cell, models, x, y)
+                jobs.append((i, cell, *self._prepare(cell, models, x, y)))
             except Unavailable as exc:
                 log.warning("skipping %s: %s", cell.label, exc)
                 skipped[cell.key] = str(exc)
                 self.progress(Progress("skip", i, len(cells), cell.label))
+        workers = self.workers if len(jobs) > 1 else 1
+        tasks = [self._task(i, len(cells), cell, task, workers == 1)
+                 for i, cell, _, task in jobs]
+        for j, rec in parallel(tasks, workers):
+            i, cell, info, _ = jobs[j]
+            rec.info.update(info)
+            self._store_cell(i, len(cells), cell, rec)
+
+    def _prepare(self, cell: Cell, models: dict[str, nn.Module], x: Tensor, y: Tensor
+                 ) -> tuple[dict[str, Any], Callable[[Callable | None], CellRecord]]:
+        """What the record says of an adaptive cell's attack, and the cell's computation
+        given a per-batch callback."""
+        model = self.defended(cell.model, models[cell.model], cell.defense)
+        xs, ys = (x, y) if cell.n is None else (x[:cell.n], y[:cell.n])
+        name, plan = self._plan(cell, model, models, xs)
+        info = {} if cell.kind == "attack" else \
+            {"adaptive_attack": name, "surrogate": plan.surrogate is not None}
+        return info, lambda on_batch: evaluate(plan, model, xs, ys, on_batch=on_batch)
+
+    def _task(self, i: int, total: int, cell: Cell,
+              compute: Callable[[Callable | None], CellRecord], single: bool
+              ) -> Callable[[], CellRecord]:
+        """Run in this process, a cell reports its start and its batches; in a worker, it
+        reports only its end (through the parent)."""
+        if not single:
+            return lambda: compute(None)
+
+        def run() -> CellRecord:
+            self.progress(Progress("cell", i, total, cell.label))
+            return compute(lambda b, nb: self.progress(
+                Progress("batch", i, total, cell.label, b, nb)))
+        return run
+
+    def _store_cell(self, i: int, total: int, cell: Cell, rec: CellRecord) -> None:
+        rec.key, rec.spec = cell.key, cell.spec
+        self.store.write_cell(rec)
+        ok = rec.examples["adv_pred"] == rec.examples["label"]
+        log.info("%s: robust accuracy %.3f (%.1f s)", cell.label, ok.mean(), rec.wall_s)
+        self.progress(Progress("done", i, total, cell.label))
 
     def sanity(self, models: dict[str, nn.Module], x: Tensor, y: Tensor
                ) -> list[dict[str, Any]]:
@@ -790,21 +882,24 @@ class Runner:
             ex = self.store.examples(c["key"])["success"][:n]
             # an attack run twice at this eps (the grid, and a subset): its best rate
             g["rates"][c["attack"]] = max(g["rates"].get(c["attack"], 0.0), float(ex.mean()))
-        out = []
-        for g in groups.values():
-            key = cell_key({**g["spec"], "rates": g["rates"], "kind": "sanity"})
-            findings = self.store.sanity(key)
-            if findings is None:
-                log.info("sanity checks on %s / %s at eps %g", g["model"], g["defense"].name, eps)
-                net = self.defended(g["model"], models[g["model"]], g["defense"])
-                found = sanity.run_all(net, x, y, eps=eps, norm="linf", results=g["rates"],
-                                    max_examples=n, blackbox_queries=q, seed=cfg.seed)
-                findings = [_finding(f) for f in found]
-                self.store.write_sanity(key, g["model"], g["defense"].name, findings)
-            out.append({"model": g["model"], "defense": defense_label(vars(g["defense"])),
-                        "eps": eps, "findings": findings,
-                        "defense_key": canonical(g["defense"])})
-        return out
+        keys = {k: cell_key({**g["spec"], "rates": g["rates"], "kind": "sanity"})
+                for k, g in groups.items()}
+        found = {k: f for k in groups if (f := self.store.sanity(keys[k])) is not None}
+        todo = [k for k in groups if k not in found]
+        tasks = []
+        for k in todo:
+            g = groups[k]
+            log.info("sanity checks on %s / %s at eps %g", g["model"], g["defense"].name, eps)
+            net = self.defended(g["model"], models[g["model"]], g["defense"])
+            tasks.append(lambda net=net, g=g: [_finding(f) for f in sanity.run_all(
+                net, x, y, eps=eps, norm="linf", results=g["rates"], max_examples=n,
+                blackbox_queries=q, seed=cfg.seed)])
+        for j, findings in parallel(tasks, self.workers):
+            g, found[todo[j]] = groups[todo[j]], findings
+            self.store.write_sanity(keys[todo[j]], g["model"], g["defense"].name, findings)
+        return [{"model": g["model"], "defense": defense_label(vars(g["defense"])),
+                 "eps": eps, "findings": found[k], "defense_key": canonical(g["defense"])}
+                for k, g in groups.items()]
 
     def _plan(self, cell: Cell, model: nn.Module, models: dict[str, nn.Module], x: Tensor
               ) -> tuple[str, CellPlan]:
@@ -848,22 +943,6 @@ class Runner:
                               detectors=detectors, gallery=cfg.gallery,
                               batch_size=cfg.batch_size, seed=seed,
                               clean=self._clean.setdefault(id(model), {}))
-
-    def _run_cell(self, i: int, total: int, cell: Cell, models: dict[str, nn.Module],
-                  x: Tensor, y: Tensor) -> None:
-        self.progress(Progress("cell", i, total, cell.label))
-        model = self.defended(cell.model, models[cell.model], cell.defense)
-        xs, ys = (x, y) if cell.n is None else (x[:cell.n], y[:cell.n])
-        name, plan = self._plan(cell, model, models, xs)
-        rec = evaluate(plan, model, xs, ys, on_batch=lambda b, nb: self.progress(
-            Progress("batch", i, total, cell.label, b, nb)))
-        rec.key, rec.spec = cell.key, cell.spec
-        if cell.kind != "attack":
-            rec.info.update(adaptive_attack=name, surrogate=plan.surrogate is not None)
-        self.store.write_cell(rec)
-        ok = rec.examples["adv_pred"] == rec.examples["label"]
-        log.info("%s: robust accuracy %.3f (%.1f s)", cell.label, ok.mean(), rec.wall_s)
-        self.progress(Progress("done", i, total, cell.label))
 
 
 def canonical(spec: PluginSpec) -> str:
