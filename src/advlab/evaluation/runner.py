@@ -45,10 +45,10 @@ import math
 import multiprocessing
 import os
 import platform
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -639,13 +639,8 @@ def _version(dist: str) -> str | None:
 _FORKED: list[Callable[[], Any]] = []  # the tasks of the running pool, inherited by fork
 
 
-def _run_forked(i: int) -> tuple[int, Any]:
-    return i, _FORKED[i]()
-
-
-def _worker_init() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    torch.set_num_threads(1)
+def _run_forked(i: int) -> Any:
+    return _FORKED[i]()
 
 
 def worker_count(requested: int, device: torch.device) -> int:
@@ -662,7 +657,8 @@ def parallel(tasks: list[Callable[[], Any]], workers: int) -> Iterator[tuple[int
     With ``workers`` > 1 the tasks run in forked processes of one torch thread each: a
     small batch keeps one core busy, not two, so cells in parallel use the machine better
     than torch's threads inside one cell. The tasks and the models, detectors and data they
-    hold are inherited by the fork, never pickled; only the results travel back.
+    hold are inherited by the fork, never pickled; only the results travel back. A task's
+    error is raised here; a worker that dies raises ``BrokenProcessPool``.
     """
     global _FORKED
     if workers <= 1:
@@ -670,11 +666,14 @@ def parallel(tasks: list[Callable[[], Any]], workers: int) -> Iterator[tuple[int
             yield i, task()
         return
     _FORKED = tasks
+    pool = ProcessPoolExecutor(min(workers, len(tasks)), multiprocessing.get_context("fork"),
+                               initializer=torch.set_num_threads, initargs=(1,))
     try:
-        ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
-            yield from pool.imap_unordered(_run_forked, range(len(tasks)))
-    finally:
+        futures = {pool.submit(_run_forked, i): i for i in range(len(tasks))}
+        for f in as_completed(futures):
+            yield futures[f], f.result()
+    finally:  # on an error or an interrupt, queued tasks are dropped, running ones end
+        pool.shutdown(wait=False, cancel_futures=True)
         _FORKED = []
 
 
