@@ -8,6 +8,7 @@ from sklearn.neighbors import NearestNeighbors
 from torch import nn
 
 from advlab.detectors import ActivationKNN, DeepKNN, knn_search
+from advlab.detectors.base import euclidean
 from advlab.detectors.knn import _vote
 from advlab.errors import InputError, UnknownNameError
 
@@ -21,6 +22,20 @@ def test_knn_search_matches_sklearn(precise: bool, max_elements: int) -> None:
     sk_d, sk_i = NearestNeighbors(n_neighbors=6).fit(base.numpy()).kneighbors(query.numpy())
     np.testing.assert_array_equal(i.numpy(), sk_i)
     np.testing.assert_allclose(d.numpy(), sk_d, rtol=1e-4, atol=1e-5)
+
+
+def test_euclidean_matches_numpy_and_has_a_zero_gradient_at_zero() -> None:
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(9, 40, generator=g, dtype=torch.float64), torch.randn(7, 40, generator=g,
+                                                                            dtype=torch.float64)
+    b[3] = a[2]                                       # one pair at distance 0
+    want = np.sqrt(((a.numpy()[:, None] - b.numpy()[None]) ** 2).sum(-1))
+    ag = a.clone().requires_grad_()
+    d = euclidean(ag, b)
+    np.testing.assert_allclose(d.detach().numpy(), want, atol=1e-7)
+    (grad,) = torch.autograd.grad(d[2, 3] + d[0, 0], ag)
+    assert torch.isfinite(grad).all() and grad[2].abs().max() == 0
+    torch.testing.assert_close(grad[0], (a[0] - b[0]) / d[0, 0].detach())
 
 
 def test_knn_search_errors() -> None:

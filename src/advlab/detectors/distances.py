@@ -22,7 +22,12 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack
-from advlab.detectors.base import Model, collect_activations, forward_with_activations
+from advlab.detectors.base import (
+    Model,
+    collect_activations,
+    euclidean,
+    forward_with_activations,
+)
 from advlab.detectors.learned import LearnedDetector, craft, default_attacks, train_binary
 from advlab.errors import InputError
 
@@ -88,6 +93,6 @@ class FeatureDistance(LearnedDetector):
         order = logits.detach().argsort(1, descending=True)
         cols = []
         for name in self.layers:
-            d = torch.cdist(self._prepare(acts[name]), self.centroids_[name])  # N x K
+            d = euclidean(self._prepare(acts[name]), self.centroids_[name])  # N x K
             cols.append(d.gather(1, order))
         return torch.cat(cols, 1)

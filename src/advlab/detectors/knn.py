@@ -25,6 +25,7 @@ from advlab.detectors.base import (
     Detector,
     Model,
     collect_activations,
+    euclidean,
     forward_with_activations,
     parametric_layers,
 )
@@ -54,7 +55,10 @@ def knn_search(query: Tensor, base: Tensor, k: int, *, max_elements: int = 1 << 
                          f"{tuple(base.shape)}")
     if not 1 <= k <= len(base):
         raise InputError(f"k must lie in [1, {len(base)}] (stored rows), got {k}")
-    mode = "donot_use_mm_for_euclid_dist" if precise else "use_mm_for_euclid_dist_if_necessary"
+    def dist(a: Tensor, b: Tensor) -> Tensor:
+        return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist") if precise \
+            else euclidean(a, b)
+
     q_chunk = max(1, min(len(query), 1024, max_elements // max(k, 1)))
     b_chunk = max(k, max_elements // q_chunk)
     dists, idxs = [], []
@@ -63,7 +67,7 @@ def knn_search(query: Tensor, base: Tensor, k: int, *, max_elements: int = 1 << 
         best_d = q.new_empty(len(q), 0)
         best_i = torch.empty(len(q), 0, dtype=torch.long, device=q.device)
         for j in range(0, len(base), b_chunk):
-            d = torch.cdist(q, base[j:j + b_chunk], compute_mode=mode)
+            d = dist(q, base[j:j + b_chunk])
             ids = torch.arange(j, j + d.shape[1], device=q.device).expand_as(d)
             cand_d, cand_i = torch.cat([best_d, d], 1), torch.cat([best_i, ids], 1)
             best_d, pos = cand_d.topk(min(k, cand_d.shape[1]), dim=1, largest=False)
@@ -178,15 +182,13 @@ def class_distances(feats: Tensor, base: Tensor, labels: Tensor, num_classes: in
                     m: int) -> Tensor:
     """Mean distance from each row of ``feats`` to its m nearest ``base`` rows of each class
     (all of them for a class with fewer rows; +inf for a class with none), N x K,
-    differentiable in ``feats`` (memory N x rows-per-class)."""
+    differentiable in ``feats`` (memory N x base rows)."""
+    d = euclidean(feats, base)
     out = []
     for c in range(num_classes):
-        rows = base[labels == c]
-        if len(rows) == 0:
-            out.append(feats.new_full((len(feats),), float("inf")))
-            continue
-        d = torch.cdist(feats, rows)
-        out.append(d.topk(min(m, len(rows)), dim=1, largest=False).values.mean(1))
+        dc = d[:, labels == c]
+        out.append(dc.topk(min(m, dc.shape[1]), dim=1, largest=False).values.mean(1)
+                   if dc.shape[1] else feats.new_full((len(feats),), float("inf")))
     return torch.stack(out, 1)
 
 

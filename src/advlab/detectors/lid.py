@@ -21,6 +21,7 @@ from advlab.attacks.base import Attack
 from advlab.detectors.base import (
     Model,
     collect_activations,
+    euclidean,
     forward_with_activations,
     parametric_layers,
 )
@@ -86,6 +87,6 @@ class LID(LearnedDetector):
         _, acts = forward_with_activations(model, x, self.layers_)
         cols = []
         for name in self.layers_:
-            d = torch.cdist(acts[name], self.reference_acts_[name])
+            d = euclidean(acts[name], self.reference_acts_[name])
             cols.append(lid_mle(d.topk(self.k, dim=1, largest=False).values))
         return torch.stack(cols, 1)

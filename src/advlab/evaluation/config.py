@@ -120,7 +120,7 @@ name = "fgsm"
 eps = 0.3
 models = ["mnist-cnn"]
 defenses = ["none", "transformed"]
-n = 100
+n = 50
 
 [[attacks]]
 name = "pgd"
@@ -128,14 +128,14 @@ eps = 0.3
 params = { steps = 20, alpha = 0.02 }
 models = ["mnist-cnn"]
 defenses = ["none", "transformed"]
-n = 100
+n = 50
 
 [[attacks]]
 name = "cw-l2"
 params = { search_steps = 3, steps = 50, c0 = 1.0 }
 models = ["mnist-cnn"]
 defenses = ["none"]
-n = 100
+n = 50
 
 [[attacks]]
 name = "fgsm"
@@ -192,7 +192,7 @@ noise = [0.05]        # fragility: add N(0, 0.05^2) noise
 
 [sanity]              # advlab.evaluation.sanity checks at the report's reference eps
 enabled = true
-max_examples = 100
+max_examples = 50
 blackbox_queries = 500
 
 [report]

@@ -755,12 +755,29 @@ class Runner:
         return self._detectors[key]
 
     def detectors(self, cell: Cell, model: nn.Module) -> dict[str, Any]:
-        """The detectors scoring a naive cell: those in its attack's scope, on undefended
-        cells only (a detector is fitted on the model it protects)."""
-        if cell.defense.name != "none":
-            return {}
-        return {d.name: self.detector(cell.model, model, d) for d in self.cfg.detectors
-                if cell.attack.scored_by(d.name)}
+        """The detectors scoring a naive cell (see :meth:`_detector_specs`)."""
+        return {d.name: self.detector(cell.model, model, d) for d in self._detector_specs(cell)}
+
+    def _detector_specs(self, cell: Cell) -> list[PluginSpec]:
+        """The detectors a cell uses: the one a detector-aware cell attacks, or those in a
+        naive attack's scope when the model is undefended (a detector is fitted on the
+        model it protects)."""
+        if cell.kind == "detector":
+            assert cell.detector is not None
+            return [cell.detector]
+        if cell.kind != "attack" or cell.defense.name != "none":
+            return []
+        return [d for d in self.cfg.detectors if cell.attack.scored_by(d.name)]
+
+    def _fits(self, cells: list[Cell], models: dict[str, nn.Module]
+              ) -> dict[tuple[str, str], Callable[[], Any]]:
+        """Key -> fitting task of each detector that ``cells`` use and the run has not
+        fitted yet (a detector whose package is missing is left to the cells to skip)."""
+        specs = {(c.model, canonical(d)): (c.model, d) for c in cells
+                 for d in self._detector_specs(c)}
+        return {k: lambda name=name, d=d: build_detector(d, models[name], self.train)
+                for k, (name, d) in specs.items()
+                if k not in self._detectors and detector_class(d) is not None}
 
     # -- the run --------------------------------------------------------------------------
 
@@ -795,31 +812,52 @@ class Runner:
 
     def _run_cells(self, cells: list[Cell], models: dict[str, nn.Module], x: Tensor,
                    y: Tensor, skipped: dict[str, str]) -> None:
-        """Compute and store the cells not stored yet. Their inputs (defenses, fitted
-        detectors) are prepared here, in order; the attacks then run on ``self.workers``
-        processes, and each finished cell is stored as soon as it arrives."""
+        """Compute and store the cells not stored yet, on ``self.workers`` processes, each
+        finished cell stored as soon as it arrives. The detectors they need are fitted
+        first, next to the cells that need none; then come the cells that use them."""
         done = self.store.finished(c.key for c in cells)
         self.progress(Progress("plan", 0, len(cells)))
         log.info("%d cells, %d already stored, %d worker(s)", len(cells), len(done),
                  self.workers)
-        jobs = []
+        todo = []
         for i, cell in enumerate(cells, 1):
             if cell.key in done:
                 self.progress(Progress("skip", i, len(cells), cell.label))
-                continue
+            else:
+                todo.append((i, cell))
+        fits = self._fits([c for _, c in todo], models)
+        if fits:
+            self.train()  # loaded once here, inherited by the workers
+        later = [(i, c) for i, c in todo
+                 if any((c.model, canonical(d)) in fits for d in self._detector_specs(c))]
+        now = [job for job in todo if job not in later]
+        self._compute(now, fits, len(cells), models, x, y, skipped)
+        self._compute(later, {}, len(cells), models, x, y, skipped)
+
+    def _compute(self, todo: list[tuple[int, Cell]], fits: dict[tuple[str, str], Callable],
+                 total: int, models: dict[str, nn.Module], x: Tensor, y: Tensor,
+                 skipped: dict[str, str]) -> None:
+        """Fit ``fits`` and compute the cells of ``todo`` (prepared here, in order)."""
+        jobs = []
+        for i, cell in todo:
             try:
                 jobs.append((i, cell, *self._prepare(cell, models, x, y)))
             except Unavailable as exc:
                 log.warning("skipping %s: %s", cell.label, exc)
                 skipped[cell.key] = str(exc)
-                self.progress(Progress("skip", i, len(cells), cell.label))
-        workers = self.workers if len(jobs) > 1 else 1
-        tasks = [self._task(i, len(cells), cell, task, workers == 1)
-                 for i, cell, _, task in jobs]
-        for j, rec in parallel(tasks, workers):
-            i, cell, info, _ = jobs[j]
-            rec.info.update(info)
-            self._store_cell(i, len(cells), cell, rec)
+                self.progress(Progress("skip", i, total, cell.label))
+        workers = self.workers if len(fits) + len(jobs) > 1 else 1
+        keys = list(fits)
+        tasks = [*fits.values(), *(self._task(i, total, cell, compute, workers == 1)
+                                   for i, cell, _, compute in jobs)]
+        for j, out in parallel(tasks, workers):
+            if j < len(keys):  # a fitted detector (sent back whole: its scores are the same)
+                log.info("fitted detector %s on %s", keys[j][1], keys[j][0])
+                self._detectors[keys[j]] = out
+                continue
+            i, cell, info, _ = jobs[j - len(keys)]
+            out.info.update(info)
+            self._store_cell(i, total, cell, out)
 
     def _prepare(self, cell: Cell, models: dict[str, nn.Module], x: Tensor, y: Tensor
                  ) -> tuple[dict[str, Any], Callable[[Callable | None], CellRecord]]:
