@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -636,6 +637,9 @@ def _version(dist: str) -> str | None:
 
 # ----------------------------------------------------------------------------- workers
 
+#: a job: its work (run on a worker) and what to do with the result (here, in the parent)
+Job = tuple[Callable[[], Any], Callable[[Any], None]]
+
 _FORKED: list[Callable[[], Any]] = []  # the tasks of the running pool, inherited by fork
 
 
@@ -770,14 +774,22 @@ class Runner:
         return [d for d in self.cfg.detectors if cell.attack.scored_by(d.name)]
 
     def _fits(self, cells: list[Cell], models: dict[str, nn.Module]
-              ) -> dict[tuple[str, str], Callable[[], Any]]:
-        """Key -> fitting task of each detector that ``cells`` use and the run has not
-        fitted yet (a detector whose package is missing is left to the cells to skip)."""
+              ) -> dict[tuple[str, str], Job]:
+        """Key -> job fitting each detector that ``cells`` use and the run has not fitted yet
+        (a detector whose package is missing is left to its cells to skip). A fitted
+        detector comes back from its worker whole: its scores are the same."""
         specs = {(c.model, canonical(d)): (c.model, d) for c in cells
                  for d in self._detector_specs(c)}
-        return {k: lambda name=name, d=d: build_detector(d, models[name], self.train)
-                for k, (name, d) in specs.items()
-                if k not in self._detectors and detector_class(d) is not None}
+        specs = {k: v for k, v in specs.items()
+                 if k not in self._detectors and detector_class(v[1]) is not None}
+        if specs:
+            self.train()  # loaded once here, inherited by the workers
+        return {k: (lambda name=name, d=d: build_detector(d, models[name], self.train),
+                    functools.partial(self._fitted, k)) for k, (name, d) in specs.items()}
+
+    def _fitted(self, key: tuple[str, str], detector: Any) -> None:
+        log.info("fitted detector %s on %s", key[1], key[0])
+        self._detectors[key] = detector
 
     # -- the run --------------------------------------------------------------------------
 
@@ -794,8 +806,9 @@ class Runner:
         self.store.begin_run(cfg.name, cfg.to_dict(), env, [(c.key, c.spec) for c in cells])
         log.info("run %s: %d cells", cfg.name, len(cells))
         skipped: dict[str, str] = {}
-        self._run_cells(cells, models, x, y, skipped)
-        findings = self.sanity(models, x, y) if cfg.sanity.get("enabled", True) else None
+        checks = cfg.sanity.get("enabled", True)
+        self._run_cells(cells, models, x, y, skipped, early_sanity=checks)
+        findings = self.sanity(models, x, y) if checks else None
         if findings and cfg.adaptive["enabled"]:
             planned = {c.key for c in cells}
             specs = {canonical(d): d for d in cfg.defenses}
@@ -811,10 +824,12 @@ class Runner:
         return self.store.run(cfg.name)
 
     def _run_cells(self, cells: list[Cell], models: dict[str, nn.Module], x: Tensor,
-                   y: Tensor, skipped: dict[str, str]) -> None:
-        """Compute and store the cells not stored yet, on ``self.workers`` processes, each
-        finished cell stored as soon as it arrives. The detectors they need are fitted
-        first, next to the cells that need none; then come the cells that use them."""
+                   y: Tensor, skipped: dict[str, str], early_sanity: bool = False) -> None:
+        """Compute and store the cells not stored yet, each as soon as it is finished, in
+        two rounds on the workers: the detectors the cells need are fitted next to the
+        cells that need none; then come the cells that use them and (``early_sanity``, when
+        the config fixes the reference eps) the sanity checks of every model and defense
+        whose cells are all stored."""
         done = self.store.finished(c.key for c in cells)
         self.progress(Progress("plan", 0, len(cells)))
         log.info("%d cells, %d already stored, %d worker(s)", len(cells), len(done),
@@ -826,38 +841,39 @@ class Runner:
             else:
                 todo.append((i, cell))
         fits = self._fits([c for _, c in todo], models)
-        if fits:
-            self.train()  # loaded once here, inherited by the workers
         later = [(i, c) for i, c in todo
                  if any((c.model, canonical(d)) in fits for d in self._detector_specs(c))]
-        now = [job for job in todo if job not in later]
-        self._compute(now, fits, len(cells), models, x, y, skipped)
-        self._compute(later, {}, len(cells), models, x, y, skipped)
+        self._compute([job for job in todo if job not in later], list(fits.values()),
+                      len(cells), models, x, y, skipped)
+        checks: list[Job] = []
+        if early_sanity and self.cfg.report.get("eps") is not None:
+            pending = {(c.model, canonical(c.defense)) for _, c in later}
+            checks = self._sanity_jobs(models, x, y, lambda g: (
+                g["model"], canonical(g["defense"])) not in pending)
+        self._compute(later, checks, len(cells), models, x, y, skipped)
 
-    def _compute(self, todo: list[tuple[int, Cell]], fits: dict[tuple[str, str], Callable],
-                 total: int, models: dict[str, nn.Module], x: Tensor, y: Tensor,
+    def _compute(self, todo: list[tuple[int, Cell]], extra: list[Job], total: int,
+                 models: dict[str, nn.Module], x: Tensor, y: Tensor,
                  skipped: dict[str, str]) -> None:
-        """Fit ``fits`` and compute the cells of ``todo`` (prepared here, in order)."""
-        jobs = []
+        """Run the jobs ``extra`` and the cells of ``todo`` (prepared here, in order) on the
+        workers; with several, the longest kinds go first (``extra``, then the adaptive
+        cells) so that the short ones fill the end."""
+        cells = []
         for i, cell in todo:
             try:
-                jobs.append((i, cell, *self._prepare(cell, models, x, y)))
+                cells.append((i, cell, *self._prepare(cell, models, x, y)))
             except Unavailable as exc:
                 log.warning("skipping %s: %s", cell.label, exc)
                 skipped[cell.key] = str(exc)
                 self.progress(Progress("skip", i, total, cell.label))
-        workers = self.workers if len(fits) + len(jobs) > 1 else 1
-        keys = list(fits)
-        tasks = [*fits.values(), *(self._task(i, total, cell, compute, workers == 1)
-                                   for i, cell, _, compute in jobs)]
-        for j, out in parallel(tasks, workers):
-            if j < len(keys):  # a fitted detector (sent back whole: its scores are the same)
-                log.info("fitted detector %s on %s", keys[j][1], keys[j][0])
-                self._detectors[keys[j]] = out
-                continue
-            i, cell, info, _ = jobs[j - len(keys)]
-            out.info.update(info)
-            self._store_cell(i, total, cell, out)
+        workers = self.workers if len(extra) + len(cells) > 1 else 1
+        if workers > 1:
+            cells.sort(key=lambda c: c[1].kind == "attack")
+        jobs = [*extra, *((self._task(i, total, cell, compute, workers == 1),
+                           functools.partial(self._store_cell, i, total, cell, info))
+                          for i, cell, info, compute in cells)]
+        for j, out in parallel([task for task, _ in jobs], workers):
+            jobs[j][1](out)
 
     def _prepare(self, cell: Cell, models: dict[str, nn.Module], x: Tensor, y: Tensor
                  ) -> tuple[dict[str, Any], Callable[[Callable | None], CellRecord]]:
@@ -884,8 +900,10 @@ class Runner:
                 Progress("batch", i, total, cell.label, b, nb)))
         return run
 
-    def _store_cell(self, i: int, total: int, cell: Cell, rec: CellRecord) -> None:
+    def _store_cell(self, i: int, total: int, cell: Cell, info: dict[str, Any],
+                    rec: CellRecord) -> None:
         rec.key, rec.spec = cell.key, cell.spec
+        rec.info.update(info)
         self.store.write_cell(rec)
         ok = rec.examples["adv_pred"] == rec.examples["label"]
         log.info("%s: robust accuracy %.3f (%.1f s)", cell.label, ok.mean(), rec.wall_s)
@@ -897,11 +915,19 @@ class Runner:
         at the report's reference eps, reusing the success rates of the stored naive cells.
 
         Findings are stored per (model weights, defense, eps, rates, settings), so a rerun
-        does not repeat them.
+        (or the run's own early checks) does not repeat them.
         """
+        self._compute([], self._sanity_jobs(models, x, y), 0, models, x, y, {})
+        eps, groups = self._sanity_groups()
+        return [{"model": g["model"], "defense": defense_label(vars(g["defense"])),
+                 "eps": eps, "findings": self.store.sanity(g["key"]),
+                 "defense_key": canonical(g["defense"])} for g in groups]
+
+    def _sanity_groups(self) -> tuple[float | None, list[dict[str, Any]]]:
+        """The reference eps and, per (model, defense) with stored naive cells there, the
+        success rates of its attacks and the key of its findings."""
         cfg, rec = self.cfg, self.store.run(self.cfg.name)
-        res = collect(self.store, cfg.name)
-        naive = [c for c in res["cells"] if c["adaptive"] is None]
+        naive = [c for c in collect(self.store, cfg.name)["cells"] if c["adaptive"] is None]
         eps = reference_eps(naive, cfg.report.get("eps"))
         n, q = int(cfg.sanity["max_examples"]), int(cfg.sanity["blackbox_queries"])
         groups: dict[str, dict[str, Any]] = {}
@@ -919,24 +945,28 @@ class Runner:
             ex = self.store.examples(c["key"])["success"][:n]
             # an attack run twice at this eps (the grid, and a subset): its best rate
             g["rates"][c["attack"]] = max(g["rates"].get(c["attack"], 0.0), float(ex.mean()))
-        keys = {k: cell_key({**g["spec"], "rates": g["rates"], "kind": "sanity"})
-                for k, g in groups.items()}
-        found = {k: f for k in groups if (f := self.store.sanity(keys[k])) is not None}
-        todo = [k for k in groups if k not in found]
-        tasks = []
-        for k in todo:
-            g = groups[k]
-            log.info("sanity checks on %s / %s at eps %g", g["model"], g["defense"].name, eps)
+        for g in groups.values():
+            g["eps"] = eps
+            g["key"] = cell_key({**g["spec"], "rates": g["rates"], "kind": "sanity"})
+        return eps, list(groups.values())
+
+    def _sanity_jobs(self, models: dict[str, nn.Module], x: Tensor, y: Tensor,
+                     ready: Callable[[dict[str, Any]], bool] = lambda g: True) -> list[Job]:
+        """A job per group of :meth:`_sanity_groups` that is ``ready`` and not stored."""
+        cfg, jobs = self.cfg, []
+        n, q = int(cfg.sanity["max_examples"]), int(cfg.sanity["blackbox_queries"])
+        for g in self._sanity_groups()[1]:
+            if not ready(g) or self.store.sanity(g["key"]) is not None:
+                continue
+            log.info("sanity checks on %s / %s at eps %g", g["model"], g["defense"].name,
+                     g["eps"])
             net = self.defended(g["model"], models[g["model"]], g["defense"])
-            tasks.append(lambda net=net, g=g: [_finding(f) for f in sanity.run_all(
-                net, x, y, eps=eps, norm="linf", results=g["rates"], max_examples=n,
-                blackbox_queries=q, seed=cfg.seed)])
-        for j, findings in parallel(tasks, self.workers):
-            g, found[todo[j]] = groups[todo[j]], findings
-            self.store.write_sanity(keys[todo[j]], g["model"], g["defense"].name, findings)
-        return [{"model": g["model"], "defense": defense_label(vars(g["defense"])),
-                 "eps": eps, "findings": found[k], "defense_key": canonical(g["defense"])}
-                for k, g in groups.items()]
+            jobs.append((lambda net=net, g=g: [_finding(f) for f in sanity.run_all(
+                net, x, y, eps=g["eps"], norm="linf", results=g["rates"], max_examples=n,
+                blackbox_queries=q, seed=cfg.seed)],
+                lambda findings, g=g: self.store.write_sanity(
+                    g["key"], g["model"], g["defense"].name, findings)))
+        return jobs
 
     def _plan(self, cell: Cell, model: nn.Module, models: dict[str, nn.Module], x: Tensor
               ) -> tuple[str, CellPlan]:
