@@ -468,21 +468,27 @@ def _raw(cfg: runner.RunConfig) -> dict:
 
 
 def test_real_detector_through_the_adapter(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
-    """advlab.detectors.ActivationKNN by its config name, fitted and scored by the runner."""
+    """advlab.detectors.ActivationKNN by its config name, fitted on a worker and scored by
+    the runner; the model need not be picklable (the fitted detector comes back without
+    it)."""
     from advlab.detectors import ActivationKNN
 
     models, data = tiny_setup(tiny_factory)
+    models["a"].not_picklable = lambda: None
     train = (torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(2)),
              torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(3)))
-    cfg = tiny_config(models=["a"], attacks=[{"name": "fgsm", "eps": 0.3}],
+    cfg = tiny_config(models=["a"], workers=2,  # the fit runs next to the unscored cell
+                      attacks=[{"name": "fgsm", "eps": 0.3},
+                               {"name": "bim", "eps": 0.1, "detectors": []}],
                       detectors=[{"name": "activation-knn",
                                   "params": {"layers": ["fc"], "k": 3}}])
     runner.run(cfg, root=tmp_path, models=models, data=data, train_data=train)
     det = ActivationKNN(layers=["fc"], k=3).fit(models["a"], *train)
     with Store(tmp_path / "advlab.sqlite") as s:
-        (key, spec), (adaptive, _) = s.run("t")["cells"]
-        assert spec["attack"] == "fgsm"
-        sc = s.scores(key)["activation-knn"]
+        cells = s.run("t")["cells"]
+        assert [sp["attack"] for _, sp in cells] == ["fgsm", "bim", "detector-aware-pgd"]
+        assert s.finished(k for k, _ in cells) == {k for k, _ in cells}
+        sc = s.scores(cells[0][0])["activation-knn"]
     assert np.allclose(sc["clean"], det.score(data[0]).double().numpy(), rtol=1e-5)
 
 

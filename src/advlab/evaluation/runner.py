@@ -776,18 +776,26 @@ class Runner:
     def _fits(self, cells: list[Cell], models: dict[str, nn.Module]
               ) -> dict[tuple[str, str], Job]:
         """Key -> job fitting each detector that ``cells`` use and the run has not fitted yet
-        (a detector whose package is missing is left to its cells to skip). A fitted
-        detector comes back from its worker whole: its scores are the same."""
+        (a detector whose package is missing is left to its cells to skip)."""
         specs = {(c.model, canonical(d)): (c.model, d) for c in cells
                  for d in self._detector_specs(c)}
         specs = {k: v for k, v in specs.items()
                  if k not in self._detectors and detector_class(v[1]) is not None}
         if specs:
             self.train()  # loaded once here, inherited by the workers
-        return {k: (lambda name=name, d=d: build_detector(d, models[name], self.train),
-                    functools.partial(self._fitted, k)) for k, (name, d) in specs.items()}
+        return {k: (functools.partial(self._fit, models[name], d),
+                    functools.partial(self._fitted, k, models[name]))
+                for k, (name, d) in specs.items()}
 
-    def _fitted(self, key: tuple[str, str], detector: Any) -> None:
+    def _fit(self, model: nn.Module, spec: PluginSpec) -> Any:
+        """A fitted detector, sent back from a worker without its model (``model_``), which
+        this process has: nothing of a user's model needs pickling."""
+        detector = build_detector(spec, model, self.train)
+        detector.model_ = None
+        return detector
+
+    def _fitted(self, key: tuple[str, str], model: nn.Module, detector: Any) -> None:
+        detector.model_ = model
         log.info("fitted detector %s on %s", key[1], key[0])
         self._detectors[key] = detector
 
