@@ -26,10 +26,10 @@ runner adds *adaptive* cells (``[adaptive]``), each stored and resumed like any 
 
 On CPU the cells run on ``workers`` processes (one per core by default), forked with one
 torch thread each: most cells are small batches that keep one core busy, so cells side by
-side use the machine better than torch's threads inside one cell (the tour: 1.8x on 2 cores). Each
-finished cell is stored in one transaction (:mod:`advlab.evaluation.store`) as it arrives,
-so an interrupted run loses at most the cells in flight. The library logs and reports
-progress through a callback; it never prints.
+side use the machine better than torch's threads inside one cell (the tour: 1.8x faster on
+2 cores). Each finished cell is stored in one transaction (:mod:`advlab.evaluation.store`)
+as it arrives, so an interrupted run loses at most the cells in flight. The library logs
+and reports progress through a callback; it never prints.
 
 Defenses and detectors come from :mod:`advlab.defenses` and :mod:`advlab.detectors` through
 small adapters (:data:`DEFENSES`, :func:`build_detector`); when those packages are missing,
