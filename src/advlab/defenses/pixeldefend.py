@@ -282,7 +282,9 @@ class PixelDefend(Transformed):
         When the attack eps is at most ``eps_defend``, the purifier's window around every
         attacked pixel still holds the clean value: on near-binary images (MNIST) a confident
         PixelCNN then restores it whatever the attacker does, and only uncertain (grey, edge)
-        pixels remain for any attack to move.
+        pixels remain for any attack to move (on mnist-cnn at eps = eps_defend = 0.3, an
+        attack that follows the purifier exactly fools 24-25% where this one fools 23%:
+        ``benchmarks/pixeldefend_adaptive.py``).
 
         Args:
             eot_samples: ignored (the purification is deterministic).
