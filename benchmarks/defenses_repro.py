@@ -58,7 +58,7 @@ a weakness of BPDA, which gets 100% as soon as eps > eps_defend (``--n 50 pixeld
 An attack that follows the purifier exactly instead of through a surrogate gradient
 (``pixeldefend_adaptive.py``: the attacker purifies, choosing at each pixel the input whose
 window reaches the purified value it wants, with PGD on the classifier over the reachable
-values) gets 24-25% at eps_defend 0.3 on the same 100 images; only 14% of the pixels can be
+values) gets 24-26% at eps_defend 0.3 on the same 100 images; only 14% of the pixels can be
 moved at all, whatever the context, and PGD over even a relaxation of those choices fools
 32%; BPDA against 1-bit binarisation gets 17%. BPDA's 23% is near what the stronger attack
 reaches, not the figure of a weak attack.
