@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from advlab import defenses
-from advlab.defenses.pixeldefend import MaskedConv2d, PixelCNN, purify
+from advlab.defenses.pixeldefend import MaskedConv2d, PixelCNN, pixel_logits, purify, window
 from advlab.errors import InputError
 
 
@@ -63,6 +63,19 @@ def test_purify_matches_full_image_algorithm(channels):
     assert (out - x).abs().max() <= 0.25 + 1e-6
     v = out * (net.levels - 1)
     assert torch.equal(v, torch.round(v))  # on the value grid
+
+
+def test_window_and_pixel_logits():
+    lo, hi = window(torch.tensor([0.0, 0.5, 1.0, 0.3]), 0.25, 9)  # levels k / 8
+    assert lo.tolist() == [0, 2, 6, 1] and hi.tolist() == [2, 6, 8, 4]
+    lo, hi = window(torch.tensor([0.3]), 0.0, 9)  # no level within 0 of 2.4 / 8: the nearest
+    assert lo.tolist() == hi.tolist() == [2]
+    net = _net(levels=9)
+    x = torch.rand(2, 1, 14, 12, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = net(x)
+        for i, j in [(0, 0), (5, 3), (13, 11), (9, 0), (12, 6)]:  # on the receptive field only
+            torch.testing.assert_close(pixel_logits(net, x, i, j, 0), full[:, :, 0, i, j])
 
 
 def test_train_pixelcnn_learns_the_digits(digits):
