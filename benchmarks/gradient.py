@@ -99,6 +99,12 @@ def peers(name: str, model: nn.Module, x: Tensor) -> dict[str, Callable[[Tensor,
     return out
 
 
+def success_check(model: nn.Module, x_adv: Tensor) -> Tensor:
+    """The forward pass a peer's user runs on its images to know which examples succeeded."""
+    with torch.no_grad():
+        return model(x_adv).argmax(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 100, 1000])
@@ -114,10 +120,11 @@ def main() -> None:
             model, x, y = zoo_setup(model_name, n)
             for name, (_, steps, _, _) in SETTINGS.items():
                 atk, es = advlab_attack(name), advlab_attack(name, early_stop=True)
+                x_adv = atk(model, x, y).x_adv  # what a success check runs on
                 fns = {"advlab": lambda a=atk: a(model, x, y).x_adv,
                        "advlab-es": lambda a=es: a(model, x, y).x_adv,
                        "floor": floor_step(model, x, y, steps),
-                       "forward": lambda: model(x).detach()}
+                       "forward": lambda xa=x_adv: success_check(model, xa)}
                 if n == args.peer_batch:
                     fns.update({k: lambda r=run: r(x, y)
                                 for k, run in peers(name, model, x).items()})

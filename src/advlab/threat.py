@@ -42,6 +42,12 @@ def as_eps(eps: float | Tensor, n: int, like: Tensor) -> Tensor:
     Raises:
         ThreatModelError: eps negative, NaN/Inf, or of the wrong shape.
     """
+    if isinstance(eps, (int, float)):  # one number: checked here, no tensor round trips
+        if not math.isfinite(eps):
+            raise ThreatModelError("eps must be finite")
+        if eps < 0:
+            raise ThreatModelError(f"eps must be non-negative, got min {eps:.4g}")
+        return torch.full((n,), eps, dtype=like.dtype, device=like.device)
     e = torch.as_tensor(eps, dtype=like.dtype, device=like.device)
     if e.dim() == 0:
         e = e.expand(n)
@@ -235,6 +241,14 @@ class LinfRegion(Region):
         if idx is None:
             return torch.clamp(x_adv, self.lo, self.hi)
         return torch.clamp(x_adv, self.lo[idx], self.hi[idx])
+
+
+class Box(Region):
+    """S(x) for points that cannot leave the eps-ball (one step of size <= eps along a
+    unit-norm direction from x): only the pixel box [0, 1] binds."""
+
+    def project(self, x_adv: Tensor, idx: Tensor | None = None) -> Tensor:
+        return clip_box(x_adv)
 
 
 def region(x: Tensor, eps: Tensor, b: Ball) -> Region:

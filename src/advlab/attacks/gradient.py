@@ -20,7 +20,7 @@ from torch import Tensor
 from advlab.attacks.base import Attack, Model, is_success, register
 from advlab.errors import ThreatModelError
 from advlab.losses import objective
-from advlab.threat import _expand, region
+from advlab.threat import Box, Region, _expand, region
 
 DEFAULT_EPS = {"linf": 0.3, "l2": 2.0, "l1": 10.0}
 
@@ -39,6 +39,8 @@ class GradientAttack(Attack):
         early_stop: stop moving an example once it is adversarial (does not change success).
         seed: seeds the random starts.
     """
+
+    projects = True  # every iterate is projected onto S(x), the random start included
 
     def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 10,
                  alpha: float | None = None, random_start: bool = False, restarts: int = 1,
@@ -103,6 +105,11 @@ class GradientAttack(Attack):
             return torch.full_like(eps, self.alpha)
         return 2.5 * eps / self.steps
 
+    def feasible_set(self, x: Tensor, eps: Tensor) -> Region:
+        """S(x), the eps-ball around x within the pixel box, onto which every iterate is
+        projected."""
+        return region(x, eps, self.ball)
+
     # -- the loop -------------------------------------------------------------------------
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
@@ -127,10 +134,8 @@ class GradientAttack(Attack):
         """One run from x (or a random start). Returns x_adv and, when restarts are on, a
         score per example: +inf if adversarial, else the objective."""
         b = self.ball
-        feasible = region(x, eps, b)
-        x_adv = x.clone()
-        if self.random_start:
-            x_adv = feasible.project(x + b.random(x, eps, generator))
+        feasible = self.feasible_set(x, eps)
+        x_adv = feasible.project(x + b.random(x, eps, generator)) if self.random_start else x
         alpha = _expand(self.step_sizes(eps), x)
         memory = self.init_memory(x)
         active: Tensor | None = None  # indices still attacked; None means all
@@ -151,6 +156,8 @@ class GradientAttack(Attack):
             if active is None:
                 x_adv = x_new
             else:
+                if x_adv is x:  # rows stopped at the first step: never write into x
+                    x_adv = x.clone()
                 x_adv[active] = x_new
         x_adv = self.result(x_adv, memory)
         if self.restarts == 1:
@@ -189,6 +196,11 @@ class FGSM(GradientAttack):
 
     def step_sizes(self, eps: Tensor) -> Tensor:
         return eps
+
+    def feasible_set(self, x: Tensor, eps: Tensor) -> Region:
+        r"""The one step, of size eps along a unit-norm direction from x, stays in the ball:
+        only the pixel box binds, :math:`x' = \mathrm{clip}_{[0,1]}(x + \epsilon\,d)`."""
+        return Box(x, eps, self.ball)
 
 
 @register("bim", knowledge="white", goal="both", norm="linf", kind="iterative")
