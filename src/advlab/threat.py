@@ -227,6 +227,10 @@ class Region:
             return project_box(self.x, x_adv, self.eps, self.ball)
         return project_box(self.x[idx], x_adv, self.eps[idx], self.ball)
 
+    def project_(self, x_adv: Tensor, idx: Tensor | None = None) -> Tensor:
+        """:meth:`project`, in x_adv's own storage where the set allows it (a temporary)."""
+        return self.project(x_adv, idx)
+
 
 class LinfRegion(Region):
     """S(x) for Linf is a box: clip x' to [max(x - eps, 0), min(x + eps, 1)], bounds computed
@@ -242,6 +246,11 @@ class LinfRegion(Region):
             return torch.clamp(x_adv, self.lo, self.hi)
         return torch.clamp(x_adv, self.lo[idx], self.hi[idx])
 
+    def project_(self, x_adv: Tensor, idx: Tensor | None = None) -> Tensor:
+        if idx is None:
+            return torch.clamp(x_adv, self.lo, self.hi, out=x_adv)
+        return torch.clamp(x_adv, self.lo[idx], self.hi[idx], out=x_adv)
+
 
 class Box(Region):
     """S(x) for points that cannot leave the eps-ball (one step of size <= eps along a
@@ -249,6 +258,9 @@ class Box(Region):
 
     def project(self, x_adv: Tensor, idx: Tensor | None = None) -> Tensor:
         return clip_box(x_adv)
+
+    def project_(self, x_adv: Tensor, idx: Tensor | None = None) -> Tensor:
+        return x_adv.clamp_(0.0, 1.0)
 
 
 def region(x: Tensor, eps: Tensor, b: Ball) -> Region:

@@ -94,7 +94,8 @@ class GradientAttack(Attack):
         return x_adv
 
     def direction(self, grad: Tensor, memory: dict[str, Tensor], idx: Tensor | None) -> Tensor:
-        """The step direction from the gradient (steepest ascent of the ball).
+        """The step direction from the gradient (steepest ascent of the ball), a new tensor:
+        the loop takes the step in its storage.
 
         ``idx`` holds the batch indices of the rows of ``grad`` (None: the whole batch)."""
         return self.ball.steepest(grad)
@@ -152,7 +153,7 @@ class GradientAttack(Attack):
                     grad = grad[keep]
             d = self.direction(grad, memory, active)
             a = alpha if active is None else alpha[active]
-            x_new = feasible.project(torch.addcmul(xs, a, d), active)  # x + alpha d
+            x_new = feasible.project_(torch.addcmul(xs, a, d, out=d), active)  # x + alpha d
             if active is None:
                 x_adv = x_new
             else:
