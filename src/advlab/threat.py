@@ -199,12 +199,15 @@ class L1Ball(Ball):
         return (mag * sign * eps[:, None]).view_as(like)
 
 
+_BALLS: dict[str, Ball] = {"linf": LinfBall(), "l2": L2Ball(), "l1": L1Ball()}
+
+
 def ball(norm: str) -> Ball:
-    """The ball object for a norm name ('linf', 'l2' or 'l1')."""
-    balls = {"linf": LinfBall, "l2": L2Ball, "l1": L1Ball}
-    if norm not in balls:
-        raise ThreatModelError(f"unknown norm {norm!r}; available: {', '.join(balls)}")
-    return balls[norm]()
+    """The ball object for a norm name ('linf', 'l2' or 'l1'); balls hold no state, so one
+    object of each serves every caller."""
+    if norm not in _BALLS:
+        raise ThreatModelError(f"unknown norm {norm!r}; available: {', '.join(_BALLS)}")
+    return _BALLS[norm]
 
 
 def project_box(x: Tensor, x_adv: Tensor, eps: Tensor, b: Ball) -> Tensor:

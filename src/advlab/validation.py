@@ -46,7 +46,7 @@ def check_labels(y: Tensor, n: int, num_classes: int | None = None, name: str = 
 
 def check_classes(labels: Tensor, num_classes: int, name: str = "y") -> None:
     """Class indices must lie in [0, num_classes)."""
-    if not len(labels):
+    if labels.numel() == 0:
         return
     lo, hi = (v.item() for v in labels.aminmax())  # one pass
     if lo < 0 or hi >= num_classes:
@@ -66,7 +66,7 @@ def check_target(target: Tensor, y: Tensor, num_classes: int | None = None) -> N
 
 def check_logits(logits: Tensor, n: int) -> None:
     """Model outputs must be finite logits of shape N x K, K >= 2, not probabilities."""
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or len(logits) != n:
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != n:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ModelOutputError(f"the model must return logits of shape ({n}, K), got {shape}")
     if logits.shape[1] < 2:

@@ -129,7 +129,7 @@ class Checked:
     def __call__(self, x: Tensor) -> Tensor:
         out = self.model(x)
         if self.pending:
-            self.check(out, len(x))
+            self.check(out, x.shape[0])
         return out
 
     def check(self, logits: Tensor, n: int) -> None:
