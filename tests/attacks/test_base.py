@@ -2,6 +2,9 @@
 forward pass (no separate probe), norms computed when first read, no copy of the caller's x."""
 from __future__ import annotations
 
+import copy
+import io
+
 import pytest
 import torch
 from torch import nn
@@ -57,6 +60,18 @@ def test_norms_computed_when_read(tiny: nn.Module) -> None:
     for k, v in want.items():
         torch.testing.assert_close(res.norms[k], v)
     assert dict(res.norms).keys() == want.keys()
+
+
+def test_norms_survive_copies_and_pickles(tiny: nn.Module) -> None:
+    res = advlab.attacks.FGSM(eps=0.1)(tiny, X, Y)  # its x_adv was clipped in place
+    want = all_norms(res.x_adv - X)
+    buf = io.BytesIO()
+    torch.save(res.norms, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    for norms in (copy.deepcopy(res).norms, loaded, res.norms):
+        for k, v in want.items():
+            torch.testing.assert_close(norms[k], v)
 
 
 def test_norms_after_an_in_place_change_are_an_error(tiny: nn.Module) -> None:

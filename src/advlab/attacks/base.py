@@ -104,6 +104,9 @@ class Norms(Mapping[str, Tensor]):
             self._norms, self._pair = all_norms(x_adv - x), None
         return self._norms
 
+    def __getstate__(self) -> dict[str, Any]:  # a copy or a pickle carries the values
+        return {"_pair": None, "_versions": None, "_norms": self._computed()}
+
     def __getitem__(self, key: str) -> Tensor:
         return self._computed()[key]
 
