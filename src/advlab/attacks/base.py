@@ -269,11 +269,13 @@ class Attack:
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise AttackError(f"{type(self).__name__} produced NaN or Inf images")
         x_adv = x_adv.to(x.dtype)
-        if not (self.projects and radius is not None):
-            x_adv = project_box(x, x_adv, radius, self.ball) if radius is not None and \
-                self.norm is not None else clip_box(x_adv)
-        elif crafted.x_adv is x:  # nothing moved: the result never shares the caller's x
-            x_adv = x.clone()
+        if self.projects and radius is not None:  # in S(x) already: not projected again
+            if crafted.x_adv is x:  # nothing moved: the result never shares the caller's x
+                x_adv = x.clone()
+        elif radius is not None and self.norm is not None:
+            x_adv = project_box(x, x_adv, radius, self.ball)
+        else:
+            x_adv = clip_box(x_adv)
         with torch.no_grad():
             logits = evaluator(x_adv)
         checked.check(logits, len(x))  # every row, whatever the attack saw
