@@ -27,8 +27,9 @@ images and the comparison with y, which advlab's result includes)::
     mlp FGSM       1.92      0.73 (v 0.98)      1.52         1.88
 
 A second run (same command, machine idle) gave FGSM overhead 2.17 / 1.71, torchattacks 0.68
-(v 0.88) / 0.60 (v 0.98), foolbox 1.48 / 1.29, ART 1.77 / 0.90 (mlp / cnn); BIM and PGD as
-above within 0.1: FGSM rows move by several percent with the load and the contenders' order.
+(v 0.88) / 0.60 (v 0.98), foolbox 1.48 / 1.29, ART 1.77 / 0.90 (mlp / cnn); torchattacks on
+BIM and PGD as above within 0.05. FGSM rows move by several percent with the load and the
+contenders' order.
 
 FGSM's floor is one forward+backward; advlab also runs the success forward the contract asks
 for (the peers' "v"), validates x, y and the model's output (on the attack's own first
