@@ -123,3 +123,28 @@ def test_as_eps_shapes() -> None:
         threat.as_eps(torch.tensor([0.1, 0.2]), 3, torch.zeros(1))
     with pytest.raises(ThreatModelError):
         threat.ball("l3")
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_region_projects_like_project_box(norm: str) -> None:
+    """The loop's feasible set: the same points as project_box, in place or not, by rows."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(5, 1, 4, 4, generator=g)
+    v = x + torch.randn(5, 1, 4, 4, generator=g)
+    eps = torch.rand(5, generator=g) + 0.1
+    b = threat.ball(norm)
+    feasible = threat.region(x, eps, b)
+    want = threat.project_box(x, v, eps, b)
+    torch.testing.assert_close(feasible.project(v), want)
+    torch.testing.assert_close(feasible.project_(v.clone()), want)
+    rows = torch.tensor([3, 0])
+    torch.testing.assert_close(feasible.project_(v[rows].clone(), rows), want[rows])
+
+
+def test_box_region_clips_only() -> None:
+    x = torch.full((2, 1, 2, 2), 0.5)
+    v = torch.tensor([-0.5, 0.25, 0.75, 1.5]).view(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    box = threat.Box(x, torch.full((2,), 0.1), threat.ball("linf"))
+    torch.testing.assert_close(box.project(v), v.clamp(0, 1))
+    w = v.clone()
+    assert box.project_(w) is w and torch.equal(w, v.clamp(0, 1))

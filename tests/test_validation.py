@@ -56,7 +56,8 @@ def test_nan_model_rejected() -> None:
 
 
 def test_nan_logits_beyond_the_probe_rows_rejected() -> None:
-    """The output's kind is checked on a few rows before the attack; every row at the end."""
+    """The output is checked on the attack's first forward pass (an oracle's model: on a few
+    probe rows) and on every row at the end."""
     class LateNaN(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             bad = x[:, 0, 0, 0] > 0.5

@@ -42,6 +42,12 @@ def as_eps(eps: float | Tensor, n: int, like: Tensor) -> Tensor:
     Raises:
         ThreatModelError: eps negative, NaN/Inf, or of the wrong shape.
     """
+    if isinstance(eps, (int, float)):  # one number: checked here, no tensor round trips
+        if not math.isfinite(eps):
+            raise ThreatModelError("eps must be finite")
+        if eps < 0:
+            raise ThreatModelError(f"eps must be non-negative, got min {eps:.4g}")
+        return torch.full((n,), eps, dtype=like.dtype, device=like.device)
     e = torch.as_tensor(eps, dtype=like.dtype, device=like.device)
     if e.dim() == 0:
         e = e.expand(n)
@@ -193,12 +199,15 @@ class L1Ball(Ball):
         return (mag * sign * eps[:, None]).view_as(like)
 
 
+_BALLS: dict[str, Ball] = {"linf": LinfBall(), "l2": L2Ball(), "l1": L1Ball()}
+
+
 def ball(norm: str) -> Ball:
-    """The ball object for a norm name ('linf', 'l2' or 'l1')."""
-    balls = {"linf": LinfBall, "l2": L2Ball, "l1": L1Ball}
-    if norm not in balls:
-        raise ThreatModelError(f"unknown norm {norm!r}; available: {', '.join(balls)}")
-    return balls[norm]()
+    """The ball object for a norm name ('linf', 'l2' or 'l1'); balls hold no state, so one
+    object of each serves every caller."""
+    if norm not in _BALLS:
+        raise ThreatModelError(f"unknown norm {norm!r}; available: {', '.join(_BALLS)}")
+    return _BALLS[norm]
 
 
 def project_box(x: Tensor, x_adv: Tensor, eps: Tensor, b: Ball) -> Tensor:
@@ -221,6 +230,10 @@ class Region:
             return project_box(self.x, x_adv, self.eps, self.ball)
         return project_box(self.x[idx], x_adv, self.eps[idx], self.ball)
 
+    def project_(self, x_adv: Tensor, idx: Tensor | None = None) -> Tensor:
+        """:meth:`project`, in x_adv's own storage where the set allows it (a temporary)."""
+        return self.project(x_adv, idx)
+
 
 class LinfRegion(Region):
     """S(x) for Linf is a box: clip x' to [max(x - eps, 0), min(x + eps, 1)], bounds computed
@@ -235,6 +248,22 @@ class LinfRegion(Region):
         if idx is None:
             return torch.clamp(x_adv, self.lo, self.hi)
         return torch.clamp(x_adv, self.lo[idx], self.hi[idx])
+
+    def project_(self, x_adv: Tensor, idx: Tensor | None = None) -> Tensor:
+        if idx is None:
+            return torch.clamp(x_adv, self.lo, self.hi, out=x_adv)
+        return torch.clamp(x_adv, self.lo[idx], self.hi[idx], out=x_adv)
+
+
+class Box(Region):
+    """S(x) for points that cannot leave the eps-ball (one step of size <= eps along a
+    unit-norm direction from x): only the pixel box [0, 1] binds."""
+
+    def project(self, x_adv: Tensor, idx: Tensor | None = None) -> Tensor:
+        return clip_box(x_adv)
+
+    def project_(self, x_adv: Tensor, idx: Tensor | None = None) -> Tensor:
+        return x_adv.clamp_(0.0, 1.0)
 
 
 def region(x: Tensor, eps: Tensor, b: Ball) -> Region:

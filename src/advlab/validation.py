@@ -40,14 +40,22 @@ def check_labels(y: Tensor, n: int, num_classes: int | None = None, name: str = 
         raise LabelError(f"{name} must be int64 class indices (not one-hot), got dtype {y.dtype}")
     if y.shape != (n,):
         raise LabelError(f"{name} must have shape ({n},) to match the batch, got {tuple(y.shape)}")
-    if num_classes is not None and ((y < 0).any() or (y >= num_classes).any()):
-        raise LabelError(
-            f"{name} must lie in [0, {num_classes}), got values in "
-            f"[{y.min().item()}, {y.max().item()}]")
+    if num_classes is not None:
+        check_classes(y, num_classes, name)
 
 
-def check_target(target: Tensor, y: Tensor, num_classes: int) -> None:
-    """A target must be a valid label different from the true label of each example."""
+def check_classes(labels: Tensor, num_classes: int, name: str = "y") -> None:
+    """Class indices must lie in [0, num_classes)."""
+    if labels.numel() == 0:
+        return
+    lo, hi = (v.item() for v in labels.aminmax())  # one pass
+    if lo < 0 or hi >= num_classes:
+        raise LabelError(f"{name} must lie in [0, {num_classes}), got values in [{lo}, {hi}]")
+
+
+def check_target(target: Tensor, y: Tensor, num_classes: int | None = None) -> None:
+    """A target must be a label different from the true label of each example (and inside
+    [0, num_classes) when that is known)."""
     check_labels(target, len(y), num_classes, name="target")
     same = target == y.to(target.device)
     if same.any():
@@ -58,7 +66,7 @@ def check_target(target: Tensor, y: Tensor, num_classes: int) -> None:
 
 def check_logits(logits: Tensor, n: int) -> None:
     """Model outputs must be finite logits of shape N x K, K >= 2, not probabilities."""
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or len(logits) != n:
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != n:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ModelOutputError(f"the model must return logits of shape ({n}, K), got {shape}")
     if logits.shape[1] < 2:

@@ -4,11 +4,16 @@ An :class:`Attack` holds settings only; the model comes at call time. ``attack(m
 validates everything, calls the subclass's :meth:`Attack.perturb`, puts the output back into
 the threat model (eps-ball and pixel box), and re-checks success with one forward pass of the
 model on the returned images, so ``success`` is never a claim the images do not back.
+
+The model's output is checked (logits, not probabilities; labels in range) on the attack's own
+first forward pass (:class:`Checked`), and the norms of the result are computed when first
+read, so a one-step attack pays little beyond its forward-backward and the success check.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -18,6 +23,7 @@ from torch import Tensor, nn
 from advlab.errors import AttackError, ThreatModelError, UnknownNameError
 from advlab.threat import Ball, all_norms, as_eps, ball, clip_box, project_box
 from advlab.validation import (
+    check_classes,
     check_eval_mode,
     check_images,
     check_labels,
@@ -29,7 +35,7 @@ log = logging.getLogger(__name__)
 
 Model = Callable[[Tensor], Tensor]
 
-#: rows on which :meth:`Attack.__call__` checks the model's output before attacking
+#: rows on which :meth:`Attack.__call__` checks the output of the model behind an oracle
 PROBE_ROWS = 8
 
 
@@ -68,7 +74,7 @@ class AttackResult:
 
     x_adv: Tensor
     success: Tensor
-    norms: dict[str, Tensor]
+    norms: Mapping[str, Tensor]
     queries: Tensor | None = None
     target: Tensor | None = None
     logits: Tensor | None = None
@@ -77,6 +83,66 @@ class AttackResult:
     @property
     def success_rate(self) -> float:
         return self.success.float().mean().item()
+
+
+class Norms(Mapping[str, Tensor]):
+    """The L0, L1, L2 and Linf norms of each row of x_adv - x, computed on first read (most
+    callers never read them). Changing x or x_adv in place before that read is an error, not
+    a silent wrong answer."""
+
+    def __init__(self, x_adv: Tensor, x: Tensor) -> None:
+        self._pair: tuple[Tensor, Tensor] | None = (x_adv, x)
+        self._versions = (x_adv._version, x._version)
+        self._norms: dict[str, Tensor] = {}
+
+    def _computed(self) -> dict[str, Tensor]:
+        if self._pair is not None:
+            x_adv, x = self._pair
+            if (x_adv._version, x._version) != self._versions:
+                raise AttackError("x or x_adv was changed in place after the attack; read "
+                                  "AttackResult.norms before changing them")
+            self._norms, self._pair = all_norms(x_adv - x), None
+        return self._norms
+
+    def __getstate__(self) -> dict[str, Any]:  # a copy or a pickle carries the values
+        return {"_pair": None, "_versions": None, "_norms": self._computed()}
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self._computed()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._computed())
+
+    def __len__(self) -> int:
+        return len(self._computed())
+
+    def __repr__(self) -> str:
+        return repr(self._computed())
+
+
+class Checked:
+    """The model as an attack sees it: its first output is checked before the attack uses it
+    (finite logits of K >= 2 classes, not probabilities; labels and targets in [0, K)), so
+    the check rides on the attack's own first forward pass instead of a separate probe."""
+
+    def __init__(self, model: Model, y: Tensor, target: Tensor | None) -> None:
+        self.model, self.y, self.target = model, y, target
+        self.pending = True
+
+    def __call__(self, x: Tensor) -> Tensor:
+        out = self.model(x)
+        if self.pending:
+            self.check(out, x.shape[0])
+        return out
+
+    def check(self, logits: Tensor, n: int) -> None:
+        """Check the model's output on n rows (and, the first time, the labels' range)."""
+        check_logits(logits, n)
+        if self.pending:
+            check_classes(self.y, logits.shape[1])
+            if self.target is not None:
+                check_classes(self.target, logits.shape[1], "target")
+            self.pending = False
 
 
 @dataclass
@@ -117,13 +183,16 @@ class Attack:
 
     Subclasses set ``norm`` (or None), ``eps`` (or None for minimum-norm attacks) and
     ``seed``, and implement :meth:`perturb`. Targeted-only attacks set ``targeted_only``
-    and choose a target with ``target_selection`` when none is given.
+    and choose a target with ``target_selection`` when none is given. An attack whose output
+    always lies in S(x) already (it projects every iterate with :func:`advlab.threat.region`)
+    sets ``projects``, and its output is not projected a second time.
     """
 
     norm: str | None = None
     eps: float | Tensor | None = None
     seed: int = 0
     targeted_only: ClassVar[bool] = False
+    projects: ClassVar[bool] = False
     target_selection: str = "random"
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
@@ -165,46 +234,55 @@ class Attack:
             AttackResult with x_adv, success re-checked on x_adv, norms, queries, target.
         """
         check_images(x)
+        check_labels(y, len(x))
+        if target is not None:
+            check_target(target, y)
+            target = target.to(x.device)
         evaluator = unwrap(model)  # an oracle's model: the evaluator's checks are not queries
         check_eval_mode(evaluator)
-        with torch.no_grad():  # the output's kind, on a few rows; every row is checked at the end
-            probe = evaluator(x[:PROBE_ROWS])
-        check_logits(probe, len(probe))
-        num_classes = probe.shape[1]
-        check_labels(y, len(x), num_classes)
         y = y.to(x.device)
-        generator = torch.Generator(device=x.device).manual_seed(self.seed)
-        if target is None and self.targeted_only:
-            with torch.no_grad():
-                logits = evaluator(x)
-            target = choose_target(logits, y, self.target_selection, generator)
-        if target is not None:
-            check_target(target, y, num_classes)
-            target = target.to(x.device)
         radius = None
         if self.bounded or eps is not None:
             radius = as_eps(self.eps if eps is None else eps, len(x), x)
         x = x.detach()
+        generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        checked = Checked(evaluator, y, target)
+        if evaluator is model:  # the check rides on the attack's first forward pass
+            model = checked
+        else:  # an oracle: its queries are the attack's; probe the model behind it
+            with torch.no_grad():
+                checked(x[:PROBE_ROWS])
+        if target is None and self.targeted_only:
+            with torch.no_grad():
+                target = choose_target(checked(x), y, self.target_selection, generator)
         out = self.perturb(model, x, y, target, radius, generator)
         crafted = out if isinstance(out, Crafted) else Crafted(out)
-        return self._finish(evaluator, x, y, target, radius, crafted)
+        return self._finish(evaluator, checked, x, y, target, radius, crafted)
 
-    def _finish(self, evaluator: Model, x: Tensor, y: Tensor, target: Tensor | None,
-                radius: Tensor | None, crafted: Crafted) -> AttackResult:
+    def _finish(self, evaluator: Model, checked: Checked, x: Tensor, y: Tensor,
+                target: Tensor | None, radius: Tensor | None,
+                crafted: Crafted) -> AttackResult:
         x_adv = crafted.x_adv.detach()
         if x_adv.shape != x.shape:
             raise AttackError(f"{type(self).__name__} returned shape {tuple(x_adv.shape)}")
-        if not torch.stack(x_adv.aminmax()).isfinite().all():  # one pass; NaN propagates
+        lo, hi = (v.item() for v in x_adv.aminmax())  # one pass; NaN propagates
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise AttackError(f"{type(self).__name__} produced NaN or Inf images")
         x_adv = x_adv.to(x.dtype)
-        x_adv = project_box(x, x_adv, radius, self.ball) if radius is not None and \
-            self.norm is not None else clip_box(x_adv)
+        if self.projects and radius is not None:  # in S(x) already: not projected again
+            if crafted.x_adv is x:  # nothing moved: the result never shares the caller's x
+                x_adv = x.clone()
+        elif radius is not None and self.norm is not None:
+            x_adv = project_box(x, x_adv, radius, self.ball)
+        else:
+            x_adv = clip_box(x_adv)
         with torch.no_grad():
             logits = evaluator(x_adv)
-        check_logits(logits, len(x))
+        checked.check(logits, len(x))  # every row, whatever the attack saw
         success = is_success(logits, y, target)
-        log.debug("%s: success %.3f", type(self).__name__, success.float().mean().item())
-        return AttackResult(x_adv=x_adv, success=success, norms=all_norms(x_adv - x),
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: success %.3f", type(self).__name__, success.float().mean().item())
+        return AttackResult(x_adv=x_adv, success=success, norms=Norms(x_adv, x),
                             queries=crafted.queries, target=target, logits=logits.detach(),
                             info=crafted.info)
 
@@ -258,4 +336,5 @@ def available() -> dict[str, Taxonomy]:
 
 def unwrap(model: nn.Module | Model) -> Model:
     """The model behind an oracle-like wrapper (``.unwrapped``), else the model itself."""
-    return getattr(model, "unwrapped", model)
+    # looked up on the class: a missing attribute of an nn.Module costs a raised exception
+    return model.unwrapped if hasattr(type(model), "unwrapped") else model  # type: ignore

@@ -20,7 +20,7 @@ from torch import Tensor
 from advlab.attacks.base import Attack, Model, is_success, register
 from advlab.errors import ThreatModelError
 from advlab.losses import objective
-from advlab.threat import _expand, region
+from advlab.threat import Box, Region, _expand, region
 
 DEFAULT_EPS = {"linf": 0.3, "l2": 2.0, "l1": 10.0}
 
@@ -39,6 +39,8 @@ class GradientAttack(Attack):
         early_stop: stop moving an example once it is adversarial (does not change success).
         seed: seeds the random starts.
     """
+
+    projects = True  # every iterate is projected onto S(x), the random start included
 
     def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 10,
                  alpha: float | None = None, random_start: bool = False, restarts: int = 1,
@@ -92,7 +94,8 @@ class GradientAttack(Attack):
         return x_adv
 
     def direction(self, grad: Tensor, memory: dict[str, Tensor], idx: Tensor | None) -> Tensor:
-        """The step direction from the gradient (steepest ascent of the ball).
+        """The step direction from the gradient (steepest ascent of the ball), a new tensor:
+        the loop takes the step in its storage.
 
         ``idx`` holds the batch indices of the rows of ``grad`` (None: the whole batch)."""
         return self.ball.steepest(grad)
@@ -102,6 +105,11 @@ class GradientAttack(Attack):
         if self.alpha is not None:
             return torch.full_like(eps, self.alpha)
         return 2.5 * eps / self.steps
+
+    def feasible_set(self, x: Tensor, eps: Tensor) -> Region:
+        """S(x), the eps-ball around x within the pixel box, onto which every iterate is
+        projected."""
+        return region(x, eps, self.ball)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -127,10 +135,8 @@ class GradientAttack(Attack):
         """One run from x (or a random start). Returns x_adv and, when restarts are on, a
         score per example: +inf if adversarial, else the objective."""
         b = self.ball
-        feasible = region(x, eps, b)
-        x_adv = x.clone()
-        if self.random_start:
-            x_adv = feasible.project(x + b.random(x, eps, generator))
+        feasible = self.feasible_set(x, eps)
+        x_adv = feasible.project(x + b.random(x, eps, generator)) if self.random_start else x
         alpha = _expand(self.step_sizes(eps), x)
         memory = self.init_memory(x)
         active: Tensor | None = None  # indices still attacked; None means all
@@ -147,10 +153,12 @@ class GradientAttack(Attack):
                     grad = grad[keep]
             d = self.direction(grad, memory, active)
             a = alpha if active is None else alpha[active]
-            x_new = feasible.project(torch.addcmul(xs, a, d), active)  # x + alpha d
+            x_new = feasible.project_(torch.addcmul(xs, a, d, out=d), active)  # x + alpha d
             if active is None:
                 x_adv = x_new
             else:
+                if x_adv is x:  # rows stopped at the first step: never write into x
+                    x_adv = x.clone()
                 x_adv[active] = x_new
         x_adv = self.result(x_adv, memory)
         if self.restarts == 1:
@@ -189,6 +197,11 @@ class FGSM(GradientAttack):
 
     def step_sizes(self, eps: Tensor) -> Tensor:
         return eps
+
+    def feasible_set(self, x: Tensor, eps: Tensor) -> Region:
+        r"""The one step, of size eps along a unit-norm direction from x, stays in the ball:
+        only the pixel box binds, :math:`x' = \mathrm{clip}_{[0,1]}(x + \epsilon\,d)`."""
+        return Box(x, eps, self.ball)
 
 
 @register("bim", knowledge="white", goal="both", norm="linf", kind="iterative")
