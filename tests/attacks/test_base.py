@@ -95,3 +95,13 @@ def test_result_never_shares_the_callers_x(tiny: nn.Module) -> None:
     assert torch.equal(res.x_adv, x) and res.success.all()
     res.x_adv.add_(0.5)
     assert torch.equal(x, X)
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd"])
+def test_inputs_made_under_inference_mode(tiny: nn.Module, name: str) -> None:
+    """Images loaded under torch.inference_mode() attack as well as plain ones."""
+    with torch.inference_mode():
+        x, y = X.clone(), Y.clone()
+    atk = advlab.attacks.get(name, eps=0.1, seed=0)
+    res, ref = atk(tiny, x, y), atk(tiny, X, Y)
+    assert torch.equal(res.x_adv, ref.x_adv) and torch.equal(res.norms["linf"], ref.norms["linf"])

@@ -237,14 +237,13 @@ class Attack:
         check_labels(y, len(x))
         if target is not None:
             check_target(target, y)
-            target = target.to(x.device)
+            target = _plain(target.to(x.device))
         evaluator = unwrap(model)  # an oracle's model: the evaluator's checks are not queries
         check_eval_mode(evaluator)
-        y = y.to(x.device)
         radius = None
         if self.bounded or eps is not None:
             radius = as_eps(self.eps if eps is None else eps, len(x), x)
-        x = x.detach()
+        x, y = _plain(x), _plain(y.to(x.device))
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
         checked = Checked(evaluator, y, target)
         if evaluator is model:  # the check rides on the attack's first forward pass
@@ -332,6 +331,11 @@ def get(name: str, **kwargs: Any) -> Attack:
 def available() -> dict[str, Taxonomy]:
     """Every registered attack name -> its taxonomy."""
     return {name: e.taxonomy for name, e in sorted(_REGISTRY.items())}
+
+
+def _plain(t: Tensor) -> Tensor:
+    """t detached, as a tensor autograd accepts (a copy of one made under inference mode)."""
+    return t.clone() if t.is_inference() else t.detach()
 
 
 def unwrap(model: nn.Module | Model) -> Model:
