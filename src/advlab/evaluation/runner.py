@@ -859,7 +859,7 @@ class Runner:
         checks: list[Job] = []
         if early_sanity and self.cfg.report.get("eps") is not None:
             pending = {(c.model, canonical(c.defense)) for _, c in later}
-            checks = self._sanity_jobs(models, x, y, lambda g: (
+            checks = self._sanity_jobs(models, x, y, self._sanity_groups()[1], lambda g: (
                 g["model"], canonical(g["defense"])) not in pending)
         self._compute(later, checks, len(cells), models, x, y, skipped)
 
@@ -928,8 +928,8 @@ class Runner:
         Findings are stored per (model weights, defense, eps, rates, settings), so a rerun
         (or the run's own early checks) does not repeat them.
         """
-        self._compute([], self._sanity_jobs(models, x, y), 0, models, x, y, {})
         eps, groups = self._sanity_groups()
+        self._compute([], self._sanity_jobs(models, x, y, groups), 0, models, x, y, {})
         return [{"model": g["model"], "defense": defense_label(vars(g["defense"])),
                  "eps": eps, "findings": self.store.sanity(g["key"]),
                  "defense_key": canonical(g["defense"])} for g in groups]
@@ -962,11 +962,12 @@ class Runner:
         return eps, list(groups.values())
 
     def _sanity_jobs(self, models: dict[str, nn.Module], x: Tensor, y: Tensor,
+                     groups: list[dict[str, Any]],
                      ready: Callable[[dict[str, Any]], bool] = lambda g: True) -> list[Job]:
-        """A job per group of :meth:`_sanity_groups` that is ``ready`` and not stored."""
+        """A job per group (of :meth:`_sanity_groups`) that is ``ready`` and not stored."""
         cfg, jobs = self.cfg, []
         n, q = int(cfg.sanity["max_examples"]), int(cfg.sanity["blackbox_queries"])
-        for g in self._sanity_groups()[1]:
+        for g in groups:
             if not ready(g) or self.store.sanity(g["key"]) is not None:
                 continue
             log.info("sanity checks on %s / %s at eps %g", g["model"], g["defense"].name,
