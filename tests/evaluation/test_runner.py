@@ -261,6 +261,20 @@ def test_workers_store_what_one_process_stores_and_resume(  # noqa: ANN001
                                        atol=1e-6)
 
 
+def _fails() -> None:
+    raise ConfigError("from a worker")
+
+
+def test_parallel_returns_every_result_and_raises_a_task_error() -> None:
+    tasks = [lambda i=i: (i, torch.get_num_threads()) for i in range(5)]
+    out = dict(runner.parallel(tasks, 2))
+    assert sorted(out) == list(range(5)) and all(out[i][0] == i for i in out)
+    if runner.worker_count(2, torch.device("cpu")) == 2:      # forked workers: one thread
+        assert {threads for _, threads in out.values()} == {1}
+    with pytest.raises(ConfigError, match="from a worker"):
+        list(runner.parallel([lambda: 1, _fails, lambda: 3], 2))
+
+
 def test_worker_count() -> None:
     assert runner.worker_count(0, torch.device("cuda")) == 1
     assert runner.worker_count(3, torch.device("cpu")) in (1, 3)  # 1 where fork is unsafe
