@@ -13,6 +13,18 @@ All contenders of a row run in interleaved rounds in one process and each keeps 
 round (see common.race), so the load of other processes falls on all of them alike; rows of a
 few milliseconds run up to 40 times ``--rounds``.
 
+Latest (``--batches 100``, one thread, idle 2-core machine, 2026-12-03 afternoon, after the
+zoo CNN's exact no-grad max pooling, ``zoo.MaxPool2x2``, which makes every success forward on
+mnist-cnn cheaper, the peers' "v" included; same columns as below)::
+
+    model, attack  overhead  torchattacks       foolbox      ART
+    cnn PGD-40     0.99      1.09 / 4.99        1.34 / 6.13  1.24 / 5.67
+    cnn BIM-10     1.18      1.04 / 1.71        1.38 / 2.26  1.49 / 2.45
+    cnn FGSM       1.37      0.74 (v 0.99)      1.31         1.12 (v 1.38)
+    mlp PGD-40     1.19      1.05 / 2.28        1.69 / 3.66  3.77 / 8.17
+    mlp BIM-10     1.37      2.09 / 2.18        1.71 / 1.78  3.62 / 3.78
+    mlp FGSM       1.88      0.77 (v 1.01)      1.68         2.00
+
 Measured (``--batches 100``, one thread, 2-core machine shared with other work, 2026-12-03;
 peer / advlab time with every step run, then against advlab's early stopping; robust accuracy
 equal in every row; FGSM "v": the peer plus its success check, a no-grad forward on adversarial
