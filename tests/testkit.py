@@ -8,6 +8,19 @@ import torch
 from torch import nn
 
 
+class Counted(nn.Module):
+    """Counts the forward passes of a model and the rows it evaluates."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.calls, self.rows = model, 0, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.rows += len(x)
+        return self.model(x)
+
+
 class Linear(nn.Module):
     """logits = W flat(x) + b in float64: gradients and decision boundaries in closed form."""
 

@@ -12,22 +12,10 @@ from torch import nn
 import advlab
 from advlab.errors import AttackError, LabelError, ModelOutputError
 from advlab.threat import all_norms
+from testkit import Counted
 
 X = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(3))
 Y = torch.tensor([0, 1, 2, 3, 4, 5])
-
-
-class Counted(nn.Module):
-    """Counts the forward passes of a model and the rows it sees."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model, self.calls, self.rows = model, 0, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        self.rows += len(x)
-        return self.model(x)
 
 
 def test_fgsm_runs_the_model_twice(tiny: nn.Module) -> None:

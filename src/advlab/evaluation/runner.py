@@ -668,7 +668,7 @@ def parallel(tasks: list[Callable[[], Any]], workers: int) -> Iterator[tuple[int
     error is raised here; a worker that dies raises ``BrokenProcessPool``.
     """
     global _FORKED
-    if workers <= 1:
+    if workers <= 1 or len(tasks) <= 1:
         for i, task in enumerate(tasks):
             yield i, task()
         return
@@ -682,6 +682,13 @@ def parallel(tasks: list[Callable[[], Any]], workers: int) -> Iterator[tuple[int
     finally:  # on an error or an interrupt, queued tasks are dropped, running ones end
         pool.shutdown(wait=False, cancel_futures=True)
         _FORKED = []
+
+
+def run_jobs(jobs: list[Job], workers: int) -> None:
+    """Run each job's work (see :func:`parallel`) and hand its result to the job's handler,
+    here, as the results arrive."""
+    for j, out in parallel([work for work, _ in jobs], workers):
+        jobs[j][1](out)
 
 
 class Runner:
@@ -883,8 +890,7 @@ class Runner:
         jobs = [*extra, *((self._task(i, total, cell, compute, workers == 1),
                            functools.partial(self._store_cell, i, total, cell, info))
                           for i, cell, info, compute in cells)]
-        for j, out in parallel([task for task, _ in jobs], workers):
-            jobs[j][1](out)
+        run_jobs(jobs, workers)
 
     def _prepare(self, cell: Cell, models: dict[str, nn.Module], x: Tensor, y: Tensor
                  ) -> tuple[dict[str, Any], Callable[[Callable | None], CellRecord]]:
@@ -929,7 +935,7 @@ class Runner:
         (or the run's own early checks) does not repeat them.
         """
         eps, groups = self._sanity_groups()
-        self._compute([], self._sanity_jobs(models, x, y, groups), 0, models, x, y, {})
+        run_jobs(self._sanity_jobs(models, x, y, groups), self.workers)
         return [{"model": g["model"], "defense": defense_label(vars(g["defense"])),
                  "eps": eps, "findings": self.store.sanity(g["key"]),
                  "defense_key": canonical(g["defense"])} for g in groups]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import advlab
+import testkit
 from advlab.attacks.base import PROBE_ROWS
 from advlab.attacks.blackbox import Oracle
 
@@ -26,20 +27,17 @@ HARD = {  # settings under which 12 queries cannot fool the tiny model
 X = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(3))
 
 
-class Counted(nn.Module):
+class Counted(testkit.Counted):
     """Counts the rows the wrapped model evaluates; refuses to build an autograd graph."""
 
     def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model, self.rows, self.calls = model, 0, 0
+        super().__init__(model)
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or x.requires_grad:
             raise AssertionError("a black-box attack built an autograd graph")
-        self.rows += len(x)
-        self.calls += 1
-        return self.model(x)
+        return super().forward(x)
 
 
 def predicted(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
