@@ -148,3 +148,42 @@ def test_box_region_clips_only() -> None:
     torch.testing.assert_close(box.project(v), v.clamp(0, 1))
     w = v.clone()
     assert box.project_(w) is w and torch.equal(w, v.clamp(0, 1))
+
+
+def _clip_grad(x: list[float], lo, hi) -> list[float]:
+    v = torch.tensor(x, requires_grad=True)
+    (g,) = torch.autograd.grad((threat.clip(v, lo, hi) * torch.arange(1.0, len(x) + 1)).sum(), v)
+    return g.tolist()
+
+
+def test_clip_gradient_convention_is_pinned() -> None:
+    """d clip / dx is 1 on the closed interval (boundary included) and 0 outside, with number
+    and tensor bounds, whatever torch's own clamp does at the boundary (it changed in 2.14)."""
+    x = [-0.5, 0.0, 0.5, 1.0, 1.5]
+    w = [0.0, 2.0, 3.0, 4.0, 0.0]  # the upstream weights 1..5 where the gradient passes
+    assert _clip_grad(x, 0.0, 1.0) == w
+    assert _clip_grad(x, torch.zeros(5), torch.ones(5)) == w
+    assert _clip_grad(x, 0.0, None) == [0.0, 2.0, 3.0, 4.0, 5.0]
+    assert _clip_grad(x, None, 1.0) == [1.0, 2.0, 3.0, 4.0, 0.0]
+    v = torch.tensor(x, requires_grad=True)
+    (g,) = torch.autograd.grad(threat.clip_box(v).sum(), v)
+    assert g.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_clip_forward_equals_clamp_and_lets_boundary_pixels_move() -> None:
+    x = torch.tensor([[-0.2, 0.0, 0.3, 1.0, 1.7]])
+    assert torch.equal(threat.clip_box(x.clone().requires_grad_(True)).detach(), x.clamp(0, 1))
+    assert torch.equal(threat.clip(x, -0.1, 0.9), x.clamp(-0.1, 0.9))
+    # x' = clip(x + delta) at delta = 0: every pixel, those at 0 and 1 included, gets the
+    # loss gradient, so one descent step on -x'.sum() moves the pixel at 0 inward
+    delta = torch.zeros_like(x, requires_grad=True)
+    (g,) = torch.autograd.grad((-threat.clip_box(x + delta)).sum(), delta)
+    assert g.tolist() == [[0.0, -1.0, -1.0, -1.0, 0.0]]
+    assert (threat.clip_box(x - 0.1 * g) > x.clamp(0, 1))[0, 1]
+
+
+def test_linf_projection_gradient_on_the_ball_boundary() -> None:
+    eps = torch.tensor([0.25])
+    r = torch.tensor([[-0.5, -0.25, 0.0, 0.25, 0.5]], requires_grad=True)
+    (g,) = torch.autograd.grad(threat.ball("linf").project(r, eps).sum(), r)
+    assert g.tolist() == [[0.0, 1.0, 1.0, 1.0, 0.0]]

@@ -90,9 +90,32 @@ def _norm(flat: Tensor, mag: Tensor, norm: str) -> Tensor:
     raise ThreatModelError(f"unknown norm {norm!r}; available: l0, l1, l2, linf")
 
 
+def clip(x: Tensor, lo: float | Tensor | None = None,
+         hi: float | Tensor | None = None) -> Tensor:
+    r"""Clip x to [lo, hi] with one gradient convention on every torch version.
+
+    .. math::  \frac{\partial\, \mathrm{clip}(x)}{\partial x} =
+       \begin{cases} 1 & lo \le x \le hi \\ 0 & \text{otherwise} \end{cases}
+
+    The boundary belongs to the interval, so a pixel that sits exactly at 0 or 1 (most of an
+    MNIST image) still receives the loss gradient and a step can move it inward. torch's own
+    ``clamp`` gives 1 there up to 2.13 and 0 from 2.14 (0.5 with tensor bounds), which froze
+    those pixels in every optimisation through :math:`\mathrm{clip}(x + \delta)` at
+    :math:`\delta = 0`. Every clip that a gradient passes through in advlab is this one.
+
+    Args:
+        x: any tensor.
+        lo, hi: bounds (numbers or tensors broadcasting against x); None for no bound.
+    """
+    out = x.clamp(lo, hi)
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return out
+    return torch.where(out == x, x, out.detach())  # inside or on the boundary: identity
+
+
 def clip_box(x_adv: Tensor) -> Tensor:
-    """Clip to the pixel box [0, 1]."""
-    return x_adv.clamp(0.0, 1.0)
+    """Clip to the pixel box [0, 1], with :func:`clip`'s gradient."""
+    return clip(x_adv, 0.0, 1.0)
 
 
 class Ball:
@@ -124,7 +147,7 @@ class LinfBall(Ball):
 
     def project(self, delta: Tensor, eps: Tensor) -> Tensor:
         e = _expand(eps, delta)
-        return torch.maximum(torch.minimum(delta, e), -e)
+        return clip(delta, -e, e)
 
     def steepest(self, grad: Tensor) -> Tensor:
         return grad.sign()
@@ -246,8 +269,8 @@ class LinfRegion(Region):
 
     def project(self, x_adv: Tensor, idx: Tensor | None = None) -> Tensor:
         if idx is None:
-            return torch.clamp(x_adv, self.lo, self.hi)
-        return torch.clamp(x_adv, self.lo[idx], self.hi[idx])
+            return clip(x_adv, self.lo, self.hi)
+        return clip(x_adv, self.lo[idx], self.hi[idx])
 
     def project_(self, x_adv: Tensor, idx: Tensor | None = None) -> Tensor:
         if idx is None:

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advlab.errors import InputError, UnknownNameError
+from advlab.threat import clip_box
 
 # ----------------------------------------------------------------------------- base
 
@@ -421,7 +422,7 @@ class GaussianNoise(Transform):
         return z.to(x.device) * self.std
 
     def apply(self, x: Tensor, params: Tensor) -> Tensor:
-        return (x + params).clamp(0.0, 1.0)
+        return clip_box(x + params)
 
 
 class Brightness(Transform):
@@ -447,7 +448,7 @@ class Brightness(Transform):
         return _uniform(len(x), -m, m, generator, x)
 
     def apply(self, x: Tensor, params: Tensor) -> Tensor:
-        return (x + params[:, :, None, None]).clamp(0.0, 1.0)
+        return clip_box(x + params[:, :, None, None])
 
 
 # ----------------------------------------------------------------------------- purifiers
@@ -614,7 +615,7 @@ class JPEG(Transform):
                                                                                       None]
             inv = torch.linalg.inv(torch.tensor(_RGB2YCC, dtype=torch.float64)).to(x)
             z = torch.einsum("ij,njhw->nihw", inv, z)
-        return (z / 255.0).clamp(0.0, 1.0)
+        return clip_box(z / 255.0)
 
 
 # ----------------------------------------------------------------------------- combinators

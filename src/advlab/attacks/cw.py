@@ -52,7 +52,7 @@ from torch import Tensor
 from advlab.attacks.base import Attack, Crafted, Model, is_success, register
 from advlab.errors import ThreatModelError
 from advlab.losses import margin
-from advlab.threat import _expand
+from advlab.threat import _expand, clip, clip_box
 
 BOXES = ("tanh", "clip")
 
@@ -62,7 +62,7 @@ def cw_loss(logits: Tensor, y: Tensor, target: Tensor | None, kappa: float) -> T
     :math:`\max(\max_{i\ne t} Z_i - Z_t, -\kappa)` (targeted). Shape (N,)."""
     if target is None:
         return margin(logits, y, kappa)
-    return (-margin(logits, target)).clamp_min(-kappa)
+    return clip(-margin(logits, target), lo=-kappa)
 
 
 def cw_success(logits: Tensor, y: Tensor, target: Tensor | None, kappa: float) -> Tensor:
@@ -89,14 +89,14 @@ class Box:
     def image(self, w: Tensor, idx: Tensor) -> Tensor:
         """x' for the rows ``idx`` of the batch (w holds only those rows)."""
         if self.kind == "tanh":
-            return (self.x[idx] + 0.5 * (torch.tanh(w) - self.t0[idx])).clamp(0, 1)
-        return (self.x[idx] + w).clamp(0, 1)
+            return clip_box(self.x[idx] + 0.5 * (torch.tanh(w) - self.t0[idx]))
+        return clip_box(self.x[idx] + w)
 
     def project(self, w: Tensor, idx: Tensor) -> Tensor:
         """After a step: keep pixel-space perturbations inside the box."""
         if self.kind == "tanh":
             return w
-        return (self.x[idx] + w).clamp(0, 1) - self.x[idx]
+        return clip_box(self.x[idx] + w) - self.x[idx]
 
 
 @dataclass
@@ -134,7 +134,7 @@ def confirm(model: Model, x: Tensor, x_adv: Tensor, y: Tensor, target: Tensor | 
             lost = found & ~is_success(model(x_adv), y, target)
         if not lost.any():
             break
-        x_adv[lost] = (x[lost] + (1 + 1e-3 * 2**j) * (x_adv[lost] - x[lost])).clamp(0, 1)
+        x_adv[lost] = clip_box(x[lost] + (1 + 1e-3 * 2**j) * (x_adv[lost] - x[lost]))
     return x_adv
 
 

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, register
 from advlab.errors import ThreatModelError
+from advlab.threat import clip_box
 
 TINY = 1e-4  # added to |f'| as in the authors' code, so each step crosses the boundary
 
@@ -84,7 +85,7 @@ class DeepFool(Attack):
             r = self._step(xs, logits, classes[idx])
             with torch.no_grad():
                 r_tot[idx] += r
-                x_adv[idx] = (x[idx] + (1 + self.overshoot) * r_tot[idx]).clamp(0, 1)
+                x_adv[idx] = clip_box(x[idx] + (1 + self.overshoot) * r_tot[idx])
                 iters[idx] += 1
         x_adv = self._push(model, x, y, r_tot, x_adv)
         return Crafted(x_adv, info={"iterations": iters})
@@ -121,5 +122,5 @@ class DeepFool(Attack):
             if not stuck.any():
                 break
             scale *= 2
-            x_adv[stuck] = (x[stuck] + scale * r_tot[stuck]).clamp(0, 1)
+            x_adv[stuck] = clip_box(x[stuck] + scale * r_tot[stuck])
         return x_adv

@@ -40,7 +40,7 @@ from torch import Tensor
 from advlab.attacks.base import Attack, Crafted, Model, is_success, register
 from advlab.attacks.gradient import DEFAULT_EPS
 from advlab.errors import ThreatModelError
-from advlab.threat import _expand, lp_norm
+from advlab.threat import _expand, clip_box, lp_norm
 
 DUAL = {"linf": 1.0, "l2": 2.0}
 
@@ -145,7 +145,7 @@ class FAB(Attack):
             if r > 0:
                 radius = torch.where(dist[todo].isfinite(), dist[todo],
                                      DEFAULT_EPS[self.norm]) / 2
-                start = (start + self.ball.random(start, radius, generator)).clamp(0, 1)
+                start = clip_box(start + self.ball.random(start, radius, generator))
             t = None if towards is None else towards[todo]
             run_best, run_dist = self._run(model, x[todo], y[todo], t, start)
             better = run_dist < dist[todo]
@@ -166,7 +166,7 @@ class FAB(Attack):
             n, n0 = lp_norm(d, self.norm), lp_norm(d0, self.norm)
             alpha = (n / (n + n0).clamp_min(1e-12)).clamp(0, self.alpha_max)[:, None]
             new = ((1 - alpha) * (flat + self.eta * d) + alpha * (flat0 + self.eta * d0))
-            x = new.clamp(0, 1).view_as(x0)
+            x = clip_box(new).view_as(x0)
             with torch.no_grad():
                 adv = is_success(model(x), y, None)
             gap = lp_norm(x - x0, self.norm)

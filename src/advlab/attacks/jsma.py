@@ -51,6 +51,7 @@ from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, register
 from advlab.errors import ThreatModelError
+from advlab.threat import clip_box
 
 CHUNK = 1 << 23  # elements of one block of pair scores (32 MB in float32)
 
@@ -195,7 +196,7 @@ class JSMA(Attack):
             p, q, ok = self._choose(alpha, beta, domain[idx])
             idx, p, q = idx[ok], p[ok], q[ok]
             for pix in (p, q) if self.pairs else (p,):
-                flat[idx, pix] = (flat[idx, pix] + self.theta).clamp(0, 1)
+                flat[idx, pix] = clip_box(flat[idx, pix] + self.theta)
                 domain[idx, pix] = False
             iters[idx] += 1
         return Crafted(flat.view_as(x), info={"iterations": iters})

@@ -32,7 +32,7 @@ from torch import Tensor
 from advlab.attacks.base import Attack, Crafted, Model, is_success, register
 from advlab.attacks.cw import confirm
 from advlab.errors import ThreatModelError
-from advlab.threat import ball
+from advlab.threat import ball, clip_box
 
 
 @register("lbfgs", knowledge="white", goal="targeted", norm="l2", kind="optimization",
@@ -120,7 +120,7 @@ class LBFGS(Attack):
         """x' = clip(x + r), r projected onto the eps-ball first when there is one."""
         if eps is not None:
             r = ball(self.norm).project(r, eps)
-        return (x + r).clamp(0, 1)
+        return clip_box(x + r)
 
     def _objective(self, model: Model, x: Tensor, target: Tensor, c: Tensor,
                    eps: Tensor | None, r: Tensor) -> tuple[Tensor, Tensor]:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from advlab.defenses.transforms import Adaptive
 from advlab.detectors.base import Detector, Model
 from advlab.errors import InputError, UnknownNameError
+from advlab.threat import clip_box
 from advlab.validation import check_images
 
 COMPONENTS = ("l1", "l2", "jsd10", "jsd40")
@@ -102,7 +103,7 @@ def train_autoencoder(x: Tensor, *, epochs: int = 10, noise: float = 0.1, lr: fl
                 xb = x[perm[i:i + batch_size]]
                 z = torch.randn(xb.shape, generator=g, device=x.device, dtype=x.dtype)
                 opt.zero_grad()
-                F.mse_loss(ae((xb + noise * z).clamp(0, 1)), xb).backward()  # own module
+                F.mse_loss(ae(clip_box(xb + noise * z)), xb).backward()  # own module
                 opt.step()
     for p in ae.parameters():
         p.requires_grad_(False)

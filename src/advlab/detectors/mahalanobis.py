@@ -22,6 +22,7 @@ from advlab.attacks.base import Attack
 from advlab.detectors.base import Detector, Model, batched, forward_with_activations
 from advlab.detectors.learned import craft, default_attacks, train_binary
 from advlab.errors import InputError
+from advlab.threat import clip_box
 
 
 def _pool(a: Tensor, shape: torch.Size) -> Tensor:
@@ -110,7 +111,7 @@ class Mahalanobis(Detector):
                 xg = x.detach().requires_grad_(True)
                 m = self._mahalanobis(self._layer_features(model, xg))
                 (g,) = torch.autograd.grad(m.sum(), xg)
-            x = (x + self.noise * g.sign()).clamp(0.0, 1.0).detach()
+            x = clip_box(x + self.noise * g.sign()).detach()
         with torch.no_grad():
             return self._mahalanobis(self._layer_features(model, x))
 

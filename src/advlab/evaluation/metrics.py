@@ -35,6 +35,7 @@ from advlab.detectors.metrics import (  # noqa: F401  (re-exported)
     trapezoid_auc,
 )
 from advlab.errors import InputError
+from advlab.threat import clip_box
 
 # ----------------------------------------------------------------------------- accuracy
 
@@ -142,7 +143,7 @@ def translate(x: Tensor, dx: int, dy: int = 0) -> Tensor:
 def gaussian_noise(x: Tensor, sigma: float, generator: torch.Generator) -> Tensor:
     """x plus N(0, sigma^2) noise drawn from ``generator``, clipped to [0, 1]."""
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return (x + sigma * noise).clamp(0.0, 1.0)
+    return clip_box(x + sigma * noise)
 
 
 def ssim(x: Tensor, x_adv: Tensor, window: int = 7, data_range: float = 1.0) -> Tensor:

@@ -35,7 +35,7 @@ from advlab.attacks.base import Crafted, Model, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle, as_oracle
 from advlab.attacks.blackbox.substitute import fit_adam
 from advlab.errors import ThreatModelError
-from advlab.threat import _expand, clip_box
+from advlab.threat import _expand, clip, clip_box
 from advlab.validation import check_images
 
 # ----------------------------------------------------------------------------- autoencoder
@@ -120,7 +120,7 @@ def cw_log_loss(logits: Tensor, y: Tensor, target: Tensor | None, kappa: float) 
     own = logp.gather(1, cls[:, None]).squeeze(1)
     other = logp.scatter(1, cls[:, None], float("-inf")).amax(1)
     gap = own - other if target is None else other - own
-    return gap.clamp_min(-kappa)
+    return clip(gap, lo=-kappa)
 
 
 @register("autozoom", knowledge="score", goal="both", norm="l2", kind="optimization",

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from advlab.attacks.blackbox.oracle import Oracle
 from advlab.errors import InputError
-from advlab.threat import _expand, lp_norm
+from advlab.threat import _expand, clip_box, lp_norm
 
 INITS = ("auto", "batch", "noise")
 
@@ -135,7 +135,7 @@ def starting_points(decide: Decision, x: Tensor, clean_label: Tensor, init: str,
                              f"got {tuple(given.shape)}")
         rows = todo[decide.can_query(todo)]
         if len(rows):
-            cand = given[rows].to(x).clamp(0, 1)
+            cand = clip_box(given[rows].to(x))
             ok = decide(cand, rows)
             start[rows[ok]], found[rows[ok]] = cand[ok], True
     if init in ("auto", "batch"):

@@ -40,6 +40,7 @@ from advlab.attacks.base import is_success, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
 from advlab.errors import ThreatModelError
 from advlab.losses import margin
+from advlab.threat import clip, clip_box
 
 SOLVERS = ("adam", "newton")
 ROWS_PER_QUERY = 4096  # images per oracle call (bounds the model's activation memory)
@@ -260,7 +261,7 @@ class ZOO(BlackBoxAttack):
         return torch.atanh((2 * x - 1) * (1 - 1e-6)) if self.use_tanh else x
 
     def _squash(self, pre: Tensor) -> Tensor:
-        return (torch.tanh(pre) + 1) / 2 if self.use_tanh else pre.clamp(0.0, 1.0)
+        return (torch.tanh(pre) + 1) / 2 if self.use_tanh else clip_box(pre)
 
     def _up(self, w: Tensor, like: Tensor) -> Tensor:
         if w.shape[2:] == like.shape[2:]:
@@ -272,7 +273,7 @@ class ZOO(BlackBoxAttack):
         logp = scores.log_softmax(1)
         if target is None:
             return margin(logp, y, kappa=self.confidence)
-        return (-margin(logp, target)).clamp_min(-self.confidence)
+        return clip(-margin(logp, target), lo=-self.confidence)
 
     def _record(self, images: Tensor, scores: Tensor, l2sq: Tensor, rows: Tensor, y: Tensor,
                 target: Tensor | None, best_l2: Tensor, best_x: Tensor, found: Tensor) -> None:
