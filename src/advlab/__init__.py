@@ -1,6 +1,6 @@
 """advlab: adversarial examples in PyTorch — attacks, defenses, detectors, honest evaluation.
 
-The layers, bottom to top: errors/threat/losses/validation -> data, zoo, transforms ->
+The layers, bottom to top: errors/threat/losses/validation -> data, zoo, models, transforms ->
 attacks -> defenses, detectors -> evaluation -> report, cli (imported on demand).
 """
 # ruff: noqa: I001, F401, E402
@@ -15,6 +15,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from advlab import errors, validation, threat, losses
 from advlab import data
 from advlab import zoo
+from advlab import models
 from advlab import transforms
 from advlab import attacks
 from advlab import defenses  # noqa: F401

@@ -63,3 +63,7 @@ class NotFittedError(AdvlabError, RuntimeError):
 
 class ConfigError(AdvlabError, ValueError):
     """An experiment configuration (TOML file or dict) that is malformed or inconsistent."""
+
+
+class FactoryError(AdvlabError, RuntimeError):
+    """A user's model factory that cannot be imported, raises, or returns no module."""

@@ -63,6 +63,7 @@ from torch import Tensor, nn
 
 import advlab
 from advlab import attacks
+from advlab import models as models_
 from advlab.errors import AdvlabError, ConfigError
 from advlab.evaluation import metrics, sanity
 from advlab.evaluation.config import (
@@ -249,25 +250,35 @@ def fingerprint_data(x: Tensor, y: Tensor) -> str:
 
 
 def load_model(spec: ModelSpec) -> nn.Module:
-    """A zoo model or a cached robust model (:data:`advlab.defenses.ROBUST`, such as
-    ``mnist-cnn-trades``) by name, or a user's safetensors weights for a zoo architecture;
-    trained on first use and cached."""
-    from advlab import zoo
-
-    if spec.file is None:
+    """A cached robust model (:data:`advlab.defenses.ROBUST`, such as ``mnist-cnn-trades``)
+    by name, else what :func:`advlab.models.build` makes of the spec (a zoo model, or the
+    user's own network and weights)."""
+    if spec.is_zoo:
         defenses = optional_module("advlab.defenses")
         if defenses is not None and spec.name in defenses.ROBUST:
             return defenses.load_robust(spec.name)
-        return zoo.load(spec.name)
-    return zoo.load_weights(zoo.build(spec.arch), spec.file).eval()
+    return models_.build(spec)
 
 
 def load_data(spec: DataSpec, split: str | None = None,
-              n: int | None = None) -> tuple[Tensor, Tensor]:
-    """The first ``n`` images of a split of the configured data set."""
+              n: int | None = None, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``n`` images of a split of the configured data set (chosen by ``spec.subset`` with
+    ``seed``), with the configured channels and size."""
     from advlab import data
 
-    return data.load(spec.name, split=split or spec.split, root=spec.root, n=n)
+    return data.load(spec.name, split=split or spec.split, root=spec.root, n=n,
+                     subset=spec.subset, seed=seed, channels=spec.channels,
+                     resize=spec.resize)
+
+
+def check_models(models: dict[str, nn.Module], x: Tensor, y: Tensor,
+                 classes: list[str] | None) -> None:
+    """Each model takes the data's images and returns one logit per class of the data (one
+    probe forward each), before any attack runs; with no class names (data given as
+    tensors), at least one per label."""
+    k = len(classes) if classes else int(y.max()) + 1
+    for name, model in models.items():
+        models_.check_input(model, x, k, name, exact=bool(classes))
 
 
 def class_names(spec: DataSpec) -> list[str] | None:
@@ -724,7 +735,7 @@ class Runner:
     def train(self) -> tuple[Tensor, Tensor]:
         if self._train is None:
             self._train = load_data(self.cfg.data, self.cfg.data.train_split,
-                                    self.cfg.data.fit_n)
+                                    self.cfg.data.fit_n, self.cfg.seed)
         x, y = self._train
         return x.to(self.device), y.to(self.device)
 
@@ -813,14 +824,17 @@ class Runner:
 
     def run(self) -> dict[str, Any]:
         cfg, t0 = self.cfg, time.perf_counter()
-        x, y = self._data if self._data is not None else load_data(cfg.data, n=cfg.data.n)
+        x, y = self._data if self._data is not None else \
+            load_data(cfg.data, n=cfg.data.n, seed=cfg.seed)
         x, y = x.to(self.device), y.to(self.device)
         models = self.models()
+        classes = class_names(cfg.data) if self._data is None else None
+        check_models(models, x, y, classes)
         fps, data_fp = {k: fingerprint_model(m) for k, m in models.items()}, \
             fingerprint_data(x, y)
         cells = plan_cells(cfg, fps, data_fp, len(x))
         env = environment(self.device, cfg.seed)
-        env["classes"] = class_names(cfg.data) if self._data is None else None
+        env["classes"] = classes
         self.store.begin_run(cfg.name, cfg.to_dict(), env, [(c.key, c.spec) for c in cells])
         log.info("run %s: %d cells", cfg.name, len(cells))
         skipped: dict[str, str] = {}
