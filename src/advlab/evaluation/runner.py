@@ -334,9 +334,14 @@ class CellPlan:
     noise: Sequence[float] = (0.05,)
     detectors: dict[str, Any] = field(default_factory=dict)
     gallery: int = 8
-    batch_size: int = 500
+    batch_size: int | str = 500  # "auto": AUTO_BATCH, halved on CUDA out-of-memory
     seed: int = 0
     clean: dict[tuple, Tensor] | None = None  # memo of the clean side, see _clean
+    precision: str = "fp32"  # the attack's forward and backward (advlab.models.autocast)
+
+
+#: the first batch size that ``batch_size = "auto"`` tries
+AUTO_BATCH = 1024
 
 
 def _clean(plan: CellPlan, what: tuple, start: int, fn: Callable[[], Tensor]) -> Tensor:
@@ -380,9 +385,11 @@ def _batch_rows(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor, seed: in
     if plan.target is not None:
         g = torch.Generator(device=x.device).manual_seed(seed)
         target = attacks.choose_target(clean_logits, y, plan.target, g)
-    res = plan.attack(model if plan.surrogate is None else plan.surrogate, x, y, target)
+    attacked = model if plan.surrogate is None else plan.surrogate
+    res = plan.attack(models_.autocast(attacked, plan.precision), x, y, target)
     adv_logits, success = res.logits, res.success
-    if plan.surrogate is not None:  # the examples are judged on the real (defended) model
+    if plan.surrogate is not None or plan.precision != "fp32":
+        # judged on the real (defended) model, in fp32
         with torch.no_grad():
             adv_logits = model(res.x_adv)
         success = attacks.is_success(adv_logits, y, res.target)
@@ -446,20 +453,31 @@ def evaluate(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor,
         A :class:`CellRecord` without key and spec (the caller sets them).
     """
     t0, started = time.perf_counter(), time.time()
-    bs = plan.batch_size
-    batches = math.ceil(len(x) / bs)
+    auto = plan.batch_size == "auto"
+    bs = AUTO_BATCH if auto else int(plan.batch_size)
     parts, probe_parts, score_parts, advs = [], [], [], []
-    for b in range(batches):
-        sl = slice(b * bs, (b + 1) * bs)
-        rows, probes, scores, x_adv = _batch_rows(plan, model, x[sl], y[sl], plan.seed + b,
-                                                  sl.start)
-        rows["idx"] = np.arange(sl.start, sl.start + len(x_adv))
+    start = 0
+    while start < len(x):
+        sl = slice(start, start + bs)
+        try:
+            rows, probes, scores, x_adv = _batch_rows(plan, model, x[sl], y[sl],
+                                                      plan.seed + len(parts), start)
+        except torch.cuda.OutOfMemoryError:
+            if not auto or bs == 1:
+                raise
+            bs //= 2
+            log.warning("CUDA out of memory: batch size halved to %d, batch retried", bs)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        rows["idx"] = np.arange(start, start + len(x_adv))
         parts.append(rows)
         probe_parts.append(probes)
         score_parts.append(scores)
         advs.append(x_adv.cpu())
+        start += len(x_adv)
         if on_batch is not None:
-            on_batch(b + 1, batches)
+            on_batch(len(parts), len(parts) + math.ceil((len(x) - start) / bs))
     rows = _concat(parts)
     x_adv = torch.cat(advs)
     gallery = [(i, _np(x[i].float()), _np(x_adv[i].float()))
@@ -467,7 +485,9 @@ def evaluate(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor,
     return CellRecord(key="", spec={}, examples=rows, probes=_concat(probe_parts),
                       scores=_concat(score_parts), gallery=gallery, started=started,
                       finished=time.time(), wall_s=time.perf_counter() - t0,
-                      device=str(x.device), info={"attack": repr(plan.attack)})
+                      device=str(x.device),
+                      info={"attack": repr(plan.attack), "batch_size": bs,
+                            "precision": plan.precision})
 
 
 # ----------------------------------------------------------------------------- the matrix
@@ -526,6 +546,7 @@ class _Planner:
                 "defense": {"name": d.name, "params": d.params}, "attack": attack,
                 "params": params, "seed": self.cfg.seed, "data": data,
                 "batch_size": self.cfg.batch_size, "advlab": advlab.__version__,
+                **({} if self.cfg.precision == "fp32" else {"precision": self.cfg.precision}),
                 **(extra or {})}
         sub = "" if n is None else f" n={n}"
         return Cell(cell_key(spec), spec, f"{model} / {d.name} / {label}{sub}", model, d, a,
@@ -1041,7 +1062,8 @@ class Runner:
                               transfer=transfer, shifts=cfg.shifts, noise=cfg.noise,
                               detectors=detectors, gallery=cfg.gallery,
                               batch_size=cfg.batch_size, seed=seed,
-                              clean=self._clean.setdefault(id(model), {}))
+                              clean=self._clean.setdefault(id(model), {}),
+                              precision=cfg.precision)
 
 
 def canonical(spec: PluginSpec) -> str:
@@ -1054,10 +1076,19 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """A torch device from a name (None: cpu), with a clear error for unavailable CUDA."""
-    dev = torch.device(name or "cpu")
+    """A torch device from a name: cpu (None), cuda, cuda:N, or auto (cuda when available),
+    with a clear error for CUDA that is not there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name or "cpu")
+    except RuntimeError:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but CUDA is not available here")
+        raise ConfigError(f"device {name!r} requested but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} requested but only {torch.cuda.device_count()} "
+                          f"CUDA device(s) are here")
     return dev
 
 
