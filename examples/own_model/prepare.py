@@ -18,10 +18,11 @@ import torch
 from safetensors.torch import save_file
 
 HERE = Path(__file__).resolve().parent
-CLASSES = ("red", "orange", "yellow", "lime", "green", "teal", "cyan", "blue", "purple", "pink")
-COLOURS = np.array([[0.9, 0.1, 0.1], [0.95, 0.55, 0.1], [0.9, 0.9, 0.1], [0.6, 0.95, 0.2],
-                    [0.1, 0.7, 0.2], [0.1, 0.6, 0.6], [0.2, 0.9, 0.95], [0.15, 0.2, 0.9],
-                    [0.55, 0.15, 0.8], [0.95, 0.45, 0.75]], dtype=np.float32)
+# Class folders sorted by name give the labels (advlab's folder:PATH): keep them in that order.
+CLASSES = ("blue", "cyan", "green", "lime", "orange", "pink", "purple", "red", "teal", "yellow")
+COLOURS = np.array([[0.15, 0.2, 0.9], [0.2, 0.9, 0.95], [0.1, 0.7, 0.2], [0.6, 0.95, 0.2],
+                    [0.95, 0.55, 0.1], [0.95, 0.45, 0.75], [0.55, 0.15, 0.8], [0.9, 0.1, 0.1],
+                    [0.1, 0.6, 0.6], [0.9, 0.9, 0.1]], dtype=np.float32)
 
 
 def make_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
