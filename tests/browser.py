@@ -38,20 +38,21 @@ class Chromium:
             raise FileNotFoundError("no Chromium on PATH; apt-get install -y chromium")
         self.timeout = timeout
         self._profile = tempfile.mkdtemp(prefix="advlab-chromium-")
+        self._log = tempfile.TemporaryFile()  # the browser's stderr, shown if it dies
         to_chrome, self._write = os.pipe()
         self._read, from_chrome = os.pipe()
 
-        def fds() -> None:  # in the child: the pipe ends on 3 (commands) and 4 (replies)
-            os.dup2(to_chrome, 3)
-            os.dup2(from_chrome, 4)
-
+        args = ["--headless", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
+                "--disable-dev-shm-usage", "--no-first-run", "--no-default-browser-check",
+                "--disable-extensions", "--hide-scrollbars", "--mute-audio",
+                f"--user-data-dir={self._profile}", "about:blank"]
+        # the pipe ends become the browser's descriptors 3 (commands) and 4 (replies); bash,
+        # as dash's redirections take one-digit descriptors only
         self.proc = subprocess.Popen(
-            [exe, "--headless", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
-             "--disable-dev-shm-usage", "--no-first-run", "--no-default-browser-check",
-             "--disable-extensions", "--hide-scrollbars", "--mute-audio",
-             f"--user-data-dir={self._profile}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            preexec_fn=fds, pass_fds=(to_chrome, from_chrome))
+            [shutil.which("bash") or "/bin/bash", "-c",
+             f'exec "$0" "$@" 3<&{to_chrome} 4>&{from_chrome}', exe, *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
+            pass_fds=(to_chrome, from_chrome))
         os.close(to_chrome)
         os.close(from_chrome)
         self._buf = b""
@@ -79,6 +80,7 @@ class Chromium:
                 os.close(fd)
             except OSError:
                 pass  # closed already
+        self._log.close()
         shutil.rmtree(self._profile, ignore_errors=True)
 
     # -- the protocol ---------------------------------------------------------------------
@@ -117,8 +119,8 @@ class Chromium:
                 raise TimeoutError(f"no message from Chromium in {self.timeout} s")
             chunk = os.read(self._read, 1 << 20)
             if not chunk:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr \
-                    else ""
+                self._log.seek(0)
+                err = self._log.read().decode(errors="replace")
                 raise RuntimeError(f"Chromium exited: {err[-2000:]}")
             self._buf += chunk
         msg, _, self._buf = self._buf.partition(b"\0")
@@ -179,3 +181,37 @@ class Page:
         path = Path(path)
         path.write_bytes(base64.b64decode(shot["data"]))
         return path
+
+
+# ----------------------------------------------------------------------------- the report check
+
+#: JavaScript: every image decoded (its size, or the decoding error), the page's and the
+#: widest table's right edge, and the viewport width
+MEASURE = """(async () => {
+  const images = await Promise.all([...document.images].map(i => i.decode().then(
+      () => ({alt: i.alt, w: i.naturalWidth, h: i.naturalHeight,
+              shown: Math.round(i.getBoundingClientRect().width)}),
+      e => ({alt: i.alt, error: String(e)}))));
+  const tables = [...document.querySelectorAll("table")].map(t => ({
+      right: Math.ceil(t.getBoundingClientRect().right),
+      first: (t.querySelector("th") || {}).textContent}));
+  return {images, tables, page: document.documentElement.scrollWidth,
+          viewport: window.innerWidth};
+})()"""
+
+
+def check(path: str | Path, screenshot: str | Path, width: int = 1280) -> dict[str, Any]:
+    """Open a report at ``width`` pixels, save a full-page screenshot and return what
+    :data:`MEASURE` found plus ``errors`` (console errors, exceptions, failed loads)."""
+    with Chromium() as browser:
+        page = browser.open(path, width=width)
+        found = page.evaluate(MEASURE)
+        found["errors"] = page.errors
+        page.screenshot(screenshot)
+    return found
+
+
+if __name__ == "__main__":  # python tests/browser.py REPORT.html SHOT.png
+    import sys
+
+    print(json.dumps(check(sys.argv[1], sys.argv[2]), indent=1))
