@@ -259,3 +259,22 @@ def test_device_names() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda:1")
+
+
+def test_torchvision_by_name_with_the_users_weights(tmp_path: Path) -> None:
+    """torchvision is an optional extra: with it, resnet18 is built with no download and
+    filled from the user's file; without it, the error says what to install."""
+    d = {"factory": "torchvision.models:resnet18", "kwargs": {"num_classes": 10}}
+    try:
+        import torchvision
+    except ImportError:
+        with pytest.raises(FactoryError, match=r"cannot import torchvision.models \(an "
+                                               r"optional extra: pip install torchvision"):
+            models.build(spec(**d))
+        return
+    src = torchvision.models.resnet18(num_classes=10).eval()
+    w = save_weights(src, tmp_path / "r18.safetensors")
+    net = models.build(spec(**d, weights=str(w), normalize={"mean": [0.5] * 3,
+                                                             "std": [0.25] * 3}))
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(net(x), src((x - 0.5) / 0.25))

@@ -245,8 +245,8 @@ def _import(module: str, factory: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        extra = " (an optional extra: pip install it)" if module.split(".")[0] in \
-            _DOWNLOADERS else ""
+        top = module.split(".")[0]
+        extra = f" (an optional extra: pip install {top})" if top in _DOWNLOADERS else ""
         raise FactoryError(f"factory {factory}: cannot import {module}{extra}: "
                            f"{_first_line(exc)}") from exc
     except Exception as exc:  # the user's module raised while importing
