@@ -285,6 +285,9 @@ def _model_spec(model: str, weights: str | None, kwargs: str | None, mean: str |
               help="Resize the images to this size (square).")
 @click.option("--channels", type=click.Choice(["1", "3"]), default=None,
               help="Convert the images to 1 or 3 channels.")
+@click.option("--subset", type=click.Choice(["first", "random", "stratified"]),
+              default="first", show_default=True,
+              help="Which -n test images: the first, or a draw seeded by --seed.")
 @click.option("--eps", type=float, default=None, help="Radius (default: the attack's).")
 @click.option("-n", "n", type=click.IntRange(min=1), default=100, show_default=True,
               help="Test images.")
@@ -301,7 +304,7 @@ def _model_spec(model: str, weights: str | None, kwargs: str | None, mean: str |
               help="Gallery PNG (default: advlab-attack-NAME.png).")
 def attack(name: str, model: str, weights: str | None, kwargs: str | None, mean: str | None,
            std: str | None, data_name: str, data_root: str | None, resize: int | None,
-           channels: str | None, eps: float | None, n: int, params: tuple[str, ...],
+           channels: str | None, subset: str, eps: float | None, n: int, params: tuple[str, ...],
            target: str | None, seed: int, device: str | None, precision: str,
            batch_size: int, out: str | None) -> None:
     """Run one attack NAME on one model and print what it did."""
@@ -322,8 +325,8 @@ def attack(name: str, model: str, weights: str | None, kwargs: str | None, mean:
     net = runner.load_model(spec).to(dev).eval()
     from advlab import data
 
-    x, y = data.load(data_name, split="test", root=data_root, n=n, resize=resize,
-                     channels=None if channels is None else int(channels))
+    x, y = data.load(data_name, split="test", root=data_root, n=n, subset=subset, seed=seed,
+                     resize=resize, channels=None if channels is None else int(channels))
     x, y = x.to(dev), y.to(dev)
     classes = _classes(data_name, data_root)
     runner.check_models({model: net}, x, y, classes)
