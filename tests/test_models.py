@@ -99,6 +99,7 @@ class Payload:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("how", ["pickle", "torch.save"])
 def test_pickle_payload_never_runs(net_file: Path, tmp_path: Path, how: str) -> None:
     marker, path = tmp_path / "pwned", tmp_path / "w.pt"

@@ -137,6 +137,7 @@ class Payload:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_bad_input_is_one_line_and_exit_2(user_project: Project, tmp_path: Path) -> None:
     p = user_project
     good = config(p, f"folder:{p.folder}", "bad")

@@ -1102,7 +1102,8 @@ def run(config: RunConfig | None = None, *, root: str | os.PathLike = "runs",
     Args:
         config: the experiment (None: the built-in tour, :data:`DEFAULT_TOML`).
         root: directory of the database and of the run folders.
-        device: "cpu" or "cuda" (overrides the config's); data and models are moved there.
+        device: "auto", "cpu", "cuda" or "cuda:N" (overrides the config's); data and models
+            are moved there.
         progress: called with :class:`Progress` events (per cell and per batch).
         models: name -> model, used instead of loading the configured model of that name.
         data: (x, y) evaluation images, instead of loading the configured data set.
