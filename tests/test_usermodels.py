@@ -84,6 +84,17 @@ def test_attack_command_takes_the_same_spec(user_project: Project, tmp_path: Pat
     assert float(rows["clean accuracy"].rstrip("%")) >= 90
     assert float(rows["robust accuracy"].rstrip("%")) <= 20
     assert colour_share((tmp_path / "g.png").read_bytes()) > 0.05
+    (tmp_path / "my.toml").write_text(config(p, f"folder:{p.folder}", "same"))
+    code, again = invoke("attack", "pgd", "--config", str(tmp_path / "my.toml"), "--model",
+                         "my-net", "--eps", "0.3", "--param", "steps=5", "-n", "20", "--out",
+                         str(tmp_path / "g2.png"))
+    assert code == 0, again
+    same = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in again.splitlines()
+                if re.search(r"\S\s{2,}\S", line))
+    for k in ("images", "clean accuracy", "robust accuracy", "success rate"):
+        assert same[k] == rows[k], k
+    code, out = invoke("attack", "pgd", "--config", str(tmp_path / "my.toml"), "--model", "x")
+    assert code == 2 and "has no [[models]] named 'x'; it has my-net" in out
 
 
 def test_zoo_model_and_factory_with_its_weights_give_identical_cells(tmp_path: Path) -> None:

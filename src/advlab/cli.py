@@ -241,10 +241,17 @@ def _param(text: str) -> tuple[str, Any]:
 
 
 def _model_spec(model: str, weights: str | None, kwargs: str | None, mean: str | None,
-                std: str | None) -> Any:
-    """--model and its options as a [[models]] table, validated like one."""
-    from advlab import models
+                std: str | None, config: str | None) -> Any:
+    """--model and its options as a [[models]] table, validated like one; with --config, the
+    table of that name in the configuration file."""
+    from advlab import evaluation, models
 
+    if config is not None:
+        specs = {m.name: m for m in evaluation.load_config(config).models}
+        if model not in specs:
+            raise Failure(f"{config} has no [[models]] named {model!r}; it has "
+                          f"{', '.join(specs)}")
+        return specs[model]
     d: dict[str, Any] = {"name": model}
     if ":" in model:
         d["factory"] = model
@@ -277,8 +284,11 @@ def _model_spec(model: str, weights: str | None, kwargs: str | None, mean: str |
 @click.option("--mean", default=None, help="Normalize in front of the model: per-channel "
               "means, comma-separated (with --std).")
 @click.option("--std", default=None, help="Per-channel stds, comma-separated (with --mean).")
-@click.option("--data", "data_name", default="mnist5k", show_default=True,
-              help="Data set: a name, folder:PATH or npz:PATH.")
+@click.option("--config", "config", default=None, type=click.Path(dir_okay=False),
+              help="Take --model (a [[models]] name) and the data from this configuration.")
+@click.option("--data", "data_name", default=None,
+              help="Data set: a name, folder:PATH or npz:PATH (default: --config's, else "
+              "mnist5k).")
 @click.option("--root", "data_root", default=None, type=click.Path(file_okay=False),
               help="Folder of the data set's files (mnist, fashion-mnist, cifar10).")
 @click.option("--resize", type=click.IntRange(min=1), default=None,
@@ -303,8 +313,9 @@ def _model_spec(model: str, weights: str | None, kwargs: str | None, mean: str |
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="Gallery PNG (default: advlab-attack-NAME.png).")
 def attack(name: str, model: str, weights: str | None, kwargs: str | None, mean: str | None,
-           std: str | None, data_name: str, data_root: str | None, resize: int | None,
-           channels: str | None, subset: str, eps: float | None, n: int, params: tuple[str, ...],
+           std: str | None, config: str | None, data_name: str | None, data_root: str | None,
+           resize: Any, channels: Any, subset: str, eps: float | None, n: int,
+           params: tuple[str, ...],
            target: str | None, seed: int, device: str | None, precision: str,
            batch_size: int, out: str | None) -> None:
     """Run one attack NAME on one model and print what it did."""
@@ -321,10 +332,15 @@ def attack(name: str, model: str, weights: str | None, kwargs: str | None, mean:
     except TypeError as exc:  # an unknown or ill-typed keyword of the attack's constructor
         raise Failure(f"attack {name!r} does not accept these parameters: {exc}") from None
     dev = runner.resolve_device(device)
-    spec = _model_spec(model, weights, kwargs, mean, std)
+    spec = _model_spec(model, weights, kwargs, mean, std, config)
     net = runner.load_model(spec).to(dev).eval()
-    from advlab import data
+    from advlab import data, evaluation
 
+    if data_name is None and config is not None:  # the configuration's data, -n of them
+        d = evaluation.load_config(config).data
+        data_name, data_root = d.name, data_root or d.root
+        resize, channels = resize or d.resize, channels or d.channels
+    data_name = data_name or "mnist5k"
     x, y = data.load(data_name, split="test", root=data_root, n=n, subset=subset, seed=seed,
                      resize=resize, channels=None if channels is None else int(channels))
     x, y = x.to(dev), y.to(dev)
