@@ -307,8 +307,9 @@ def check_input(model: nn.Module, x: Tensor, num_classes: int, name: str = "the 
         with torch.no_grad():
             out = model(probe)
     except Exception as exc:  # the model's own complaint about the shape, re-raised as ours
-        raise InputError(f"model {name} rejects the data's {shape} images (C x H x W): "
-                         f"{type(exc).__name__}: {_first_line(exc)}") from exc
+        raise InputError(f"model {name} rejects the data's {shape} images (C x H x W; "
+                         f"[data] channels and resize adapt them): {type(exc).__name__}: "
+                         f"{_first_line(exc)}") from exc
     if not isinstance(out, Tensor) or out.ndim != 2 or len(out) != len(probe):
         what = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ModelOutputError(f"model {name} returns {what} for {len(probe)} images of "
