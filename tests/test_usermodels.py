@@ -87,7 +87,7 @@ def test_attack_command_takes_the_same_spec(user_project: Project, tmp_path: Pat
     (tmp_path / "my.toml").write_text(config(p, f"folder:{p.folder}", "same"))
     code, again = invoke("attack", "pgd", "--config", str(tmp_path / "my.toml"), "--model",
                          "my-net", "--eps", "0.3", "--param", "steps=5", "-n", "20", "--out",
-                         str(tmp_path / "g2.png"))
+                         str(tmp_path / "g2.png"), "--batch-size", "auto")
     assert code == 0, again
     same = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in again.splitlines()
                 if re.search(r"\S\s{2,}\S", line))
@@ -95,6 +95,8 @@ def test_attack_command_takes_the_same_spec(user_project: Project, tmp_path: Pat
         assert same[k] == rows[k], k
     code, out = invoke("attack", "pgd", "--config", str(tmp_path / "my.toml"), "--model", "x")
     assert code == 2 and "has no [[models]] named 'x'; it has my-net" in out
+    code, out = invoke("attack", "pgd", "--batch-size", "big")
+    assert code == 2 and 'neither a positive integer nor "auto"' in out
 
 
 def test_zoo_model_and_factory_with_its_weights_give_identical_cells(tmp_path: Path) -> None:

@@ -40,6 +40,19 @@ class Group(click.Group):
             raise Failure(str(exc)) from None
 
 
+class BatchSize(click.ParamType):
+    """A positive integer or "auto"."""
+
+    name = "batch_size"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if value == "auto" or isinstance(value, int) and value > 0:
+            return value
+        if isinstance(value, str) and value.isdigit() and int(value) > 0:
+            return int(value)
+        self.fail(f'{value!r} is neither a positive integer nor "auto"', param, ctx)
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
@@ -158,15 +171,16 @@ def _detection(results: dict[str, Any]) -> str:
 @click.option("-n", "n", type=click.IntRange(min=1), default=None,
               help="Number of test images (overrides the config; attacks with a smaller n "
               "keep theirs).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Batch size (overrides the config).")
+@click.option("--batch-size", type=BatchSize(), default=None,
+              help='Batch size, or "auto" (halved on CUDA out-of-memory; overrides the '
+              'config).')
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Processes computing cells on CPU (overrides the config; 0: one per "
               "core).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--show-config", is_flag=True, help="Print the built-in configuration and exit.")
 def run(config: str | None, root: str, device: str | None, precision: str | None,
-        name: str | None, n: int | None, batch_size: int | None, workers: int | None,
+        name: str | None, n: int | None, batch_size: int | str | None, workers: int | None,
         progress: bool, show_config: bool) -> None:
     """Evaluate models x defenses x attacks and write runs/<name>/report.html.
 
@@ -309,7 +323,8 @@ def _model_spec(model: str, weights: str | None, kwargs: str | None, mean: str |
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
               show_default=True, help="The attack's forward and backward.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--batch-size", type=BatchSize(), default=500, show_default=True,
+              help='Batch size, or "auto" (halved on CUDA out-of-memory).')
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="Gallery PNG (default: advlab-attack-NAME.png).")
 def attack(name: str, model: str, weights: str | None, kwargs: str | None, mean: str | None,
@@ -317,7 +332,7 @@ def attack(name: str, model: str, weights: str | None, kwargs: str | None, mean:
            resize: Any, channels: Any, subset: str, eps: float | None, n: int,
            params: tuple[str, ...],
            target: str | None, seed: int, device: str | None, precision: str,
-           batch_size: int, out: str | None) -> None:
+           batch_size: int | str, out: str | None) -> None:
     """Run one attack NAME on one model and print what it did."""
     from advlab import attacks
     from advlab.evaluation import results, runner
