@@ -65,5 +65,10 @@ class ConfigError(AdvlabError, ValueError):
     """An experiment configuration (TOML file or dict) that is malformed or inconsistent."""
 
 
+class EnvironmentMismatchError(AdvlabError, ImportError):
+    """The installed packages cannot work together (e.g. a torch wheel built against numpy 1
+    beside numpy 2)."""
+
+
 class FactoryError(AdvlabError, RuntimeError):
     """A user's model factory that cannot be imported, raises, or returns no module."""
