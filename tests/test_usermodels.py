@@ -64,6 +64,7 @@ def test_run_user_model_on_each_format(user_project: Project, tmp_path: Path,
     assert min(c["clean_accuracy"] for c in cells) >= 0.9  # the trained net, right labels
     pgd = {c["eps"]: c["robust_accuracy"] for c in cells if c["attack"] == "pgd"}
     assert pgd[0.3] < pgd[0.03] and pgd[0.3] <= 0.2
+    assert res["run"]["env"]["precision"] == "fp32"
     if fmt != "cifar10":  # cifar10 names its own classes
         assert res["run"]["env"]["classes"] == list(p.classes)
     page = (root / f"user-{fmt}" / "report.html").read_text()
@@ -189,3 +190,19 @@ def test_bad_input_is_one_line_and_exit_2(user_project: Project, tmp_path: Path)
         assert len(errors) == 1 and message in errors[0], (what, out)
         assert out.strip().splitlines()[-1] == errors[0] and "Traceback" not in out
     assert not marker.exists()
+
+
+def test_bf16_run_is_stored_apart_and_judged_in_fp32(user_project: Project,
+                                                     tmp_path: Path) -> None:
+    text = config(user_project, f"npz:{user_project.npz}", "prec")
+    code, out, root = run_config(tmp_path, text)
+    assert code == 0, out
+    fp32 = json.loads((root / "prec" / "results.json").read_text())
+    code, out, root = run_config(tmp_path, text, "--precision", "bf16")
+    assert code == 0, out
+    bf16 = json.loads((root / "prec" / "results.json").read_text())
+    assert bf16["run"]["env"]["precision"] == "bf16"
+    assert {c["key"] for c in bf16["cells"]}.isdisjoint(c["key"] for c in fp32["cells"])
+    for a, b in zip(fp32["cells"], bf16["cells"], strict=True):
+        assert a["clean_accuracy"] == b["clean_accuracy"]  # the clean side is fp32 in both
+        assert abs(a["robust_accuracy"] - b["robust_accuracy"]) <= 0.15

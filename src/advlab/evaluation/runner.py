@@ -854,7 +854,7 @@ class Runner:
         fps, data_fp = {k: fingerprint_model(m) for k, m in models.items()}, \
             fingerprint_data(x, y)
         cells = plan_cells(cfg, fps, data_fp, len(x))
-        env = environment(self.device, cfg.seed)
+        env = {**environment(self.device, cfg.seed), "precision": cfg.precision}
         env["classes"] = classes
         self.store.begin_run(cfg.name, cfg.to_dict(), env, [(c.key, c.spec) for c in cells])
         log.info("run %s: %d cells", cfg.name, len(cells))
