@@ -1,6 +1,6 @@
 """advlab: adversarial examples in PyTorch — attacks, defenses, detectors, honest evaluation.
 
-The layers, bottom to top: errors/threat/losses/validation -> data, zoo, transforms ->
+The layers, bottom to top: errors/threat/losses/validation -> data, zoo, models, transforms ->
 attacks -> defenses, detectors -> evaluation -> report, cli (imported on demand).
 """
 # ruff: noqa: I001, F401, E402
@@ -34,6 +34,7 @@ _check_torch_numpy()
 from advlab import validation, threat, losses
 from advlab import data
 from advlab import zoo
+from advlab import models
 from advlab import transforms
 from advlab import attacks
 from advlab import defenses  # noqa: F401

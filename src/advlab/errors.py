@@ -68,3 +68,7 @@ class ConfigError(AdvlabError, ValueError):
 class EnvironmentMismatchError(AdvlabError, ImportError):
     """The installed packages cannot work together (e.g. a torch wheel built against numpy 1
     beside numpy 2)."""
+
+
+class FactoryError(AdvlabError, RuntimeError):
+    """A user's model factory that cannot be imported, raises, or returns no module."""

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from advlab import attacks
 from advlab.errors import ConfigError, UnknownNameError
+from advlab.models import PRECISIONS, ModelSpec, model_spec
 
 try:  # Python >= 3.11
     import tomllib
@@ -41,8 +42,9 @@ split = "test"
 n = 300               # the first n images of the split
 
 [[models]]
-name = "mnist-mlp"    # a zoo name, "mnist-cnn-trades" (adversarially trained, cached), or:
-                      # name = "mine", file = "w.safetensors", arch = "mnist-cnn"
+name = "mnist-mlp"    # a zoo name, "mnist-cnn-trades" (adversarially trained, cached), or
+                      # your own: name = "mine", factory = "net.py:build", kwargs = {...},
+                      # weights = "w.safetensors" (see advlab.models and examples/)
 
 [[models]]
 name = "mnist-cnn"
@@ -204,16 +206,6 @@ eps = 0.3             # the reference eps of gallery, transfer, properties and s
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """A model: a zoo name or a robust model's (:data:`advlab.defenses.ROBUST`), or a
-    safetensors ``file`` holding weights of zoo architecture ``arch``."""
-
-    name: str
-    file: str | None = None
-    arch: str | None = None
-
-
-@dataclass(frozen=True)
 class AttackSpec:
     """An attack by registry name, its eps grid (None: the attack's own default or a
     minimum-norm attack), its other parameters, an optional target selection ("random",
@@ -254,8 +246,10 @@ class PluginSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """The evaluation images: the first ``n`` of ``split`` of data set ``name`` (None: all);
-    detectors and trained defenses fit on up to ``fit_n`` images of ``train_split``."""
+    """The evaluation images: ``n`` images of ``split`` of data set ``name`` (None: all),
+    chosen by ``subset`` ("first", or a seeded "random" or "stratified" draw); detectors and
+    trained defenses fit on up to ``fit_n`` images of ``train_split``. ``resize`` (H, W)
+    and ``channels`` (1 or 3) adapt the images to the model (see :func:`advlab.data.load`)."""
 
     name: str = "mnist5k"
     split: str = "test"
@@ -263,6 +257,21 @@ class DataSpec:
     train_split: str = "train"
     fit_n: int | None = 2000
     root: str | None = None
+    resize: tuple[int, int] | None = None
+    channels: int | None = None
+    subset: str = "first"
+
+    def relative_to(self, base: Path) -> DataSpec:
+        """The same spec with its relative paths (``folder:``/``npz:`` PATH, root) read from
+        folder ``base``."""
+        def rebase(p: str) -> str:
+            q = Path(p).expanduser()
+            return str(q if q.is_absolute() else base / q)
+
+        kind, sep, path = self.name.partition(":")
+        name = f"{kind}:{rebase(path)}" if sep and path else self.name
+        root = None if self.root is None else rebase(self.root)
+        return replace(self, name=name, root=root)
 
 
 @dataclass
@@ -271,8 +280,9 @@ class RunConfig:
 
     name: str = "tour"
     seed: int = 0
-    batch_size: int = 500
-    device: str | None = None
+    batch_size: int | str = 500  # or "auto": halved on CUDA out-of-memory (see runner)
+    device: str | None = None  # cpu, cuda, cuda:N or auto (None: cpu)
+    precision: str = "fp32"  # the attacks' forward and backward: fp32, bf16 or fp16
     workers: int = 0  # processes computing cells on CPU; 0: one per core (see runner)
     data: DataSpec = field(default_factory=DataSpec)
     models: list[ModelSpec] = field(default_factory=list)
@@ -290,7 +300,7 @@ class RunConfig:
         """A JSON-able description (what the results database and results.json record)."""
         return {
             "name": self.name, "seed": self.seed, "batch_size": self.batch_size,
-            "device": self.device, "data": vars(self.data),
+            "device": self.device, "precision": self.precision, "data": vars(self.data),
             "models": [vars(m) for m in self.models],
             "attacks": [{"name": a.name, "eps": list(a.eps), "params": a.params,
                          "target": a.target, "n": a.n, "models": _list(a.models),
@@ -309,7 +319,7 @@ def _list(v: tuple[str, ...] | None) -> list[str] | None:
     return None if v is None else list(v)
 
 
-_TOP = {"name", "seed", "batch_size", "device", "workers", "data", "models", "attacks",
+_TOP = {"name", "seed", "batch_size", "device", "precision", "workers", "data", "models", "attacks",
         "defenses", "detectors", "probes", "report", "sanity", "adaptive"}
 
 #: defaults of the [sanity] table
@@ -385,6 +395,42 @@ def _attack_spec(v: Any, i: int, scope: dict[str, list[str]]) -> AttackSpec:
                         for k in ("models", "defenses", "detectors")))
 
 
+def _data(d: dict[str, Any]) -> DataSpec:
+    """The [data] table: resize as one size or [H, W], channels 1 or 3, subset's choice."""
+    _keys(d, set(DataSpec.__dataclass_fields__), "[data]")
+    if d.get("resize") is not None:
+        r = d["resize"] if isinstance(d["resize"], list) else [d["resize"]] * 2
+        if len(r) != 2:
+            raise ConfigError(f"[data].resize must be a size or [height, width], got {r!r}")
+        d["resize"] = tuple(_positive_int(v, "[data].resize") for v in r)
+    if d.get("channels") not in (None, 1, 3):
+        raise ConfigError(f"[data].channels must be 1 or 3, got {d['channels']!r}")
+    if d.get("subset", "first") not in ("first", "random", "stratified"):
+        raise ConfigError(f"[data].subset must be first, random or stratified, "
+                          f"got {d['subset']!r}")
+    return DataSpec(**d)
+
+
+def _batch_size(v: Any) -> int | str:
+    return v if v == "auto" else _positive_int(v, 'batch_size (a positive integer or "auto")')
+
+
+def _device(v: Any) -> str | None:
+    """cpu, cuda, cuda:N or auto; whether CUDA is there is checked when the run starts."""
+    if v is None:
+        return None
+    kind, sep, index = str(v).partition(":")
+    if kind not in ("cpu", "cuda", "auto") or sep and (kind != "cuda" or not index.isdigit()):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
+    return str(v)
+
+
+def _precision(v: Any) -> str:
+    if v not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {v!r}")
+    return v
+
+
 def _adaptive(d: dict[str, Any]) -> dict[str, Any]:
     _keys(d, set(ADAPTIVE), "[adaptive]")
     out = {**ADAPTIVE, **d}
@@ -406,14 +452,9 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
         UnknownNameError: an attack name that is not registered.
     """
     _keys(d, _TOP, "the configuration")
-    data = dict(d.get("data", {}))
-    _keys(data, set(DataSpec.__dataclass_fields__), "[data]")
-    models = [_table(m, f"models[{i}]") for i, m in enumerate(d.get("models", []))]
-    for i, m in enumerate(models):
-        _keys(m, {"name", "file", "arch"}, f"models[{i}]")
-        if ("file" in m) != ("arch" in m):
-            raise ConfigError(f"models[{i}]: a weights 'file' needs its 'arch' and vice versa")
-    names = [m["name"] for m in models]
+    data = _data(dict(d.get("data", {})))
+    models = [model_spec(m, f"models[{i}]") for i, m in enumerate(d.get("models", []))]
+    names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise ConfigError(f"model names must be distinct, got {names}")
     plugins = {}
@@ -433,9 +474,9 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
              "detectors": [p.name for p in plugins["detectors"]]}
     cfg = RunConfig(
         name=str(d.get("name", "run")), seed=int(d.get("seed", 0)),
-        batch_size=int(d.get("batch_size", 500)), device=d.get("device"),
-        workers=int(d.get("workers", 0)), data=DataSpec(**data),
-        models=[ModelSpec(**m) for m in models],
+        batch_size=_batch_size(d.get("batch_size", 500)), device=_device(d.get("device")),
+        precision=_precision(d.get("precision", "fp32")),
+        workers=int(d.get("workers", 0)), data=data, models=models,
         attacks=[_attack_spec(a, i, scope) for i, a in enumerate(d.get("attacks", []))],
         defenses=plugins["defenses"], detectors=plugins["detectors"],
         shifts=tuple(int(s) for s in probes.get("shifts", (1, 2))),
@@ -451,8 +492,8 @@ def _check(cfg: RunConfig) -> None:
         raise ConfigError("the configuration lists no [[models]]")
     if not cfg.attacks:
         raise ConfigError("the configuration lists no [[attacks]]")
-    if cfg.batch_size < 1 or (cfg.data.n is not None and cfg.data.n < 1):
-        raise ConfigError("batch_size and data.n must be >= 1")
+    if cfg.data.n is not None and cfg.data.n < 1:
+        raise ConfigError("data.n must be >= 1")
     if cfg.workers < 0:
         raise ConfigError(f"workers must be >= 0 (0: one per CPU core), got {cfg.workers}")
     if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name.startswith("."):
@@ -480,4 +521,8 @@ def load_config(path: str | os.PathLike | None = None) -> RunConfig:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"no configuration file at {p}")
-    return parse_config(p.read_text())
+    cfg = parse_config(p.read_text())
+    base = p.resolve().parent  # relative paths in the file are read from its folder
+    cfg.models = [m.relative_to(base) for m in cfg.models]
+    cfg.data = cfg.data.relative_to(base)
+    return cfg

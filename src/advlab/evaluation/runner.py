@@ -63,6 +63,7 @@ from torch import Tensor, nn
 
 import advlab
 from advlab import attacks
+from advlab import models as models_
 from advlab.errors import AdvlabError, ConfigError
 from advlab.evaluation import metrics, sanity
 from advlab.evaluation.config import (
@@ -249,25 +250,35 @@ def fingerprint_data(x: Tensor, y: Tensor) -> str:
 
 
 def load_model(spec: ModelSpec) -> nn.Module:
-    """A zoo model or a cached robust model (:data:`advlab.defenses.ROBUST`, such as
-    ``mnist-cnn-trades``) by name, or a user's safetensors weights for a zoo architecture;
-    trained on first use and cached."""
-    from advlab import zoo
-
-    if spec.file is None:
+    """A cached robust model (:data:`advlab.defenses.ROBUST`, such as ``mnist-cnn-trades``)
+    by name, else what :func:`advlab.models.build` makes of the spec (a zoo model, or the
+    user's own network and weights)."""
+    if spec.is_zoo:
         defenses = optional_module("advlab.defenses")
         if defenses is not None and spec.name in defenses.ROBUST:
             return defenses.load_robust(spec.name)
-        return zoo.load(spec.name)
-    return zoo.load_weights(zoo.build(spec.arch), spec.file).eval()
+    return models_.build(spec)
 
 
 def load_data(spec: DataSpec, split: str | None = None,
-              n: int | None = None) -> tuple[Tensor, Tensor]:
-    """The first ``n`` images of a split of the configured data set."""
+              n: int | None = None, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``n`` images of a split of the configured data set (chosen by ``spec.subset`` with
+    ``seed``), with the configured channels and size."""
     from advlab import data
 
-    return data.load(spec.name, split=split or spec.split, root=spec.root, n=n)
+    return data.load(spec.name, split=split or spec.split, root=spec.root, n=n,
+                     subset=spec.subset, seed=seed, channels=spec.channels,
+                     resize=spec.resize)
+
+
+def check_models(models: dict[str, nn.Module], x: Tensor, y: Tensor,
+                 classes: list[str] | None) -> None:
+    """Each model takes the data's images and returns one logit per class of the data (one
+    probe forward each), before any attack runs; with no class names (data given as
+    tensors), at least one per label."""
+    k = len(classes) if classes else int(y.max()) + 1
+    for name, model in models.items():
+        models_.check_input(model, x, k, name, exact=bool(classes))
 
 
 def class_names(spec: DataSpec) -> list[str] | None:
@@ -323,9 +334,14 @@ class CellPlan:
     noise: Sequence[float] = (0.05,)
     detectors: dict[str, Any] = field(default_factory=dict)
     gallery: int = 8
-    batch_size: int = 500
+    batch_size: int | str = 500  # "auto": AUTO_BATCH, halved on CUDA out-of-memory
     seed: int = 0
     clean: dict[tuple, Tensor] | None = None  # memo of the clean side, see _clean
+    precision: str = "fp32"  # the attack's forward and backward (advlab.models.autocast)
+
+
+#: the first batch size that ``batch_size = "auto"`` tries
+AUTO_BATCH = 1024
 
 
 def _clean(plan: CellPlan, what: tuple, start: int, fn: Callable[[], Tensor]) -> Tensor:
@@ -369,9 +385,11 @@ def _batch_rows(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor, seed: in
     if plan.target is not None:
         g = torch.Generator(device=x.device).manual_seed(seed)
         target = attacks.choose_target(clean_logits, y, plan.target, g)
-    res = plan.attack(model if plan.surrogate is None else plan.surrogate, x, y, target)
+    attacked = model if plan.surrogate is None else plan.surrogate
+    res = plan.attack(models_.autocast(attacked, plan.precision), x, y, target)
     adv_logits, success = res.logits, res.success
-    if plan.surrogate is not None:  # the examples are judged on the real (defended) model
+    if plan.surrogate is not None or plan.precision != "fp32":
+        # judged on the real (defended) model, in fp32
         with torch.no_grad():
             adv_logits = model(res.x_adv)
         success = attacks.is_success(adv_logits, y, res.target)
@@ -435,20 +453,31 @@ def evaluate(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor,
         A :class:`CellRecord` without key and spec (the caller sets them).
     """
     t0, started = time.perf_counter(), time.time()
-    bs = plan.batch_size
-    batches = math.ceil(len(x) / bs)
+    auto = plan.batch_size == "auto"
+    bs = AUTO_BATCH if auto else int(plan.batch_size)
     parts, probe_parts, score_parts, advs = [], [], [], []
-    for b in range(batches):
-        sl = slice(b * bs, (b + 1) * bs)
-        rows, probes, scores, x_adv = _batch_rows(plan, model, x[sl], y[sl], plan.seed + b,
-                                                  sl.start)
-        rows["idx"] = np.arange(sl.start, sl.start + len(x_adv))
+    start = 0
+    while start < len(x):
+        sl = slice(start, start + bs)
+        try:
+            rows, probes, scores, x_adv = _batch_rows(plan, model, x[sl], y[sl],
+                                                      plan.seed + len(parts), start)
+        except torch.cuda.OutOfMemoryError:
+            if not auto or bs == 1:
+                raise
+            bs //= 2
+            log.warning("CUDA out of memory: batch size halved to %d, batch retried", bs)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        rows["idx"] = np.arange(start, start + len(x_adv))
         parts.append(rows)
         probe_parts.append(probes)
         score_parts.append(scores)
         advs.append(x_adv.cpu())
+        start += len(x_adv)
         if on_batch is not None:
-            on_batch(b + 1, batches)
+            on_batch(len(parts), len(parts) + math.ceil((len(x) - start) / bs))
     rows = _concat(parts)
     x_adv = torch.cat(advs)
     gallery = [(i, _np(x[i].float()), _np(x_adv[i].float()))
@@ -456,7 +485,9 @@ def evaluate(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor,
     return CellRecord(key="", spec={}, examples=rows, probes=_concat(probe_parts),
                       scores=_concat(score_parts), gallery=gallery, started=started,
                       finished=time.time(), wall_s=time.perf_counter() - t0,
-                      device=str(x.device), info={"attack": repr(plan.attack)})
+                      device=str(x.device),
+                      info={"attack": repr(plan.attack), "batch_size": bs,
+                            "precision": plan.precision})
 
 
 # ----------------------------------------------------------------------------- the matrix
@@ -515,6 +546,7 @@ class _Planner:
                 "defense": {"name": d.name, "params": d.params}, "attack": attack,
                 "params": params, "seed": self.cfg.seed, "data": data,
                 "batch_size": self.cfg.batch_size, "advlab": advlab.__version__,
+                **({} if self.cfg.precision == "fp32" else {"precision": self.cfg.precision}),
                 **(extra or {})}
         sub = "" if n is None else f" n={n}"
         return Cell(cell_key(spec), spec, f"{model} / {d.name} / {label}{sub}", model, d, a,
@@ -724,7 +756,7 @@ class Runner:
     def train(self) -> tuple[Tensor, Tensor]:
         if self._train is None:
             self._train = load_data(self.cfg.data, self.cfg.data.train_split,
-                                    self.cfg.data.fit_n)
+                                    self.cfg.data.fit_n, self.cfg.seed)
         x, y = self._train
         return x.to(self.device), y.to(self.device)
 
@@ -813,14 +845,17 @@ class Runner:
 
     def run(self) -> dict[str, Any]:
         cfg, t0 = self.cfg, time.perf_counter()
-        x, y = self._data if self._data is not None else load_data(cfg.data, n=cfg.data.n)
+        x, y = self._data if self._data is not None else \
+            load_data(cfg.data, n=cfg.data.n, seed=cfg.seed)
         x, y = x.to(self.device), y.to(self.device)
         models = self.models()
+        classes = class_names(cfg.data) if self._data is None else None
+        check_models(models, x, y, classes)
         fps, data_fp = {k: fingerprint_model(m) for k, m in models.items()}, \
             fingerprint_data(x, y)
         cells = plan_cells(cfg, fps, data_fp, len(x))
-        env = environment(self.device, cfg.seed)
-        env["classes"] = class_names(cfg.data) if self._data is None else None
+        env = {**environment(self.device, cfg.seed), "precision": cfg.precision}
+        env["classes"] = classes
         self.store.begin_run(cfg.name, cfg.to_dict(), env, [(c.key, c.spec) for c in cells])
         log.info("run %s: %d cells", cfg.name, len(cells))
         skipped: dict[str, str] = {}
@@ -1027,7 +1062,8 @@ class Runner:
                               transfer=transfer, shifts=cfg.shifts, noise=cfg.noise,
                               detectors=detectors, gallery=cfg.gallery,
                               batch_size=cfg.batch_size, seed=seed,
-                              clean=self._clean.setdefault(id(model), {}))
+                              clean=self._clean.setdefault(id(model), {}),
+                              precision=cfg.precision)
 
 
 def canonical(spec: PluginSpec) -> str:
@@ -1040,10 +1076,19 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """A torch device from a name (None: cpu), with a clear error for unavailable CUDA."""
-    dev = torch.device(name or "cpu")
+    """A torch device from a name: cpu (None), cuda, cuda:N, or auto (cuda when available),
+    with a clear error for CUDA that is not there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name or "cpu")
+    except RuntimeError:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but CUDA is not available here")
+        raise ConfigError(f"device {name!r} requested but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} requested but only {torch.cuda.device_count()} "
+                          f"CUDA device(s) are here")
     return dev
 
 
@@ -1057,7 +1102,8 @@ def run(config: RunConfig | None = None, *, root: str | os.PathLike = "runs",
     Args:
         config: the experiment (None: the built-in tour, :data:`DEFAULT_TOML`).
         root: directory of the database and of the run folders.
-        device: "cpu" or "cuda" (overrides the config's); data and models are moved there.
+        device: "auto", "cpu", "cuda" or "cuda:N" (overrides the config's); data and models
+            are moved there.
         progress: called with :class:`Progress` events (per cell and per batch).
         models: name -> model, used instead of loading the configured model of that name.
         data: (x, y) evaluation images, instead of loading the configured data set.
