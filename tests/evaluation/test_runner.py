@@ -101,13 +101,13 @@ def test_missing_eps_takes_the_attack_default() -> None:
     ({"colour": "red"}, "unknown key"),
     ({"models": []}, "no \\[\\[models\\]\\]"),
     ({"attacks": []}, "no \\[\\[attacks\\]\\]"),
-    ({"attacks": [{"name": "fgsm", "eps": -0.1}]}, "non-negative"),
+    ({"attacks": [{"name": "fgsm", "eps": -0.1}]}, "eps must be a finite number >= 0"),
     ({"attacks": [{"name": "fgsm", "params": {"eps": 0.1}}]}, "'eps' grid"),
     ({"attacks": [{"name": "fgsm", "target": "worst"}]}, "target must be"),
     ({"models": [{"name": "m", "file": "w.safetensors"}]}, "needs its 'arch'"),
     ({"models": ["a", "a"]}, "distinct"),
     ({"data": {"name": "x", "size": 3}}, "unknown key"),
-    ({"name": "../evil"}, "plain directory name"),
+    ({"name": "../evil"}, "plain folder name"),
     ({"detectors": ["lid", "lid"]}, "detector names must be distinct"),
 ])
 def test_config_errors(bad: dict, match: str) -> None:
