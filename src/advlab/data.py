@@ -110,7 +110,7 @@ def load(name: str, split: str = "test", root: str | Path | None = None,
         split: ``"train"`` or ``"test"``.
         root: directory of the files for ``mnist``, ``fashion-mnist`` and ``cifar10``
             (default ``$ADVLAB_HOME/data/<name>``), or of the tree for ``name="folder"``.
-        n: keep only the first ``n`` examples of the split.
+        n: keep only the first ``n`` examples of the split (more than it holds is an error).
 
     Returns:
         ``(x, y)``: fresh tensors the caller may change freely.
@@ -136,7 +136,11 @@ def load(name: str, split: str = "test", root: str | Path | None = None,
         x, y = _folder(_folder_path(name, root), split)
     else:
         raise UnknownNameError("data set", name, available())
-    return (x, y) if n is None else (x[:n].clone(), y[:n].clone())
+    if n is None:
+        return x, y
+    if n > len(x):
+        raise DataError(f"n = {n} images asked of {name} {split}, which holds {len(x)}")
+    return x[:n].clone(), y[:n].clone()
 
 
 def _root(name: str, root: str | Path | None) -> Path:

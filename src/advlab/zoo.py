@@ -411,8 +411,11 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
 
 def _existing(path: str | Path) -> Path:
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise ModelFileError(f"model file {path} does not exist")
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file"
+        raise ModelFileError(f"model file {path} is {what}; give a weights file")
     return path
 
 
@@ -425,8 +428,14 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         except (SafetensorError, OSError) as e:
             raise ModelFileError(f"{path} is a corrupt safetensors file: {e}") from e
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save zip archive, or pickle
+        kind = "a zip archive" if head[:1] == b"P" else "a pickle"
+        if path.suffix == ".safetensors":  # torch.load would read it as safetensors
+            raise ModelFileError(
+                f"{path} is named .safetensors but holds {kind} (what torch.save writes), not "
+                f"safetensors; rename it to .pt, or re-save the state dict with advlab.zoo.save")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with open(path, "rb") as f:
+                obj = torch.load(f, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as e:
             raise ModelFileError(
                 f"refused to load {path}: torch.load(weights_only=True) rejected it (it holds "

@@ -255,11 +255,12 @@ class PluginSpec:
 @dataclass(frozen=True)
 class DataSpec:
     """The evaluation images: the first ``n`` of ``split`` of data set ``name`` (None: all;
-    more than the split holds is an error); detectors and trained defenses fit on up to ``fit_n`` images of ``train_split``."""
+    more than the split holds is an error, not a silent cut); detectors and trained
+    defenses fit on up to ``fit_n`` images of ``train_split``."""
 
     name: str = "mnist5k"
     split: str = "test"
-    n: int | None = None
+    n: int | None = 1000
     train_split: str = "train"
     fit_n: int | None = 2000
     root: str | None = None

@@ -723,8 +723,9 @@ class Runner:
 
     def train(self) -> tuple[Tensor, Tensor]:
         if self._train is None:
-            self._train = load_data(self.cfg.data, self.cfg.data.train_split,
-                                    self.cfg.data.fit_n)
+            x, y = load_data(self.cfg.data, self.cfg.data.train_split)
+            k = self.cfg.data.fit_n  # up to fit_n
+            self._train = (x, y) if k is None or k >= len(x) else (x[:k].clone(), y[:k].clone())
         x, y = self._train
         return x.to(self.device), y.to(self.device)
 
