@@ -36,8 +36,8 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except AdvlabError as exc:
-            raise Failure(str(exc)) from None
+        except AdvlabError as exc:  # one line, whatever the message holds
+            raise Failure(" ".join(str(exc).split())) from None
 
 
 def _pct(v: float | None) -> str:
@@ -174,12 +174,13 @@ def run(config: str | None, root: str, device: str | None, name: str | None, n: 
     recomputed: interrupt and rerun to resume.
     """
     from advlab import evaluation, report
+    from advlab.evaluation.schema import run_name
 
     if show_config:
         click.echo(evaluation.DEFAULT_TOML, nl=False)
         return
     cfg = evaluation.load_config(config)
-    cfg.name = name or cfg.name
+    cfg.name = cfg.name if name is None else run_name(name, "--name")
     if n is not None:
         cfg.data = dataclasses.replace(cfg.data, n=n)
     cfg.batch_size = batch_size or cfg.batch_size
@@ -258,28 +259,29 @@ def attack(name: str, model: str, weights: str | None, data_name: str, eps: floa
            n: int, params: tuple[str, ...], target: str | None, seed: int,
            device: str | None, batch_size: int, out: str | None) -> None:
     """Run one attack NAME on one model and print what it did."""
-    from advlab import attacks
+    from advlab import attacks, data
     from advlab.evaluation import results, runner
-    from advlab.evaluation.store import atomic_write
+    from advlab.evaluation.store import atomic_write, check_writable
     from advlab.report import plots
 
     kw = dict(_param(p) for p in params)
     if eps is not None:
         kw["eps"] = eps
-    try:
-        atk = attacks.get(name, **kw, seed=seed)
-    except TypeError as exc:  # an unknown or ill-typed keyword of the attack's constructor
-        raise Failure(f"attack {name!r} does not accept these parameters: {exc}") from None
+    atk = attacks.get(name, **kw, seed=seed)  # unknown or ill-typed keywords: ParameterError
     dev = runner.resolve_device(device)
+    out_path = Path(out or f"advlab-attack-{name}.png")
+    if out_path.is_dir():
+        raise Failure(f"--out {out_path} is a directory; give a file name")
+    check_writable(out_path.parent, "the folder of --out")
+    x, y = data.load(data_name, split="test", n=n)
     spec = runner.ModelSpec(model, weights, model) if weights else runner.ModelSpec(model)
     net = runner.load_model(spec).to(dev).eval()
-    from advlab import data
-
-    x, y = data.load(data_name, split="test", n=n)
+    x, y = x.to(dev), y.to(dev)
+    runner.check_models({model: net}, x)
     plan = runner.CellPlan(atk, target=target, shifts=(), noise=(), gallery=4,
                            batch_size=batch_size, seed=seed)
     bar = _batch_bar()
-    rec = runner.evaluate(plan, net, x.to(dev), y.to(dev), on_batch=bar)
+    rec = runner.evaluate(plan, net, x, y, on_batch=bar)
     bar.close()
     s = results.summarize_rows(rec.examples, rec.probes, rec.scores)
     norms = s["median_norms"]
@@ -303,7 +305,7 @@ def attack(name: str, model: str, weights: str | None, data_name: str, eps: floa
                                float(ex["clean_conf"][i]), int(ex["adv_pred"][i]),
                                float(ex["adv_conf"][i])) for i, xi, xa in rec.gallery]
     if items:
-        path = atomic_write(out or f"advlab-attack-{name}.png",
+        path = atomic_write(out_path,
                             plots.gallery([(name, items[:2]), ("", items[2:4])]
                                           if len(items) > 2 else [(name, items)], classes))
         click.echo(f"gallery: {path}")

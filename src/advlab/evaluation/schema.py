@@ -30,7 +30,8 @@ def _fail(where: str, wants: str, v: Any) -> ConfigError:
 
 def integer(lo: int | None = None, hi: int | None = None) -> Check:
     """An integer (not a bool, not 1.5) in [lo, hi]."""
-    wants = "an integer" + _range(lo, hi)
+    wants = {(0, None): "a non-negative integer", (1, None): "a positive integer"}.get(
+        (lo, hi), "an integer" + _range(lo, hi))
 
     def check(v: Any, where: str) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or \
@@ -42,7 +43,8 @@ def integer(lo: int | None = None, hi: int | None = None) -> Check:
 
 def number(lo: float | None = None, hi: float | None = None) -> Check:
     """A finite number (not a bool, not NaN) in [lo, hi], kept as a float."""
-    wants = "a finite number" + _range(lo, hi)
+    wants = "a non-negative number (finite)" if (lo, hi) == (0, None) else \
+        "a finite number" + _range(lo, hi)
 
     def check(v: Any, where: str) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
@@ -87,9 +89,10 @@ def run_name(v: Any, where: str = "the run name") -> str:
     return v
 
 
-def list_of(item: Check, nonempty: bool = False) -> Check:
-    """A list (a string is not a list) of items that pass ``item``."""
-    wants = "a non-empty list" if nonempty else "a list"
+def list_of(item: Check, nonempty: bool = False, of: str = "") -> Check:
+    """A list (a string is not a list) of items that pass ``item`` (``of``: what they are,
+    for the message)."""
+    wants = ("a non-empty list" if nonempty else "a list") + (f" of {of}" if of else "")
 
     def check(v: Any, where: str) -> list[Any]:
         if not isinstance(v, list) or (nonempty and not v):
@@ -142,7 +145,7 @@ def params(v: Any, where: str) -> dict[str, Any]:
     return dict(v)
 
 
-_SCOPE = list_of(string())
+_SCOPE = list_of(string(), of="names")
 
 #: every key of a run configuration (see :mod:`advlab.evaluation.config` for their meaning)
 CONFIG: Check = table({
