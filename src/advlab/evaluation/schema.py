@@ -24,6 +24,13 @@ Check = Callable[[Any, str], Any]
 NAME_MAX = 100
 
 
+def _tagged(check: Check, kind: str, **about: Any) -> Check:
+    """``check`` with what it accepts written on it (``kind``: int, number, bool, str, list,
+    table, params; ``lo``, ``hi``, ``fields``, ``item``), so that tests can walk the table."""
+    vars(check).update(kind=kind, **about)
+    return check
+
+
 def _fail(where: str, wants: str, v: Any) -> ConfigError:
     return ConfigError(f"{where} must be {wants}, got {v!r}")
 
@@ -38,7 +45,7 @@ def integer(lo: int | None = None, hi: int | None = None) -> Check:
                 (lo is not None and v < lo) or (hi is not None and v > hi):
             raise _fail(where, wants, v)
         return v
-    return check
+    return _tagged(check, "int", lo=lo, hi=hi)
 
 
 def number(lo: float | None = None, hi: float | None = None) -> Check:
@@ -51,7 +58,7 @@ def number(lo: float | None = None, hi: float | None = None) -> Check:
                 (lo is not None and v < lo) or (hi is not None and v > hi):
             raise _fail(where, wants, v)
         return float(v)
-    return check
+    return _tagged(check, "number", lo=lo, hi=hi)
 
 
 def _range(lo: float | None, hi: float | None) -> str:
@@ -67,6 +74,9 @@ def boolean(v: Any, where: str) -> bool:
     return v
 
 
+_tagged(boolean, "bool")
+
+
 def string(choices: Sequence[str] | None = None) -> Check:
     """A non-empty string without NUL, one of ``choices`` when given."""
     wants = "one of " + ", ".join(choices) if choices else "a non-empty string"
@@ -76,17 +86,21 @@ def string(choices: Sequence[str] | None = None) -> Check:
                 (choices is not None and v not in choices):
             raise _fail(where, wants, v)
         return v
-    return check
+    return _tagged(check, "str", choices=choices)
 
 
 def run_name(v: Any, where: str = "the run name") -> str:
     """A run name: a plain folder name (no path separators, no leading dot, no control
-    characters, at most :data:`NAME_MAX` characters), as both ``--name`` and ``name`` are."""
-    if not isinstance(v, str) or not v or len(v) > NAME_MAX or v.startswith(".") or \
-            any(c in "/\\" or not c.isprintable() for c in v):
+    characters or surrounding spaces, at most :data:`NAME_MAX` characters), as both
+    ``--name`` and ``name`` are."""
+    if not isinstance(v, str) or not v.strip() or v != v.strip() or len(v) > NAME_MAX or \
+            v.startswith(".") or any(c in "/\\" or not c.isprintable() for c in v):
         raise _fail(where, f"a plain folder name of at most {NAME_MAX} printable characters "
-                    "without '/', '\\' or a leading '.'", v)
+                    "without surrounding spaces, '/', '\\' or a leading '.'", v)
     return v
+
+
+_tagged(run_name, "str", choices=None)
 
 
 def list_of(item: Check, nonempty: bool = False, of: str = "") -> Check:
@@ -98,18 +112,20 @@ def list_of(item: Check, nonempty: bool = False, of: str = "") -> Check:
         if not isinstance(v, list) or (nonempty and not v):
             raise _fail(where, wants, v)
         return [item(e, f"{where}[{i}]") for i, e in enumerate(v)]
-    return check
+    return _tagged(check, "list", item=item)
 
 
 def one_or_list(item: Check) -> Check:
     """A value or a non-empty list of values, kept as a list."""
     many = list_of(item, nonempty=True)
-    return lambda v, where: many(v, where) if isinstance(v, list) else [item(v, where)]
+    return _tagged(lambda v, where: many(v, where) if isinstance(v, list) else [item(v, where)],
+                   "one_or_list", item=item)
 
 
 def optional(item: Check) -> Check:
     """None (a value left out in Python; TOML has no null) or an ``item``."""
-    return lambda v, where: None if v is None else item(v, where)
+    return _tagged(lambda v, where: None if v is None else item(v, where), "optional",
+                   item=item)
 
 
 def table(fields: dict[str, Check], required: Sequence[str] = ()) -> Check:
@@ -129,13 +145,14 @@ def table(fields: dict[str, Check], required: Sequence[str] = ()) -> Check:
             raise ConfigError(f"{where} needs {', '.join(missing)}")
         return {k: fields[k](e, f"{where}.{k}" if where else k)
                 for k, e in v.items() if e is not None}
-    return check
+    return _tagged(check, "table", fields=fields)
 
 
 def named(fields: dict[str, Check]) -> Check:
     """A name (a string) or a table with a ``name`` (see :func:`table`)."""
     full = table({"name": string(), **fields}, required=("name",))
-    return lambda v, where: full({"name": v} if isinstance(v, str) else v, where)
+    return _tagged(lambda v, where: full({"name": v} if isinstance(v, str) else v, where),
+                   "table", fields=vars(full)["fields"])
 
 
 def params(v: Any, where: str) -> dict[str, Any]:
@@ -143,6 +160,9 @@ def params(v: Any, where: str) -> dict[str, Any]:
     if not isinstance(v, dict):
         raise _fail(where, "a table of parameters (params = { steps = 10 })", v)
     return dict(v)
+
+
+_tagged(params, "params")
 
 
 _SCOPE = list_of(string(), of="names")
