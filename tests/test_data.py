@@ -312,3 +312,11 @@ def test_unknown_names_and_bad_arguments() -> None:
     assert set(data.available()) >= {"mnist5k", "digits", "mnist", "fashion-mnist", "cifar10"}
     assert data.info("mnist5k").shape == (1, 28, 28) and data.info("digits").num_classes == 10
     assert data.info("fashion-mnist").classes[9] == "Ankle boot"
+
+
+def test_n_beyond_the_split_is_an_error() -> None:
+    """n = 5000 of a 1000-image split was cut to 1000 without a word."""
+    with pytest.raises(DataError, match="n = 5000 images asked of mnist5k test, which holds "
+                       "1000"):
+        data.load("mnist5k", "test", n=5000)
+    assert len(data.load("mnist5k", "test", n=1000)[0]) == 1000

@@ -270,8 +270,6 @@ def attack(name: str, model: str, weights: str | None, data_name: str, eps: floa
     atk = attacks.get(name, **kw, seed=seed)  # unknown or ill-typed keywords: ParameterError
     dev = runner.resolve_device(device)
     out_path = Path(out or f"advlab-attack-{name}.png")
-    if out_path.is_dir():
-        raise Failure(f"--out {out_path} is a directory; give a file name")
     check_writable(out_path.parent, "the folder of --out")
     x, y = data.load(data_name, split="test", n=n)
     spec = runner.ModelSpec(model, weights, model) if weights else runner.ModelSpec(model)
