@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
+from tests.conftest import make_tiny
 
 from advlab.cli import cli
 from advlab.errors import AdvlabError, ConfigError, DataError, InputError, ModelModeError
 from advlab.evaluation import config_from_dict, runner, store
-from tests.conftest import make_tiny
 
 CONFIG = {"name": "t", "batch_size": 24, "models": ["a"], "data": {"name": "x", "n": 24},
           "attacks": [{"name": "fgsm", "eps": 0.1}], "sanity": {"enabled": False}}
