@@ -1218,9 +1218,11 @@ def resolve_device(name: str | None) -> torch.device:
         raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps") from exc
     available = {"cpu": True, "cuda": torch.cuda.is_available(),
                  "mps": torch.backends.mps.is_available()}
-    if not available.get(dev.type, False):
-        raise ConfigError(f"device {name!r} requested but it is not available here"
-                          + ("" if dev.type in available else "; use cpu, cuda or mps"))
+    if dev.type not in available:
+        raise ConfigError(f"device {name!r} is not one advlab runs on; use cpu, cuda or mps")
+    if not available[dev.type]:
+        raise ConfigError(f"device {name!r} requested but {dev.type.upper()} is not available "
+                          "here")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
     return dev
