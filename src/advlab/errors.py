@@ -68,3 +68,8 @@ class ParameterError(AdvlabError, TypeError):
 
 class ConfigError(AdvlabError, ValueError):
     """An experiment configuration (TOML file or dict) that is malformed or inconsistent."""
+
+
+class EnvironmentMismatchError(AdvlabError, ImportError):
+    """The installed packages cannot work together (e.g. a torch wheel built against numpy 1
+    beside numpy 2)."""
