@@ -170,7 +170,7 @@ _SCOPE = list_of(string(), of="names")
 #: every key of a run configuration (see :mod:`advlab.evaluation.config` for their meaning)
 CONFIG: Check = table({
     "name": run_name,
-    "seed": integer(0, 2**63 - 1),
+    "seed": integer(0, 2**32 - 1),
     "batch_size": integer(1),
     "device": string(),
     "workers": integer(0, 1024),
