@@ -77,6 +77,16 @@ def test_attack_out_that_cannot_be_written(tmp_path: Path) -> None:
     assert "cannot write the folder of --out" in msg
 
 
+def test_attack_checks_the_model_cache_before_training(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("ADVLAB_HOME", str(blocker / "home"))
+    msg = one_line("attack", "fgsm", "--model", "digits-mlp", "--data", "digits", "-n", "8",
+                   "--out", str(tmp_path / "g.png"))
+    assert r"cannot write the model cache $ADVLAB_HOME" in msg
+
+
 def test_attack_weights_named_safetensors_but_torch_save(tmp_path: Path) -> None:
     path = tmp_path / "w.safetensors"
     torch.save(build("digits-mlp").state_dict(), path)

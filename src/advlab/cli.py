@@ -273,6 +273,7 @@ def attack(name: str, model: str, weights: str | None, data_name: str, eps: floa
     check_writable(out_path.parent, "the folder of --out")
     x, y = data.load(data_name, split="test", n=n)
     spec = runner.ModelSpec(model, weights, model) if weights else runner.ModelSpec(model)
+    runner.check_cache([spec])
     net = runner.load_model(spec).to(dev).eval()
     x, y = x.to(dev), y.to(dev)
     runner.check_models({model: net}, x)

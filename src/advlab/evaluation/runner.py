@@ -350,17 +350,28 @@ def check_storage(cfg: RunConfig, root: Path, given: Sequence[str] = ()) -> None
     Raises:
         DataError: a folder that cannot be written, or a full disk.
     """
-    from advlab import zoo
-
     check_writable(root, "the results folder")
     if (root / cfg.name).exists() and not (root / cfg.name).is_dir():
         raise advlab.errors.DataError(f"the run folder {root / cfg.name} is a file")
     check_writable(root / cfg.name, "the run folder")
+    check_cache([m for m in cfg.models if m.name not in given],
+                any(d.name in TRAINED for d in cfg.defenses))
+
+
+def check_cache(models: Sequence[ModelSpec], trains: bool = False) -> None:
+    """``$ADVLAB_HOME`` must be writable when one of ``models`` is a zoo or robust model not
+    cached yet, or when a defense ``trains``: checked before the training it would lose.
+
+    Raises:
+        DataError: it cannot be written, or its disk is full.
+    """
+    from advlab import zoo
+
     robust = getattr(optional_module("advlab.defenses"), "ROBUST", {})
-    uncached = [m.name for m in cfg.models if m.file is None and m.name not in given and (
+    uncached = [m.name for m in models if m.file is None and (
         m.name in robust or m.name in zoo.available()) and not (
         advlab.data.home() / "models" / f"{m.name}.safetensors").exists()]
-    if uncached or any(d.name in TRAINED for d in cfg.defenses):
+    if uncached or trains:
         check_writable(advlab.data.home(), "the model cache $ADVLAB_HOME")
 
 
