@@ -141,7 +141,7 @@ def probes() -> list[tuple[str, Callable[[], tuple[bool, str] | None]]]:
     ro = "mount --bind -o ro {0} {0}".format
     return [
         ("2 --name ..", lambda: run(str(toml()), "--name", "..")),
-        ("2 --name ../x", lambda: run(str(toml()), "--name", "../x")),
+        ("2 --name ../x", lambda: said(run(str(toml()), "--name", "../x"), "--name must be")),
         ("3 long run name", lambda: run(str(toml(name="x" * 300)))),
         ("3 NUL in run name", lambda: run(str(toml(name="a\\u0000b")))),
         ("3 noise = [nan]", lambda: run(str(toml(extra="[probes]\nnoise = [nan]")))),
@@ -176,8 +176,9 @@ def probes() -> list[tuple[str, Callable[[], tuple[bool, str] | None]]]:
         ("4 unknown key in [report]", lambda: run(str(toml(extra="[report]\ncolour = 1")))),
         ("4 data.n = 100000", lambda: run(str(toml(n=100000)))),
         ("4 attack -n 5000", lambda: clean_cli("attack", "fgsm", "-n", "5000")),
-        ("4 models = \"mnist-cnn\"", lambda: run(str(_prepend(_replace(
-            toml(), '[[models]]\nname = "mnist-cnn"\n', ""), 'models = "mnist-cnn"\n')))),
+        ("4 models = \"mnist-cnn\"", lambda: said(run(str(_prepend(_replace(
+            toml(), '[[models]]\nname = "mnist-cnn"\n', ""), 'models = "mnist-cnn"\n'))),
+            "models must be a list")),
         ("5 full disk at COMMIT", lambda: _faulty(lambda: run(str(toml(name="c"))))),
         ("5 full disk writing the report", lambda: _no_space(lambda: clean_cli(
             "report", str(h / "h")))),
@@ -216,16 +217,22 @@ def probes() -> list[tuple[str, Callable[[], tuple[bool, str] | None]]]:
         ("9 --out on a read-only file system", lambda: clean_process(
             f"attack fgsm -n 8 --out {WORK / 'rodir' / 'g.png'}",
             f"mkdir -p {WORK / 'rodir'}; {ro(WORK / 'rodir')}")),
-        ("9 --param steps=abc", lambda: attack("--param", "steps=abc")),
-        ("10 report --db empty.txt", lambda: clean_cli(
-            "report", str(WORK / "run"), "--db", str(empty))),
+        ("9 --param steps=abc", lambda: said(attack("--param", "steps=abc"),
+                                             "steps must be an integer")),
+        ("10 report --db empty.txt", lambda: said(clean_cli(
+            "report", str(WORK / "run"), "--db", str(empty)), "(an empty file)")),
         ("10 image maximum 1+1e-6", lambda: _image_message()),
-        ("10 weights path a directory", lambda: run(str(_replace(
+        ("10 weights path a directory", lambda: said(run(str(_replace(
             toml(), 'name = "mnist-cnn"\n', f'name = "m"\nfile = "{WORK}"\n'
-            'arch = "mnist-cnn"\n')))),
-        ("10 weights path /dev/zero", lambda: clean_cli(
-            "attack", "fgsm", "-n", "8", "--weights", "/dev/zero")),
+            'arch = "mnist-cnn"\n'))), "is a directory")),
+        ("10 weights path /dev/zero", lambda: said(clean_cli(
+            "attack", "fgsm", "-n", "8", "--weights", "/dev/zero"), "not a regular file")),
     ]
+
+
+def said(got: tuple[bool, str], words: str) -> tuple[bool, str]:
+    """A clean error must also say what is wrong (the probes whose old message misled)."""
+    return got[0] and words in got[1], got[1]
 
 
 def _replace(path: Path, old: str, new: str) -> Path:
