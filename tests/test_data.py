@@ -397,3 +397,11 @@ def test_load_with_subset_channels_resize() -> None:
     assert torch.allclose(data.reshape(flat, resize=(3, 5)), torch.full((1, 1, 3, 5), 0.25))
     with pytest.raises(InputError, match="1 <-> 3 only"):
         data.reshape(torch.zeros(1, 2, 4, 4), channels=3)
+
+
+def test_n_beyond_the_split_is_an_error() -> None:
+    """n = 5000 of a 1000-image split was cut to 1000 without a word."""
+    with pytest.raises(DataError, match="n = 5000 images asked of mnist5k test, which holds "
+                       "1000"):
+        data.load("mnist5k", "test", n=5000)
+    assert len(data.load("mnist5k", "test", n=1000)[0]) == 1000

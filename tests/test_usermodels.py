@@ -163,7 +163,9 @@ def test_bad_input_is_one_line_and_exit_2(user_project: Project, tmp_path: Path)
     for split in ("train", "test"):
         for c in ("a", "b"):
             (folder_grey / split / c).mkdir(parents=True)
-            Image.fromarray(np.zeros((32, 32), np.uint8)).save(folder_grey / split / c / "0.png")
+            for i in range(10):  # as many as the run's n = 20
+                Image.fromarray(np.zeros((32, 32), np.uint8)).save(
+                    folder_grey / split / c / f"{i}.png")
     cases = {
         "factory not importable": (f'"{p.net}:build"', '"no_such_pkg.nets:build"',
                                    "cannot import no_such_pkg"),

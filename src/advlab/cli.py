@@ -36,8 +36,8 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except AdvlabError as exc:
-            raise Failure(str(exc)) from None
+        except AdvlabError as exc:  # one line, whatever the message holds
+            raise Failure(" ".join(str(exc).split())) from None
 
 
 class BatchSize(click.ParamType):
@@ -192,12 +192,13 @@ def run(config: str | None, root: str, device: str | None, precision: str | None
     recomputed: interrupt and rerun to resume.
     """
     from advlab import evaluation, report
+    from advlab.evaluation.schema import run_name
 
     if show_config:
         click.echo(evaluation.DEFAULT_TOML, nl=False)
         return
     cfg = evaluation.load_config(config)
-    cfg.name = name or cfg.name
+    cfg.name = cfg.name if name is None else run_name(name, "--name")
     if n is not None:
         cfg.data = dataclasses.replace(cfg.data, n=n)
     cfg.batch_size = batch_size or cfg.batch_size
@@ -334,24 +335,24 @@ def attack(name: str, model: str, weights: str | None, kwargs: str | None, mean:
            target: str | None, seed: int, device: str | None, precision: str,
            batch_size: int | str, out: str | None) -> None:
     """Run one attack NAME on one model and print what it did."""
-    from advlab import attacks
+    from advlab import attacks, data
     from advlab.evaluation import results, runner
-    from advlab.evaluation.store import atomic_write
+    from advlab.evaluation.store import atomic_write, check_writable
     from advlab.report import plots
 
     kw = dict(_param(p) for p in params)
     if eps is not None:
         kw["eps"] = eps
-    try:
-        atk = attacks.get(name, **kw, seed=seed)
-    except TypeError as exc:  # an unknown or ill-typed keyword of the attack's constructor
-        raise Failure(f"attack {name!r} does not accept these parameters: {exc}") from None
+    atk = attacks.get(name, **kw, seed=seed)  # unknown or ill-typed keywords: ParameterError
     dev = runner.resolve_device(device)
+    out_path = Path(out or f"advlab-attack-{name}.png")
+    check_writable(out_path.parent, "the folder of --out")
     spec = _model_spec(model, weights, kwargs, mean, std, config)
+    runner.check_cache([spec])
     net = runner.load_model(spec).to(dev).eval()
-    from advlab import data, evaluation
-
     if data_name is None and config is not None:  # the configuration's data, -n of them
+        from advlab import evaluation
+
         d = evaluation.load_config(config).data
         data_name, data_root = d.name, data_root or d.root
         resize, channels = resize or d.resize, channels or d.channels
@@ -387,7 +388,7 @@ def attack(name: str, model: str, weights: str | None, kwargs: str | None, mean:
                                float(ex["clean_conf"][i]), int(ex["adv_pred"][i]),
                                float(ex["adv_conf"][i])) for i, xi, xa in rec.gallery]
     if items:
-        path = atomic_write(out or f"advlab-attack-{name}.png",
+        path = atomic_write(out_path,
                             plots.gallery([(name, items[:2]), ("", items[2:4])]
                                           if len(items) > 2 else [(name, items)], classes))
         click.echo(f"gallery: {path}")

@@ -124,7 +124,8 @@ def load(name: str, split: str = "test", root: str | Path | None = None,
         split: ``"train"`` or ``"test"``.
         root: directory of the files for ``mnist``, ``fashion-mnist`` and ``cifar10``
             (default ``$ADVLAB_HOME/data/<name>``), or of the tree for ``name="folder"``.
-        n: keep only ``n`` examples of the split, chosen by ``subset``.
+        n: keep only ``n`` examples of the split, chosen by ``subset`` (more than it holds is
+            an error).
         subset: ``"first"`` (the first ``n``), or a draw seeded by ``seed``: ``"random"`` or
             ``"stratified"`` (see :func:`choose`).
         seed: the seed of a random or stratified subset.
@@ -158,6 +159,8 @@ def load(name: str, split: str = "test", root: str | Path | None = None,
     else:
         raise UnknownNameError("data set", name, available())
     if n is not None:
+        if n > len(x):
+            raise DataError(f"n = {n} images asked of {name} {split}, which holds {len(x)}")
         idx = choose(y, n, subset, seed)
         x, y = x[idx].clone(), y[idx].clone()
     return reshape(x, channels, resize), y

@@ -61,6 +61,11 @@ class NotFittedError(AdvlabError, RuntimeError):
     """A detector or defense used before fit(), or with another model."""
 
 
+class ParameterError(AdvlabError, TypeError):
+    """A keyword argument that a function does not take, or a value of the wrong type for it
+    (``steps=2.5``, ``eps="0.1"``)."""
+
+
 class ConfigError(AdvlabError, ValueError):
     """An experiment configuration (TOML file or dict) that is malformed or inconsistent."""
 

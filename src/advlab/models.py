@@ -81,6 +81,19 @@ class ModelSpec:
         """Just a name: a zoo (or cached robust) model."""
         return self.factory is None and self.arch is None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The ``[[models]]`` table this spec reads back from (keys left at their defaults
+        left out)."""
+        d: dict[str, Any] = {"name": self.name}
+        for k in ("factory", "weights", "arch"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        if self.kwargs:
+            d["kwargs"] = dict(self.kwargs)
+        if self.normalize is not None:
+            d["normalize"] = {"mean": list(self.normalize[0]), "std": list(self.normalize[1])}
+        return d
+
     def relative_to(self, base: Path) -> ModelSpec:
         """The same spec with its relative file paths read from folder ``base``."""
         factory = self.factory

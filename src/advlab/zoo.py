@@ -433,8 +433,11 @@ def _check_fit(own: Mapping[str, Tensor], state: Mapping[str, Tensor], path: Pat
 
 def _existing(path: str | Path) -> Path:
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise ModelFileError(f"model file {path} does not exist")
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file"
+        raise ModelFileError(f"model file {path} is {what}; give a weights file")
     return path
 
 
@@ -447,14 +450,14 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         except (SafetensorError, OSError) as e:
             raise ModelFileError(f"{path} is a corrupt safetensors file: {e}") from e
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save zip archive, or pickle
-        if path.suffix == ".safetensors":
-            what = "a torch.save zip archive" if head[:1] == b"P" else "a pickle"
+        kind = "a zip archive" if head[:1] == b"P" else "a pickle"
+        if path.suffix == ".safetensors":  # torch.load would read it as safetensors
             raise ModelFileError(
-                f"{path} is named .safetensors but is {what}, not a safetensors file; "
-                f"convert it with advlab.zoo.save (or safetensors.torch.save_file), or name "
-                f"it .pt to have it read with torch.load(weights_only=True)")
+                f"{path} is named .safetensors but holds {kind} (what torch.save writes), not "
+                f"safetensors; rename it to .pt, or re-save the state dict with advlab.zoo.save")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with open(path, "rb") as f:
+                obj = torch.load(f, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as e:
             raise ModelFileError(
                 f"refused to load {path}: torch.load(weights_only=True) rejected it (it holds "

@@ -43,17 +43,28 @@ def tiny_config(**over) -> runner.RunConfig:  # noqa: ANN003
 
 
 class Counter:
-    """Counts the attacks the runner builds (one per computed cell)."""
+    """Counts the attacks the runner builds for cells (one per computed cell; not those
+    :func:`runner.check_buildable` builds to check the configuration)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[str] = []
-        real = advlab.attacks.get
+        self.checking = False
+        real, real_check = advlab.attacks.get, runner.check_buildable
 
         def counting(name: str, **kw):  # noqa: ANN003, ANN202
-            self.calls.append(name)
+            if not self.checking:
+                self.calls.append(name)
             return real(name, **kw)
 
+        def checking(*args) -> None:  # noqa: ANN002
+            self.checking = True
+            try:
+                real_check(*args)
+            finally:
+                self.checking = False
+
         monkeypatch.setattr(advlab.attacks, "get", counting)
+        monkeypatch.setattr(runner, "check_buildable", checking)
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -101,13 +112,13 @@ def test_missing_eps_takes_the_attack_default() -> None:
     ({"colour": "red"}, "unknown key"),
     ({"models": []}, "no \\[\\[models\\]\\]"),
     ({"attacks": []}, "no \\[\\[attacks\\]\\]"),
-    ({"attacks": [{"name": "fgsm", "eps": -0.1}]}, "non-negative"),
+    ({"attacks": [{"name": "fgsm", "eps": -0.1}]}, "eps must be a non-negative number"),
     ({"attacks": [{"name": "fgsm", "params": {"eps": 0.1}}]}, "'eps' grid"),
     ({"attacks": [{"name": "fgsm", "target": "worst"}]}, "target must be"),
     ({"models": [{"name": "m", "file": "w.safetensors"}]}, "needs its 'arch'"),
     ({"models": ["a", "a"]}, "distinct"),
     ({"data": {"name": "x", "size": 3}}, "unknown key"),
-    ({"name": "../evil"}, "plain directory name"),
+    ({"name": "../evil"}, "plain folder name"),
     ({"detectors": ["lid", "lid"]}, "detector names must be distinct"),
 ])
 def test_config_errors(bad: dict, match: str) -> None:

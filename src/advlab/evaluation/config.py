@@ -13,7 +13,6 @@ detector-aware attack's ``steps`` and weight ``lam``.
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +20,8 @@ from typing import Any
 
 from advlab import attacks
 from advlab.errors import ConfigError, UnknownNameError
-from advlab.models import PRECISIONS, ModelSpec, model_spec
+from advlab.evaluation import schema
+from advlab.models import ModelSpec, model_spec
 
 try:  # Python >= 3.11
     import tomllib
@@ -246,10 +246,11 @@ class PluginSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """The evaluation images: ``n`` images of ``split`` of data set ``name`` (None: all),
-    chosen by ``subset`` ("first", or a seeded "random" or "stratified" draw); detectors and
-    trained defenses fit on up to ``fit_n`` images of ``train_split``. ``resize`` (H, W)
-    and ``channels`` (1 or 3) adapt the images to the model (see :func:`advlab.data.load`)."""
+    """The evaluation images: ``n`` images of ``split`` of data set ``name`` (None: all; more
+    than the split holds is an error, not a silent cut), chosen by ``subset`` ("first", or a
+    seeded "random" or "stratified" draw); detectors and trained defenses fit on up to
+    ``fit_n`` images of ``train_split``. ``resize`` (H, W) and ``channels`` (1 or 3) adapt the
+    images to the model (see :func:`advlab.data.load`)."""
 
     name: str = "mnist5k"
     split: str = "test"
@@ -301,7 +302,7 @@ class RunConfig:
         return {
             "name": self.name, "seed": self.seed, "batch_size": self.batch_size,
             "device": self.device, "precision": self.precision, "data": vars(self.data),
-            "models": [vars(m) for m in self.models],
+            "models": [m.to_dict() for m in self.models],
             "attacks": [{"name": a.name, "eps": list(a.eps), "params": a.params,
                          "target": a.target, "n": a.n, "models": _list(a.models),
                          "defenses": _list(a.defenses), "detectors": _list(a.detectors)}
@@ -319,9 +320,6 @@ def _list(v: tuple[str, ...] | None) -> list[str] | None:
     return None if v is None else list(v)
 
 
-_TOP = {"name", "seed", "batch_size", "device", "precision", "workers", "data", "models", "attacks",
-        "defenses", "detectors", "probes", "report", "sanity", "adaptive"}
-
 #: defaults of the [sanity] table
 SANITY: dict[str, Any] = {"enabled": True, "max_examples": 100, "blackbox_queries": 500}
 
@@ -331,42 +329,10 @@ SANITY: dict[str, Any] = {"enabled": True, "max_examples": 100, "blackbox_querie
 ADAPTIVE: dict[str, Any] = {"enabled": True, "steps": 20, "lam": 1.0}
 
 
-def _keys(d: dict[str, Any], allowed: set[str], where: str) -> None:
-    extra = set(d) - allowed
-    if extra:
-        raise ConfigError(f"unknown key(s) {sorted(extra)} in {where}; allowed: "
-                          f"{', '.join(sorted(allowed))}")
-
-
-def _table(v: Any, where: str) -> dict[str, Any]:
-    if isinstance(v, str):
-        return {"name": v}
-    if not isinstance(v, dict) or "name" not in v:
-        raise ConfigError(f"{where} must be a name or a table with a 'name', got {v!r}")
-    return v
-
-
-def _eps_grid(v: Any, where: str) -> tuple[float | None, ...]:
-    grid = v if isinstance(v, list) else [v]
-    for e in grid:
-        if e is not None and (isinstance(e, bool) or not isinstance(e, (int, float))
-                              or not math.isfinite(e) or e < 0):
-            raise ConfigError(f"{where}: eps must be non-negative numbers, got {e!r}")
-    return tuple(None if e is None else float(e) for e in grid) or (None,)
-
-
-def _positive_int(v: Any, where: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ConfigError(f"{where} must be a positive integer, got {v!r}")
-    return v
-
-
-def _names(v: Any, known: list[str], where: str) -> tuple[str, ...] | None:
+def _names(v: list[str] | None, known: list[str], where: str) -> tuple[str, ...] | None:
     """A scope list: names among ``known`` (None when not given)."""
     if v is None:
         return None
-    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        raise ConfigError(f"{where} must be a list of names, got {v!r}")
     unknown = sorted(set(v) - set(known))
     if unknown:
         raise ConfigError(f"{where} names {unknown}, which the configuration does not "
@@ -374,136 +340,96 @@ def _names(v: Any, known: list[str], where: str) -> tuple[str, ...] | None:
     return tuple(v)
 
 
-def _attack_spec(v: Any, i: int, scope: dict[str, list[str]]) -> AttackSpec:
+def _attack_spec(d: dict[str, Any], i: int, scope: dict[str, list[str]]) -> AttackSpec:
     where = f"attacks[{i}]"
-    d = _table(v, where)
-    _keys(d, {"name", "eps", "params", "target", "n", "models", "defenses", "detectors"},
-          where)
-    available = attacks.available()
-    if d["name"] not in available:
-        raise UnknownNameError("attack", d["name"], list(available))
-    params = dict(d.get("params", {}))
-    if "eps" in params:
+    if d["name"] not in attacks.available():
+        raise UnknownNameError("attack", d["name"], list(attacks.available()))
+    if "eps" in d.get("params", {}):
         raise ConfigError(f"{where}: give eps as the attack's 'eps' grid, not in params")
-    target = d.get("target")
-    if target not in (None, "random", "least_likely", "next"):
-        raise ConfigError(f"{where}: target must be random, least_likely or next, "
-                          f"got {target!r}")
-    n = None if d.get("n") is None else _positive_int(d["n"], f"{where}.n")
-    return AttackSpec(d["name"], _eps_grid(d.get("eps"), where), params, target, n,
+    return AttackSpec(d["name"], tuple(d.get("eps", [None])), d.get("params", {}),
+                      d.get("target"), d.get("n"),
                       *(_names(d.get(k), scope[k], f"{where}.{k}")
                         for k in ("models", "defenses", "detectors")))
 
 
 def _data(d: dict[str, Any]) -> DataSpec:
-    """The [data] table: resize as one size or [H, W], channels 1 or 3, subset's choice."""
-    _keys(d, set(DataSpec.__dataclass_fields__), "[data]")
+    """The [data] table (types checked by the schema): resize as one size or [H, W],
+    channels 1 or 3."""
     if d.get("resize") is not None:
-        r = d["resize"] if isinstance(d["resize"], list) else [d["resize"]] * 2
+        r = d["resize"] if len(d["resize"]) == 2 else d["resize"] * 2
         if len(r) != 2:
-            raise ConfigError(f"[data].resize must be a size or [height, width], got {r!r}")
-        d["resize"] = tuple(_positive_int(v, "[data].resize") for v in r)
+            raise ConfigError(f"data.resize must be a size or [height, width], got {r!r}")
+        d["resize"] = tuple(r)
     if d.get("channels") not in (None, 1, 3):
-        raise ConfigError(f"[data].channels must be 1 or 3, got {d['channels']!r}")
-    if d.get("subset", "first") not in ("first", "random", "stratified"):
-        raise ConfigError(f"[data].subset must be first, random or stratified, "
-                          f"got {d['subset']!r}")
+        raise ConfigError(f"data.channels must be 1 or 3, got {d['channels']!r}")
     return DataSpec(**d)
 
 
-def _batch_size(v: Any) -> int | str:
-    return v if v == "auto" else _positive_int(v, 'batch_size (a positive integer or "auto")')
-
-
-def _device(v: Any) -> str | None:
-    """cpu, cuda, cuda:N or auto; whether CUDA is there is checked when the run starts."""
-    if v is None:
-        return None
-    kind, sep, index = str(v).partition(":")
-    if kind not in ("cpu", "cuda", "auto") or sep and (kind != "cuda" or not index.isdigit()):
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
-    return str(v)
-
-
-def _precision(v: Any) -> str:
-    if v not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {v!r}")
-    return v
-
-
-def _adaptive(d: dict[str, Any]) -> dict[str, Any]:
-    _keys(d, set(ADAPTIVE), "[adaptive]")
-    out = {**ADAPTIVE, **d}
-    if not isinstance(out["enabled"], bool):
-        raise ConfigError(f"[adaptive].enabled must be true or false, got {out['enabled']!r}")
-    _positive_int(out["steps"], "[adaptive].steps")
-    lam = out["lam"]
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) \
-            or lam < 0:
-        raise ConfigError(f"[adaptive].lam must be a non-negative number, got {lam!r}")
-    return {**out, "lam": float(lam)}
+def _distinct(names: list[str], what: str) -> None:
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{what} names must be distinct (results are stored by name), "
+                          f"got {names}")
 
 
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
     """Validate a configuration mapping (the parsed TOML) and build a :class:`RunConfig`.
 
+    Every key is checked against :data:`advlab.evaluation.schema.CONFIG` first (types,
+    ranges, NaN, empty values, unknown keys), then the keys that refer to each other.
+
     Raises:
-        ConfigError: unknown keys, wrong types, no models or no attacks.
+        ConfigError: unknown keys, wrong types or ranges, no models or no attacks,
+            references to names the configuration does not define.
         UnknownNameError: an attack name that is not registered.
     """
-    _keys(d, _TOP, "the configuration")
-    data = _data(dict(d.get("data", {})))
-    models = [model_spec(m, f"models[{i}]") for i, m in enumerate(d.get("models", []))]
+    d = schema.CONFIG(d, "")
+    for k in ("models", "attacks"):
+        if not d.get(k):
+            raise ConfigError(f"the configuration lists no [[{k}]]")
+    models = [model_spec(m, f"models[{i}]") for i, m in enumerate(d["models"])]
+    plugins = {kind: [PluginSpec(p["name"], p.get("params", {}))
+                      for p in d.get(kind, [{"name": "none"}] if kind == "defenses" else [])]
+               for kind in ("defenses", "detectors")}
     names = [m.name for m in models]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"model names must be distinct, got {names}")
-    plugins = {}
-    for kind in ("defenses", "detectors"):
-        specs = []
-        for i, p in enumerate(d.get(kind, ["none"] if kind == "defenses" else [])):
-            p = _table(p, f"{kind}[{i}]")
-            _keys(p, {"name", "params"}, f"{kind}[{i}]")
-            specs.append(PluginSpec(p["name"], dict(p.get("params", {}))))
-        plugins[kind] = specs
-    probes = dict(d.get("probes", {}))
-    _keys(probes, {"shifts", "noise"}, "[probes]")
-    report = dict(d.get("report", {}))
-    sanity = dict(d.get("sanity", {}))
-    _keys(sanity, set(SANITY), "[sanity]")
+    _distinct(names, "model")
+    _distinct([p.name for p in plugins["detectors"]], "detector")
     scope = {"models": names, "defenses": [p.name for p in plugins["defenses"]],
              "detectors": [p.name for p in plugins["detectors"]]}
-    cfg = RunConfig(
-        name=str(d.get("name", "run")), seed=int(d.get("seed", 0)),
-        batch_size=_batch_size(d.get("batch_size", 500)), device=_device(d.get("device")),
-        precision=_precision(d.get("precision", "fp32")),
-        workers=int(d.get("workers", 0)), data=data, models=models,
-        attacks=[_attack_spec(a, i, scope) for i, a in enumerate(d.get("attacks", []))],
+    probes, report = d.get("probes", {}), d.get("report", {})
+    return RunConfig(
+        name=d.get("name", "run"), seed=d.get("seed", 0), batch_size=d.get("batch_size", 500),
+        device=d.get("device"), precision=d.get("precision", "fp32"),
+        workers=d.get("workers", 0), data=_data(d.get("data", {})), models=models,
+        attacks=[_attack_spec(a, i, scope) for i, a in enumerate(d["attacks"])],
         defenses=plugins["defenses"], detectors=plugins["detectors"],
-        shifts=tuple(int(s) for s in probes.get("shifts", (1, 2))),
-        noise=tuple(float(s) for s in probes.get("noise", (0.05,))),
-        gallery=int(report.pop("gallery", 8)), report=report, sanity={**SANITY, **sanity},
-        adaptive=_adaptive(dict(d.get("adaptive", {}))))
-    _check(cfg)
-    return cfg
+        shifts=tuple(probes.get("shifts", (1, 2))), noise=tuple(probes.get("noise", (0.05,))),
+        gallery=report.get("gallery", 8),
+        report={k: v for k, v in report.items() if k != "gallery"},
+        sanity={**SANITY, **d.get("sanity", {})}, adaptive={**ADAPTIVE, **d.get("adaptive", {})})
 
 
-def _check(cfg: RunConfig) -> None:
-    if not cfg.models:
-        raise ConfigError("the configuration lists no [[models]]")
-    if not cfg.attacks:
-        raise ConfigError("the configuration lists no [[attacks]]")
-    if cfg.data.n is not None and cfg.data.n < 1:
-        raise ConfigError("data.n must be >= 1")
-    if cfg.workers < 0:
-        raise ConfigError(f"workers must be >= 0 (0: one per CPU core), got {cfg.workers}")
-    if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name.startswith("."):
-        raise ConfigError(f"run name {cfg.name!r} must be a plain directory name")
-    if any(s < 0 for s in cfg.noise) or cfg.gallery < 0:
-        raise ConfigError("probe noise and report.gallery must be non-negative")
-    detectors = [d.name for d in cfg.detectors]
-    if len(set(detectors)) != len(detectors):
-        raise ConfigError(f"detector names must be distinct (scores are stored by name), got "
-                          f"{detectors}")
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check a :class:`RunConfig` built in Python as :func:`config_from_dict` checks a file.
+
+    Returns:
+        The configuration, rebuilt from its checked mapping.
+
+    Raises:
+        ConfigError, UnknownNameError: as :func:`config_from_dict`.
+    """
+    if not isinstance(cfg, RunConfig):
+        raise ConfigError(f"config must be a RunConfig, got {type(cfg).__name__}")
+    return config_from_dict(_present({**cfg.to_dict(), "workers": cfg.workers}))
+
+
+def _present(v: Any) -> Any:
+    """A mapping without its None values (keys left out), recursively through tables and
+    lists."""
+    if isinstance(v, dict):
+        return {k: _present(e) for k, e in v.items() if e is not None}
+    if isinstance(v, (list, tuple)):
+        return [_present(e) for e in v]
+    return v
 
 
 def parse_config(text: str) -> RunConfig:
@@ -521,7 +447,12 @@ def load_config(path: str | os.PathLike | None = None) -> RunConfig:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"no configuration file at {p}")
-    cfg = parse_config(p.read_text())
+    try:
+        cfg = parse_config(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p} is not a UTF-8 text file (TOML is UTF-8): {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configuration {p}: {exc.strerror}") from None
     base = p.resolve().parent  # relative paths in the file are read from its folder
     cfg.models = [m.relative_to(base) for m in cfg.models]
     cfg.data = cfg.data.relative_to(base)

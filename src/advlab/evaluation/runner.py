@@ -43,6 +43,7 @@ import functools
 import hashlib
 import importlib
 import importlib.metadata
+import inspect
 import json
 import logging
 import math
@@ -73,6 +74,7 @@ from advlab.evaluation.config import (
     PluginSpec,
     RunConfig,
     load_config,
+    validate,
 )
 from advlab.evaluation.results import (
     DETECTION_FPR,
@@ -81,7 +83,14 @@ from advlab.evaluation.results import (
     defense_label,
     reference_eps,
 )
-from advlab.evaluation.store import CellRecord, Store, canonical_json, cell_key
+from advlab.evaluation.store import (
+    CellRecord,
+    Store,
+    canonical_json,
+    cell_key,
+    check_writable,
+)
+from advlab.validation import check_eval_mode, check_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +130,46 @@ def _distillation(mod: Any, model: nn.Module, train: TrainData, p: dict[str, Any
 
 def _transformed(mod: Any, model: nn.Module, train: TrainData, p: dict[str, Any],
                  seed: int) -> nn.Module:
-    layers = []
-    for t in p.get("transforms", []):
-        t = dict(t)
-        layers.append(getattr(mod, t.pop("name"))(**t))
+    ts = p.get("transforms", [])
+    if not isinstance(ts, list) or not all(isinstance(t, dict) for t in ts):
+        raise ConfigError(f"defense 'transformed': transforms must be a list of tables "
+                          f"({{ name = \"BitDepth\", bits = 2 }}), got {ts!r}")
     rest = {k: v for k, v in p.items() if k != "transforms"}
-    return mod.Transformed(model, layers, **{"seed": seed, **rest})
+    check_kwargs(mod.Transformed, rest, "defense 'transformed'", skip=2)
+    return mod.Transformed(model, [_transform(mod, t) for t in ts], **{"seed": seed, **rest})
+
+
+def _transform(mod: Any, t: dict[str, Any]) -> Any:
+    """An input transformation of :mod:`advlab.defenses` from its table (name and
+    keywords)."""
+    kinds = {k: v for k, v in vars(mod).items()
+             if isinstance(v, type) and issubclass(v, mod.Transform) and v is not mod.Transform}
+    kw = {k: v for k, v in t.items() if k != "name"}
+    if t.get("name") not in kinds:
+        raise advlab.errors.UnknownNameError("transform", str(t.get("name")), list(kinds))
+    check_kwargs(kinds[t["name"]], kw, f"transform {t['name']!r}")
+    return kinds[t["name"]](**kw)
+
+
+def _check_distillation(mod: Any, p: dict[str, Any], seed: int) -> None:
+    check_kwargs(mod.distill, p, "defense 'distillation'", skip=3)
+
+
+def _check_adversarial_training(mod: Any, p: dict[str, Any], seed: int) -> None:
+    p = dict(p)
+    attacks.get(p.pop("attack", "pgd"), **p.pop("attack_params", {}), seed=seed)
+    method = p.pop("method", "madry")
+    methods = {"madry": mod.madry_training, "trades": mod.trades_training,
+               "fast": mod.fast_training, "lecture": mod.lecture_training}
+    if method not in methods:
+        raise advlab.errors.UnknownNameError("adversarial training method", str(method),
+                                             list(methods))
+    fn = methods[method]
+    own = set(inspect.signature(fn).parameters)
+    check_kwargs(fn, {k: v for k, v in p.items() if k in own}, "defense "
+                 f"'adversarial-training' ({method})", skip=3)
+    check_kwargs(mod.FitSettings, {k: v for k, v in p.items() if k not in own},
+                 f"defense 'adversarial-training' ({method})")
 
 
 #: defense name -> adapter(advlab.defenses module, model, train data loader, params, seed)
@@ -135,6 +178,14 @@ DEFENSES: dict[str, DefenseAdapter] = {
     "adversarial-training": _adversarial_training,
     "distillation": _distillation,
     "transformed": _transformed,
+}
+
+
+#: defense name -> check(advlab.defenses module, params, seed) of a defense that trains,
+#: raising what building it would raise, before any training (see :func:`check_buildable`)
+CHECKS: dict[str, Callable[[Any, dict[str, Any], int], None]] = {
+    "adversarial-training": _check_adversarial_training,
+    "distillation": _check_distillation,
 }
 
 
@@ -194,6 +245,7 @@ def build_detector(spec: PluginSpec, model: nn.Module, train: TrainData) -> Any:
     cls = detector_class(spec)
     if cls is None:
         raise Unavailable(f"detector {spec.name!r} needs advlab.detectors, not available")
+    check_kwargs(cls, spec.params, f"detector {spec.name!r}")
     det = cls(**spec.params)
     return det.fit(model, *train()) or det
 
@@ -224,6 +276,104 @@ def adaptive_attack(model: nn.Module, eps: float, norm: str, seed: int, lam: flo
             a.detector, lam=lam, threshold=detection_threshold(a.detector, x), eps=eps, norm=norm,
             steps=int(a.kwargs.get("steps", 100)), seed=seed), a.surrogate
     return a.name, attacks.get(a.name, **a.kwargs, eps=eps, seed=seed), a.surrogate
+
+
+# ----------------------------------------------------------------------------- before any work
+
+
+def check_buildable(cfg: RunConfig, given: Sequence[str] = ()) -> None:
+    """Build every attack of ``cfg`` at each eps of its grid, every detector and every
+    input-transformation defense with its parameters, check the parameters of the defenses
+    that train, the names of the models (other than those ``given``) and load the weights
+    files, so that a bad parameter or name is an error before the first cell (and before
+    any training).
+
+    Raises:
+        ConfigError: naming the attack, defense or detector and what is wrong with it.
+        UnknownNameError: an unknown defense, detector, transform or training method.
+    """
+    defenses = optional_module("advlab.defenses")
+    what = [(f"models[{i}] ({m.name})", functools.partial(_check_model, m))
+            for i, m in enumerate(cfg.models) if m.name not in given]
+    what += [(f"attacks[{i}] ({a.name})", functools.partial(
+        attacks.get, a.name, **a.params, **({} if e is None else {"eps": e}), seed=cfg.seed))
+        for i, a in enumerate(cfg.attacks) for e in a.eps]
+    if defenses is not None:
+        what += [(f"defenses[{i}] ({d.name})", functools.partial(_check_defense, defenses, d,
+                                                                 cfg.seed))
+                 for i, d in enumerate(cfg.defenses) if d.name != "none"]
+    what += [(f"detectors[{i}] ({d.name})", functools.partial(_build_unfitted, d))
+             for i, d in enumerate(cfg.detectors)]
+    for where, build in what:
+        try:
+            build()
+        except advlab.errors.UnknownNameError:
+            raise  # it names what is unknown and what exists
+        except AdvlabError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _check_model(spec: ModelSpec) -> None:
+    from advlab import zoo
+
+    if not spec.is_zoo:  # the factory imports and runs, the weights fit its network
+        models_.build(spec)
+        return
+    robust = getattr(optional_module("advlab.defenses"), "ROBUST", {})
+    if spec.name not in robust and spec.name not in zoo.available():
+        raise advlab.errors.UnknownNameError("model", spec.name, [*zoo.available(), *robust])
+
+
+def _check_defense(mod: Any, spec: PluginSpec, seed: int) -> None:
+    if spec.name in CHECKS:
+        CHECKS[spec.name](mod, spec.params, seed)
+    else:  # a defense that only wraps the model: built around an identity
+        defense_builder(spec)(nn.Identity(), _no_training_data, seed)
+
+
+def _no_training_data() -> tuple[Tensor, Tensor]:
+    raise AssertionError("a defense outside CHECKS needs training data: add it to CHECKS")
+
+
+def _build_unfitted(spec: PluginSpec) -> None:
+    cls = detector_class(spec)
+    if cls is not None:
+        check_kwargs(cls, spec.params, f"detector {spec.name!r}")
+        cls(**spec.params)
+
+
+def check_storage(cfg: RunConfig, root: Path, given: Sequence[str] = ()) -> None:
+    """The folders a run writes, checked before any work: ``root`` (the results database)
+    and the run folder; ``$ADVLAB_HOME`` when a model (other than those ``given``) is not
+    cached yet or a defense trains, so a read-only or full cache fails before training,
+    not after.
+
+    Raises:
+        DataError: a folder that cannot be written, or a full disk.
+    """
+    check_writable(root, "the results folder")
+    if (root / cfg.name).exists() and not (root / cfg.name).is_dir():
+        raise advlab.errors.DataError(f"the run folder {root / cfg.name} is a file")
+    check_writable(root / cfg.name, "the run folder")
+    check_cache([m for m in cfg.models if m.name not in given],
+                any(d.name in TRAINED for d in cfg.defenses))
+
+
+def check_cache(models: Sequence[ModelSpec], trains: bool = False) -> None:
+    """``$ADVLAB_HOME`` must be writable when one of ``models`` is a zoo or robust model not
+    cached yet, or when a defense ``trains``: checked before the training it would lose.
+
+    Raises:
+        DataError: it cannot be written, or its disk is full.
+    """
+    from advlab import zoo
+
+    robust = getattr(optional_module("advlab.defenses"), "ROBUST", {})
+    uncached = [m.name for m in models if m.is_zoo and (
+        m.name in robust or m.name in zoo.available()) and not (
+        advlab.data.home() / "models" / f"{m.name}.safetensors").exists()]
+    if uncached or trains:
+        check_writable(advlab.data.home(), "the model cache $ADVLAB_HOME")
 
 
 # ----------------------------------------------------------------------------- models, data
@@ -272,12 +422,27 @@ def load_data(spec: DataSpec, split: str | None = None,
 
 
 def check_models(models: dict[str, nn.Module], x: Tensor, y: Tensor,
-                 classes: list[str] | None) -> None:
-    """Each model takes the data's images and returns one logit per class of the data (one
-    probe forward each), before any attack runs; with no class names (data given as
-    tensors), at least one per label."""
+                 classes: list[str] | None = None) -> None:
+    """Before any attack: each model is in eval mode (never switched for the caller), has
+    the images' dtype, takes their shape and returns one logit per class of the data (one
+    probe forward each); with no class names (data given as tensors), at least one per label.
+
+    Raises:
+        ModelModeError: a model in train mode.
+        InputError: images of a dtype or shape the model does not take.
+        ModelOutputError: outputs that are not logits of the data's classes.
+    """
     k = len(classes) if classes else int(y.max()) + 1
     for name, model in models.items():
+        try:
+            check_eval_mode(model)
+        except advlab.errors.ModelModeError as exc:
+            raise advlab.errors.ModelModeError(f"model {name!r}: {exc}") from None
+        p = next(iter(model.parameters()), None)
+        if p is not None and p.is_floating_point() and p.dtype != x.dtype:
+            raise advlab.errors.InputError(
+                f"model {name!r} has {p.dtype} weights but the images are {x.dtype}; "
+                "convert one of them")
         models_.check_input(model, x, k, name, exact=bool(classes))
 
 
@@ -747,16 +912,22 @@ class Runner:
         for spec in self.cfg.models:
             m = self._given_models.get(spec.name)
             if m is None:
-                m = load_model(spec)
+                m = load_model(spec).eval()
             elif _device_of(m) != self.device:
                 m = copy.deepcopy(m)  # never move the caller's model
-            out[spec.name] = m.to(self.device).eval()
+            out[spec.name] = m.to(self.device)
         return out
 
     def train(self) -> tuple[Tensor, Tensor]:
         if self._train is None:
-            self._train = load_data(self.cfg.data, self.cfg.data.train_split,
-                                    self.cfg.data.fit_n, self.cfg.seed)
+            from advlab import data
+
+            spec, seed = self.cfg.data, self.cfg.seed
+            x, y = load_data(spec, spec.train_split, seed=seed)
+            if spec.fit_n is not None and spec.fit_n < len(x):  # up to fit_n
+                idx = data.choose(y, spec.fit_n, spec.subset, seed)
+                x, y = x[idx].clone(), y[idx].clone()
+            self._train = x, y
         x, y = self._train
         return x.to(self.device), y.to(self.device)
 
@@ -1076,16 +1247,22 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """A torch device from a name: cpu (None), cuda, cuda:N, or auto (cuda when available),
-    with a clear error for CUDA that is not there."""
+    """A torch device from a name: cpu (None), cuda, cuda:N, mps, or auto (cuda when
+    available), with a clear error for an unknown device or one that is not there."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name or "cpu")
-    except RuntimeError:
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available here")
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") \
+            from exc
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": torch.backends.mps.is_available()}
+    if dev.type not in available:
+        raise ConfigError(f"device {name!r} is not one advlab runs on; use cpu, cuda or mps")
+    if not available[dev.type]:
+        raise ConfigError(f"device {name!r} requested but {dev.type.upper()} is not available "
+                          "here")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ConfigError(f"device {name!r} requested but only {torch.cuda.device_count()} "
                           f"CUDA device(s) are here")
@@ -1113,7 +1290,9 @@ def run(config: RunConfig | None = None, *, root: str | os.PathLike = "runs",
         The run's record from the database (name, config, env, cells [(key, spec)], ...).
         Write results.json with :func:`advlab.evaluation.results.write_results`.
     """
-    cfg = config or load_config()
+    cfg = validate(config or load_config())
     dev = resolve_device(device or cfg.device)
+    check_buildable(cfg, list(models or {}))
+    check_storage(cfg, Path(root), list(models or {}))
     with Store(Path(root) / "advlab.sqlite") as store:
         return Runner(cfg, store, dev, models, data, train_data, progress).run()

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -117,9 +118,12 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
         The path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         with os.fdopen(fd, "wb") as f:
@@ -127,10 +131,46 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DataError(f"cannot write {path}: {exc.strerror or exc}") from exc
         raise
     return path
+
+
+#: the free space a folder that advlab writes to must have before a run starts
+MIN_FREE = 16 * 2**20
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> Path:
+    """Make sure advlab can write into ``folder`` (created when missing) before any work
+    that would be lost if it could not: a file is created and removed there, and the disk
+    must have :data:`MIN_FREE` bytes free.
+
+    Args:
+        folder: the folder.
+        what: how the error names it ("the run folder").
+
+    Returns:
+        The folder.
+
+    Raises:
+        DataError: it cannot be created or written (read-only, no permission) or the disk
+            is (nearly) full.
+    """
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".advlab-check-"):
+            pass
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:
+        raise DataError(f"cannot write {what} {folder}: {exc.strerror or exc}") from exc
+    if free < MIN_FREE:
+        raise DataError(f"the disk holding {what} {folder} is full ({free // 2**20} MiB "
+                        f"free, advlab needs at least {MIN_FREE // 2**20} MiB)")
+    return folder
 
 
 def _umask() -> int:
@@ -187,22 +227,42 @@ class Store:
 
     Args:
         path: the database file; created (with its directory) when missing.
+        create: create the file and its tables when missing; if False, the file must be
+            an advlab results database already (nothing is written to open it).
 
     Use as a context manager, or call :meth:`close`.
+
+    Raises:
+        DataError: a file that is not an advlab results database, or of another schema
+            version; a database that cannot be written (read-only file, folder or file
+            system; a full disk), said as such: the stored results are not at fault.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, create: bool = True) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not create and (not self.path.is_file() or self.path.stat().st_size == 0):
+            raise DataError(f"{self.path} is not an advlab results database "
+                            f"({'an empty file' if self.path.is_file() else 'no such file'})")
         try:
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            if create:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.executescript(_SCHEMA)
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._check_version()
+        except sqlite3.OperationalError as exc:
+            if not create and "no such table" in str(exc):
+                raise DataError(f"{self.path} is an SQLite file without advlab's tables, not "
+                                "an advlab results database") from exc
+            raise self._fault(exc) from exc
         except sqlite3.DatabaseError as exc:
             raise DataError(f"{self.path} is not a usable advlab results database ({exc}); "
                             "move it away to start a fresh one") from exc
-        self._check_version()
+        except OSError as exc:
+            raise DataError(f"cannot create the results database {self.path}: "
+                            f"{exc.strerror or exc}") from exc
 
     def _check_version(self) -> None:
         row = self._db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
@@ -211,6 +271,22 @@ class Store:
         elif int(row[0]) != SCHEMA_VERSION:
             raise DataError(f"{self.path} has results schema {row[0]}, this advlab writes "
                             f"{SCHEMA_VERSION}; move the file away to start a fresh one")
+
+    def _fault(self, exc: sqlite3.OperationalError) -> DataError:
+        """What is wrong when SQLite cannot open or write the database: a full disk, a
+        read-only file, folder or file system, or else SQLite's own words."""
+        text = str(exc)
+        if "full" in text:
+            return DataError(f"the disk holding {self.path} is full ({text}); what was being "
+                             "stored was not written: free space and rerun to resume")
+        locked = [p for p in (self.path, self.path.parent)
+                  if p.exists() and not os.access(p, os.W_OK)]
+        if locked or "readonly" in text:
+            where = f"{locked[0]} is read-only" if locked else "it is read-only"
+            return DataError(f"cannot open or write the results database {self.path}: {where} "
+                             f"({text}); its stored results are intact; make it writable or "
+                             "use another --root")
+        return DataError(f"cannot use the results database {self.path}: {text}")
 
     def close(self) -> None:
         self._db.close()
@@ -223,14 +299,19 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (KeyboardInterrupt too)."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (KeyboardInterrupt too);
+        SQLite's failures to write (full disk, read-only) raise :class:`DataError`."""
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise self._fault(exc) from exc
 
     # -- runs -----------------------------------------------------------------------------
 

@@ -557,7 +557,7 @@ def write_report(run_dir: str | Path, db: str | Path | None = None) -> tuple[Pat
     db = Path(db) if db is not None else run_dir.parent / "advlab.sqlite"
     if not db.is_file():
         raise DataError(f"no results database at {db}; run `advlab run` first or pass --db")
-    with Store(db) as store:
+    with Store(db, create=False) as store:
         res = collect(store, run_dir.name)
         page = render(store, run_dir.name, res)
     return (atomic_write(run_dir / "report.html", page),
