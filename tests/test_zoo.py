@@ -257,7 +257,7 @@ def test_corrupt_or_mismatching_cache_is_retrained(home: Path, caplog) -> None:
         with pytest.raises(ModelFileError):
             zoo.load("digits-mlp", train_if_missing=False)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="advlab.zoo"):
+        with caplog.at_level(logging.WARNING, logger="advlab"):
             model = zoo.load("digits-mlp")
         assert "retraining" in caplog.text
         assert _same_weights(model, reference)  # deterministic retraining

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advlab import optim
 from advlab.attacks.base import Crafted, Model, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle, as_oracle
-from advlab.attacks.blackbox.substitute import fit_adam
 from advlab.errors import ThreatModelError
 from advlab.threat import _expand, clip, clip_box
 from advlab.validation import check_images
@@ -105,8 +105,8 @@ def train_autoencoder(x: Tensor, *, latent_channels: int = 4, width: int = 16,
             p.copy_((2 * torch.rand(p.shape, generator=g, device=x.device, dtype=x.dtype) - 1)
                     * bound)
     x = x.detach()
-    fit_adam(list(ae.parameters()), lambda b: F.mse_loss(ae(x[b]), x[b]), len(x),
-             epochs=epochs, batch_size=batch_size, lr=lr, generator=g, device=x.device)
+    optim.fit(list(ae.parameters()), lambda s: F.mse_loss(ae(x[s.idx]), x[s.idx]), len(x),
+              epochs=epochs, batch_size=batch_size, lr=lr, generator=g)
     return ae.eval()
 
 
