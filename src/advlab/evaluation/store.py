@@ -18,8 +18,8 @@ One SQLite file (``runs/advlab.sqlite``, stdlib :mod:`sqlite3`, WAL journal) hol
 A cell is written in one transaction, after all its rows are computed: a killed run loses
 at most the cell in flight, and a finished cell is never recomputed.
 
-Every file advlab writes outside SQLite goes through :func:`atomic_write` (temporary file in
-the same directory, then :func:`os.replace`).
+Every file advlab writes outside SQLite goes through :func:`advlab.io.atomic_write` (temporary
+file in the same directory, then :func:`os.replace`).
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from advlab.errors import DataError
+from advlab.io import atomic_write  # noqa: F401  (re-exported: evaluation writes through it)
 
 log = logging.getLogger(__name__)
 
@@ -105,38 +105,6 @@ def canonical_json(obj: Any) -> str:
 def cell_key(spec: dict[str, Any]) -> str:
     """The cell's identity: the first 24 hex digits of sha256 of its canonical JSON."""
     return hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:24]
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write a file so that readers see the old content or the new one, never a torn file.
-
-    The data goes to a temporary file in the same directory, is flushed and fsynced, then
-    renamed over ``path`` with :func:`os.replace` (atomic on POSIX and Windows).
-
-    Returns:
-        The path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _none_if_nan(v: Any) -> Any:
