@@ -20,7 +20,7 @@ from torch import Tensor
 from advlab.attacks.base import Attack, Model, is_success, register
 from advlab.errors import ThreatModelError
 from advlab.losses import objective
-from advlab.threat import Box, Region, _expand, region
+from advlab.threat import Box, Region, broadcast_rows, region
 
 DEFAULT_EPS = {"linf": 0.3, "l2": 2.0, "l1": 10.0}
 
@@ -126,7 +126,7 @@ class GradientAttack(Attack):
             t = None if target is None else target[todo]
             x_run, score = self._run(model, x[todo], y[todo], t, eps[todo], generator)
             better = score > best_score[todo]
-            best[todo] = torch.where(_expand(better, x_run), x_run, best[todo])
+            best[todo] = torch.where(broadcast_rows(better, x_run), x_run, best[todo])
             best_score[todo] = torch.maximum(score, best_score[todo])
         return best
 
@@ -137,7 +137,7 @@ class GradientAttack(Attack):
         b = self.ball
         feasible = self.feasible_set(x, eps)
         x_adv = feasible.project(x + b.random(x, eps, generator)) if self.random_start else x
-        alpha = _expand(self.step_sizes(eps), x)
+        alpha = broadcast_rows(self.step_sizes(eps), x)
         memory = self.init_memory(x)
         active: Tensor | None = None  # indices still attacked; None means all
         for _ in range(self.steps):
@@ -264,7 +264,7 @@ class MIFGSM(GradientAttack):
         return {"momentum": torch.zeros_like(x)}
 
     def direction(self, grad: Tensor, memory: dict[str, Tensor], idx: Tensor | None) -> Tensor:
-        g = grad / _expand(grad.flatten(1).abs().sum(1).clamp_min(1e-12), grad)
+        g = grad / broadcast_rows(grad.flatten(1).abs().sum(1).clamp_min(1e-12), grad)
         m = memory["momentum"]
         if idx is None:
             m.mul_(self.decay).add_(g)

@@ -46,7 +46,7 @@ from advlab.attacks.gradient import GradientAttack
 from advlab.detectors.base import Detector
 from advlab.errors import AttackError, InputError, NotFittedError
 from advlab.losses import objective
-from advlab.threat import _expand
+from advlab.threat import broadcast_rows
 
 _margin = objective("margin")
 
@@ -124,7 +124,7 @@ class DetectorAwarePGD(GradientAttack):
 
     def result(self, x_adv: Tensor, memory: dict[str, Tensor]) -> Tensor:
         """The best noted iterate of each example that has one, else the last iterate."""
-        return torch.where(_expand(memory["rank"] > 0, x_adv), memory["best"], x_adv)
+        return torch.where(broadcast_rows(memory["rank"] > 0, x_adv), memory["best"], x_adv)
 
     def gradient(self, model: Model, x_adv: Tensor, y: Tensor, target: Tensor | None,
                  idx: Tensor | None = None,
@@ -134,7 +134,7 @@ class DetectorAwarePGD(GradientAttack):
         logits = model(xg)
         g_cls = _unit(torch.autograd.grad(self.objective(logits, y, target).sum(), xg)[0])
         logits = logits.detach()
-        grad = torch.where(_expand(_margin(logits, y, target) < self.kappa, xg), g_cls, 0.0)
+        grad = torch.where(broadcast_rows(_margin(logits, y, target) < self.kappa, xg), g_cls, 0.0)
         wrong = is_success(logits, y, target)
         if self.lam > 0 and wrong.any():
             xw = x_adv[wrong].detach().requires_grad_(True)
@@ -173,4 +173,4 @@ class DetectorAwarePGD(GradientAttack):
 
 def _unit(g: Tensor) -> Tensor:
     """g / ||g||_2 per example (zero rows stay zero)."""
-    return g / _expand(g.flatten(1).norm(dim=1).clamp_min(torch.finfo(g.dtype).tiny), g)
+    return g / broadcast_rows(g.flatten(1).norm(dim=1).clamp_min(torch.finfo(g.dtype).tiny), g)

@@ -6,8 +6,6 @@ differences and Newton's second differences are checked against closed forms.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,7 +14,8 @@ from advlab.attacks.blackbox import Oracle
 from advlab.attacks.blackbox.bandits import Bandits
 from advlab.attacks.blackbox.estimate import Session
 from advlab.attacks.blackbox.nes import NES
-from advlab.attacks.blackbox.zoo import ZOO
+from advlab.attacks.blackbox.zoo import ZOO, _Run
+from advlab.attacks.minnorm import Best, cw_margin
 from testkit import Linear
 
 
@@ -161,13 +160,15 @@ def zoo_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, atk: ZOO, const
     """One ZOO iteration from w = 0 with every coordinate estimated; returns the state."""
     s = session(model, len(x))
     state = atk._fresh(x, x.shape[2], None)
-    n = len(x)
-    best_l2 = torch.full((n,), float("inf"), dtype=torch.float64)
-    found = torch.zeros(n, dtype=torch.bool)
-    c = torch.full((n,), const, dtype=torch.float64)
-    atk._iterate(s.oracle, x, y, None, c, state, torch.arange(n), best_l2, x.clone(), found,
-                 torch.Generator().manual_seed(0))
+    atk._iterate(_run(s.oracle, x, y, const), state, torch.arange(len(x)))
     return state, s.oracle.counts
+
+
+def _run(oracle: Oracle, x: torch.Tensor, y: torch.Tensor, const: float) -> _Run:
+    n = len(x)
+    return _Run(oracle, x, y, None, torch.full((n,), const, dtype=torch.float64),
+                Best.start(x, torch.float64), torch.zeros(n, dtype=torch.bool),
+                torch.Generator().manual_seed(0))
 
 
 def test_zoo_symmetric_difference_matches_autograd() -> None:
@@ -178,8 +179,10 @@ def test_zoo_symmetric_difference_matches_autograd() -> None:
     atk = ZOO(coords=16, h=1e-4, max_queries=None)
     state, counts = zoo_step(model, x, y, atk, const=3.0)
     xr = x.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(3.0 * atk._f(model(xr), y, None).sum(), xr)
-    torch.testing.assert_close(state.m / (1 - atk.beta1), g.flatten(1), rtol=1e-6, atol=1e-7)
+    f = cw_margin(model(xr), y, None, atk.confidence, log_probs=True)
+    (g,) = torch.autograd.grad(3.0 * f.sum(), xr)
+    torch.testing.assert_close(state.adam.m / (1 - atk.beta1), g.flatten(1), rtol=1e-6,
+                               atol=1e-7)
     assert torch.equal(counts, torch.full((2,), 2 * 16 + 1))
 
 
@@ -191,7 +194,8 @@ def test_zoo_newton_step_uses_the_second_difference() -> None:
     atk = ZOO(solver="newton", coords=16, h=1e-3, lr=1.0, max_queries=None)
     state, _ = zoo_step(model, x, y, atk, const=2.0)
     xr = x.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(2.0 * atk._f(model(xr), y, None).sum(), xr)
+    f = cw_margin(model(xr), y, None, atk.confidence, log_probs=True)
+    (g,) = torch.autograd.grad(2.0 * f.sum(), xr)
     hess = 2 + 2.0 * torch.diagonal(model.q.detach())
     want = (-g.flatten(1) / hess).clamp(-x.flatten(1), 1 - x.flatten(1))
     assert (want.abs() > 1e-3).all()
@@ -208,8 +212,6 @@ def test_zoo_partial_coordinates_and_budget() -> None:
     oracle = Oracle(model, max_queries=9)
     oracle.reset(1)
     state = atk._fresh(x, 4, None)
-    atk._iterate(oracle, x, y, None, torch.ones(1, dtype=torch.float64), state,
-                 torch.arange(1), torch.full((1,), math.inf, dtype=torch.float64), x.clone(),
-                 torch.zeros(1, dtype=torch.bool), torch.Generator().manual_seed(0))
+    atk._iterate(_run(oracle, x, y, 1.0), state, torch.arange(1))
     assert int(oracle.counts) == 9
     assert int((state.w != 0).sum()) == 4

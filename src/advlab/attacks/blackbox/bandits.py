@@ -25,7 +25,7 @@ from torch import Tensor
 from advlab.attacks.base import register
 from advlab.attacks.blackbox.estimate import EstimatedGradientAttack, Session, steps_for
 from advlab.errors import ThreatModelError
-from advlab.threat import _expand, clip_box
+from advlab.threat import broadcast_rows, clip_box
 
 
 @register("bandits", knowledge="score", goal="both", norm="linf", kind="iterative")
@@ -123,9 +123,9 @@ class Bandits(EstimatedGradientAttack):
         tt = None if target is None else target.repeat(2)
         obj = self.objective(scores, yy, tt)
         deriv = (obj[: len(x)] - obj[len(x):]) / (self.fd_eta * self.exploration)
-        return _expand(deriv, u) * u
+        return broadcast_rows(deriv, u) * u
 
 
 def _unit(q: Tensor) -> Tensor:
     n = q.flatten(1).norm(dim=1)
-    return q / _expand(torch.where(n == 0, torch.ones_like(n), n), q)
+    return q / broadcast_rows(torch.where(n == 0, torch.ones_like(n), n), q)

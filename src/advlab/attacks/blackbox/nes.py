@@ -19,7 +19,7 @@ from torch import Tensor
 from advlab.attacks.base import register
 from advlab.attacks.blackbox.estimate import EstimatedGradientAttack, Session, steps_for
 from advlab.errors import ThreatModelError
-from advlab.threat import _expand, clip_box
+from advlab.threat import broadcast_rows, clip_box
 
 
 @register("nes", knowledge="score", goal="both", norm="linf", kind="iterative")
@@ -88,6 +88,6 @@ class NES(EstimatedGradientAttack):
         tt = None if target is None else target[r].repeat(2)
         obj = self.objective(scores, yy, tt)
         diff = obj[: len(r)] - obj[len(r):]  # J(x + sigma u) - J(x - sigma u)
-        grad.index_add_(0, r, _expand(diff, us) * us)
+        grad.index_add_(0, r, broadcast_rows(diff, us) * us)
         k = pairs.clamp_min(1).to(x.dtype)
-        return grad / _expand(2 * self.sigma * k, grad)
+        return grad / broadcast_rows(2 * self.sigma * k, grad)

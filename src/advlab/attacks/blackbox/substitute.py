@@ -36,7 +36,7 @@ from advlab import optim
 from advlab.attacks.base import Attack, Crafted, Model, get, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle, as_oracle
 from advlab.errors import AttackError, InputError, ThreatModelError
-from advlab.threat import _expand, clip_box
+from advlab.threat import broadcast_rows, clip_box
 from advlab.validation import check_images
 
 log = logging.getLogger(__name__)
@@ -366,7 +366,7 @@ class SubstituteAttack(BlackBoxAttack):
         res = self.inner(fitted.net, x, y, target, eps=eps)
         x_adv = res.x_adv
         if clean is not None:  # already adversarial: keep x rather than move it
-            x_adv = torch.where(_expand(done, x), x, x_adv)
+            x_adv = torch.where(broadcast_rows(done, x), x, x_adv)
         evaluator = oracle.unwrapped
         with torch.no_grad():
             pred = evaluator(x_adv).argmax(1)
