@@ -26,6 +26,10 @@ Norm = Literal["linf", "l2", "l1"]
 NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 
 
+#: the default radius of each norm's ball in pixel space (MNIST-scale images in [0, 1])
+DEFAULT_EPS = {"linf": 0.3, "l2": 2.0, "l1": 10.0}
+
+
 def broadcast_rows(v: Tensor, like: Tensor) -> Tensor:
     """View a per-example vector (N,) as N x 1 x ... x 1, so it broadcasts against ``like``
     (N x C x H x W): one value per row (eps, a step size, a mask)."""

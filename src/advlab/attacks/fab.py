@@ -38,9 +38,8 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, is_success, register
-from advlab.attacks.gradient import DEFAULT_EPS
 from advlab.errors import ThreatModelError
-from advlab.threat import broadcast_rows, clip_box, lp_norm
+from advlab.threat import DEFAULT_EPS, broadcast_rows, clip_box, lp_norm
 
 DUAL = {"linf": 1.0, "l2": 2.0}
 

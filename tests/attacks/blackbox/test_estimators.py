@@ -12,7 +12,7 @@ from torch import nn
 
 from advlab.attacks.blackbox import Oracle
 from advlab.attacks.blackbox.bandits import Bandits
-from advlab.attacks.blackbox.estimate import Session
+from advlab.attacks.blackbox.estimate import OracleProbe
 from advlab.attacks.blackbox.nes import NES
 from advlab.attacks.blackbox.zoo import ZOO, _Run
 from advlab.attacks.minnorm import Best, cw_margin
@@ -49,10 +49,16 @@ def true_grad(objective, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
     return g
 
 
-def session(model: nn.Module, n: int, seed: int = 0) -> Session:
-    oracle = Oracle(model)
+def session(model: nn.Module | Oracle, n: int, seed: int = 0) -> OracleProbe:
+    """The probe an estimator prepares for a batch of n (an unlimited oracle by default)."""
+    oracle = model if isinstance(model, Oracle) else Oracle(model)
     oracle.reset(n)
-    return Session(oracle, torch.Generator().manual_seed(seed))
+    return OracleProbe(oracle, torch.Generator().manual_seed(seed))
+
+
+def estimate(atk, probe: OracleProbe, x: torch.Tensor, y: torch.Tensor):  # noqa: ANN001, ANN201
+    """The attack's estimated gradient (and scores) at x, as its loop gets it."""
+    return atk.source(atk.objective, probe, x, y, None, None)
 
 
 def cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -71,7 +77,7 @@ def test_nes_matches_autograd_with_the_right_scale_linear() -> None:
         y = model(x).argmax(1)  # not yet adversarial: the estimator runs
     atk = NES(0.3, sigma=1e-3, n_samples=20_000, loss="margin", max_queries=None, steps=1)
     s = session(model, len(x))
-    est, logits = atk.gradient(s, x, y, None)
+    est, logits = estimate(atk, s, x, y)
     true = true_grad(atk.objective, model, x, y)
     torch.testing.assert_close(logits, model(x).detach())
     assert (cos(est, true) > 0.99).all(), cos(est, true)
@@ -87,7 +93,7 @@ def test_nes_matches_autograd_on_a_quadratic_with_cross_entropy() -> None:
         keep = model(x).argmax(1) == 0
     assert keep.all()
     atk = NES(0.3, sigma=1e-3, n_samples=20_000, loss="ce", max_queries=None, steps=1)
-    est, _ = atk.gradient(session(model, len(x)), x, y, None)
+    est, _ = estimate(atk, session(model, len(x)), x, y)
     true = true_grad(atk.objective, model, x, y)
     assert (cos(est, true) > 0.95).all(), cos(est, true)
     assert ((scale(est, true) - 1).abs() < 0.1).all(), scale(est, true)
@@ -100,7 +106,7 @@ def test_nes_antithetic_pair_is_exact_on_a_quadratic() -> None:
     x, y = images(1, seed=2), torch.zeros(1, dtype=torch.int64)
     atk = NES(0.3, sigma=0.05, n_samples=2, loss="margin", max_queries=None, steps=1)
     s = session(model, 1, seed=7)
-    est, _ = atk.gradient(s, x, y, None)
+    est, _ = estimate(atk, s, x, y)
     u = torch.randn((1, 1, *x.shape[1:]), generator=torch.Generator().manual_seed(7),
                     dtype=x.dtype)[:, 0]
     g = true_grad(atk.objective, model, x, y)
@@ -114,9 +120,8 @@ def test_nes_budget_limits_pairs() -> None:
     with torch.no_grad():
         y = model(x).argmax(1)
     atk = NES(0.3, n_samples=50, max_queries=7, steps=1)
-    s = Session(Oracle(model, max_queries=7), torch.Generator().manual_seed(0))
-    s.oracle.reset(2)
-    atk.gradient(s, x, y, None)
+    s = session(Oracle(model, max_queries=7), 2)
+    estimate(atk, s, x, y)
     assert torch.equal(s.oracle.counts, torch.tensor([5, 5]))
 
 
@@ -131,7 +136,7 @@ def test_bandits_two_query_estimate_closed_form() -> None:
                   max_queries=None, steps=1)
     v = torch.zeros(3, 1, 2, 2, dtype=x.dtype)
     s = session(model, 3, seed=11)
-    delta = atk.prior_gradient(s, x, y, None, torch.arange(3), v)
+    delta = atk.source.prior_gradient(atk.objective, s, x, y, None, torch.arange(3), v)
     u = 0.5 * torch.randn(v.shape, generator=torch.Generator().manual_seed(11),
                           dtype=x.dtype) / 2.0
     up = F.interpolate(u, size=(4, 4), mode="nearest")
@@ -150,7 +155,8 @@ def test_bandits_estimate_follows_the_tiled_gradient() -> None:
         y = model(x).argmax(1)
     atk = Bandits(0.3, norm="l2", tile=2, loss="margin", max_queries=None, steps=1)
     v = torch.zeros(len(x), 1, 2, 2, dtype=x.dtype)
-    delta = atk.prior_gradient(session(model, len(x)), x, y, None, torch.arange(len(x)), v)
+    delta = atk.source.prior_gradient(atk.objective, session(model, len(x)), x, y, None,
+                                      torch.arange(len(x)), v)
     g = true_grad(atk.objective, model, x[:1], y[:1])
     tiled = F.avg_pool2d(g, 2) * 4
     assert cos(delta.mean(0, keepdim=True), tiled).item() > 0.97
