@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advlab import optim
-from advlab.defenses.transforms import Adaptive
+from advlab.defenses.transformed import Adaptive
 from advlab.detectors.base import Detector, Model
 from advlab.errors import InputError, UnknownNameError
 from advlab.threat import clip_box

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advlab import optim
-from advlab.defenses.transforms import Adaptive, Transformed
+from advlab.defenses.transformed import Adaptive, Transformed
 from advlab.errors import InputError
 from advlab.transforms import Transform
 from advlab.validation import check_images

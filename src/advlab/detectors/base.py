@@ -8,7 +8,7 @@ a fraction ``fpr`` of clean inputs are; ``detect(x)`` applies it. The lecture's 
 .. math::  TP = \frac{\#\,AEs\ detected}{\#\,AEs} \to 1, \qquad
            FP = \frac{\#\,noAEs\ detected}{\#\,noAEs} \to 0
 
-(see :mod:`advlab.detectors.metrics`).
+(see :mod:`advlab.detectors.roc`).
 
 A detector remembers the model it was fitted on (the object and a fingerprint of its
 parameters and buffers): scoring with another model, or after the model's weights changed,
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from advlab import io
-from advlab.detectors.metrics import calibrate_threshold
+from advlab.detectors.roc import calibrate_threshold
 from advlab.errors import AttackError, InputError, NotFittedError, UnknownNameError
 from advlab.validation import check_eval_mode, check_images, check_labels, check_logits
 

@@ -14,7 +14,7 @@ from advlab.attacks.blackbox import Oracle
 from advlab.attacks.blackbox.bandits import Bandits
 from advlab.attacks.blackbox.estimate import OracleProbe
 from advlab.attacks.blackbox.nes import NES
-from advlab.attacks.blackbox.zoo import ZOO, _Run
+from advlab.attacks.blackbox.zoo_attack import ZOO, _Run
 from advlab.attacks.minnorm import Best, cw_margin
 from testkit import Linear
 
