@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -31,6 +32,9 @@ from torch import Tensor
 from advlab.attacks.base import Model, is_success
 from advlab.losses import margin
 from advlab.threat import clip, clip_box
+
+if TYPE_CHECKING:
+    from advlab.attacks.blackbox.oracle import Oracle
 
 
 def cw_margin(scores: Tensor, y: Tensor, target: Tensor | None, kappa: float, *,
@@ -142,6 +146,39 @@ class Best:
             self.x[owner[rows]] = x_new[rows].to(self.x.dtype)
             self.norm[better] = per[better]
         return better
+
+
+@dataclass
+class ScoreRun:
+    """One run of a score-based C&W-style attack (ZOO, AutoZOOM), never stored on the attack:
+    the oracle, the batch, the search over c, the best points, and which examples succeeded
+    since c last changed.
+
+    Attributes:
+        hit: bool (N,), an adversarial point seen since the last update of c.
+    """
+
+    oracle: Oracle
+    x: Tensor
+    y: Tensor
+    target: Tensor | None
+    search: ConstantSearch
+    best: Best
+    hit: Tensor
+    generator: torch.Generator
+
+    @classmethod
+    def start(cls, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None, c0: float,
+              generator: torch.Generator, dtype: torch.dtype | None = None) -> ScoreRun:
+        """Every example at c0, no best point yet (constants and distances in ``dtype``)."""
+        return cls(oracle, x, y, target, ConstantSearch.start(c0, len(x), x, dtype=dtype),
+                   Best.start(x, dtype), torch.zeros(len(x), dtype=torch.bool, device=x.device),
+                   generator)
+
+    def next_constants(self) -> None:
+        """C&W's update of c from the successes since the last one."""
+        self.search.update(self.hit)
+        self.hit[:] = False
 
 
 def confirm(model: Model, x: Tensor, x_adv: Tensor, y: Tensor, target: Tensor | None,

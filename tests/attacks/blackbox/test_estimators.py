@@ -14,8 +14,8 @@ from advlab.attacks.blackbox import Oracle
 from advlab.attacks.blackbox.bandits import Bandits
 from advlab.attacks.blackbox.estimate import OracleProbe
 from advlab.attacks.blackbox.nes import NES
-from advlab.attacks.blackbox.zoo_attack import ZOO, _Run
-from advlab.attacks.minnorm import Best, cw_margin
+from advlab.attacks.blackbox.zoo_attack import ZOO
+from advlab.attacks.minnorm import ScoreRun, cw_margin
 from testkit import Linear
 
 
@@ -170,11 +170,9 @@ def zoo_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, atk: ZOO, const
     return state, s.oracle.counts
 
 
-def _run(oracle: Oracle, x: torch.Tensor, y: torch.Tensor, const: float) -> _Run:
-    n = len(x)
-    return _Run(oracle, x, y, None, torch.full((n,), const, dtype=torch.float64),
-                Best.start(x, torch.float64), torch.zeros(n, dtype=torch.bool),
-                torch.Generator().manual_seed(0))
+def _run(oracle: Oracle, x: torch.Tensor, y: torch.Tensor, const: float) -> ScoreRun:
+    return ScoreRun.start(oracle, x, y, None, const, torch.Generator().manual_seed(0),
+                          torch.float64)
 
 
 def test_zoo_symmetric_difference_matches_autograd() -> None:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from advlab import optim
 from advlab.attacks.base import Crafted, Model, is_success, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle, as_oracle
-from advlab.attacks.minnorm import Best, ConstantSearch, cw_margin
+from advlab.attacks.minnorm import ScoreRun, cw_margin
 from advlab.errors import ThreatModelError
 from advlab.optim import RowAdam
 from advlab.threat import broadcast_rows, clip_box
@@ -114,20 +114,6 @@ def train_autoencoder(x: Tensor, *, latent_channels: int = 4, width: int = 16,
 
 
 # ----------------------------------------------------------------------------- the attack
-
-
-@dataclass
-class _Run:
-    """One attack run: the oracle, the batch, the constants, the best points so far."""
-
-    oracle: Oracle
-    x: Tensor
-    y: Tensor
-    target: Tensor | None
-    search: ConstantSearch  # c per example, updated every ``const_every`` iterations
-    best: Best  # the smallest adversarial image queried, per example
-    stage_hit: Tensor  # (N,) bool, success since the last update of c
-    generator: torch.Generator
 
 
 @dataclass
@@ -234,8 +220,7 @@ class AutoZOOM(BlackBoxAttack):
                         device=x.device, dtype=x.dtype)
         space = _Space(z, RowAdam.like(z, self.lr), torch.zeros(n, dtype=torch.int64,
                                                                 device=x.device))
-        run = _Run(oracle, x, y, target, ConstantSearch.start(self.init_const, n, x),
-                   Best.start(x), torch.zeros(n, dtype=torch.bool, device=x.device), generator)
+        run = ScoreRun.start(oracle, x, y, target, self.init_const, generator)
         since = torch.zeros(n, dtype=torch.int64, device=x.device)
         q = torch.ones(n, dtype=torch.int64, device=x.device)
         it = 0
@@ -264,11 +249,10 @@ class AutoZOOM(BlackBoxAttack):
                 space.level[grow] += 1
                 since[grow] = 0
             if it % self.const_every == 0:  # C&W's schedule on the successes of the stage
-                run.search.update(run.stage_hit)
-                run.stage_hit[:] = False
+                run.next_constants()
         return run.best.x
 
-    def _step(self, run: _Run, space: _Space, rows: Tensor, sh: int, sw: int,
+    def _step(self, run: ScoreRun, space: _Space, rows: Tensor, sh: int, sw: int,
               q: Tensor) -> None:
         """One random-gradient-estimate Adam step for the examples ``rows`` at one level
         (reduced space sh x sw, q directions each)."""
@@ -290,7 +274,7 @@ class AutoZOOM(BlackBoxAttack):
         l2sq = (imgs - x0).flatten(1).pow(2).sum(1)
         f = l2sq + run.search.c[owner] * cw_margin(logits, yo, to, self.kappa, log_probs=True)
         adv = is_success(logits, yo, to)
-        run.stage_hit[owner[adv]] = True
+        run.hit[owner[adv]] = True
         run.best.update(owner, imgs, l2sq.sqrt(), adv)
         fk = torch.full((k, qmax + 1), float("nan"), device=zr.device, dtype=zr.dtype)
         fk[use] = f

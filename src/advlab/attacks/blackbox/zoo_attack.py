@@ -38,7 +38,7 @@ from torch import Tensor
 
 from advlab.attacks.base import is_success, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
-from advlab.attacks.minnorm import Best, ConstantSearch, cw_margin
+from advlab.attacks.minnorm import ScoreRun, cw_margin
 from advlab.errors import ThreatModelError
 from advlab.optim import RowAdam
 from advlab.threat import clip_box
@@ -54,20 +54,6 @@ class _State:
     w: Tensor  # N x C x h x w, the optimisation variable at the current resolution
     adam: RowAdam  # N x d moments and step counts, per coordinate
     prob: Tensor  # N x d, coordinate sampling probabilities
-
-
-@dataclass
-class _Run:
-    """One attack run: the oracle, the batch, the constants c and the best points so far."""
-
-    oracle: Oracle
-    x: Tensor
-    y: Tensor
-    target: Tensor | None
-    const: Tensor  # (N,) float64, the current c of each example
-    best: Best  # the closest adversarial points, distances in float64
-    found: Tensor  # (N,) bool, success seen in the current binary-search step
-    generator: torch.Generator
 
 
 @register("zoo-attack", knowledge="score", goal="both", norm="l2", kind="optimization",
@@ -139,20 +125,18 @@ class ZOO(BlackBoxAttack):
 
     def attack(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
                eps: Tensor | None, generator: torch.Generator) -> Tensor:
-        search = ConstantSearch.start(self.initial_const, len(x), x, dtype=torch.float64)
-        run = _Run(oracle, x, y, target, search.c, Best.start(x, torch.float64),
-                   torch.zeros(len(x), dtype=torch.bool, device=x.device), generator)
+        run = ScoreRun.start(oracle, x, y, target, self.initial_const, generator,
+                             torch.float64)
         for _ in range(self.binary_search_steps):
-            run.const, run.found[:] = search.c, False
             self._search(run)
-            search.update(run.found)
+            run.next_constants()
             if (oracle.remaining() < 3).all():
                 break
         return run.best.x
 
-    def _search(self, run: _Run) -> None:
+    def _search(self, run: ScoreRun) -> None:
         """One binary-search step from w = 0: coordinate descent for ``max_iter`` iterations.
-        Updates the best points and ``run.found``."""
+        Updates the best points and ``run.hit``."""
         x, n = run.x, len(run.x)
         sides = [*[s for s in self.hierarchy if s < x.shape[2]], x.shape[2]]
         state = self._fresh(x, sides[0], None)
@@ -198,7 +182,7 @@ class ZOO(BlackBoxAttack):
 
     # -- one iteration ---------------------------------------------------------------------
 
-    def _iterate(self, run: _Run, s: _State, idx: Tensor) -> Tensor:
+    def _iterate(self, run: ScoreRun, s: _State, idx: Tensor) -> Tensor:
         """Estimate ``coords`` partial derivatives per example of idx, update them, record
         successes at the current point. Returns the loss L(w) of each example (float64)."""
         k = min(self.coords, s.w[0].numel())
@@ -209,7 +193,7 @@ class ZOO(BlackBoxAttack):
         return torch.cat([self._chunk(run, s, idx[a:a + chunk], pick[a:a + chunk],
                                       use[a:a + chunk]) for a in range(0, len(idx), chunk)])
 
-    def _chunk(self, run: _Run, s: _State, idx: Tensor, pick: Tensor, use: Tensor) -> Tensor:
+    def _chunk(self, run: ScoreRun, s: _State, idx: Tensor, pick: Tensor, use: Tensor) -> Tensor:
         """The 2k + 1 queries of each example of idx (k coordinates ``pick``, those in ``use``)
         and the coordinate steps. Returns L(w) of each example."""
         x, (m, k) = run.x, pick.shape
@@ -231,12 +215,12 @@ class ZOO(BlackBoxAttack):
         t = None if run.target is None else run.target[owner]
         f = torch.zeros(m, 2 * k + 1, device=x.device, dtype=torch.float64)
         f[keep] = cw_margin(scores.double(), run.y[owner], t, self.confidence, log_probs=True)
-        loss = l2sq + run.const[idx][:, None] * f
+        loss = l2sq + run.search.c[idx][:, None] * f
         first = torch.cat([keep.new_zeros(1, dtype=torch.long),  # each center's row
                            keep.sum(1).cumsum(0)[:-1]])
         ok = is_success(scores[first], run.y[idx], None if run.target is None else
                         run.target[idx])
-        run.found[idx] |= ok
+        run.hit[idx] |= ok
         run.best.update(idx, images[:, 0], l2sq[:, 0].sqrt(), ok)
         lp, lm, l0 = loss[:, 1:k + 1], loss[:, k + 1:], loss[:, :1]
         grad = ((lp - lm) / (2 * self.h)).to(x.dtype)
