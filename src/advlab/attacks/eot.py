@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Model, register
-from advlab.attacks.gradient import PGD, GradientAttack, Probe, Source
+from advlab.attacks.gradient import PGD, Autograd, GradientAttack, Probe, Source
 from advlab.errors import AttackError, ThreatModelError
 from advlab.losses import Objective
 from advlab.transforms import Transform, distribution
@@ -96,7 +96,7 @@ def eot(attack: GradientAttack, transform: TransformSpec = None, *,
     """
     if not isinstance(attack, GradientAttack):
         raise AttackError(f"EOT wraps a GradientAttack, got {type(attack).__name__}")
-    if type(attack.source) is not Source:
+    if not isinstance(attack.source, Autograd):
         raise AttackError(f"this attack's gradient already comes from "
                           f"{type(attack.source).__name__}")
     source = EOT(_distribution(transform, attack.seed), samples)

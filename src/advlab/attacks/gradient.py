@@ -43,10 +43,11 @@ class Probe:
 
 class Source:
     """A gradient source: :math:`\nabla_x J` at the iterate (and the model's scores there, for
-    early stopping). The default, autograd on the model, is white-box.
+    early stopping).
 
     ``prepare`` makes the :class:`Probe` of a run, ``__call__`` gives (gradient, logits) for
-    the rows ``idx`` of the batch (None: all), ``finish`` the attack's output.
+    the rows ``idx`` of the batch (None: all), ``finish`` the attack's output. Settings live
+    on the source, per-run state in the probe.
     """
 
     def prepare(self, model: Model, x: Tensor, generator: torch.Generator) -> Probe:
@@ -54,18 +55,30 @@ class Source:
 
     def __call__(self, objective: Objective, probe: Probe, x_adv: Tensor, y: Tensor,
                  target: Tensor | None, idx: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Autograd on a fresh leaf, never ``backward()`` (parameters' .grad untouched)."""
-        x_adv = x_adv.detach().requires_grad_(True)
-        logits = probe.model(x_adv)
-        (grad,) = torch.autograd.grad(objective(logits, y, target).sum(), x_adv)
-        return grad, logits.detach()
+        raise NotImplementedError
 
     def finish(self, probe: Probe, x_adv: Tensor) -> Tensor | Crafted:
         """The attack's output from its final iterate (query counts, for estimators)."""
         return x_adv
 
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
 
-AUTOGRAD = Source()
+
+class Autograd(Source):
+    """White-box: autograd on a fresh leaf, never ``backward()`` (parameters' .grad
+    untouched)."""
+
+    def __call__(self, objective: Objective, probe: Probe, x_adv: Tensor, y: Tensor,
+                 target: Tensor | None, idx: Tensor | None) -> tuple[Tensor, Tensor]:
+        x_adv = x_adv.detach().requires_grad_(True)
+        logits = probe.model(x_adv)
+        (grad,) = torch.autograd.grad(objective(logits, y, target).sum(), x_adv)
+        return grad, logits.detach()
+
+
+AUTOGRAD = Autograd()
 
 
 class GradientAttack(Attack):
