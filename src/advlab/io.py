@@ -53,7 +53,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[str]:
     try:
         os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
-        with open(tmp, "rb") as f:
+        with open(tmp, "ab") as f:  # a writable handle: fsync needs one on some systems
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
