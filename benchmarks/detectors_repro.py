@@ -76,7 +76,7 @@ from advlab.detectors import (
     TransformationDetector,
     lecture_transforms,
 )
-from advlab.detectors.metrics import roc_auc, tpr_at_fpr
+from advlab.detectors.roc import roc_auc, tpr_at_fpr
 
 LECTURE = {"relu1": (0.818, 0.029), "relu1+relu2": (0.528, 0.023)}
 CACHE = advlab.data.home() / "bench" / "detectors"

@@ -257,7 +257,7 @@ def test_corrupt_or_mismatching_cache_is_retrained(home: Path, caplog) -> None:
         with pytest.raises(ModelFileError):
             zoo.load("digits-mlp", train_if_missing=False)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="advlab.zoo"):
+        with caplog.at_level(logging.WARNING, logger="advlab"):
             model = zoo.load("digits-mlp")
         assert "retraining" in caplog.text
         assert _same_weights(model, reference)  # deterministic retraining
@@ -270,6 +270,23 @@ def test_load_errors(home: Path) -> None:
     with pytest.raises(UnknownNameError, match="mnist-mlp"):
         zoo.load("resnet-1000")
     assert set(zoo.available()) == {"mnist-mlp", "mnist-cnn", "digits-mlp"}
+
+
+def test_derived_models_load_through_the_zoo_cache(home: Path) -> None:
+    import advlab.defenses  # noqa: F401  (registers the robust and distilled models)
+
+    assert {"mnist-cnn-trades", "mnist-mlp-distilled"} <= set(zoo.derived())
+    for name in zoo.derived():
+        with pytest.raises(ModelFileError, match="not cached"):
+            zoo.load(name, train_if_missing=False)
+    cached = zoo.build("mnist-mlp", seed=3)
+    key = {"distilled": "mnist-mlp-distilled", "version": 1,
+           "recipe": {"temperature": 100.0, "epochs": 20, "lr": 0.002}}
+    zoo.save(cached, zoo.cache_path("mnist-mlp-distilled"), {**key, "version": 0})
+    with pytest.raises(ModelFileError, match="version"):  # a stale recipe is never served
+        zoo.load("mnist-mlp-distilled", train_if_missing=False)
+    zoo.save(cached, zoo.cache_path("mnist-mlp-distilled"), key)
+    assert _same_weights(zoo.load("mnist-mlp-distilled", train_if_missing=False), cached)
 
 
 # ---------------------------------------------------------------- the zoo models themselves

@@ -26,9 +26,17 @@ Norm = Literal["linf", "l2", "l1"]
 NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 
 
-def _expand(v: Tensor, like: Tensor) -> Tensor:
-    """Reshape a per-example vector (N,) so it broadcasts against N x C x H x W."""
+#: the default radius of each norm's ball in pixel space (MNIST-scale images in [0, 1])
+DEFAULT_EPS = {"linf": 0.3, "l2": 2.0, "l1": 10.0}
+
+
+def broadcast_rows(v: Tensor, like: Tensor) -> Tensor:
+    """View a per-example vector (N,) as N x 1 x ... x 1, so it broadcasts against ``like``
+    (N x C x H x W): one value per row (eps, a step size, a mask)."""
     return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+_expand = broadcast_rows  # the former private name, still imported by some modules
 
 
 def as_eps(eps: float | Tensor, n: int, like: Tensor) -> Tensor:
@@ -146,7 +154,7 @@ class LinfBall(Ball):
     norm = "linf"
 
     def project(self, delta: Tensor, eps: Tensor) -> Tensor:
-        e = _expand(eps, delta)
+        e = broadcast_rows(eps, delta)
         return clip(delta, -e, e)
 
     def steepest(self, grad: Tensor) -> Tensor:
@@ -154,7 +162,7 @@ class LinfBall(Ball):
 
     def random(self, like: Tensor, eps: Tensor, generator: torch.Generator) -> Tensor:
         u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
-        return (2 * u - 1) * _expand(eps, like)
+        return (2 * u - 1) * broadcast_rows(eps, like)
 
 
 class L2Ball(Ball):
@@ -165,17 +173,17 @@ class L2Ball(Ball):
     def project(self, delta: Tensor, eps: Tensor) -> Tensor:
         n = self.norm_of(delta)
         factor = torch.where(n > eps, eps / n.clamp_min(1e-12), torch.ones_like(n))
-        return delta * _expand(factor, delta)
+        return delta * broadcast_rows(factor, delta)
 
     def steepest(self, grad: Tensor) -> Tensor:
-        return grad / _expand(self.norm_of(grad).clamp_min(1e-12), grad)
+        return grad / broadcast_rows(self.norm_of(grad).clamp_min(1e-12), grad)
 
     def random(self, like: Tensor, eps: Tensor, generator: torch.Generator) -> Tensor:
         d = like[0].numel()
         g = torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
         u = torch.rand(len(like), generator=generator, device=like.device, dtype=like.dtype)
         radius = eps * u.pow(1.0 / d)
-        return self.steepest(g) * _expand(radius, like)
+        return self.steepest(g) * broadcast_rows(radius, like)
 
 
 class L1Ball(Ball):
@@ -264,7 +272,7 @@ class LinfRegion(Region):
 
     def __init__(self, x: Tensor, eps: Tensor, b: Ball) -> None:
         super().__init__(x, eps, b)
-        e = _expand(eps, x)
+        e = broadcast_rows(eps, x)
         self.lo, self.hi = (x - e).clamp_min(0.0), (x + e).clamp_max(1.0)
 
     def project(self, x_adv: Tensor, idx: Tensor | None = None) -> Tensor:

@@ -4,7 +4,10 @@
 N x K. On first use it trains the model deterministically (seeded initialisation and shuffling,
 the global RNG untouched) on its data set's train split and caches the weights as safetensors
 under ``$ADVLAB_HOME/models/<name>.safetensors`` (default ``~/.cache/advlab``), written
-atomically; a corrupt or mismatching cache file is reported in the log and retrained.
+atomically; a corrupt or mismatching cache file is reported in the log and retrained
+(:func:`advlab.io.cached_model`). Models that defenses derive from these (the adversarially
+trained ``mnist-cnn-trades``, the distilled ``mnist-mlp-distilled``) are registered here by
+their modules (:func:`register`) and load, train and cache the same way.
 
 Models:
 
@@ -21,27 +24,21 @@ Weight files are safetensors; a user's ``.pt`` file is read only through
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import pickle
-import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from advlab import data
-from advlab.errors import InputError, LabelError, ModelFileError, UnknownNameError
+from advlab import data, io, optim
+from advlab.errors import InputError, LabelError, UnknownNameError
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +169,11 @@ def available() -> list[str]:
     return list(_ZOO)
 
 
+def training_settings(name: str) -> TrainSettings:
+    """How the zoo architecture ``name`` is trained (its data set, epochs, ...)."""
+    return _entry(name).settings
+
+
 def _entry(name: str) -> ZooEntry:
     if name not in _ZOO:
         raise UnknownNameError("model", name, available())
@@ -229,7 +231,8 @@ def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int = 5, lr: float = 1
     The model passed in is changed (train mode while training, parameters updated); it is
     returned in eval mode with every parameter's ``.grad`` reset to None. Copy it first
     (``copy.deepcopy``) to keep the original. Mini-batches are drawn by a random permutation
-    per epoch from a ``torch.Generator`` seeded with ``seed``; the global RNG is untouched.
+    per epoch from a ``torch.Generator`` seeded with ``seed``; the global RNG is untouched
+    (:func:`advlab.optim.fit`).
 
     Args:
         model: the model to train (in place).
@@ -257,24 +260,16 @@ def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int = 5, lr: float = 1
                          f"lr={lr}, batch_size={batch_size}")
     device = _device_of(model, x)
     loss_fn = loss_fn or _cross_entropy
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * math.ceil(n / batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)) if cosine else 1.0)
-    model.train()
-    for epoch in range(epochs):
-        start, total = time.perf_counter(), 0.0
-        for idx in torch.randperm(n, generator=generator).split(batch_size):
-            loss = loss_fn(model, x[idx].to(device), y[idx].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(idx)
-        logger.info("epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, epochs, total / n,
-                    time.perf_counter() - start)
-    optimizer.zero_grad(set_to_none=True)
+
+    def batch(s: optim.Step) -> Tensor:
+        return loss_fn(model, x[s.idx].to(device), y[s.idx].to(device))
+
+    def report(e: optim.Epoch) -> None:
+        logger.info("epoch %d/%d: loss %.4f (%.1f s)", e.epoch, e.epochs, e.loss, e.seconds)
+
+    optim.fit(model, batch, n, epochs=epochs, lr=lr, batch_size=batch_size,
+              generator=torch.Generator().manual_seed(seed), weight_decay=weight_decay,
+              schedule="cosine" if cosine else "constant", on_epoch=report)
     return model.eval()
 
 
@@ -342,154 +337,59 @@ def layer(model: nn.Module, name: str) -> nn.Module:
 
 # ------------------------------------------------------------------ weight files
 
-def save(model: nn.Module, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write the model's state dict as safetensors, atomically (temporary file + rename).
-
-    Args:
-        model: the model whose parameters and buffers are saved.
-        path: the target file (its directory is created).
-        metadata: JSON-serialisable facts stored in the file's header
-            (read back with :func:`read_metadata`).
-
-    Returns:
-        The path written.
-    """
-    path = Path(path).expanduser()
-    try:
-        header = {"format": "pt", "advlab": json.dumps(dict(metadata or {}), sort_keys=True)}
-    except TypeError as e:
-        raise ModelFileError(f"metadata must be JSON-serialisable: {e}") from e
-    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata dict that :func:`save` stored in a safetensors file ({} if none)."""
-    path = _existing(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        return json.loads(header.get("advlab", "{}"))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ModelFileError(f"cannot read the metadata of {path}: {e}") from e
-
-
-def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
-    """Load weights from a file into ``model`` (in place), never unpickling arbitrary objects.
-
-    A safetensors file is read directly; a ``torch.save`` file (zip archive or pickle) only
-    through ``torch.load(weights_only=True)``, which refuses anything but tensors and plain
-    containers. A checkpoint dict holding a ``"state_dict"`` entry is accepted.
-
-    Args:
-        model: the architecture to fill.
-        path: the weight file.
-        strict: every key and shape must match.
-
-    Returns:
-        ``model``.
-
-    Raises:
-        ModelFileError: a missing, corrupt, untrusted or mismatching file.
-    """
-    path = _existing(path)
-    state = _read_state_dict(path)
-    if strict:
-        _check_fit(model.state_dict(), state, path)
-    try:
-        model.load_state_dict(state, strict=strict)
-    except RuntimeError as e:
-        raise ModelFileError(f"{path} does not fit the model: {e}") from e
-    return model
-
-
-def _check_fit(own: Mapping[str, Tensor], state: Mapping[str, Tensor], path: Path) -> None:
-    """Every key of the model in the file and back, with equal shapes; the message names
-    the first mismatch."""
-    def more(names: list[str]) -> str:
-        return f" (and {len(names) - 1} more)" if len(names) > 1 else ""
-
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        head = (f"the model's {missing[0]!r} is not in the file{more(missing)}" if missing
-                else f"the file's {unexpected[0]!r} is not in the model{more(unexpected)}")
-        raise ModelFileError(f"{path} does not fit the model: {head}; the model has "
-                             f"{len(own)} tensors, the file {len(state)}")
-    for k, v in own.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise ModelFileError(f"{path} does not fit the model: {k!r} has shape "
-                                 f"{tuple(state[k].shape)} in the file but {tuple(v.shape)} "
-                                 f"in the model")
-
-
-def _existing(path: str | Path) -> Path:
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise ModelFileError(f"model file {path} does not exist")
-    if not path.is_file():
-        what = "a directory" if path.is_dir() else "not a regular file"
-        raise ModelFileError(f"model file {path} is {what}; give a weights file")
-    return path
-
-
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) == 9 and head[8:9] == b"{":  # safetensors: u64 header length, then JSON
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as e:
-            raise ModelFileError(f"{path} is a corrupt safetensors file: {e}") from e
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save zip archive, or pickle
-        kind = "a zip archive" if head[:1] == b"P" else "a pickle"
-        if path.suffix == ".safetensors":  # torch.load would read it as safetensors
-            raise ModelFileError(
-                f"{path} is named .safetensors but holds {kind} (what torch.save writes), not "
-                f"safetensors; rename it to .pt, or re-save the state dict with advlab.zoo.save")
-        try:
-            with open(path, "rb") as f:
-                obj = torch.load(f, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as e:
-            raise ModelFileError(
-                f"refused to load {path}: torch.load(weights_only=True) rejected it (it holds "
-                f"more than tensors, or is corrupt). advlab never unpickles arbitrary objects; "
-                f"re-save the state dict with advlab.zoo.save (safetensors)") from e
-        return _as_state_dict(obj, path)
-    raise ModelFileError(f"{path} is neither a safetensors file nor a torch.save weights file")
-
-
-def _as_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
-        raise ModelFileError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return dict(obj)
+#: safetensors weight files, written atomically; a ``.pt`` file read with weights_only
+save = io.save_weights
+read_metadata = io.read_metadata
+load_weights = io.load_weights
 
 
 # ------------------------------------------------------------------ the cache
 
+
+@dataclass(frozen=True)
+class Derived:
+    """A model derived from a zoo model by a defense (adversarial training, distillation),
+    trained once on first :func:`load` and cached under its own name like the zoo's own.
+
+    Attributes:
+        base: the zoo architecture it has.
+        key: the facts its cache file must hold to be reused (name and version; bump the
+            version on any change of the recipe).
+        train: trains it (returns the model in eval mode and facts for the file's metadata).
+        description: one line for people.
+    """
+
+    base: str
+    key: dict[str, Any]
+    train: Callable[[], tuple[nn.Module, dict[str, Any]]]
+    description: str
+
+
+_DERIVED: dict[str, Derived] = {}
+
+
+def register(name: str, derived: Derived) -> None:
+    """Make a derived model loadable by name with :func:`load` (defenses register theirs)."""
+    if name in _ZOO:
+        raise InputError(f"{name} is a zoo architecture")
+    _entry(derived.base)
+    _DERIVED[name] = derived
+
+
 def cache_path(name: str) -> Path:
-    """Where the zoo model ``name`` is cached: ``$ADVLAB_HOME/models/<name>.safetensors``."""
-    _entry(name)
+    """Where the model ``name`` is cached: ``$ADVLAB_HOME/models/<name>.safetensors``."""
+    if name not in _DERIVED:
+        _entry(name)
     return data.home() / "models" / f"{name}.safetensors"
 
 
 def load(name: str, *, train_if_missing: bool = True,
          device: str | torch.device | None = None) -> nn.Module:
-    """A trained zoo model in eval mode, from the cache or trained now (and cached).
+    """A trained model in eval mode, from the cache or trained now (and cached): a zoo
+    architecture, or a registered derived model (see :func:`derived`).
 
     Args:
-        name: a name from :func:`available`.
+        name: a name from :func:`available` or :func:`derived`.
         train_if_missing: train when the cache file is missing or unusable; if False, raise.
         device: where to put the model (default: CPU).
 
@@ -500,38 +400,29 @@ def load(name: str, *, train_if_missing: bool = True,
         UnknownNameError: an unknown name.
         ModelFileError: no usable cache file and ``train_if_missing=False``.
     """
-    entry = _entry(name)
-    path = cache_path(name)
-    model = None
-    if path.exists():
-        try:
-            model = _load_cached(name, entry, path)
-        except ModelFileError as e:
-            if not train_if_missing:
-                raise
-            logger.warning("unusable cache file for %s (%s); retraining", name, e)
-    elif not train_if_missing:
-        raise ModelFileError(f"zoo model {name} is not cached at {path}; "
-                             f"call advlab.zoo.load({name!r}) to train it")
-    if model is None:
-        model = _train_and_cache(name, entry, path)
+    if name not in _ZOO and name not in _DERIVED:
+        raise UnknownNameError("model", name, available() + derived())
+    if name in _DERIVED:
+        d = _DERIVED[name]
+        model = io.cached_model(cache_path(name), d.key, _ZOO[d.base].build, d.train,
+                                train_if_missing=train_if_missing)
+    else:
+        entry = _entry(name)
+        key = {"arch": name, "version": entry.version, "training": asdict(entry.settings)}
+        model = io.cached_model(cache_path(name), key, entry.build,
+                                lambda: _train(name, entry), train_if_missing=train_if_missing)
     return model.to(device).eval() if device is not None else model.eval()
 
 
-def _load_cached(name: str, entry: ZooEntry, path: Path) -> nn.Module:
-    meta = read_metadata(path)
-    if meta.get("arch") != name or meta.get("version") != entry.version:
-        raise ModelFileError(f"{path} holds {meta.get('arch')!r} version "
-                             f"{meta.get('version')!r}, expected {name!r} version {entry.version}")
-    if meta.get("training") != asdict(entry.settings):
-        raise ModelFileError(f"{path} was trained with {meta.get('training')}, "
-                             f"expected {asdict(entry.settings)}")
-    return load_weights(entry.build(), path).eval()
+def derived() -> list[str]:
+    """Names of the registered derived models that :func:`load` also accepts."""
+    return list(_DERIVED)
 
 
-def _train_and_cache(name: str, entry: ZooEntry, path: Path) -> nn.Module:
+def _train(name: str, entry: ZooEntry) -> tuple[nn.Module, dict[str, Any]]:
     s = entry.settings
-    logger.info("training zoo model %s on %s (first use; cached at %s)", name, s.dataset, path)
+    logger.info("training zoo model %s on %s (first use; cached at %s)", name, s.dataset,
+                cache_path(name))
     x, y = data.load(s.dataset, "train")
     model = build(name, seed=s.seed)
     start = time.perf_counter()
@@ -540,8 +431,6 @@ def _train_and_cache(name: str, entry: ZooEntry, path: Path) -> nn.Module:
     seconds = time.perf_counter() - start
     acc = accuracy(model, *data.load(s.dataset, "test"))
     logger.info("%s: clean test accuracy %.4f after %.1f s of training", name, acc, seconds)
-    save(model, path, {"arch": name, "version": entry.version, "description": entry.description,
-                       "clean_accuracy": acc, "train_seconds": round(seconds, 2),
-                       "training": asdict(s), "torch": torch.__version__,
-                       "threads": torch.get_num_threads()})
-    return model
+    return model, {"description": entry.description, "clean_accuracy": acc,
+                   "train_seconds": round(seconds, 2), "torch": torch.__version__,
+                   "threads": torch.get_num_threads()}

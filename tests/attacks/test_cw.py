@@ -8,20 +8,21 @@ from torch import nn
 
 import advlab
 from advlab.attacks import CarliniWagnerL2, CarliniWagnerLinf, DeepFool
-from advlab.attacks.cw import Box, cw_loss, cw_success
+from advlab.attacks.cw import Box
+from advlab.attacks.minnorm import cw_margin, cw_success
 from testkit import Linear, linear_setup
 
 
 def test_margin_is_right_for_negative_logits() -> None:
     z = torch.tensor([[-1.0, -2.0, -3.0]])
-    assert cw_loss(z, torch.tensor([0]), None, 0.0).item() == 1.0  # Z_y - max other = -1 + 2
-    assert cw_loss(z, torch.tensor([0]), torch.tensor([1]), 0.0).item() == 1.0  # -1 - (-2)
-    assert cw_loss(z, torch.tensor([0]), torch.tensor([2]), 0.0).item() == 2.0  # -1 - (-3)
-    assert cw_loss(z, torch.tensor([2]), None, 0.5).item() == -0.5  # clamped at -kappa
-    assert cw_loss(z, torch.tensor([1]), torch.tensor([0]), 0.5).item() == -0.5
+    assert cw_margin(z, torch.tensor([0]), None, 0.0).item() == 1.0  # Z_y - max other = -1 + 2
+    assert cw_margin(z, torch.tensor([0]), torch.tensor([1]), 0.0).item() == 1.0  # -1 - (-2)
+    assert cw_margin(z, torch.tensor([0]), torch.tensor([2]), 0.0).item() == 2.0  # -1 - (-3)
+    assert cw_margin(z, torch.tensor([2]), None, 0.5).item() == -0.5  # clamped at -kappa
+    assert cw_margin(z, torch.tensor([1]), torch.tensor([0]), 0.5).item() == -0.5
     # the lecture's example: logits (0.4, 0.8, -0.2, 7.4), target 1 -> 6.6, later -> 0 at kappa 0
     lec = torch.tensor([[0.4, 0.8, -0.2, 7.4], [-0.1, 5.4, -0.9, 5.3]])
-    got = cw_loss(lec, torch.tensor([3, 3]), torch.tensor([1, 1]), 0.0)
+    got = cw_margin(lec, torch.tensor([3, 3]), torch.tensor([1, 1]), 0.0)
     torch.testing.assert_close(got, torch.tensor([6.6, 0.0]))
 
 
@@ -91,7 +92,7 @@ def test_confidence_is_reached() -> None:
     model, x, y, _, _ = linear_setup(seed=5)
     res = CarliniWagnerL2(confidence=2.0, c0=1.0)(model, x, y)
     with torch.no_grad():
-        assert (cw_loss(model(res.x_adv), y, None, 2.0) <= -2.0 + 1e-9).all()
+        assert (cw_margin(model(res.x_adv), y, None, 2.0) <= -2.0 + 1e-9).all()
 
 
 def test_bad_settings() -> None:

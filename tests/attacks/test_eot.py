@@ -10,7 +10,8 @@ from torch import nn
 import advlab
 from advlab import transforms as T
 from advlab.attacks import APGD, MIFGSM, PGD
-from advlab.attacks.eot import EOTPGD, eot, survival
+from advlab.attacks.eot import EOT, EOTPGD, eot, survival
+from advlab.attacks.gradient import AUTOGRAD, Probe
 from advlab.errors import AttackError, ThreatModelError
 
 
@@ -36,7 +37,8 @@ def test_eot_gradient_closed_form_under_brightness() -> None:
     # d CE(W T(x) + c, y) / dx = W^T (softmax(W (x + b) + c) - e_y); EOT averages over draws
     model, (x, y), s = Linear().eval(), data(), 7
     atk = EOTPGD(eps=0.1, transform=T.Brightness(max_delta=0.1), samples=s)
-    grad, logits = atk.expected_gradient(model, x, y, None, torch.Generator().manual_seed(5))
+    grad, logits = atk.source(atk.objective, Probe(model, torch.Generator().manual_seed(5)), x,
+                              y, None, None)
     b = T.Brightness(max_delta=0.1).sample(x.repeat(s, 1, 1, 1), torch.Generator().manual_seed(5))
     b = b.view(s, len(x), 1, 1, 1)
     want = torch.zeros_like(x)
@@ -56,7 +58,8 @@ def test_batched_eot_equals_the_per_sample_loop() -> None:
     dist = T.Compose([T.Rotate(max_angle=20.0), T.GaussianNoise(0.05), T.BitDepth(5)])
     atk = EOTPGD(eps=0.1, transform=dist, samples=s)
     t = (y + 1) % 5
-    grad, _ = atk.expected_gradient(model, x, y, t, torch.Generator().manual_seed(9))
+    grad, _ = atk.source(atk.objective, Probe(model, torch.Generator().manual_seed(9)), x, y,
+                         t, None)
     g = torch.Generator().manual_seed(9)
     rows = x.repeat(s, 1, 1, 1)
     angle = dist.transforms[0].sample(rows, g)
@@ -76,10 +79,10 @@ def test_batched_eot_equals_the_per_sample_loop() -> None:
 def test_wrapper_keeps_the_attack_and_its_settings() -> None:
     base = MIFGSM(eps=0.2, steps=7, decay=0.5, seed=4)
     wrapped = eot(base, {"translate": 1}, samples=3)
-    assert isinstance(wrapped, MIFGSM) and type(wrapped).__name__ == "EOTMIFGSM"
+    assert type(wrapped) is MIFGSM and isinstance(wrapped.source, EOT)
     assert (wrapped.eps, wrapped.steps, wrapped.decay, wrapped.seed) == (0.2, 7, 0.5, 4)
-    assert not hasattr(base, "transform"), "the wrapped attack must stay untouched"
-    assert isinstance(eot(APGD(eps=0.1)), APGD)
+    assert base.source is AUTOGRAD, "the wrapped attack must stay untouched"
+    assert isinstance(eot(APGD(eps=0.1)).source, EOT)
     with pytest.raises(AttackError):
         eot(wrapped)
     with pytest.raises(AttackError):

@@ -7,7 +7,7 @@ import torch
 
 from advlab.attacks import PGD
 from advlab.detectors import ActivationKNN, DetectorAwarePGD, FeatureSqueezing
-from advlab.detectors.metrics import roc_auc, tpr_at_fpr
+from advlab.detectors.roc import roc_auc, tpr_at_fpr
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,6 @@
 """The results database and atomic writes."""
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 
 from advlab.errors import DataError
-from advlab.evaluation.store import CellRecord, Store, atomic_write, canonical_json, cell_key
+from advlab.evaluation.store import CellRecord, Store, canonical_json, cell_key
 
 
 def record(key: str = "k1", n: int = 3, fail_at: int | None = None) -> CellRecord:
@@ -109,28 +108,3 @@ def test_cell_key_canonical() -> None:
     assert canonical_json(b) == '{"attack":"pgd","params":{"eps":0.1,"steps":40}}'
     with pytest.raises(DataError):
         canonical_json({"eps": float("nan")})
-
-
-def test_atomic_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    p = tmp_path / "sub" / "out.json"
-    atomic_write(p, "old")
-    assert p.read_text() == "old"
-    assert oct(p.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
-
-    def broken_replace(src: str, dst: str) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write(p, "new")
-    monkeypatch.undo()
-    assert p.read_text() == "old"                           # never a torn file
-    assert sorted(f.name for f in p.parent.iterdir()) == ["out.json"]   # no temp left
-    atomic_write(p, b"new")
-    assert p.read_bytes() == b"new"
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m

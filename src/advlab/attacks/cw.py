@@ -44,33 +44,17 @@ IEEE S&P 2017, arXiv:1608.04644.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from advlab.attacks.base import Attack, Crafted, Model, is_success, register
+from advlab.attacks.base import Attack, Crafted, Model, register
+from advlab.attacks.minnorm import Best, ConstantSearch, confirm, cw_margin, cw_success
 from advlab.errors import ThreatModelError
-from advlab.losses import margin
-from advlab.threat import _expand, clip, clip_box
+from advlab.optim import RowAdam
+from advlab.threat import broadcast_rows, clip_box
 
 BOXES = ("tanh", "clip")
-
-
-def cw_loss(logits: Tensor, y: Tensor, target: Tensor | None, kappa: float) -> Tensor:
-    r"""C&W's f: :math:`\max(Z_y - \max_{i\ne y} Z_i, -\kappa)` (untargeted) or
-    :math:`\max(\max_{i\ne t} Z_i - Z_t, -\kappa)` (targeted). Shape (N,)."""
-    if target is None:
-        return margin(logits, y, kappa)
-    return clip(-margin(logits, target), lo=-kappa)
-
-
-def cw_success(logits: Tensor, y: Tensor, target: Tensor | None, kappa: float) -> Tensor:
-    """Adversarial with confidence kappa: the argmax criterion and a margin of at least kappa."""
-    ok = is_success(logits, y, target)
-    if kappa > 0:
-        ok &= cw_loss(logits, y, target, kappa) <= -kappa
-    return ok
 
 
 class Box:
@@ -97,45 +81,6 @@ class Box:
         if self.kind == "tanh":
             return w
         return clip_box(self.x[idx] + w) - self.x[idx]
-
-
-@dataclass
-class Adam:
-    """Adam with per-row state, so that rows can leave the batch (Kingma & Ba,
-    arXiv:1412.6980)."""
-
-    m: Tensor
-    v: Tensor
-    lr: float
-    t: int = 0
-
-    @classmethod
-    def like(cls, w: Tensor, lr: float) -> Adam:
-        return cls(torch.zeros_like(w), torch.zeros_like(w), lr)
-
-    def step(self, w: Tensor, g: Tensor, idx: Tensor, b1: float = 0.9,
-             b2: float = 0.999) -> Tensor:
-        """The updated rows ``idx`` of w (given as ``w``) for their gradient g."""
-        m = self.m[idx].mul_(b1).add_(g, alpha=1 - b1)
-        v = self.v[idx].mul_(b2).addcmul_(g, g, value=1 - b2)
-        self.m[idx], self.v[idx] = m, v
-        mhat = m / (1 - b1 ** self.t)
-        vhat = v / (1 - b2 ** self.t)
-        return w - self.lr * mhat / (vhat.sqrt() + 1e-8)
-
-
-def confirm(model: Model, x: Tensor, x_adv: Tensor, y: Tensor, target: Tensor | None,
-            found: Tensor) -> Tensor:
-    """Re-check the found examples on the whole batch (as the base will): one that was
-    adversarial in a smaller batch but not here (a margin within float rounding of 0) gets
-    its perturbation lengthened by 0.1%, then 0.2%, 0.4%, ... until it is."""
-    for j in range(10):
-        with torch.no_grad():
-            lost = found & ~is_success(model(x_adv), y, target)
-        if not lost.any():
-            break
-        x_adv[lost] = clip_box(x[lost] + (1 + 1e-3 * 2**j) * (x_adv[lost] - x[lost]))
-    return x_adv
 
 
 def _check(kappa: float, lr: float, steps: int, box: str) -> None:
@@ -189,36 +134,31 @@ class CarliniWagnerL2(Attack):
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:
-        n = len(x)
         box = Box(self.box, x, self.tanh_eps)
-        c = torch.full((n,), self.c0, dtype=x.dtype, device=x.device)
-        lo, hi = torch.zeros_like(c), torch.full_like(c, math.inf)
-        best_x, best_l2 = x.clone(), torch.full_like(c, math.inf)
-        best_c = torch.full_like(c, math.nan)
+        search = ConstantSearch.start(self.c0, len(x), x)
+        best = Best.start(x)
+        best_c = torch.full_like(search.c, math.nan)
         with torch.no_grad():  # already adversarial: x itself is the smallest perturbation
             done = cw_success(model(x), y, target, self.confidence)
-        best_l2[done] = 0.0
+        best.norm[done] = 0.0
         todo = (~done).nonzero().squeeze(1)
         for _ in range(self.search_steps):
             if len(todo) == 0:
                 break
-            found = self._descend(model, box, x, y, target, c, best_x, best_l2, best_c, todo)
-            hi = torch.where(found, torch.minimum(hi, c), hi)
-            lo = torch.where(found, lo, torch.maximum(lo, c))
-            c = torch.where(hi < math.inf, (lo + hi) / 2, c * 10)
-        best_x = confirm(model, x, best_x, y, target, best_l2 < math.inf)
-        return Crafted(best_x, info={"c": best_c})
+            found = self._descend(model, box, y, target, search.c, best, best_c, todo)
+            search.update(found)
+        return Crafted(confirm(model, x, best.x, y, target, best.found), info={"c": best_c})
 
-    def _descend(self, model: Model, box: Box, x: Tensor, y: Tensor, target: Tensor | None,
-                 c: Tensor, best_x: Tensor, best_l2: Tensor, best_c: Tensor,
-                 idx: Tensor) -> Tensor:
+    def _descend(self, model: Model, box: Box, y: Tensor, target: Tensor | None, c: Tensor,
+                 best: Best, best_c: Tensor, idx: Tensor) -> Tensor:
         """One search step at constants c for the rows idx: Adam from x; updates the bests
         in place.
 
         Returns: bool (N,), whether an adversarial iterate was found at this c.
         """
+        x = box.x
         w = box.start()
-        opt = Adam.like(w, self.lr)
+        opt = RowAdam.like(w, self.lr)
         found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         prev = torch.full_like(c, math.inf)
         check_every = max(1, self.steps // 10)
@@ -228,17 +168,13 @@ class CarliniWagnerL2(Attack):
             logits = model(xs)
             l2sq = (xs - x[idx]).flatten(1).pow(2).sum(1)
             ts = None if target is None else target[idx]
-            loss = l2sq + c[idx] * cw_loss(logits, y[idx], ts, self.confidence)
+            loss = l2sq + c[idx] * cw_margin(logits, y[idx], ts, self.confidence)
             (g,) = torch.autograd.grad(loss.sum(), ws)
             with torch.no_grad():
                 ok = cw_success(logits, y[idx], ts, self.confidence)
                 found[idx] |= ok
-                better = ok & (l2sq < best_l2[idx].pow(2))
-                keep = idx[better]
-                best_l2[keep] = l2sq[better].sqrt()
-                best_x[keep] = xs[better]
-                best_c[keep] = c[keep]
-                opt.t = step + 1
+                better = best.update(idx, xs, l2sq.sqrt(), ok)
+                best_c[better] = c[better]
                 w[idx] = box.project(opt.step(ws.detach(), g, idx), idx)
                 if self.abort_early and (step + 1) % check_every == 0:
                     stall = loss >= prev[idx] - 1e-4 * prev[idx].abs()
@@ -333,25 +269,24 @@ class CarliniWagnerLinf(Attack):
         ws = w[idx].clone()
         out_w, out_x = ws.clone(), box.image(ws, idx)
         done = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
-        opt = Adam.like(ws, self.lr)
+        opt = RowAdam.like(ws, self.lr)
         live = torch.arange(len(idx), device=x.device)  # rows of idx still descending
         ts_all = None if target is None else target[idx]
-        for step in range(self.steps):
+        for _ in range(self.steps):
             rows = idx[live]
             wl = ws[live].requires_grad_(True)
             xs = box.image(wl, rows)
             logits = model(xs)
             ts = None if ts_all is None else ts_all[live]
-            over = ((xs - x[rows]).abs() - _expand(tau[rows], xs)).clamp_min(0)
+            over = ((xs - x[rows]).abs() - broadcast_rows(tau[rows], xs)).clamp_min(0)
             penalty = over.flatten(1).sum(1)
-            f = cw_loss(logits, y[rows], ts, self.confidence)
+            f = cw_margin(logits, y[rows], ts, self.confidence)
             with torch.no_grad():
                 fine = cw_success(logits, y[rows], ts, self.confidence) & (penalty == 0)
             (g,) = torch.autograd.grad((c[rows] * f + penalty).sum(), wl)
             with torch.no_grad():
                 hit = live[fine]
                 done[hit], out_w[hit], out_x[hit] = True, wl[fine].detach(), xs[fine].detach()
-                opt.t = step + 1
                 ws[live] = box.project(opt.step(wl.detach(), g, live), rows)
                 live = live[~fine]
             if len(live) == 0:

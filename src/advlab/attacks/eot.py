@@ -9,8 +9,9 @@ objective over random transformations t ~ T instead of the objective at x itself
 
 with the Monte-Carlo gradient
 :math:`\nabla_{x'} \mathbb{E}_t J \approx \frac{1}{S} \sum_{s=1}^{S} \nabla_{x'} J(f(t_s(x')), y)`.
-In advlab this is a wrapper on any :class:`~advlab.attacks.gradient.GradientAttack` that
-replaces only its :meth:`gradient`: the attack's own loop (PGD, MI-FGSM, APGD, ...) is
+In advlab this is a gradient source, :class:`EOT`, that any
+:class:`~advlab.attacks.gradient.GradientAttack` takes (``PGD(source=EOT(T))``, or
+:func:`eot` on an existing attack): the attack's own loop (PGD, MI-FGSM, APGD, ...) is
 unchanged. The transformations are :mod:`advlab.transforms` modules (the same the defenses
 and detectors use), applied through their BPDA path so that non-differentiable ones
 (JPEG, bit depth) still give a gradient; their randomness comes from the attack's generator.
@@ -30,8 +31,9 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Model, register
-from advlab.attacks.gradient import PGD, GradientAttack
+from advlab.attacks.gradient import PGD, Autograd, GradientAttack, Probe, Source
 from advlab.errors import AttackError, ThreatModelError
+from advlab.losses import Objective
 from advlab.transforms import Transform, distribution
 
 TransformSpec = str | Mapping[str, Any] | Sequence[Transform | str] | Transform | None
@@ -45,80 +47,62 @@ DEFAULT_DISTRIBUTION: dict[str, Any] = {
 }
 
 
-class EOTMixin:
-    """Replaces :meth:`GradientAttack.gradient` by the EOT average over ``samples`` draws.
+class EOT(Source):
+    r"""The EOT gradient source: :math:`\frac1S \sum_s \nabla_x J(f(t_s(x)), y)` over ``samples``
+    draws of ``transform``, and the mean logits over the draws.
 
-    Needs ``self.transform`` (a :class:`advlab.transforms.Transform`) and ``self.samples``;
-    the transformations are drawn from the generator the attack's loop hands to ``gradient``.
+    The S copies are transformed and classified in one batch: row s N + i of the batch is
+    example i under draw s, the draws taken by ``transform`` from the attack's generator.
+
+    Args:
+        transform: the distribution T (a :class:`advlab.transforms.Transform`).
+        samples: draws S per gradient.
+
+    Shape: x_adv N x C x H x W -> grad N x C x H x W, logits N x K.
     """
 
-    transform: Transform
-    samples: int
+    def __init__(self, transform: Transform, samples: int = 10) -> None:
+        if samples < 1:
+            raise ThreatModelError(f"EOT needs samples >= 1, got {samples}")
+        self.transform, self.samples = transform, samples
 
-    def expected_gradient(self, model: Model, x_adv: Tensor, y: Tensor, target: Tensor | None,
-                          generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        r""":math:`\frac1S \sum_s \nabla_x J(f(t_s(x)), y)` and the mean logits over the samples.
-
-        The S copies are transformed and classified in one batch: row s N + i of the batch
-        is example i under draw s, the draws taken by ``transform`` from ``generator``.
-
-        Shape: x_adv N x C x H x W -> grad N x C x H x W, logits N x K.
-        """
+    def __call__(self, objective: Objective, probe: Probe, x_adv: Tensor, y: Tensor,
+                 target: Tensor | None, idx: Tensor | None) -> tuple[Tensor, Tensor]:
+        if probe.generator is None:
+            raise AttackError("the EOT gradient needs the attack's generator: call the attack")
         s = self.samples
         xa = x_adv.detach().requires_grad_(True)
-        xt = self.transform.bpda(xa.repeat(s, *([1] * (xa.dim() - 1))), generator)
-        logits = model(xt)
-        ys = y.repeat(s)
+        xt = self.transform.bpda(xa.repeat(s, *([1] * (xa.dim() - 1))), probe.generator)
+        logits = probe.model(xt)
         ts = None if target is None else target.repeat(s)
-        loss = self.objective(logits, ys, ts).sum() / s  # type: ignore[attr-defined]
+        loss = objective(logits, y.repeat(s), ts).sum() / s
         (grad,) = torch.autograd.grad(loss, xa)
         return grad, logits.detach().view(s, len(xa), -1).mean(0)
-
-    def gradient(self, model: Model, x_adv: Tensor, y: Tensor, target: Tensor | None,
-                 idx: Tensor | None = None,
-                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        if generator is None:
-            raise AttackError("the EOT gradient needs the attack's generator: call the attack, "
-                              "or use expected_gradient(..., generator)")
-        return self.expected_gradient(model, x_adv, y, target, generator)
-
-
-def _check_samples(samples: int) -> None:
-    if samples < 1:
-        raise ThreatModelError(f"EOT needs samples >= 1, got {samples}")
-
-
-_CLASSES: dict[type, type] = {}
 
 
 def eot(attack: GradientAttack, transform: TransformSpec = None, *,
         samples: int = 10) -> GradientAttack:
-    """Wrap a gradient attack into its EOT version (a new attack; the argument is untouched).
+    """The EOT version of a gradient attack: a copy whose gradient source is :class:`EOT` (the
+    argument is untouched).
 
     Args:
-        attack: any :class:`GradientAttack` (PGD, MIFGSM, APGD, ...).
+        attack: any :class:`GradientAttack` (PGD, MIFGSM, APGD, ...) on autograd.
         transform: the distribution T: a Transform, or a spec for
             :func:`advlab.transforms.distribution`; default :data:`DEFAULT_DISTRIBUTION`.
         samples: draws S per gradient.
 
     Returns:
-        An attack of a subclass of ``type(attack)`` with the same settings whose gradient is
-        the EOT average.
+        An attack of the same class with the same settings whose gradient is the EOT average.
     """
     if not isinstance(attack, GradientAttack):
         raise AttackError(f"EOT wraps a GradientAttack, got {type(attack).__name__}")
-    if isinstance(attack, EOTMixin):
-        raise AttackError("this attack already uses EOT")
-    _check_samples(samples)
-    base = type(attack)
-    if base not in _CLASSES:
-        _CLASSES[base] = type(f"EOT{base.__name__}", (EOTMixin, base),
-                              {"__doc__": f"{base.__name__} with the EOT gradient."})
-    cls = _CLASSES[base]
-    wrapped = cls.__new__(cls)
-    wrapped.__dict__.update(copy.deepcopy(attack.__dict__))
-    wrapped.transform = _distribution(transform, attack.seed)
-    wrapped.samples = samples
+    if not isinstance(attack.source, Autograd):
+        raise AttackError(f"this attack's gradient already comes from "
+                          f"{type(attack.source).__name__}")
+    source = EOT(_distribution(transform, attack.seed), samples)
+    wrapped = copy.copy(attack)
+    wrapped.__dict__ = copy.deepcopy(attack.__dict__)
+    wrapped.source = source
     return wrapped
 
 
@@ -129,7 +113,7 @@ def _distribution(transform: TransformSpec, seed: int) -> Transform:
 @register("eot-pgd", knowledge="white", goal="both", norm="linf", kind="iterative")
 @register("eot-pgd-l2", knowledge="white", goal="both", norm="l2", kind="iterative",
           defaults={"norm": "l2"})
-class EOTPGD(EOTMixin, PGD):
+class EOTPGD(PGD):
     """PGD on the EOT gradient: robust adversarial examples (Athalye et al. 2018).
 
     Args:
@@ -148,11 +132,9 @@ class EOTPGD(EOTMixin, PGD):
                  samples: int = 10, norm: str = "linf", steps: int = 100,
                  alpha: float | None = None, random_start: bool = True, restarts: int = 1,
                  loss: str = "ce", early_stop: bool = False, seed: int = 0) -> None:
-        _check_samples(samples)
         super().__init__(eps, norm=norm, steps=steps, alpha=alpha, random_start=random_start,
-                         restarts=restarts, loss=loss, early_stop=early_stop, seed=seed)
-        self.transform = _distribution(transform, seed)
-        self.samples = samples
+                         restarts=restarts, loss=loss, early_stop=early_stop, seed=seed,
+                         source=EOT(_distribution(transform, seed), samples))
 
 
 def survival(model: Model, x_adv: Tensor, transform: TransformSpec = None, *,

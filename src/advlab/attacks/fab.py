@@ -38,9 +38,8 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, is_success, register
-from advlab.attacks.gradient import DEFAULT_EPS
 from advlab.errors import ThreatModelError
-from advlab.threat import _expand, clip_box, lp_norm
+from advlab.threat import DEFAULT_EPS, broadcast_rows, clip_box, lp_norm
 
 DUAL = {"linf": 1.0, "l2": 2.0}
 
@@ -172,7 +171,7 @@ class FAB(Attack):
             gap = lp_norm(x - x0, self.norm)
             closer = adv & (gap < dist)
             best[closer], dist[closer] = x[closer], gap[closer]
-            x = torch.where(_expand(adv, x), x0 + self.beta * (x - x0), x)
+            x = torch.where(broadcast_rows(adv, x), x0 + self.beta * (x - x0), x)
         return best, dist
 
     def _boundary(self, model: Model, x: Tensor, y: Tensor, towards: Tensor | None
@@ -244,4 +243,4 @@ class FABT(FAB):
             better = d < dist[todo]
             best[todo[better]], dist[todo[better]] = b[better], d[better]
         inside = dist <= eps
-        return Crafted(torch.where(_expand(inside, x), best, x), info={"norm": dist})
+        return Crafted(torch.where(broadcast_rows(inside, x), best, x), info={"norm": dist})

@@ -9,20 +9,76 @@ loss of the target, descended), :math:`d` the steepest-ascent direction of the b
 Linf, :math:`g/\|g\|_2` for L2) and :math:`\Pi_{S(x)}` the projection onto the eps-ball
 intersected with the pixel box. FGSM is one step of size eps from x; BIM many small steps;
 PGD adds a random start and restarts; MI-FGSM accumulates a momentum of L1-normalised
-gradients. A gradient estimator (NES, Bandits) plugs in by overriding
-:meth:`GradientAttack.gradient`.
+gradients.
+
+Where :math:`\nabla_x J` comes from is the attack's *gradient source* (:class:`Source`):
+autograd on the model (the default), the expectation over transformations
+(:class:`~advlab.attacks.eot.EOT`), a zeroth-order estimate from scores only (NES and
+Bandits, :mod:`advlab.attacks.blackbox.estimate`), or a step that also evades a detector
+(:class:`~advlab.detectors.adaptive.DetectorAware`). The loop is the same for all of them.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from advlab.attacks.base import Attack, Model, is_success, register
+from advlab.attacks.base import Attack, Crafted, Model, is_success, register
 from advlab.errors import ThreatModelError
-from advlab.losses import objective
-from advlab.threat import Box, Region, _expand, region
+from advlab.losses import Objective, objective
+from advlab.threat import DEFAULT_EPS, Box, Region, broadcast_rows, region
 
-DEFAULT_EPS = {"linf": 0.3, "l2": 2.0, "l1": 10.0}
+
+@dataclass
+class Probe:
+    """What the loop queries during one attack: the model (or the oracle in front of it), the
+    attack's generator, and the source's per-run state (never stored on the attack)."""
+
+    model: Model
+    generator: torch.Generator | None
+    memory: dict[str, Any] = field(default_factory=dict)
+
+
+class Source:
+    """A gradient source: :math:`\nabla_x J` at the iterate (and the model's scores there, for
+    early stopping).
+
+    ``prepare`` makes the :class:`Probe` of a run, ``__call__`` gives (gradient, logits) for
+    the rows ``idx`` of the batch (None: all), ``finish`` the attack's output. Settings live
+    on the source, per-run state in the probe.
+    """
+
+    def prepare(self, model: Model, x: Tensor, generator: torch.Generator) -> Probe:
+        return Probe(model, generator)
+
+    def __call__(self, objective: Objective, probe: Probe, x_adv: Tensor, y: Tensor,
+                 target: Tensor | None, idx: Tensor | None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def finish(self, probe: Probe, x_adv: Tensor) -> Tensor | Crafted:
+        """The attack's output from its final iterate (query counts, for estimators)."""
+        return x_adv
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class Autograd(Source):
+    """White-box: autograd on a fresh leaf, never ``backward()`` (parameters' .grad
+    untouched)."""
+
+    def __call__(self, objective: Objective, probe: Probe, x_adv: Tensor, y: Tensor,
+                 target: Tensor | None, idx: Tensor | None) -> tuple[Tensor, Tensor]:
+        x_adv = x_adv.detach().requires_grad_(True)
+        logits = probe.model(x_adv)
+        (grad,) = torch.autograd.grad(objective(logits, y, target).sum(), x_adv)
+        return grad, logits.detach()
+
+
+AUTOGRAD = Autograd()
 
 
 class GradientAttack(Attack):
@@ -38,13 +94,15 @@ class GradientAttack(Attack):
         loss: "ce", "margin" (C&W) or "dlr".
         early_stop: stop moving an example once it is adversarial (does not change success).
         seed: seeds the random starts.
+        source: where the gradient comes from (default: autograd on the model).
     """
 
     projects = True  # every iterate is projected onto S(x), the random start included
 
     def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 10,
                  alpha: float | None = None, random_start: bool = False, restarts: int = 1,
-                 loss: str = "ce", early_stop: bool = True, seed: int = 0) -> None:
+                 loss: str = "ce", early_stop: bool = True, seed: int = 0,
+                 source: Source | None = None) -> None:
         if norm not in DEFAULT_EPS:
             raise ThreatModelError(f"unknown norm {norm!r}; available: {', '.join(DEFAULT_EPS)}")
         if steps < 1 or restarts < 1:
@@ -58,23 +116,20 @@ class GradientAttack(Attack):
         self.random_start, self.restarts, self.loss = random_start, restarts, loss
         self.early_stop, self.seed = early_stop, seed
         self.objective = objective(loss)
+        self.source = AUTOGRAD if source is None else source
 
     # -- the pieces a subclass may replace ------------------------------------------------
 
     def gradient(self, model: Model, x_adv: Tensor, y: Tensor, target: Tensor | None,
                  idx: Tensor | None = None,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """The gradient of the objective at x_adv, and the logits there (for early stopping).
+        """The source's gradient of the objective at x_adv on ``model``, and the logits there
+        (for loops other than :meth:`perturb`'s, such as APGD's).
 
-        ``idx`` holds the batch indices of the rows of ``x_adv`` (None: the whole batch of
-        the run), for estimators that keep per-example state or charge queries per example;
-        ``generator`` is the attack's, for gradients that sample (EOT, estimators).
-        White-box: autograd on a fresh leaf, never ``backward()`` (parameters' .grad untouched).
+        ``idx`` holds the batch indices of the rows of ``x_adv`` (None: the whole batch);
+        ``generator`` is the attack's, for gradients that sample (EOT).
         """
-        x_adv = x_adv.detach().requires_grad_(True)
-        logits = model(x_adv)
-        (grad,) = torch.autograd.grad(self.objective(logits, y, target).sum(), x_adv)
-        return grad, logits.detach()
+        return self.source(self.objective, Probe(model, generator), x_adv, y, target, idx)
 
     def succeeded(self, x_adv: Tensor, logits: Tensor, y: Tensor, target: Tensor | None,
                   memory: dict[str, Tensor], idx: Tensor | None) -> Tensor:
@@ -114,35 +169,37 @@ class GradientAttack(Attack):
     # -- the loop -------------------------------------------------------------------------
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
-                eps: Tensor | None, generator: torch.Generator) -> Tensor:
+                eps: Tensor | None, generator: torch.Generator) -> Tensor | Crafted:
         assert eps is not None  # the gradient family is always bounded
+        probe = self.source.prepare(model, x, generator)
         if self.restarts == 1:
-            return self._run(model, x, y, target, eps, generator)[0]
+            return self.source.finish(probe, self._run(probe, x, y, target, eps)[0])
         best, best_score = x.clone(), torch.full_like(eps, float("-inf"))
         for _ in range(self.restarts):
             todo = (best_score < float("inf")).nonzero().squeeze(1)  # not yet fooled
             if len(todo) == 0:
                 break
             t = None if target is None else target[todo]
-            x_run, score = self._run(model, x[todo], y[todo], t, eps[todo], generator)
+            x_run, score = self._run(probe, x[todo], y[todo], t, eps[todo])
             better = score > best_score[todo]
-            best[todo] = torch.where(_expand(better, x_run), x_run, best[todo])
+            best[todo] = torch.where(broadcast_rows(better, x_run), x_run, best[todo])
             best_score[todo] = torch.maximum(score, best_score[todo])
-        return best
+        return self.source.finish(probe, best)
 
-    def _run(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None, eps: Tensor,
-             generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def _run(self, probe: Probe, x: Tensor, y: Tensor, target: Tensor | None,
+             eps: Tensor) -> tuple[Tensor, Tensor]:
         """One run from x (or a random start). Returns x_adv and, when restarts are on, a
         score per example: +inf if adversarial, else the objective."""
         b = self.ball
         feasible = self.feasible_set(x, eps)
-        x_adv = feasible.project(x + b.random(x, eps, generator)) if self.random_start else x
-        alpha = _expand(self.step_sizes(eps), x)
+        x_adv = feasible.project(x + b.random(x, eps, probe.generator)) if self.random_start \
+            else x
+        alpha = broadcast_rows(self.step_sizes(eps), x)
         memory = self.init_memory(x)
         active: Tensor | None = None  # indices still attacked; None means all
         for _ in range(self.steps):
             xs, ys, ts = _take(active, x_adv, y, target)
-            grad, logits = self.gradient(model, xs, ys, ts, active, generator)
+            grad, logits = self.source(self.objective, probe, xs, ys, ts, active)
             if self.early_stop:
                 keep = ~self.succeeded(xs, logits, ys, ts, memory, active)
                 if not keep.all():
@@ -164,7 +221,7 @@ class GradientAttack(Attack):
         if self.restarts == 1:
             return x_adv, eps
         with torch.no_grad():
-            logits = model(x_adv)
+            logits = probe.model(x_adv)
         score = self.objective(logits, y, target)
         done = self.succeeded(x_adv, logits, y, target, memory, None)
         return x_adv, torch.where(done, float("inf"), score)
@@ -192,8 +249,9 @@ class FGSM(GradientAttack):
     """
 
     def __init__(self, eps: float | None = None, *, norm: str = "linf", loss: str = "ce",
-                 seed: int = 0) -> None:
-        super().__init__(eps, norm=norm, steps=1, loss=loss, early_stop=False, seed=seed)
+                 seed: int = 0, source: Source | None = None) -> None:
+        super().__init__(eps, norm=norm, steps=1, loss=loss, early_stop=False, seed=seed,
+                         source=source)
 
     def step_sizes(self, eps: Tensor) -> Tensor:
         return eps
@@ -216,9 +274,9 @@ class BIM(GradientAttack):
 
     def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 10,
                  alpha: float | None = None, loss: str = "ce", early_stop: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, source: Source | None = None) -> None:
         super().__init__(eps, norm=norm, steps=steps, alpha=alpha, loss=loss,
-                         early_stop=early_stop, seed=seed)
+                         early_stop=early_stop, seed=seed, source=source)
 
 
 @register("pgd", knowledge="white", goal="both", norm="linf", kind="iterative")
@@ -236,9 +294,11 @@ class PGD(GradientAttack):
 
     def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 40,
                  alpha: float | None = None, random_start: bool = True, restarts: int = 1,
-                 loss: str = "ce", early_stop: bool = True, seed: int = 0) -> None:
+                 loss: str = "ce", early_stop: bool = True, seed: int = 0,
+                 source: Source | None = None) -> None:
         super().__init__(eps, norm=norm, steps=steps, alpha=alpha, random_start=random_start,
-                         restarts=restarts, loss=loss, early_stop=early_stop, seed=seed)
+                         restarts=restarts, loss=loss, early_stop=early_stop, seed=seed,
+                         source=source)
 
 
 @register("mifgsm", knowledge="white", goal="both", norm="linf", kind="iterative")
@@ -252,9 +312,9 @@ class MIFGSM(GradientAttack):
 
     def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 10,
                  decay: float = 1.0, loss: str = "ce", early_stop: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, source: Source | None = None) -> None:
         super().__init__(eps, norm=norm, steps=steps, loss=loss, early_stop=early_stop,
-                         seed=seed)
+                         seed=seed, source=source)
         self.decay = decay
 
     def step_sizes(self, eps: Tensor) -> Tensor:
@@ -264,7 +324,7 @@ class MIFGSM(GradientAttack):
         return {"momentum": torch.zeros_like(x)}
 
     def direction(self, grad: Tensor, memory: dict[str, Tensor], idx: Tensor | None) -> Tensor:
-        g = grad / _expand(grad.flatten(1).abs().sum(1).clamp_min(1e-12), grad)
+        g = grad / broadcast_rows(grad.flatten(1).abs().sum(1).clamp_min(1e-12), grad)
         m = memory["momentum"]
         if idx is None:
             m.mul_(self.decay).add_(g)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, is_success, register
-from advlab.attacks.cw import confirm
+from advlab.attacks.minnorm import Best, ConstantSearch, confirm
 from advlab.errors import ThreatModelError
 from advlab.threat import ball, clip_box
 
@@ -96,25 +96,21 @@ class LBFGS(Attack):
     def _search(self, model: Model, x: Tensor, y: Tensor, target: Tensor,
                 eps: Tensor | None) -> tuple[Tensor, Tensor]:
         """The search over c; returns the best images and their c (nan where none hit)."""
-        c = torch.full((len(x),), self.c0, dtype=x.dtype, device=x.device)
-        ok_c, fail_c = torch.zeros_like(c), torch.full_like(c, math.inf)
-        best, best_l2 = x.clone(), torch.full_like(c, math.inf)
+        search = ConstantSearch.start(self.c0, len(x), x, up_on_success=True, geometric=True)
+        best = Best.start(x)
         r = torch.zeros_like(x)
         for _ in range(self.search_steps):
-            x_new, r_new = self._minimise(model, x, target, c, eps, r)
+            x_new, r_new = self._minimise(model, x, target, search.c, eps, r)
             if self.warm_start:
                 r = r_new
             with torch.no_grad():
                 hit = is_success(model(x_new), y, target)
                 l2 = (x_new - x).flatten(1).norm(dim=1)
-                better = hit & (l2 < best_l2)
-                best[better], best_l2[better] = x_new[better], l2[better]
-                ok_c = torch.where(hit, torch.maximum(ok_c, c), ok_c)
-                fail_c = torch.where(hit, fail_c, torch.minimum(fail_c, c))
-                both = (ok_c > 0) & (fail_c < math.inf)
-                c = torch.where(both, (ok_c * fail_c).sqrt(), torch.where(hit, c * 10, c / 10))
-        best = confirm(model, x, best, y, target, best_l2 < math.inf)
-        return best, torch.where(best_l2 < math.inf, ok_c, math.nan)
+                best.update(torch.arange(len(x), device=x.device), x_new, l2, hit)
+                search.update(hit)
+        found = best.found
+        return confirm(model, x, best.x, y, target, found), \
+            torch.where(found, search.lo, math.nan)
 
     def image(self, x: Tensor, r: Tensor, eps: Tensor | None) -> Tensor:
         """x' = clip(x + r), r projected onto the eps-ball first when there is one."""

@@ -34,7 +34,7 @@ from advlab.attacks.base import Attack, Crafted, Model, register
 from advlab.attacks.deepfool import DeepFool
 from advlab.errors import LabelError, ThreatModelError
 from advlab.losses import objective
-from advlab.threat import Ball, _expand, ball, clip_box
+from advlab.threat import Ball, ball, broadcast_rows, clip_box
 from advlab.validation import check_eval_mode, check_images, check_labels
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,8 @@ def targeted_step(model: Model, x: Tensor, target: Tensor, norm: str, max_iter: 
         flat = w.flatten(1)
         q = flat.norm(dim=1) ** 2 if norm == "l2" else flat.abs().sum(1)
         scale = (f.detach().abs() + 1e-4) / q.clamp_min(1e-12)
-        step = (w if norm == "l2" else w.sign()) * _expand(scale, w)
-        r = r + torch.where(_expand(todo, r), step, torch.zeros_like(r))
+        step = (w if norm == "l2" else w.sign()) * broadcast_rows(scale, w)
+        r = r + torch.where(broadcast_rows(todo, r), step, torch.zeros_like(r))
     return (1 + overshoot) * r
 
 
@@ -275,7 +275,7 @@ class UniversalPerturbation(Attack):
         loss = self.objective(model(clip_box(xb + va)), ref, target).mean()
         (grad,) = torch.autograd.grad(loss, va)
         alpha = e / 10 if self.alpha is None else torch.full_like(e, self.alpha)
-        return b.project(v + _expand(alpha, v) * b.steepest(grad), e)
+        return b.project(v + broadcast_rows(alpha, v) * b.steepest(grad), e)
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:

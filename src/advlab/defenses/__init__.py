@@ -4,7 +4,7 @@
   training, TRADES, fast FGSM training).
 - :mod:`~advlab.defenses.distillation`: defensive distillation (:func:`distill`); its
   adaptive attack is C&W on the logits.
-- :mod:`~advlab.defenses.transforms`: input-transformation defenses (:class:`Transformed`),
+- :mod:`~advlab.defenses.transformed`: input-transformation defenses (:class:`Transformed`),
   with BPDA + EOT as their adaptive attack; the transformations themselves come from
   :mod:`advlab.transforms` and are re-exported here.
 - :mod:`~advlab.defenses.pixeldefend`: PixelDefend (a small PixelCNN and the greedy
@@ -32,7 +32,7 @@ from advlab.defenses.training import (  # noqa: F401
     madry_training,
     trades_training,
 )
-from advlab.defenses.transforms import Adaptive, Transformed  # noqa: F401
+from advlab.defenses.transformed import Adaptive, Transformed  # noqa: F401
 from advlab.transforms import (  # noqa: F401
     BPDA,
     JPEG,

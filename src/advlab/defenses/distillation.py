@@ -27,13 +27,15 @@ References:
 from __future__ import annotations
 
 import copy
+import functools
 import logging
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advlab import data, zoo
 from advlab.errors import InputError
 from advlab.validation import check_images, check_labels
 
@@ -73,10 +75,8 @@ def reinitialise(model: nn.Module, seed: int) -> nn.Module:
     Raises:
         InputError: a layer with parameters that advlab does not know how to re-initialise.
     """
-    from advlab.zoo import init_weights
-
     fresh = copy.deepcopy(model)
-    init_weights(fresh, torch.Generator().manual_seed(seed))
+    zoo.init_weights(fresh, torch.Generator().manual_seed(seed))
     known = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
     for name, m in fresh.named_modules():
         own = list(m.parameters(recurse=False))
@@ -128,8 +128,6 @@ def distill(model: nn.Module, x: Tensor, y: Tensor, temperature: float = 100.0, 
     References:
         Papernot et al., IEEE S&P 2016, arXiv:1511.04508.
     """
-    from advlab.zoo import train
-
     check_images(x)
     check_labels(y, len(x))
     if not temperature > 0:
@@ -140,9 +138,35 @@ def distill(model: nn.Module, x: Tensor, y: Tensor, temperature: float = 100.0, 
     else:
         teacher = reinitialise(model, seed)
         log.info("distillation: training the teacher at T=%g", temperature)
-        train(teacher, x, y, epochs, lr, batch_size, seed, loss_fn=loss)
+        zoo.train(teacher, x, y, epochs, lr, batch_size, seed, loss_fn=loss)
     soft = soft_labels(teacher.eval(), x, temperature)
     net = reinitialise(model, seed + 1) if student is None else copy.deepcopy(student)
     log.info("distillation: training the student on soft labels at T=%g", temperature)
-    train(net, x, soft, student_epochs or epochs, lr, batch_size, seed + 1, loss_fn=loss)
+    zoo.train(net, x, soft, student_epochs or epochs, lr, batch_size, seed + 1, loss_fn=loss)
     return Distilled(teacher.eval(), net.eval())
+
+
+#: distilled models that ``advlab.zoo.load(name)`` trains once and caches: the student of
+#: :func:`distill` on the base model's training split (bump "version" on any change)
+DISTILLED: dict[str, dict[str, Any]] = {
+    "mnist-mlp-distilled": {"base": "mnist-mlp", "version": 1,
+                            "kwargs": {"temperature": 100.0, "epochs": 20, "lr": 0.002}},
+}
+
+
+def _train_distilled(name: str) -> tuple[nn.Module, dict[str, Any]]:
+    recipe = DISTILLED[name]
+    base = zoo.load(recipe["base"])
+    x, y = data.load(zoo.training_settings(recipe["base"]).dataset, "train")
+    log.info("training distilled model %s (first use; cached at %s)", name, zoo.cache_path(name))
+    student = distill(base, x, y, **recipe["kwargs"]).student
+    return student, {"clean_accuracy": zoo.accuracy(student, *data.load(
+        zoo.training_settings(recipe["base"]).dataset, "test"))}
+
+
+for _name, _recipe in DISTILLED.items():
+    zoo.register(_name, zoo.Derived(
+        _recipe["base"], {"distilled": _name, "version": _recipe["version"],
+                          "recipe": _recipe["kwargs"]},
+        functools.partial(_train_distilled, _name),
+        f"{_recipe['base']} distilled at T={_recipe['kwargs']['temperature']:g}"))

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advlab.defenses.transforms import Adaptive
+from advlab import optim
+from advlab.defenses.transformed import Adaptive
 from advlab.detectors.base import Detector, Model
 from advlab.errors import InputError, UnknownNameError
 from advlab.threat import clip_box
@@ -94,17 +95,13 @@ def train_autoencoder(x: Tensor, *, epochs: int = 10, noise: float = 0.1, lr: fl
         raise InputError(f"the autoencoder needs even height and width, got {tuple(x.shape)}")
     ae = AutoEncoder(x.shape[1], filters, seed).to(x)
     g = torch.Generator(device=x.device).manual_seed(seed)
-    opt = torch.optim.Adam(ae.parameters(), lr=lr)
-    ae.train()
-    with torch.enable_grad():
-        for _ in range(epochs):
-            perm = torch.randperm(len(x), generator=g, device=x.device)
-            for i in range(0, len(x), batch_size):
-                xb = x[perm[i:i + batch_size]]
-                z = torch.randn(xb.shape, generator=g, device=x.device, dtype=x.dtype)
-                opt.zero_grad()
-                F.mse_loss(ae(clip_box(xb + noise * z)), xb).backward()  # own module
-                opt.step()
+
+    def loss(step: optim.Step) -> Tensor:
+        xb = x[step.idx]
+        z = torch.randn(xb.shape, generator=g, device=x.device, dtype=x.dtype)
+        return F.mse_loss(ae(clip_box(xb + noise * z)), xb)
+
+    optim.fit(ae, loss, len(x), epochs=epochs, lr=lr, batch_size=batch_size, generator=g)
     for p in ae.parameters():
         p.requires_grad_(False)
     return ae.eval()

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advlab.defenses.transforms import Adaptive, Transformed
+from advlab import optim
+from advlab.defenses.transformed import Adaptive, Transformed
 from advlab.errors import InputError
 from advlab.transforms import Transform
 from advlab.validation import check_images
@@ -151,17 +152,17 @@ def train_pixelcnn(x: Tensor, *, levels: int = 256, hidden: int = 32, layers: in
     Returns:
         The trained PixelCNN, in eval mode (``train_bits_per_dim`` holds its final NLL).
     """
-    from advlab.zoo import init_weights, train
+    from advlab.zoo import init_weights
 
     check_images(x)
     net = PixelCNN(x.shape[1], levels, hidden, layers, first_kernel)
     init_weights(net, torch.Generator().manual_seed(seed))
 
-    def loss(model: nn.Module, xb: Tensor, yb: Tensor) -> Tensor:
-        return model.nll(xb).mean() * math.log(2)  # nats: the cross-entropy
+    def loss(s: optim.Step) -> Tensor:
+        return net.nll(x[s.idx]).mean() * math.log(2)  # nats: the cross-entropy
 
-    unused = torch.zeros(len(x), dtype=torch.int64)  # zoo.train's labels; the loss ignores them
-    train(net, x, unused, epochs, lr, batch_size, seed, loss_fn=loss)
+    optim.fit(net, loss, len(x), epochs=epochs, lr=lr, batch_size=batch_size,
+              generator=torch.Generator().manual_seed(seed), name="PixelCNN")
     with torch.no_grad():
         net.train_bits_per_dim = float(net.nll(x[:500]).mean())
     log.info("PixelCNN: %.3f bits/dim on the training images", net.train_bits_per_dim)

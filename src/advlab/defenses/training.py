@@ -26,13 +26,9 @@ mode (attacks refuse train-mode models) and the update is made in train mode.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
-import json
 import logging
-import math
-import os
-import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,13 +36,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from advlab import data, io, optim, zoo
 from advlab.attacks.base import Attack
 from advlab.attacks.gradient import PGD
-from advlab.errors import InputError, LabelError, ModelFileError, UnknownNameError
+from advlab.errors import InputError, LabelError, UnknownNameError
 from advlab.threat import LinfBall, project_box
 from advlab.transforms import Transform
 from advlab.validation import check_images, check_labels
@@ -139,8 +134,8 @@ class FitSettings:
                              f"{self.lr}, {self.batch_size}")
         if self.optimizer not in ("adam", "sgd"):
             raise InputError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.lr_schedule not in SCHEDULES:
-            raise InputError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got "
+        if self.lr_schedule not in optim.SCHEDULES:
+            raise InputError(f"lr_schedule must be one of {', '.join(optim.SCHEDULES)}, got "
                              f"{self.lr_schedule!r}")
         if self.eps_ramp < 0:
             raise InputError(f"eps_ramp must be >= 0 epochs, got {self.eps_ramp}")
@@ -156,102 +151,9 @@ class FitSettings:
         return d
 
 
-def _schedule_constant(t: float) -> float:
-    return 1.0
-
-
-def _schedule_cyclic(t: float) -> float:
-    return t / 0.4 if t < 0.4 else max(0.0, (1.0 - t) / 0.6)
-
-
-def _schedule_cosine(t: float) -> float:
-    return 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def _schedule_step(t: float) -> float:
-    return 1.0 if t < 0.5 else 0.1 if t < 0.75 else 0.01
-
-
-SCHEDULES: dict[str, Callable[[float], float]] = {
-    "constant": _schedule_constant, "cyclic": _schedule_cyclic,
-    "cosine": _schedule_cosine, "step": _schedule_step,
-}
-
 #: ``loss(model, xb, yb, eps, generator) -> scalar``; called with the model in train mode; it
 #: may switch the model to eval mode to craft examples and must switch it back.
 BatchLoss = Callable[[nn.Module, Tensor, Tensor, float, torch.Generator], Tensor]
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            f.write(text)
-    _atomic(path, write)
-
-
-def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
-    """Write tensors and a JSON state into one safetensors file, atomically, and the state
-    again as ``<name>.json`` beside it (for people; resuming reads the safetensors file)."""
-    path = Path(path)
-    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = {"advlab": json.dumps(state, sort_keys=True)}
-    _atomic(path, lambda tmp: save_file(flat, tmp, metadata=meta))
-    _write_text(path.with_suffix(".json"), json.dumps(state, indent=1, sort_keys=True))
-
-
-def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read what :func:`save_checkpoint` wrote: (tensors, state)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            state = json.loads((f.metadata() or {}).get("advlab", "{}"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ModelFileError(f"cannot read checkpoint {path}: {e}") from e
-    return tensors, state
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors = {f"optim.{i}.{k}": v for i, s in sd["state"].items() for k, v in s.items()
-               if isinstance(v, Tensor)}
-    scalars = {f"{i}.{k}": v for i, s in sd["state"].items() for k, v in s.items()
-               if not isinstance(v, Tensor)}
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor],
-                       meta: dict[str, Any]) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, i, name = k.split(".", 2)
-            state.setdefault(int(i), {})[name] = v
-    for k, v in meta["scalars"].items():
-        i, name = k.split(".", 1)
-        state.setdefault(int(i), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def _data_fingerprint(model: nn.Module, x: Tensor, y: Tensor) -> str:
-    h = hashlib.sha256()
-    for name, p in model.state_dict().items():
-        h.update(f"{name}{tuple(p.shape)}".encode())
-    h.update(f"{tuple(x.shape)} {x.double().sum().item():.6f} {y.sum().item()}".encode())
-    return h.hexdigest()[:16]
-
 
 # ----------------------------------------------------------------------------- the loop
 
@@ -288,9 +190,60 @@ def _robust_accuracy(model: nn.Module, attack: Attack, x: Tensor, y: Tensor,
     return correct / len(x)
 
 
+class _Tracker:
+    """Per-epoch bookkeeping of :func:`fit`: held-out metrics, the history, the best weights
+    and early stopping; saved with each checkpoint."""
+
+    def __init__(self, model: nn.Module, s: FitSettings, val_attack: Attack,
+                 device: torch.device, method: str, ramp: Callable[[optim.Step], float]) -> None:
+        self.model, self.s, self.val_attack, self.device = model, s, val_attack, device
+        self.method, self.ramp = method, ramp
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"robust": -1.0, "epoch": 0, "weights": None}
+
+    def epoch(self, e: optim.Epoch) -> bool:
+        """Measure, record, keep the best weights; True to stop early."""
+        s, model = self.s, self.model
+        model.eval()
+        metrics = _epoch_metrics(model, s, self.val_attack, self.device)
+        eps = self.ramp(e.last)
+        record = {"epoch": e.epoch, "loss": e.loss, "eps": eps, "seconds": round(e.seconds, 2),
+                  **metrics}
+        self.history.append(record)
+        log.info("%s epoch %d/%d: loss %.4f, eps %.3f%s (%.1f s)", self.method, e.epoch,
+                 e.epochs, e.loss, eps, "".join(f", {k} {v:.4f}" for k, v in metrics.items()),
+                 record["seconds"])
+        if "val_robust" in metrics and metrics["val_robust"] > self.best["robust"]:
+            self.best.update(robust=metrics["val_robust"], epoch=e.epoch,
+                             weights={k: v.detach().clone() for k, v in model.state_dict().items()})
+        if s.progress is not None:
+            s.progress(TrainingProgress(e.epoch, e.epochs, e.last.batches, e.last.batches, e.loss,
+                                        eps, e.last.lr, record["seconds"], True, metrics))
+        stop = s.patience is not None and "val_robust" in metrics and \
+            e.epoch - self.best["epoch"] >= s.patience
+        if stop:
+            log.info("%s: early stop after epoch %d (best robust %.4f at epoch %d)", self.method,
+                     e.epoch, self.best["robust"], self.best["epoch"])
+        return stop
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        weights = self.best["weights"] or {}
+        return ({f"best.{k}": v for k, v in weights.items()},
+                {"history": self.history, "best_robust": self.best["robust"],
+                 "best_epoch": self.best["epoch"]})
+
+    def restore(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        self.history = list(meta["history"])
+        if meta["best_epoch"]:
+            self.best.update(robust=meta["best_robust"], epoch=meta["best_epoch"],
+                             weights={k[5:]: v for k, v in tensors.items()
+                                      if k.startswith("best.")})
+
+
 def fit(model: nn.Module, x: Tensor, y: Tensor, loss: BatchLoss, eps: float,
         settings: FitSettings, method: str) -> nn.Module:
-    """Train ``model`` IN PLACE with ``loss`` per mini-batch (the public functions pass a copy).
+    """Train ``model`` IN PLACE with ``loss`` per mini-batch (the public functions pass a copy),
+    through :func:`advlab.optim.fit`.
 
     Args:
         model: the model to train (changed).
@@ -305,77 +258,40 @@ def fit(model: nn.Module, x: Tensor, y: Tensor, loss: BatchLoss, eps: float,
     """
     s = settings
     device = _device(model, x)
-    n = len(x)
-    batches = math.ceil(n / s.batch_size)
-    total_steps = max(1, s.epochs * batches)
-    opt_cls = torch.optim.Adam if s.optimizer == "adam" else torch.optim.SGD
-    kw: dict[str, Any] = {"lr": s.lr, "weight_decay": s.weight_decay}
-    if s.optimizer == "sgd":
-        kw["momentum"] = 0.9
-    opt = opt_cls(model.parameters(), **kw)
     gen = torch.Generator().manual_seed(s.seed)
-    val_attack = s.val_attack or PGD(eps, steps=10, seed=s.seed + 1)
-    ident = {"method": method, "eps": eps, "settings": s.fingerprint(),
-             "data": _data_fingerprint(model, x, y)}
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"robust": -1.0, "epoch": 0, "weights": None}
-    # dropout and other layers draw from the global RNG: seed it inside a fork, so training is
-    # reproducible and resumable while the caller's global RNG is left as it was
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(s.seed)
-        start_epoch = 0
-        ckpt = Path(s.checkpoint) / "checkpoint.safetensors" if s.checkpoint is not None else None
-        if ckpt is not None and ckpt.exists():
-            start_epoch, history = _resume(ckpt, ident, model, opt, gen, best)
-        for epoch in range(start_epoch, s.epochs):
-            t0, running, seen = time.perf_counter(), 0.0, 0
-            model.train()
-            for b, idx in enumerate(torch.randperm(n, generator=gen).split(s.batch_size)):
-                step = epoch * batches + b
-                lr = s.lr * SCHEDULES[s.lr_schedule](step / total_steps)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                e = eps * min(1.0, (step + 1) / (s.eps_ramp * batches)) if s.eps_ramp else eps
-                xb, yb = x[idx].to(device), y[idx].to(device)
-                if s.augment is not None:
-                    xb = s.augment(xb, gen)
-                value = loss(model, xb, yb, e, gen)
-                opt.zero_grad(set_to_none=True)
-                value.backward()
-                opt.step()
-                running += value.item() * len(idx)
-                seen += len(idx)
-                if s.progress is not None:
-                    s.progress(TrainingProgress(epoch + 1, s.epochs, b + 1, batches, running / seen,
-                                                e, lr, time.perf_counter() - t0))
-            model.eval()
-            metrics = _epoch_metrics(model, s, val_attack, device)
-            record = {"epoch": epoch + 1, "loss": running / n, "eps": e,
-                      "seconds": round(time.perf_counter() - t0, 2), **metrics}
-            history.append(record)
-            log.info("%s epoch %d/%d: loss %.4f, eps %.3f%s (%.1f s)", method, epoch + 1, s.epochs,
-                     running / n, e, "".join(f", {k} {v:.4f}" for k, v in metrics.items()),
-                     record["seconds"])
-            improved = "val_robust" in metrics and metrics["val_robust"] > best["robust"]
-            if improved:
-                best.update(robust=metrics["val_robust"], epoch=epoch + 1,
-                            weights={k: v.detach().clone() for k, v in model.state_dict().items()})
-            if ckpt is not None:
-                _save(ckpt, ident, model, opt, gen, best, history, epoch + 1)
-            if s.progress is not None:
-                s.progress(TrainingProgress(epoch + 1, s.epochs, batches, batches, running / n, e,
-                                            lr, record["seconds"], True, metrics))
-            if s.patience is not None and "val_robust" in metrics and \
-                    epoch + 1 - best["epoch"] >= s.patience:
-                log.info("%s: early stop after epoch %d (best robust %.4f at epoch %d)", method,
-                         epoch + 1, best["robust"], best["epoch"])
-                break
-    opt.zero_grad(set_to_none=True)
+
+    def ramp(step: optim.Step) -> float:
+        return eps * min(1.0, (step.step + 1) / (s.eps_ramp * step.batches)) if s.eps_ramp \
+            else eps
+
+    def batch(step: optim.Step) -> Tensor:
+        xb, yb = x[step.idx].to(device), y[step.idx].to(device)
+        if s.augment is not None:
+            xb = s.augment(xb, gen)
+        return loss(model, xb, yb, ramp(step), gen)
+
+    def progress(step: optim.Step, running: float, seconds: float) -> None:
+        if s.progress is not None:
+            s.progress(TrainingProgress(step.epoch + 1, s.epochs, step.batch + 1, step.batches,
+                                        running, ramp(step), step.lr, seconds))
+
+    tracker = _Tracker(model, s, s.val_attack or PGD(eps, steps=10, seed=s.seed + 1), device,
+                       method, ramp)
+    ckpt = None
+    if s.checkpoint is not None:
+        ident = {"method": method, "eps": eps, "settings": s.fingerprint(),
+                 "data": _data_fingerprint(model, x, y)}
+        ckpt = optim.Checkpoint(Path(s.checkpoint) / "checkpoint.safetensors", ident, tracker)
+    optim.fit(model, batch, len(x), epochs=s.epochs, lr=s.lr, batch_size=s.batch_size,
+              generator=gen, optimizer=s.optimizer, weight_decay=s.weight_decay,
+              schedule=s.lr_schedule, global_seed=s.seed, on_batch=progress,
+              on_epoch=tracker.epoch, checkpoint=ckpt, name=method)
+    best = tracker.best
     if best["weights"] is not None:
         log.info("%s: returning the weights of epoch %d (held-out robust accuracy %.4f)",
                  method, best["epoch"], best["robust"])
         model.load_state_dict(best["weights"])
-    model.train_history = history  # type: ignore[assignment]
+    model.train_history = tracker.history  # type: ignore[assignment]
     return model.eval()
 
 
@@ -387,38 +303,10 @@ def _epoch_metrics(model: nn.Module, s: FitSettings, val_attack: Attack,
             "val_robust": _robust_accuracy(model, val_attack, s.x_val, s.y_val, device)}
 
 
-def _save(path: Path, ident: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer,
-          gen: torch.Generator, best: dict[str, Any], history: list[dict[str, Any]],
-          epochs_done: int) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    opt_tensors, opt_meta = _optimizer_tensors(opt)
-    tensors.update(opt_tensors)
-    tensors["rng"] = gen.get_state()
-    tensors["global_rng"] = torch.get_rng_state()
-    if best["weights"] is not None:
-        tensors.update({f"best.{k}": v for k, v in best["weights"].items()})
-    state = {**ident, "epochs_done": epochs_done, "history": history, "optimizer": opt_meta,
-             "best_robust": best["robust"], "best_epoch": best["epoch"]}
-    save_checkpoint(path, tensors, state)
-
-
-def _resume(path: Path, ident: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer,
-            gen: torch.Generator, best: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
-    tensors, state = load_checkpoint(path)
-    for key in ("method", "eps", "settings", "data"):
-        if state.get(key) != ident[key]:
-            raise ModelFileError(
-                f"checkpoint {path} was written by another run ({key}: {state.get(key)!r} != "
-                f"{ident[key]!r}); delete it or choose another checkpoint directory")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    _restore_optimizer(opt, tensors, state["optimizer"])
-    gen.set_state(tensors["rng"])
-    torch.set_rng_state(tensors["global_rng"])
-    if state["best_epoch"]:
-        best.update(robust=state["best_robust"], epoch=state["best_epoch"],
-                    weights={k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
-    log.info("resuming %s from %s after epoch %d", state["method"], path, state["epochs_done"])
-    return int(state["epochs_done"]), list(state["history"])
+def _data_fingerprint(model: nn.Module, x: Tensor, y: Tensor) -> str:
+    """The architecture (parameter names and shapes) and the training data."""
+    arch = ";".join(f"{k}{tuple(v.shape)}" for k, v in model.state_dict().items())
+    return io.fingerprint_data(x, y) + ":" + hashlib.sha256(arch.encode()).hexdigest()[:16]
 
 
 def _prepare(model: nn.Module, x: Tensor, y: Tensor,
@@ -749,9 +637,31 @@ ROBUST: dict[str, dict[str, Any]] = {
 }
 
 
+def _train_robust(name: str) -> tuple[nn.Module, dict[str, Any]]:
+    from advlab.transforms import Translate
+
+    recipe = ROBUST[name]
+    x, y = data.load(recipe["dataset"], "train")
+    log.info("training robust model %s (first use; cached at %s)", name, zoo.cache_path(name))
+    fn = {"trades": trades_training, "madry": madry_training, "fast": fast_training}
+    robust = fn[recipe["method"]](
+        zoo.build(recipe["base"], seed=recipe["kwargs"]["seed"]), x, y,
+        augment=Translate(max_shift=recipe["augment_shift"]),
+        checkpoint=data.home() / "checkpoints" / name, **recipe["kwargs"])
+    return robust, {"history": robust.train_history}
+
+
+for _name, _recipe in ROBUST.items():
+    zoo.register(_name, zoo.Derived(
+        _recipe["base"], {"robust": _name, "version": _recipe["version"]},
+        functools.partial(_train_robust, _name),
+        f"{_recipe['base']} trained with {_recipe['method']} at eps {_recipe['kwargs']['eps']}"))
+
+
 def load_robust(name: str = "mnist-cnn-trades", *, train_if_missing: bool = True) -> nn.Module:
-    """An adversarially trained model, from ``$ADVLAB_HOME/models/<name>.safetensors`` or
-    trained now (resumable: checkpoints under ``$ADVLAB_HOME/checkpoints/<name>``) and cached.
+    """An adversarially trained model, ``advlab.zoo.load(name)``: from
+    ``$ADVLAB_HOME/models/<name>.safetensors`` or trained now (resumable: checkpoints under
+    ``$ADVLAB_HOME/checkpoints/<name>``) and cached.
 
     ``mnist-cnn-trades``: mnist-cnn trained with TRADES (beta 6, 10 steps) at eps 0.3 on
     mnist5k-train, eps ramped over 10 of 30 epochs, random 2-pixel translations, learning
@@ -768,26 +678,6 @@ def load_robust(name: str = "mnist-cnn-trades", *, train_if_missing: bool = True
         UnknownNameError: an unknown name.
         ModelFileError: no usable cache file and ``train_if_missing`` is False.
     """
-    from advlab import data, zoo
-    from advlab.transforms import Translate
-
     if name not in ROBUST:
         raise UnknownNameError("robust model", name, list(ROBUST))
-    recipe = ROBUST[name]
-    path = data.home() / "models" / f"{name}.safetensors"
-    model = zoo.build(recipe["base"], seed=recipe["kwargs"]["seed"])
-    if path.exists():
-        meta = zoo.read_metadata(path)
-        if meta.get("robust") == name and meta.get("version") == recipe["version"]:
-            return zoo.load_weights(model, path).eval()
-        log.warning("%s holds another model or version; retraining %s", path, name)
-    if not train_if_missing:
-        raise ModelFileError(f"robust model {name} is not cached at {path}")
-    x, y = data.load(recipe["dataset"], "train")
-    fn = {"trades": trades_training, "madry": madry_training, "fast": fast_training}
-    log.info("training robust model %s (first use; cached at %s)", name, path)
-    robust = fn[recipe["method"]](model, x, y, augment=Translate(max_shift=recipe[
-        "augment_shift"]), checkpoint=data.home() / "checkpoints" / name, **recipe["kwargs"])
-    zoo.save(robust, path, {"robust": name, "version": recipe["version"],
-                            "history": robust.train_history})
-    return robust
+    return zoo.load(name, train_if_missing=train_if_missing)

@@ -1,10 +1,11 @@
-"""Detectors of adversarial examples, each fitted on one model (see base.py).
+"""Detectors of adversarial examples, each fitted on one model (see base.py; detection
+rates, ROC and AUC in roc.py).
 
 ``advlab.detectors.ActivationKNN(layers=["fc1"], k=10).fit(model, x_tr, y_tr)``; then
 ``score(x)`` (higher = more adversarial), ``threshold(x_clean, fpr)``, ``detect(x)``.
 MagNet lives with its reformer in :mod:`advlab.defenses.magnet`.
 """
-from advlab.detectors import metrics  # noqa: F401
+from advlab.detectors import roc  # noqa: F401
 from advlab.detectors.adaptive import DetectorAwarePGD  # noqa: F401
 from advlab.detectors.base import Detector, fingerprint, forward_with_activations  # noqa: F401
 from advlab.detectors.combine import AnyOf  # noqa: F401
@@ -13,7 +14,7 @@ from advlab.detectors.knn import ActivationKNN, DeepKNN, knn_search  # noqa: F40
 from advlab.detectors.lid import LID  # noqa: F401
 from advlab.detectors.mahalanobis import Mahalanobis  # noqa: F401
 from advlab.detectors.squeeze import FeatureSqueezing  # noqa: F401
-from advlab.detectors.transforms import (  # noqa: F401
+from advlab.detectors.transformation import (  # noqa: F401
     DefensePerturbation,
     TransformationDetector,
     lecture_transforms,

@@ -42,13 +42,42 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Crafted, Model, is_success
-from advlab.attacks.gradient import GradientAttack
+from advlab.attacks.gradient import GradientAttack, Probe, Source
 from advlab.detectors.base import Detector
 from advlab.errors import AttackError, InputError, NotFittedError
-from advlab.losses import objective
-from advlab.threat import _expand
+from advlab.losses import Objective, objective
+from advlab.threat import broadcast_rows
 
 _margin = objective("margin")
+
+
+class DetectorAware(Source):
+    """The detector-aware gradient source: the step's direction d at x_adv (see the module
+    docstring), the classifier's unit gradient until the margin reaches ``kappa``, minus
+    ``lam`` times the detector's unit gradient once misclassified; and the logits there.
+
+    Args:
+        detector: a fitted detector with a differentiable score.
+        lam: weight of the detector's unit gradient.
+        kappa: the logit margin after which the classification term stops.
+    """
+
+    def __init__(self, detector: Detector, lam: float, kappa: float) -> None:
+        self.detector, self.lam, self.kappa = detector, lam, kappa
+
+    def __call__(self, objective: Objective, probe: Probe, x_adv: Tensor, y: Tensor,
+                 target: Tensor | None, idx: Tensor | None) -> tuple[Tensor, Tensor]:
+        xg = x_adv.detach().requires_grad_(True)
+        logits = probe.model(xg)
+        g_cls = _unit(torch.autograd.grad(objective(logits, y, target).sum(), xg)[0])
+        logits = logits.detach()
+        grad = torch.where(broadcast_rows(_margin(logits, y, target) < self.kappa, xg), g_cls, 0.0)
+        wrong = is_success(logits, y, target)
+        if self.lam > 0 and wrong.any():
+            xw = x_adv[wrong].detach().requires_grad_(True)
+            (g_det,) = torch.autograd.grad(self.detector.score_torch(xw).sum(), xw)
+            grad[wrong] -= self.lam * _unit(g_det)
+        return grad, logits
 
 
 class DetectorAwarePGD(GradientAttack):
@@ -83,12 +112,13 @@ class DetectorAwarePGD(GradientAttack):
                  steps: int = 100, alpha: float | None = None, random_start: bool = False,
                  restarts: int = 1, targets: int = 2, loss: str = "margin",
                  seed: int = 0) -> None:
-        super().__init__(eps, norm=norm, steps=steps, alpha=alpha, random_start=random_start,
-                         restarts=restarts, loss=loss, early_stop=True, seed=seed)
         if not isinstance(detector, Detector) or not detector.differentiable:
             raise AttackError(f"{type(detector).__name__} has no differentiable score to attack")
         if lam < 0:
             raise InputError(f"lam must be non-negative, got {lam}")
+        super().__init__(eps, norm=norm, steps=steps, alpha=alpha, random_start=random_start,
+                         restarts=restarts, loss=loss, early_stop=True, seed=seed,
+                         source=DetectorAware(detector, lam, kappa))
         self.detector, self.lam, self.threshold, self.kappa = detector, lam, threshold, kappa
         self.targets = targets
 
@@ -124,23 +154,7 @@ class DetectorAwarePGD(GradientAttack):
 
     def result(self, x_adv: Tensor, memory: dict[str, Tensor]) -> Tensor:
         """The best noted iterate of each example that has one, else the last iterate."""
-        return torch.where(_expand(memory["rank"] > 0, x_adv), memory["best"], x_adv)
-
-    def gradient(self, model: Model, x_adv: Tensor, y: Tensor, target: Tensor | None,
-                 idx: Tensor | None = None,
-                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """The step's gradient d at x_adv (see the module docstring) and the logits there."""
-        xg = x_adv.detach().requires_grad_(True)
-        logits = model(xg)
-        g_cls = _unit(torch.autograd.grad(self.objective(logits, y, target).sum(), xg)[0])
-        logits = logits.detach()
-        grad = torch.where(_expand(_margin(logits, y, target) < self.kappa, xg), g_cls, 0.0)
-        wrong = is_success(logits, y, target)
-        if self.lam > 0 and wrong.any():
-            xw = x_adv[wrong].detach().requires_grad_(True)
-            (g_det,) = torch.autograd.grad(self.detector.score_torch(xw).sum(), xw)
-            grad[wrong] -= self.lam * _unit(g_det)
-        return grad, logits
+        return torch.where(broadcast_rows(memory["rank"] > 0, x_adv), memory["best"], x_adv)
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:
@@ -173,4 +187,4 @@ class DetectorAwarePGD(GradientAttack):
 
 def _unit(g: Tensor) -> Tensor:
     """g / ||g||_2 per example (zero rows stay zero)."""
-    return g / _expand(g.flatten(1).norm(dim=1).clamp_min(torch.finfo(g.dtype).tiny), g)
+    return g / broadcast_rows(g.flatten(1).norm(dim=1).clamp_min(torch.finfo(g.dtype).tiny), g)

@@ -8,7 +8,7 @@ a fraction ``fpr`` of clean inputs are; ``detect(x)`` applies it. The lecture's 
 .. math::  TP = \frac{\#\,AEs\ detected}{\#\,AEs} \to 1, \qquad
            FP = \frac{\#\,noAEs\ detected}{\#\,noAEs} \to 0
 
-(see :mod:`advlab.detectors.metrics`).
+(see :mod:`advlab.detectors.roc`).
 
 A detector remembers the model it was fitted on (the object and a fingerprint of its
 parameters and buffers): scoring with another model, or after the model's weights changed,
@@ -18,7 +18,6 @@ switches the mode, and randomness comes only from a generator seeded with ``seed
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from typing import ClassVar
@@ -26,7 +25,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from advlab.detectors.metrics import calibrate_threshold
+from advlab import io
+from advlab.detectors.roc import calibrate_threshold
 from advlab.errors import AttackError, InputError, NotFittedError, UnknownNameError
 from advlab.validation import check_eval_mode, check_images, check_labels, check_logits
 
@@ -36,19 +36,14 @@ Model = Callable[[Tensor], Tensor]
 
 
 def fingerprint(model: Model) -> str:
-    """A digest of a module's parameters and buffers (names, shapes, dtypes and values).
+    """A digest of a module's parameters and buffers (:func:`advlab.io.fingerprint_model`).
 
     Two modules with the same weights share a fingerprint; any change of a weight or buffer
     changes it. A plain callable (not an ``nn.Module``) is identified by its id.
     """
     if not isinstance(model, nn.Module):
         return f"callable:{id(model)}"
-    h = hashlib.sha1()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return io.fingerprint_model(model)
 
 
 def resolve_layer(model: Model, name: str) -> nn.Module:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advlab import optim
 from advlab.attacks.base import Attack
 from advlab.attacks.gradient import BIM, FGSM, PGD
 from advlab.detectors.base import Detector, Model
@@ -106,13 +107,10 @@ def train_binary(clean: Tensor, adv: Tensor, *, hidden: int = 0, epochs: int = 3
     w = torch.where(t > 0, len(f) / (2.0 * len(adv)), len(f) / (2.0 * len(clean)))
     g = torch.Generator(device="cpu").manual_seed(seed)
     clf = BinaryClassifier(f.mean(0), f.std(0).clamp_min(1e-6), hidden, g)
-    opt = torch.optim.Adam(clf.parameters(), lr=lr, weight_decay=weight_decay)
-    with torch.enable_grad():
-        for _ in range(epochs):
-            opt.zero_grad()
-            loss = F.binary_cross_entropy_with_logits(clf(f), t, weight=w)
-            loss.backward()  # the classifier's own parameters, never the model's
-            opt.step()
+    optim.fit(list(clf.parameters()),
+              lambda s: F.binary_cross_entropy_with_logits(clf(f[s.idx]), t[s.idx],
+                                                           weight=w[s.idx]),
+              len(f), epochs=epochs, lr=lr, weight_decay=weight_decay)  # full batch
     for p in clf.parameters():
         p.requires_grad_(False)
     return clf.eval()

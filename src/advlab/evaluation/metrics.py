@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from advlab.detectors.metrics import (  # noqa: F401  (re-exported)
+from advlab.detectors.roc import (  # noqa: F401  (re-exported)
     calibrate_threshold,
     roc_auc,
     roc_curve,
@@ -228,7 +228,7 @@ def accuracy_vs_norm(norms: Tensor | np.ndarray, success: Tensor | np.ndarray,
 
 
 # ----------------------------------------------------------------------------- detection ROC
-# roc_curve and roc_auc are the detectors' (advlab.detectors.metrics), imported above.
+# roc_curve and roc_auc are the detectors' (advlab.detectors.roc), imported above.
 
 
 def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:

@@ -18,8 +18,8 @@ One SQLite file (``runs/advlab.sqlite``, stdlib :mod:`sqlite3`, WAL journal) hol
 A cell is written in one transaction, after all its rows are computed: a killed run loses
 at most the cell in flight, and a finished cell is never recomputed.
 
-Every file advlab writes outside SQLite goes through :func:`atomic_write` (temporary file in
-the same directory, then :func:`os.replace`).
+Every file advlab writes outside SQLite goes through :func:`advlab.io.atomic_write` (temporary
+file in the same directory, then :func:`os.replace`).
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from advlab.errors import DataError
+from advlab.io import atomic_write  # noqa: F401  (re-exported: evaluation writes through it)
 
 log = logging.getLogger(__name__)
 
@@ -108,37 +109,6 @@ def cell_key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:24]
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write a file so that readers see the old content or the new one, never a torn file.
-
-    The data goes to a temporary file in the same directory, is flushed and fsynced, then
-    renamed over ``path`` with :func:`os.replace` (atomic on POSIX and Windows).
-
-    Returns:
-        The path written.
-    """
-    path = Path(path)
-    raw = data.encode() if isinstance(data, str) else data
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise DataError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        raise
-    return path
-
-
 #: the free space a folder that advlab writes to must have before a run starts
 MIN_FREE = 16 * 2**20
 
@@ -171,12 +141,6 @@ def check_writable(folder: str | os.PathLike, what: str) -> Path:
         raise DataError(f"the disk holding {what} {folder} is full ({free // 2**20} MiB "
                         f"free, advlab needs at least {MIN_FREE // 2**20} MiB)")
     return folder
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _none_if_nan(v: Any) -> Any:

@@ -6,17 +6,16 @@ differences and Newton's second differences are checked against closed forms.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from advlab.attacks.blackbox import Oracle
 from advlab.attacks.blackbox.bandits import Bandits
-from advlab.attacks.blackbox.estimate import Session
+from advlab.attacks.blackbox.estimate import OracleProbe
 from advlab.attacks.blackbox.nes import NES
-from advlab.attacks.blackbox.zoo import ZOO
+from advlab.attacks.blackbox.zoo_attack import ZOO
+from advlab.attacks.minnorm import ScoreRun, cw_margin
 from testkit import Linear
 
 
@@ -50,10 +49,16 @@ def true_grad(objective, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
     return g
 
 
-def session(model: nn.Module, n: int, seed: int = 0) -> Session:
-    oracle = Oracle(model)
+def session(model: nn.Module | Oracle, n: int, seed: int = 0) -> OracleProbe:
+    """The probe an estimator prepares for a batch of n (an unlimited oracle by default)."""
+    oracle = model if isinstance(model, Oracle) else Oracle(model)
     oracle.reset(n)
-    return Session(oracle, torch.Generator().manual_seed(seed))
+    return OracleProbe(oracle, torch.Generator().manual_seed(seed))
+
+
+def estimate(atk, probe: OracleProbe, x: torch.Tensor, y: torch.Tensor):  # noqa: ANN001, ANN201
+    """The attack's estimated gradient (and scores) at x, as its loop gets it."""
+    return atk.source(atk.objective, probe, x, y, None, None)
 
 
 def cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -72,7 +77,7 @@ def test_nes_matches_autograd_with_the_right_scale_linear() -> None:
         y = model(x).argmax(1)  # not yet adversarial: the estimator runs
     atk = NES(0.3, sigma=1e-3, n_samples=20_000, loss="margin", max_queries=None, steps=1)
     s = session(model, len(x))
-    est, logits = atk.gradient(s, x, y, None)
+    est, logits = estimate(atk, s, x, y)
     true = true_grad(atk.objective, model, x, y)
     torch.testing.assert_close(logits, model(x).detach())
     assert (cos(est, true) > 0.99).all(), cos(est, true)
@@ -88,7 +93,7 @@ def test_nes_matches_autograd_on_a_quadratic_with_cross_entropy() -> None:
         keep = model(x).argmax(1) == 0
     assert keep.all()
     atk = NES(0.3, sigma=1e-3, n_samples=20_000, loss="ce", max_queries=None, steps=1)
-    est, _ = atk.gradient(session(model, len(x)), x, y, None)
+    est, _ = estimate(atk, session(model, len(x)), x, y)
     true = true_grad(atk.objective, model, x, y)
     assert (cos(est, true) > 0.95).all(), cos(est, true)
     assert ((scale(est, true) - 1).abs() < 0.1).all(), scale(est, true)
@@ -101,7 +106,7 @@ def test_nes_antithetic_pair_is_exact_on_a_quadratic() -> None:
     x, y = images(1, seed=2), torch.zeros(1, dtype=torch.int64)
     atk = NES(0.3, sigma=0.05, n_samples=2, loss="margin", max_queries=None, steps=1)
     s = session(model, 1, seed=7)
-    est, _ = atk.gradient(s, x, y, None)
+    est, _ = estimate(atk, s, x, y)
     u = torch.randn((1, 1, *x.shape[1:]), generator=torch.Generator().manual_seed(7),
                     dtype=x.dtype)[:, 0]
     g = true_grad(atk.objective, model, x, y)
@@ -115,9 +120,8 @@ def test_nes_budget_limits_pairs() -> None:
     with torch.no_grad():
         y = model(x).argmax(1)
     atk = NES(0.3, n_samples=50, max_queries=7, steps=1)
-    s = Session(Oracle(model, max_queries=7), torch.Generator().manual_seed(0))
-    s.oracle.reset(2)
-    atk.gradient(s, x, y, None)
+    s = session(Oracle(model, max_queries=7), 2)
+    estimate(atk, s, x, y)
     assert torch.equal(s.oracle.counts, torch.tensor([5, 5]))
 
 
@@ -132,7 +136,7 @@ def test_bandits_two_query_estimate_closed_form() -> None:
                   max_queries=None, steps=1)
     v = torch.zeros(3, 1, 2, 2, dtype=x.dtype)
     s = session(model, 3, seed=11)
-    delta = atk.prior_gradient(s, x, y, None, torch.arange(3), v)
+    delta = atk.source.prior_gradient(atk.objective, s, x, y, None, torch.arange(3), v)
     u = 0.5 * torch.randn(v.shape, generator=torch.Generator().manual_seed(11),
                           dtype=x.dtype) / 2.0
     up = F.interpolate(u, size=(4, 4), mode="nearest")
@@ -151,7 +155,8 @@ def test_bandits_estimate_follows_the_tiled_gradient() -> None:
         y = model(x).argmax(1)
     atk = Bandits(0.3, norm="l2", tile=2, loss="margin", max_queries=None, steps=1)
     v = torch.zeros(len(x), 1, 2, 2, dtype=x.dtype)
-    delta = atk.prior_gradient(session(model, len(x)), x, y, None, torch.arange(len(x)), v)
+    delta = atk.source.prior_gradient(atk.objective, session(model, len(x)), x, y, None,
+                                      torch.arange(len(x)), v)
     g = true_grad(atk.objective, model, x[:1], y[:1])
     tiled = F.avg_pool2d(g, 2) * 4
     assert cos(delta.mean(0, keepdim=True), tiled).item() > 0.97
@@ -161,13 +166,13 @@ def zoo_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, atk: ZOO, const
     """One ZOO iteration from w = 0 with every coordinate estimated; returns the state."""
     s = session(model, len(x))
     state = atk._fresh(x, x.shape[2], None)
-    n = len(x)
-    best_l2 = torch.full((n,), float("inf"), dtype=torch.float64)
-    found = torch.zeros(n, dtype=torch.bool)
-    c = torch.full((n,), const, dtype=torch.float64)
-    atk._iterate(s.oracle, x, y, None, c, state, torch.arange(n), best_l2, x.clone(), found,
-                 torch.Generator().manual_seed(0))
+    atk._iterate(_run(s.oracle, x, y, const), state, torch.arange(len(x)))
     return state, s.oracle.counts
+
+
+def _run(oracle: Oracle, x: torch.Tensor, y: torch.Tensor, const: float) -> ScoreRun:
+    return ScoreRun.start(oracle, x, y, None, const, torch.Generator().manual_seed(0),
+                          torch.float64)
 
 
 def test_zoo_symmetric_difference_matches_autograd() -> None:
@@ -178,8 +183,10 @@ def test_zoo_symmetric_difference_matches_autograd() -> None:
     atk = ZOO(coords=16, h=1e-4, max_queries=None)
     state, counts = zoo_step(model, x, y, atk, const=3.0)
     xr = x.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(3.0 * atk._f(model(xr), y, None).sum(), xr)
-    torch.testing.assert_close(state.m / (1 - atk.beta1), g.flatten(1), rtol=1e-6, atol=1e-7)
+    f = cw_margin(model(xr), y, None, atk.confidence, log_probs=True)
+    (g,) = torch.autograd.grad(3.0 * f.sum(), xr)
+    torch.testing.assert_close(state.adam.m / (1 - atk.beta1), g.flatten(1), rtol=1e-6,
+                               atol=1e-7)
     assert torch.equal(counts, torch.full((2,), 2 * 16 + 1))
 
 
@@ -191,7 +198,8 @@ def test_zoo_newton_step_uses_the_second_difference() -> None:
     atk = ZOO(solver="newton", coords=16, h=1e-3, lr=1.0, max_queries=None)
     state, _ = zoo_step(model, x, y, atk, const=2.0)
     xr = x.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(2.0 * atk._f(model(xr), y, None).sum(), xr)
+    f = cw_margin(model(xr), y, None, atk.confidence, log_probs=True)
+    (g,) = torch.autograd.grad(2.0 * f.sum(), xr)
     hess = 2 + 2.0 * torch.diagonal(model.q.detach())
     want = (-g.flatten(1) / hess).clamp(-x.flatten(1), 1 - x.flatten(1))
     assert (want.abs() > 1e-3).all()
@@ -208,8 +216,6 @@ def test_zoo_partial_coordinates_and_budget() -> None:
     oracle = Oracle(model, max_queries=9)
     oracle.reset(1)
     state = atk._fresh(x, 4, None)
-    atk._iterate(oracle, x, y, None, torch.ones(1, dtype=torch.float64), state,
-                 torch.arange(1), torch.full((1,), math.inf, dtype=torch.float64), x.clone(),
-                 torch.zeros(1, dtype=torch.bool), torch.Generator().manual_seed(0))
+    atk._iterate(_run(oracle, x, y, 1.0), state, torch.arange(1))
     assert int(oracle.counts) == 9
     assert int((state.w != 0).sum()) == 4

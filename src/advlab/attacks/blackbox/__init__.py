@@ -8,5 +8,5 @@ import advlab.attacks.blackbox.nes  # noqa: F401
 import advlab.attacks.blackbox.simba  # noqa: F401
 import advlab.attacks.blackbox.square  # noqa: F401
 import advlab.attacks.blackbox.substitute  # noqa: F401
-import advlab.attacks.blackbox.zoo  # noqa: F401
+import advlab.attacks.blackbox.zoo_attack  # noqa: F401
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle, as_oracle  # noqa: F401

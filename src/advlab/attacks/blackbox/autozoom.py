@@ -26,16 +26,19 @@ is checked on its scores, and the smallest adversarial one is kept.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advlab.attacks.base import Crafted, Model, register
+from advlab import optim
+from advlab.attacks.base import Crafted, Model, is_success, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle, as_oracle
-from advlab.attacks.blackbox.substitute import fit_adam
+from advlab.attacks.minnorm import ScoreRun, cw_margin
 from advlab.errors import ThreatModelError
-from advlab.threat import _expand, clip, clip_box
+from advlab.optim import RowAdam
+from advlab.threat import broadcast_rows, clip_box
 from advlab.validation import check_images
 
 # ----------------------------------------------------------------------------- autoencoder
@@ -105,22 +108,22 @@ def train_autoencoder(x: Tensor, *, latent_channels: int = 4, width: int = 16,
             p.copy_((2 * torch.rand(p.shape, generator=g, device=x.device, dtype=x.dtype) - 1)
                     * bound)
     x = x.detach()
-    fit_adam(list(ae.parameters()), lambda b: F.mse_loss(ae(x[b]), x[b]), len(x),
-             epochs=epochs, batch_size=batch_size, lr=lr, generator=g, device=x.device)
+    optim.fit(list(ae.parameters()), lambda s: F.mse_loss(ae(x[s.idx]), x[s.idx]), len(x),
+              epochs=epochs, batch_size=batch_size, lr=lr, generator=g)
     return ae.eval()
 
 
 # ----------------------------------------------------------------------------- the attack
 
 
-def cw_log_loss(logits: Tensor, y: Tensor, target: Tensor | None, kappa: float) -> Tensor:
-    """C&W's loss on log-probabilities (ZOO/AutoZOOM), zero (or -kappa) once adversarial."""
-    logp = logits.log_softmax(1)
-    cls = y if target is None else target
-    own = logp.gather(1, cls[:, None]).squeeze(1)
-    other = logp.scatter(1, cls[:, None], float("-inf")).amax(1)
-    gap = own - other if target is None else other - own
-    return clip(gap, lo=-kappa)
+@dataclass
+class _Space:
+    """The search variables: z (N x C' x h x w, each example's level in the top-left block),
+    their Adam state and each example's level of the reduced space."""
+
+    z: Tensor
+    adam: RowAdam
+    level: Tensor
 
 
 @register("autozoom", knowledge="score", goal="both", norm="l2", kind="optimization",
@@ -213,125 +216,79 @@ class AutoZOOM(BlackBoxAttack):
         n, (c, h, w) = len(x), x.shape[1:]
         levels = self._levels(h, w)
         zc = self.autoencoder.latent_shape[0] if self.autoencoder is not None else c
-        full = (n, zc, max(s[0] for s in levels), max(s[1] for s in levels))
-        z = torch.zeros(full, device=x.device, dtype=x.dtype)  # the variable, top-left block
-        m, v = torch.zeros_like(z), torch.zeros_like(z)
-        t_adam = torch.zeros(n, device=x.device, dtype=x.dtype)
-        level = torch.zeros(n, dtype=torch.int64, device=x.device)
-        const = torch.full((n,), self.init_const, device=x.device, dtype=x.dtype)
-        lower, upper = torch.zeros_like(const), torch.full_like(const, float("inf"))
-        best = x.clone()
-        best_l2 = torch.full_like(const, float("inf"))
-        stage_hit = torch.zeros(n, dtype=torch.bool, device=x.device)
+        z = torch.zeros((n, zc, max(s[0] for s in levels), max(s[1] for s in levels)),
+                        device=x.device, dtype=x.dtype)
+        space = _Space(z, RowAdam.like(z, self.lr), torch.zeros(n, dtype=torch.int64,
+                                                                device=x.device))
+        run = ScoreRun.start(oracle, x, y, target, self.init_const, generator)
         since = torch.zeros(n, dtype=torch.int64, device=x.device)
         q = torch.ones(n, dtype=torch.int64, device=x.device)
         it = 0
         while True:
             it += 1
             room = oracle.remaining() - 1
-            live = (room >= 1) & (best_l2 > 0)  # x itself adversarial: nothing to shrink
+            live = (room >= 1) & (run.best.norm > 0)  # x adversarial: nothing to shrink
             if not live.any():
                 break
             q_now = torch.minimum(q, room.clamp_min(0))
             for lv, (sh, sw) in enumerate(levels):
-                rows = (live & (level == lv)).nonzero().squeeze(1)
+                rows = (live & (space.level == lv)).nonzero().squeeze(1)
                 if len(rows):
-                    self._step(oracle, x, y, target, rows, z, m, v, t_adam, sh, sw,
-                               q_now[rows], const, best, best_l2, stage_hit, generator)
-            found = best_l2 < float("inf")
+                    self._step(run, space, rows, sh, sw, q_now[rows])
+            found = run.best.found
             first[found & (first < 0)] = oracle.counts[found & (first < 0)]
             switch = found & (q == 1)  # first success: sharper estimates, fresh Adam
             q[switch] = self.q_post
-            m[switch], v[switch], t_adam[switch] = 0, 0, 0
+            space.adam.reset(switch)
             since = torch.where(found, 0, since + 1)
             if self.dim_patience is not None:
-                grow = live & ~found & (since >= self.dim_patience) & (level < len(levels) - 1)
+                grow = live & ~found & (since >= self.dim_patience) & \
+                    (space.level < len(levels) - 1)
                 for i in grow.nonzero().squeeze(1).tolist():
-                    self._refine(z, m, v, t_adam, i, levels[level[i]], levels[level[i] + 1])
-                level[grow] += 1
+                    self._refine(space, i, levels[space.level[i]], levels[space.level[i] + 1])
+                space.level[grow] += 1
                 since[grow] = 0
-            if it % self.const_every == 0:
-                self._update_const(const, lower, upper, stage_hit)
-        return best
+            if it % self.const_every == 0:  # C&W's schedule on the successes of the stage
+                run.next_constants()
+        return run.best.x
 
-    def _step(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None, rows: Tensor,
-              z: Tensor, m: Tensor, v: Tensor, t_adam: Tensor, sh: int, sw: int, q: Tensor,
-              const: Tensor, best: Tensor, best_l2: Tensor, stage_hit: Tensor,
-              g: torch.Generator) -> None:
-        """One random-gradient-estimate Adam step for the examples ``rows`` at one level."""
-        k = len(rows)
-        zr = z[rows, :, :sh, :sw]
+    def _step(self, run: ScoreRun, space: _Space, rows: Tensor, sh: int, sw: int,
+              q: Tensor) -> None:
+        """One random-gradient-estimate Adam step for the examples ``rows`` at one level
+        (reduced space sh x sw, q directions each)."""
+        k, block = len(rows), (rows, slice(None), slice(0, sh), slice(0, sw))
+        zr = space.z[block]
         dim = zr[0].numel()
         beta = 1.0 / dim
         qmax = int(q.max())
-        u = torch.randn((k, qmax, *zr.shape[1:]), generator=g, device=z.device, dtype=z.dtype)
+        u = torch.randn((k, qmax, *zr.shape[1:]), generator=run.generator, device=zr.device,
+                        dtype=zr.dtype)
         u = u / u.flatten(2).norm(dim=2).clamp_min(1e-12)[:, :, None, None, None]
         probes = torch.cat([zr[:, None], zr[:, None] + beta * u], 1)        # K x (1+q) x ...
-        use = torch.arange(qmax + 1, device=z.device)[None, :] <= q[:, None]  # K x (1+q)
-        flat = probes[use]
+        use = torch.arange(qmax + 1, device=zr.device)[None, :] <= q[:, None]  # K x (1+q)
         owner = rows[:, None].expand(-1, qmax + 1)[use]
-        x0 = x[owner]
-        imgs = clip_box(x0 + self._decode(flat, x0.shape))
-        logits = oracle(imgs, owner=owner)
-        yo, to = y[owner], None if target is None else target[owner]
+        x0 = run.x[owner]
+        imgs = clip_box(x0 + self._decode(probes[use], x0.shape))
+        logits = run.oracle(imgs, owner=owner)
+        yo, to = run.y[owner], None if run.target is None else run.target[owner]
         l2sq = (imgs - x0).flatten(1).pow(2).sum(1)
-        f = l2sq + const[owner] * cw_log_loss(logits, yo, to, self.kappa)
-        self._keep_best(imgs, x0, owner, logits, yo, to, best, best_l2, stage_hit)
-        fk = torch.full((k, qmax + 1), float("nan"), device=z.device, dtype=z.dtype)
+        f = l2sq + run.search.c[owner] * cw_margin(logits, yo, to, self.kappa, log_probs=True)
+        adv = is_success(logits, yo, to)
+        run.hit[owner[adv]] = True
+        run.best.update(owner, imgs, l2sq.sqrt(), adv)
+        fk = torch.full((k, qmax + 1), float("nan"), device=zr.device, dtype=zr.dtype)
         fk[use] = f
         diff = (fk[:, 1:] - fk[:, :1]) / beta                                 # K x q
         diff = torch.where(use[:, 1:], diff, torch.zeros_like(diff))
-        grad = dim * (diff[:, :, None, None, None] * u).sum(1) / q.clamp_min(1).to(z.dtype)[
-            :, None, None, None]
-        t = t_adam[rows] + 1
-        t_adam[rows] = t
-        mr = 0.9 * m[rows, :, :sh, :sw] + 0.1 * grad
-        vr = 0.999 * v[rows, :, :sh, :sw] + 0.001 * grad * grad
-        m[rows, :, :sh, :sw], v[rows, :, :sh, :sw] = mr, vr
-        mhat = mr / _expand(1 - 0.9 ** t, mr)
-        vhat = vr / _expand(1 - 0.999 ** t, vr)
-        z[rows, :, :sh, :sw] = zr - self.lr * mhat / (vhat.sqrt() + 1e-8)
+        grad = dim * (diff[:, :, None, None, None] * u).sum(1) / \
+            broadcast_rows(q.clamp_min(1).to(zr.dtype), zr)
+        space.z[block] = space.adam.step(zr, grad, block)
 
     @staticmethod
-    def _keep_best(imgs: Tensor, x0: Tensor, owner: Tensor, logits: Tensor, y: Tensor,
-                   target: Tensor | None, best: Tensor, best_l2: Tensor,
-                   stage_hit: Tensor) -> None:
-        """Keep, per example, the smallest queried image that the scores call adversarial."""
-        pred = logits.argmax(1)
-        adv = pred != y if target is None else pred == target
-        if not adv.any():
-            return
-        l2 = (imgs - x0).flatten(1).norm(dim=1)
-        l2 = torch.where(adv, l2, torch.full_like(l2, float("inf")))
-        stage_hit[owner[adv]] = True
-        n = len(best_l2)
-        per = torch.full((n,), float("inf"), device=l2.device, dtype=l2.dtype)
-        per = per.scatter_reduce(0, owner, l2, reduce="amin")
-        better = per < best_l2
-        if not better.any():
-            return
-        # the row achieving the minimum for each improved example
-        hit = better[owner] & (l2 == per[owner])
-        rows = hit.nonzero().squeeze(1)
-        best[owner[rows]] = imgs[rows]
-        best_l2[better] = per[better]
-
-    @staticmethod
-    def _refine(z: Tensor, m: Tensor, v: Tensor, t_adam: Tensor, i: int,
-                old: tuple[int, int], new: tuple[int, int]) -> None:
-        """Move example i to a finer reduced space (same perturbation, upsampled)."""
-        oh, ow = old
-        nh, nw = new
-        block = z[i:i + 1, :, :oh, :ow]
-        z[i:i + 1, :, :nh, :nw] = F.interpolate(block, size=(nh, nw), mode="bilinear",
-                                                align_corners=False)
-        m[i], v[i], t_adam[i] = 0, 0, 0
-
-    @staticmethod
-    def _update_const(const: Tensor, lower: Tensor, upper: Tensor, hit: Tensor) -> None:
-        """C&W's schedule: success -> c down (bisection), failure -> c x 10 or bisection."""
-        upper[hit] = torch.minimum(upper[hit], const[hit])
-        lower[~hit] = torch.maximum(lower[~hit], const[~hit])
-        bounded = upper < float("inf")
-        const[:] = torch.where(bounded, (lower + upper) / 2, const * 10)
-        hit[:] = False
+    def _refine(space: _Space, i: int, old: tuple[int, int], new: tuple[int, int]) -> None:
+        """Move example i to a finer reduced space (same perturbation, upsampled; fresh Adam)."""
+        (oh, ow), (nh, nw) = old, new
+        block = space.z[i:i + 1, :, :oh, :ow]
+        space.z[i:i + 1, :, :nh, :nw] = F.interpolate(block, size=(nh, nw), mode="bilinear",
+                                                      align_corners=False)
+        space.adam.reset(torch.tensor([i], device=space.z.device))

@@ -23,13 +23,78 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from advlab.attacks.base import register
-from advlab.attacks.blackbox.estimate import EstimatedGradientAttack, Session, steps_for
+from advlab.attacks.blackbox.estimate import Estimator, OracleProbe, steps_for
+from advlab.attacks.gradient import GradientAttack
 from advlab.errors import ThreatModelError
-from advlab.threat import _expand, clip_box
+from advlab.losses import Objective
+from advlab.threat import broadcast_rows, clip_box
+
+
+class BanditsEstimate(Estimator):
+    """Bandits-TD's estimate: the prior v (per example, kept in the probe), refined by two
+    queries a step, upsampled to the image; with the success check, 3 queries a step."""
+
+    step_cost = 3
+
+    def __init__(self, norm: str, fd_eta: float, exploration: float, online_lr: float,
+                 tile: int, max_queries: int | None) -> None:
+        super().__init__(max_queries)
+        self.norm, self.fd_eta, self.exploration = norm, fd_eta, exploration
+        self.online_lr, self.tile = online_lr, tile
+
+    def init_memory(self, x: Tensor) -> dict[str, Tensor]:
+        c, h, w = x.shape[1:]
+        size = (len(x), c, math.ceil(h / self.tile), math.ceil(w / self.tile))
+        return {"prior": torch.zeros(size, device=x.device, dtype=x.dtype)}
+
+    def estimate(self, objective: Objective, probe: OracleProbe, x: Tensor, y: Tensor,
+                 target: Tensor | None, rows: Tensor, budget: Tensor) -> Tensor:
+        """Two queries refine each row's prior (rows with fewer left keep theirs); the
+        gradient handed to PGD is the upsampled prior."""
+        prior = probe.memory["prior"]
+        go = budget >= 2
+        if go.any():
+            prior[rows[go]] = self._update(objective, probe, x[go], y[go],
+                                           None if target is None else target[go],
+                                           rows[go], prior[rows[go]])
+        return self._up(prior[rows], x)
+
+    def _up(self, v: Tensor, like: Tensor) -> Tensor:
+        """The data prior: each entry of v covers a tile x tile block of pixels."""
+        return F.interpolate(v, size=like.shape[2:], mode="nearest")
+
+    def _update(self, objective: Objective, probe: OracleProbe, x: Tensor, y: Tensor,
+                target: Tensor | None, rows: Tensor, v: Tensor) -> Tensor:
+        """The time prior's online step: v moved along the two-query estimate of dJ/dv."""
+        g = self.prior_gradient(objective, probe, x, y, target, rows, v)
+        if self.norm == "linf":
+            # exponentiated gradient on v in [-1, 1]: with p = (v + 1) / 2,
+            # p <- p e^{lr g} / (p e^{lr g} + (1 - p) e^{-lr g}), i.e. v <- tanh(atanh(v) + lr g)
+            return torch.tanh(torch.atanh(v.clamp(-1 + 1e-6, 1 - 1e-6)) + self.online_lr * g)
+        return v + self.online_lr * g
+
+    def prior_gradient(self, objective: Objective, probe: OracleProbe, x: Tensor, y: Tensor,
+                       target: Tensor | None, rows: Tensor, v: Tensor) -> Tensor:
+        """Delta = (J(x + eta q+/|q+|) - J(x + eta q-/|q-|)) / (eta delta) u, two queries per
+        row, with q+- = up(v +- u) and u = delta N(0, I) / sqrt(d).
+
+        Shape: x M x C x H x W, v and the result M x C x h x w (the prior's resolution)."""
+        d = v[0].numel()
+        u = self.exploration * torch.randn(v.shape, generator=probe.generator,
+                                           device=v.device, dtype=v.dtype) / math.sqrt(d)
+        q1, q2 = self._up(v + u, x), self._up(v - u, x)
+        queries = torch.cat([clip_box(x + self.fd_eta * _unit(q1)),
+                             clip_box(x + self.fd_eta * _unit(q2))])
+        scores = probe.oracle(queries, owner=rows.repeat(2))
+        yy = y.repeat(2)
+        tt = None if target is None else target.repeat(2)
+        obj = objective(scores, yy, tt)
+        deriv = (obj[: len(x)] - obj[len(x):]) / (self.fd_eta * self.exploration)
+        return broadcast_rows(deriv, u) * u
 
 
 @register("bandits", knowledge="score", goal="both", norm="linf", kind="iterative")
-class Bandits(EstimatedGradientAttack):
+class Bandits(GradientAttack):
     r"""Bandits-TD (time and data priors) for Linf or L2.
 
     Args:
@@ -66,66 +131,16 @@ class Bandits(EstimatedGradientAttack):
             raise ThreatModelError("fd_eta, exploration and online_lr must be positive")
         if tile < 1:
             raise ThreatModelError(f"tile must be >= 1, got {tile}")
-        self.step_cost = 3
-        super().__init__(eps, norm=norm, steps=steps_for(max_queries, steps, self.step_cost),
-                         alpha=alpha, loss=loss, seed=seed)
+        source = BanditsEstimate(norm, fd_eta, exploration, online_lr, tile, max_queries)
+        super().__init__(eps, norm=norm, steps=steps_for(max_queries, steps, source.step_cost),
+                         alpha=alpha, loss=loss, seed=seed, source=source)
         self.fd_eta, self.exploration, self.online_lr = fd_eta, exploration, online_lr
         self.tile, self.max_queries = tile, max_queries
 
     def step_sizes(self, eps: Tensor) -> Tensor:
         return torch.full_like(eps, self.alpha) if self.alpha is not None else eps / 10
 
-    def init_session(self, x: Tensor) -> dict[str, Tensor]:
-        c, h, w = x.shape[1:]
-        size = (len(x), c, math.ceil(h / self.tile), math.ceil(w / self.tile))
-        return {"prior": torch.zeros(size, device=x.device, dtype=x.dtype)}
-
-    def estimate(self, session: Session, x: Tensor, y: Tensor, target: Tensor | None,
-                 rows: Tensor, budget: Tensor) -> Tensor:
-        """Two queries refine each row's prior (rows with fewer left keep theirs); the
-        gradient handed to PGD is the upsampled prior."""
-        prior = session.memory["prior"]
-        go = budget >= 2
-        if go.any():
-            prior[rows[go]] = self._update(session, x[go], y[go],
-                                           None if target is None else target[go],
-                                           rows[go], prior[rows[go]])
-        return self._up(prior[rows], x)
-
-    def _up(self, v: Tensor, like: Tensor) -> Tensor:
-        """The data prior: each entry of v covers a tile x tile block of pixels."""
-        return F.interpolate(v, size=like.shape[2:], mode="nearest")
-
-    def _update(self, session: Session, x: Tensor, y: Tensor, target: Tensor | None,
-                rows: Tensor, v: Tensor) -> Tensor:
-        """The time prior's online step: v moved along the two-query estimate of dJ/dv."""
-        g = self.prior_gradient(session, x, y, target, rows, v)
-        if self.norm == "linf":
-            # exponentiated gradient on v in [-1, 1]: with p = (v + 1) / 2,
-            # p <- p e^{lr g} / (p e^{lr g} + (1 - p) e^{-lr g}), i.e. v <- tanh(atanh(v) + lr g)
-            return torch.tanh(torch.atanh(v.clamp(-1 + 1e-6, 1 - 1e-6)) + self.online_lr * g)
-        return v + self.online_lr * g
-
-    def prior_gradient(self, session: Session, x: Tensor, y: Tensor, target: Tensor | None,
-                       rows: Tensor, v: Tensor) -> Tensor:
-        """Delta = (J(x + eta q+/|q+|) - J(x + eta q-/|q-|)) / (eta delta) u, two queries per
-        row, with q+- = up(v +- u) and u = delta N(0, I) / sqrt(d).
-
-        Shape: x M x C x H x W, v and the result M x C x h x w (the prior's resolution)."""
-        d = v[0].numel()
-        u = self.exploration * torch.randn(v.shape, generator=session.generator,
-                                           device=v.device, dtype=v.dtype) / math.sqrt(d)
-        q1, q2 = self._up(v + u, x), self._up(v - u, x)
-        queries = torch.cat([clip_box(x + self.fd_eta * _unit(q1)),
-                             clip_box(x + self.fd_eta * _unit(q2))])
-        scores = session.oracle(queries, owner=rows.repeat(2))
-        yy = y.repeat(2)
-        tt = None if target is None else target.repeat(2)
-        obj = self.objective(scores, yy, tt)
-        deriv = (obj[: len(x)] - obj[len(x):]) / (self.fd_eta * self.exploration)
-        return _expand(deriv, u) * u
-
 
 def _unit(q: Tensor) -> Tensor:
     n = q.flatten(1).norm(dim=1)
-    return q / _expand(torch.where(n == 0, torch.ones_like(n), n), q)
+    return q / broadcast_rows(torch.where(n == 0, torch.ones_like(n), n), q)

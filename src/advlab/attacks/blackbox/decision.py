@@ -20,7 +20,7 @@ from torch import Tensor
 
 from advlab.attacks.blackbox.oracle import Oracle
 from advlab.errors import InputError
-from advlab.threat import _expand, clip_box, lp_norm
+from advlab.threat import broadcast_rows, clip_box, lp_norm
 
 INITS = ("auto", "batch", "noise")
 
@@ -90,13 +90,13 @@ def bisect(decide: Decision, point: Callable[[Tensor, Tensor], Tensor], idx: Ten
 
 def blend(x: Tensor, x_adv: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
     r"""The L2 path :math:`p(\alpha) = (1 - \alpha) x + \alpha x_{adv}` (rows index x)."""
-    return lambda alpha, rows: torch.lerp(x[rows], x_adv[rows], _expand(alpha, x[rows]))
+    return lambda alpha, rows: torch.lerp(x[rows], x_adv[rows], broadcast_rows(alpha, x[rows]))
 
 
 def clip_path(x: Tensor, x_adv: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
     r"""The Linf path :math:`p(\alpha) = \mathrm{clip}(x_{adv}, x - \alpha, x + \alpha)`."""
     def path(alpha: Tensor, rows: Tensor) -> Tensor:
-        a = _expand(alpha, x[rows])
+        a = broadcast_rows(alpha, x[rows])
         return torch.minimum(torch.maximum(x_adv[rows], x[rows] - a), x[rows] + a)
     return path
 

@@ -1,10 +1,10 @@
-r"""Score-based attacks that run the shared PGD loop on an *estimated* gradient.
+r"""Gradient sources that *estimate* the gradient from scores, for the shared PGD loop.
 
 The white-box loop of :class:`~advlab.attacks.gradient.GradientAttack` (step along the steepest
-direction of the ball, project, clip, early stopping) is reused unchanged: only
-:meth:`~advlab.attacks.gradient.GradientAttack.gradient` is replaced by a zeroth-order
-estimator that sees the model through an :class:`~advlab.attacks.blackbox.oracle.Oracle`.
-NES (nes.py) and Bandits-TD (bandits.py) are the two estimators.
+direction of the ball, project, clip, early stopping) is reused unchanged: only its gradient
+source is an :class:`Estimator`, which sees the model through an
+:class:`~advlab.attacks.blackbox.oracle.Oracle`. NES (nes.py) and Bandits-TD (bandits.py) are
+the two estimators.
 
 Query accounting, per example and per step of the loop:
 
@@ -19,32 +19,30 @@ oracle is never asked again for it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from advlab.attacks.base import Model, is_success
-from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
-from advlab.attacks.gradient import GradientAttack
+from advlab.attacks.base import Crafted, Model, is_success
+from advlab.attacks.blackbox.oracle import Oracle, as_oracle
+from advlab.attacks.gradient import Probe, Source
 from advlab.errors import ThreatModelError
+from advlab.losses import Objective
 
 
 @dataclass
-class Session:
-    """The per-run state of an estimated-gradient attack (never stored on the attack).
+class OracleProbe(Probe):
+    """The probe of a score-based run: its ``model`` is the :class:`Oracle`, and ``logits``
+    hold each example's latest scores (filled by the success checks)."""
 
-    Attributes:
-        oracle: the only access to the model.
-        generator: the attack's random source.
-        logits: N x K scores at each example's current point (filled by the success checks).
-        memory: estimator state per example, e.g. the Bandits prior.
-    """
-
-    oracle: Oracle
-    generator: torch.Generator
     logits: Tensor | None = None
-    memory: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def oracle(self) -> Oracle:
+        assert isinstance(self.model, Oracle)
+        return self.model
 
     def check(self, x: Tensor, rows: Tensor) -> Tensor:
         """Query x (one query per row, charged to ``rows``) where budget remains; return the
@@ -60,46 +58,55 @@ class Session:
         return self.logits[rows]
 
 
-class EstimatedGradientAttack(BlackBoxAttack, GradientAttack):
-    """PGD on a zeroth-order gradient estimate; subclasses implement :meth:`estimate`.
+class Estimator(Source):
+    """A zeroth-order gradient source: the model is seen only through an :class:`Oracle` of
+    its scores with ``max_queries`` per example; subclasses implement :meth:`estimate`.
 
-    ``steps`` defaults to enough loop steps to spend ``max_queries`` at ``step_cost`` queries
-    per step; ``restarts`` is always 1 (a restart would need uncounted queries).
+    ``step_cost``: queries per example per loop step, the success check included.
     """
 
-    step_cost: int = 1  # queries per example per loop step, the success check included
+    step_cost: int = 1
 
-    def attack(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
-               eps: Tensor | None, generator: torch.Generator) -> Tensor:
-        session = Session(oracle, generator, memory=self.init_session(x))
-        return GradientAttack.perturb(self, session, x, y, target, eps, generator)
+    def __init__(self, max_queries: int | None) -> None:
+        self.max_queries = max_queries
 
-    def init_session(self, x: Tensor) -> dict[str, Tensor]:
-        """Per-example estimator state for a batch x (e.g. a prior), kept in the Session."""
+    def prepare(self, model: Model, x: Tensor, generator: torch.Generator) -> OracleProbe:
+        oracle = as_oracle(model, "scores", self.max_queries)
+        if oracle.access != "scores":
+            raise ThreatModelError(f"{type(self).__name__} needs score access; the oracle "
+                                   "gives labels only")
+        oracle.reset(len(x), x.device)
+        return OracleProbe(oracle, generator, self.init_memory(x))
+
+    def init_memory(self, x: Tensor) -> dict[str, Any]:
+        """Per-example estimator state for a batch x (e.g. a prior), kept in the probe."""
         return {}
 
-    def gradient(self, model: Model, x_adv: Tensor, y: Tensor, target: Tensor | None,
-                 idx: Tensor | None = None,
-                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def __call__(self, objective: Objective, probe: Probe, x_adv: Tensor, y: Tensor,
+                 target: Tensor | None, idx: Tensor | None) -> tuple[Tensor, Tensor]:
         """Success check at x_adv, then the estimate for the examples still to fool."""
-        session = model
-        assert isinstance(session, Session)
+        assert isinstance(probe, OracleProbe)
         rows = torch.arange(len(x_adv), device=x_adv.device) if idx is None else idx
-        logits = session.check(x_adv, rows)
-        budget = session.oracle.remaining()[rows] - 1  # one kept for the next success check
+        logits = probe.check(x_adv, rows)
+        budget = probe.oracle.remaining()[rows] - 1  # one kept for the next success check
         todo = ~is_success(logits, y, target) & (budget >= 1)
         grad = torch.zeros_like(x_adv)
         if todo.any():
             t = None if target is None else target[todo]
-            grad[todo] = self.estimate(session, x_adv[todo], y[todo], t, rows[todo],
+            grad[todo] = self.estimate(objective, probe, x_adv[todo], y[todo], t, rows[todo],
                                        budget[todo])
         return grad, logits
 
-    def estimate(self, session: Session, x: Tensor, y: Tensor, target: Tensor | None,
-                 rows: Tensor, budget: Tensor) -> Tensor:
-        """Estimate the gradient of ``self.objective`` at x from at most ``budget`` queries
-        per row (charged to ``rows``); rows that cannot afford an estimate get zero."""
+    def estimate(self, objective: Objective, probe: OracleProbe, x: Tensor, y: Tensor,
+                 target: Tensor | None, rows: Tensor, budget: Tensor) -> Tensor:
+        """Estimate the gradient of ``objective`` at x from at most ``budget`` queries per row
+        (charged to ``rows``); rows that cannot afford an estimate get zero."""
         raise NotImplementedError
+
+    def finish(self, probe: Probe, x_adv: Tensor) -> Crafted:
+        assert isinstance(probe, OracleProbe)
+        return Crafted(x_adv, queries=probe.oracle.counts.clone(),
+                       info={"budget_exhausted": probe.oracle.exhausted()})
 
 
 def steps_for(max_queries: int | None, steps: int | None, cost: int) -> int:

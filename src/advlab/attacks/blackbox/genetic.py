@@ -32,7 +32,7 @@ from torch import Tensor
 from advlab.attacks.base import is_success, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
 from advlab.errors import ThreatModelError
-from advlab.threat import _expand, clip_box
+from advlab.threat import broadcast_rows, clip_box
 
 
 def fitness(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
@@ -103,7 +103,7 @@ class GenAttack(BlackBoxAttack):
         k, m = len(idx), self.pop_size
         x0, e = x[idx], eps[idx]
         y0, t0 = y[idx], None if target is None else target[idx]
-        ex = lambda v: _expand(v, x0)  # noqa: E731
+        ex = lambda v: broadcast_rows(v, x0)  # noqa: E731
         # P^0: uniform in the ball (paper), M x K x C x H x W
         u = torch.rand((m, *x0.shape), generator=generator, device=x.device, dtype=x.dtype)
         pop = clip_box(x0 + (2 * u - 1) * ex(e))
@@ -177,7 +177,7 @@ class GenAttack(BlackBoxAttack):
         take1 = s1 / (s1 + s2).clamp_min(1e-30)
         shape = (m - 1, *pop.shape[1:])
         u = torch.rand(shape, generator=g, device=pop.device, dtype=pop.dtype)
-        child = torch.where(u < _expand(take1.flatten(), u.flatten(0, 1)).view(
+        child = torch.where(u < broadcast_rows(take1.flatten(), u.flatten(0, 1)).view(
             m - 1, k, *([1] * (pop.dim() - 2))), pop[p1, cols], pop[p2, cols])
         dt = pop.dtype
         r = rho.to(dt).view(1, k, *([1] * (pop.dim() - 2)))

@@ -39,7 +39,7 @@ from advlab.attacks.blackbox.decision import (
 )
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
 from advlab.errors import ThreatModelError
-from advlab.threat import _expand, clip_box
+from advlab.threat import broadcast_rows, clip_box
 
 ROWS_PER_QUERY = 2 ** 22  # floats per gradient-estimation chunk (memory bound)
 
@@ -224,7 +224,7 @@ class HopSkipJump(BlackBoxAttack):
             rows = (~ok & decide.can_query(owner)).nonzero().squeeze(1)
             if len(rows) == 0:
                 break
-            cand = clip_box(cur[rows] + _expand(xi[rows], cur[rows]) * update[rows])
+            cand = clip_box(cur[rows] + broadcast_rows(xi[rows], cur[rows]) * update[rows])
             adv = decide(cand, owner[rows])
             out[rows[adv]] = cand[adv]
             ok[rows[adv]] = True

@@ -17,13 +17,50 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import register
-from advlab.attacks.blackbox.estimate import EstimatedGradientAttack, Session, steps_for
+from advlab.attacks.blackbox.estimate import Estimator, OracleProbe, steps_for
+from advlab.attacks.gradient import GradientAttack
 from advlab.errors import ThreatModelError
-from advlab.threat import _expand, clip_box
+from advlab.losses import Objective
+from advlab.threat import broadcast_rows, clip_box
+
+
+class NESEstimate(Estimator):
+    """The antithetic NES estimate from ``n_samples`` queries (n/2 pairs) at scale ``sigma``,
+    plus the success check: ``1 + n_samples`` queries a step."""
+
+    def __init__(self, sigma: float, n_samples: int, max_queries: int | None) -> None:
+        super().__init__(max_queries)
+        self.sigma, self.n_samples, self.step_cost = sigma, n_samples, 1 + n_samples
+
+    def estimate(self, objective: Objective, probe: OracleProbe, x: Tensor, y: Tensor,
+                 target: Tensor | None, rows: Tensor, budget: Tensor) -> Tensor:
+        """The antithetic NES estimate from up to n_samples / 2 pairs per row: fewer where
+        the budget is short, none (a zero estimate) where it cannot pay for a pair."""
+        pairs = torch.clamp(budget // 2, max=self.n_samples // 2)  # per row
+        m = int(pairs.max())
+        grad = torch.zeros_like(x)
+        if m == 0:
+            return grad
+        u = torch.randn((len(x), m, *x.shape[1:]), generator=probe.generator,
+                        device=x.device, dtype=x.dtype)
+        use = torch.arange(m, device=x.device)[None, :] < pairs[:, None]  # N x m
+        r, j = use.nonzero(as_tuple=True)
+        us = u[r, j]
+        xs = x[r]
+        queries = torch.cat([clip_box(xs + self.sigma * us), clip_box(xs - self.sigma * us)])
+        owner = rows[r].repeat(2)
+        scores = probe.oracle(queries, owner=owner)
+        yy = y[r].repeat(2)
+        tt = None if target is None else target[r].repeat(2)
+        obj = objective(scores, yy, tt)
+        diff = obj[: len(r)] - obj[len(r):]  # J(x + sigma u) - J(x - sigma u)
+        grad.index_add_(0, r, broadcast_rows(diff, us) * us)
+        k = pairs.clamp_min(1).to(x.dtype)
+        return grad / broadcast_rows(2 * self.sigma * k, grad)
 
 
 @register("nes", knowledge="score", goal="both", norm="linf", kind="iterative")
-class NES(EstimatedGradientAttack):
+class NES(GradientAttack):
     r"""PGD on the NES gradient estimate (antithetic Gaussian sampling).
 
     Args:
@@ -58,36 +95,11 @@ class NES(EstimatedGradientAttack):
             raise ThreatModelError(f"sigma must be positive, got {sigma}")
         if n_samples < 2 or n_samples % 2:
             raise ThreatModelError(f"n_samples must be even and >= 2, got {n_samples}")
-        self.step_cost = 1 + n_samples
-        super().__init__(eps, norm=norm, steps=steps_for(max_queries, steps, self.step_cost),
-                         alpha=alpha, random_start=random_start, loss=loss, seed=seed)
+        source = NESEstimate(sigma, n_samples, max_queries)
+        super().__init__(eps, norm=norm, steps=steps_for(max_queries, steps, source.step_cost),
+                         alpha=alpha, random_start=random_start, loss=loss, seed=seed,
+                         source=source)
         self.sigma, self.n_samples, self.max_queries = sigma, n_samples, max_queries
 
     def step_sizes(self, eps: Tensor) -> Tensor:
         return torch.full_like(eps, self.alpha) if self.alpha is not None else eps / 10
-
-    def estimate(self, session: Session, x: Tensor, y: Tensor, target: Tensor | None,
-                 rows: Tensor, budget: Tensor) -> Tensor:
-        """The antithetic NES estimate from up to n_samples / 2 pairs per row: fewer where
-        the budget is short, none (a zero estimate) where it cannot pay for a pair."""
-        pairs = torch.clamp(budget // 2, max=self.n_samples // 2)  # per row
-        m = int(pairs.max())
-        grad = torch.zeros_like(x)
-        if m == 0:
-            return grad
-        u = torch.randn((len(x), m, *x.shape[1:]), generator=session.generator,
-                        device=x.device, dtype=x.dtype)
-        use = torch.arange(m, device=x.device)[None, :] < pairs[:, None]  # N x m
-        r, j = use.nonzero(as_tuple=True)
-        us = u[r, j]
-        xs = x[r]
-        queries = torch.cat([clip_box(xs + self.sigma * us), clip_box(xs - self.sigma * us)])
-        owner = rows[r].repeat(2)
-        scores = session.oracle(queries, owner=owner)
-        yy = y[r].repeat(2)
-        tt = None if target is None else target[r].repeat(2)
-        obj = self.objective(scores, yy, tt)
-        diff = obj[: len(r)] - obj[len(r):]  # J(x + sigma u) - J(x - sigma u)
-        grad.index_add_(0, r, _expand(diff, us) * us)
-        k = pairs.clamp_min(1).to(x.dtype)
-        return grad / _expand(2 * self.sigma * k, grad)

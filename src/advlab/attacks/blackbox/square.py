@@ -26,7 +26,7 @@ from advlab.attacks.base import is_success, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
 from advlab.errors import ThreatModelError
 from advlab.losses import objective
-from advlab.threat import _expand, clip_box
+from advlab.threat import broadcast_rows, clip_box
 
 _SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
              (6000, 128), (8000, 256), (10000, 512))
@@ -117,7 +117,7 @@ class Square(BlackBoxAttack):
             logits = oracle(x_new, owner=idx)
             loss = -loss_of(logits, y[idx], t)
             better = loss < best[idx]
-            x_best[idx] = torch.where(_expand(better, x_new), x_new, x_best[idx])
+            x_best[idx] = torch.where(broadcast_rows(better, x_new), x_new, x_best[idx])
             best[idx] = torch.where(better, loss, best[idx])
             done[idx] = is_success(logits, y[idx], t) & better | done[idx]
         return x_best
@@ -128,7 +128,7 @@ class Square(BlackBoxAttack):
         """Vertical stripes: one random sign per (example, channel, column)."""
         n, c, _, w = x.shape
         sign = _signs((n, c, 1, w), g, x)
-        return clip_box(x + _expand(eps, x) * sign)
+        return clip_box(x + broadcast_rows(eps, x) * sign)
 
     def _propose_linf(self, x: Tensor, x_best: Tensor, eps: Tensor, p: float,
                       g: torch.Generator) -> Tensor:
@@ -136,14 +136,14 @@ class Square(BlackBoxAttack):
         s = _side(p * h * w, min(h, w), smallest=1)
         mask = _windows(n, h, w, s, g, x.device)[:, None]  # N x 1 x H x W
         delta = x_best - x
-        e = _expand(eps, x)
+        e = broadcast_rows(eps, x)
         new = torch.where(mask, _signs((n, c, 1, 1), g, x) * e, delta)
         for _ in range(10):  # redraw the signs of a window that would not change the image
             moved = ((clip_box(x + new) - x_best).abs() * mask).flatten(1).amax(1) > 1e-7
             if moved.all():
                 break
             again = torch.where(mask, _signs((n, c, 1, 1), g, x) * e, delta)
-            new = torch.where(_expand(moved, x), new, again)
+            new = torch.where(broadcast_rows(moved, x), new, again)
         return clip_box(x + new)
 
     # -- L2 --------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ class Square(BlackBoxAttack):
                     continue
                 bump = _meta_bump(s, n, g, x)[:, None, : h - top, : w - left]
                 delta[:, :, top:top + s, left:left + s] += bump * _signs((n, c, 1, 1), g, x)
-        return clip_box(x + delta * _expand(eps / _norm(delta), x))
+        return clip_box(x + delta * broadcast_rows(eps / _norm(delta), x))
 
     def _propose_l2(self, x: Tensor, x_best: Tensor, eps: Tensor, p: float,
                     g: torch.Generator) -> Tensor:
@@ -172,7 +172,7 @@ class Square(BlackBoxAttack):
         m2 = _windows(n, h, w, s, g, x.device)[:, None]
         delta = x_best - x
         win_norm = _chan_norm(delta * m1)  # N x C x 1 x 1
-        img_norm = _expand(_norm(delta), x)
+        img_norm = broadcast_rows(_norm(delta), x)
         both_norm = _chan_norm(delta * (m1 | m2))
         bump = _place(_meta_bump(s, n, g, x), m1) * _signs((n, c, 1, 1), g, x)
         new = bump + delta * m1 / (win_norm + 1e-10)
@@ -181,7 +181,7 @@ class Square(BlackBoxAttack):
         new = new / _chan_norm(new).clamp_min(1e-12) * budget
         delta = torch.where(m2, 0.0, delta)
         delta = torch.where(m1, new, delta)
-        return clip_box(x + delta * _expand(eps / _norm(delta), x))
+        return clip_box(x + delta * broadcast_rows(eps / _norm(delta), x))
 
 
 # -- helpers -------------------------------------------------------------------------------

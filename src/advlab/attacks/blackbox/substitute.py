@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,10 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advlab import optim
 from advlab.attacks.base import Attack, Crafted, Model, get, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle, as_oracle
 from advlab.errors import AttackError, InputError, ThreatModelError
-from advlab.threat import _expand, clip_box
+from advlab.threat import broadcast_rows, clip_box
 from advlab.validation import check_images
 
 log = logging.getLogger(__name__)
@@ -109,59 +110,27 @@ class Ensemble(nn.Module):
         return torch.stack([m(x).log_softmax(1) for m in self.members]).mean(0)
 
 
-def fit_adam(params: list[Tensor], batch_loss: Callable[[Tensor], Tensor], n: int, *,
-             epochs: int, batch_size: int, lr: float, generator: torch.Generator,
-             weight_decay: float = 0.0, state: dict[str, Any] | None = None,
-             device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Minibatch Adam (Kingma & Ba, arXiv:1412.6980) over n examples, shuffled with
-    ``generator``, for advlab's own networks (never a user's model).
-
-    ``batch_loss(indices)`` returns the mean loss of a minibatch. Gradients come from
-    :func:`torch.autograd.grad`, so parameters' ``.grad`` is never filled; the moments live in
-    ``state`` (returned, to warm-start a later call). ``weight_decay`` adds an L2 penalty.
-    """
-    if state is None:
-        state = {"t": 0, "m": [torch.zeros_like(p) for p in params],
-                 "v": [torch.zeros_like(p) for p in params]}
-    b1, b2 = 0.9, 0.999
-    with torch.enable_grad():
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=generator, device=device)
-            for lo in range(0, n, batch_size):
-                grads = torch.autograd.grad(batch_loss(order[lo:lo + batch_size]), params)
-                state["t"] += 1
-                c1, c2 = 1 - b1 ** state["t"], 1 - b2 ** state["t"]
-                with torch.no_grad():
-                    for p, g, m, v in zip(params, grads, state["m"], state["v"]):
-                        if weight_decay:
-                            g = g + weight_decay * p
-                        m.mul_(b1).add_(g, alpha=1 - b1)
-                        v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                        p.sub_(lr * (m / c1) / ((v / c2).sqrt() + 1e-8))
-    return state
-
-
 def train_substitute(net: nn.Module, x: Tensor, labels: Tensor, *, epochs: int,
                      batch_size: int, lr: float, generator: torch.Generator,
                      weight_decay: float = 0.0, noise: float = 0.0,
-                     state: dict[str, Any] | None = None) -> dict[str, Any]:
+                     optimizer: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
     """Fit the substitute (in place) to the oracle's labels: Adam on cross-entropy
-    (:func:`fit_adam`; ``state`` warm-starts it across rounds).
+    (:func:`advlab.optim.fit`; ``optimizer`` warm-starts it across rounds, and is returned).
 
     ``weight_decay`` adds an L2 penalty; ``noise`` trains on inputs with Gaussian noise of
     that standard deviation (both smooth the substitute's input gradients, which makes its
     adversarial examples transfer better).
     """
-    def batch_loss(b: Tensor) -> Tensor:
-        xb = x[b]
+    def batch_loss(s: optim.Step) -> Tensor:
+        xb = x[s.idx]
         if noise > 0:
             xb = clip_box(xb + noise * torch.randn(xb.shape, generator=generator,
                                                    device=xb.device, dtype=xb.dtype))
-        return F.cross_entropy(net(xb), labels[b])
+        return F.cross_entropy(net(xb), labels[s.idx])
 
-    return fit_adam(list(net.parameters()), batch_loss, len(x), epochs=epochs,
-                    batch_size=batch_size, lr=lr, generator=generator,
-                    weight_decay=weight_decay, state=state, device=x.device)
+    return optim.fit(list(net.parameters()), batch_loss, len(x), epochs=epochs,
+                     batch_size=batch_size, lr=lr, generator=generator,
+                     weight_decay=weight_decay, optimizer=optimizer or "adam")
 
 
 def jacobian_sign(net: nn.Module, x: Tensor, labels: Tensor, chunk: int = 1024) -> Tensor:
@@ -338,16 +307,16 @@ class SubstituteAttack(BlackBoxAttack):
         members = [substitute_net(shape, k, generator, a, w, like=x)
                    for a, w in zip(self.arch, self.width)]
         net = members[0] if len(members) == 1 else Ensemble(members).eval()
-        states: list[dict[str, Any] | None] = [None] * len(members)
+        opts: list[torch.optim.Optimizer | None] = [None] * len(members)
         for rho in range(self.rounds + 1):
             if int(s_lab.max()) >= k:  # a class the oracle had not shown before
                 k = int(s_lab.max()) + 1
-                states = [_grow_head(m, k, generator, st) for m, st in zip(members, states)]
-            states = [train_substitute(m, s_x, s_lab, epochs=self.epochs,
-                                       batch_size=self.batch_size, lr=self.lr,
-                                       generator=generator, weight_decay=self.weight_decay,
-                                       noise=self.noise, state=st)
-                      for m, st in zip(members, states)]
+                opts = [_grow_head(m, k, generator, o) for m, o in zip(members, opts)]
+            opts = [train_substitute(m, s_x, s_lab, epochs=self.epochs,
+                                     batch_size=self.batch_size, lr=self.lr,
+                                     generator=generator, weight_decay=self.weight_decay,
+                                     noise=self.noise, optimizer=o)
+                    for m, o in zip(members, opts)]
             if rho == self.rounds:
                 break
             new_x, new_owner = self._augment(net, s_x, s_lab, s_owner, rho, generator)
@@ -397,7 +366,7 @@ class SubstituteAttack(BlackBoxAttack):
         res = self.inner(fitted.net, x, y, target, eps=eps)
         x_adv = res.x_adv
         if clean is not None:  # already adversarial: keep x rather than move it
-            x_adv = torch.where(_expand(done, x), x, x_adv)
+            x_adv = torch.where(broadcast_rows(done, x), x, x_adv)
         evaluator = oracle.unwrapped
         with torch.no_grad():
             pred = evaluator(x_adv).argmax(1)
@@ -417,9 +386,9 @@ class SubstituteAttack(BlackBoxAttack):
 
 
 def _grow_head(net: nn.Sequential, k: int, generator: torch.Generator,
-               state: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Widen the output layer to k classes (new rows from ``generator``; Adam's moments of the
-    old rows kept, zero for the new ones)."""
+               opt: torch.optim.Optimizer | None) -> torch.optim.Optimizer | None:
+    """Widen the output layer to k classes (new rows from ``generator``). Returns the
+    optimizer over the new parameters: Adam's state of the old rows kept, zero for the new."""
     old = net[-1]
     assert isinstance(old, nn.Linear)
     with torch.random.fork_rng(devices=[]):
@@ -428,14 +397,23 @@ def _grow_head(net: nn.Sequential, k: int, generator: torch.Generator,
     with torch.no_grad():
         new.weight[:old.out_features] = old.weight
         new.bias[:old.out_features] = old.bias
+    if opt is None:
+        net[-1] = new
+        return None
+    swap = {old.weight: new.weight, old.bias: new.bias}
+    params = [swap.get(p, p) for p in opt.param_groups[0]["params"]]
+    grown = type(opt)(params, **opt.defaults)
+    for p in opt.param_groups[0]["params"]:
+        state = dict(opt.state.get(p, {}))
+        if p in swap and state:
+            for key in ("exp_avg", "exp_avg_sq"):
+                padded = torch.zeros_like(swap[p])
+                padded[:old.out_features] = state[key]
+                state[key] = padded
+        if state:
+            grown.state[swap.get(p, p)] = state
     net[-1] = new
-    if state is not None:
-        for key in ("m", "v"):
-            for j in (-2, -1):  # the head's weight and bias
-                grown = torch.zeros_like(new.weight if j == -2 else new.bias)
-                grown[:old.out_features] = state[key][j]
-                state[key][j] = grown
-    return state
+    return grown
 
 
 def _labels(oracle: Oracle, x: Tensor, owner: Tensor) -> Tensor:

@@ -38,9 +38,10 @@ from torch import Tensor
 
 from advlab.attacks.base import is_success, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
+from advlab.attacks.minnorm import ScoreRun, cw_margin
 from advlab.errors import ThreatModelError
-from advlab.losses import margin
-from advlab.threat import clip, clip_box
+from advlab.optim import RowAdam
+from advlab.threat import clip_box
 
 SOLVERS = ("adam", "newton")
 ROWS_PER_QUERY = 4096  # images per oracle call (bounds the model's activation memory)
@@ -51,9 +52,7 @@ class _State:
     """Per-example state of one binary-search step (never stored on the attack)."""
 
     w: Tensor  # N x C x h x w, the optimisation variable at the current resolution
-    m: Tensor  # N x d, ADAM first moments
-    v: Tensor  # N x d, ADAM second moments
-    t: Tensor  # N x d, ADAM step count per coordinate (from 1)
+    adam: RowAdam  # N x d moments and step counts, per coordinate
     prob: Tensor  # N x d, coordinate sampling probabilities
 
 
@@ -126,30 +125,22 @@ class ZOO(BlackBoxAttack):
 
     def attack(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
                eps: Tensor | None, generator: torch.Generator) -> Tensor:
-        n = len(x)
-        const = torch.full((n,), self.initial_const, device=x.device, dtype=torch.float64)
-        lo, hi = torch.zeros_like(const), torch.full_like(const, 1e10)
-        best_l2 = torch.full((n,), float("inf"), device=x.device, dtype=torch.float64)
-        best_x = x.clone()
+        run = ScoreRun.start(oracle, x, y, target, self.initial_const, generator,
+                             torch.float64)
         for _ in range(self.binary_search_steps):
-            found = self._search(oracle, x, y, target, const, best_l2, best_x, generator)
-            hi = torch.where(found, torch.minimum(hi, const), hi)
-            lo = torch.where(found, lo, torch.maximum(lo, const))
-            const = torch.where(hi < 1e9, (lo + hi) / 2, const * 10)
+            self._search(run)
+            run.next_constants()
             if (oracle.remaining() < 3).all():
                 break
-        return best_x
+        return run.best.x
 
-    def _search(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
-                const: Tensor, best_l2: Tensor, best_x: Tensor,
-                g: torch.Generator) -> Tensor:
+    def _search(self, run: ScoreRun) -> None:
         """One binary-search step from w = 0: coordinate descent for ``max_iter`` iterations.
-        Updates best_l2 / best_x in place; returns bool (N,), success seen in this step."""
-        n = len(x)
+        Updates the best points and ``run.hit``."""
+        x, n = run.x, len(run.x)
         sides = [*[s for s in self.hierarchy if s < x.shape[2]], x.shape[2]]
         state = self._fresh(x, sides[0], None)
-        found = torch.zeros(n, dtype=torch.bool, device=x.device)
-        running = best_l2 > 0  # a clean input already adversarial has nothing to shrink
+        running = run.best.norm > 0  # a clean input already adversarial has nothing to shrink
         prev = torch.full((n,), float("inf"), device=x.device, dtype=torch.float64)
         abort_every = max(1, self.max_iter // 10)
         level = 0
@@ -157,17 +148,15 @@ class ZOO(BlackBoxAttack):
             if level + 1 < len(sides) and it == (level + 1) * self.resize_every:
                 level += 1
                 state = self._fresh(x, sides[level], state.w)
-            idx = (running & (oracle.remaining() >= 3)).nonzero().squeeze(1)
+            idx = (running & (run.oracle.remaining() >= 3)).nonzero().squeeze(1)
             if len(idx) == 0:
                 break
-            loss0 = self._iterate(oracle, x, y, target, const, state, idx, best_l2, best_x,
-                                  found, g)
-            running &= best_l2 > 0  # the clean input is adversarial: nothing to shrink
+            loss0 = self._iterate(run, state, idx)
+            running &= run.best.norm > 0  # the clean input is adversarial: nothing to shrink
             if self.abort_early and it % abort_every == 0:
                 stuck = loss0 > prev[idx] * 0.9999
                 running[idx[stuck]] = False
                 prev[idx] = loss0
-        return found
 
     def _fresh(self, x: Tensor, side: int, previous: Tensor | None) -> _State:
         """State at resolution ``side``: w = 0, or the previous w upsampled (new moments);
@@ -179,8 +168,9 @@ class ZOO(BlackBoxAttack):
         else:
             w = F.interpolate(previous, size=size, mode="bilinear", align_corners=False)
         d = w[0].numel()
-        zeros = torch.zeros(n, d, device=x.device, dtype=x.dtype)
-        prob = torch.full_like(zeros, 1.0 / d)
+        adam = RowAdam.like(w.view(n, d), self.lr, per_entry=True, b1=self.beta1,
+                            b2=self.beta2)
+        prob = torch.full((n, d), 1.0 / d, device=x.device, dtype=x.dtype)
         if self.importance and previous is not None:
             k = max(1, previous.shape[2] // 8)
             pooled = F.max_pool2d(previous.abs(), k, k, ceil_mode=True)
@@ -188,29 +178,25 @@ class ZOO(BlackBoxAttack):
             total = pooled.sum(1, keepdim=True)
             share = torch.where(total > 0, pooled / total.clamp_min(1e-30), prob)
             prob = 0.99 * share + 0.01 * prob  # keep every coordinate reachable
-        return _State(w, zeros, zeros.clone(), torch.ones_like(zeros), prob)
+        return _State(w, adam, prob)
 
     # -- one iteration ---------------------------------------------------------------------
 
-    def _iterate(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
-                 const: Tensor, s: _State, idx: Tensor, best_l2: Tensor, best_x: Tensor,
-                 found: Tensor, g: torch.Generator) -> Tensor:
+    def _iterate(self, run: ScoreRun, s: _State, idx: Tensor) -> Tensor:
         """Estimate ``coords`` partial derivatives per example of idx, update them, record
         successes at the current point. Returns the loss L(w) of each example (float64)."""
         k = min(self.coords, s.w[0].numel())
-        per_row = torch.clamp((oracle.remaining()[idx] - 1) // 2, max=k)  # >= 1 here
-        pick = torch.multinomial(s.prob[idx], k, replacement=False, generator=g)  # m x k
-        use = torch.arange(k, device=x.device)[None, :] < per_row[:, None]
+        per_row = torch.clamp((run.oracle.remaining()[idx] - 1) // 2, max=k)  # >= 1 here
+        pick = torch.multinomial(s.prob[idx], k, replacement=False, generator=run.generator)
+        use = torch.arange(k, device=run.x.device)[None, :] < per_row[:, None]
         chunk = max(1, ROWS_PER_QUERY // (2 * k + 1))
-        loss0 = [self._chunk(oracle, x, y, target, const, s, idx[a:a + chunk],
-                             pick[a:a + chunk], use[a:a + chunk], best_l2, best_x, found)
-                 for a in range(0, len(idx), chunk)]
-        return torch.cat(loss0)
+        return torch.cat([self._chunk(run, s, idx[a:a + chunk], pick[a:a + chunk],
+                                      use[a:a + chunk]) for a in range(0, len(idx), chunk)])
 
-    def _chunk(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
-               const: Tensor, s: _State, idx: Tensor, pick: Tensor, use: Tensor,
-               best_l2: Tensor, best_x: Tensor, found: Tensor) -> Tensor:
-        m, k = pick.shape
+    def _chunk(self, run: ScoreRun, s: _State, idx: Tensor, pick: Tensor, use: Tensor) -> Tensor:
+        """The 2k + 1 queries of each example of idx (k coordinates ``pick``, those in ``use``)
+        and the coordinate steps. Returns L(w) of each example."""
+        x, (m, k) = run.x, pick.shape
         x0 = x[idx]
         images = self._rows(x0, s.w[idx], pick, use)  # m x (2k + 1) x C x H x W
         keep = torch.cat([torch.ones(m, 1, dtype=torch.bool, device=x.device), use, use], 1)
@@ -218,7 +204,7 @@ class ZOO(BlackBoxAttack):
         rows, owner = flat.flatten(0, 1), idx.repeat_interleave(2 * k + 1)
         if not keep.all():  # a short budget: query only the probes in use
             rows, owner = rows[keep.flatten()], owner[keep.flatten()]
-        scores = oracle(rows.view(len(rows), *x.shape[1:]), owner=owner)
+        scores = run.oracle(rows.view(len(rows), *x.shape[1:]), owner=owner)
         # ||x' - x||^2 of every row from the center's, exactly: the probes differ from it by
         # O(h) in a few pixels, so the difference is summed on its own (float32 is enough)
         e0 = flat[:, 0] - x0.flatten(1)
@@ -226,14 +212,16 @@ class ZOO(BlackBoxAttack):
         l2sq = torch.cat([e0.double().pow(2).sum(1, keepdim=True),
                           e0.double().pow(2).sum(1, keepdim=True)
                           + (diff * (2 * e0[:, None] + diff)).sum(2).double()], 1)
-        t = None if target is None else target[owner]
+        t = None if run.target is None else run.target[owner]
         f = torch.zeros(m, 2 * k + 1, device=x.device, dtype=torch.float64)
-        f[keep] = self._f(scores.double(), y[owner], t)
-        loss = l2sq + const[idx][:, None] * f
+        f[keep] = cw_margin(scores.double(), run.y[owner], t, self.confidence, log_probs=True)
+        loss = l2sq + run.search.c[idx][:, None] * f
         first = torch.cat([keep.new_zeros(1, dtype=torch.long),  # each center's row
                            keep.sum(1).cumsum(0)[:-1]])
-        self._record(images[:, 0], scores[first], l2sq[:, 0], idx, y, target, best_l2,
-                     best_x, found)
+        ok = is_success(scores[first], run.y[idx], None if run.target is None else
+                        run.target[idx])
+        run.hit[idx] |= ok
+        run.best.update(idx, images[:, 0], l2sq[:, 0].sqrt(), ok)
         lp, lm, l0 = loss[:, 1:k + 1], loss[:, k + 1:], loss[:, :1]
         grad = ((lp - lm) / (2 * self.h)).to(x.dtype)
         hess = ((lp - 2 * l0 + lm) / self.h ** 2).to(x.dtype)
@@ -268,23 +256,6 @@ class ZOO(BlackBoxAttack):
             return w
         return F.interpolate(w, size=like.shape[2:], mode="bilinear", align_corners=False)
 
-    def _f(self, scores: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
-        """The C&W term on log-scores."""
-        logp = scores.log_softmax(1)
-        if target is None:
-            return margin(logp, y, kappa=self.confidence)
-        return clip(-margin(logp, target), lo=-self.confidence)
-
-    def _record(self, images: Tensor, scores: Tensor, l2sq: Tensor, rows: Tensor, y: Tensor,
-                target: Tensor | None, best_l2: Tensor, best_x: Tensor, found: Tensor) -> None:
-        """Success at the current points (one per row of ``rows``), and the best so far."""
-        ok = is_success(scores, y[rows], None if target is None else target[rows])
-        found[rows] |= ok
-        l2 = l2sq.sqrt()
-        better = ok & (l2 < best_l2[rows])
-        best_l2[rows[better]] = l2[better]
-        best_x[rows[better]] = images[better]
-
     def _update(self, s: _State, idx: Tensor, pick: Tensor, use: Tensor, grad: Tensor,
                 hess: Tensor, x: Tensor) -> None:
         """The coordinate step (ADAM or Newton) on the sampled coordinates in use."""
@@ -292,12 +263,7 @@ class ZOO(BlackBoxAttack):
         r, c, grad, hess = r[use], pick[use], grad[use], hess[use]
         w = s.w.view(len(s.w), -1)
         if self.solver == "adam":
-            m = self.beta1 * s.m[r, c] + (1 - self.beta1) * grad
-            v = self.beta2 * s.v[r, c] + (1 - self.beta2) * grad * grad
-            t = s.t[r, c]
-            corr = (1 - self.beta2 ** t).sqrt() / (1 - self.beta1 ** t)
-            s.m[r, c], s.v[r, c], s.t[r, c] = m, v, t + 1
-            new = w[r, c] - self.lr * corr * m / (v.sqrt() + 1e-8)
+            new = s.adam.step(w[r, c], grad, (r, c))
         else:
             hess = torch.where(hess < 0, torch.ones_like(hess), hess).clamp_min(0.1)
             new = w[r, c] - self.lr * grad / hess

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from advlab.detectors.metrics import (
+from advlab.detectors.roc import (
     calibrate_threshold,
     roc_auc,
     roc_curve,
