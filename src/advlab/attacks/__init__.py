@@ -15,6 +15,7 @@ from advlab.attacks.base import (  # noqa: F401
 from advlab.attacks.cw import CarliniWagnerL2, CarliniWagnerLinf  # noqa: F401
 from advlab.attacks.ddn import DDN  # noqa: F401
 from advlab.attacks.deepfool import DeepFool  # noqa: F401
+from advlab.attacks.ead import EAD  # noqa: F401
 from advlab.attacks.eot import EOTPGD, eot  # noqa: F401
 from advlab.attacks.fab import FAB, FABT  # noqa: F401
 from advlab.attacks.fmn import FMN  # noqa: F401
