@@ -75,3 +75,15 @@ def test_cnn_sparser_than_an_l2_attack(cnn, mnist_test) -> None:
     df = DeepFool()(cnn, x, y)
     assert res.norms["l1"].median() < 0.7 * df.norms["l1"].median()
     assert res.norms["l0"].median() < 0.5 * df.norms["l0"].median()
+
+
+def test_abort_early_stops_stalled_examples() -> None:
+    """Examples whose objective stalls leave the batch: fewer model rows, same success."""
+    from testkit import Counted
+
+    model, x, y, _, _ = linear_setup(n=4)
+    full, cut = Counted(model).eval(), Counted(model).eval()
+    a = EAD(steps=50, search_steps=2)(full, x, y)
+    b = EAD(steps=50, search_steps=2, abort_early=True)(cut, x, y)
+    assert torch.equal(a.success, b.success)
+    assert cut.rows < full.rows

@@ -68,6 +68,12 @@ class EAD(Attack):
         c0: the first constant.
         lr: initial step size :math:`\alpha_0`, decayed as :math:`(1 - k/K)^{1/2}`.
         rule: "EN" (keep the smallest elastic-net distance) or "L1".
+        abort_early: end an example's iterations at a constant when its objective
+            :math:`c f + \|\delta\|_2^2 + \beta\|\delta\|_1` at :math:`x^k` fell by less
+            than 0.01% over the last K/10 of them (C&W's rule, kept by the authors' code).
+            Off by default: FISTA's momentum makes the objective non-monotone, and the rule
+            cost sparsity (mnist-cnn, 30 images, L1 rule: median L1 11.9 with it, 9.9
+            without).
         seed: unused (deterministic); kept for the common interface.
 
     Shape: x N x C x H x W in [0, 1], y (N,). Returns (``info``): "c", the constant of each
@@ -80,7 +86,8 @@ class EAD(Attack):
     norm = "l1"
 
     def __init__(self, *, beta: float = 1e-3, steps: int = 100, search_steps: int = 9,
-                 c0: float = 1e-3, lr: float = 1e-2, rule: str = "EN", seed: int = 0) -> None:
+                 c0: float = 1e-3, lr: float = 1e-2, rule: str = "EN", abort_early: bool = False,
+                 seed: int = 0) -> None:
         if rule not in ("EN", "L1"):
             raise ThreatModelError(f"EAD decision rule must be 'EN' or 'L1', got {rule!r}")
         if beta < 0 or steps < 1 or search_steps < 1 or c0 <= 0 or lr <= 0:
@@ -88,7 +95,7 @@ class EAD(Attack):
                                    "c0 > 0 and lr > 0")
         self.eps, self.seed = None, seed
         self.beta, self.steps, self.search_steps, self.c0 = beta, steps, search_steps, c0
-        self.lr, self.rule = lr, rule
+        self.lr, self.rule, self.abort_early = lr, rule, abort_early
 
     def distance(self, delta: Tensor) -> Tensor:
         """The decision rule's distance of each perturbation."""
@@ -113,17 +120,32 @@ class EAD(Attack):
     def fista(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None, c: Tensor,
               best: Smallest) -> Tensor:
         """K FISTA iterations at constants c from x; records adversarial iterates in ``best``
-        and returns which examples reached the goal at some iterate."""
-        x_k, y_k = x, x
+        and returns which examples reached the goal at some iterate. With ``abort_early``
+        an example whose objective stalls leaves the batch."""
+        x_k, y_k = x.clone(), x.clone()
         found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        idx = torch.arange(len(x), device=x.device)
+        prev = torch.full_like(c, float("inf"))
+        check_every = max(1, self.steps // 10)
         for k in range(self.steps):
-            y_k = y_k.detach().requires_grad_(True)
-            g = c * margin_loss(model(y_k), y, target) + (y_k - x).flatten(1).pow(2).sum(1)
-            (grad,) = torch.autograd.grad(g.sum(), y_k)
+            xs, ys, ts = x[idx], y[idx], None if target is None else target[idx]
+            yk = y_k[idx].requires_grad_(True)
+            g = c[idx] * margin_loss(model(yk), ys, ts) + (yk - xs).flatten(1).pow(2).sum(1)
+            (grad,) = torch.autograd.grad(g.sum(), yk)
             alpha = self.lr * (1 - k / self.steps) ** 0.5
-            x_next = shrink(y_k.detach() - alpha * grad, x, self.beta)
-            y_k = x_next + k / (k + 3) * (x_next - x_k)
-            x_k = x_next
+            x_next = shrink(yk.detach() - alpha * grad, xs, self.beta)
+            y_k[idx] = x_next + k / (k + 3) * (x_next - x_k[idx])
+            x_k[idx] = x_next
             with torch.no_grad():  # the iterate x^{k+1} is the candidate, as in the paper
-                found |= best.update(x_k, self.distance(x_k - x), model(x_k), y, target)
+                logits = model(x_next)
+                delta = x_next - xs
+                found[idx] |= best.update(x_next, self.distance(delta), logits, ys, ts, idx)
+                if self.abort_early and (k + 1) % check_every == 0:
+                    loss = (c[idx] * margin_loss(logits, ys, ts) + lp_norm(delta, "l2").pow(2)
+                            + self.beta * lp_norm(delta, "l1"))
+                    stall = loss >= prev[idx] - 1e-4 * prev[idx].abs()
+                    prev[idx] = loss
+                    idx = idx[~stall]
+                    if len(idx) == 0:
+                        break
         return found
