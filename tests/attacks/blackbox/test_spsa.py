@@ -10,8 +10,8 @@ from torch import nn
 import advlab
 from advlab.attacks import PGD
 from advlab.attacks.blackbox import Oracle
-from advlab.attacks.blackbox.estimate import Session
-from advlab.attacks.blackbox.spsa import SPSA
+from advlab.attacks.blackbox.estimate import OracleProbe
+from advlab.attacks.blackbox.spsa import SPSA, SPSAEstimate
 from advlab.losses import objective
 from testkit import linear_setup
 
@@ -20,11 +20,12 @@ def test_estimate_is_the_rademacher_projection_of_the_gradient() -> None:
     """Two classes: the margin is linear in x, so each pair's difference quotient is exactly
     v . grad, and the estimate is (1/n) sum_j v_j (v_j . grad)."""
     model, x, y, _, _ = linear_setup(n=3)
-    attack = SPSA(n_samples=5, delta=0.01)
+    source = SPSAEstimate(0.01, 5, None)
     oracle = Oracle(model)
     oracle.reset(len(x))
-    est = attack.estimate(Session(oracle, torch.Generator().manual_seed(7)), x, y, None,
-                          torch.arange(3), torch.full((3,), 100))
+    probe = OracleProbe(oracle, torch.Generator().manual_seed(7))
+    est = source.estimate(objective("margin"), probe, x, y, None, torch.arange(3),
+                          torch.full((3,), 100))
     xr = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(objective("margin")(model(xr), y, None).sum(), xr)
     g = torch.Generator().manual_seed(7)  # the same draws: 5 directions per row, rows in order

@@ -32,13 +32,47 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import register
-from advlab.attacks.blackbox.estimate import EstimatedGradientAttack, Session, steps_for
+from advlab.attacks.blackbox.estimate import Estimator, OracleProbe, steps_for
+from advlab.attacks.gradient import GradientAttack
 from advlab.errors import ThreatModelError
-from advlab.threat import _expand, clip_box
+from advlab.losses import Objective
+from advlab.threat import broadcast_rows, clip_box
+
+
+class SPSAEstimate(Estimator):
+    """The SPSA estimate from ``n_samples`` Rademacher pairs at step ``delta``, plus the
+    success check: ``1 + 2 n_samples`` queries a step."""
+
+    def __init__(self, delta: float, n_samples: int, max_queries: int | None) -> None:
+        super().__init__(max_queries)
+        self.delta, self.n_samples, self.step_cost = delta, n_samples, 1 + 2 * n_samples
+
+    def estimate(self, objective: Objective, probe: OracleProbe, x: Tensor, y: Tensor,
+                 target: Tensor | None, rows: Tensor, budget: Tensor) -> Tensor:
+        """The SPSA estimate from up to n_samples pairs per row (fewer where the budget is
+        short; a zero estimate where it cannot pay for one pair)."""
+        pairs = torch.clamp(budget // 2, max=self.n_samples)
+        m = int(pairs.max())
+        grad = torch.zeros_like(x)
+        if m == 0:
+            return grad
+        use = torch.arange(m, device=x.device)[None, :] < pairs[:, None]
+        r, _ = use.nonzero(as_tuple=True)
+        v = torch.randint(0, 2, (len(r), *x.shape[1:]), generator=probe.generator,
+                          device=x.device).to(x.dtype) * 2 - 1
+        xs = x[r]
+        queries = torch.cat([clip_box(xs + self.delta * v), clip_box(xs - self.delta * v)])
+        scores = probe.oracle(queries, owner=rows[r].repeat(2))
+        yy = y[r].repeat(2)
+        tt = None if target is None else target[r].repeat(2)
+        obj = objective(scores, yy, tt)
+        diff = (obj[: len(r)] - obj[len(r):]) / (2 * self.delta)
+        grad.index_add_(0, r, broadcast_rows(diff, v) * v)
+        return grad / broadcast_rows(pairs.clamp_min(1).to(x.dtype), grad)
 
 
 @register("spsa", knowledge="score", goal="both", norm="linf", kind="iterative")
-class SPSA(EstimatedGradientAttack):
+class SPSA(GradientAttack):
     r"""SPSA with Adam, Linf (the paper's) or L2.
 
     Args:
@@ -68,34 +102,11 @@ class SPSA(EstimatedGradientAttack):
             raise ThreatModelError("SPSA needs delta > 0, lr > 0 and n_samples >= 1")
         if not all(0 <= b < 1 for b in betas):
             raise ThreatModelError(f"Adam's betas must lie in [0, 1), got {betas}")
-        self.step_cost = 1 + 2 * n_samples
-        super().__init__(eps, norm=norm, steps=steps_for(max_queries, steps, self.step_cost),
-                         alpha=lr, loss=loss, seed=seed)
+        source = SPSAEstimate(delta, n_samples, max_queries)
+        super().__init__(eps, norm=norm, steps=steps_for(max_queries, steps, source.step_cost),
+                         alpha=lr, loss=loss, seed=seed, source=source)
         self.delta, self.n_samples, self.betas = delta, n_samples, betas
         self.max_queries = max_queries
-
-    def estimate(self, session: Session, x: Tensor, y: Tensor, target: Tensor | None,
-                 rows: Tensor, budget: Tensor) -> Tensor:
-        """The SPSA estimate from up to n_samples pairs per row (fewer where the budget is
-        short; a zero estimate where it cannot pay for one pair)."""
-        pairs = torch.clamp(budget // 2, max=self.n_samples)
-        m = int(pairs.max())
-        grad = torch.zeros_like(x)
-        if m == 0:
-            return grad
-        use = torch.arange(m, device=x.device)[None, :] < pairs[:, None]
-        r, _ = use.nonzero(as_tuple=True)
-        v = torch.randint(0, 2, (len(r), *x.shape[1:]), generator=session.generator,
-                          device=x.device).to(x.dtype) * 2 - 1
-        xs = x[r]
-        queries = torch.cat([clip_box(xs + self.delta * v), clip_box(xs - self.delta * v)])
-        scores = session.oracle(queries, owner=rows[r].repeat(2))
-        yy = y[r].repeat(2)
-        tt = None if target is None else target[r].repeat(2)
-        obj = self.objective(scores, yy, tt)
-        diff = (obj[: len(r)] - obj[len(r):]) / (2 * self.delta)
-        grad.index_add_(0, r, _expand(diff, v) * v)
-        return grad / _expand(pairs.clamp_min(1).to(x.dtype), grad)
 
     def init_memory(self, x: Tensor) -> dict[str, Tensor]:
         """Adam's moments and step count, per example."""
@@ -111,7 +122,7 @@ class SPSA(EstimatedGradientAttack):
         s = b2 * memory["s"][rows] + (1 - b2) * grad * grad
         t = memory["t"][rows] + 1
         memory["m"][rows], memory["s"][rows], memory["t"][rows] = m, s, t
-        m_hat = m / _expand(1 - b1 ** t, m)
-        s_hat = s / _expand(1 - b2 ** t, s)
+        m_hat = m / broadcast_rows(1 - b1 ** t, m)
+        s_hat = s / broadcast_rows(1 - b2 ** t, s)
         live = grad.flatten(1).abs().amax(1) > 0
-        return _expand(live, grad) * m_hat / (s_hat.sqrt() + 1e-8)
+        return broadcast_rows(live, grad) * m_hat / (s_hat.sqrt() + 1e-8)
