@@ -1,7 +1,8 @@
 """The attack families added for issue 16 against the peers that have them, side by side.
 
     python benchmarks/families.py [--sections fmn ddn ead spsa sparsefool spatial]
-        [--models mnist-cnn] [--n 100] [--n-ead 50] [--n-spsa 20] [--n-sparse 50] [--peers foolbox torchattacks]
+        [--models mnist-cnn] [--n 100] [--n-ead 50] [--n-spsa 20] [--n-sparse 50]
+        [--peers foolbox torchattacks]
 
 For each zoo model, on the first correctly classified images of the mnist5k test split, in
 one process (torch.set_num_threads(1)), each library on the same images with equal settings:
