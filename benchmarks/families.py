@@ -1,7 +1,8 @@
 """The attack families added for issue 16 against the peers that have them, side by side.
 
-    python benchmarks/families.py [--sections fmn ddn ead spsa] [--models mnist-cnn]
-        [--n 100] [--n-ead 50] [--n-spsa 20] [--peers foolbox torchattacks]
+    python benchmarks/families.py [--sections fmn ddn ead spsa sparsefool spatial]
+        [--models mnist-cnn] [--n 100] [--n-ead 50] [--n-spsa 20] [--n-sparse 50]
+        [--peers foolbox torchattacks]
 
 For each zoo model, on the first correctly classified images of the mnist5k test split, in
 one process (torch.set_num_threads(1)), each library on the same images with equal settings:
@@ -20,6 +21,12 @@ Sections:
   steps of 64 Rademacher pairs (advlab's oracle counts 129 queries a step), on the model
   and on the model behind an 8-bit input quantisation that masks its gradient (PGD-40 given
   for reference).
+- sparsefool: advlab SparseFool vs torchattacks SparseFool, lambda 3, overshoot 0.02, 20
+  iterations (the L0 count is of changed pixel values).
+- spatial: advlab's spatial grid (label-only, mildest transform first) vs foolbox
+  SpatialAttack (first adversarial in its grid order), rotations up to 30 degrees (5 or 31
+  on the grid), shifts up to 3 pixels (5 per axis); the L2 size of the change shows which
+  transform each library returns.
 """
 from __future__ import annotations
 
@@ -51,6 +58,10 @@ COLUMNS = {
     "ead": ["lib", "success", "med_l1", "med_l1_common", "med_l2", "med_l0", "n_common",
             "time_s", "fwd/img", "bwd/img"],
     "spsa": ["lib", "model", "success", "time_s", "fwd/img"],
+    "sparsefool": ["lib", "success", "med_l0", "med_l0_common", "med_l1", "n_common", "time_s",
+                   "fwd/img", "bwd/img"],
+    "spatial": ["lib", "grid", "success", "med_l2", "med_l2_common", "n_common", "time_s",
+                "fwd/img"],
 }
 
 
@@ -147,6 +158,38 @@ def spsa_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
     return out
 
 
+def sparsefool_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+    runs: dict[str, Run] = {"advlab": advlab_run(advlab.attacks.SparseFool(), model)}
+    if have("torchattacks"):
+        import torchattacks as ta
+
+        runs["torchattacks"] = torchattacks_run(ta.SparseFool(model, steps=20, lam=3,
+                                                              overshoot=0.02))
+    rows = summarise(with_l1([measure(k, f, model, x, y) for k, f in runs.items()], x), "l0")
+    for r in rows:
+        r["med_l1"] = r["l1"][r["ok"]].median().item() if r["ok"].any() else None
+    return rows
+
+
+def spatial_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+    out = []
+    for rotations in (5, 31):
+        runs: dict[str, Run] = {"advlab": advlab_run(advlab.attacks.get(
+            "spatial", rotations=rotations, translations=5), model)}
+        if have("foolbox"):
+            import foolbox as fb
+
+            atk = fb.attacks.SpatialAttack(max_translation=3, max_rotation=30,
+                                           num_translations=5, num_rotations=rotations)
+            fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+            runs["foolbox"] = lambda xx, yy, t: atk(fmodel, xx, yy)[1]
+        rows = summarise([measure(k, f, model, x, y) for k, f in runs.items()], "l2")
+        for r in rows:
+            r["grid"] = f"{rotations}x5x5"
+        out += rows
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sections", nargs="+", default=list(COLUMNS))
@@ -154,13 +197,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--n-ead", type=int, default=50)
     ap.add_argument("--n-spsa", type=int, default=20)
+    ap.add_argument("--n-sparse", type=int, default=50)
     ap.add_argument("--peers", nargs="*", default=PEERS, help="peer libraries to run")
     args = ap.parse_args()
     PEERS[:] = args.peers
     torch.set_num_threads(1)
     for name in args.models:
         model = Meter(advlab.zoo.load(name)).eval()
-        x, y = correct_subset(model.model, max(args.n, args.n_ead, args.n_spsa))
+        x, y = correct_subset(model.model, max(args.n, args.n_ead, args.n_spsa, args.n_sparse))
         for sec in args.sections:
             if sec == "fmn":
                 rows = fmn_rows(model, x[:args.n], y[:args.n])
@@ -168,8 +212,12 @@ def main() -> None:
                 rows = ddn_rows(model, x[:args.n], y[:args.n])
             elif sec == "ead":
                 rows = ead_rows(model, x[:args.n_ead], y[:args.n_ead])
-            else:
+            elif sec == "sparsefool":
+                rows = sparsefool_rows(model, x[:args.n_sparse], y[:args.n_sparse])
+            elif sec == "spsa":
                 rows = spsa_rows(model, x[:args.n_spsa], y[:args.n_spsa])
+            else:
+                rows = spatial_rows(model, x[:args.n], y[:args.n])
             print(f"\n## {sec} on {name}\n")
             print(table(rows, COLUMNS[sec]), flush=True)
 
