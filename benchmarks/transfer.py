@@ -14,6 +14,15 @@ correctly), and the wall time of the craft.
 Settings, both libraries: Linf eps, T steps of eps / T, momentum 1.0; DI p 0.5 with the
 shrink-and-pad transform to [0.9 H, H); TI Gaussian kernel 5 (+-3 sigma) with DI; SI 5
 scales; VMI 20 neighbours at 1.5 eps.
+
+Measured (2026-12-03, n = 100, eps 0.3, 10 steps, loaded 2-core machine): advlab and
+torchattacks transfer at the same rates within sampling noise (n = 100: +-0.05), e.g. from
+mnist-cnn to mnist-mlp / mlp-b / cnn-b: MI 0.75 / 0.75 / 0.92 both; DI 0.80 / 0.82 / 0.92
+vs 0.80 / 0.83 / 0.94; TI 0.88 / 0.90 / 0.89 vs 0.89 / 0.89 / 0.96; NI 0.76 / 0.73 / 0.92
+vs 0.76 / 0.73 / 0.94; SI-NI 0.69 / 0.71 / 0.90 vs 0.72 / 0.69 / 0.89; VMI 0.82 / 0.86 /
+0.93 vs 0.80 / 0.83 / 0.94; the mlp+cnn ensemble reaches mlp-b 1.00 and cnn-b 0.90 (MI;
+torchattacks' MI on the same Ensemble: 1.00 / 0.90), against 0.75 / 0.92 from the CNN
+alone. Times within 0.6-1.6x of torchattacks' per cell.
 """
 from __future__ import annotations
 
