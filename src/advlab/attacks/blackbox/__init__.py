@@ -6,6 +6,8 @@ import advlab.attacks.blackbox.genetic  # noqa: F401
 import advlab.attacks.blackbox.hopskipjump  # noqa: F401
 import advlab.attacks.blackbox.nes  # noqa: F401
 import advlab.attacks.blackbox.simba  # noqa: F401
+import advlab.attacks.blackbox.spatial  # noqa: F401
+import advlab.attacks.blackbox.spsa  # noqa: F401
 import advlab.attacks.blackbox.square  # noqa: F401
 import advlab.attacks.blackbox.substitute  # noqa: F401
 import advlab.attacks.blackbox.zoo_attack  # noqa: F401

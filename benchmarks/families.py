@@ -1,0 +1,246 @@
+"""The attack families added for issue 16 against the peers that have them, side by side.
+
+    python benchmarks/families.py [--sections fmn ddn ead spsa sparsefool spatial]
+        [--models mnist-cnn] [--n 100] [--n-ead 50] [--n-spsa 20] [--n-sparse 50]
+        [--peers foolbox torchattacks]
+
+For each zoo model, on the first correctly classified images of the mnist5k test split, in
+one process (torch.set_num_threads(1)), each library on the same images with equal settings:
+wall time, model rows per image (forward, backward), success re-checked on the returned
+images, and the median norm over the successes and over the images every library fooled
+(helpers of whitebox_minnorm.py).
+
+Sections:
+- fmn: advlab FMN vs foolbox L0/L1/L2/LInfFMNAttack, 100 steps, alpha 1 annealed to 0.01,
+  gamma 0.05 annealed to 0.001 (both libraries' defaults).
+- ddn: advlab DDN vs foolbox DDNAttack, 100 steps, init_eps 1, gamma 0.05.
+- ead: advlab EAD (EN and L1 rules) vs foolbox EADAttack (EN) and torchattacks EADL1 (L1,
+  early abort, warm start across constants): beta 1e-3, 9 x 100 iterations, c0 1e-3,
+  lr 1e-2.
+- spsa: advlab SPSA vs torchattacks SPSA at Linf eps 0.2, delta 0.01, lr 0.01, 100 Adam
+  steps of 64 Rademacher pairs (advlab's oracle counts 129 queries a step), on the model
+  and on the model behind an 8-bit input quantisation that masks its gradient (PGD-40 given
+  for reference).
+- sparsefool: advlab SparseFool vs torchattacks SparseFool, lambda 3, overshoot 0.02, 20
+  iterations (the L0 count is of changed pixel values).
+- spatial: advlab's spatial grid (label-only, mildest transform first) vs foolbox
+  SpatialAttack (first adversarial in its grid order), rotations up to 30 degrees (5 or 31
+  on the grid), shifts up to 3 pixels (5 per axis); the L2 size of the change shows which
+  transform each library returns.
+
+Measured (2026-12-03, mnist-cnn, one process, a shared 2-core machine under load 10-18, so
+times are ratios at best; success re-checked, medians over successes, "common": the images
+every library fooled):
+
+- FMN, n = 100: L0 100% / 11 vs foolbox 100% / 11 (11.4 s vs 11.4 s); L1 100% / 6.94
+  (common 6.97) vs 82% / 7.01 (13.0 s vs 14.5 s); L2 100% / 1.53 vs 100% / 2.37 (14.2 s vs
+  17.2 s; foolbox's L2 projection is a no-op, factor = min(1, norms / norms)); Linf 100% /
+  0.139 vs 100% / 0.139 (15.1 s vs 45.1 s).
+- DDN, n = 100: 100% / L2 1.524 vs foolbox 100% / 1.524 (46.9 s vs 48.8 s).
+- EAD, n = 50: EN rule 100% / L1 11.88 = foolbox EN 100% / 11.88 (102 s vs 132 s); L1 rule
+  100% / L1 9.57 (L0 101) vs torchattacks EADL1 100% / 10.79 (L0 359) at 3.1x its time
+  (torchattacks aborts early: 299 backward rows per image against 900).
+- SPSA, n = 20, eps 0.2: 75% vs torchattacks 75% on the model (157 s vs 284 s) and 75% vs
+  75% behind the 8-bit quantisation (82 s vs 200 s), where PGD-40 reaches 0%.
+- SparseFool, n = 50: 100% / L0 35 (L1 23.0) vs torchattacks 100% / L0 33 (L1 23.4),
+  5.4 s vs 107.7 s.
+- spatial, n = 100: 5x5x5 grid 100% (median L2 of the change 8.92, 16 queries per image,
+  0.69 s) vs foolbox 100% (9.58, 27 forwards per image, 1.14 s); 31x5x5 grid 100% (8.25,
+  83 queries, 5.8 s) vs foolbox 100% (9.58, 1.24 s).
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from common import have as installed
+from common import table
+from torch import Tensor, nn
+from whitebox_minnorm import (
+    Meter,
+    Run,
+    advlab_run,
+    correct_subset,
+    foolbox_run,
+    measure,
+    summarise,
+    torchattacks_run,
+)
+
+import advlab
+
+PEERS = ["foolbox", "torchattacks"]
+COLUMNS = {
+    "fmn": ["lib", "norm", "success", "med", "med_common", "n_common", "time_s", "fwd/img",
+            "bwd/img"],
+    "ddn": ["lib", "success", "med_l2", "med_l2_common", "n_common", "time_s", "fwd/img",
+            "bwd/img"],
+    "ead": ["lib", "success", "med_l1", "med_l1_common", "med_l2", "med_l0", "n_common",
+            "time_s", "fwd/img", "bwd/img"],
+    "spsa": ["lib", "model", "success", "time_s", "fwd/img"],
+    "sparsefool": ["lib", "success", "med_l0", "med_l0_common", "med_l1", "n_common", "time_s",
+                   "fwd/img", "bwd/img"],
+    "spatial": ["lib", "grid", "success", "med_l2", "med_l2_common", "n_common", "time_s",
+                "fwd/img"],
+}
+
+
+def have(peer: str) -> bool:
+    return peer in PEERS and installed(peer)
+
+
+def with_l1(rows: list[dict], x: Tensor) -> list[dict]:
+    for r in rows:
+        r["l1"] = (r["x_adv"] - x).flatten(1).abs().sum(1)
+    return rows
+
+
+def fmn_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+    out = []
+    for norm in ("l0", "l1", "l2", "linf"):
+        runs: dict[str, Run] = {"advlab": advlab_run(advlab.attacks.FMN(norm=norm), model)}
+        if have("foolbox"):
+            import foolbox as fb
+
+            cls = {"l0": fb.attacks.L0FMNAttack, "l1": fb.attacks.L1FMNAttack,
+                   "l2": fb.attacks.L2FMNAttack, "linf": fb.attacks.LInfFMNAttack}[norm]
+            runs["foolbox"] = foolbox_run(cls(steps=100), model)
+        rows = with_l1([measure(k, f, model, x, y) for k, f in runs.items()], x)
+        for r in summarise(rows, norm):
+            r.update(norm=norm, med=r[f"med_{norm}"], med_common=r[f"med_{norm}_common"])
+            out.append(r)
+    return out
+
+
+def ddn_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+    runs: dict[str, Run] = {"advlab": advlab_run(advlab.attacks.DDN(), model)}
+    if have("foolbox"):
+        import foolbox as fb
+
+        runs["foolbox"] = foolbox_run(fb.attacks.DDNAttack(steps=100), model)
+    return summarise([measure(k, f, model, x, y) for k, f in runs.items()], "l2")
+
+
+def ead_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+    runs: dict[str, Run] = {
+        "advlab EN": advlab_run(advlab.attacks.EAD(rule="EN"), model),
+        "advlab L1": advlab_run(advlab.attacks.EAD(rule="L1"), model),
+    }
+    if have("foolbox"):
+        import foolbox as fb
+
+        runs["foolbox EN"] = foolbox_run(fb.attacks.EADAttack(
+            binary_search_steps=9, steps=100, initial_stepsize=1e-2, initial_const=1e-3,
+            regularization=1e-3, decision_rule="EN", abort_early=False), model)
+    if have("torchattacks"):
+        import torchattacks as ta
+
+        runs["torchattacks L1"] = torchattacks_run(ta.EADL1(
+            model, kappa=0, lr=1e-2, binary_search_steps=9, max_iterations=100,
+            initial_const=1e-3, beta=1e-3))
+    rows = with_l1([measure(k, f, model, x, y) for k, f in runs.items()], x)
+    rows = summarise(rows, "l1")
+    for r in rows:
+        for norm in ("l2", "l0"):
+            r[f"med_{norm}"] = r[norm][r["ok"]].median().item() if r["ok"].any() else None
+    return rows
+
+
+class Quantized(nn.Module):
+    """The model on 8-bit inputs: round() has zero gradient, so autograd sees nothing."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(torch.round(x * 255) / 255)
+
+
+def spsa_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+    out = []
+    for label, target in (("plain", model), ("8-bit", Meter(Quantized(model.model)).eval())):
+        runs: dict[str, Run] = {
+            "advlab PGD-40": advlab_run(advlab.attacks.PGD(eps=0.2, steps=40), target),
+            "advlab SPSA": advlab_run(advlab.attacks.get(
+                "spsa", eps=0.2, steps=100, n_samples=64, delta=0.01, lr=0.01), target),
+        }
+        if have("torchattacks"):
+            import torchattacks as ta
+
+            runs["torchattacks SPSA"] = torchattacks_run(ta.SPSA(
+                target, eps=0.2, delta=0.01, lr=0.01, nb_iter=100, nb_sample=64,
+                max_batch_size=64))
+        for k, f in runs.items():
+            r = measure(k, f, target, x, y)
+            r["model"] = label
+            out.append(r)
+    return out
+
+
+def sparsefool_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+    runs: dict[str, Run] = {"advlab": advlab_run(advlab.attacks.SparseFool(), model)}
+    if have("torchattacks"):
+        import torchattacks as ta
+
+        runs["torchattacks"] = torchattacks_run(ta.SparseFool(model, steps=20, lam=3,
+                                                              overshoot=0.02))
+    rows = summarise(with_l1([measure(k, f, model, x, y) for k, f in runs.items()], x), "l0")
+    for r in rows:
+        r["med_l1"] = r["l1"][r["ok"]].median().item() if r["ok"].any() else None
+    return rows
+
+
+def spatial_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+    out = []
+    for rotations in (5, 31):
+        runs: dict[str, Run] = {"advlab": advlab_run(advlab.attacks.get(
+            "spatial", rotations=rotations, translations=5), model)}
+        if have("foolbox"):
+            import foolbox as fb
+
+            atk = fb.attacks.SpatialAttack(max_translation=3, max_rotation=30,
+                                           num_translations=5, num_rotations=rotations)
+            fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+            runs["foolbox"] = lambda xx, yy, t: atk(fmodel, xx, yy)[1]
+        rows = summarise([measure(k, f, model, x, y) for k, f in runs.items()], "l2")
+        for r in rows:
+            r["grid"] = f"{rotations}x5x5"
+        out += rows
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sections", nargs="+", default=list(COLUMNS))
+    ap.add_argument("--models", nargs="+", default=["mnist-cnn"])
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--n-ead", type=int, default=50)
+    ap.add_argument("--n-spsa", type=int, default=20)
+    ap.add_argument("--n-sparse", type=int, default=50)
+    ap.add_argument("--peers", nargs="*", default=PEERS, help="peer libraries to run")
+    args = ap.parse_args()
+    PEERS[:] = args.peers
+    torch.set_num_threads(1)
+    for name in args.models:
+        model = Meter(advlab.zoo.load(name)).eval()
+        x, y = correct_subset(model.model, max(args.n, args.n_ead, args.n_spsa, args.n_sparse))
+        for sec in args.sections:
+            if sec == "fmn":
+                rows = fmn_rows(model, x[:args.n], y[:args.n])
+            elif sec == "ddn":
+                rows = ddn_rows(model, x[:args.n], y[:args.n])
+            elif sec == "ead":
+                rows = ead_rows(model, x[:args.n_ead], y[:args.n_ead])
+            elif sec == "sparsefool":
+                rows = sparsefool_rows(model, x[:args.n_sparse], y[:args.n_sparse])
+            elif sec == "spsa":
+                rows = spsa_rows(model, x[:args.n_spsa], y[:args.n_spsa])
+            else:
+                rows = spatial_rows(model, x[:args.n], y[:args.n])
+            print(f"\n## {sec} on {name}\n")
+            print(table(rows, COLUMNS[sec]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
