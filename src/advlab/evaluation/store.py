@@ -15,39 +15,45 @@ One SQLite file (``runs/advlab.sqlite``, stdlib :mod:`sqlite3`, WAL journal) hol
 - ``runs`` and ``run_cells``: which cells a named run consists of, its configuration and
   environment, so a report can be re-rendered from the database alone.
 
-A cell is written in one transaction, after all its rows are computed: a killed run loses
-at most the cell in flight, and a finished cell is never recomputed.
+- ``shards``: the stored shards of cells computed in shards (first row, rows, timing).
 
-Every file advlab writes outside SQLite goes through :func:`atomic_write` (temporary file in
-the same directory, then :func:`os.replace`).
+A cell, or a shard of one, is written in one transaction after all its rows are computed:
+a killed run loses at most the shards in flight, and a finished cell or shard is never
+recomputed. The runner's process is this database's only writer.
+
+Every file advlab writes outside SQLite goes through :func:`atomic_write` (in
+:mod:`~advlab.evaluation.records`).
 """
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import logging
 import math
 import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from advlab.errors import DataError
+from advlab.evaluation.records import (
+    EXAMPLE_COLUMNS,
+    PROBE_COLUMNS,
+    CellRecord,
+    atomic_write,  # noqa: F401 - part of the store's interface
+    canonical_json,
+    cell_key,  # noqa: F401
+    pick_gallery,
+)
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-
-EXAMPLE_COLUMNS = ("label", "clean_pred", "clean_conf", "adv_pred", "adv_conf", "target",
-                   "success", "l0", "l1", "l2", "linf", "ssim", "queries")
-PROBE_COLUMNS = ("clean_pred", "clean_conf", "adv_pred", "adv_conf")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -81,6 +87,10 @@ CREATE TABLE IF NOT EXISTS scores (
 CREATE TABLE IF NOT EXISTS sanity (
     key TEXT PRIMARY KEY, model TEXT NOT NULL, defense TEXT NOT NULL,
     findings TEXT NOT NULL, finished REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS shards (
+    key TEXT NOT NULL, start INTEGER NOT NULL, n INTEGER NOT NULL, started REAL NOT NULL,
+    finished REAL NOT NULL, wall_s REAL NOT NULL, device TEXT NOT NULL,
+    PRIMARY KEY (key, start));
 CREATE TABLE IF NOT EXISTS gallery (
     key TEXT NOT NULL, idx INTEGER NOT NULL, shape TEXT NOT NULL,
     x BLOB NOT NULL, x_adv BLOB NOT NULL, PRIMARY KEY (key, idx));
@@ -90,88 +100,11 @@ CREATE TABLE IF NOT EXISTS gallery (
 # ----------------------------------------------------------------------------- helpers
 
 
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys, no spaces and floats written exactly: equal specs, equal text.
-
-    Raises:
-        DataError: a value that JSON cannot hold faithfully (NaN, Inf, objects).
-    """
-    try:
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"cannot write a canonical record of {obj!r}: {exc}") from exc
-
-
-def cell_key(spec: dict[str, Any]) -> str:
-    """The cell's identity: the first 24 hex digits of sha256 of its canonical JSON."""
-    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:24]
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write a file so that readers see the old content or the new one, never a torn file.
-
-    The data goes to a temporary file in the same directory, is flushed and fsynced, then
-    renamed over ``path`` with :func:`os.replace` (atomic on POSIX and Windows).
-
-    Returns:
-        The path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _none_if_nan(v: Any) -> Any:
     return None if isinstance(v, float) and math.isnan(v) else v
 
 
 # ----------------------------------------------------------------------------- records
-
-
-@dataclass
-class CellRecord:
-    """Everything one finished cell writes, as columns of per-example values.
-
-    Attributes:
-        key: :func:`cell_key` of ``spec``.
-        spec: the cell's canonical description (model, defense, attack, params, seed, data).
-        examples: column name (:data:`EXAMPLE_COLUMNS`) -> array (N,); ``idx`` -> indices.
-        probes: probe name -> {:data:`PROBE_COLUMNS` -> (N,)}.
-        scores: detector name -> {"clean": (N,), "adv": (N,)}.
-        gallery: (idx, x, x_adv) triples of float32 arrays C x H x W.
-        started, finished: Unix times; wall_s: seconds spent; device: where it ran.
-        info: extras (the attack's repr, skipped pieces, ...).
-    """
-
-    key: str
-    spec: dict[str, Any]
-    examples: dict[str, np.ndarray]
-    probes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    gallery: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
-    started: float = 0.0
-    finished: float = 0.0
-    wall_s: float = 0.0
-    device: str = "cpu"
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def _column(a: np.ndarray, i: int) -> Any:
@@ -295,39 +228,88 @@ class Store:
             done.update(r[0] for r in self._db.execute(q, chunk))
         return done
 
-    def write_cell(self, rec: CellRecord) -> None:
-        """Store a finished cell and all its rows in one transaction (replacing any old copy)."""
-        ex = rec.examples
+    def write_cell(self, rec: CellRecord, total: int | None = None, gallery: int = 0) -> bool:
+        """Store a cell's rows in one transaction, replacing any old copy of them: all of
+        them, or one shard's of a cell of ``total`` examples (``rec.examples["idx"]`` says
+        which). The cell is finished when its shards hold all ``total`` rows; it then keeps
+        ``gallery`` image pairs from its shards' candidates (:func:`pick_gallery`).
+
+        Returns:
+            Whether the cell is finished.
+        """
+        ex, key = rec.examples, rec.key
         n = len(ex["idx"])
-        spec = rec.spec
-        eps = spec.get("params", {}).get("eps")
+        shard = total is not None and n != total
+        lo, hi = (int(ex["idx"].min()), int(ex["idx"].max())) if n else (0, -1)
         with self.transaction() as db:
-            for table in ("examples", "probes", "scores", "gallery", "cells"):
-                db.execute(f"DELETE FROM {table} WHERE key = ?", (rec.key,))
-            db.executemany(
-                f"INSERT INTO examples VALUES (?, ?, {', '.join('?' * len(EXAMPLE_COLUMNS))})",
-                [(rec.key, int(ex["idx"][i]), *(_column(ex[c], i) for c in EXAMPLE_COLUMNS))
-                 for i in range(n)])
-            for probe, cols in rec.probes.items():
-                db.executemany("INSERT INTO probes VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               [(rec.key, probe, int(ex["idx"][i]),
-                                 *(_column(cols[c], i) for c in PROBE_COLUMNS))
-                                for i in range(n)])
-            for det, cols in rec.scores.items():
-                db.executemany("INSERT INTO scores VALUES (?, ?, ?, ?, ?)",
-                               [(rec.key, det, int(ex["idx"][i]), float(cols["clean"][i]),
-                                 float(cols["adv"][i])) for i in range(n)])
-            db.executemany("INSERT INTO gallery VALUES (?, ?, ?, ?, ?)",
-                           [(rec.key, int(i), json.dumps(list(x.shape)),
-                             np.ascontiguousarray(x, np.float32).tobytes(),
-                             np.ascontiguousarray(xa, np.float32).tobytes())
-                            for i, x, xa in rec.gallery])
+            where, args = ("key = ? AND idx BETWEEN ? AND ?", (key, lo, hi)) if shard else \
+                ("key = ?", (key,))
+            for table in ("examples", "probes", "scores", "gallery"):
+                db.execute(f"DELETE FROM {table} WHERE {where}", args)
+            db.execute("DELETE FROM cells WHERE key = ?", (key,))
+            db.execute("DELETE FROM shards WHERE key = ? AND start <= ? AND start + n > ?",
+                       (key, hi, lo) if shard else (key, 1 << 62, -1))
+            self._insert_rows(db, rec)
+            if shard:
+                db.execute("INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (key, lo, n, rec.started, rec.finished, rec.wall_s, rec.device))
+                done, t0, t1, wall = db.execute(
+                    "SELECT sum(n), min(started), max(finished), sum(wall_s) FROM shards "
+                    "WHERE key = ?", (key,)).fetchone()
+                if done < total:
+                    log.debug("stored rows %d-%d of cell %s", lo, hi, key)
+                    return False
+                self._keep_gallery(db, key, gallery)
+                rec = dataclasses.replace(rec, started=t0, finished=t1, wall_s=wall,
+                                          info={**rec.info, "shards": True})
+                n = done
+            spec = rec.spec
             db.execute("INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (rec.key, canonical_json(spec), spec["model"]["name"],
-                        spec["defense"]["name"], spec["attack"], eps, spec["seed"], n,
-                        rec.started, rec.finished, rec.wall_s, rec.device,
-                        json.dumps(rec.info)))
-        log.debug("stored cell %s (%d examples)", rec.key, n)
+                       (key, canonical_json(spec), spec["model"]["name"],
+                        spec["defense"]["name"], spec["attack"],
+                        spec.get("params", {}).get("eps"), spec["seed"], n, rec.started,
+                        rec.finished, rec.wall_s, rec.device, json.dumps(rec.info)))
+        log.debug("stored cell %s (%d examples)", key, n)
+        return True
+
+    @staticmethod
+    def _insert_rows(db: sqlite3.Connection, rec: CellRecord) -> None:
+        ex, key = rec.examples, rec.key
+        idx = [int(i) for i in ex["idx"]]
+        db.executemany(
+            f"INSERT INTO examples VALUES (?, ?, {', '.join('?' * len(EXAMPLE_COLUMNS))})",
+            [(key, k, *(_column(ex[c], i) for c in EXAMPLE_COLUMNS)) for i, k in enumerate(idx)])
+        for probe, cols in rec.probes.items():
+            db.executemany("INSERT INTO probes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(key, probe, k, *(_column(cols[c], i) for c in PROBE_COLUMNS))
+                            for i, k in enumerate(idx)])
+        for det, cols in rec.scores.items():
+            db.executemany("INSERT INTO scores VALUES (?, ?, ?, ?, ?)",
+                           [(key, det, k, float(cols["clean"][i]), float(cols["adv"][i]))
+                            for i, k in enumerate(idx)])
+        db.executemany("INSERT INTO gallery VALUES (?, ?, ?, ?, ?)",
+                       [(key, int(i), json.dumps(list(x.shape)),
+                         np.ascontiguousarray(x, np.float32).tobytes(),
+                         np.ascontiguousarray(xa, np.float32).tobytes())
+                        for i, x, xa in rec.gallery])
+
+    @staticmethod
+    def _keep_gallery(db: sqlite3.Connection, key: str, k: int) -> None:
+        """The cell's first k gallery pairs (:func:`pick_gallery`) out of its shards' ones."""
+        rows = db.execute("SELECT g.idx, e.label, e.clean_pred, e.success, g.shape, g.x, "
+                          "g.x_adv FROM gallery g JOIN examples e ON e.key = g.key AND "
+                          "e.idx = g.idx WHERE g.key = ? ORDER BY g.idx", (key,)).fetchall()
+        cols = {c: np.array([r[j] for r in rows], np.int64)
+                for j, c in enumerate(("idx", "label", "clean_pred", "success"))}
+        keep = [rows[i] for i in pick_gallery(cols, k)] if rows else []
+        db.execute("DELETE FROM gallery WHERE key = ?", (key,))
+        db.executemany("INSERT INTO gallery VALUES (?, ?, ?, ?, ?)",
+                       [(key, r[0], *r[4:]) for r in keep])
+
+    def stored_shards(self, key: str) -> set[tuple[int, int]]:
+        """(first row, rows) of each stored shard of a cell not yet finished."""
+        return {(a, n) for a, n in self._db.execute(
+            "SELECT start, n FROM shards WHERE key = ?", (key,))}
 
     def cell(self, key: str) -> dict[str, Any] | None:
         """A stored cell's record (spec, timing, device, info), or None."""
@@ -361,26 +343,23 @@ class Store:
 
     def probes(self, key: str) -> dict[str, dict[str, np.ndarray]]:
         """A cell's probes: name -> {clean_pred, clean_conf, adv_pred, adv_conf} in idx order."""
-        rows = self._db.execute("SELECT probe, clean_pred, clean_conf, adv_pred, adv_conf "
-                                "FROM probes WHERE key = ? ORDER BY probe, idx",
-                                (key,)).fetchall()
-        out: dict[str, dict[str, list]] = {}
-        for probe, *vals in rows:
-            d = out.setdefault(probe, {c: [] for c in PROBE_COLUMNS})
-            for c, v in zip(PROBE_COLUMNS, vals, strict=True):
-                d[c].append(v)
-        return {p: {c: np.asarray(v) for c, v in d.items()} for p, d in out.items()}
+        return {p: {c: np.asarray(v) for c, v in d.items()}
+                for p, d in self._grouped(key, "probes", "probe", PROBE_COLUMNS).items()}
 
     def scores(self, key: str) -> dict[str, dict[str, np.ndarray]]:
         """A cell's detector scores: detector -> {"clean": (N,), "adv": (N,)} in idx order."""
-        rows = self._db.execute("SELECT detector, clean, adv FROM scores WHERE key = ? "
-                                "ORDER BY detector, idx", (key,)).fetchall()
+        return {k: {c: np.asarray(v, np.float64) for c, v in d.items()}
+                for k, d in self._grouped(key, "scores", "detector", ("clean", "adv")).items()}
+
+    def _grouped(self, key: str, table: str, by: str, cols: tuple[str, ...]
+                 ) -> dict[str, dict[str, list]]:
         out: dict[str, dict[str, list]] = {}
-        for det, c, a in rows:
-            d = out.setdefault(det, {"clean": [], "adv": []})
-            d["clean"].append(c)
-            d["adv"].append(a)
-        return {k: {c: np.asarray(v, np.float64) for c, v in d.items()} for k, d in out.items()}
+        for group, *vals in self._db.execute(f"SELECT {by}, {', '.join(cols)} FROM {table} "
+                                             f"WHERE key = ? ORDER BY {by}, idx", (key,)):
+            d = out.setdefault(group, {c: [] for c in cols})
+            for c, v in zip(cols, vals, strict=True):
+                d[c].append(v)
+        return out
 
     def gallery(self, key: str) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """A cell's stored (idx, x, x_adv) image pairs (float32 C x H x W)."""
