@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -73,6 +74,10 @@ def cli(verbose: int, threads: int | None) -> None:
 # ----------------------------------------------------------------------------- run
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 class Bars:
     """tqdm bars for the runner's progress events: cells, and batches within a cell."""
 
@@ -95,6 +100,8 @@ class Bars:
             self.cells.update(1)
         elif p.event == "cell":
             self.cells.set_postfix_str(p.label)
+        elif p.event == "shard":  # a cell in shards: its stored images
+            self.cells.set_postfix_str(f"{p.label}: {p.batch}/{p.batches} images stored")
         elif p.event == "batch":
             if self.batches is None:
                 self.batches = tqdm(total=p.batches, desc="  batches", leave=False,
@@ -159,10 +166,18 @@ def _detection(results: dict[str, Any]) -> str:
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Processes computing cells on CPU (overrides the config; 0: one per "
               "core).")
+@click.option("--executor", type=click.Choice(["processes", "inline", "ray"]), default=None,
+              help="Where the work runs (overrides [execution]): forked processes of this "
+              "machine, this process, or a Ray cluster.")
+@click.option("--address", default=None,
+              help="Ray cluster address (with --executor ray; default: a local cluster).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=None,
+              help="Images per stored shard of a cell (overrides the config).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--show-config", is_flag=True, help="Print the built-in configuration and exit.")
 def run(config: str | None, root: str, device: str | None, name: str | None, n: int | None,
-        batch_size: int | None, workers: int | None, progress: bool, show_config: bool
+        batch_size: int | None, workers: int | None, executor: str | None,
+        address: str | None, shard_size: int | None, progress: bool, show_config: bool
         ) -> None:
     """Evaluate models x defenses x attacks and write runs/<name>/report.html.
 
@@ -184,8 +199,14 @@ def run(config: str | None, root: str, device: str | None, name: str | None, n: 
         cfg.data = dataclasses.replace(cfg.data, n=n)
     cfg.batch_size = batch_size or cfg.batch_size
     cfg.workers = cfg.workers if workers is None else workers
+    cfg.shard_size = shard_size or cfg.shard_size
+    if executor is not None or address is not None:
+        cfg.execution = dataclasses.replace(
+            cfg.execution, executor=executor or ("ray" if address else cfg.execution.executor),
+            address=address or cfg.execution.address)
     t0 = time.perf_counter()
     bars = Bars(progress)
+    signal.signal(signal.SIGTERM, _interrupt)  # kill, timeout, schedulers: stop like Ctrl-C
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -259,8 +280,11 @@ def attack(name: str, model: str, weights: str | None, data_name: str, eps: floa
            device: str | None, batch_size: int, out: str | None) -> None:
     """Run one attack NAME on one model and print what it did."""
     from advlab import attacks
-    from advlab.evaluation import results, runner
-    from advlab.evaluation.store import atomic_write
+    from advlab.evaluation import results
+    from advlab.evaluation.config import ModelSpec
+    from advlab.evaluation.inputs import load_model, resolve_device
+    from advlab.evaluation.measure import CellPlan, measure
+    from advlab.evaluation.records import atomic_write
     from advlab.report import plots
 
     kw = dict(_param(p) for p in params)
@@ -270,16 +294,16 @@ def attack(name: str, model: str, weights: str | None, data_name: str, eps: floa
         atk = attacks.get(name, **kw, seed=seed)
     except TypeError as exc:  # an unknown or ill-typed keyword of the attack's constructor
         raise Failure(f"attack {name!r} does not accept these parameters: {exc}") from None
-    dev = runner.resolve_device(device)
-    spec = runner.ModelSpec(model, weights, model) if weights else runner.ModelSpec(model)
-    net = runner.load_model(spec).to(dev).eval()
+    dev = resolve_device(device)
+    spec = ModelSpec(model, weights, model) if weights else ModelSpec(model)
+    net = load_model(spec).to(dev).eval()
     from advlab import data
 
     x, y = data.load(data_name, split="test", n=n)
-    plan = runner.CellPlan(atk, target=target, shifts=(), noise=(), gallery=4,
-                           batch_size=batch_size, seed=seed)
+    plan = CellPlan(atk, target=target, shifts=(), noise=(), gallery=4,
+                    batch_size=batch_size, seed=seed)
     bar = _batch_bar()
-    rec = runner.evaluate(plan, net, x.to(dev), y.to(dev), on_batch=bar)
+    rec = measure(plan, net, x.to(dev), y.to(dev), on_batch=bar)
     bar.close()
     s = results.summarize_rows(rec.examples, rec.probes, rec.scores)
     norms = s["median_norms"]

@@ -63,3 +63,8 @@ class NotFittedError(AdvlabError, RuntimeError):
 
 class ConfigError(AdvlabError, ValueError):
     """An experiment configuration (TOML file or dict) that is malformed or inconsistent."""
+
+
+class ExecutionError(AdvlabError, RuntimeError):
+    """Work that cannot be shipped to or run on the workers (an unpicklable model for Ray,
+    Ray not installed, a worker lost for good)."""

@@ -13,9 +13,15 @@ and measures, per example:
 A shard is whole batches of its cell and batch b of the cell draws its randomness from seed
 ``seed + b`` wherever it is computed, so a cell measured in shards equals the cell measured
 at once. :func:`attack_for` builds the attack a cell names (the adaptive ones included).
+
+The tasks that executors run (:mod:`advlab.evaluation.execute`) end the module: measure a
+shard, fit a detector, run a group's sanity checks; each gets the run's shared
+:class:`Context` and fitted detectors, and one small picklable item.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -28,8 +34,20 @@ from torch import Tensor, nn
 
 from advlab import attacks
 from advlab.detectors import DetectorAwarePGD
+from advlab.detectors import registry as detector_registry
 from advlab.evaluation import metrics, sanity
-from advlab.evaluation.plan import Cell, DefenseCell, DetectorCell, NaiveCell, SanityCell
+from advlab.evaluation.config import PluginSpec
+from advlab.evaluation.plan import (
+    Cell,
+    DefenseCell,
+    DetectorCell,
+    NaiveCell,
+    SanityCell,
+    SanityGroup,
+    Shard,
+    detectors_of,
+    plugin_key,
+)
 from advlab.evaluation.results import DETECTION_FPR
 from advlab.evaluation.store import CellRecord, pick_gallery
 
@@ -243,3 +261,104 @@ def attack_for(cell: Cell, model: nn.Module, x: Tensor, detectors: dict[str, Any
     surrogate = model.adaptive().model if cell.on_surrogate else None
     return cell.attack, attacks.get(cell.attack, **cell.params, eps=cell.eps, seed=seed), \
         surrogate
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The run's settings a task needs (see :class:`~advlab.evaluation.config.RunConfig`)."""
+
+    seed: int
+    batch_size: int
+    shifts: tuple[int, ...]
+    noise: tuple[float, ...]
+    gallery: int
+    lam: float
+    sanity_n: int
+    sanity_queries: int
+
+
+@dataclass
+class Context:
+    """What every task of a run shares, shipped to the workers once (inherited by a fork,
+    or put in Ray's object store): the settings, the models, each (model, defense key)'s
+    defended model, the evaluation images and, when detectors are fitted, the training
+    images. ``version`` grows when the driver adds to it (a new defended model)."""
+
+    settings: Settings
+    models: dict[str, nn.Module]
+    defended: dict[tuple[str, str], nn.Module]
+    x: Tensor
+    y: Tensor
+    train: tuple[Tensor, Tensor] | None = None
+    version: int = 0
+    clean: dict[int, dict] = field(default_factory=dict, repr=False)  # per-process memo
+
+
+Detectors = dict[tuple[str, str], Any]  # (model, detector key) -> fitted, without model_
+
+
+def _attached(det: Any, model: nn.Module) -> Any:
+    """A fitted detector shipped without its model (``model_``), given it back here."""
+    if det.model_ is None:
+        det.model_ = model
+    return det
+
+
+def measure_shard(ctx: Context, detectors: Detectors, shard: Shard,
+                  on_batch: Callable[[int, int], None] | None = None) -> CellRecord:
+    """The task of one shard: build its cell's attack (on the cell's images) and
+    :func:`measure` the shard's images."""
+    cell, s = shard.cell, ctx.settings
+    model = ctx.defended[(cell.model, plugin_key(cell.defense))]
+    n = cell.n or len(ctx.x)
+    x, y = ctx.x[:n], ctx.y[:n]
+    dets = {d.name: _attached(detectors[(cell.model, plugin_key(d))], ctx.models[cell.model])
+            for d in detectors_of(cell)}
+    name, atk, surrogate = attack_for(cell, model, x, dets, s.seed, s.lam)
+    transfer = {k: m for k, m in ctx.models.items()
+                if k != cell.model or cell.defense.name != "none"}
+    plan = CellPlan(atk, cell.target, surrogate, transfer, s.shifts, s.noise, dets, s.gallery,
+                    s.batch_size, s.seed, ctx.clean.setdefault(id(model), {}))
+    rec = measure(plan, model, x[shard.start:shard.stop], y[shard.start:shard.stop],
+                  start=shard.start, on_batch=on_batch)
+    rec.key, rec.spec = cell.key, cell.spec
+    if not isinstance(cell, NaiveCell):
+        rec.info.update(adaptive_attack=name, surrogate=surrogate is not None)
+    return rec
+
+
+def fit_detector(ctx: Context, detectors: Detectors, what: tuple[str, PluginSpec],
+                 on_batch: Callable[[int, int], None] | None = None) -> Any:
+    """The task fitting detector ``what[1]`` on model ``what[0]``: the fitted detector,
+    sent back without its model (``model_``), which the driver has."""
+    name, spec = what
+    assert ctx.train is not None
+    det = detector_registry.get(spec.name, **spec.params)
+    det = det.fit(ctx.models[name], *ctx.train) or det
+    det.model_ = None
+    return det
+
+
+def sanity_checks(ctx: Context, detectors: Detectors, group: SanityGroup,
+                  on_batch: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+    """The task of one group's sanity checks (:func:`advlab.evaluation.sanity.run_all`) on
+    its defended model: the findings, as JSON-able dicts."""
+    s = ctx.settings
+    net = ctx.defended[(group.model, plugin_key(group.defense))]
+    return [_finding(f) for f in sanity.run_all(
+        net, ctx.x, ctx.y, eps=group.eps, norm="linf", results=group.rates,
+        max_examples=s.sanity_n, blackbox_queries=s.sanity_queries, seed=s.seed)]
+
+
+def _finding(f: Any) -> dict[str, Any]:
+    """A sanity finding (``to_dict()``, dataclass, object or dict) as JSON-able dict."""
+    if hasattr(f, "to_dict"):
+        f = f.to_dict()
+    elif dataclasses.is_dataclass(f):
+        f = dataclasses.asdict(f)
+    elif not isinstance(f, dict):
+        f = vars(f)
+    return json.loads(json.dumps(f, default=str))

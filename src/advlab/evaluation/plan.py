@@ -28,6 +28,7 @@ import numpy as np
 import advlab
 from advlab import attacks
 from advlab.detectors.registry import detector_class
+from advlab.errors import ConfigError
 from advlab.evaluation.config import AttackSpec, PluginSpec, RunConfig
 from advlab.evaluation.results import DETECTION_FPR, attack_norm, reference_eps
 from advlab.evaluation.store import canonical_json, cell_key
@@ -102,11 +103,23 @@ class Shard:
 
 
 def shards(cell: Cell, n_images: int, shard_size: int | None) -> list[Shard]:
-    """The cell's shards over its ``cell.n or n_images`` images (one when no shard_size)."""
+    """The cell's shards over its ``cell.n or n_images`` images (one when no shard_size).
+
+    Raises:
+        ConfigError: a shard_size that is not whole batches of the cell.
+    """
+    if shard_size is not None and shard_size % cell.spec["batch_size"]:
+        raise ConfigError(f"shard_size ({shard_size}) must be a multiple of batch_size "
+                          f"({cell.spec['batch_size']})")
     n = min(cell.n or n_images, n_images)
     size = shard_size or max(n, 1)
     count = max(math.ceil(n / size), 1)
     return [Shard(cell, i, count, i * size, min((i + 1) * size, n)) for i in range(count)]
+
+
+def plugin_key(spec: PluginSpec) -> str:
+    """A defense's or detector's identity: canonical JSON of its name and parameters."""
+    return canonical_json({"name": spec.name, "params": spec.params})
 
 
 def detectors_of(cell: Cell) -> tuple[PluginSpec, ...]:
