@@ -302,7 +302,7 @@ Detectors = dict[tuple[str, str], Any]  # (model, detector key) -> fitted, witho
 
 def _attached(det: Any, model: nn.Module) -> Any:
     """A fitted detector shipped without its model (``model_``), given it back here."""
-    if det.model_ is None:
+    if getattr(det, "model_", None) is None:
         det.model_ = model
     return det
 

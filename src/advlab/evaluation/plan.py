@@ -194,7 +194,7 @@ class Planner:
                     f"adaptive eps={c.eps}", {"adaptive": {"against": "defense"}}, norm=norm))
                 continue
             for det in c.detectors:
-                if not detector_class(det.name).differentiable:
+                if not getattr(detector_class(det.name), "differentiable", False):
                     continue
                 params = {"eps": c.eps, "norm": norm, "target": c.target,
                           "steps": ad["steps"], "lam": ad["lam"],

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 import advlab
-from advlab.evaluation.config import RunConfig, load_config
+from advlab.evaluation.config import PluginSpec, RunConfig, load_config
 from advlab.evaluation.execute import Executor, Job, make_executor
 from advlab.evaluation.inputs import (
     Inputs,
@@ -133,7 +133,7 @@ class Runner:
 
     # -- the context the tasks share ------------------------------------------------------
 
-    def _context(self, pairs: set[tuple[str, Any]], train: bool) -> Context:
+    def _context(self, pairs: list[tuple[str, PluginSpec]], train: bool) -> Context:
         """The shared context, with the defended models of ``pairs`` (model, defense) and
         the training images when ``train``; a new version when it grew."""
         for name, d in pairs:
@@ -169,7 +169,7 @@ class Runner:
         fits = {(c.model, plugin_key(d)): (c.model, d) for _, c in todo
                 for d in detectors_of(c)} if todo else {}
         fits = {k: v for k, v in fits.items() if k not in self.detectors}
-        ctx = self._context({(c.model, c.defense) for _, c in todo}, bool(fits))
+        ctx = self._context([(c.model, c.defense) for _, c in todo], bool(fits))
         later = [(i, c) for i, c in todo
                  if any((c.model, plugin_key(d)) in fits for d in detectors_of(c))]
         first = [(i, c) for i, c in todo if (i, c) not in later]
@@ -180,7 +180,7 @@ class Runner:
             pending = {(c.model, plugin_key(c.defense)) for _, c in later}
             checks = self._sanity_jobs([g for g in self._groups() if (
                 g.model, plugin_key(g.defense)) not in pending])
-        self._execute(self._context(set(), False), checks, later, total)
+        self._execute(self._context([], False), checks, later, total)
 
     def _execute(self, ctx: Context, extra: list[Job], cells: list[tuple[int, Cell]],
                  total: int) -> None:
@@ -258,7 +258,7 @@ class Runner:
         groups = self._groups()
         jobs = self._sanity_jobs(groups)
         if jobs:
-            ctx = self._context({(g.model, g.defense) for g in groups}, False)
+            ctx = self._context([(g.model, g.defense) for g in groups], False)
             self._execute(ctx, jobs, [], 0)
         for g in groups:
             g.findings = self.store.sanity(g.key)
