@@ -55,6 +55,20 @@ def _run(job: Job, refs: list[Any], threads: int) -> Any:
     return task(*(_shared(r) for r in refs), item, on_batch=None)
 
 
+def _unpicklable(obj: Any) -> tuple[str, str] | None:
+    """(which part, why) of a shared object (its fields, and their dict entries) that does
+    not pickle, or None."""
+    parts = vars(obj).items() if hasattr(obj, "__dict__") else [("", obj)]
+    for name, v in parts:
+        for key, item in (v.items() if isinstance(v, dict) else [(None, v)]):
+            try:
+                ray.cloudpickle.dumps(item)
+            except Exception as exc:  # noqa: BLE001 - any pickling error names the culprit
+                where = name if key is None else f"{name}[{key!r}]"
+                return f"{where} ({type(item).__name__})", f"{type(exc).__name__}: {exc}"
+    return None
+
+
 class RayExecutor:
     """Tasks on a Ray cluster (see the module's docstring).
 
@@ -94,10 +108,11 @@ class RayExecutor:
             try:
                 ref = ray.put(obj)
             except Exception as exc:  # pickling: any exception a __reduce__ may raise
+                what, why = _unpicklable(obj) or (type(obj).__name__, str(exc))
                 raise ExecutionError(
-                    f"cannot ship {type(obj).__name__} to the Ray workers: {exc}. Ray "
-                    "pickles the models and detectors; a model's class must be defined in "
-                    "a module importable on every node (not in __main__ or a notebook)"
+                    f"cannot ship {what} to the Ray workers ({why}): Ray pickles the models "
+                    "and detectors, so a model's class must pickle and be defined in a "
+                    "module importable on every node (not in __main__ or a notebook)"
                 ) from exc
             self._refs[id(obj)] = got = (version, obj, ref)
         return got[2]
