@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -372,8 +373,17 @@ def list_attacks() -> None:
 
 
 def main() -> None:
-    """Entry point of the ``advlab`` script."""
-    cli(prog_name="advlab")
+    """Entry point of the ``advlab`` script. An interrupted run (SIGINT, SIGTERM) has
+    stored what it finished and stopped its workers; it leaves at once, without the
+    interpreter's teardown of torch and friends (seconds on a loaded machine)."""
+    try:
+        cli(prog_name="advlab")
+    except SystemExit as exc:
+        if exc.code != 130:
+            raise
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
 
 
 if __name__ == "__main__":

@@ -142,13 +142,10 @@ class Processes:
 
 def _kill(pool: ProcessPoolExecutor) -> None:
     """Cancel the queued tasks and kill the pool's workers (running tasks are lost)."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in processes:
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
         if p.is_alive():
             p.kill()
-    for p in processes:
-        p.join(5)
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def make_executor(spec: ExecutionSpec, workers: int, device: torch.device) -> Executor:
