@@ -36,7 +36,8 @@ def tour_run(root: Path, n: int, what: str) -> tuple[float, float]:
 
         from advlab.evaluation.ray_executor import RayExecutor
 
-        ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.ERROR)
+        ray.init(address="local", num_cpus=workers, include_dashboard=False,
+                 logging_level=logging.ERROR)
         ex: execute.Executor = RayExecutor(ExecutionSpec("ray"), torch.device("cpu"))
     else:
         ex = execute.Processes(execute.worker_count(workers, torch.device("cpu")))

@@ -141,7 +141,7 @@ def test_interrupted_shards_resume_without_recomputing(tmp_path: Path,  # noqa: 
 def local_ray() -> Any:
     ray = pytest.importorskip("ray")
     src = str(Path(advlab.__file__).parents[1])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": {"PYTHONPATH": src, "OMP_WAIT_POLICY": "PASSIVE"}})
     yield ray
     ray.shutdown()

@@ -87,8 +87,9 @@ class RayExecutor:
         self._own = not ray.is_initialized()
         if self._own:
             try:
-                ray.init(address=spec.address, logging_level=logging.WARNING,
-                         log_to_driver=False)
+                local = {"include_dashboard": False} if spec.address is None else {}
+                ray.init(address=spec.address or "local", logging_level=logging.WARNING,
+                         log_to_driver=False, **local)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ExecutionError(f"cannot connect to a Ray cluster at {spec.address}: "
                                      f"{exc}") from exc

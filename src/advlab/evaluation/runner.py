@@ -11,7 +11,6 @@ loses at most the shards in flight. Three rounds:
 2. the shards that use the fitted detectors, and (when the config fixes the reference eps)
    the sanity checks of every model and defense whose cells are all stored;
 3. the remaining sanity checks, then the cells of the adaptive attacks their findings name.
-
 The library logs and reports progress through a callback; it never prints.
 """
 from __future__ import annotations
@@ -109,8 +108,9 @@ class Runner:
         x, y = self.inputs.data()
         self.models = self.inputs.models()
         fps = {k: fingerprint_model(m) for k, m in self.models.items()}
-        self.planner = Planner(cfg, fps, fingerprint_data(x, y), len(x))
-        cells = plan_cells(cfg, fps, self.planner.data["fingerprint"], len(x))
+        data_fp = fingerprint_data(x, y)
+        cells = plan_cells(cfg, fps, data_fp, len(x))
+        self.planner = Planner(cfg, fps, data_fp, len(x))  # for the sanity cells
         env = environment(self.inputs.device, cfg.seed)
         env["classes"] = None if self.inputs.given_data else class_names(cfg.data)
         self.store.begin_run(cfg.name, cfg.to_dict(), env, [(c.key, c.spec) for c in cells])
@@ -170,9 +170,9 @@ class Runner:
                 for d in detectors_of(c)} if todo else {}
         fits = {k: v for k, v in fits.items() if k not in self.detectors}
         ctx = self._context([(c.model, c.defense) for _, c in todo], bool(fits))
-        later = [(i, c) for i, c in todo
-                 if any((c.model, plugin_key(d)) in fits for d in detectors_of(c))]
-        first = [(i, c) for i, c in todo if (i, c) not in later]
+        waits = [any((c.model, plugin_key(d)) in fits for d in detectors_of(c)) for _, c in todo]
+        later = [t for t, w in zip(todo, waits) if w]
+        first = [t for t, w in zip(todo, waits) if not w]
         jobs: list[Job] = [(fit_detector, what) for what in fits.values()]
         self._execute(ctx, jobs, first, total)
         checks: list[Job] = []
