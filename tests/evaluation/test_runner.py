@@ -69,6 +69,8 @@ class Counter:
 def test_default_config_builds() -> None:
     cfg = load_config()
     assert cfg == parse_config(DEFAULT_TOML)
+    assert DEFAULT_TOML.startswith("# advlab's built-in tour")       # the package's tour.toml
+    assert cfg.shard_size is None and cfg.execution.executor == "processes"
     assert [m.name for m in cfg.models] == ["mnist-mlp", "mnist-cnn"]
     assert [a.name for a in cfg.attacks] == ["fgsm", "bim", "pgd", "fgsm", "pgd", "cw-l2",
                                              "fgsm", "pgd", "square", "bandits", "simba-dct"]
@@ -116,6 +118,12 @@ def test_missing_eps_takes_the_attack_default() -> None:
     ({"data": {"name": "x", "size": 3}}, "unknown key"),
     ({"name": "../evil"}, "plain directory name"),
     ({"detectors": ["lid", "lid"]}, "detector names must be distinct"),
+    ({"shard_size": 10}, r"shard_size \(10\) must be a multiple of batch_size \(24\)"),
+    ({"shard_size": 0}, "shard_size must be a positive integer"),
+    ({"execution": {"executor": "dask"}}, "executor must be one of processes, inline, ray"),
+    ({"execution": {"address": "h:1"}}, "address of a Ray cluster"),
+    ({"execution": {"gpus": 0}}, "gpus must be a positive number"),
+    ({"execution": {"nodes": 2}}, r"unknown key\(s\) \['nodes'\] in \[execution\]"),
 ])
 def test_config_errors(bad: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
