@@ -85,3 +85,12 @@ def tiny() -> nn.Module:
 def tiny_factory():  # noqa: ANN201
     """make_tiny(seed) -> a fresh seeded Tiny model in eval mode."""
     return make_tiny
+
+
+@pytest.fixture(scope="session")
+def user_project(tmp_path_factory: pytest.TempPathFactory):  # -> userkit.Project
+    """The example's own 3 x 32 x 32 network, trained and saved, with its images in a folder of
+    PNGs, CIFAR-10 binary batches and an .npz file (see tests/userkit.py)."""
+    import userkit
+
+    return userkit.make(tmp_path_factory.mktemp("user"))

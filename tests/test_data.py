@@ -312,3 +312,96 @@ def test_unknown_names_and_bad_arguments() -> None:
     assert set(data.available()) >= {"mnist5k", "digits", "mnist", "fashion-mnist", "cifar10"}
     assert data.info("mnist5k").shape == (1, 28, 28) and data.info("digits").num_classes == 10
     assert data.info("fashion-mnist").classes[9] == "Ankle boot"
+
+
+# ---------------------------------------------------------------- npz:PATH, subsets, reshape
+
+
+def _images(n: int, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("layout, shape", [("NCHW", (3, 5, 6)), ("NHWC", (5, 6, 3)),
+                                           ("NHW", (5, 6)), ("N1HW", (1, 5, 6))])
+def test_npz_layouts(tmp_path: Path, layout: str, shape: tuple[int, ...]) -> None:
+    a = _images(50, shape)
+    y = np.arange(50) % 5
+    np.savez(tmp_path / "d.npz", x=a, y=y)
+    x_te, y_te = data.load(f"npz:{tmp_path / 'd.npz'}", "test")
+    x_tr, _ = data.load(f"npz:{tmp_path / 'd.npz'}", "train")
+    assert len(x_te) == 10 and len(x_tr) == 40  # the stratified 80 / 20 split
+    assert x_te.dtype == torch.float32 and tuple(x_te.shape[2:]) == (5, 6)
+    nchw = a.transpose(0, 3, 1, 2) if layout == "NHWC" else a.reshape(50, -1, 5, 6)
+    idx = data.stratified_indices(y, "test")
+    assert torch.equal(x_te, torch.from_numpy(nchw[idx].astype(np.float32) / 255))
+    assert torch.equal(y_te, torch.from_numpy(y[idx]))
+    assert data.info(f"npz:{tmp_path / 'd.npz'}").classes == tuple("01234")
+
+
+def test_npz_split_arrays_floats_and_class_names(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).random((6, 1, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(6) % 2, x_test=x[:4],
+             y_test=np.array([1, 0, 1, 0]), classes=np.array(["cat", "dog"]))
+    xt, yt = data.load(f"npz:{tmp_path / 'd.npz'}", "test")
+    assert torch.equal(xt, torch.from_numpy(x[:4])) and yt.tolist() == [1, 0, 1, 0]
+    assert data.info(f"npz:{tmp_path / 'd.npz'}").classes == ("cat", "dog")
+
+
+@pytest.mark.parametrize("arrays, match", [
+    ({"x": np.zeros((4, 2, 5, 5)), "y": np.zeros(4, int)}, "neither 1 nor 3 channels"),
+    ({"x": np.full((4, 1, 5, 5), 255.0), "y": np.zeros(4, int)}, r"must lie in \[0, 1\]"),
+    ({"x": np.zeros((4, 5, 5), np.uint8), "y": np.zeros((4, 2), int)}, "not one-hot"),
+    ({"images": np.zeros((4, 5, 5), np.uint8)}, "expected arrays 'x' and 'y'"),
+    ({"x": np.zeros((4, 5, 5), np.uint8), "y": np.full(4, 3), "classes": np.array(["a"])},
+     "names 1 classes but labels go up to 3"),
+])
+def test_npz_errors(tmp_path: Path, arrays: dict, match: str) -> None:
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(DataError, match=match):
+        data.load(f"npz:{tmp_path / 'd.npz'}", "train")
+
+
+def test_npz_never_unpickles(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", x=np.array([object()], dtype=object), y=np.zeros(1, int))
+    with pytest.raises(DataError, match="without pickles"):
+        data.load(f"npz:{tmp_path / 'd.npz'}", "train")
+    with pytest.raises(DataError, match="no such file"):
+        data.load(f"npz:{tmp_path / 'missing.npz'}")
+
+
+def test_choose_first_random_stratified() -> None:
+    y = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    assert data.choose(y, 7).tolist() == list(range(7))
+    r = data.choose(y, 30, "random", seed=1)
+    assert torch.equal(r, data.choose(y, 30, "random", seed=1))
+    assert not torch.equal(r, data.choose(y, 30, "random", seed=2))
+    assert len(set(r.tolist())) == 30 and r.tolist() == sorted(r.tolist())
+    s = data.choose(y, 30, "stratified", seed=1)
+    assert torch.bincount(y[s]).tolist() == [10, 10, 10]
+    assert y[s[:3]].sort().values.tolist() == [0, 1, 2]  # round-robin over the classes
+    assert torch.bincount(y[data.choose(y, 70, "stratified")]).tolist() == [25, 25, 20]
+    assert len(data.choose(y, 500, "random")) == 100
+    with pytest.raises(UnknownNameError):
+        data.choose(y, 3, "best")
+
+
+def test_load_with_subset_channels_resize() -> None:
+    x, y = data.load("digits", "test", n=20, subset="stratified", seed=0, channels=3,
+                     resize=16)
+    assert x.shape == (20, 3, 16, 16) and torch.bincount(y).tolist() == [2] * 10
+    assert torch.equal(x[:, 0], x[:, 1]) and 0 <= x.min() and x.max() <= 1
+    grey = data.reshape(torch.ones(2, 3, 4, 4) * torch.tensor([1.0, 0, 0]).view(1, 3, 1, 1),
+                        channels=1)
+    assert torch.allclose(grey, torch.full((2, 1, 4, 4), 0.299))
+    flat = torch.full((1, 1, 8, 8), 0.25)
+    assert torch.allclose(data.reshape(flat, resize=(3, 5)), torch.full((1, 1, 3, 5), 0.25))
+    with pytest.raises(InputError, match="1 <-> 3 only"):
+        data.reshape(torch.zeros(1, 2, 4, 4), channels=3)
+
+
+def test_n_beyond_the_split_is_an_error() -> None:
+    """n = 5000 of a 1000-image split was cut to 1000 without a word."""
+    with pytest.raises(DataError, match="n = 5000 images asked of mnist5k test, which holds "
+                       "1000"):
+        data.load("mnist5k", "test", n=5000)
+    assert len(data.load("mnist5k", "test", n=1000)[0]) == 1000

@@ -84,3 +84,34 @@ def test_negative_eps() -> None:
 def test_unknown_attack_lists_names() -> None:
     with pytest.raises(AdvlabError, match="available: .*pgd"):
         advlab.attacks.get("pgdd")
+
+
+# ----------------------------------------------------------------------------- issue 17
+
+
+def test_image_range_error_shows_the_offending_value() -> None:
+    """A maximum of 1 + 1e-6 was reported as "got values in [1e-06, 1]"."""
+    x = torch.full((1, 1, 2, 2), 0.5, dtype=torch.float64)
+    x[0, 0, 0, 0] = 1 + 1e-6
+    with pytest.raises(InputError, match=r"got values in \[0.5, 1.000001\]"):
+        advlab.validation.check_images(x)
+
+
+def _settings(steps: int = 1, eps: float | None = None, *, names: list[str] | None = None,
+              mode: str = "a", flag: bool = False) -> None:
+    """A function whose keywords check_kwargs checks."""
+
+
+@pytest.mark.parametrize("kw, ok", [
+    ({"steps": 2}, True), ({"steps": 2.5}, False), ({"steps": True}, False),
+    ({"steps": "2"}, False), ({"eps": None}, True), ({"eps": 1}, True),
+    ({"eps": float("nan")}, False), ({"eps": "0.1"}, False), ({"names": ["a"]}, True),
+    ({"names": "a"}, False), ({"names": [1]}, False), ({"mode": 3}, False),
+    ({"flag": 1}, False), ({"other": 1}, False),
+])
+def test_check_kwargs(kw: dict, ok: bool) -> None:
+    if ok:
+        advlab.validation.check_kwargs(_settings, kw, "settings")
+    else:
+        with pytest.raises(AdvlabError, match="settings"):
+            advlab.validation.check_kwargs(_settings, kw, "settings")

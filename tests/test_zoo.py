@@ -284,3 +284,26 @@ def test_clean_accuracy_on_mnist5k_test(request, mnist_test, fixture: str,
     acc = zoo.accuracy(model, x, y)
     assert acc >= threshold
     assert not model.training and all(p.grad is None for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- issue 17
+
+
+@pytest.mark.parametrize("save_kw", [{}, {"_use_new_zipfile_serialization": False}])
+def test_torch_save_file_named_safetensors_says_what_it_is(tmp_path: Path,
+                                                            save_kw: dict) -> None:
+    path = tmp_path / "w.safetensors"
+    torch.save(zoo.build("mnist-mlp").state_dict(), path, **save_kw)
+    with pytest.raises(ModelFileError, match="named .safetensors but holds a (zip archive|"
+                       "pickle) \\(what torch.save writes\\)"):
+        zoo.load_weights(zoo.build("mnist-mlp"), path)
+
+
+@pytest.mark.parametrize("where, what", [("dir", "is a directory"),
+                                         ("/dev/zero", "is not a regular file")])
+def test_weights_path_that_is_not_a_file(tmp_path: Path, where: str, what: str) -> None:
+    path = tmp_path if where == "dir" else Path(where)
+    if not path.exists():
+        pytest.skip(f"no {path} here")
+    with pytest.raises(ModelFileError, match=what):
+        zoo.load_weights(zoo.build("mnist-mlp"), path)

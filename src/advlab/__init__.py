@@ -1,6 +1,6 @@
 """advlab: adversarial examples in PyTorch — attacks, defenses, detectors, honest evaluation.
 
-The layers, bottom to top: errors/threat/losses/validation -> data, zoo, transforms ->
+The layers, bottom to top: errors/threat/losses/validation -> data, zoo, models, transforms ->
 attacks -> defenses, detectors -> evaluation -> report, cli (imported on demand).
 """
 # ruff: noqa: I001, F401, E402
@@ -12,9 +12,29 @@ import os
 # never overrides the user's own setting.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from advlab import errors, validation, threat, losses
+from advlab import errors
+
+
+def _check_torch_numpy() -> None:
+    """torch wheels built against numpy 1 (torch 2.2, for one) import beside numpy 2 with only
+    a warning and then fail on the first array they exchange: say so once, at import."""
+    import numpy
+    import torch
+    try:
+        torch.zeros(1).numpy()
+    except RuntimeError as e:
+        raise errors.EnvironmentMismatchError(
+            f"torch {torch.__version__} cannot exchange arrays with numpy {numpy.__version__} "
+            "(its wheel was built against numpy 1): pip install 'numpy<2', or a newer torch"
+        ) from e
+
+
+_check_torch_numpy()
+
+from advlab import validation, threat, losses
 from advlab import data
 from advlab import zoo
+from advlab import models
 from advlab import transforms
 from advlab import attacks
 from advlab import defenses  # noqa: F401

@@ -38,8 +38,21 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except AdvlabError as exc:
-            raise Failure(str(exc)) from None
+        except AdvlabError as exc:  # one line, whatever the message holds
+            raise Failure(" ".join(str(exc).split())) from None
+
+
+class BatchSize(click.ParamType):
+    """A positive integer or "auto"."""
+
+    name = "batch_size"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if value == "auto" or isinstance(value, int) and value > 0:
+            return value
+        if isinstance(value, str) and value.isdigit() and int(value) > 0:
+            return int(value)
+        self.fail(f'{value!r} is neither a positive integer nor "auto"', param, ctx)
 
 
 def _pct(v: float | None) -> str:
@@ -157,13 +170,18 @@ def _detection(results: dict[str, Any]) -> str:
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--root", default="runs", show_default=True, type=click.Path(file_okay=False),
               help="Folder of the results database and of the run folders.")
-@click.option("--device", default=None, help="cpu or cuda (default: the config's, else cpu).")
+@click.option("--device", default=None,
+              help="auto, cpu, cuda or cuda:N (default: the config's, else cpu).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="The attacks' forward and backward (default: the config's, else fp32); "
+              "every figure is re-checked in fp32.")
 @click.option("--name", default=None, help="Run name (default: the config's).")
 @click.option("-n", "n", type=click.IntRange(min=1), default=None,
               help="Number of test images (overrides the config; attacks with a smaller n "
               "keep theirs).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Batch size (overrides the config).")
+@click.option("--batch-size", type=BatchSize(), default=None,
+              help='Batch size, or "auto" (halved on CUDA out-of-memory; overrides the '
+              'config).')
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Processes computing cells on CPU (overrides the config; 0: one per "
               "core).")
@@ -176,10 +194,10 @@ def _detection(results: dict[str, Any]) -> str:
               help="Images per stored shard of a cell (overrides the config).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--show-config", is_flag=True, help="Print the built-in configuration and exit.")
-def run(config: str | None, root: str, device: str | None, name: str | None, n: int | None,
-        batch_size: int | None, workers: int | None, executor: str | None,
-        address: str | None, shard_size: int | None, progress: bool, show_config: bool
-        ) -> None:
+def run(config: str | None, root: str, device: str | None, precision: str | None,
+        name: str | None, n: int | None, batch_size: int | str | None, workers: int | None,
+        executor: str | None, address: str | None, shard_size: int | None, progress: bool,
+        show_config: bool) -> None:
     """Evaluate models x defenses x attacks and write runs/<name>/report.html.
 
     With no CONFIG, runs the built-in tour on the embedded MNIST subset: FGSM, BIM, PGD at
@@ -190,15 +208,17 @@ def run(config: str | None, root: str, device: str | None, name: str | None, n: 
     recomputed: interrupt and rerun to resume.
     """
     from advlab import evaluation, report
+    from advlab.evaluation.schema import run_name
 
     if show_config:
         click.echo(evaluation.DEFAULT_TOML, nl=False)
         return
     cfg = evaluation.load_config(config)
-    cfg.name = name or cfg.name
+    cfg.name = cfg.name if name is None else run_name(name, "--name")
     if n is not None:
         cfg.data = dataclasses.replace(cfg.data, n=n)
     cfg.batch_size = batch_size or cfg.batch_size
+    cfg.precision = precision or cfg.precision
     cfg.workers = cfg.workers if workers is None else workers
     cfg.shard_size = shard_size or cfg.shard_size
     if executor is not None or address is not None:
@@ -257,13 +277,64 @@ def _param(text: str) -> tuple[str, Any]:
         return k.strip(), v
 
 
+def _model_spec(model: str, weights: str | None, kwargs: str | None, mean: str | None,
+                std: str | None, config: str | None) -> Any:
+    """--model and its options as a [[models]] table, validated like one; with --config, the
+    table of that name in the configuration file."""
+    from advlab import evaluation, models
+
+    if config is not None:
+        specs = {m.name: m for m in evaluation.load_config(config).models}
+        if model not in specs:
+            raise Failure(f"{config} has no [[models]] named {model!r}; it has "
+                          f"{', '.join(specs)}")
+        return specs[model]
+    d: dict[str, Any] = {"name": model}
+    if ":" in model:
+        d["factory"] = model
+    if weights is not None:
+        d["weights"] = weights
+        if ":" not in model:
+            d["arch"] = model
+    if kwargs is not None:
+        try:
+            d["kwargs"] = json.loads(kwargs)
+        except json.JSONDecodeError as exc:
+            raise Failure(f"--kwargs must be a JSON object: {exc}") from None
+    if (mean is None) != (std is None):
+        raise Failure("--mean and --std go together")
+    if mean is not None and std is not None:
+        d["normalize"] = {k: [float(v) for v in text.split(",")]
+                          for k, text in (("mean", mean), ("std", std))}
+    return models.model_spec(d, "--model")
+
+
 @cli.command()
 @click.argument("name")
 @click.option("--model", default="mnist-cnn", show_default=True,
-              help="Zoo model, or the architecture of --weights.")
+              help="Zoo model, the zoo architecture of --weights, or your own network's "
+              "factory: package.module:callable or path/to/net.py:callable.")
 @click.option("--weights", default=None, type=click.Path(dir_okay=False),
-              help="A safetensors file of weights for the --model architecture.")
-@click.option("--data", "data_name", default="mnist5k", show_default=True, help="Data set.")
+              help="Weights for --model (safetensors, or a torch state dict).")
+@click.option("--kwargs", default=None, help='The factory\'s arguments as JSON, e.g. '
+              '\'{"num_classes": 10}\'.')
+@click.option("--mean", default=None, help="Normalize in front of the model: per-channel "
+              "means, comma-separated (with --std).")
+@click.option("--std", default=None, help="Per-channel stds, comma-separated (with --mean).")
+@click.option("--config", "config", default=None, type=click.Path(dir_okay=False),
+              help="Take --model (a [[models]] name) and the data from this configuration.")
+@click.option("--data", "data_name", default=None,
+              help="Data set: a name, folder:PATH or npz:PATH (default: --config's, else "
+              "mnist5k).")
+@click.option("--root", "data_root", default=None, type=click.Path(file_okay=False),
+              help="Folder of the data set's files (mnist, fashion-mnist, cifar10).")
+@click.option("--resize", type=click.IntRange(min=1), default=None,
+              help="Resize the images to this size (square).")
+@click.option("--channels", type=click.Choice(["1", "3"]), default=None,
+              help="Convert the images to 1 or 3 channels.")
+@click.option("--subset", type=click.Choice(["first", "random", "stratified"]),
+              default="first", show_default=True,
+              help="Which -n test images: the first, or a draw seeded by --seed.")
 @click.option("--eps", type=float, default=None, help="Radius (default: the attack's).")
 @click.option("-n", "n", type=click.IntRange(min=1), default=100, show_default=True,
               help="Test images.")
@@ -272,39 +343,52 @@ def _param(text: str) -> tuple[str, Any]:
 @click.option("--target", type=click.Choice(["random", "least_likely", "next"]),
               default=None, help="Targeted attack with this target choice.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default=None, help="cpu or cuda.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+              show_default=True, help="The attack's forward and backward.")
+@click.option("--batch-size", type=BatchSize(), default=500, show_default=True,
+              help='Batch size, or "auto" (halved on CUDA out-of-memory).')
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="Gallery PNG (default: advlab-attack-NAME.png).")
-def attack(name: str, model: str, weights: str | None, data_name: str, eps: float | None,
-           n: int, params: tuple[str, ...], target: str | None, seed: int,
-           device: str | None, batch_size: int, out: str | None) -> None:
+def attack(name: str, model: str, weights: str | None, kwargs: str | None, mean: str | None,
+           std: str | None, config: str | None, data_name: str | None, data_root: str | None,
+           resize: Any, channels: Any, subset: str, eps: float | None, n: int,
+           params: tuple[str, ...],
+           target: str | None, seed: int, device: str | None, precision: str,
+           batch_size: int | str, out: str | None) -> None:
     """Run one attack NAME on one model and print what it did."""
-    from advlab import attacks
-    from advlab.evaluation import results
-    from advlab.evaluation.config import ModelSpec
-    from advlab.evaluation.inputs import load_model, resolve_device
+    from advlab import attacks, data
+    from advlab.evaluation import inputs, results
     from advlab.evaluation.measure import CellPlan, measure
-    from advlab.evaluation.records import atomic_write
+    from advlab.evaluation.records import atomic_write, check_writable
     from advlab.report import plots
 
     kw = dict(_param(p) for p in params)
     if eps is not None:
         kw["eps"] = eps
-    try:
-        atk = attacks.get(name, **kw, seed=seed)
-    except TypeError as exc:  # an unknown or ill-typed keyword of the attack's constructor
-        raise Failure(f"attack {name!r} does not accept these parameters: {exc}") from None
-    dev = resolve_device(device)
-    spec = ModelSpec(model, weights, model) if weights else ModelSpec(model)
-    net = load_model(spec).to(dev).eval()
-    from advlab import data
+    atk = attacks.get(name, **kw, seed=seed)  # unknown or ill-typed keywords: ParameterError
+    dev = inputs.resolve_device(device)
+    out_path = Path(out or f"advlab-attack-{name}.png")
+    check_writable(out_path.parent, "the folder of --out")
+    spec = _model_spec(model, weights, kwargs, mean, std, config)
+    inputs.check_cache([spec])
+    net = inputs.load_model(spec).to(dev).eval()
+    if data_name is None and config is not None:  # the configuration's data, -n of them
+        from advlab import evaluation
 
-    x, y = data.load(data_name, split="test", n=n)
+        d = evaluation.load_config(config).data
+        data_name, data_root = d.name, data_root or d.root
+        resize, channels = resize or d.resize, channels or d.channels
+    data_name = data_name or "mnist5k"
+    x, y = data.load(data_name, split="test", root=data_root, n=n, subset=subset, seed=seed,
+                     resize=resize, channels=None if channels is None else int(channels))
+    x, y = x.to(dev), y.to(dev)
+    classes = _classes(data_name, data_root)
+    inputs.check_models({model: net}, x, y, classes)
     plan = CellPlan(atk, target=target, shifts=(), noise=(), gallery=4,
-                    batch_size=batch_size, seed=seed)
+                    batch_size=batch_size, seed=seed, precision=precision)
     bar = _batch_bar()
-    rec = measure(plan, net, x.to(dev), y.to(dev), on_batch=bar)
+    rec = measure(plan, net, x, y, on_batch=bar)
     bar.close()
     s = results.summarize_rows(rec.examples, rec.probes, rec.scores)
     norms = s["median_norms"]
@@ -322,23 +406,22 @@ def attack(name: str, model: str, weights: str | None, data_name: str, eps: floa
             ["median queries", _num(s["median_queries"])], ["time", f"{rec.wall_s:.2f} s"]]
     width = max(len(k) for k, _ in rows)
     click.echo("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
-    classes = _classes(data_name)
     ex = rec.examples
     items = [plots.GalleryItem(xi, xa, int(ex["label"][i]), int(ex["clean_pred"][i]),
                                float(ex["clean_conf"][i]), int(ex["adv_pred"][i]),
                                float(ex["adv_conf"][i])) for i, xi, xa in rec.gallery]
     if items:
-        path = atomic_write(out or f"advlab-attack-{name}.png",
+        path = atomic_write(out_path,
                             plots.gallery([(name, items[:2]), ("", items[2:4])]
                                           if len(items) > 2 else [(name, items)], classes))
         click.echo(f"gallery: {path}")
 
 
-def _classes(data_name: str) -> list[str] | None:
+def _classes(data_name: str, root: str | None = None) -> list[str] | None:
     from advlab import data
 
     try:
-        return list(data.info(data_name).classes)
+        return list(data.info(data_name, root).classes)
     except AdvlabError:
         return None
 

@@ -18,6 +18,14 @@ Names:
 - ``folder:PATH``: an ImageFolder-style tree ``PATH/<class>/<image>``; class folders sorted
   give the label ids. With ``PATH/train`` and ``PATH/test`` those are the splits, otherwise
   the fixed stratified 80 / 20 split above.
+- ``npz:PATH``: a numpy ``.npz`` file (read with ``allow_pickle=False``) holding images ``x``
+  (N x C x H x W, N x H x W x C or N x H x W; uint8 0..255 or floats in [0, 1]) and integer
+  labels ``y``, split like a folder; or ``x_train``, ``y_train``, ``x_test``, ``y_test``.
+  An optional string array ``classes`` names the labels.
+
+:func:`load` adapts what it loads to a model: a seeded ``random`` or ``stratified`` choice of
+``n`` examples (:func:`choose`), ``channels`` (grey to colour by repetition, colour to grey by
+luminance) and ``resize`` (antialiased bilinear).
 
 The two stratified splits are ordered round-robin over the classes, so the first ``n``
 examples of a split are (nearly) class-balanced.
@@ -77,8 +85,9 @@ def home() -> Path:
 
 
 def available() -> list[str]:
-    """Names that :func:`load` accepts (``folder:PATH`` stands for any image tree)."""
-    return [*_INFO, "folder:PATH"]
+    """Names that :func:`load` accepts (``folder:PATH`` stands for any image tree,
+    ``npz:PATH`` for any numpy archive)."""
+    return [*_INFO, "folder:PATH", "npz:PATH"]
 
 
 def info(name: str, root: str | Path | None = None) -> DatasetInfo:
@@ -93,6 +102,9 @@ def info(name: str, root: str | Path | None = None) -> DatasetInfo:
     """
     if name in _INFO:
         return _INFO[name]
+    if name.startswith("npz:"):
+        x, y, classes = _npz(name, "train")
+        return DatasetInfo(name, tuple(x.shape[1:]), classes)
     if name != "folder" and not name.startswith("folder:"):
         raise UnknownNameError("data set", name, available())
     path = _folder_path(name, root)
@@ -101,16 +113,24 @@ def info(name: str, root: str | Path | None = None) -> DatasetInfo:
 
 
 def load(name: str, split: str = "test", root: str | Path | None = None,
-         n: int | None = None) -> tuple[Tensor, Tensor]:
+         n: int | None = None, *, subset: str = "first", seed: int = 0,
+         channels: int | None = None, resize: int | tuple[int, int] | None = None
+         ) -> tuple[Tensor, Tensor]:
     """Load a split of a data set as tensors.
 
     Args:
-        name: ``mnist5k``, ``digits``, ``mnist``, ``fashion-mnist``, ``cifar10`` or
-            ``folder:PATH``.
+        name: ``mnist5k``, ``digits``, ``mnist``, ``fashion-mnist``, ``cifar10``,
+            ``folder:PATH`` or ``npz:PATH``.
         split: ``"train"`` or ``"test"``.
         root: directory of the files for ``mnist``, ``fashion-mnist`` and ``cifar10``
             (default ``$ADVLAB_HOME/data/<name>``), or of the tree for ``name="folder"``.
-        n: keep only the first ``n`` examples of the split.
+        n: keep only ``n`` examples of the split, chosen by ``subset`` (more than it holds is
+            an error).
+        subset: ``"first"`` (the first ``n``), or a draw seeded by ``seed``: ``"random"`` or
+            ``"stratified"`` (see :func:`choose`).
+        seed: the seed of a random or stratified subset.
+        channels: 1 or 3 channels (None: as stored).
+        resize: height and width (one int: square) to resize to (None: as stored).
 
     Returns:
         ``(x, y)``: fresh tensors the caller may change freely.
@@ -134,9 +154,76 @@ def load(name: str, split: str = "test", root: str | Path | None = None,
         x, y = _to_tensors(*_cifar_split(split, _root(name, root)))
     elif name == "folder" or name.startswith("folder:"):
         x, y = _folder(_folder_path(name, root), split)
+    elif name.startswith("npz:"):
+        x, y, _ = _npz(name, split)
     else:
         raise UnknownNameError("data set", name, available())
-    return (x, y) if n is None else (x[:n].clone(), y[:n].clone())
+    if n is not None:
+        if n > len(x):
+            raise DataError(f"n = {n} images asked of {name} {split}, which holds {len(x)}")
+        idx = choose(y, n, subset, seed)
+        x, y = x[idx].clone(), y[idx].clone()
+    return reshape(x, channels, resize), y
+
+
+def choose(y: Tensor, n: int, how: str = "first", seed: int = 0) -> Tensor:
+    """Indices of ``n`` examples (all when there are fewer).
+
+    Args:
+        y: labels (N,).
+        n: how many.
+        how: ``"first"``: the first n; ``"random"``: n drawn without replacement;
+            ``"stratified"``: round-robin over the classes, each class in a random order, so
+            every class gets n / K examples (as far as it has them).
+        seed: seeds the draw (a ``torch.Generator``; the global RNG is untouched).
+
+    Returns:
+        int64 indices, in increasing order for "first" and "random", round-robin over the
+        classes for "stratified".
+    """
+    if how == "first":
+        return torch.arange(min(n, len(y)))
+    if how not in ("random", "stratified"):
+        raise UnknownNameError("subset", how, ["first", "random", "stratified"])
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    if how == "random":
+        return perm[:n].sort().values
+    yp = y[perm].numpy()
+    rank = np.empty(len(yp), dtype=np.int64)
+    for c in np.unique(yp):
+        rank[yp == c] = np.arange(int((yp == c).sum()))
+    return perm[torch.from_numpy(np.lexsort((yp, rank))[:n])]
+
+
+def reshape(x: Tensor, channels: int | None = None,
+            resize: int | tuple[int, int] | None = None) -> Tensor:
+    """Images with ``channels`` channels and size ``resize`` (None: unchanged).
+
+    Args:
+        x: N x C x H x W in [0, 1], C = 1 or 3.
+        channels: 1 (colour to grey: ITU-R 601 luminance 0.299 R + 0.587 G + 0.114 B) or 3
+            (grey repeated).
+        resize: (H, W) or one size for both; antialiased bilinear interpolation.
+
+    Returns:
+        float32 images in [0, 1].
+    """
+    if channels is not None and channels != x.shape[1]:
+        if (x.shape[1], channels) == (1, 3):
+            x = x.repeat(1, 3, 1, 1)
+        elif (x.shape[1], channels) == (3, 1):
+            w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
+            x = (x * w).sum(1, keepdim=True)
+        else:
+            raise InputError(f"cannot turn {x.shape[1]}-channel images into {channels} "
+                             f"channels (1 <-> 3 only)")
+    if resize is not None:
+        size = (resize, resize) if isinstance(resize, int) else tuple(resize)
+        if tuple(x.shape[2:]) != size:
+            x = torch.nn.functional.interpolate(x, size=size, mode="bilinear",
+                                                align_corners=False, antialias=True)
+            x = x.clamp(0, 1)
+    return x.contiguous()
 
 
 def _root(name: str, root: str | Path | None) -> Path:
@@ -430,3 +517,71 @@ def _stack_images(files: list[Path]) -> Tensor:
         return torch.from_numpy(np.stack(images)[:, None])
     rgb = [im if im.ndim == 3 else np.repeat(im[:, :, None], 3, axis=2) for im in images]
     return torch.from_numpy(np.ascontiguousarray(np.stack(rgb).transpose(0, 3, 1, 2)))
+
+
+# ------------------------------------------------------------------ npz:PATH numpy archives
+
+
+def _npz(name: str, split: str) -> tuple[Tensor, Tensor, tuple[str, ...]]:
+    """Images, labels and class names of a split of ``npz:PATH``."""
+    path = Path(name.partition(":")[2]).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; npz:PATH needs a numpy .npz file holding "
+                        f"images 'x' and labels 'y' (or x_train, y_train, x_test, y_test)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, zlib.error) as e:
+        raise DataError(f"cannot read {path} as a numpy .npz file without pickles: {e}") from e
+    split_keys = (f"x_{split}", f"y_{split}")
+    if all(k in arrays for k in split_keys):
+        images, labels = (arrays[k] for k in split_keys)
+    elif "x" in arrays and "y" in arrays:
+        images, labels = arrays["x"], arrays["y"]
+    else:
+        raise DataError(f"{path} holds {sorted(arrays)}; expected arrays 'x' and 'y' "
+                        f"(or {split_keys[0]} and {split_keys[1]})")
+    x, y = _npz_images(images, path), _npz_labels(labels, len(images), path)
+    if "x" in arrays and not all(k in arrays for k in split_keys):
+        keep = torch.from_numpy(stratified_indices(y.numpy(), split))
+        x, y = x[keep], y[keep]
+    k = int(y.max()) + 1 if len(y) else 0
+    classes = tuple(str(c) for c in arrays["classes"]) if "classes" in arrays else \
+        tuple(str(i) for i in range(k))
+    if len(classes) < k:
+        raise DataError(f"{path}: 'classes' names {len(classes)} classes but labels go up to "
+                        f"{k - 1}")
+    return x, y, classes
+
+
+def _npz_images(a: np.ndarray, path: Path) -> Tensor:
+    """N x C x H x W, N x H x W x C (C = 1 or 3) or N x H x W -> float32 N x C x H x W."""
+    if a.ndim == 3:
+        a = a[:, None]
+    if a.ndim != 4:
+        raise DataError(f"{path}: images must be N x C x H x W, N x H x W x C or N x H x W, "
+                        f"got shape {a.shape}")
+    if a.shape[1] not in (1, 3) and a.shape[3] in (1, 3):
+        a = a.transpose(0, 3, 1, 2)
+    if a.shape[1] not in (1, 3):
+        raise DataError(f"{path}: images of shape {a.shape} have neither 1 nor 3 channels "
+                        f"in axis 1 (N x C x H x W) or axis 3 (N x H x W x C)")
+    if a.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32) / 255.0)
+    if not np.issubdtype(a.dtype, np.floating):
+        raise DataError(f"{path}: images must be uint8 (0..255) or floats in [0, 1], "
+                        f"got {a.dtype}")
+    x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    if len(x) and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
+        raise DataError(f"{path}: float images must lie in [0, 1] (divide 0..255 pixels by "
+                        f"255), found values in [{float(x.min()):g}, {float(x.max()):g}]")
+    return x
+
+
+def _npz_labels(a: np.ndarray, n: int, path: Path) -> Tensor:
+    if a.ndim != 1 or len(a) != n or not np.issubdtype(a.dtype, np.integer):
+        raise DataError(f"{path}: labels 'y' must be {n} integers (class indices, not one-hot), "
+                        f"got {a.dtype} of shape {a.shape}")
+    if len(a) and a.min() < 0:
+        raise DataError(f"{path}: labels must be >= 0, found {a.min()}")
+    return torch.from_numpy(a.astype(np.int64))

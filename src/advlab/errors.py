@@ -61,6 +61,11 @@ class NotFittedError(AdvlabError, RuntimeError):
     """A detector or defense used before fit(), or with another model."""
 
 
+class ParameterError(AdvlabError, TypeError):
+    """A keyword argument that a function does not take, or a value of the wrong type for it
+    (``steps=2.5``, ``eps="0.1"``)."""
+
+
 class ConfigError(AdvlabError, ValueError):
     """An experiment configuration (TOML file or dict) that is malformed or inconsistent."""
 
@@ -68,3 +73,12 @@ class ConfigError(AdvlabError, ValueError):
 class ExecutionError(AdvlabError, RuntimeError):
     """Work that cannot be shipped to or run on the workers (an unpicklable model for Ray,
     Ray not installed, a worker lost for good)."""
+
+
+class EnvironmentMismatchError(AdvlabError, ImportError):
+    """The installed packages cannot work together (e.g. a torch wheel built against numpy 1
+    beside numpy 2)."""
+
+
+class FactoryError(AdvlabError, RuntimeError):
+    """A user's model factory that cannot be imported, raises, or returns no module."""

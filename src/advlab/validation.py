@@ -5,12 +5,24 @@ trusting its inputs, so a bad input is never a silent wrong answer.
 """
 from __future__ import annotations
 
+import collections.abc
+import inspect
 import math
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from advlab.errors import InputError, LabelError, ModelModeError, ModelOutputError
+from advlab.errors import (
+    InputError,
+    LabelError,
+    ModelModeError,
+    ModelOutputError,
+    ParameterError,
+)
 
 
 def check_images(x: Tensor, name: str = "x") -> None:
@@ -29,7 +41,7 @@ def check_images(x: Tensor, name: str = "x") -> None:
     if lo < 0.0 or hi > 1.0:
         raise InputError(
             f"{name} must lie in [0, 1] (pixel space; put normalisation inside the model with "
-            f"advlab.zoo.Normalize), got values in [{lo:.4g}, {hi:.4g}]")
+            f"advlab.zoo.Normalize), got values in [{lo!r}, {hi!r}]")
 
 
 def check_labels(y: Tensor, n: int, num_classes: int | None = None, name: str = "y") -> None:
@@ -103,3 +115,83 @@ def check_eval_mode(model: object) -> None:
                 f"the model is in train mode (module {name or type(m).__name__!r}: dropout and "
                 "BatchNorm statistics would change while it is attacked); call model.eval() "
                 "first")
+
+
+# ----------------------------------------------------------------------------- keyword arguments
+
+
+def check_kwargs(fn: Callable[..., Any], kwargs: Mapping[str, Any], what: str,
+                 skip: int = 0) -> None:
+    """Every keyword of ``kwargs`` must be a parameter of ``fn`` (a function or a class),
+    with a value of its annotated type: ``steps=2.5`` for ``steps: int``, ``eps="0.1"`` or
+    NaN for ``eps: float`` are refused here instead of failing (or passing) deep inside.
+
+    Args:
+        fn: the callable the keywords are for.
+        kwargs: the keywords.
+        what: how the error names ``fn`` ("attack 'pgd'").
+        skip: leading positional parameters that are not settings (model, x, y).
+
+    Raises:
+        ParameterError: an unknown keyword, or a value that does not fit its annotation.
+    """
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    named = {p.name: p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in params)
+    hints = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn)
+    for key, value in kwargs.items():
+        if key not in named:
+            if open_ended:
+                continue
+            raise ParameterError(f"{what} has no parameter {key!r}; its parameters: "
+                                 f"{', '.join(named) or 'none'}")
+        hint = hints.get(key, Any)
+        if not _fits(value, hint):
+            raise ParameterError(f"{what}: {key} must be {_describe(hint)}, got {value!r}")
+
+
+def _fits(v: Any, hint: Any) -> bool:
+    """Whether value v fits type annotation ``hint`` (plain types, unions, Literal,
+    containers of plain types; anything else is accepted). A float must not be NaN; an int
+    or a float is never a bool."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(v, a) for a in args)
+    if origin is typing.Literal:
+        return v in args
+    if hint is type(None) or hint is None:
+        return v is None
+    if hint is bool:
+        return isinstance(v, bool)
+    if hint is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if hint is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+    if origin in (list, tuple, collections.abc.Sequence, collections.abc.Iterable):
+        if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)):
+            return False
+        inner = [a for a in args if a is not Ellipsis]
+        return len(inner) != 1 or all(_fits(e, inner[0]) for e in v)
+    if origin in (dict, collections.abc.Mapping):
+        return isinstance(v, Mapping)
+    if origin is collections.abc.Callable or hint is collections.abc.Callable:
+        return callable(v)
+    if isinstance(hint, type) and origin is None:
+        return isinstance(v, hint)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is typing.Literal:
+        return " or ".join(map(repr, args))
+    if hint is type(None):
+        return "None"
+    if isinstance(hint, type) and origin is None:
+        return {"int": "an integer", "float": "a number (not NaN)", "bool": "true or false",
+                "str": "a string"}.get(hint.__name__, f"a {hint.__name__}")
+    return f"a {getattr(origin, '__name__', str(hint))}"

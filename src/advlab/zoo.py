@@ -402,6 +402,8 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
     """
     path = _existing(path)
     state = _read_state_dict(path)
+    if strict:
+        _check_fit(model.state_dict(), state, path)
     try:
         model.load_state_dict(state, strict=strict)
     except RuntimeError as e:
@@ -409,10 +411,33 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
     return model
 
 
+def _check_fit(own: Mapping[str, Tensor], state: Mapping[str, Tensor], path: Path) -> None:
+    """Every key of the model in the file and back, with equal shapes; the message names
+    the first mismatch."""
+    def more(names: list[str]) -> str:
+        return f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        head = (f"the model's {missing[0]!r} is not in the file{more(missing)}" if missing
+                else f"the file's {unexpected[0]!r} is not in the model{more(unexpected)}")
+        raise ModelFileError(f"{path} does not fit the model: {head}; the model has "
+                             f"{len(own)} tensors, the file {len(state)}")
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise ModelFileError(f"{path} does not fit the model: {k!r} has shape "
+                                 f"{tuple(state[k].shape)} in the file but {tuple(v.shape)} "
+                                 f"in the model")
+
+
 def _existing(path: str | Path) -> Path:
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise ModelFileError(f"model file {path} does not exist")
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file"
+        raise ModelFileError(f"model file {path} is {what}; give a weights file")
     return path
 
 
@@ -425,8 +450,14 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         except (SafetensorError, OSError) as e:
             raise ModelFileError(f"{path} is a corrupt safetensors file: {e}") from e
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save zip archive, or pickle
+        kind = "a zip archive" if head[:1] == b"P" else "a pickle"
+        if path.suffix == ".safetensors":  # torch.load would read it as safetensors
+            raise ModelFileError(
+                f"{path} is named .safetensors but holds {kind} (what torch.save writes), not "
+                f"safetensors; rename it to .pt, or re-save the state dict with advlab.zoo.save")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with open(path, "rb") as f:
+                obj = torch.load(f, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as e:
             raise ModelFileError(
                 f"refused to load {path}: torch.load(weights_only=True) rejected it (it holds "

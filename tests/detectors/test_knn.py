@@ -32,9 +32,13 @@ def test_euclidean_matches_numpy_and_has_a_zero_gradient_at_zero() -> None:
     want = np.sqrt(((a.numpy()[:, None] - b.numpy()[None]) ** 2).sum(-1))
     ag = a.clone().requires_grad_()
     d = euclidean(ag, b)
-    np.testing.assert_allclose(d.detach().numpy(), want, atol=1e-7)
+    # the norm expansion's error at distance 0 is about sqrt(eps_64) |a| ~ 1e-7, and its exact
+    # value depends on torch's matmul (exactly 0 on 2.13, 1.2e-7 on 2.2)
+    np.testing.assert_allclose(d.detach().numpy(), want, atol=1e-6)
     (grad,) = torch.autograd.grad(d[2, 3] + d[0, 0], ag)
-    assert torch.isfinite(grad).all() and grad[2].abs().max() == 0
+    # at distance 0 the gradient is finite and zero up to the same rounding (exactly 0 when
+    # the expansion rounds to 0, as on torch 2.13; 5e-10 on 2.2)
+    assert torch.isfinite(grad).all() and grad[2].abs().max() < 1e-6
     torch.testing.assert_close(grad[0], (a[0] - b[0]) / d[0, 0].detach())
 
 
@@ -88,8 +92,8 @@ def test_activation_knn_by_hand() -> None:
     expected = (nb != pred.numpy()[:, None]).mean(1)
     np.testing.assert_allclose(det.score(xt).numpy(), expected, atol=1e-7)
     majority = torch.tensor([np.bincount(r, minlength=3).argmax() for r in nb])
-    clear = torch.tensor([np.sort(np.bincount(r, minlength=3))[-1] >
-                          np.sort(np.bincount(r, minlength=3))[-2] for r in nb])
+    clear = torch.tensor([bool(np.sort(np.bincount(r, minlength=3))[-1] >
+                               np.sort(np.bincount(r, minlength=3))[-2]) for r in nb])
     assert torch.equal(det.knn_predict(xt)[clear], majority[clear])
     assert torch.equal(det.flags(xt), det.knn_predict(xt) != pred)
 

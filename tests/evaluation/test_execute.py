@@ -179,5 +179,5 @@ def test_ray_says_what_did_not_pickle(local_ray, tmp_path: Path) -> None:  # noq
                  attacks=[{"name": "fgsm", "eps": 0.1}])
     why = r"cannot ship models\['a'\] \(Unpicklable\) .*\(TypeError: no pickling here\)"
     with pytest.raises(ExecutionError, match=why + ".*importable on every node"):
-        runner.run(cfg, root=tmp_path, models={"a": Unpicklable()}, data=data,
+        runner.run(cfg, root=tmp_path, models={"a": Unpicklable().eval()}, data=data,
                    executor=RayExecutor(ExecutionSpec("ray"), torch.device("cpu")))

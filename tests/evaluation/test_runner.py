@@ -1,6 +1,7 @@
 """The experiment runner: configuration, exact numbers, resume after interruption or kill."""
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import sqlite3
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 import advlab
-from advlab.errors import ConfigError, UnknownNameError
+from advlab.errors import ConfigError, ParameterError, UnknownNameError
 from advlab.evaluation import execute, inputs, measure, metrics, results, runner
 from advlab.evaluation.config import (
     DEFAULT_TOML,
@@ -110,20 +111,21 @@ def test_missing_eps_takes_the_attack_default() -> None:
     ({"colour": "red"}, "unknown key"),
     ({"models": []}, "no \\[\\[models\\]\\]"),
     ({"attacks": []}, "no \\[\\[attacks\\]\\]"),
-    ({"attacks": [{"name": "fgsm", "eps": -0.1}]}, "non-negative"),
+    ({"attacks": [{"name": "fgsm", "eps": -0.1}]}, "eps must be a non-negative number"),
     ({"attacks": [{"name": "fgsm", "params": {"eps": 0.1}}]}, "'eps' grid"),
     ({"attacks": [{"name": "fgsm", "target": "worst"}]}, "target must be"),
     ({"models": [{"name": "m", "file": "w.safetensors"}]}, "needs its 'arch'"),
     ({"models": ["a", "a"]}, "distinct"),
     ({"data": {"name": "x", "size": 3}}, "unknown key"),
-    ({"name": "../evil"}, "plain directory name"),
+    ({"name": "../evil"}, "plain folder name"),
     ({"detectors": ["lid", "lid"]}, "detector names must be distinct"),
     ({"shard_size": 10}, r"shard_size \(10\) must be a multiple of batch_size \(24\)"),
     ({"shard_size": 0}, "shard_size must be a positive integer"),
+    ({"shard_size": 500, "batch_size": "auto"}, r"batch_size \(auto, that is 1024\)"),
     ({"execution": {"executor": "dask"}}, "executor must be one of processes, inline, ray"),
     ({"execution": {"address": "h:1"}}, "address of a Ray cluster"),
     ({"execution": {"gpus": 0}}, "gpus must be a positive number"),
-    ({"execution": {"nodes": 2}}, r"unknown key\(s\) \['nodes'\] in \[execution\]"),
+    ({"execution": {"nodes": 2}}, r"unknown key\(s\) \['nodes'\] in execution"),
 ])
 def test_config_errors(bad: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -364,6 +366,26 @@ def test_defenses_and_detectors_by_name() -> None:
     assert isinstance(detectors.get("activation-knn", k=3), detectors.ActivationKNN)
 
 
+def test_recipes_check_their_parameters_when_made() -> None:
+    """A defense's or detector's parameters are checked by get(), before any training."""
+    from advlab import defenses, detectors
+
+    with pytest.raises(ParameterError, match="transform 'BitDepth': bits must be"):
+        defenses.get("transformed", transforms=[{"name": "BitDepth", "bits": "two"}])
+    with pytest.raises(ConfigError, match="transforms must be a list of tables"):
+        defenses.get("transformed", transforms="BitDepth")
+    with pytest.raises(ParameterError, match="'distillation' has no parameter 'temp'"):
+        defenses.get("distillation", temp=10)
+    with pytest.raises(ParameterError, match=r"\(trades\): .*epochs must be"):
+        defenses.get("adversarial-training", method="trades", epochs=1.5)
+    with pytest.raises(UnknownNameError, match="adversarial training method 'free'"):
+        defenses.get("adversarial-training", method="free")
+    with pytest.raises(UnknownNameError, match="unknown attack 'nope'"):
+        defenses.get("adversarial-training", attack="nope")
+    with pytest.raises(ParameterError, match="detector 'lid' has no parameter 'kk'"):
+        detectors.get("lid", kk=3)
+
+
 def test_unknown_defense_name(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
     models, data = tiny_setup(tiny_factory)
     cfg = tiny_config(defenses=["none", "magic"], attacks=[{"name": "fgsm", "eps": 0.1}])
@@ -561,6 +583,7 @@ def test_trained_defense_is_cached_under_advlab_home(tmp_path: Path, tiny_factor
     trained = []
     real = defenses.distill
 
+    @functools.wraps(real)  # its parameters, which the recipe checks
     def counting(*a, **kw):  # noqa: ANN002, ANN003, ANN202
         trained.append(1)
         return real(*a, **kw)

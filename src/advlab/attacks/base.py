@@ -26,6 +26,7 @@ from advlab.validation import (
     check_classes,
     check_eval_mode,
     check_images,
+    check_kwargs,
     check_labels,
     check_logits,
     check_target,
@@ -321,10 +322,16 @@ def register(name: str, *, knowledge: str, goal: str, norm: str, kind: str,
 
 
 def get(name: str, **kwargs: Any) -> Attack:
-    """Build a registered attack by name; kwargs override its defaults."""
+    """Build a registered attack by name; kwargs override its defaults.
+
+    Raises:
+        UnknownNameError: no attack of that name.
+        ParameterError: a keyword the attack does not take, or a value of the wrong type.
+    """
     if name not in _REGISTRY:
         raise UnknownNameError("attack", name, list(_REGISTRY))
     entry = _REGISTRY[name]
+    check_kwargs(entry.factory, kwargs, f"attack {name!r}")
     return entry.factory(**{**entry.defaults, **kwargs})
 
 

@@ -21,6 +21,7 @@ from advlab.detectors.mahalanobis import Mahalanobis
 from advlab.detectors.squeeze import FeatureSqueezing
 from advlab.detectors.transforms import TransformationDetector
 from advlab.errors import ConfigError, UnknownNameError
+from advlab.validation import check_kwargs
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,15 @@ def detector_class(name: str) -> type[Detector]:
 
 
 def get(name: str, **params: Any) -> Detector:
-    """An unfitted detector ``name`` with its parameters (raises as :func:`detector_class`)."""
-    return detector_class(name)(**params)
+    """An unfitted detector ``name`` with its parameters.
+
+    Raises:
+        UnknownNameError: no detector of that name.
+        ParameterError: a parameter it does not take, or of the wrong type.
+    """
+    cls = detector_class(name)
+    check_kwargs(cls, params, f"detector {name!r}")
+    return cls(**params)
 
 
 def available() -> dict[str, Taxonomy]:

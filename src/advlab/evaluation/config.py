@@ -14,14 +14,15 @@ detector-aware attack's ``steps`` and weight ``lam``.
 """
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from advlab import attacks
 from advlab.errors import ConfigError, UnknownNameError
+from advlab.evaluation import schema
+from advlab.models import ModelSpec, model_spec
 
 try:  # Python >= 3.11
     import tomllib
@@ -33,16 +34,6 @@ TOUR = Path(__file__).with_name("tour.toml")
 DEFAULT_TOML = TOUR.read_text(encoding="utf-8")
 
 # ----------------------------------------------------------------------------- configuration
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model: a zoo name or a robust model's (:data:`advlab.defenses.ROBUST`), or a
-    safetensors ``file`` holding weights of zoo architecture ``arch``."""
-
-    name: str
-    file: str | None = None
-    arch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,8 +77,11 @@ class PluginSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """The evaluation images: the first ``n`` of ``split`` of data set ``name`` (None: all);
-    detectors and trained defenses fit on up to ``fit_n`` images of ``train_split``."""
+    """The evaluation images: ``n`` images of ``split`` of data set ``name`` (None: all; more
+    than the split holds is an error, not a silent cut), chosen by ``subset`` ("first", or a
+    seeded "random" or "stratified" draw); detectors and trained defenses fit on up to
+    ``fit_n`` images of ``train_split``. ``resize`` (H, W) and ``channels`` (1 or 3) adapt the
+    images to the model (see :func:`advlab.data.load`)."""
 
     name: str = "mnist5k"
     split: str = "test"
@@ -95,9 +89,25 @@ class DataSpec:
     train_split: str = "train"
     fit_n: int | None = 2000
     root: str | None = None
+    resize: tuple[int, int] | None = None
+    channels: int | None = None
+    subset: str = "first"
+
+    def relative_to(self, base: Path) -> DataSpec:
+        """The same spec with its relative paths (``folder:``/``npz:`` PATH, root) read from
+        folder ``base``."""
+        def rebase(p: str) -> str:
+            q = Path(p).expanduser()
+            return str(q if q.is_absolute() else base / q)
+
+        kind, sep, path = self.name.partition(":")
+        name = f"{kind}:{rebase(path)}" if sep and path else self.name
+        root = None if self.root is None else rebase(self.root)
+        return replace(self, name=name, root=root)
 
 
-EXECUTORS = ("processes", "inline", "ray")
+#: the first batch size that ``batch_size = "auto"`` tries (halved on CUDA out-of-memory)
+AUTO_BATCH = 1024
 
 
 @dataclass(frozen=True)
@@ -119,8 +129,9 @@ class RunConfig:
 
     name: str = "tour"
     seed: int = 0
-    batch_size: int = 500
-    device: str | None = None
+    batch_size: int | str = 500  # or "auto": halved on CUDA out-of-memory (see measure)
+    device: str | None = None  # cpu, cuda, cuda:N or auto (None: cpu)
+    precision: str = "fp32"  # the attacks' forward and backward: fp32, bf16 or fp16
     workers: int = 0  # processes computing cells on CPU; 0: one per core (see execute)
     shard_size: int | None = None  # images per stored shard of a cell (None: one shard)
     execution: ExecutionSpec = field(default_factory=lambda: ExecutionSpec())
@@ -141,8 +152,8 @@ class RunConfig:
         return {
             "name": self.name, "seed": self.seed, "batch_size": self.batch_size,
             "shard_size": self.shard_size, "execution": vars(self.execution),
-            "device": self.device, "data": vars(self.data),
-            "models": [vars(m) for m in self.models],
+            "device": self.device, "precision": self.precision, "data": vars(self.data),
+            "models": [m.to_dict() for m in self.models],
             "attacks": [{"name": a.name, "eps": list(a.eps), "params": a.params,
                          "target": a.target, "n": a.n, "models": _list(a.models),
                          "defenses": _list(a.defenses), "detectors": _list(a.detectors)}
@@ -160,9 +171,6 @@ def _list(v: tuple[str, ...] | None) -> list[str] | None:
     return None if v is None else list(v)
 
 
-_TOP = {"name", "seed", "batch_size", "device", "workers", "shard_size", "execution", "data",
-        "models", "attacks", "defenses", "detectors", "probes", "report", "sanity", "adaptive"}
-
 #: defaults of the [sanity] table
 SANITY: dict[str, Any] = {"enabled": True, "max_examples": 100, "blackbox_queries": 500}
 
@@ -172,42 +180,10 @@ SANITY: dict[str, Any] = {"enabled": True, "max_examples": 100, "blackbox_querie
 ADAPTIVE: dict[str, Any] = {"enabled": True, "steps": 20, "lam": 1.0}
 
 
-def _keys(d: dict[str, Any], allowed: set[str], where: str) -> None:
-    extra = set(d) - allowed
-    if extra:
-        raise ConfigError(f"unknown key(s) {sorted(extra)} in {where}; allowed: "
-                          f"{', '.join(sorted(allowed))}")
-
-
-def _table(v: Any, where: str) -> dict[str, Any]:
-    if isinstance(v, str):
-        return {"name": v}
-    if not isinstance(v, dict) or "name" not in v:
-        raise ConfigError(f"{where} must be a name or a table with a 'name', got {v!r}")
-    return v
-
-
-def _eps_grid(v: Any, where: str) -> tuple[float | None, ...]:
-    grid = v if isinstance(v, list) else [v]
-    for e in grid:
-        if e is not None and (isinstance(e, bool) or not isinstance(e, (int, float))
-                              or not math.isfinite(e) or e < 0):
-            raise ConfigError(f"{where}: eps must be non-negative numbers, got {e!r}")
-    return tuple(None if e is None else float(e) for e in grid) or (None,)
-
-
-def _positive_int(v: Any, where: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ConfigError(f"{where} must be a positive integer, got {v!r}")
-    return v
-
-
-def _names(v: Any, known: list[str], where: str) -> tuple[str, ...] | None:
+def _names(v: list[str] | None, known: list[str], where: str) -> tuple[str, ...] | None:
     """A scope list: names among ``known`` (None when not given)."""
     if v is None:
         return None
-    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        raise ConfigError(f"{where} must be a list of names, got {v!r}")
     unknown = sorted(set(v) - set(known))
     if unknown:
         raise ConfigError(f"{where} names {unknown}, which the configuration does not "
@@ -215,129 +191,114 @@ def _names(v: Any, known: list[str], where: str) -> tuple[str, ...] | None:
     return tuple(v)
 
 
-def _attack_spec(v: Any, i: int, scope: dict[str, list[str]]) -> AttackSpec:
+def _attack_spec(d: dict[str, Any], i: int, scope: dict[str, list[str]]) -> AttackSpec:
     where = f"attacks[{i}]"
-    d = _table(v, where)
-    _keys(d, {"name", "eps", "params", "target", "n", "models", "defenses", "detectors"},
-          where)
-    available = attacks.available()
-    if d["name"] not in available:
-        raise UnknownNameError("attack", d["name"], list(available))
-    params = dict(d.get("params", {}))
-    if "eps" in params:
+    if d["name"] not in attacks.available():
+        raise UnknownNameError("attack", d["name"], list(attacks.available()))
+    if "eps" in d.get("params", {}):
         raise ConfigError(f"{where}: give eps as the attack's 'eps' grid, not in params")
-    target = d.get("target")
-    if target not in (None, "random", "least_likely", "next"):
-        raise ConfigError(f"{where}: target must be random, least_likely or next, "
-                          f"got {target!r}")
-    n = None if d.get("n") is None else _positive_int(d["n"], f"{where}.n")
-    return AttackSpec(d["name"], _eps_grid(d.get("eps"), where), params, target, n,
+    return AttackSpec(d["name"], tuple(d.get("eps", [None])), d.get("params", {}),
+                      d.get("target"), d.get("n"),
                       *(_names(d.get(k), scope[k], f"{where}.{k}")
                         for k in ("models", "defenses", "detectors")))
 
 
-def _adaptive(d: dict[str, Any]) -> dict[str, Any]:
-    _keys(d, set(ADAPTIVE), "[adaptive]")
-    out = {**ADAPTIVE, **d}
-    if not isinstance(out["enabled"], bool):
-        raise ConfigError(f"[adaptive].enabled must be true or false, got {out['enabled']!r}")
-    _positive_int(out["steps"], "[adaptive].steps")
-    lam = out["lam"]
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) \
-            or lam < 0:
-        raise ConfigError(f"[adaptive].lam must be a non-negative number, got {lam!r}")
-    return {**out, "lam": float(lam)}
+def _data(d: dict[str, Any]) -> DataSpec:
+    """The [data] table (types checked by the schema): resize as one size or [H, W],
+    channels 1 or 3."""
+    if d.get("resize") is not None:
+        r = d["resize"] if len(d["resize"]) == 2 else d["resize"] * 2
+        if len(r) != 2:
+            raise ConfigError(f"data.resize must be a size or [height, width], got {r!r}")
+        d["resize"] = tuple(r)
+    if d.get("channels") not in (None, 1, 3):
+        raise ConfigError(f"data.channels must be 1 or 3, got {d['channels']!r}")
+    return DataSpec(**d)
+
+
+def _distinct(names: list[str], what: str) -> None:
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{what} names must be distinct (results are stored by name), "
+                          f"got {names}")
 
 
 def _execution(d: dict[str, Any]) -> ExecutionSpec:
-    _keys(d, set(ExecutionSpec.__dataclass_fields__), "[execution]")
+    """The [execution] table (types checked by the schema): an address only for Ray."""
     spec = ExecutionSpec(**d)
-    if spec.executor not in EXECUTORS:
-        raise ConfigError(f"[execution].executor must be one of {', '.join(EXECUTORS)}, "
-                          f"got {spec.executor!r}")
-    if spec.address is not None and (spec.executor != "ray" or not isinstance(spec.address,
-                                                                               str)):
+    if spec.address is not None and spec.executor != "ray":
         raise ConfigError("[execution].address is the address of a Ray cluster (a string, "
                           "with executor = \"ray\")")
-    for k in ("cpus", "gpus"):
-        v = getattr(spec, k)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
-            raise ConfigError(f"[execution].{k} must be a positive number, got {v!r}")
     return spec
 
 
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
     """Validate a configuration mapping (the parsed TOML) and build a :class:`RunConfig`.
 
+    Every key is checked against :data:`advlab.evaluation.schema.CONFIG` first (types,
+    ranges, NaN, empty values, unknown keys), then the keys that refer to each other.
+
     Raises:
-        ConfigError: unknown keys, wrong types, no models or no attacks.
+        ConfigError: unknown keys, wrong types or ranges, no models or no attacks,
+            references to names the configuration does not define.
         UnknownNameError: an attack name that is not registered.
     """
-    _keys(d, _TOP, "the configuration")
-    data = dict(d.get("data", {}))
-    _keys(data, set(DataSpec.__dataclass_fields__), "[data]")
-    models = [_table(m, f"models[{i}]") for i, m in enumerate(d.get("models", []))]
-    for i, m in enumerate(models):
-        _keys(m, {"name", "file", "arch"}, f"models[{i}]")
-        if ("file" in m) != ("arch" in m):
-            raise ConfigError(f"models[{i}]: a weights 'file' needs its 'arch' and vice versa")
-    names = [m["name"] for m in models]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"model names must be distinct, got {names}")
-    plugins = {}
-    for kind in ("defenses", "detectors"):
-        specs = []
-        for i, p in enumerate(d.get(kind, ["none"] if kind == "defenses" else [])):
-            p = _table(p, f"{kind}[{i}]")
-            _keys(p, {"name", "params"}, f"{kind}[{i}]")
-            specs.append(PluginSpec(p["name"], dict(p.get("params", {}))))
-        plugins[kind] = specs
-    probes = dict(d.get("probes", {}))
-    _keys(probes, {"shifts", "noise"}, "[probes]")
-    report = dict(d.get("report", {}))
-    sanity = dict(d.get("sanity", {}))
-    _keys(sanity, set(SANITY), "[sanity]")
+    d = schema.CONFIG(d, "")
+    for k in ("models", "attacks"):
+        if not d.get(k):
+            raise ConfigError(f"the configuration lists no [[{k}]]")
+    models = [model_spec(m, f"models[{i}]") for i, m in enumerate(d["models"])]
+    plugins = {kind: [PluginSpec(p["name"], p.get("params", {}))
+                      for p in d.get(kind, [{"name": "none"}] if kind == "defenses" else [])]
+               for kind in ("defenses", "detectors")}
+    names = [m.name for m in models]
+    _distinct(names, "model")
+    _distinct([p.name for p in plugins["detectors"]], "detector")
     scope = {"models": names, "defenses": [p.name for p in plugins["defenses"]],
              "detectors": [p.name for p in plugins["detectors"]]}
+    probes, report = d.get("probes", {}), d.get("report", {})
     cfg = RunConfig(
-        name=str(d.get("name", "run")), seed=int(d.get("seed", 0)),
-        batch_size=int(d.get("batch_size", 500)), device=d.get("device"),
-        workers=int(d.get("workers", 0)), data=DataSpec(**data),
-        shard_size=None if d.get("shard_size") is None else _positive_int(d["shard_size"],
-                                                                           "shard_size"),
-        execution=_execution(dict(d.get("execution", {}))),
-        models=[ModelSpec(**m) for m in models],
-        attacks=[_attack_spec(a, i, scope) for i, a in enumerate(d.get("attacks", []))],
+        name=d.get("name", "run"), seed=d.get("seed", 0), batch_size=d.get("batch_size", 500),
+        device=d.get("device"), precision=d.get("precision", "fp32"),
+        workers=d.get("workers", 0), shard_size=d.get("shard_size"),
+        execution=_execution(d.get("execution", {})),
+        data=_data(d.get("data", {})), models=models,
+        attacks=[_attack_spec(a, i, scope) for i, a in enumerate(d["attacks"])],
         defenses=plugins["defenses"], detectors=plugins["detectors"],
-        shifts=tuple(int(s) for s in probes.get("shifts", (1, 2))),
-        noise=tuple(float(s) for s in probes.get("noise", (0.05,))),
-        gallery=int(report.pop("gallery", 8)), report=report, sanity={**SANITY, **sanity},
-        adaptive=_adaptive(dict(d.get("adaptive", {}))))
-    _check(cfg)
+        shifts=tuple(probes.get("shifts", (1, 2))), noise=tuple(probes.get("noise", (0.05,))),
+        gallery=report.get("gallery", 8),
+        report={k: v for k, v in report.items() if k != "gallery"},
+        sanity={**SANITY, **d.get("sanity", {})}, adaptive={**ADAPTIVE, **d.get("adaptive", {})})
+    bs = AUTO_BATCH if cfg.batch_size == "auto" else cfg.batch_size
+    if cfg.shard_size is not None and cfg.shard_size % bs:
+        raise ConfigError(f"shard_size ({cfg.shard_size}) must be a multiple of batch_size "
+                          f"({cfg.batch_size}{', that is 1024' if bs != cfg.batch_size else ''})"
+                          ": a shard is whole batches, so that a sharded cell equals the "
+                          "unsharded one")
     return cfg
 
 
-def _check(cfg: RunConfig) -> None:
-    if not cfg.models:
-        raise ConfigError("the configuration lists no [[models]]")
-    if not cfg.attacks:
-        raise ConfigError("the configuration lists no [[attacks]]")
-    if cfg.batch_size < 1 or (cfg.data.n is not None and cfg.data.n < 1):
-        raise ConfigError("batch_size and data.n must be >= 1")
-    if cfg.shard_size is not None and cfg.shard_size % cfg.batch_size:
-        raise ConfigError(f"shard_size ({cfg.shard_size}) must be a multiple of batch_size "
-                          f"({cfg.batch_size}): a shard is whole batches, so that a sharded "
-                          "cell equals the unsharded one")
-    if cfg.workers < 0:
-        raise ConfigError(f"workers must be >= 0 (0: one per CPU core), got {cfg.workers}")
-    if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name.startswith("."):
-        raise ConfigError(f"run name {cfg.name!r} must be a plain directory name")
-    if any(s < 0 for s in cfg.noise) or cfg.gallery < 0:
-        raise ConfigError("probe noise and report.gallery must be non-negative")
-    detectors = [d.name for d in cfg.detectors]
-    if len(set(detectors)) != len(detectors):
-        raise ConfigError(f"detector names must be distinct (scores are stored by name), got "
-                          f"{detectors}")
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check a :class:`RunConfig` built in Python as :func:`config_from_dict` checks a file.
+
+    Returns:
+        The configuration, rebuilt from its checked mapping.
+
+    Raises:
+        ConfigError, UnknownNameError: as :func:`config_from_dict`.
+    """
+    if not isinstance(cfg, RunConfig):
+        raise ConfigError(f"config must be a RunConfig, got {type(cfg).__name__}")
+    return config_from_dict(_present({**cfg.to_dict(), "workers": cfg.workers}))
+
+
+def _present(v: Any) -> Any:
+    """A mapping without its None values (keys left out), recursively through tables and
+    lists."""
+    if isinstance(v, dict):
+        return {k: _present(e) for k, e in v.items() if e is not None}
+    if isinstance(v, (list, tuple)):
+        return [_present(e) for e in v]
+    return v
 
 
 def parse_config(text: str) -> RunConfig:
@@ -355,4 +316,13 @@ def load_config(path: str | os.PathLike | None = None) -> RunConfig:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"no configuration file at {p}")
-    return parse_config(p.read_text())
+    try:
+        cfg = parse_config(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p} is not a UTF-8 text file (TOML is UTF-8): {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configuration {p}: {exc.strerror}") from None
+    base = p.resolve().parent  # relative paths in the file are read from its folder
+    cfg.models = [m.relative_to(base) for m in cfg.models]
+    cfg.data = cfg.data.relative_to(base)
+    return cfg

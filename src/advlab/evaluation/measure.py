@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -33,10 +34,11 @@ import torch
 from torch import Tensor, nn
 
 from advlab import attacks
+from advlab import models as models_
 from advlab.detectors import DetectorAwarePGD
 from advlab.detectors import registry as detector_registry
 from advlab.evaluation import metrics, sanity
-from advlab.evaluation.config import PluginSpec
+from advlab.evaluation.config import AUTO_BATCH, PluginSpec
 from advlab.evaluation.plan import (
     Cell,
     DefenseCell,
@@ -51,6 +53,8 @@ from advlab.evaluation.plan import (
 from advlab.evaluation.results import DETECTION_FPR
 from advlab.evaluation.store import CellRecord, pick_gallery
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class CellPlan:
@@ -64,9 +68,10 @@ class CellPlan:
     noise: Sequence[float] = (0.05,)
     detectors: dict[str, Any] = field(default_factory=dict)
     gallery: int = 8
-    batch_size: int = 500
+    batch_size: int | str = 500  # "auto": AUTO_BATCH, halved on CUDA out-of-memory
     seed: int = 0
     clean: dict[tuple, Tensor] | None = None  # memo of the clean side, see _clean
+    precision: str = "fp32"  # the attack's forward and backward (advlab.models.autocast)
 
 
 def _softmax_top(logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -120,9 +125,11 @@ def _batch_rows(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor, seed: in
     if plan.target is not None:
         g = torch.Generator(device=x.device).manual_seed(seed)
         target = attacks.choose_target(clean_logits, y, plan.target, g)
-    res = plan.attack(model if plan.surrogate is None else plan.surrogate, x, y, target)
+    attacked = model if plan.surrogate is None else plan.surrogate
+    res = plan.attack(models_.autocast(attacked, plan.precision), x, y, target)
     adv_logits, success = res.logits, res.success
-    if plan.surrogate is not None:  # the examples are judged on the real (defended) model
+    if plan.surrogate is not None or plan.precision != "fp32":
+        # judged on the real (defended) model, in fp32
         with torch.no_grad():
             adv_logits = model(res.x_adv)
         success = attacks.is_success(adv_logits, y, res.target)
@@ -180,21 +187,31 @@ def measure(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor, *, start: in
         from ``start``; its gallery holds the shard's first candidates (:func:`pick_gallery`).
     """
     t0, started = time.perf_counter(), time.time()
-    bs = plan.batch_size
-    batches = math.ceil(len(x) / bs)
+    auto = plan.batch_size == "auto"
+    bs = first = AUTO_BATCH if auto else int(plan.batch_size)
     parts, probe_parts, score_parts, advs = [], [], [], []
-    for b in range(batches):
-        sl = slice(b * bs, (b + 1) * bs)
-        row = start + sl.start
-        rows, probes, scores, x_adv = _batch_rows(plan, model, x[sl], y[sl],
-                                                  plan.seed + row // bs, row)
+    done = 0
+    while done < len(x):
+        sl, row = slice(done, done + bs), start + done
+        seed = plan.seed + start // first + len(parts)  # batch b of the cell: seed + b
+        try:
+            rows, probes, scores, x_adv = _batch_rows(plan, model, x[sl], y[sl], seed, row)
+        except torch.cuda.OutOfMemoryError:
+            if not auto or bs == 1:
+                raise
+            bs //= 2
+            log.warning("CUDA out of memory: batch size halved to %d, batch retried", bs)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
         rows["idx"] = np.arange(row, row + len(x_adv))
         parts.append(rows)
         probe_parts.append(probes)
         score_parts.append(scores)
         advs.append(x_adv.cpu())
+        done += len(x_adv)
         if on_batch is not None:
-            on_batch(b + 1, batches)
+            on_batch(len(parts), len(parts) + math.ceil((len(x) - done) / bs))
     rows = _concat(parts)
     x_adv = torch.cat(advs)
     gallery = [(int(rows["idx"][i]), _np(x[i].float()), _np(x_adv[i].float()))
@@ -202,7 +219,9 @@ def measure(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor, *, start: in
     return CellRecord(key="", spec={}, examples=rows, probes=_concat(probe_parts),
                       scores=_concat(score_parts), gallery=gallery, started=started,
                       finished=time.time(), wall_s=time.perf_counter() - t0,
-                      device=str(x.device), info={"attack": repr(plan.attack)})
+                      device=str(x.device), info={"attack": repr(plan.attack),
+                                                  "batch_size": bs,
+                                                  "precision": plan.precision})
 
 
 # ----------------------------------------------------------------------------- the attacks
@@ -271,13 +290,14 @@ class Settings:
     """The run's settings a task needs (see :class:`~advlab.evaluation.config.RunConfig`)."""
 
     seed: int
-    batch_size: int
+    batch_size: int | str
     shifts: tuple[int, ...]
     noise: tuple[float, ...]
     gallery: int
     lam: float
     sanity_n: int
     sanity_queries: int
+    precision: str = "fp32"
 
 
 @dataclass
@@ -321,7 +341,7 @@ def measure_shard(ctx: Context, detectors: Detectors, shard: Shard,
     transfer = {k: m for k, m in ctx.models.items()
                 if k != cell.model or cell.defense.name != "none"}
     plan = CellPlan(atk, cell.target, surrogate, transfer, s.shifts, s.noise, dets, s.gallery,
-                    s.batch_size, s.seed, ctx.clean.setdefault(id(model), {}))
+                    s.batch_size, s.seed, ctx.clean.setdefault(id(model), {}), s.precision)
     rec = measure(plan, model, x[shard.start:shard.stop], y[shard.start:shard.stop],
                   start=shard.start, on_batch=on_batch)
     rec.key, rec.spec = cell.key, cell.spec

@@ -29,7 +29,7 @@ import advlab
 from advlab import attacks
 from advlab.detectors.registry import detector_class
 from advlab.errors import ConfigError
-from advlab.evaluation.config import AttackSpec, PluginSpec, RunConfig
+from advlab.evaluation.config import AUTO_BATCH, AttackSpec, PluginSpec, RunConfig
 from advlab.evaluation.results import DETECTION_FPR, attack_norm, reference_eps
 from advlab.evaluation.store import canonical_json, cell_key
 
@@ -108,7 +108,8 @@ def shards(cell: Cell, n_images: int, shard_size: int | None) -> list[Shard]:
     Raises:
         ConfigError: a shard_size that is not whole batches of the cell.
     """
-    if shard_size is not None and shard_size % cell.spec["batch_size"]:
+    bs = cell.spec["batch_size"]
+    if shard_size is not None and shard_size % (AUTO_BATCH if bs == "auto" else bs):
         raise ConfigError(f"shard_size ({shard_size}) must be a multiple of batch_size "
                           f"({cell.spec['batch_size']})")
     n = min(cell.n or n_images, n_images)
@@ -157,6 +158,7 @@ class Planner:
                 "defense": {"name": d.name, "params": d.params}, "attack": name,
                 "params": values, "seed": self.cfg.seed, "data": data,
                 "batch_size": self.cfg.batch_size, "advlab": advlab.__version__,
+                **({} if self.cfg.precision == "fp32" else {"precision": self.cfg.precision}),
                 **(extra or {})}
         sub = "" if n is None else f" n={n}"
         return cls(key=cell_key(spec), spec=spec, label=f"{model} / {d.name} / {label}{sub}",

@@ -4,13 +4,15 @@ A cell's identity is its spec written as canonical JSON (:func:`canonical_json`)
 (:func:`cell_key`); its results travel as a :class:`CellRecord` (one per shard, see
 :mod:`advlab.evaluation.plan`) to the results database (:mod:`advlab.evaluation.store`).
 Every file advlab writes outside that database goes through :func:`atomic_write`
-(a temporary file in the same directory, then :func:`os.replace`).
+(a temporary file in the same directory, then :func:`os.replace`), and every folder it will
+write is checked first by :func:`check_writable`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,9 +95,12 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
         The path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         with os.fdopen(fd, "wb") as f:
@@ -103,10 +108,46 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DataError(f"cannot write {path}: {exc.strerror or exc}") from exc
         raise
     return path
+
+
+#: the free space a folder that advlab writes to must have before a run starts
+MIN_FREE = 16 * 2**20
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> Path:
+    """Make sure advlab can write into ``folder`` (created when missing) before any work
+    that would be lost if it could not: a file is created and removed there, and the disk
+    must have :data:`MIN_FREE` bytes free.
+
+    Args:
+        folder: the folder.
+        what: how the error names it ("the run folder").
+
+    Returns:
+        The folder.
+
+    Raises:
+        DataError: it cannot be created or written (read-only, no permission) or the disk
+            is (nearly) full.
+    """
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".advlab-check-"):
+            pass
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:
+        raise DataError(f"cannot write {what} {folder}: {exc.strerror or exc}") from exc
+    if free < MIN_FREE:
+        raise DataError(f"the disk holding {what} {folder} is full ({free // 2**20} MiB "
+                        f"free, advlab needs at least {MIN_FREE // 2**20} MiB)")
+    return folder
 
 
 def _umask() -> int:

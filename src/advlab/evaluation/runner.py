@@ -31,22 +31,19 @@ import torch
 from torch import Tensor, nn
 
 import advlab
-from advlab.evaluation.config import PluginSpec, RunConfig, load_config
+from advlab.evaluation.config import PluginSpec, RunConfig, load_config, validate
 from advlab.evaluation.execute import Executor, Job, make_executor
 from advlab.evaluation.inputs import (
     Inputs,
+    check_buildable,
+    check_models,
+    check_storage,
     class_names,
     fingerprint_data,
     fingerprint_model,
     resolve_device,
 )
-from advlab.evaluation.measure import (
-    Context,
-    Settings,
-    fit_detector,
-    measure_shard,
-    sanity_checks,
-)
+from advlab.evaluation.measure import Context, Settings, fit_detector, measure_shard, sanity_checks
 from advlab.evaluation.plan import (
     Cell,
     Planner,
@@ -82,7 +79,7 @@ class Progress:
 ProgressFn = Callable[[Progress], None]
 
 
-def environment(device: torch.device, seed: int) -> dict[str, Any]:
+def environment(device: torch.device, seed: int, precision: str = "fp32") -> dict[str, Any]:
     """Versions, machine and settings, for the report's environment section."""
     return {"advlab": advlab.__version__, "python": platform.python_version(),
             "torch": torch.__version__, "numpy": np.__version__,
@@ -90,7 +87,7 @@ def environment(device: torch.device, seed: int) -> dict[str, Any]:
             "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "device": str(device), "cuda": torch.cuda.get_device_name(device)
-            if device.type == "cuda" else None, "seed": seed}
+            if device.type == "cuda" else None, "seed": seed, "precision": precision}
 
 
 class Runner:
@@ -99,23 +96,23 @@ class Runner:
     def __init__(self, cfg: RunConfig, store: Store, inputs: Inputs, executor: Executor,
                  progress: ProgressFn | None = None) -> None:
         self.cfg, self.store, self.inputs, self.executor = cfg, store, inputs, executor
-        self.progress = progress or (lambda p: None)
+        self.progress: ProgressFn = progress or (lambda p: None)
         self.detectors: dict[tuple[str, str], Any] = {}  # fitted, without their model_
-        self.ctx: Context | None = None
+        self.ctx: Context | None = None  # what the tasks share, see _context
 
     def run(self) -> dict[str, Any]:
         cfg, t0 = self.cfg, time.perf_counter()
-        x, y = self.inputs.data()
+        self.x, self.y = x, y = self.inputs.data()
         self.models = self.inputs.models()
+        classes = None if self.inputs.given_data else class_names(cfg.data)
+        check_models(self.models, x, y, classes)
         fps = {k: fingerprint_model(m) for k, m in self.models.items()}
         data_fp = fingerprint_data(x, y)
         cells = plan_cells(cfg, fps, data_fp, len(x))
         self.planner = Planner(cfg, fps, data_fp, len(x))  # for the sanity cells
-        env = environment(self.inputs.device, cfg.seed)
-        env["classes"] = None if self.inputs.given_data else class_names(cfg.data)
+        env = {**environment(self.inputs.device, cfg.seed, cfg.precision), "classes": classes}
         self.store.begin_run(cfg.name, cfg.to_dict(), env, [(c.key, c.spec) for c in cells])
         log.info("run %s: %d cells, %d worker(s)", cfg.name, len(cells), self.executor.workers)
-        self.x, self.y = x, y
         checks = bool(cfg.sanity.get("enabled", True))
         self._cells(cells, early_sanity=checks)
         groups = self._sanity() if checks else None
@@ -144,7 +141,7 @@ class Runner:
             settings = Settings(cfg.seed, cfg.batch_size, tuple(cfg.shifts), tuple(cfg.noise),
                                 cfg.gallery, float(cfg.adaptive["lam"]),
                                 int(cfg.sanity["max_examples"]),
-                                int(cfg.sanity["blackbox_queries"]))
+                                int(cfg.sanity["blackbox_queries"]), cfg.precision)
             self.ctx = Context(settings, self.models, built, self.x, self.y)
         if len(built) > len(self.ctx.defended) or (train and self.ctx.train is None):
             self.ctx.defended = built
@@ -276,7 +273,8 @@ def run(config: RunConfig | None = None, *, root: str | os.PathLike = "runs",
     Args:
         config: the experiment (None: the built-in tour, ``tour.toml``).
         root: directory of the database and of the run folders.
-        device: "cpu" or "cuda" (overrides the config's); data and models are moved there.
+        device: "auto", "cpu", "cuda" or "cuda:N" (overrides the config's); data and models
+            are moved there.
         progress: called with :class:`Progress` events (per cell, shard and batch).
         models: name -> model, used instead of loading the configured model of that name.
         data: (x, y) evaluation images, instead of loading the configured data set.
@@ -287,8 +285,10 @@ def run(config: RunConfig | None = None, *, root: str | os.PathLike = "runs",
         The run's record from the database (name, config, env, cells [(key, spec)], ...).
         Write results.json with :func:`advlab.evaluation.results.write_results`.
     """
-    cfg = config or load_config()
+    cfg = validate(config or load_config())
     dev = resolve_device(device or cfg.device)
+    check_buildable(cfg, list(models or {}))
+    check_storage(cfg, Path(root), list(models or {}))
     inputs = Inputs(cfg, dev, models, data, train_data)
     ex = executor or make_executor(cfg.execution, cfg.workers, dev)
     try:

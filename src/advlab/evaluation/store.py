@@ -55,46 +55,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    name TEXT PRIMARY KEY, config TEXT NOT NULL, env TEXT NOT NULL,
-    started REAL NOT NULL, finished REAL, wall_s REAL);
-CREATE TABLE IF NOT EXISTS run_cells (
-    run TEXT NOT NULL, position INTEGER NOT NULL, key TEXT NOT NULL, spec TEXT NOT NULL,
-    PRIMARY KEY (run, position));
-CREATE TABLE IF NOT EXISTS cells (
-    key TEXT PRIMARY KEY, spec TEXT NOT NULL, model TEXT NOT NULL, defense TEXT NOT NULL,
-    attack TEXT NOT NULL, eps REAL, seed INTEGER NOT NULL, n INTEGER NOT NULL,
-    started REAL NOT NULL, finished REAL NOT NULL, wall_s REAL NOT NULL, device TEXT NOT NULL,
-    info TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS examples (
-    key TEXT NOT NULL, idx INTEGER NOT NULL, label INTEGER NOT NULL,
-    clean_pred INTEGER NOT NULL, clean_conf REAL NOT NULL,
-    adv_pred INTEGER NOT NULL, adv_conf REAL NOT NULL, target INTEGER,
-    success INTEGER NOT NULL, l0 REAL NOT NULL, l1 REAL NOT NULL, l2 REAL NOT NULL,
-    linf REAL NOT NULL, ssim REAL, queries INTEGER,
-    PRIMARY KEY (key, idx)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS probes (
-    key TEXT NOT NULL, probe TEXT NOT NULL, idx INTEGER NOT NULL,
-    clean_pred INTEGER NOT NULL, clean_conf REAL NOT NULL,
-    adv_pred INTEGER NOT NULL, adv_conf REAL NOT NULL,
-    PRIMARY KEY (key, probe, idx)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS scores (
-    key TEXT NOT NULL, detector TEXT NOT NULL, idx INTEGER NOT NULL,
-    clean REAL NOT NULL, adv REAL NOT NULL,
-    PRIMARY KEY (key, detector, idx)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sanity (
-    key TEXT PRIMARY KEY, model TEXT NOT NULL, defense TEXT NOT NULL,
-    findings TEXT NOT NULL, finished REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS shards (
-    key TEXT NOT NULL, start INTEGER NOT NULL, n INTEGER NOT NULL, started REAL NOT NULL,
-    finished REAL NOT NULL, wall_s REAL NOT NULL, device TEXT NOT NULL,
-    PRIMARY KEY (key, start));
-CREATE TABLE IF NOT EXISTS gallery (
-    key TEXT NOT NULL, idx INTEGER NOT NULL, shape TEXT NOT NULL,
-    x BLOB NOT NULL, x_adv BLOB NOT NULL, PRIMARY KEY (key, idx));
-"""
+#: the tables (``store.sql``, package data)
+_SCHEMA = Path(__file__).with_name("store.sql").read_text(encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -120,22 +82,42 @@ class Store:
 
     Args:
         path: the database file; created (with its directory) when missing.
+        create: create the file and its tables when missing; if False, the file must be
+            an advlab results database already (nothing is written to open it).
 
     Use as a context manager, or call :meth:`close`.
+
+    Raises:
+        DataError: a file that is not an advlab results database, or of another schema
+            version; a database that cannot be written (read-only file, folder or file
+            system; a full disk), said as such: the stored results are not at fault.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, create: bool = True) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not create and (not self.path.is_file() or self.path.stat().st_size == 0):
+            raise DataError(f"{self.path} is not an advlab results database "
+                            f"({'an empty file' if self.path.is_file() else 'no such file'})")
         try:
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            if create:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.executescript(_SCHEMA)
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._check_version()
+        except sqlite3.OperationalError as exc:
+            if not create and "no such table" in str(exc):
+                raise DataError(f"{self.path} is an SQLite file without advlab's tables, not "
+                                "an advlab results database") from exc
+            raise self._fault(exc) from exc
         except sqlite3.DatabaseError as exc:
             raise DataError(f"{self.path} is not a usable advlab results database ({exc}); "
                             "move it away to start a fresh one") from exc
-        self._check_version()
+        except OSError as exc:
+            raise DataError(f"cannot create the results database {self.path}: "
+                            f"{exc.strerror or exc}") from exc
 
     def _check_version(self) -> None:
         row = self._db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
@@ -144,6 +126,22 @@ class Store:
         elif int(row[0]) != SCHEMA_VERSION:
             raise DataError(f"{self.path} has results schema {row[0]}, this advlab writes "
                             f"{SCHEMA_VERSION}; move the file away to start a fresh one")
+
+    def _fault(self, exc: sqlite3.OperationalError) -> DataError:
+        """What is wrong when SQLite cannot open or write the database: a full disk, a
+        read-only file, folder or file system, or else SQLite's own words."""
+        text = str(exc)
+        if "full" in text:
+            return DataError(f"the disk holding {self.path} is full ({text}); what was being "
+                             "stored was not written: free space and rerun to resume")
+        locked = [p for p in (self.path, self.path.parent)
+                  if p.exists() and not os.access(p, os.W_OK)]
+        if locked or "readonly" in text:
+            where = f"{locked[0]} is read-only" if locked else "it is read-only"
+            return DataError(f"cannot open or write the results database {self.path}: {where} "
+                             f"({text}); its stored results are intact; make it writable or "
+                             "use another --root")
+        return DataError(f"cannot use the results database {self.path}: {text}")
 
     def close(self) -> None:
         self._db.close()
@@ -156,14 +154,19 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (KeyboardInterrupt too)."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (KeyboardInterrupt too);
+        SQLite's failures to write (full disk, read-only) raise :class:`DataError`."""
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise self._fault(exc) from exc
 
     # -- runs -----------------------------------------------------------------------------
 

@@ -139,9 +139,9 @@ def section_summary(ctx: Context) -> str:
                         f"eps={esc(fmt_eps(m['eps']))}: {esc(m['reason'])}</li>"
                         for m in missing)
         out += f"<p><b>{len(missing)} cell(s) without results:</b></p><ul>{items}</ul>"
-    intro = ("<p>n: test images of the cell (the first n of the data; [n=...] marks an "
-             "attack run on a subset). Adaptive cells attack a defense through its BPDA/EOT "
-             "surrogate, a detector together with the model, or settle a sanity finding. "
+    intro = ("<p>n: test images of the cell (the first n of the evaluation images; [n=...] "
+             "marks an attack run on a subset). Adaptive cells attack a defense through its "
+             "BPDA/EOT surrogate, a detector together with the model, or settle a sanity finding. "
              "Robust accuracy: the model is right after the attack. Success: fooled among the "
              "images the model gets right. Norms and SSIM over the successful adversarial "
              "examples; conf. wrong: mean confidence of the wrong predictions on adversarial "
@@ -513,7 +513,9 @@ max-width:1200px;padding:0 1em;color:#222;line-height:1.4}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.6em 0;font-size:13px}
 th,td{border:1px solid #ddd;padding:3px 8px}th{background:#f3f3f3;text-align:left}
-table.num td{text-align:right}table.num td:nth-child(-n+3){text-align:left;white-space:nowrap}
+table.num td{text-align:right}table.num td:nth-child(-n+3){text-align:left}
+table.num td:first-child{white-space:nowrap}
+table.num td:nth-child(2),table.num td:nth-child(3){max-width:16em;overflow-wrap:break-word}
 tbody tr:nth-child(even){background:#fafafa}
 img{max-width:100%;display:block;margin:.5em 0}.none{color:#777;font-style:italic}
 nav a{margin-right:1em}.warn{color:#b00}small{color:#777}
@@ -555,7 +557,7 @@ def write_report(run_dir: str | Path, db: str | Path | None = None) -> tuple[Pat
     db = Path(db) if db is not None else run_dir.parent / "advlab.sqlite"
     if not db.is_file():
         raise DataError(f"no results database at {db}; run `advlab run` first or pass --db")
-    with Store(db) as store:
+    with Store(db, create=False) as store:
         res = collect(store, run_dir.name)
         page = render(store, run_dir.name, res)
     return (atomic_write(run_dir / "report.html", page),

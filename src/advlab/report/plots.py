@@ -73,9 +73,11 @@ def gallery(rows: Sequence[tuple[str, Sequence[GalleryItem]]], classes: Sequence
         PNG bytes.
     """
     ncol = 3 * max((len(items) for _, items in rows), default=1)
-    fig = Figure(figsize=(1.45 * ncol, 1.75 * max(len(rows), 1)))
+    side = max((it.x.shape[-1] for _, items in rows for it in items), default=0)
+    inches = 1.45 if side < 96 else 2.0  # thumbnails of large images (224 x 224) get more room
+    fig = Figure(figsize=(inches * ncol, (inches + 0.3) * max(len(rows), 1)))
     axes = fig.subplots(max(len(rows), 1), 1, squeeze=False)[:, 0]
-    name = (lambda c: classes[c]) if classes else str
+    name = (lambda c: _short(classes[c])) if classes else str
     for ax, (title, items) in zip(axes, rows):
         ax.set_axis_off()
         panels = [p for it in items for p in _panels(it, name)]
@@ -90,10 +92,17 @@ def gallery(rows: Sequence[tuple[str, Sequence[GalleryItem]]], classes: Sequence
             color = "black" if right is None else ("tab:green" if right else "tab:red")
             ax.text(left + w / 2, -1, caption, ha="center", va="bottom", fontsize=8,
                     color=color)
-        ax.imshow(strip, vmin=0, vmax=1, interpolation="nearest")
+        # pixels stay sharp when enlarged (up to 3x: nearest), large images are
+        # smoothed before they are shrunk (no aliasing)
+        ax.imshow(strip, vmin=0, vmax=1, interpolation="antialiased")
         ax.text(-gap, h / 2, title, rotation=90, ha="right", va="center", fontsize=9)
     fig.tight_layout()
     return _png(fig)
+
+
+def _short(name: str, width: int = 16) -> str:
+    """A class name that fits above its panel (ImageNet's are long)."""
+    return name if len(name) <= width else name[:width - 1] + "…"
 
 
 @dataclass
