@@ -5,7 +5,7 @@
 
 Set-up of the built-in tour (``advlab.evaluation.config``): mnist-cnn, the tour's seven
 detectors with their tour parameters, fitted on the first ``fit_n`` (2,000) mnist5k train
-images (``advlab.evaluation.runner.build_detector``); the attacked images are the first n of
+images (``advlab.detectors.registry.get`` and ``fit``); the attacked images are the first n of
 mnist5k test; each detector's threshold flags 5% of those clean images (the runner's
 ``DETECTION_FPR``). :class:`~advlab.detectors.DetectorAwarePGD` at Linf eps 0.3, seed 0.
 "fooled and undetected" = misclassified and not flagged (score <= threshold), over the
@@ -65,10 +65,12 @@ from torch import Tensor, nn
 import advlab.zoo
 from advlab.attacks import PGD
 from advlab.detectors import DetectorAwarePGD
+from advlab.detectors import registry as detector_registry
 from advlab.detectors.squeeze import mnist_squeezers
 from advlab.evaluation import config
+from advlab.evaluation.inputs import load_data
+from advlab.evaluation.measure import detection_threshold
 from advlab.evaluation.results import DETECTION_FPR
-from advlab.evaluation.runner import build_detector, detection_threshold, load_data
 from advlab.transforms import Transform
 
 EPS = 0.3
@@ -121,7 +123,8 @@ def main() -> None:
         if args.detectors and spec.name not in args.detectors:
             continue
         t0 = time.perf_counter()
-        det = build_detector(spec, model, lambda: train)
+        det = detector_registry.get(spec.name, **spec.params)
+        det = det.fit(model, *train) or det
         tau = detection_threshold(det, x)
         row: dict[str, object] = {"detector": spec.name, "fit s": round(time.perf_counter() - t0)}
         for steps in args.steps:

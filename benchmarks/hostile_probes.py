@@ -29,7 +29,7 @@ from click.testing import CliRunner
 import advlab
 from advlab.cli import cli
 from advlab.errors import AdvlabError
-from advlab.evaluation import store
+from advlab.evaluation import records, store
 
 TOML = """name = "{name}"
 seed = {seed}
@@ -275,11 +275,11 @@ def _no_space(probe: Callable[[], tuple[bool, str]]) -> tuple[bool, str]:
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    real, store.os.fsync = store.os.fsync, full  # type: ignore[assignment]
+    real, records.os.fsync = records.os.fsync, full  # type: ignore[assignment]
     try:
         return probe()
     finally:
-        store.os.fsync = real  # type: ignore[assignment]
+        records.os.fsync = real  # type: ignore[assignment]
 
 
 def _image_message() -> tuple[bool, str]:

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 import advlab
-from advlab.evaluation.runner import CellPlan, evaluate
+from advlab.evaluation.measure import CellPlan
+from advlab.evaluation.measure import measure as evaluate
 
 
 def strength(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precisions: list[str],

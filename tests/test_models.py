@@ -20,7 +20,9 @@ from advlab.errors import (
     ModelFileError,
     ModelOutputError,
 )
-from advlab.evaluation.runner import CellPlan, evaluate, resolve_device
+from advlab.evaluation.inputs import resolve_device
+from advlab.evaluation.measure import CellPlan
+from advlab.evaluation.measure import measure as evaluate
 
 NET = '''
 from torch import nn
@@ -237,7 +239,7 @@ def test_auto_batch_size_halves_on_out_of_memory(caplog: pytest.LogCaptureFixtur
     net = OutOfMemoryAbove(base, limit=100).eval()
     plan = CellPlan(attacks.PGD(eps=0.1, steps=3, seed=0), shifts=(1,), noise=(0.05,),
                     gallery=2, batch_size="auto")
-    with caplog.at_level(logging.WARNING, logger="advlab.evaluation.runner"):
+    with caplog.at_level(logging.WARNING, logger="advlab.evaluation.measure"):
         rec = evaluate(plan, net, x, y)
     assert rec.info["batch_size"] == 64  # 1024 -> 512 -> 256 -> 128 -> 64
     assert [r.getMessage() for r in caplog.records].count(

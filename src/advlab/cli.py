@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -86,6 +88,10 @@ def cli(verbose: int, threads: int | None) -> None:
 # ----------------------------------------------------------------------------- run
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 class Bars:
     """tqdm bars for the runner's progress events: cells, and batches within a cell."""
 
@@ -108,6 +114,8 @@ class Bars:
             self.cells.update(1)
         elif p.event == "cell":
             self.cells.set_postfix_str(p.label)
+        elif p.event == "shard":  # a cell in shards: its stored images
+            self.cells.set_postfix_str(f"{p.label}: {p.batch}/{p.batches} images stored")
         elif p.event == "batch":
             if self.batches is None:
                 self.batches = tqdm(total=p.batches, desc="  batches", leave=False,
@@ -177,11 +185,19 @@ def _detection(results: dict[str, Any]) -> str:
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Processes computing cells on CPU (overrides the config; 0: one per "
               "core).")
+@click.option("--executor", type=click.Choice(["processes", "inline", "ray"]), default=None,
+              help="Where the work runs (overrides [execution]): forked processes of this "
+              "machine, this process, or a Ray cluster.")
+@click.option("--address", default=None,
+              help="Ray cluster address (with --executor ray; default: a local cluster).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=None,
+              help="Images per stored shard of a cell (overrides the config).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--show-config", is_flag=True, help="Print the built-in configuration and exit.")
 def run(config: str | None, root: str, device: str | None, precision: str | None,
         name: str | None, n: int | None, batch_size: int | str | None, workers: int | None,
-        progress: bool, show_config: bool) -> None:
+        executor: str | None, address: str | None, shard_size: int | None, progress: bool,
+        show_config: bool) -> None:
     """Evaluate models x defenses x attacks and write runs/<name>/report.html.
 
     With no CONFIG, runs the built-in tour on the embedded MNIST subset: FGSM, BIM, PGD at
@@ -204,8 +220,14 @@ def run(config: str | None, root: str, device: str | None, precision: str | None
     cfg.batch_size = batch_size or cfg.batch_size
     cfg.precision = precision or cfg.precision
     cfg.workers = cfg.workers if workers is None else workers
+    cfg.shard_size = shard_size or cfg.shard_size
+    if executor is not None or address is not None:
+        cfg.execution = dataclasses.replace(
+            cfg.execution, executor=executor or ("ray" if address else cfg.execution.executor),
+            address=address or cfg.execution.address)
     t0 = time.perf_counter()
     bars = Bars(progress)
+    signal.signal(signal.SIGTERM, _interrupt)  # kill, timeout, schedulers: stop like Ctrl-C
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -336,20 +358,21 @@ def attack(name: str, model: str, weights: str | None, kwargs: str | None, mean:
            batch_size: int | str, out: str | None) -> None:
     """Run one attack NAME on one model and print what it did."""
     from advlab import attacks, data
-    from advlab.evaluation import results, runner
-    from advlab.evaluation.store import atomic_write, check_writable
+    from advlab.evaluation import inputs, results
+    from advlab.evaluation.measure import CellPlan, measure
+    from advlab.evaluation.records import atomic_write, check_writable
     from advlab.report import plots
 
     kw = dict(_param(p) for p in params)
     if eps is not None:
         kw["eps"] = eps
     atk = attacks.get(name, **kw, seed=seed)  # unknown or ill-typed keywords: ParameterError
-    dev = runner.resolve_device(device)
+    dev = inputs.resolve_device(device)
     out_path = Path(out or f"advlab-attack-{name}.png")
     check_writable(out_path.parent, "the folder of --out")
     spec = _model_spec(model, weights, kwargs, mean, std, config)
-    runner.check_cache([spec])
-    net = runner.load_model(spec).to(dev).eval()
+    inputs.check_cache([spec])
+    net = inputs.load_model(spec).to(dev).eval()
     if data_name is None and config is not None:  # the configuration's data, -n of them
         from advlab import evaluation
 
@@ -361,11 +384,11 @@ def attack(name: str, model: str, weights: str | None, kwargs: str | None, mean:
                      resize=resize, channels=None if channels is None else int(channels))
     x, y = x.to(dev), y.to(dev)
     classes = _classes(data_name, data_root)
-    runner.check_models({model: net}, x, y, classes)
-    plan = runner.CellPlan(atk, target=target, shifts=(), noise=(), gallery=4,
-                           batch_size=batch_size, seed=seed, precision=precision)
+    inputs.check_models({model: net}, x, y, classes)
+    plan = CellPlan(atk, target=target, shifts=(), noise=(), gallery=4,
+                    batch_size=batch_size, seed=seed, precision=precision)
     bar = _batch_bar()
-    rec = runner.evaluate(plan, net, x, y, on_batch=bar)
+    rec = measure(plan, net, x, y, on_batch=bar)
     bar.close()
     s = results.summarize_rows(rec.examples, rec.probes, rec.scores)
     norms = s["median_norms"]
@@ -433,8 +456,17 @@ def list_attacks() -> None:
 
 
 def main() -> None:
-    """Entry point of the ``advlab`` script."""
-    cli(prog_name="advlab")
+    """Entry point of the ``advlab`` script. An interrupted run (SIGINT, SIGTERM) has
+    stored what it finished and stopped its workers; it leaves at once, without the
+    interpreter's teardown of torch and friends (seconds on a loaded machine)."""
+    try:
+        cli(prog_name="advlab")
+    except SystemExit as exc:
+        if exc.code != 130:
+            raise
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
 
 
 if __name__ == "__main__":

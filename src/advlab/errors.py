@@ -70,6 +70,11 @@ class ConfigError(AdvlabError, ValueError):
     """An experiment configuration (TOML file or dict) that is malformed or inconsistent."""
 
 
+class ExecutionError(AdvlabError, RuntimeError):
+    """Work that cannot be shipped to or run on the workers (an unpicklable model for Ray,
+    Ray not installed, a worker lost for good)."""
+
+
 class EnvironmentMismatchError(AdvlabError, ImportError):
     """The installed packages cannot work together (e.g. a torch wheel built against numpy 1
     beside numpy 2)."""

@@ -22,12 +22,13 @@ from click.testing import CliRunner
 
 from advlab.cli import cli
 from advlab.errors import AdvlabError
-from advlab.evaluation import config_from_dict, runner, schema
+from advlab.evaluation import config_from_dict, inputs, schema
 
 #: a small valid configuration that sets every key of the schema
 BASE: dict[str, Any] = {
     "name": "fuzz", "seed": 0, "batch_size": 8, "device": "cpu", "precision": "fp32",
-    "workers": 1,
+    "workers": 1, "shard_size": 8,
+    "execution": {"executor": "inline", "cpus": 1.0, "gpus": 1.0},  # address: Ray only
     "data": {"name": "mnist5k", "split": "test", "n": 8, "train_split": "train",
              "fit_n": 50, "root": "unused", "resize": [28, 28], "channels": 1,
              "subset": "first"},
@@ -184,7 +185,7 @@ def _no_cells(root: Path) -> bool:
 def test_the_base_is_valid() -> None:
     """Every case below differs from a configuration that builds."""
     cfg = config_from_dict(_plain(BASE))
-    runner.check_buildable(cfg)
+    inputs.check_buildable(cfg)
 
 
 def test_every_key_is_fuzzed() -> None:

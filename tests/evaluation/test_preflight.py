@@ -17,7 +17,7 @@ from tests.conftest import make_tiny
 
 from advlab.cli import cli
 from advlab.errors import AdvlabError, ConfigError, DataError, InputError, ModelModeError
-from advlab.evaluation import config_from_dict, runner, store
+from advlab.evaluation import config_from_dict, inputs, records, runner, store
 
 CONFIG = {"name": "t", "batch_size": 24, "models": ["a"], "data": {"name": "x", "n": 24},
           "attacks": [{"name": "fgsm", "eps": 0.1}], "sanity": {"enabled": False}}
@@ -118,7 +118,7 @@ def test_run_folder_that_is_a_file(tmp_path: Path) -> None:
 
 
 def test_full_disk_fails_before_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store.shutil, "disk_usage",
+    monkeypatch.setattr(records.shutil, "disk_usage",
                         lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1024, 1024))
     with pytest.raises(DataError, match="is full"):
         tiny_run(tmp_path)
@@ -132,7 +132,7 @@ def test_unwritable_model_cache_fails_before_training(
     blocker.write_text("")
     monkeypatch.setenv("ADVLAB_HOME", str(blocker / "home"))
     trained = []
-    monkeypatch.setattr(runner, "load_model", lambda spec: trained.append(spec))
+    monkeypatch.setattr(inputs, "load_model", lambda spec: trained.append(spec))
     cfg = config_from_dict({**CONFIG, "models": ["mnist-cnn"]})
     with pytest.raises(DataError, match=r"model cache \$ADVLAB_HOME"):
         runner.run(cfg, root=tmp_path / "runs")
@@ -193,7 +193,7 @@ def test_full_disk_when_writing_the_report(tmp_path: Path,
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store.os, "fsync", full)
+    monkeypatch.setattr(records.os, "fsync", full)
     with pytest.raises(DataError, match="No space left"):
         store.atomic_write(tmp_path / "report.html", "x")
     assert os.listdir(tmp_path) == []

@@ -10,7 +10,9 @@
 - :mod:`~advlab.defenses.pixeldefend`: PixelDefend (a small PixelCNN and the greedy
   purification), attacked adaptively with BPDA.
 
-MagNet lives in :mod:`advlab.defenses.magnet`.
+MagNet lives in :mod:`advlab.defenses.magnet`. By name (what ``advlab run`` uses):
+``advlab.defenses.get("distillation", temperature=100)`` builds a recipe
+(:mod:`~advlab.defenses.registry`), ``available()`` lists them.
 """
 from advlab.defenses.distillation import Distilled, distill, soft_labels  # noqa: F401
 from advlab.defenses.magnet import AutoEncoder, MagNet, Reformer, train_autoencoder  # noqa: F401
@@ -21,6 +23,7 @@ from advlab.defenses.pixeldefend import (  # noqa: F401
     purify,
     train_pixelcnn,
 )
+from advlab.defenses.registry import available, get, register  # noqa: F401
 from advlab.defenses.training import (  # noqa: F401
     ROBUST,
     FitSettings,

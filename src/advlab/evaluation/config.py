@@ -2,13 +2,14 @@
 
 A run is described by a TOML file (or the equivalent mapping): the data subset, the models,
 the defenses, the attacks with their eps grids and parameters, the detectors, the fragility
-probes, the sanity checks, the adaptive cells and report options. :data:`DEFAULT_TOML` is the
-built-in tour of the lecture; ``advlab run`` with no file runs it. Every field is validated
+probes, the sanity checks, the adaptive cells, report options, and where the work runs
+(``shard_size``, ``[execution]``). :data:`DEFAULT_TOML` (the package file ``tour.toml``) is
+the built-in tour of the lecture; ``advlab run`` with no file runs it. Every field is validated
 with a clear :class:`~advlab.errors.ConfigError` naming the allowed keys.
 
 Which cells exist is said in one place, each attack's scope (:class:`AttackSpec`): its first
 ``n`` images, the ``models``, ``defenses`` and ``detectors`` it runs with. ``[adaptive]``
-switches the automatic adaptive cells (see :mod:`advlab.evaluation.runner`) and sets the
+switches the automatic adaptive cells (see :mod:`advlab.evaluation.plan`) and sets the
 detector-aware attack's ``steps`` and weight ``lam``.
 """
 from __future__ import annotations
@@ -28,179 +29,9 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10: the same parser, as tomli
     import tomli as tomllib  # type: ignore[no-redef]
 
-DEFAULT_TOML = """\
-# advlab's built-in tour of the lecture, on the embedded MNIST subset and the zoo models.
-# Copy this file, edit it, and run `advlab run my.toml`.
-name = "tour"
-seed = 0
-batch_size = 500
-workers = 0           # processes computing cells on CPU; 0: one per core
-
-[data]
-name = "mnist5k"      # embedded; see advlab.data.load
-split = "test"
-n = 300               # the first n images of the split
-
-[[models]]
-name = "mnist-mlp"    # a zoo name, "mnist-cnn-trades" (adversarially trained, cached), or
-                      # your own: name = "mine", factory = "net.py:build", kwargs = {...},
-                      # weights = "w.safetensors" (see advlab.models and examples/)
-
-[[models]]
-name = "mnist-cnn"
-
-# Every defended model is attacked naively and by its adaptive attack (BPDA / EOT).
-[[defenses]]
-name = "none"         # the undefended model
-
-[[defenses]]
-name = "transformed"  # bit-depth reduction to 2 bits in front of the classifier
-params = { transforms = [{ name = "BitDepth", bits = 2 }] }
-
-[[defenses]]
-name = "distillation" # defensive distillation at temperature 100
-params = { temperature = 100, epochs = 20, lr = 0.002 }
-
-# Detectors score the undefended cells of the attacks that use them; each detector with a
-# differentiable score is also attacked adaptively (PGD on the detector's score, [adaptive]).
-[[detectors]]
-name = "activation-knn"
-params = { layers = ["pool1"], k = 10 }
-
-[[detectors]]
-name = "deep-knn"
-params = { layers = ["pool1", "pool2", "relu3", "fc2"] }
-
-[[detectors]]
-name = "feature-distance"
-params = { layers = ["pool1", "pool2", "relu3", "fc2"], n_adv = 300, epochs = 200 }
-
-[[detectors]]
-name = "lid"
-params = { layers = ["pool1", "pool2", "relu3", "fc2"], n_adv = 300, epochs = 200 }
-
-[[detectors]]
-name = "mahalanobis"
-params = { layers = ["pool1", "pool2", "relu3", "fc2"], n_adv = 300, epochs = 200 }
-
-[[detectors]]
-name = "feature-squeezing"
-
-[[detectors]]
-name = "transformation-detector"
-params = { samples = 1, fit_size = 200 }
-
-# Attacks run at every eps of their grid, on `models` (default: all), behind `defenses`
-# (default: all), scored by `detectors` (default: all), on the first `n` images (default:
-# all of [data]).
-
-# 1. White-box robustness of both models
-[[attacks]]
-name = "fgsm"
-eps = [0.05, 0.1, 0.2, 0.3]
-defenses = ["none"]
-detectors = []
-
-[[attacks]]
-name = "bim"
-eps = [0.05, 0.1, 0.2, 0.3]
-params = { steps = 10 }
-defenses = ["none"]
-detectors = []
-
-[[attacks]]
-name = "pgd"
-eps = [0.05, 0.1, 0.2, 0.3]
-params = { steps = 20, alpha = 0.02 }
-defenses = ["none"]
-detectors = []
-
-# 2. Detectors and defenses, on a subset: mnist-cnn with bit-depth reduction,
-#    mnist-mlp with distillation
-[[attacks]]
-name = "fgsm"
-eps = 0.3
-models = ["mnist-cnn"]
-defenses = ["none", "transformed"]
-n = 50
-
-[[attacks]]
-name = "pgd"
-eps = 0.3
-params = { steps = 20, alpha = 0.02 }
-models = ["mnist-cnn"]
-defenses = ["none", "transformed"]
-n = 50
-
-[[attacks]]
-name = "cw-l2"
-params = { search_steps = 3, steps = 50, c0 = 1.0 }
-models = ["mnist-cnn"]
-defenses = ["none"]
-n = 50
-
-[[attacks]]
-name = "fgsm"
-eps = 0.3
-models = ["mnist-mlp"]
-defenses = ["none", "distillation"]
-detectors = []
-n = 100
-
-[[attacks]]
-name = "pgd"
-eps = 0.3
-params = { steps = 20, alpha = 0.02 }
-models = ["mnist-mlp"]
-defenses = ["none", "distillation"]
-detectors = []
-n = 100
-
-# 3. Black-box (score-based) attacks: success vs queries
-[[attacks]]
-name = "square"
-eps = 0.3
-params = { max_queries = 1000 }
-models = ["mnist-cnn"]
-defenses = ["none"]
-detectors = []
-n = 100
-
-[[attacks]]
-name = "bandits"
-eps = 0.3
-params = { max_queries = 1000 }
-models = ["mnist-cnn"]
-defenses = ["none"]
-detectors = []
-n = 50
-
-[[attacks]]
-name = "simba-dct"
-params = { max_queries = 1000 }
-models = ["mnist-cnn"]
-defenses = ["none"]
-detectors = []
-n = 20
-
-[adaptive]            # automatic adaptive cells (defenses, detectors, sanity findings)
-enabled = true
-steps = 20            # PGD steps of the detector-aware attack
-lam = 1.0             # weight of the detector's unit gradient against the classifier's
-
-[probes]
-shifts = [1, 2]       # fragility: shift right by 1 and 2 pixels
-noise = [0.05]        # fragility: add N(0, 0.05^2) noise
-
-[sanity]              # advlab.evaluation.sanity checks at the report's reference eps
-enabled = true
-max_examples = 50
-blackbox_queries = 500
-
-[report]
-gallery = 8           # image pairs stored per cell
-eps = 0.3             # the reference eps of gallery, transfer, properties and sanity
-"""
+#: the built-in tour of the lecture (``advlab run`` with no file), shipped as package data
+TOUR = Path(__file__).with_name("tour.toml")
+DEFAULT_TOML = TOUR.read_text(encoding="utf-8")
 
 # ----------------------------------------------------------------------------- configuration
 
@@ -275,16 +106,35 @@ class DataSpec:
         return replace(self, name=name, root=root)
 
 
+#: the first batch size that ``batch_size = "auto"`` tries (halved on CUDA out-of-memory)
+AUTO_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class ExecutionSpec:
+    """Where the shards run (``[execution]``): ``executor`` is "processes" (forked workers of
+    this machine, the default), "inline" (this process, for tests and debugging) or "ray"
+    (a Ray cluster at ``address``, None: a local one); a Ray task asks for ``cpus`` CPUs and,
+    where CUDA is used, ``gpus`` GPUs."""
+
+    executor: str = "processes"
+    address: str | None = None
+    cpus: float = 1.0
+    gpus: float = 1.0
+
+
 @dataclass
 class RunConfig:
     """Everything :func:`run` needs; build it from TOML with :func:`load_config`."""
 
     name: str = "tour"
     seed: int = 0
-    batch_size: int | str = 500  # or "auto": halved on CUDA out-of-memory (see runner)
+    batch_size: int | str = 500  # or "auto": halved on CUDA out-of-memory (see measure)
     device: str | None = None  # cpu, cuda, cuda:N or auto (None: cpu)
     precision: str = "fp32"  # the attacks' forward and backward: fp32, bf16 or fp16
-    workers: int = 0  # processes computing cells on CPU; 0: one per core (see runner)
+    workers: int = 0  # processes computing cells on CPU; 0: one per core (see execute)
+    shard_size: int | None = None  # images per stored shard of a cell (None: one shard)
+    execution: ExecutionSpec = field(default_factory=lambda: ExecutionSpec())
     data: DataSpec = field(default_factory=DataSpec)
     models: list[ModelSpec] = field(default_factory=list)
     attacks: list[AttackSpec] = field(default_factory=list)
@@ -301,6 +151,7 @@ class RunConfig:
         """A JSON-able description (what the results database and results.json record)."""
         return {
             "name": self.name, "seed": self.seed, "batch_size": self.batch_size,
+            "shard_size": self.shard_size, "execution": vars(self.execution),
             "device": self.device, "precision": self.precision, "data": vars(self.data),
             "models": [m.to_dict() for m in self.models],
             "attacks": [{"name": a.name, "eps": list(a.eps), "params": a.params,
@@ -371,6 +222,15 @@ def _distinct(names: list[str], what: str) -> None:
                           f"got {names}")
 
 
+def _execution(d: dict[str, Any]) -> ExecutionSpec:
+    """The [execution] table (types checked by the schema): an address only for Ray."""
+    spec = ExecutionSpec(**d)
+    if spec.address is not None and spec.executor != "ray":
+        raise ConfigError("[execution].address is the address of a Ray cluster (a string, "
+                          "with executor = \"ray\")")
+    return spec
+
+
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
     """Validate a configuration mapping (the parsed TOML) and build a :class:`RunConfig`.
 
@@ -396,16 +256,25 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
     scope = {"models": names, "defenses": [p.name for p in plugins["defenses"]],
              "detectors": [p.name for p in plugins["detectors"]]}
     probes, report = d.get("probes", {}), d.get("report", {})
-    return RunConfig(
+    cfg = RunConfig(
         name=d.get("name", "run"), seed=d.get("seed", 0), batch_size=d.get("batch_size", 500),
         device=d.get("device"), precision=d.get("precision", "fp32"),
-        workers=d.get("workers", 0), data=_data(d.get("data", {})), models=models,
+        workers=d.get("workers", 0), shard_size=d.get("shard_size"),
+        execution=_execution(d.get("execution", {})),
+        data=_data(d.get("data", {})), models=models,
         attacks=[_attack_spec(a, i, scope) for i, a in enumerate(d["attacks"])],
         defenses=plugins["defenses"], detectors=plugins["detectors"],
         shifts=tuple(probes.get("shifts", (1, 2))), noise=tuple(probes.get("noise", (0.05,))),
         gallery=report.get("gallery", 8),
         report={k: v for k, v in report.items() if k != "gallery"},
         sanity={**SANITY, **d.get("sanity", {})}, adaptive={**ADAPTIVE, **d.get("adaptive", {})})
+    bs = AUTO_BATCH if cfg.batch_size == "auto" else cfg.batch_size
+    if cfg.shard_size is not None and cfg.shard_size % bs:
+        raise ConfigError(f"shard_size ({cfg.shard_size}) must be a multiple of batch_size "
+                          f"({cfg.batch_size}{', that is 1024' if bs != cfg.batch_size else ''})"
+                          ": a shard is whole batches, so that a sharded cell equals the "
+                          "unsharded one")
+    return cfg
 
 
 def validate(cfg: RunConfig) -> RunConfig:

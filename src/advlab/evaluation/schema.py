@@ -19,6 +19,9 @@ from typing import Any
 from advlab.errors import ConfigError
 from advlab.models import PRECISIONS
 
+#: where the shards of a run are computed (see advlab.evaluation.execute)
+EXECUTORS = ("processes", "inline", "ray")
+
 Check = Callable[[Any, str], Any]
 
 #: the longest run name (it names a folder and rows of the results database)
@@ -60,6 +63,16 @@ def number(lo: float | None = None, hi: float | None = None) -> Check:
             raise _fail(where, wants, v)
         return float(v)
     return _tagged(check, "number", lo=lo, hi=hi)
+
+
+def positive(v: Any, where: str) -> float:
+    """A finite number > 0 (not a bool, not NaN), kept as a float."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise _fail(where, "a positive number", v)
+    return float(v)
+
+
+_tagged(positive, "number", lo=0, hi=None)
 
 
 def _range(lo: float | None, hi: float | None) -> str:
@@ -196,6 +209,9 @@ CONFIG: Check = table({
     "device": device,
     "precision": string(tuple(PRECISIONS)),
     "workers": integer(0, 1024),
+    "shard_size": integer(1),
+    "execution": table({"executor": string(EXECUTORS), "address": string(),
+                        "cpus": positive, "gpus": positive}),
     "data": table({"name": string(), "split": string(("train", "test")), "n": integer(1),
                    "train_split": string(("train", "test")), "fit_n": integer(1),
                    "root": string(), "resize": one_or_list(integer(1)),

@@ -15,132 +15,51 @@ One SQLite file (``runs/advlab.sqlite``, stdlib :mod:`sqlite3`, WAL journal) hol
 - ``runs`` and ``run_cells``: which cells a named run consists of, its configuration and
   environment, so a report can be re-rendered from the database alone.
 
-A cell is written in one transaction, after all its rows are computed: a killed run loses
-at most the cell in flight, and a finished cell is never recomputed.
+- ``shards``: the stored shards of cells computed in shards (first row, rows, timing).
 
-Every file advlab writes outside SQLite goes through :func:`advlab.io.atomic_write` (temporary
-file in the same directory, then :func:`os.replace`).
+A cell, or a shard of one, is written in one transaction after all its rows are computed:
+a killed run loses at most the shards in flight, and a finished cell or shard is never
+recomputed. The runner's process is this database's only writer.
+
+Every file advlab writes outside SQLite goes through :func:`atomic_write` (in
+:mod:`~advlab.evaluation.records`).
 """
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import logging
 import math
 import os
-import shutil
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from advlab.errors import DataError
-from advlab.io import atomic_write  # noqa: F401  (re-exported: evaluation writes through it)
+from advlab.evaluation.records import (
+    EXAMPLE_COLUMNS,
+    PROBE_COLUMNS,
+    CellRecord,
+    atomic_write,  # noqa: F401 - part of the store's interface
+    canonical_json,
+    cell_key,  # noqa: F401
+    pick_gallery,
+)
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
-EXAMPLE_COLUMNS = ("label", "clean_pred", "clean_conf", "adv_pred", "adv_conf", "target",
-                   "success", "l0", "l1", "l2", "linf", "ssim", "queries")
-PROBE_COLUMNS = ("clean_pred", "clean_conf", "adv_pred", "adv_conf")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    name TEXT PRIMARY KEY, config TEXT NOT NULL, env TEXT NOT NULL,
-    started REAL NOT NULL, finished REAL, wall_s REAL);
-CREATE TABLE IF NOT EXISTS run_cells (
-    run TEXT NOT NULL, position INTEGER NOT NULL, key TEXT NOT NULL, spec TEXT NOT NULL,
-    PRIMARY KEY (run, position));
-CREATE TABLE IF NOT EXISTS cells (
-    key TEXT PRIMARY KEY, spec TEXT NOT NULL, model TEXT NOT NULL, defense TEXT NOT NULL,
-    attack TEXT NOT NULL, eps REAL, seed INTEGER NOT NULL, n INTEGER NOT NULL,
-    started REAL NOT NULL, finished REAL NOT NULL, wall_s REAL NOT NULL, device TEXT NOT NULL,
-    info TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS examples (
-    key TEXT NOT NULL, idx INTEGER NOT NULL, label INTEGER NOT NULL,
-    clean_pred INTEGER NOT NULL, clean_conf REAL NOT NULL,
-    adv_pred INTEGER NOT NULL, adv_conf REAL NOT NULL, target INTEGER,
-    success INTEGER NOT NULL, l0 REAL NOT NULL, l1 REAL NOT NULL, l2 REAL NOT NULL,
-    linf REAL NOT NULL, ssim REAL, queries INTEGER,
-    PRIMARY KEY (key, idx)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS probes (
-    key TEXT NOT NULL, probe TEXT NOT NULL, idx INTEGER NOT NULL,
-    clean_pred INTEGER NOT NULL, clean_conf REAL NOT NULL,
-    adv_pred INTEGER NOT NULL, adv_conf REAL NOT NULL,
-    PRIMARY KEY (key, probe, idx)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS scores (
-    key TEXT NOT NULL, detector TEXT NOT NULL, idx INTEGER NOT NULL,
-    clean REAL NOT NULL, adv REAL NOT NULL,
-    PRIMARY KEY (key, detector, idx)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sanity (
-    key TEXT PRIMARY KEY, model TEXT NOT NULL, defense TEXT NOT NULL,
-    findings TEXT NOT NULL, finished REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS gallery (
-    key TEXT NOT NULL, idx INTEGER NOT NULL, shape TEXT NOT NULL,
-    x BLOB NOT NULL, x_adv BLOB NOT NULL, PRIMARY KEY (key, idx));
-"""
+#: the tables (``store.sql``, package data)
+_SCHEMA = Path(__file__).with_name("store.sql").read_text(encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys, no spaces and floats written exactly: equal specs, equal text.
-
-    Raises:
-        DataError: a value that JSON cannot hold faithfully (NaN, Inf, objects).
-    """
-    try:
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"cannot write a canonical record of {obj!r}: {exc}") from exc
-
-
-def cell_key(spec: dict[str, Any]) -> str:
-    """The cell's identity: the first 24 hex digits of sha256 of its canonical JSON."""
-    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:24]
-
-
-#: the free space a folder that advlab writes to must have before a run starts
-MIN_FREE = 16 * 2**20
-
-
-def check_writable(folder: str | os.PathLike, what: str) -> Path:
-    """Make sure advlab can write into ``folder`` (created when missing) before any work
-    that would be lost if it could not: a file is created and removed there, and the disk
-    must have :data:`MIN_FREE` bytes free.
-
-    Args:
-        folder: the folder.
-        what: how the error names it ("the run folder").
-
-    Returns:
-        The folder.
-
-    Raises:
-        DataError: it cannot be created or written (read-only, no permission) or the disk
-            is (nearly) full.
-    """
-    folder = Path(folder).expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder, prefix=".advlab-check-"):
-            pass
-        free = shutil.disk_usage(folder).free
-    except OSError as exc:
-        raise DataError(f"cannot write {what} {folder}: {exc.strerror or exc}") from exc
-    if free < MIN_FREE:
-        raise DataError(f"the disk holding {what} {folder} is full ({free // 2**20} MiB "
-                        f"free, advlab needs at least {MIN_FREE // 2**20} MiB)")
-    return folder
 
 
 def _none_if_nan(v: Any) -> Any:
@@ -148,34 +67,6 @@ def _none_if_nan(v: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- records
-
-
-@dataclass
-class CellRecord:
-    """Everything one finished cell writes, as columns of per-example values.
-
-    Attributes:
-        key: :func:`cell_key` of ``spec``.
-        spec: the cell's canonical description (model, defense, attack, params, seed, data).
-        examples: column name (:data:`EXAMPLE_COLUMNS`) -> array (N,); ``idx`` -> indices.
-        probes: probe name -> {:data:`PROBE_COLUMNS` -> (N,)}.
-        scores: detector name -> {"clean": (N,), "adv": (N,)}.
-        gallery: (idx, x, x_adv) triples of float32 arrays C x H x W.
-        started, finished: Unix times; wall_s: seconds spent; device: where it ran.
-        info: extras (the attack's repr, skipped pieces, ...).
-    """
-
-    key: str
-    spec: dict[str, Any]
-    examples: dict[str, np.ndarray]
-    probes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    gallery: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
-    started: float = 0.0
-    finished: float = 0.0
-    wall_s: float = 0.0
-    device: str = "cpu"
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def _column(a: np.ndarray, i: int) -> Any:
@@ -340,39 +231,88 @@ class Store:
             done.update(r[0] for r in self._db.execute(q, chunk))
         return done
 
-    def write_cell(self, rec: CellRecord) -> None:
-        """Store a finished cell and all its rows in one transaction (replacing any old copy)."""
-        ex = rec.examples
+    def write_cell(self, rec: CellRecord, total: int | None = None, gallery: int = 0) -> bool:
+        """Store a cell's rows in one transaction, replacing any old copy of them: all of
+        them, or one shard's of a cell of ``total`` examples (``rec.examples["idx"]`` says
+        which). The cell is finished when its shards hold all ``total`` rows; it then keeps
+        ``gallery`` image pairs from its shards' candidates (:func:`pick_gallery`).
+
+        Returns:
+            Whether the cell is finished.
+        """
+        ex, key = rec.examples, rec.key
         n = len(ex["idx"])
-        spec = rec.spec
-        eps = spec.get("params", {}).get("eps")
+        shard = total is not None and n != total
+        lo, hi = (int(ex["idx"].min()), int(ex["idx"].max())) if n else (0, -1)
         with self.transaction() as db:
-            for table in ("examples", "probes", "scores", "gallery", "cells"):
-                db.execute(f"DELETE FROM {table} WHERE key = ?", (rec.key,))
-            db.executemany(
-                f"INSERT INTO examples VALUES (?, ?, {', '.join('?' * len(EXAMPLE_COLUMNS))})",
-                [(rec.key, int(ex["idx"][i]), *(_column(ex[c], i) for c in EXAMPLE_COLUMNS))
-                 for i in range(n)])
-            for probe, cols in rec.probes.items():
-                db.executemany("INSERT INTO probes VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               [(rec.key, probe, int(ex["idx"][i]),
-                                 *(_column(cols[c], i) for c in PROBE_COLUMNS))
-                                for i in range(n)])
-            for det, cols in rec.scores.items():
-                db.executemany("INSERT INTO scores VALUES (?, ?, ?, ?, ?)",
-                               [(rec.key, det, int(ex["idx"][i]), float(cols["clean"][i]),
-                                 float(cols["adv"][i])) for i in range(n)])
-            db.executemany("INSERT INTO gallery VALUES (?, ?, ?, ?, ?)",
-                           [(rec.key, int(i), json.dumps(list(x.shape)),
-                             np.ascontiguousarray(x, np.float32).tobytes(),
-                             np.ascontiguousarray(xa, np.float32).tobytes())
-                            for i, x, xa in rec.gallery])
+            where, args = ("key = ? AND idx BETWEEN ? AND ?", (key, lo, hi)) if shard else \
+                ("key = ?", (key,))
+            for table in ("examples", "probes", "scores", "gallery"):
+                db.execute(f"DELETE FROM {table} WHERE {where}", args)
+            db.execute("DELETE FROM cells WHERE key = ?", (key,))
+            db.execute("DELETE FROM shards WHERE key = ? AND start <= ? AND start + n > ?",
+                       (key, hi, lo) if shard else (key, 1 << 62, -1))
+            self._insert_rows(db, rec)
+            if shard:
+                db.execute("INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (key, lo, n, rec.started, rec.finished, rec.wall_s, rec.device))
+                done, t0, t1, wall = db.execute(
+                    "SELECT sum(n), min(started), max(finished), sum(wall_s) FROM shards "
+                    "WHERE key = ?", (key,)).fetchone()
+                if done < total:
+                    log.debug("stored rows %d-%d of cell %s", lo, hi, key)
+                    return False
+                self._keep_gallery(db, key, gallery)
+                rec = dataclasses.replace(rec, started=t0, finished=t1, wall_s=wall,
+                                          info={**rec.info, "shards": True})
+                n = done
+            spec = rec.spec
             db.execute("INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (rec.key, canonical_json(spec), spec["model"]["name"],
-                        spec["defense"]["name"], spec["attack"], eps, spec["seed"], n,
-                        rec.started, rec.finished, rec.wall_s, rec.device,
-                        json.dumps(rec.info)))
-        log.debug("stored cell %s (%d examples)", rec.key, n)
+                       (key, canonical_json(spec), spec["model"]["name"],
+                        spec["defense"]["name"], spec["attack"],
+                        spec.get("params", {}).get("eps"), spec["seed"], n, rec.started,
+                        rec.finished, rec.wall_s, rec.device, json.dumps(rec.info)))
+        log.debug("stored cell %s (%d examples)", key, n)
+        return True
+
+    @staticmethod
+    def _insert_rows(db: sqlite3.Connection, rec: CellRecord) -> None:
+        ex, key = rec.examples, rec.key
+        idx = [int(i) for i in ex["idx"]]
+        db.executemany(
+            f"INSERT INTO examples VALUES (?, ?, {', '.join('?' * len(EXAMPLE_COLUMNS))})",
+            [(key, k, *(_column(ex[c], i) for c in EXAMPLE_COLUMNS)) for i, k in enumerate(idx)])
+        for probe, cols in rec.probes.items():
+            db.executemany("INSERT INTO probes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(key, probe, k, *(_column(cols[c], i) for c in PROBE_COLUMNS))
+                            for i, k in enumerate(idx)])
+        for det, cols in rec.scores.items():
+            db.executemany("INSERT INTO scores VALUES (?, ?, ?, ?, ?)",
+                           [(key, det, k, float(cols["clean"][i]), float(cols["adv"][i]))
+                            for i, k in enumerate(idx)])
+        db.executemany("INSERT INTO gallery VALUES (?, ?, ?, ?, ?)",
+                       [(key, int(i), json.dumps(list(x.shape)),
+                         np.ascontiguousarray(x, np.float32).tobytes(),
+                         np.ascontiguousarray(xa, np.float32).tobytes())
+                        for i, x, xa in rec.gallery])
+
+    @staticmethod
+    def _keep_gallery(db: sqlite3.Connection, key: str, k: int) -> None:
+        """The cell's first k gallery pairs (:func:`pick_gallery`) out of its shards' ones."""
+        rows = db.execute("SELECT g.idx, e.label, e.clean_pred, e.success, g.shape, g.x, "
+                          "g.x_adv FROM gallery g JOIN examples e ON e.key = g.key AND "
+                          "e.idx = g.idx WHERE g.key = ? ORDER BY g.idx", (key,)).fetchall()
+        cols = {c: np.array([r[j] for r in rows], np.int64)
+                for j, c in enumerate(("idx", "label", "clean_pred", "success"))}
+        keep = [rows[i] for i in pick_gallery(cols, k)] if rows else []
+        db.execute("DELETE FROM gallery WHERE key = ?", (key,))
+        db.executemany("INSERT INTO gallery VALUES (?, ?, ?, ?, ?)",
+                       [(key, r[0], *r[4:]) for r in keep])
+
+    def stored_shards(self, key: str) -> set[tuple[int, int]]:
+        """(first row, rows) of each stored shard of a cell not yet finished."""
+        return {(a, n) for a, n in self._db.execute(
+            "SELECT start, n FROM shards WHERE key = ?", (key,))}
 
     def cell(self, key: str) -> dict[str, Any] | None:
         """A stored cell's record (spec, timing, device, info), or None."""
@@ -406,26 +346,23 @@ class Store:
 
     def probes(self, key: str) -> dict[str, dict[str, np.ndarray]]:
         """A cell's probes: name -> {clean_pred, clean_conf, adv_pred, adv_conf} in idx order."""
-        rows = self._db.execute("SELECT probe, clean_pred, clean_conf, adv_pred, adv_conf "
-                                "FROM probes WHERE key = ? ORDER BY probe, idx",
-                                (key,)).fetchall()
-        out: dict[str, dict[str, list]] = {}
-        for probe, *vals in rows:
-            d = out.setdefault(probe, {c: [] for c in PROBE_COLUMNS})
-            for c, v in zip(PROBE_COLUMNS, vals, strict=True):
-                d[c].append(v)
-        return {p: {c: np.asarray(v) for c, v in d.items()} for p, d in out.items()}
+        return {p: {c: np.asarray(v) for c, v in d.items()}
+                for p, d in self._grouped(key, "probes", "probe", PROBE_COLUMNS).items()}
 
     def scores(self, key: str) -> dict[str, dict[str, np.ndarray]]:
         """A cell's detector scores: detector -> {"clean": (N,), "adv": (N,)} in idx order."""
-        rows = self._db.execute("SELECT detector, clean, adv FROM scores WHERE key = ? "
-                                "ORDER BY detector, idx", (key,)).fetchall()
+        return {k: {c: np.asarray(v, np.float64) for c, v in d.items()}
+                for k, d in self._grouped(key, "scores", "detector", ("clean", "adv")).items()}
+
+    def _grouped(self, key: str, table: str, by: str, cols: tuple[str, ...]
+                 ) -> dict[str, dict[str, list]]:
         out: dict[str, dict[str, list]] = {}
-        for det, c, a in rows:
-            d = out.setdefault(det, {"clean": [], "adv": []})
-            d["clean"].append(c)
-            d["adv"].append(a)
-        return {k: {c: np.asarray(v, np.float64) for c, v in d.items()} for k, d in out.items()}
+        for group, *vals in self._db.execute(f"SELECT {by}, {', '.join(cols)} FROM {table} "
+                                             f"WHERE key = ? ORDER BY {by}, idx", (key,)):
+            d = out.setdefault(group, {c: [] for c in cols})
+            for c, v in zip(cols, vals, strict=True):
+                d[c].append(v)
+        return out
 
     def gallery(self, key: str) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """A cell's stored (idx, x, x_adv) image pairs (float32 C x H x W)."""

@@ -1,0 +1,88 @@
+"""`advlab run` stopped by a signal while its workers compute: no process of it survives
+(SIGKILL, SIGTERM), and SIGINT returns at once."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import advlab
+
+CONFIG = """
+name = "sig"
+workers = 2
+[data]
+name = "digits"
+n = 300
+[[models]]
+name = "digits-mlp"
+[[attacks]]
+name = "pgd"
+eps = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.11, 0.12]
+params = { steps = 3000 }
+[adaptive]
+enabled = false
+[sanity]
+enabled = false
+"""
+
+
+def children(pid: int) -> set[int]:
+    """The live processes whose parent is ``pid`` (zombies count as gone)."""
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == pid and state != "Z":
+                out.add(int(entry.name))
+    return out
+
+
+def alive(pids: set[int]) -> set[int]:
+    out = set()
+    for p in pids:
+        try:
+            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.add(p)
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked workers: Linux")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_the_run_and_its_workers(tmp_path: Path, sig: signal.Signals) -> None:
+    cfg = tmp_path / "sig.toml"
+    cfg.write_text(CONFIG)
+    env = {**os.environ, "PYTHONPATH": str(Path(advlab.__file__).parents[1]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "advlab.cli", "run", str(cfg), "--root",
+                             str(tmp_path / "runs"), "--no-progress"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    workers: set[int] = set()
+    while len(workers) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        workers = children(proc.pid)
+    assert len(workers) >= 2, "the run ended or did not start its workers"
+    time.sleep(0.5)                                       # they are computing now
+    t0 = time.time()
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    took = time.time() - t0
+    time.sleep(1.0)
+    assert alive(workers) == set(), f"workers left after {sig.name}"
+    if sig != signal.SIGKILL:
+        assert took < 2.0, f"{sig.name}: the run took {took:.1f} s to stop"
+        assert proc.returncode == 130
+        assert b"interrupted" in proc.stderr.read()
