@@ -10,7 +10,7 @@ from torch import nn
 
 import advlab
 from advlab.attacks import APGD, PGD, AutoAttack
-from advlab.attacks.apgd import APGDT, checkpoint_fractions, checkpoints
+from advlab.attacks.apgd import APGDT, RunState, checkpoint_fractions, checkpoints
 from advlab.errors import LabelError, ThreatModelError
 
 
@@ -30,13 +30,13 @@ def test_checkpoints_match_the_paper() -> None:
         assert checkpoints(n) == want
 
 
-def _state(count: float, reduced_last: bool, fmax: float, fmax_last: float) -> dict:
-    one = torch.ones(1)
-    return {"count": one * count, "reduced_last": torch.tensor([reduced_last]),
-            "fmax": one * fmax, "fmax_last": one * fmax_last, "eta": one * 0.4,
-            "xk": torch.zeros(1, 1, 2, 2), "xmax": torch.ones(1, 1, 2, 2),
-            "gk": torch.zeros(1, 1, 2, 2), "gmax": torch.ones(1, 1, 2, 2),
-            "fk": one * 0.0}
+def _state(count: float, reduced_last: bool, fmax: float, fmax_last: float) -> RunState:
+    one, zeros, ones = torch.ones(1), torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
+    return RunState(owner=torch.zeros(1, dtype=torch.long), x=zeros, y=torch.zeros(1).long(),
+                    eps=one * 0.2, loss_target=None, goal_target=None, eta=one * 0.4, xk=zeros,
+                    xprev=zeros, fk=one * 0.0, gk=zeros, xmax=ones, fmax=one * fmax, gmax=ones,
+                    count=one * count, fmax_last=one * fmax_last,
+                    reduced_last=torch.tensor([reduced_last]))
 
 
 @pytest.mark.parametrize("count, reduced_last, fmax, fmax_last, halve", [
@@ -48,10 +48,10 @@ def _state(count: float, reduced_last: bool, fmax: float, fmax_last: float) -> d
 def test_halving_conditions(count: float, reduced_last: bool, fmax: float, fmax_last: float,
                             halve: bool) -> None:
     s = APGD(eps=0.2)._check(_state(count, reduced_last, fmax, fmax_last), length=22)
-    assert s["eta"].item() == pytest.approx(0.2 if halve else 0.4)
-    assert torch.equal(s["xk"], torch.ones(1, 1, 2, 2) if halve else torch.zeros(1, 1, 2, 2))
-    assert s["reduced_last"].item() == halve and s["count"].item() == 0
-    assert s["fmax_last"].item() == fmax
+    assert s.eta.item() == pytest.approx(0.2 if halve else 0.4)
+    assert torch.equal(s.xk, torch.ones(1, 1, 2, 2) if halve else torch.zeros(1, 1, 2, 2))
+    assert s.reduced_last.item() == halve and s.count.item() == 0
+    assert s.fmax_last.item() == fmax
 
 
 class Linear(nn.Module):
