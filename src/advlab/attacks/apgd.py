@@ -482,7 +482,8 @@ class WorstCase:
 
     Attributes:
         best: the current output per example. margin: its true-class margin (N,).
-        robust: (N,) bool, not yet fooled. info: ``robust_after``, ``queries``, ``seconds``.
+        robust: (N,) bool, not yet fooled. info: per member name ``robust_after``,
+        ``attacked`` (examples it ran on), ``queries``, ``seconds``.
     """
 
     def __init__(self, model: Model, x: Tensor, y: Tensor, eps: Tensor) -> None:
@@ -491,7 +492,8 @@ class WorstCase:
             logits = model(x)
         self.best, self.margin = x.clone(), margin(logits, y)
         self.robust = ~is_success(logits, y, None)
-        self.info: dict[str, Any] = {"robust_after": {}, "queries": {}, "seconds": {}}
+        self.info: dict[str, Any] = {"robust_after": {}, "attacked": {}, "queries": {},
+                                     "seconds": {}}
 
     def run(self, name: str, member: Attack, todo: Tensor | None = None) -> None:
         """Run ``member`` on the examples ``todo`` (default: every robust one) and keep the
@@ -499,6 +501,7 @@ class WorstCase:
         todo = self.robust.nonzero().squeeze(1) if todo is None else todo
         if len(todo) == 0:
             return
+        self.info["attacked"][name] = len(todo)
         start = time.perf_counter()
         res = member(self.model, self.x[todo], self.y[todo], eps=self.eps[todo])
         self.info["seconds"][name] = self.info["seconds"].get(name, 0.0) + \
