@@ -225,8 +225,9 @@ class FABT(FAB):
     times smaller).
 
     Success is untargeted (any class but y): the targets only choose the boundaries to
-    follow. The output is the closest adversarial example found if its norm is at most eps,
-    else x.
+    follow. The output is an adversarial example of norm at most eps (the first row to find
+    one stops its example), else x; ``info["norm"]`` is its norm, or the smallest norm found
+    (inf: none) for an example not fooled within eps.
 
     Args:
         eps: radius; default 0.3 (linf) or 2.0 (l2).
