@@ -29,7 +29,9 @@ classes in turn (9 by default), on the examples still classified correctly.
 the previous members left robust, and keeps for every example the first adversarial point
 found (the worst case per example). Members are looked up in the registry at call time
 (FAB-T comes from :mod:`advlab.attacks.fab`, Square from the black-box package); one that is
-not registered is skipped and the skip is logged.
+not registered is skipped and the skip is logged. :class:`AdaptiveEnsemble`
+("autoattack-mt") keeps APGD-CE and APGD-T and spends the rest of the budget on APGD-T restarts
+from output-diversified starts for the robust points closest to the boundary.
 
 References:
     Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
