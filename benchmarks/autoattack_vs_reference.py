@@ -21,7 +21,35 @@ eps-ball; seconds are wall time, per member as well):
 - stronger: ``autoattack`` and ``autoattack-mt`` on the same images: robust accuracy,
   time and the cost ratio.
 
-"fwd rows" / "bwd": images forwarded and backward passes, counted on the model.
+"fwd rows" / "bwd": images forwarded and backward passes (calls), counted on the model.
+
+Measured (reference: fra31/auto-attack at a392200; torch 2.13, one thread; a 2-core machine
+shared with other sessions at load average 9-14, so single runs swing by 2x and only the
+interleaved two-round figures are a fair ratio)::
+
+    --models mnist-cnn:0.1 --n 30 --rounds 2 --sections reference   (best of 2 rounds each)
+    model      eps  impl       robust_acc  seconds  fwd rows  bwd
+    mnist-cnn  0.1  reference  0.80        71.34    189196    1910
+    mnist-cnn  0.1  advlab     0.80        70.86    187657    302
+    members (s): reference apgd-ce 1.5, apgd-t 16.5, fab-t 24.2, square 29.1
+                 advlab    apgd-ce 1.5, apgd-t 18.3, fab-t 26.1, square 24.9
+    time ratio reference / advlab: 1.01
+
+    --n 50 --rounds 1 (one round each, reference first: the load fell between the two runs,
+    so these ratios overstate advlab; same robust accuracy, equal forward rows)
+    mnist-cnn         0.1  reference 0.76 732.0 s / advlab 0.76 321.1 s  (fwd rows 299855 / 297161)
+    mnist-cnn-trades  0.3  reference 0.80 748.1 s / advlab 0.80 309.4 s  (fwd rows 315155 / 312803)
+
+On robust points both implementations make the same passes (forward rows agree within 1%):
+APGD-T's 9 x 100 and FAB-T's 9 x 100 gradient steps and Square's 5,000 queries per point;
+advlab batches them into 6x fewer backward calls, which this small CNN does not reward.
+The 1.5x target is not reached.
+
+    --models mnist-cnn-trades:0.3 --n 50 --sections stronger (schedule 1, 1, 0.5, 0.5)
+    autoattack     robust_acc 0.80  128.3 s  fwd rows 312803  bwd 302
+    autoattack-mt  robust_acc 0.80  258.0 s  fwd rows 152163  bwd 614
+    (one round each; autoattack ran at a quieter moment: its APGD-T member took 31.7 s
+    there and 87.3 s inside autoattack-mt, the same computation)
 """
 from __future__ import annotations
 

@@ -9,6 +9,20 @@ images at that eps), ``curve`` (:func:`advlab.evaluation.curve.robustness_curve`
 per-example minimum of both). The curve must be at most ``bounded_alone`` at every radius
 (up to APGD's random starts, which differ between the two runs' batches) and is checked to be
 at most ``minnorm``.
+
+Measured (``--n 60``, mnist-cnn, torch 2.13, one thread, loaded 2-core machine)::
+
+    curve (one fab run + apgd-ce on the grid) 76.7 s; apgd-ce alone on the grid 25.9 s
+    eps     minnorm   bounded_alone  curve
+    0.05    0.917     0.900          0.900
+    0.1     0.783     0.783          0.783
+    0.15    0.300     0.267          0.267
+    0.2     0.033     0.017          0.017
+    0.3     0.000     0.000          0.000
+    curve <= bounded_alone at every grid eps: True
+
+FAB alone overstates the accuracy at 0.05, 0.15 and 0.2; the grid brings the curve down to
+APGD-CE's value there, and between grid points the curve keeps FAB's per-example radii.
 """
 from __future__ import annotations
 
