@@ -180,3 +180,16 @@ def test_autoattack_mt_at_least_as_strong_as_autoattack(mnist_test, mlp) -> None
     aa = advlab.attacks.get("autoattack", eps=0.1)(mlp, x, y)
     mt = advlab.attacks.get("autoattack-mt", eps=0.1)(mlp, x, y)
     assert 0 < (~aa.success).sum() and (~mt.success).sum() <= (~aa.success).sum()
+
+
+def test_apgd_t_in_row_blocks_fools_the_same_examples(monkeypatch: pytest.MonkeyPatch) -> None:
+    from advlab.attacks import apgd
+
+    model, x, y = _linear_case()
+    d = _boundary_distance(model, x, y).amin(1)
+    eps = torch.where(torch.arange(12) % 3 == 0, 0.8 * d, 1.5 * d)
+    whole = APGDT()(model, x, y, eps=eps)
+    monkeypatch.setattr(apgd, "ROW_BLOCK", 20)  # two examples (18 rows) per block
+    blocks = APGDT()(model, x, y, eps=eps)
+    assert torch.equal(whole.success, torch.arange(12) % 3 != 0)
+    assert torch.equal(blocks.success, whole.success)

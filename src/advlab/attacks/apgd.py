@@ -210,16 +210,15 @@ class APGD(GradientAttack):
         """:meth:`run` on blocks of at most :data:`ROW_BLOCK` rows (whole examples per block).
 
         Returns x_adv (N x ...) and fooled (N,) bool."""
-        per = max(1, len(owner) // max(1, len(owner.unique())))
         out_x, out_ok = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
         examples = owner.unique()
-        step = max(1, ROW_BLOCK // per)
+        step = max(1, ROW_BLOCK * len(examples) // max(1, len(owner)))  # examples per block
         for i in range(0, len(examples), step):
-            rows = torch.isin(owner, examples[i:i + step]).nonzero().squeeze(1)
+            mine = examples[i:i + step]
+            rows = torch.isin(owner, mine).nonzero().squeeze(1)
             lt = None if loss_target is None else loss_target[rows]
             gt = None if goal_target is None else goal_target[rows]
             bx, _, bok = self.run(model, x, y, eps, owner[rows], lt, gt, generator)
-            mine = examples[i:i + step]
             out_x[mine], out_ok[mine] = bx[mine], bok[mine]
         return out_x, out_ok
 
