@@ -36,7 +36,6 @@ def broadcast_rows(v: Tensor, like: Tensor) -> Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
-_expand = broadcast_rows  # the former private name, still imported by some modules
 
 
 def as_eps(eps: float | Tensor, n: int, like: Tensor) -> Tensor:

@@ -10,8 +10,9 @@ from torch import nn
 
 import advlab
 from advlab.attacks import APGD, PGD, AutoAttack
-from advlab.attacks.apgd import APGDT, checkpoint_fractions, checkpoints
+from advlab.attacks.apgd import APGDT, RunState, checkpoint_fractions, checkpoints
 from advlab.errors import LabelError, ThreatModelError
+from testkit import Counted
 
 
 def test_checkpoints_match_the_paper() -> None:
@@ -30,13 +31,13 @@ def test_checkpoints_match_the_paper() -> None:
         assert checkpoints(n) == want
 
 
-def _state(count: float, reduced_last: bool, fmax: float, fmax_last: float) -> dict:
-    one = torch.ones(1)
-    return {"count": one * count, "reduced_last": torch.tensor([reduced_last]),
-            "fmax": one * fmax, "fmax_last": one * fmax_last, "eta": one * 0.4,
-            "xk": torch.zeros(1, 1, 2, 2), "xmax": torch.ones(1, 1, 2, 2),
-            "gk": torch.zeros(1, 1, 2, 2), "gmax": torch.ones(1, 1, 2, 2),
-            "fk": one * 0.0}
+def _state(count: float, reduced_last: bool, fmax: float, fmax_last: float) -> RunState:
+    one, zeros, ones = torch.ones(1), torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
+    return RunState(owner=torch.zeros(1, dtype=torch.long), x=zeros, y=torch.zeros(1).long(),
+                    eps=one * 0.2, loss_target=None, goal_target=None, eta=one * 0.4, xk=zeros,
+                    xprev=zeros, fk=one * 0.0, gk=zeros, xmax=ones, fmax=one * fmax, gmax=ones,
+                    count=one * count, fmax_last=one * fmax_last,
+                    reduced_last=torch.tensor([reduced_last]))
 
 
 @pytest.mark.parametrize("count, reduced_last, fmax, fmax_last, halve", [
@@ -48,10 +49,10 @@ def _state(count: float, reduced_last: bool, fmax: float, fmax_last: float) -> d
 def test_halving_conditions(count: float, reduced_last: bool, fmax: float, fmax_last: float,
                             halve: bool) -> None:
     s = APGD(eps=0.2)._check(_state(count, reduced_last, fmax, fmax_last), length=22)
-    assert s["eta"].item() == pytest.approx(0.2 if halve else 0.4)
-    assert torch.equal(s["xk"], torch.ones(1, 1, 2, 2) if halve else torch.zeros(1, 1, 2, 2))
-    assert s["reduced_last"].item() == halve and s["count"].item() == 0
-    assert s["fmax_last"].item() == fmax
+    assert s.eta.item() == pytest.approx(0.2 if halve else 0.4)
+    assert torch.equal(s.xk, torch.ones(1, 1, 2, 2) if halve else torch.zeros(1, 1, 2, 2))
+    assert s.reduced_last.item() == halve and s.count.item() == 0
+    assert s.fmax_last.item() == fmax
 
 
 class Linear(nn.Module):
@@ -109,3 +110,86 @@ def test_apgd_strength_on_the_zoo(mnist_test, mlp, cnn) -> None:
     pgd = PGD(eps=0.08, steps=100)(mlp, x, y)
     apgd = APGD(eps=0.08, steps=100)(mlp, x, y)
     assert 0 < (~pgd.success).sum() and (~apgd.success).sum() <= (~pgd.success).sum()
+
+
+def _linear_case(k: int = 10) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    model = Linear(k).eval()
+    x = 0.5 + 0.05 * torch.rand(12, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def _boundary_distance(model: Linear, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """N x K: the exact Linf distance to each class's boundary with y (box not binding)."""
+    with torch.no_grad():
+        z = model(x)
+    w = model.w.detach()
+    d = (z.gather(1, y[:, None]) - z) / (w[y][:, None, :] - w[None]).abs().sum(2)
+    return d.scatter(1, y[:, None], float("inf"))
+
+
+def test_apgd_t_fools_exactly_where_a_top_target_boundary_is_within_eps() -> None:
+    model, x, y = _linear_case()
+    d = _boundary_distance(model, x, y)
+    with torch.no_grad():
+        top = model(x).scatter(1, y[:, None], float("-inf")).argmax(1)
+    d_top = d.gather(1, top[:, None]).squeeze(1)
+    eps = torch.where(torch.arange(12) % 2 == 0, 1.15 * d_top, 0.9 * d.amin(1))
+    assert (eps < 0.4).all()
+    res = APGDT(n_targets=1)(model, x, y, eps=eps)
+    assert torch.equal(res.success, torch.arange(12) % 2 == 0)
+
+
+def test_apgd_t_rows_of_an_example_stop_together() -> None:
+    model, x, y = _linear_case()
+    counted = Counted(model).eval()
+    res = APGDT(eps=0.45, n_targets=9)(counted, x, y)
+    assert res.success.all()
+    # 12 examples x 9 targets rows: the start and a few steps, not 100 iterations each
+    assert counted.rows <= 12 * 9 * 4 + 2 * 12
+
+
+def test_odi_start_is_the_sign_step_of_a_random_output_direction() -> None:
+    model, x, y = _linear_case()
+    atk = APGD(eps=0.1, random_start=False, odi_steps=1)
+    eps = torch.full((12,), 0.1)
+    got = atk._diversified(model, x, x, eps, torch.Generator().manual_seed(0))
+    w = 2 * torch.rand(12, 10, generator=torch.Generator().manual_seed(0)) - 1
+    want = (x + 0.1 * torch.sign(w @ model.w.detach()).view_as(x)).clamp(0, 1)
+    assert torch.allclose(got, want)
+
+
+def test_autoattack_mt_spends_its_rounds_on_the_closest_points() -> None:
+    model, x, y = _linear_case()
+    d = _boundary_distance(model, x, y).amin(1)
+    eps = 0.5 * d  # nothing can be fooled: every example survives every round
+    res = advlab.attacks.get("autoattack-mt", schedule=(1.0, 0.5))(model, x, y, eps=eps)
+    assert not res.success.any()
+    assert res.info["attacked"] == {"apgd-ce": 12, "apgd-t": 12, "apgd-t-odi-1": 12,
+                                    "apgd-t-odi-2": 6}
+    assert res.info["robust_after"]["apgd-t-odi-2"] == 12
+    with pytest.raises(ThreatModelError):
+        advlab.attacks.get("autoattack-mt", schedule=(0.0,))
+
+
+@pytest.mark.slow
+def test_autoattack_mt_at_least_as_strong_as_autoattack(mnist_test, mlp) -> None:
+    x, y = mnist_test
+    x, y = x[:60], y[:60]
+    aa = advlab.attacks.get("autoattack", eps=0.1)(mlp, x, y)
+    mt = advlab.attacks.get("autoattack-mt", eps=0.1)(mlp, x, y)
+    assert 0 < (~aa.success).sum() and (~mt.success).sum() <= (~aa.success).sum()
+
+
+def test_apgd_t_in_row_blocks_fools_the_same_examples(monkeypatch: pytest.MonkeyPatch) -> None:
+    from advlab.attacks import apgd
+
+    model, x, y = _linear_case()
+    d = _boundary_distance(model, x, y).amin(1)
+    eps = torch.where(torch.arange(12) % 3 == 0, 0.8 * d, 1.5 * d)
+    whole = APGDT()(model, x, y, eps=eps)
+    monkeypatch.setattr(apgd, "ROW_BLOCK", 20)  # two examples (18 rows) per block
+    blocks = APGDT()(model, x, y, eps=eps)
+    assert torch.equal(whole.success, torch.arange(12) % 3 != 0)
+    assert torch.equal(blocks.success, whole.success)

@@ -1,6 +1,6 @@
 """Attacks: white-box, score-based and label-only, all behind one contract (see base.py)."""
 from advlab.attacks import blackbox  # noqa: F401
-from advlab.attacks.apgd import APGD, APGDT, AutoAttack  # noqa: F401
+from advlab.attacks.apgd import APGD, APGDT, AdaptiveEnsemble, AutoAttack  # noqa: F401
 from advlab.attacks.base import (  # noqa: F401
     Attack,
     AttackResult,

@@ -349,3 +349,19 @@ def unwrap(model: nn.Module | Model) -> Model:
     """The model behind an oracle-like wrapper (``.unwrapped``), else the model itself."""
     # looked up on the class: a missing attribute of an nn.Module costs a raised exception
     return model.unwrapped if hasattr(type(model), "unwrapped") else model  # type: ignore
+
+
+def first_of_each(owner: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Positions of the first entry of each distinct value in ``owner`` (int64 (R,)), among
+    the entries where ``mask`` holds (default: all), in increasing value order.
+
+    For attacks that run several rows per example (targets, restarts): one row per example.
+    """
+    pos = torch.arange(len(owner), device=owner.device)
+    if mask is not None:
+        pos = torch.where(mask, pos, len(owner))
+    if len(owner) == 0:
+        return pos
+    first = torch.full((int(owner.max()) + 1,), len(owner), device=owner.device)
+    first.scatter_reduce_(0, owner, pos, "amin")
+    return first[first < len(owner)]

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import is_success
-from advlab.threat import _expand
+from advlab.threat import broadcast_rows
 
 
 class Smallest:
@@ -51,5 +51,5 @@ class Smallest:
         better = ok & (norm < self.norm[rows])
         if better.any():
             self.norm[rows] = torch.where(better, norm, self.norm[rows])
-            self.x_adv[rows] = torch.where(_expand(better, x_adv), x_adv, self.x_adv[rows])
+            self.x_adv[rows] = torch.where(broadcast_rows(better, x_adv), x_adv, self.x_adv[rows])
         return ok

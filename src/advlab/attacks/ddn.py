@@ -33,7 +33,7 @@ from advlab.attacks.best import Smallest
 from advlab.attacks.fmn import cosine
 from advlab.errors import ThreatModelError
 from advlab.losses import objective
-from advlab.threat import _expand, clip_box, lp_norm
+from advlab.threat import broadcast_rows, clip_box, lp_norm
 
 
 @register("ddn", knowledge="white", goal="both", norm="l2", kind="iterative", bounded=False)
@@ -81,7 +81,7 @@ class DDN(Attack):
             moved = delta + alpha * self.unit(grad, generator)
             factor = torch.where(adversarial, 1 - self.gamma, 1 + self.gamma)
             radius = (radius * factor).minimum(widest)
-            sphere = moved * _expand(radius / lp_norm(moved, "l2").clamp_min(1e-12), moved)
+            sphere = moved * broadcast_rows(radius / lp_norm(moved, "l2").clamp_min(1e-12), moved)
             delta = clip_box(x + sphere) - x
         with torch.no_grad():
             best.update(x + delta, lp_norm(delta, "l2"), model(x + delta), y, target)
@@ -97,4 +97,4 @@ class DDN(Attack):
             grad[zero] = torch.randn(grad[zero].shape, generator=generator,
                                      device=grad.device, dtype=grad.dtype)
             n = lp_norm(grad, "l2")
-        return grad / _expand(n, grad)
+        return grad / broadcast_rows(n, grad)

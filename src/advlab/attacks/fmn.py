@@ -42,7 +42,7 @@ from advlab.attacks.base import Attack, Crafted, Model, register
 from advlab.attacks.best import Smallest
 from advlab.errors import ThreatModelError
 from advlab.losses import objective
-from advlab.threat import _expand, ball, clip_box, lp_norm
+from advlab.threat import ball, broadcast_rows, clip_box, lp_norm
 
 #: the dual norm of each norm, in which the distance to the linearised boundary is measured
 DUAL = {"linf": "l1", "l2": "l2", "l1": "linf"}
@@ -113,7 +113,7 @@ class FMN(Attack):
             radius = self.new_radius(radius, adversarial, best, size,
                                      -minus_l.detach(), grad, gamma).minimum(widest)
             alpha = cosine(self.alpha, self.alpha / 100, k, self.steps)
-            step = grad / _expand(lp_norm(grad, "l2").clamp_min(1e-12), grad)
+            step = grad / broadcast_rows(lp_norm(grad, "l2").clamp_min(1e-12), grad)
             delta = clip_box(x + self.project(delta + alpha * step, radius)) - x
         with torch.no_grad():
             best.update(x + delta, lp_norm(delta, self.norm), model(x + delta), y, target)

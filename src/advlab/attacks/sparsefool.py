@@ -35,7 +35,7 @@ from advlab.attacks.base import Attack, Crafted, Model, register
 from advlab.attacks.deepfool import DeepFool
 from advlab.errors import ThreatModelError
 from advlab.losses import max_other
-from advlab.threat import _expand, clip_box
+from advlab.threat import broadcast_rows, clip_box
 
 BETA = 1e-3  # added to the distance to the plane, as in the authors' solver, to cross it
 
@@ -123,4 +123,4 @@ class SparseFool(Attack):
         logits = model(x_b)
         gap = max_other(logits, y) - logits.gather(1, y[:, None]).squeeze(1)
         (w,) = torch.autograd.grad(gap.sum(), x_b)
-        return w / _expand(w.flatten(1).norm(dim=1).clamp_min(1e-12), w)
+        return w / broadcast_rows(w.flatten(1).norm(dim=1).clamp_min(1e-12), w)

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from advlab.attacks.base import Attack, Model, register
 from advlab.errors import ThreatModelError
 from advlab.losses import objective
-from advlab.threat import _expand, region
+from advlab.threat import broadcast_rows, region
 
 
 def gaussian_kernel(size: int, nsig: float = 3.0) -> Tensor:
@@ -168,15 +168,15 @@ class TransferAttack(Attack):
                 eps: Tensor | None, generator: torch.Generator) -> Tensor:
         assert eps is not None
         feasible = region(x, eps, self.ball)
-        alpha = _expand(eps / self.steps, x)
+        alpha = broadcast_rows(eps / self.steps, x)
         g, v = torch.zeros_like(x), torch.zeros_like(x)
         x_adv = x
         for _ in range(self.steps):
             look = x_adv + alpha * self.decay * g if self.nesterov else x_adv
             grad = self.gradient(model, look, y, target, generator)
             total = grad + v
-            g = self.decay * g + total / _expand(total.flatten(1).abs().sum(1).clamp_min(1e-12),
-                                                 total)
+            l1 = total.flatten(1).abs().sum(1).clamp_min(1e-12)
+            g = self.decay * g + total / broadcast_rows(l1, total)
             if self.variance:
                 v = self.neighbourhood(model, x_adv, y, target, eps, generator) - grad
             x_adv = feasible.project(x_adv + alpha * g.sign())
@@ -198,7 +198,7 @@ class TransferAttack(Attack):
     def neighbourhood(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                       eps: Tensor, generator: torch.Generator) -> Tensor:
         """VMI: the mean gradient G over N uniform points of the box of radius beta * eps."""
-        radius = _expand(self.beta * eps, x)
+        radius = broadcast_rows(self.beta * eps, x)
         total = torch.zeros_like(x)
         for _ in range(self.variance):
             u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -135,16 +135,15 @@ class Square(BlackBoxAttack):
         n, c, h, w = x.shape
         s = _side(p * h * w, min(h, w), smallest=1)
         mask = _windows(n, h, w, s, g, x.device)[:, None]  # N x 1 x H x W
-        delta = x_best - x
         e = broadcast_rows(eps, x)
-        new = torch.where(mask, _signs((n, c, 1, 1), g, x) * e, delta)
+        new = torch.where(mask, clip_box(x + _signs((n, c, 1, 1), g, x) * e), x_best)
         for _ in range(10):  # redraw the signs of a window that would not change the image
-            moved = ((clip_box(x + new) - x_best).abs() * mask).flatten(1).amax(1) > 1e-7
-            if moved.all():
+            same = (new == x_best).flatten(1).all(1)
+            if not same.any():
                 break
-            again = torch.where(mask, _signs((n, c, 1, 1), g, x) * e, delta)
-            new = torch.where(broadcast_rows(moved, x), new, again)
-        return clip_box(x + new)
+            again = torch.where(mask, clip_box(x + _signs((n, c, 1, 1), g, x) * e), x_best)
+            new = torch.where(broadcast_rows(same, x), again, new)
+        return new
 
     # -- L2 --------------------------------------------------------------------------------
 
