@@ -35,29 +35,10 @@ from advlab.errors import (
 from advlab.evaluation.config import DataSpec, ModelSpec, PluginSpec, RunConfig
 from advlab.evaluation.plan import plugin_key
 from advlab.evaluation.records import canonical_json, check_writable
+from advlab.io import fingerprint_data, fingerprint_model
 from advlab.validation import check_eval_mode
 
 log = logging.getLogger(__name__)
-
-
-def fingerprint_model(model: nn.Module) -> str:
-    """sha256 (16 hex digits) of the model's parameters and buffers, names included."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def fingerprint_data(x: Tensor, y: Tensor) -> str:
-    """sha256 (16 hex digits) of the images and labels."""
-    h = hashlib.sha256()
-    for t in (x, y):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def load_model(spec: ModelSpec) -> nn.Module:

@@ -39,8 +39,6 @@ from advlab.evaluation.inputs import (
     check_models,
     check_storage,
     class_names,
-    fingerprint_data,
-    fingerprint_model,
     resolve_device,
 )
 from advlab.evaluation.measure import Context, Settings, fit_detector, measure_shard, sanity_checks
@@ -57,6 +55,7 @@ from advlab.evaluation.plan import (
 )
 from advlab.evaluation.results import collect, defense_label
 from advlab.evaluation.store import CellRecord, Store
+from advlab.io import fingerprint_data, fingerprint_model
 
 log = logging.getLogger(__name__)
 
