@@ -49,7 +49,14 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, register
-from advlab.attacks.minnorm import Best, ConstantSearch, confirm, cw_margin, cw_success
+from advlab.attacks.minnorm import (
+    Best,
+    ConstantSearch,
+    confirm,
+    cw_margin,
+    cw_success,
+    still_improving,
+)
 from advlab.errors import ThreatModelError
 from advlab.optim import RowAdam
 from advlab.threat import broadcast_rows, clip_box
@@ -177,9 +184,7 @@ class CarliniWagnerL2(Attack):
                 best_c[better] = c[better]
                 w[idx] = box.project(opt.step(ws.detach(), g, idx), idx)
                 if self.abort_early and (step + 1) % check_every == 0:
-                    stall = loss >= prev[idx] - 1e-4 * prev[idx].abs()
-                    prev[idx] = loss
-                    idx = idx[~stall]
+                    idx = still_improving(loss, prev, idx)
                     if len(idx) == 0:
                         break
         return found

@@ -35,12 +35,10 @@ from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, register
 from advlab.attacks.best import Smallest
+from advlab.attacks.minnorm import ConstantSearch, still_improving
 from advlab.errors import ThreatModelError
 from advlab.losses import margin
 from advlab.threat import lp_norm
-
-#: the constant's upper bound while no constant has succeeded (C&W's convention)
-NO_UPPER = 1e10
 
 
 def shrink(z: Tensor, x: Tensor, beta: float) -> Tensor:
@@ -105,16 +103,13 @@ class EAD(Attack):
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:
         best = Smallest(x)
-        c = torch.full((len(x),), self.c0, dtype=x.dtype, device=x.device)
-        lo, hi = torch.zeros_like(c), torch.full_like(c, NO_UPPER)
-        best_c = torch.full_like(c, float("nan"))
+        search = ConstantSearch.start(self.c0, len(x), x)  # x 10 until a success, then bisect
+        best_c = torch.full_like(search.c, float("nan"))
         for _ in range(self.search_steps):
-            before = best.norm.clone()
+            before, c = best.norm.clone(), search.c
             found = self.fista(model, x, y, target, c, best)
             best_c = torch.where(best.norm < before, c, best_c)
-            hi = torch.where(found, torch.minimum(hi, c), hi)
-            lo = torch.where(found, lo, torch.maximum(lo, c))
-            c = torch.where(hi < NO_UPPER, (lo + hi) / 2, c * 10)
+            search.update(found)
         return Crafted(best.x_adv, info={"c": best_c, "distance": best.norm})
 
     def fista(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None, c: Tensor,
@@ -143,9 +138,7 @@ class EAD(Attack):
                 if self.abort_early and (k + 1) % check_every == 0:
                     loss = (c[idx] * margin_loss(logits, ys, ts) + lp_norm(delta, "l2").pow(2)
                             + self.beta * lp_norm(delta, "l1"))
-                    stall = loss >= prev[idx] - 1e-4 * prev[idx].abs()
-                    prev[idx] = loss
-                    idx = idx[~stall]
+                    idx = still_improving(loss, prev, idx)
                     if len(idx) == 0:
                         break
         return found

@@ -108,6 +108,14 @@ class ConstantSearch:
         return self.c
 
 
+def still_improving(loss: Tensor, prev: Tensor, idx: Tensor) -> Tensor:
+    """C&W's early abort: the rows ``idx`` whose objective ``loss`` fell by at least 0.01%
+    since the last check (``prev``, indexed by example, updated in place)."""
+    stall = loss >= prev[idx] - 1e-4 * prev[idx].abs()
+    prev[idx] = loss
+    return idx[~stall]
+
+
 @dataclass
 class Best:
     """The closest adversarial point seen so far, per example.
