@@ -38,6 +38,8 @@ from torch import Tensor, nn
 
 from advlab import attacks
 from advlab.errors import InputError
+from advlab.evaluation.ladder import NAME as LADDER
+from advlab.evaluation.ladder import Attached, has_gradient
 from advlab.validation import check_images, check_labels
 
 log = logging.getLogger(__name__)
@@ -161,7 +163,8 @@ def _weaker_wins(check: str, model: nn.Module, norm: str, weak: tuple[str, str, 
            if fired else f"the {sk} {sn} ({sr:.1%}) is at least as strong as the {wk} {wn} "
            f"({wr:.1%})")
     name, kw, sur = _adaptive(model, norm, _logit_attack(norm))
-    return Finding(check, fired, msg, {f"success_{wn}": wr, f"success_{sn}": sr},
+    return Finding(check, fired, msg, {f"success_{wn}": wr, f"success_{sn}": sr,
+                                       "weak_success": wr, "strong_success": sr},
                    name if fired else None, kw if fired else {}, sur and fired)
 
 
@@ -366,6 +369,17 @@ def check_unbounded(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf
                    kw if fired else {}, sur and fired)
 
 
+def name_ladder(findings: Sequence[Finding]) -> None:
+    """Make every fired finding name the adaptive-attack ladder
+    (:mod:`advlab.evaluation.ladder`), with the fired findings as its settings: on a model
+    without its own adaptive attack (no ``.adaptive()``), no single attack settles them."""
+    fired = [f for f in findings if f.fired]
+    spec = {"findings": [{"name": f.name, "fired": True, "evidence": dict(f.evidence)}
+                         for f in fired], "norm": "linf"}
+    for f in fired:
+        f.attack, f.attack_kwargs, f.on_surrogate = LADDER, spec, False
+
+
 def run_all(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3, norm: str = "linf",
             results: Mapping[str, float] | None = None, max_examples: int = 200,
             blackbox_queries: int = 1000, seed: int = 0) -> list[Finding]:
@@ -389,6 +403,9 @@ def run_all(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3, norm: s
         raise InputError(f"y must be a torch.Tensor, got {type(y).__name__}")
     check_labels(y, len(x))
     x, y = x[:max_examples], y[:max_examples]
+    own = callable(getattr(model, "adaptive", None))
+    if not has_gradient(model, x[:2]):  # e.g. an argmax head: attacks see a zero gradient
+        model = Attached(model)
     soft = check_softmax(model, x)
     out = [soft, check_randomness(model, x), check_gradients(model, x, y, norm=norm)]
     if soft.fired:  # attacks refuse probability outputs: the attack checks cannot run
@@ -401,6 +418,8 @@ def run_all(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3, norm: s
                 check_blackbox_vs_whitebox(model, x, y, eps=eps, norm=norm, results=results,
                                            queries=blackbox_queries, seed=seed),
                 check_unbounded(model, x, y, norm=norm, seed=seed)]
+    if norm == "linf" and not own:
+        name_ladder(out)
     for f in out:
         if f.fired:
             log.warning("sanity check %s: %s (adaptive attack: %s %s)", f.name, f.message,
