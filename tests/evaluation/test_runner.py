@@ -427,7 +427,8 @@ def test_sanity_adapter_reuses_rates_and_caches(tmp_path: Path, tiny_factory,  #
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def run_all(model, x, y, *, eps, norm, results, max_examples, blackbox_queries, seed):  # noqa: ANN001, ANN202
+    def run_all(model, x, y, *, eps, norm, results, max_examples, blackbox_queries, seed,  # noqa: ANN001, ANN202
+                ladder):
         calls.append({"model": model, "eps": eps, "norm": norm, "results": results,
                       "n": max_examples, "q": blackbox_queries})
         return [{"check": "softmax", "level": "ok", "message": "logits"},

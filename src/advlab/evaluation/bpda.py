@@ -12,12 +12,14 @@ pass only, a differentiable :math:`\hat g \approx g`:
 
 :func:`probe` finds such layers in any model, with no knowledge of the defense: every
 submodule is run on the inputs it receives in a forward pass of the probe images, and flagged
-when its output changes under a perturbation of its input while its local input gradient is
-zero, NaN/Inf, or absent (step, sign, round, floor, argmax, one-hot, sort, a table lookup, a
-purifier run under ``no_grad``). The innermost flagged modules win: a parent is flagged only
-for what remains after its children are replaced. Inline code of the model itself is probed
-the same way at its two ends: the input of the first submodule (a preprocessing written in
-``forward``) and the model's output given the last submodule's output (an inline head).
+when its output moves under a small perturbation of its input in a way its backward pass does
+not predict (:func:`_useless`): a gradient that is zero or vanishing where the output jumps,
+NaN/Inf, or absent (step, sign, round, floor, a steep sigmoid, argmax, one-hot, sort, a
+table lookup, a purifier run under ``no_grad``). The innermost flagged modules win: a
+parent is flagged only for what remains after its children are replaced. Inline code of the
+model itself is probed the same way at its two ends: the input of the first submodule (a
+preprocessing written in ``forward``) and the model's output given the last submodule's
+output (an inline head).
 
 The replacement :math:`\hat g`: the identity where input and output have the same shape and
 correlate (:math:`g(u) \approx u`: quantisation, purification, argmax one-hot of logits), else
@@ -68,30 +70,57 @@ class Shattered:
 # ----------------------------------------------------------------------------- the probe
 
 
-def _local_gradient(fn: Any, u: Tensor) -> str | None:
-    """Why ``fn``'s gradient at u is useless ("zero", "nonfinite", "detached"), else None."""
+def _useless(fn: Any, u: Tensor, rel: float, share: float = 0.5) -> str | None:
+    r"""Why ``fn``'s backward pass at u does not describe how its output moves, else None.
+
+    With :math:`\delta` noise of ``rel`` times u's spread, the change
+    :math:`\Delta = fn(u + \delta) - fn(u)` is compared, entry by entry, with the change the
+    backward pass predicts, :math:`J\delta` (by double backward, the attack's own view).
+    "detached" (no graph to u) or "nonfinite" (NaN/Inf gradient) when the output moves at
+    all; "zero" when on more than ``share`` of the entries that moved, :math:`|J\delta| <
+    0.1 |\Delta|` (a step, a rounding, a steep sigmoid: the gradient is zero or vanishing
+    where the output jumps). A ReLU or a max-pool, whose gradient predicts their change
+    exactly except at kinks, is not flagged.
+    """
+    g = torch.Generator().manual_seed(0)
+    delta = rel * max(u.float().std().item(), 1e-3) * torch.randn(u.shape, generator=g).to(u)
+    with torch.no_grad():
+        before, after = fn(u), fn(u + delta)
+    if not isinstance(after, Tensor) or not after.is_floating_point() or \
+            after.shape != before.shape:
+        return None
+    change = (after - before).abs()
+    moved = change > 1e-6 * (before.abs().max().item() + 1e-12)
+    if not moved.any():
+        return None
     ug = u.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         out = fn(ug)
-        if not isinstance(out, Tensor) or not out.is_floating_point() or not out.requires_grad:
+        if not out.requires_grad:
             return "detached"
-        r = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(out)
-        (g,) = torch.autograd.grad((out * r).sum(), ug, allow_unused=True)
-    if g is None:
-        return "detached"
-    if not torch.isfinite(g).all():
+        w = torch.zeros_like(out, requires_grad=True)
+        (gu,) = torch.autograd.grad(out, ug, grad_outputs=w, create_graph=True,
+                                    allow_unused=True)
+        if gu is None:
+            return "detached"
+        if not gu.requires_grad:  # the gradient is the same (zero) for every w
+            jd = torch.zeros_like(out)
+        else:
+            (jd,) = torch.autograd.grad(gu, w, grad_outputs=delta, allow_unused=True)
+            jd = torch.zeros_like(out) if jd is None else jd.detach()
+    if not torch.isfinite(jd).all():
         return "nonfinite"
-    return "zero" if g.abs().max().item() < 1e-30 else None
+    bad = moved & (jd.abs() < 0.1 * change)
+    return "zero" if bad.sum().item() > share * moved.sum().item() else None
 
 
-def _changes(fn: Any, u: Tensor, out: Tensor, rel: float) -> bool:
-    """Does ``fn``'s output move when u moves by noise of ``rel`` times u's spread?"""
-    g = torch.Generator().manual_seed(1)
-    scale = rel * max(u.float().std().item(), 1e-3)
-    with torch.no_grad():
-        moved = fn(u + scale * torch.randn(u.shape, generator=g).to(u))
-    return isinstance(moved, Tensor) and moved.shape == out.shape and \
-        not torch.equal(moved, out)
+def _any_useless(fn: Any, u: Tensor, rels: tuple[float, ...]) -> str | None:
+    """The first reason :func:`_useless` gives at the noise scales ``rels``, else None."""
+    for rel in rels:
+        why = _useless(fn, u, rel)
+        if why is not None:
+            return why
+    return None
 
 
 def _replacement(u: Tensor, v: Tensor, ridge: float, max_dim: int
@@ -136,14 +165,17 @@ def _is_inner(name: str, names: set[str]) -> bool:
     return not any(o != name and o.startswith(name + ".") for o in names)
 
 
-def probe(model: nn.Module, x: Tensor, *, rel: float = 0.1, ridge: float = 1e-3,
+def probe(model: nn.Module, x: Tensor, *, rel: tuple[float, ...] = (0.1, 0.5),
+          ridge: float = 1e-3,
           max_dim: int = 4096, rounds: int = 3) -> list[Shattered]:
     """The model's shattered layers (see the module docstring), innermost first.
 
     Args:
         model: any nn.Module, x in [0, 1] -> logits (eval mode; not modified).
         x: probe images (their forward pass gives every layer its inputs).
-        rel: the probing noise, as a fraction of each layer input's standard deviation.
+        rel: the probing noise scales, as fractions of each layer input's standard
+            deviation; a layer is flagged when it fails at any of them (a steep sigmoid
+            looks flat to small noise).
         ridge: ridge coefficient of the fitted affine replacements.
         max_dim: largest flattened input an affine replacement is fitted for.
         rounds: probe, replace the innermost flagged modules, probe again (a parent whose
@@ -165,7 +197,8 @@ def probe(model: nn.Module, x: Tensor, *, rel: float = 0.1, ridge: float = 1e-3,
     return found
 
 
-def _probe_once(model: nn.Module, x: Tensor, rel: float, ridge: float, max_dim: int,
+def _probe_once(model: nn.Module, x: Tensor, rel: tuple[float, ...], ridge: float,
+                max_dim: int,
                 known: set[str]) -> list[Shattered]:
     rec = _Recorder(model)
     try:
@@ -177,8 +210,8 @@ def _probe_once(model: nn.Module, x: Tensor, rel: float, ridge: float, max_dim: 
     for name, (mod, u, v) in rec.calls.items():
         if name in known:
             continue
-        why = _local_gradient(mod, u)
-        if why is not None and _changes(mod, u, v, rel):
+        why = _any_useless(mod, u, rel)
+        if why is not None:
             flagged[name] = (why, u, v)
     inner = {n: f for n, f in flagged.items() if _is_inner(n, set(flagged))}
     result = []
@@ -187,27 +220,28 @@ def _probe_once(model: nn.Module, x: Tensor, rel: float, ridge: float, max_dim: 
         if kind != "none":
             result.append(Shattered(name, why, kind, w, b))
     if not result and rec.calls:
-        result += _root_ends(model, x, out, rec, ridge, max_dim, known)
+        result += _root_ends(model, x, out, rec, rel, ridge, max_dim, known)
     return result
 
 
-def _root_ends(model: nn.Module, x: Tensor, out: Tensor, rec: _Recorder, ridge: float,
-               max_dim: int, known: set[str]) -> list[Shattered]:
+def _root_ends(model: nn.Module, x: Tensor, out: Tensor, rec: _Recorder,
+               rel: tuple[float, ...],
+               ridge: float, max_dim: int, known: set[str]) -> list[Shattered]:
     """The model's inline code at both ends: x -> first submodule's input, and last
     submodule's output -> the model's output."""
     tops = [n for n in rec.calls if "." not in n]
     if not tops:
         return []
-    result = []
+    result: list[Shattered] = []
     first, last = tops[0], tops[-1]
     u0 = rec.calls[first][1]
     if ROOT_INPUT not in known and u0.shape == x.shape and not torch.equal(u0, x):
-        why = _local_gradient(lambda xi: _input_of(model, first, xi), x)
+        why = _any_useless(lambda xi: _input_of(model, first, xi), x, rel)
         if why is not None:
             result.append(Shattered(ROOT_INPUT, why, "identity", first=first))
     v1 = rec.calls[last][2]
     if ROOT_OUTPUT not in known and v1.is_floating_point():
-        why = _local_gradient(lambda vi: _output_given(model, last, x, vi), v1)
+        why = _any_useless(lambda vi: _output_given(model, last, x, vi), v1, rel)
         if why is not None:
             kind, w, b = _replacement(v1, out, ridge, max_dim)
             if kind != "none":

@@ -194,6 +194,10 @@ noise = [0.05]        # fragility: add N(0, 0.05^2) noise
 enabled = true
 max_examples = 50
 blackbox_queries = 500
+ladder_square_queries = 1000  # the adaptive-attack ladder of a model advlab did not build:
+ladder_label_queries = 1000   # Square's budget per p_init, HopSkipJump's, APGD's steps,
+ladder_steps = 100            # the distilled surrogate's epochs
+ladder_distill_epochs = 4
 
 [report]
 gallery = 8           # image pairs stored per cell
@@ -313,7 +317,9 @@ _TOP = {"name", "seed", "batch_size", "device", "workers", "data", "models", "at
         "defenses", "detectors", "probes", "report", "sanity", "adaptive"}
 
 #: defaults of the [sanity] table
-SANITY: dict[str, Any] = {"enabled": True, "max_examples": 100, "blackbox_queries": 500}
+SANITY: dict[str, Any] = {"enabled": True, "max_examples": 100, "blackbox_queries": 500,
+                          "ladder_steps": 100, "ladder_square_queries": 1000,
+                          "ladder_label_queries": 1000, "ladder_distill_epochs": 4}
 
 #: defaults of the [adaptive] table: whether the runner adds adaptive cells (a defense's own
 #: adaptive attack, the detector-aware PGD against each detector, the attacks that fired

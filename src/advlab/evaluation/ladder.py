@@ -290,7 +290,7 @@ class Options:
         steps: APGD iterations per gradient attack.
         eot_samples: EOT draws per gradient step for a randomised model.
         draws: forward passes judging a randomised model (majority).
-        square_queries: Square's query budget per example and per ``p_init``.
+        square_queries: Square's query budget per example and per ``p_init`` (0: skip).
         p_inits: Square's initial window fractions, tried in order.
         label_queries: HopSkipJump's query budget per example (0: skip the rung).
         distill_epochs: training passes of the distilled surrogate (0: no distillation).
@@ -512,9 +512,9 @@ def _climb(name: str, state: _State, net: nn.Module, model: nn.Module,
         _run_gradient(state, name, f"APGD on {len(subs)} surrogate(s)"
                       + (" and their ensemble" if len(subs) > 1 else ""), targets, opts,
                       False, classes, seed)
-    elif name == "square":
+    elif name == "square" and opts.square_queries > 0:
         _square(state, opts, seed)
-    else:
+    elif name == "label" and opts.label_queries > 0:
         _label(state, opts, seed)
 
 

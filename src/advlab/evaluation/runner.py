@@ -64,7 +64,7 @@ from torch import Tensor, nn
 import advlab
 from advlab import attacks
 from advlab.errors import AdvlabError, ConfigError
-from advlab.evaluation import metrics, sanity
+from advlab.evaluation import ladder, metrics, sanity
 from advlab.evaluation.config import (
     AttackSpec,
     DataSpec,
@@ -326,6 +326,7 @@ class CellPlan:
     batch_size: int = 500
     seed: int = 0
     clean: dict[tuple, Tensor] | None = None  # memo of the clean side, see _clean
+    notes: list[dict[str, Any]] = field(default_factory=list)  # per-batch ladder summaries
 
 
 def _clean(plan: CellPlan, what: tuple, start: int, fn: Callable[[], Tensor]) -> Tensor:
@@ -370,6 +371,8 @@ def _batch_rows(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor, seed: in
         g = torch.Generator(device=x.device).manual_seed(seed)
         target = attacks.choose_target(clean_logits, y, plan.target, g)
     res = plan.attack(model if plan.surrogate is None else plan.surrogate, x, y, target)
+    if "ladder" in res.info:  # the rungs climbed and the findings settled, per batch
+        plan.notes.append(res.info["ladder"])
     adv_logits, success = res.logits, res.success
     if plan.surrogate is not None:  # the examples are judged on the real (defended) model
         with torch.no_grad():
@@ -456,7 +459,9 @@ def evaluate(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor,
     return CellRecord(key="", spec={}, examples=rows, probes=_concat(probe_parts),
                       scores=_concat(score_parts), gallery=gallery, started=started,
                       finished=time.time(), wall_s=time.perf_counter() - t0,
-                      device=str(x.device), info={"attack": repr(plan.attack)})
+                      device=str(x.device), info={"attack": repr(plan.attack),
+                                                  **({"ladder": plan.notes} if plan.notes
+                                                     else {})})
 
 
 # ----------------------------------------------------------------------------- the matrix
@@ -981,7 +986,7 @@ class Runner:
             net = self.defended(g["model"], models[g["model"]], g["defense"])
             jobs.append((lambda net=net, g=g: [_finding(f) for f in sanity.run_all(
                 net, x, y, eps=g["eps"], norm="linf", results=g["rates"], max_examples=n,
-                blackbox_queries=q, seed=cfg.seed)],
+                blackbox_queries=q, seed=cfg.seed, ladder=sanity.ladder_settings(cfg.sanity))],
                 lambda findings, g=g: self.store.write_sanity(
                     g["key"], g["model"], g["defense"].name, findings)))
         return jobs
@@ -1019,7 +1024,12 @@ class Runner:
         else:
             assert cell.sanity is not None
             name, kw, on_surrogate = cell.sanity
-            atk = attacks.get(name, **kw, eps=cell.eps, seed=seed)
+            if name == ladder.NAME:  # the ladder transfers from the undefended model too
+                base = models[cell.model] if cell.defense.name != "none" else None
+                atk = ladder.Ladder(**kw, eps=cell.eps, seed=seed).with_data(
+                    base, self.train()[0])
+            else:
+                atk = attacks.get(name, **kw, eps=cell.eps, seed=seed)
             surrogate = model.adaptive().model if on_surrogate else None
         transfer = {k: m for k, m in models.items()
                     if k != cell.model or cell.defense.name != "none"}

@@ -369,20 +369,34 @@ def check_unbounded(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf
                    kw if fired else {}, sur and fired)
 
 
-def name_ladder(findings: Sequence[Finding]) -> None:
+#: the [sanity] keys that set the ladder's budget -> the :class:`~.ladder.Ladder` setting
+LADDER_KEYS = {"ladder_steps": "steps", "ladder_square_queries": "square_queries",
+               "ladder_label_queries": "label_queries",
+               "ladder_distill_epochs": "distill_epochs"}
+
+
+def ladder_settings(table: Mapping[str, Any]) -> dict[str, Any]:
+    """The ladder's settings from a run's [sanity] table (keys of :data:`LADDER_KEYS`)."""
+    return {v: table[k] for k, v in LADDER_KEYS.items() if k in table}
+
+
+def name_ladder(findings: Sequence[Finding], settings: Mapping[str, Any] | None = None
+                ) -> None:
     """Make every fired finding name the adaptive-attack ladder
-    (:mod:`advlab.evaluation.ladder`), with the fired findings as its settings: on a model
-    without its own adaptive attack (no ``.adaptive()``), no single attack settles them."""
+    (:mod:`advlab.evaluation.ladder`), with the fired findings (and ``settings``, its
+    budget) as its settings: on a model without its own adaptive attack (no
+    ``.adaptive()``), no single attack settles them."""
     fired = [f for f in findings if f.fired]
     spec = {"findings": [{"name": f.name, "fired": True, "evidence": dict(f.evidence)}
-                         for f in fired], "norm": "linf"}
+                         for f in fired], "norm": "linf", **(settings or {})}
     for f in fired:
         f.attack, f.attack_kwargs, f.on_surrogate = LADDER, spec, False
 
 
 def run_all(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3, norm: str = "linf",
             results: Mapping[str, float] | None = None, max_examples: int = 200,
-            blackbox_queries: int = 1000, seed: int = 0) -> list[Finding]:
+            blackbox_queries: int = 1000, seed: int = 0,
+            ladder: Mapping[str, Any] | None = None) -> list[Finding]:
     """Every sanity check on (at most ``max_examples`` of) x, y.
 
     Args:
@@ -394,6 +408,9 @@ def run_all(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3, norm: s
         max_examples: examples used (the first ones).
         blackbox_queries: query budget of Square when it has to be run.
         seed: seeds the attacks.
+        ladder: the ladder's budget (:class:`~advlab.evaluation.ladder.Ladder` settings:
+            steps, square_queries, label_queries, distill_epochs) for the findings of a
+            model without its own adaptive attack.
 
     Returns:
         The findings, in a fixed order; ``[f for f in findings if f.fired]`` are the warnings.
@@ -419,7 +436,7 @@ def run_all(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3, norm: s
                                            queries=blackbox_queries, seed=seed),
                 check_unbounded(model, x, y, norm=norm, seed=seed)]
     if norm == "linf" and not own:
-        name_ladder(out)
+        name_ladder(out, ladder)
     for f in out:
         if f.fired:
             log.warning("sanity check %s: %s (adaptive attack: %s %s)", f.name, f.message,
