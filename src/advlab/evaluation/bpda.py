@@ -21,11 +21,12 @@ model itself is probed the same way at its two ends: the input of the first subm
 preprocessing written in ``forward``) and the model's output given the last submodule's
 output (an inline head).
 
-The replacement :math:`\hat g`: the identity where input and output have the same shape and
-correlate (:math:`g(u) \approx u`: quantisation, purification, argmax one-hot of logits), else
-an affine map fitted by ridge least squares on the probed (input, output) pairs (a vote or a
-nearest-neighbour lookup over features). :func:`straight_through` installs them as forward
-hooks on a deep copy of the model (the caller's model is never touched).
+The replacement :math:`\hat g`: the identity where input and output have as many entries
+(reshaped) and correlate (:math:`g(u) \approx u`: quantisation, purification, argmax one-hot
+of logits), else an affine map fitted by ridge least squares on the probed (input, output)
+pairs (a vote or a nearest-neighbour lookup over features). :func:`straight_through`
+installs them as forward hooks on a deep copy of the model (the caller's model is never
+touched).
 
 References:
     Athalye, Carlini & Wagner, "Obfuscated gradients give a false sense of security", ICML
@@ -127,13 +128,13 @@ def _replacement(u: Tensor, v: Tensor, ridge: float, max_dim: int
                  ) -> tuple[str, Tensor | None, Tensor | None]:
     """The identity when v has u's shape and follows it, else a ridge-fitted affine map."""
     a, b = u.detach().flatten(1).double(), v.detach().flatten(1).double()
-    if u.shape == v.shape:
+    if a.shape == b.shape:
         ac, bc = a - a.mean(0), b - b.mean(0)
         corr = (ac * bc).sum() / (ac.norm() * bc.norm() + 1e-12)
         if corr.item() > 0.5:
             return "identity", None, None
     if a.shape[1] > max_dim:
-        return "identity" if u.shape == v.shape else "none", None, None
+        return "identity" if a.shape == b.shape else "none", None, None
     a1 = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], 1)
     gram = a1.T @ a1 + ridge * len(a) * torch.eye(a1.shape[1], dtype=a.dtype)
     sol = torch.linalg.solve(gram, a1.T @ b)
@@ -235,7 +236,8 @@ def _root_ends(model: nn.Module, x: Tensor, out: Tensor, rec: _Recorder,
     result: list[Shattered] = []
     first, last = tops[0], tops[-1]
     u0 = rec.calls[first][1]
-    if ROOT_INPUT not in known and u0.shape == x.shape and not torch.equal(u0, x):
+    if ROOT_INPUT not in known and u0.numel() == x.numel() and \
+            not torch.equal(u0.reshape(x.shape), x):
         why = _any_useless(lambda xi: _input_of(model, first, xi), x, rel)
         if why is not None:
             result.append(Shattered(ROOT_INPUT, why, "identity", first=first))
@@ -276,6 +278,7 @@ def _output_given(model: nn.Module, name: str, x: Tensor, v: Tensor) -> Tensor:
 def _approx(s: Shattered, u: Tensor, v: Tensor) -> Tensor:
     """:math:`\\hat g(u) + sg(v - \\hat g(u))`: v forward, the replacement's gradient back."""
     if s.replacement == "identity":
+        u = u.reshape(v.shape)
         return u + (v - u).detach()
     assert s.weight is not None and s.bias is not None
     lin = (u.flatten(1) @ s.weight + s.bias).view(v.shape)
@@ -310,7 +313,7 @@ def _hook_root_input(net: nn.Module, s: Shattered) -> None:
 
     def pre(m: nn.Module, a: tuple) -> tuple:
         x = seen.pop("x", None)  # the first call inside the forward only
-        if x is None or x.shape != a[0].shape:
+        if x is None or x.numel() != a[0].numel():
             return a
         return (_approx(s, x, a[0]), *a[1:])
     net.get_submodule(s.first).register_forward_pre_hook(pre)

@@ -16,13 +16,22 @@ settings, to run on the model, or on ``model.adaptive().model`` when ``on_surrog
   white-box one: the gradients mislead.
 - :func:`check_unbounded`: success not approaching 100% as eps grows to 1.0 (an attack
   that may change every pixel arbitrarily must win).
+- :func:`check_binarization`: the attack misses adversarial examples known to exist
+  (Zimmermann et al.'s binarization test, :mod:`advlab.evaluation.binarization`; not part
+  of :func:`run_all`: it tests a given attack, one example at a time).
+
+A finding on a model without its own adaptive attack (no ``.adaptive()``: a defense advlab
+did not build) names the adaptive-attack ladder (:mod:`advlab.evaluation.ladder`): no single
+attack settles it, :func:`advlab.evaluation.ladder.settle` climbs until the checks are
+credible.
 
 :func:`run_all` runs them all (on at most ``max_examples`` examples), reusing success rates
 the caller already measured.
 
 References:
     Athalye, Carlini & Wagner, "Obfuscated gradients give a false sense of security", ICML
-    2018, arXiv:1802.00420 (Section 3.1, the checklist). Carlini et al., "On evaluating
+    2018, arXiv:1802.00420 (Section 3.1, the checklist). Zimmermann, Brendel, Tramer &
+    Carlini, NeurIPS 2022, arXiv:2206.13991 (the binarization test). Carlini et al., "On evaluating
     adversarial robustness", arXiv:1902.06705. Croce & Hein, auto-attack's ``checks.py``
     (arXiv:2003.01690).
 """
@@ -38,6 +47,7 @@ from torch import Tensor, nn
 
 from advlab import attacks
 from advlab.errors import InputError
+from advlab.evaluation.binarization import AttackFn, binarization_test
 from advlab.evaluation.ladder import NAME as LADDER
 from advlab.evaluation.ladder import Attached, has_gradient
 from advlab.validation import check_images, check_labels
@@ -340,6 +350,33 @@ def _strong_whitebox(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: s
     for n in names:
         fooled |= attacks.get(n, eps=eps, steps=steps, seed=seed)(model, x, y).success
     return "+".join(names), fooled.float().mean().item()
+
+
+def check_binarization(model: nn.Module, x: Tensor, y: Tensor, attack: AttackFn, *,
+                       eps: float = 0.3, max_examples: int = 20, pass_rate: float = 0.95,
+                       seed: int = 0) -> Finding:
+    """Fires when ``attack`` misses adversarial examples known to exist: Zimmermann et al.'s
+    binarization test (:mod:`advlab.evaluation.binarization`) on the first ``max_examples``
+    examples passes on fewer than ``pass_rate`` of those it could build a test for.
+
+    Args:
+        attack: ``attack(binary_model, x_i, zeros, eps) -> x_adv``, the evaluation's attack.
+    """
+    r = binarization_test(model, x[:max_examples], y[:max_examples], attack, eps, seed=seed)
+    fired = r.tested > 0 and r.pass_rate < pass_rate
+    if r.tested == 0:
+        msg = "skipped: no example admitted a binarization test (features not separable)"
+    elif fired:
+        msg = (f"the attack found the adversarial example known to exist in only "
+               f"{r.pass_rate:.1%} of {r.tested} binarization tests: it is too weak for this "
+               "model, whatever robust accuracy it reports")
+    else:
+        msg = f"the attack passed {r.pass_rate:.1%} of {r.tested} binarization tests"
+    name, kw = _logit_attack("linf")
+    return Finding("binarization", fired, msg,
+                   {"pass_rate": r.pass_rate, "tested": float(r.tested),
+                    "skipped": float(r.skipped)},
+                   name if fired else None, kw if fired else {}, skipped=r.tested == 0)
 
 
 def check_unbounded(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf",
