@@ -196,9 +196,9 @@ def test_binarization_passes_for_pgd_and_apgd_fails_for_a_crippled_fgsm(mnist_te
 
 
 class Lookup(nn.Module):
-    """A classifier with no submodule and no graph: one-hot of the argmax of a fixed random
-    projection of the 4-level image. Nothing a gradient rung can follow, no surrogate (no
-    base, no distillation): its findings stay open, on purpose."""
+    """A classifier with no submodule and a zero gradient: one-hot of the argmax of a fixed
+    random projection of the 4-level image. Nothing a gradient rung can follow, no surrogate
+    (no base, no distillation): its findings stay open, on purpose."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -207,7 +207,7 @@ class Lookup(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = (torch.round(x * 3) / 3).flatten(1) @ self.w
-        return 10.0 * nn.functional.one_hot(z.argmax(1), 10).float()
+        return 10.0 * nn.functional.one_hot(z.argmax(1), 10).float() + 0.0 * z
 
 
 def _run(tmp_path: Path, model: nn.Module, data, train) -> dict:  # noqa: ANN001
@@ -252,7 +252,7 @@ def test_open_finding_makes_the_figure_unreliable(tmp_path: Path) -> None:
     x = torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         y = model(x).argmax(1)
-    res = _run(tmp_path, model, (x, y), None)
+    res = _run(tmp_path, model, (x, y), (x, y))
     (v,) = res["verdicts"]
     assert v["verdict"] == "unreliable" and "open" in v["findings"].values()
     assert v["robust_accuracy"] <= v["naive_robust_accuracy"]

@@ -354,8 +354,7 @@ def _run_gradient(state: _State, name: str, detail: str, targets: Sequence[Model
                   opts: Options, randomized: bool, classes: int, seed: int) -> None:
     """A gradient rung: every attack on every target model, judged on the real model, then
     the unbounded re-check of the same attacks on the first examples."""
-    t0 = time.perf_counter()
-    idx, new = state.robust, 0
+    t0, new = time.perf_counter(), 0
     atks = _gradient_attacks(state.eps, opts.steps, classes, randomized, opts.eot_samples, seed)
     blind = [t for t in targets if not has_gradient(t, state.x[:2])]
     if blind:
