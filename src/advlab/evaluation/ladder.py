@@ -499,10 +499,12 @@ def _climb(name: str, state: _State, net: nn.Module, model: nn.Module,
         _run_gradient(state, name, f"BPDA through {what}", [copy_], opts, randomized,
                       classes, seed)
     elif name == "transfer":
+        t0 = time.perf_counter()
         subs = [*([base] if base is not None else []), *surrogates]
         if train is not None and opts.distill_epochs > 0:
             subs.append(distill(net, train, eps=state.eps, epochs=opts.distill_epochs,
                                 seed=seed))
+        fit = time.perf_counter() - t0
         if not subs:
             state.rungs.append(Rung(name, "no surrogate (no base model, no training data)",
                                     0, 0, 1 - state.fooled.float().mean().item(), 0.0))
@@ -511,6 +513,7 @@ def _climb(name: str, state: _State, net: nn.Module, model: nn.Module,
         _run_gradient(state, name, f"APGD on {len(subs)} surrogate(s)"
                       + (" and their ensemble" if len(subs) > 1 else ""), targets, opts,
                       False, classes, seed)
+        state.rungs[-1].seconds += fit  # the distillation is the rung's cost too
     elif name == "square" and opts.square_queries > 0:
         _square(state, opts, seed)
     elif name == "label" and opts.label_queries > 0:
