@@ -31,9 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import masked_suite  # noqa: E402
-
 import advlab  # noqa: E402
+import masked_suite  # noqa: E402
 from advlab.evaluation import ladder, sanity  # noqa: E402
 
 
