@@ -143,9 +143,15 @@ def judge(model: Model, x_adv: Tensor, y: Tensor, draws: int = 1,
 
 
 def has_gradient(model: Model, x: Tensor) -> bool:
-    """Whether the model's output has a graph back to its input (gradient attacks can run)."""
+    """Whether the model's output has a graph back to its input (gradient attacks can run);
+    parameters alone (a trainable head after a detached encoding) do not count."""
+    xg = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        return bool(model(x.detach().clone().requires_grad_(True)).requires_grad)
+        out = model(xg)
+        if not out.requires_grad:
+            return False
+        (g,) = torch.autograd.grad(out.sum(), xg, allow_unused=True)
+    return g is not None
 
 
 class Attached(nn.Module):
@@ -159,7 +165,7 @@ class Attached(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.model(x)
-        if out.requires_grad or not x.requires_grad:
+        if not x.requires_grad:
             return out
         return out + 0.0 * x.flatten(1).sum(1, keepdim=True).to(out.dtype)
 
