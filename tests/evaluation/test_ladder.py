@@ -101,6 +101,16 @@ def test_bpda_fits_an_affine_map_for_a_shape_changing_head() -> None:
     assert torch.allclose(g.flatten(1), want)
 
 
+def test_has_gradient_needs_a_graph_to_the_input() -> None:
+    head = nn.Linear(16, 3, dtype=torch.float64)  # its parameters alone make a graph
+    assert not ladder.has_gradient(lambda x: head((x > 0.5).to(x.dtype).flatten(1)), _x())
+    assert ladder.has_gradient(lambda x: head(x.flatten(1)), _x())
+    attached = ladder.Attached(nn.Sequential(Floor(), nn.Flatten(), head)).eval()
+    xg = _x().requires_grad_(True)
+    (g,) = torch.autograd.grad(attached(xg).sum(), xg)      # attacks can run: it is zero
+    assert not g.any() and torch.equal(attached(_x()), attached.model(_x()))
+
+
 # ----------------------------------------------------------------------------- the ladder
 
 
