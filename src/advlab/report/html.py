@@ -510,7 +510,7 @@ def section_verdicts(ctx: Context) -> str:
              "naive figure alone is never the headline once a check fired. Ladder: the rung "
              "that brought the figure down (logits, bpda, transfer, square, label).</p>")
     return intro + table(["model", "defense", "eps", "robust acc", "n", "best naive",
-                          "attacks", "verdict", "findings", "ladder"], rows, "num")
+                          "attacks", "verdict", "findings", "ladder"], rows)
 
 
 def section_environment(ctx: Context) -> str:
