@@ -3,8 +3,9 @@
 For every defense of tests/masked_suite.py (ordinary nn.Modules that advlab never saw) and each
 eps, on the first N correctly classified mnist5k test images (correct under the defense):
 
-- naive: APGD-CE (100 steps) on the defense itself (the clean images where the defense's output
-  has no graph to its input: the attack cannot run);
+- naive: APGD-CE (100 steps) on the defense itself (where the defense's output has no graph
+  to its input, on :class:`advlab.evaluation.ladder.Attached`: the gradient it sees is zero,
+  as it is);
 - the sanity checks (:func:`advlab.evaluation.sanity.run_all`, Square with 1,000 queries);
 - ladder: :func:`advlab.evaluation.ladder.settle` with the findings, the undefended mnist-cnn as
   the named base model and a surrogate distilled from the defense's labels on the 4,000
@@ -43,10 +44,8 @@ def one(m: masked_suite.Member, base: torch.nn.Module, x: torch.Tensor, y: torch
         eps: float, distilled: torch.nn.Module, t_distill: float) -> dict:
     torch.manual_seed(0)  # the defenses' own randomness (global RNG, as their authors wrote)
     t0 = time.perf_counter()
-    if ladder.has_gradient(m.model, x[:2]):
-        xa = advlab.attacks.get("apgd-ce", eps=eps, steps=100)(m.model, x, y).x_adv
-    else:
-        xa = x.clone()
+    net = m.model if ladder.has_gradient(m.model, x[:2]) else ladder.Attached(m.model)
+    xa = advlab.attacks.get("apgd-ce", eps=eps, steps=100)(net, x, y).x_adv
     t_apgd = time.perf_counter() - t0
     naive = 1 - ladder.judge(m.model, xa, y, m.draws).float().mean().item()
     t0 = time.perf_counter()
