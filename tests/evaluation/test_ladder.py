@@ -148,6 +148,7 @@ def test_ladder_breaks_suite_members(suite, mnist_test, name, rung) -> None:  # 
     assert (s.x_adv - x).abs().amax() <= 0.3 + 1e-6
 
 
+@pytest.mark.slow
 def test_ladder_randomized_member_uses_eot(suite, mnist_test) -> None:  # noqa: ANN001
     torch.manual_seed(0)
     m = suite["random-discretize"]
@@ -186,14 +187,14 @@ def test_open_findings_rules() -> None:
 
 def test_binarization_passes_for_pgd_and_apgd_fails_for_a_crippled_fgsm(mnist_test) -> None:  # noqa: ANN001
     model = advlab.zoo.load("mnist-mlp")
-    x, y = mnist_test[0][:8], mnist_test[1][:8]
+    x, y = mnist_test[0][:6], mnist_test[1][:6]
     pgd = binarization_test(model, x, y, lambda m, xi, z, e: advlab.attacks.PGD(
-        eps=e, steps=40)(m, xi, z).x_adv, 0.3)
+        eps=e, steps=20)(m, xi, z).x_adv, 0.3)
     apgd = binarization_test(model, x, y, lambda m, xi, z, e: advlab.attacks.get(
-        "apgd-ce", eps=e, steps=40)(m, xi, z).x_adv, 0.3)
+        "apgd-ce", eps=e, steps=20)(m, xi, z).x_adv, 0.3)
     weak = binarization_test(model, x, y, lambda m, xi, z, e: advlab.attacks.FGSM(
         eps=e / 10)(m, xi, z).x_adv, 0.3)
-    assert pgd.tested >= 6 and pgd.pass_rate == 1.0 and apgd.pass_rate == 1.0
+    assert pgd.tested >= 5 and pgd.pass_rate == 1.0 and apgd.pass_rate == 1.0
     assert weak.tested == pgd.tested and weak.pass_rate <= 0.5
     nothing = binarization_test(model, x, y, lambda m, xi, z, e: xi.clone(), 0.3)
     assert nothing.passed == 0                               # a do-nothing attack fails it
