@@ -29,6 +29,7 @@ from advlab.errors import DataError
 from advlab.evaluation import metrics
 from advlab.evaluation.results import attack_norm, collect, reference_eps, write_results
 from advlab.evaluation.store import Store, atomic_write
+from advlab.evaluation.verdicts import finding_status
 from advlab.report import plots
 
 Cell = dict[str, Any]
@@ -443,7 +444,8 @@ def section_sanity(ctx: Context) -> str:
             level = f.get("level", "")
             fix = ""
             if f.get("attack"):
-                kw = ", ".join(f"{k}={v}" for k, v in (f.get("attack_kwargs") or {}).items())
+                kw = ", ".join(f"{k}={v}" for k, v in (f.get("attack_kwargs") or {}).items()
+                               if k != "findings")  # the ladder's: the fired findings
                 fix = f"{f['attack']}({kw})" + (" on the BPDA/EOT surrogate"
                                                 if f.get("on_surrogate") else "")
             cls = ' class="warn"' if level == "warning" else ""
@@ -472,8 +474,14 @@ def _settled(ctx: Context, group: dict[str, Any], finding: dict[str, Any]) -> st
             and x["eps"] is not None and math.isclose(x["eps"], group["eps"])
             and x["robust_accuracy"] is not None]
     naive_best = f"; best naive attack: {pct(min(best))}" if best else ""
+    status = ""
+    if c.get("ladder"):  # the ladder re-checked the finding after climbing
+        st = finding_status(finding, {c["key"]: c})
+        rungs = sorted({n["winner"] for n in c["ladder"] if n.get("winner")})
+        status = (f'<br><span class="{"warn" if st == "open" else ""}">{esc(st)}</span>'
+                  f" <small>(rung: {esc(', '.join(rungs) or 'none found more')})</small>")
     return (f"robust acc <b>{pct(c['robust_accuracy'])}</b> "
-            f"<small>(n={c['n']}{naive_best})</small>")
+            f"<small>(n={c['n']}{naive_best})</small>{status}")
 
 
 VERDICT_TEXT = {
