@@ -65,8 +65,9 @@ class Finding:
         fired: True when the symptom is present (the evaluation is suspect).
         message: one sentence for the report.
         evidence: the numbers behind the verdict.
-        attack: the registry name of the attack that settles the question (None when the
-            check did not fire or none applies).
+        attack: the registry name of the attack that settles the question, or "ladder"
+            (:class:`advlab.evaluation.ladder.Ladder`, for a model without its own adaptive
+            attack); None when the check did not fire or none applies.
         attack_kwargs: its settings (eps is the evaluation's).
         on_surrogate: run ``attack`` on ``model.adaptive().model`` (BPDA / EOT surface of an
             advlab defense) instead of the model itself.
