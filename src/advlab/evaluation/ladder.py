@@ -26,7 +26,7 @@ the findings are re-checked (:func:`open_findings`); the climb stops once none i
 (a gradient rung passes the unbounded check: with eps = 1 it fools >= 95%; the white-box
 rungs are at least as strong as the black-box and one-step attacks the checks measured) and
 the last rung found nothing new. A finding still open at the top of the ladder makes the
-figure unreliable.
+figure unreliable; a figure of 0% settles every finding (it cannot overstate robustness).
 
 References:
     Athalye, Carlini & Wagner, "Obfuscated gradients give a false sense of security", ICML
@@ -425,7 +425,7 @@ def settle(model: nn.Module, x: Tensor, y: Tensor, eps: float,
            findings: Sequence[Any], *, base: nn.Module | None = None,
            train: Tensor | None = None, surrogates: Sequence[nn.Module] = (),
            naive: Tensor | None = None, options: Options | None = None,
-           seed: int = 0) -> Settlement:
+           seed: int = 0, cache: dict[str, nn.Module] | None = None) -> Settlement:
     """Climb the ladder on ``model`` until the fired ``findings`` are settled.
 
     Args:
@@ -443,6 +443,9 @@ def settle(model: nn.Module, x: Tensor, y: Tensor, eps: float,
             case (they count for the gradient-rung comparison too).
         options: the ladder's settings.
         seed: seeds every attack and the distillation.
+        cache: where the distilled surrogate is kept ("distilled") and found again, so that
+            several calls on the same model distill once, and only if a climb reaches the
+            transfer rung.
 
     Returns:
         A :class:`Settlement`: the per-example worst case, the rungs and each finding's
@@ -471,11 +474,13 @@ def settle(model: nn.Module, x: Tensor, y: Tensor, eps: float,
     for name in opts.rungs:
         if len(state.robust) == 0 or _done(status, state.rungs, opts):
             break
-        _climb(name, state, net, model, base, train, surrogates, opts, randomized, classes,
-               seed)
+        _climb(name, state, net, base, train, surrogates, opts, randomized, classes, seed,
+               {} if cache is None else cache)
         status = open_findings(fs, state.rungs, state.white.float().mean().item(), opts.tol)
         log.info("ladder rung %s: robust accuracy %.3f; findings %s", name,
                  state.rungs[-1].robust_accuracy if state.rungs else float("nan"), status)
+    if len(state.robust) == 0:  # 0% cannot overstate robustness: nothing left to settle
+        status = dict.fromkeys(status, "settled")
     return Settlement(state.x_adv, state.fooled, state.rungs, status, naive_fooled)
 
 
@@ -489,9 +494,9 @@ def _done(status: dict[str, str], rungs: list[Rung], opts: Options) -> bool:
     return settled and (not rungs or rungs[-1].new == 0)
 
 
-def _climb(name: str, state: _State, net: nn.Module, model: nn.Module,
-           base: nn.Module | None, train: Tensor | None, surrogates: Sequence[nn.Module],
-           opts: Options, randomized: bool, classes: int, seed: int) -> None:
+def _climb(name: str, state: _State, net: nn.Module, base: nn.Module | None,
+           train: Tensor | None, surrogates: Sequence[nn.Module], opts: Options,
+           randomized: bool, classes: int, seed: int, cache: dict[str, nn.Module]) -> None:
     if name == "logits":
         _run_gradient(state, name, "APGD-CE, APGD-DLR" + (" with EOT" if randomized else ""),
                       [net], opts, randomized, classes, seed)
@@ -508,8 +513,10 @@ def _climb(name: str, state: _State, net: nn.Module, model: nn.Module,
         t0 = time.perf_counter()
         subs = [*([base] if base is not None else []), *surrogates]
         if train is not None and opts.distill_epochs > 0:
-            subs.append(distill(net, train, eps=state.eps, epochs=opts.distill_epochs,
-                                seed=seed))
+            if "distilled" not in cache:
+                cache["distilled"] = distill(net, train, eps=state.eps,
+                                             epochs=opts.distill_epochs, seed=seed)
+            subs.append(cache["distilled"])
         fit = time.perf_counter() - t0
         if not subs:
             state.rungs.append(Rung(name, "no surrogate (no base model, no training data)",
@@ -561,7 +568,7 @@ class Ladder(Attack):
                                draws=draws)
         self._base: nn.Module | None = None
         self._train: Tensor | None = None
-        self._distilled: dict[int, nn.Module] = {}
+        self._distilled: dict[int, dict[str, nn.Module]] = {}
 
     def with_data(self, base: nn.Module | None, train: Tensor | None) -> Ladder:
         """A copy that uses ``base`` as a transfer surrogate and distills one from ``train``."""
@@ -576,24 +583,12 @@ class Ladder(Attack):
         if eps is None or not bool((eps == eps[0]).all()):
             raise ThreatModelError("the ladder needs one eps for the whole batch")
         radius = float(eps[0].item())
-        surs, opts = self._surrogates(model, radius), self.options
-        if surs:
-            opts = Options(**{**vars(opts), "distill_epochs": 0})
-        s = settle(_unchecked(model), x, y, radius, self.findings, base=self._base,
-                   train=None if surs else self._train, surrogates=surs, options=opts,
-                   seed=self.seed)
+        net = _unchecked(model)
+        # batches of a cell share the distilled surrogate: distilled once per model, lazily
+        cache = self._distilled.setdefault(id(net), {})
+        s = settle(net, x, y, radius, self.findings, base=self._base, train=self._train,
+                   options=self.options, seed=self.seed, cache=cache)
         return Crafted(s.x_adv, info={"ladder": s.summary()})
-
-    def _surrogates(self, model: Model, eps: float) -> list[nn.Module]:
-        """The distilled surrogate, trained once per model (batches of a cell share it)."""
-        if self._train is None or self.options.distill_epochs == 0 or \
-                "transfer" not in self.options.rungs:
-            return []
-        key = id(_unchecked(model))
-        if key not in self._distilled:
-            self._distilled[key] = distill(_unchecked(model), self._train, eps=eps,
-                                           epochs=self.options.distill_epochs, seed=self.seed)
-        return [self._distilled[key]]
 
 
 def _unchecked(model: Model) -> Any:
