@@ -182,6 +182,16 @@ def test_open_findings_rules() -> None:
         "gradients": "settled", "blackbox-vs-whitebox": "settled"}
 
 
+def test_a_zero_figure_settles_every_finding() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3, dtype=torch.float64)).eval()
+    x = _x(8)
+    with torch.no_grad():
+        wrong = (model(x).argmax(1) + 1) % 3                 # the naive attack fooled all
+    f = [{"name": "randomness", "fired": True, "evidence": {}}]
+    s = ladder.settle(model, x, wrong, 0.3, f, naive=x)
+    assert s.rungs == [] and s.robust_accuracy == 0.0 and s.findings == {"randomness": "settled"}
+
+
 # ----------------------------------------------------------------------------- binarization
 
 
