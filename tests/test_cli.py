@@ -138,7 +138,10 @@ defenses = ["transformed"]
     assert defended == [("fgsm", 0.1, 50), ("fgsm", 0.3, 50), ("fgsm [n=20]", 0.3, 20),
                         (adaptive, 0.1, 50), (adaptive, 0.3, 50), (adaptive + " [n=20]", 0.3, 20)]
     printed = [ln for ln in out.splitlines() if "transformed" in ln]
-    assert len(printed) == 4 and any(adaptive + " [n=20]" in ln for ln in printed)
+    grid = [ln for ln in printed if " / " not in ln]
+    verdicts = [ln for ln in printed if " / " in ln]      # worst case over every attack
+    assert len(grid) == 4 and any(adaptive + " [n=20]" in ln for ln in grid)
+    assert len(verdicts) == 2 and "eps=0.3" in verdicts[1] and "[n=20]" in verdicts[1]
 
 
 def test_scope_naming_an_unknown_defense_exits_2(tmp_path: Path) -> None:

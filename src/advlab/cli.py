@@ -245,10 +245,33 @@ def run(config: str | None, root: str, device: str | None, precision: str | None
     detection = _detection(results)
     if detection:
         click.echo("\ndetectors (AUC / TPR at 5% FPR / fooled and undetected)\n" + detection)
+    if results.get("verdicts"):
+        click.echo("\nverdicts (robust accuracy = worst case over every attack)\n"
+                   + _verdicts(results["verdicts"]))
     if results["missing"]:
         click.echo(f"\n{len(results['missing'])} cell(s) without results (see the report).")
     click.echo(f"\nreport:  {html}\nresults: {results_json}\n"
                f"time:    {time.perf_counter() - t0:.1f} s")
+
+
+def _verdicts(verdicts: list[dict[str, Any]]) -> str:
+    """One line per (model, defense, eps): the headline figure and the verdict; the fired
+    findings' status where checks fired."""
+    lines = []
+    for v in verdicts:
+        acc = "–" if v["robust_accuracy"] is None else f"{100 * v['robust_accuracy']:.1f}%"
+        naive = v["naive_robust_accuracy"]
+        extra = ""
+        if v["findings"]:
+            extra = " (" + ", ".join(f"{k}: {s}" for k, s in v["findings"].items()) + ")"
+            if naive is not None:
+                extra += f"; naive {100 * naive:.1f}%"
+        if v["ladder"]:
+            extra += f"; ladder: {', '.join(v['ladder']) or 'no rung found more'}"
+        flag = "UNRELIABLE" if v["verdict"] == "unreliable" else v["verdict"]
+        lines.append(f"  {v['model']} / {v['defense']} eps={v['eps']:g}: {acc} "
+                     f"[n={v['n']}] {flag}{extra}")
+    return "\n".join(lines)
 
 
 @cli.command()

@@ -450,7 +450,11 @@ def test_results_json_schema(tiny_run) -> None:  # noqa: ANN001
         path = results.write_results(root / "t" / "results.json", results.collect(s, "t"))
     doc = json.loads(path.read_text())      # strict JSON: NaN would not parse back as null
     assert doc["schema"] == "advlab.results/1"
-    assert set(doc) == {"schema", "run", "cells", "missing"}
+    assert set(doc) == {"schema", "run", "cells", "missing", "verdicts"}
+    assert len(doc["verdicts"]) == 6                        # (model, eps): one cell each
+    for v in doc["verdicts"]:                               # sanity off: unchecked
+        (c,) = [c for c in doc["cells"] if (c["model"], c["eps"]) == (v["model"], v["eps"])]
+        assert v["verdict"] == "unchecked" and v["robust_accuracy"] == c["robust_accuracy"]
     assert {"name", "config", "env", "started", "finished", "wall_s"} <= set(doc["run"])
     assert doc["run"]["env"]["torch"] == torch.__version__
     assert len(doc["cells"]) == 6
@@ -473,7 +477,8 @@ def test_sanity_adapter_reuses_rates_and_caches(tmp_path: Path, tiny_factory,  #
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def run_all(model, x, y, *, eps, norm, results, max_examples, blackbox_queries, seed):  # noqa: ANN001, ANN202
+    def run_all(model, x, y, *, eps, norm, results, max_examples, blackbox_queries, seed,  # noqa: ANN001, ANN202
+                ladder):
         calls.append({"model": model, "eps": eps, "norm": norm, "results": results,
                       "n": max_examples, "q": blackbox_queries})
         return [{"check": "softmax", "level": "ok", "message": "logits"},

@@ -108,7 +108,8 @@ def test_one_step_beats_iterative(mlp, data):
     assert f.evidence["success_fgsm"] > f.evidence["success_pgd"] + 0.2
     # measured rates given by the caller are used instead of new attack runs
     given = sanity.check_one_step_vs_iterative(mlp, x, y, results={"fgsm": 0.5, "pgd": 0.1})
-    assert given.fired and given.evidence == {"success_fgsm": 0.5, "success_pgd": 0.1}
+    assert given.fired and given.evidence == {"success_fgsm": 0.5, "success_pgd": 0.1,
+                                              "weak_success": 0.5, "strong_success": 0.1}
 
 
 def test_unbounded_eps_must_reach_everything(mlp, data):
@@ -130,7 +131,8 @@ def test_blackbox_beats_whitebox(mlp, data):
     f = sanity.check_blackbox_vs_whitebox(bits, x, y, queries=300)
     assert f.fired, f.message
     given = sanity.check_blackbox_vs_whitebox(mlp, x, y, results={"square": 0.2, "pgd": 0.9})
-    assert not given.fired and given.evidence == {"success_square": 0.2, "success_pgd": 0.9}
+    assert not given.fired and given.evidence == {"success_square": 0.2, "success_pgd": 0.9,
+                                                  "weak_success": 0.2, "strong_success": 0.9}
 
 
 def test_blackbox_check_confirms_with_a_strong_whitebox_attack(mlp, data):

@@ -172,7 +172,9 @@ def _list(v: tuple[str, ...] | None) -> list[str] | None:
 
 
 #: defaults of the [sanity] table
-SANITY: dict[str, Any] = {"enabled": True, "max_examples": 100, "blackbox_queries": 500}
+SANITY: dict[str, Any] = {"enabled": True, "max_examples": 100, "blackbox_queries": 500,
+                          "ladder_steps": 100, "ladder_square_queries": 1000,
+                          "ladder_label_queries": 1000, "ladder_distill_epochs": 4}
 
 #: defaults of the [adaptive] table: whether the runner adds adaptive cells (a defense's own
 #: adaptive attack, the detector-aware PGD against each detector, the attacks that fired

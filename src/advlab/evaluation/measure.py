@@ -37,7 +37,7 @@ from advlab import attacks
 from advlab import models as models_
 from advlab.detectors import DetectorAwarePGD
 from advlab.detectors import registry as detector_registry
-from advlab.evaluation import metrics, sanity
+from advlab.evaluation import ladder, metrics, sanity
 from advlab.evaluation.config import AUTO_BATCH, PluginSpec
 from advlab.evaluation.plan import (
     Cell,
@@ -72,6 +72,7 @@ class CellPlan:
     seed: int = 0
     clean: dict[tuple, Tensor] | None = None  # memo of the clean side, see _clean
     precision: str = "fp32"  # the attack's forward and backward (advlab.models.autocast)
+    notes: list[dict[str, Any]] = field(default_factory=list)  # per-batch ladder summaries
 
 
 def _softmax_top(logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -127,6 +128,8 @@ def _batch_rows(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor, seed: in
         target = attacks.choose_target(clean_logits, y, plan.target, g)
     attacked = model if plan.surrogate is None else plan.surrogate
     res = plan.attack(models_.autocast(attacked, plan.precision), x, y, target)
+    if "ladder" in res.info:  # the rungs climbed and the findings settled, per batch
+        plan.notes.append(res.info["ladder"])
     adv_logits, success = res.logits, res.success
     if plan.surrogate is not None or plan.precision != "fp32":
         # judged on the real (defended) model, in fp32
@@ -221,7 +224,9 @@ def measure(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor, *, start: in
                       finished=time.time(), wall_s=time.perf_counter() - t0,
                       device=str(x.device), info={"attack": repr(plan.attack),
                                                   "batch_size": bs,
-                                                  "precision": plan.precision})
+                                                  "precision": plan.precision,
+                                                  **({"ladder": plan.notes} if plan.notes
+                                                     else {})})
 
 
 # ----------------------------------------------------------------------------- the attacks
@@ -254,9 +259,11 @@ def adaptive_attack(model: nn.Module, eps: float, norm: str, seed: int, lam: flo
 
 
 def attack_for(cell: Cell, model: nn.Module, x: Tensor, detectors: dict[str, Any], seed: int,
-               lam: float) -> tuple[str, attacks.Attack, nn.Module | None]:
+               lam: float, base: nn.Module | None = None, train: Tensor | None = None
+               ) -> tuple[str, attacks.Attack, nn.Module | None]:
     """The attack of ``cell`` on the (defended) ``model``, given the cell's images ``x`` and
-    its fitted ``detectors`` (name -> detector).
+    its fitted ``detectors`` (name -> detector). The adaptive-attack ladder transfers from
+    the undefended ``base`` model and distills a surrogate from the ``train`` images.
 
     The detector-aware attack knows the detector and its threshold: the one that flags
     :data:`~advlab.evaluation.results.DETECTION_FPR` of the cell's clean images, where the
@@ -277,6 +284,9 @@ def attack_for(cell: Cell, model: nn.Module, x: Tensor, detectors: dict[str, Any
             det, lam=cell.lam, threshold=detection_threshold(det, x), eps=cell.eps,
             norm=cell.norm, steps=cell.steps, seed=seed), None
     assert isinstance(cell, SanityCell)
+    if cell.attack == ladder.NAME:
+        return cell.attack, ladder.Ladder(**cell.params, eps=cell.eps, seed=seed).with_data(
+            base if cell.defense.name != "none" else None, train), None
     surrogate = model.adaptive().model if cell.on_surrogate else None
     return cell.attack, attacks.get(cell.attack, **cell.params, eps=cell.eps, seed=seed), \
         surrogate
@@ -298,6 +308,7 @@ class Settings:
     sanity_n: int
     sanity_queries: int
     precision: str = "fp32"
+    ladder: dict[str, Any] = field(default_factory=dict)  # its budget, from [sanity]
 
 
 @dataclass
@@ -337,7 +348,9 @@ def measure_shard(ctx: Context, detectors: Detectors, shard: Shard,
     x, y = ctx.x[:n], ctx.y[:n]
     dets = {d.name: _attached(detectors[(cell.model, plugin_key(d))], ctx.models[cell.model])
             for d in detectors_of(cell)}
-    name, atk, surrogate = attack_for(cell, model, x, dets, s.seed, s.lam)
+    name, atk, surrogate = attack_for(cell, model, x, dets, s.seed, s.lam,
+                                      ctx.models[cell.model],
+                                      None if ctx.train is None else ctx.train[0])
     transfer = {k: m for k, m in ctx.models.items()
                 if k != cell.model or cell.defense.name != "none"}
     plan = CellPlan(atk, cell.target, surrogate, transfer, s.shifts, s.noise, dets, s.gallery,
@@ -370,7 +383,8 @@ def sanity_checks(ctx: Context, detectors: Detectors, group: SanityGroup,
     net = ctx.defended[(group.model, plugin_key(group.defense))]
     return [_finding(f) for f in sanity.run_all(
         net, ctx.x, ctx.y, eps=group.eps, norm="linf", results=group.rates,
-        max_examples=s.sanity_n, blackbox_queries=s.sanity_queries, seed=s.seed)]
+        max_examples=s.sanity_n, blackbox_queries=s.sanity_queries, seed=s.seed,
+        ladder=s.ladder)]
 
 
 def _finding(f: Any) -> dict[str, Any]:

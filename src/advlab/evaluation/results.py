@@ -11,7 +11,9 @@ the rate of attacked inputs both misclassified and undetected there.
 
 Adaptive cells (see :mod:`advlab.evaluation.runner`) carry ``adaptive``: what they attack
 ("defense", "detector" or "sanity"), the attack that ran, whether on a surrogate, and the
-detector; ``label`` names every cell for the report.
+detector; ``label`` names every cell for the report. ``verdicts`` gives, per model, defense
+and eps, the headline robust accuracy (the worst case over every attack) and whether the
+sanity findings there are settled (:mod:`advlab.evaluation.verdicts`).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import numpy as np
 from advlab import attacks
 from advlab.evaluation import metrics
 from advlab.evaluation.store import Store, atomic_write
+from advlab.evaluation.verdicts import verdicts
 
 SCHEMA = "advlab.results/1"
 DETECTION_FPR = 0.05
@@ -144,6 +147,8 @@ def summarize_cell(store: Store, key: str, spec: dict[str, Any]) -> dict[str, An
                **ad, "attack": info.get("adaptive_attack"), "surrogate": info.get("surrogate")}}
     out.update(summarize_rows(store.examples(key), store.probes(key), store.scores(key)))
     out.update(wall_s=rec["wall_s"], device=rec["device"], finished=rec["finished"])
+    if info.get("ladder"):  # the ladder's rungs and findings, per batch
+        out["ladder"] = info["ladder"]
     return out
 
 
@@ -174,7 +179,8 @@ def collect(store: Store, run: str) -> dict[str, Any]:
     return {"schema": SCHEMA,
             "run": {k: rec[k] for k in ("name", "config", "env", "started", "finished",
                                         "wall_s")},
-            "cells": cells, "missing": missing}
+            "cells": cells, "missing": missing,
+            "verdicts": verdicts(store, cells, rec["env"].get("sanity"))}
 
 
 def _clean(v: Any) -> Any:

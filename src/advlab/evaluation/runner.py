@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 import advlab
+from advlab.evaluation import ladder, sanity
 from advlab.evaluation.config import PluginSpec, RunConfig, load_config, validate
 from advlab.evaluation.execute import Executor, Job, make_executor
 from advlab.evaluation.inputs import (
@@ -45,6 +46,7 @@ from advlab.evaluation.measure import Context, Settings, fit_detector, measure_s
 from advlab.evaluation.plan import (
     Cell,
     Planner,
+    SanityCell,
     SanityGroup,
     Shard,
     detectors_of,
@@ -140,7 +142,8 @@ class Runner:
             settings = Settings(cfg.seed, cfg.batch_size, tuple(cfg.shifts), tuple(cfg.noise),
                                 cfg.gallery, float(cfg.adaptive["lam"]),
                                 int(cfg.sanity["max_examples"]),
-                                int(cfg.sanity["blackbox_queries"]), cfg.precision)
+                                int(cfg.sanity["blackbox_queries"]), cfg.precision,
+                                sanity.ladder_settings(cfg.sanity))
             self.ctx = Context(settings, self.models, built, self.x, self.y)
         if len(built) > len(self.ctx.defended) or (train and self.ctx.train is None):
             self.ctx.defended = built
@@ -156,21 +159,19 @@ class Runner:
         total = len(cells)
         self.progress(Progress("plan", 0, total))
         log.info("%d cells, %d already stored", total, len(done))
-        todo = []
         for i, cell in enumerate(cells, 1):
             if cell.key in done:
                 self.progress(Progress("skip", i, total, cell.label))
-            else:
-                todo.append((i, cell))
+        todo = [(i, c) for i, c in enumerate(cells, 1) if c.key not in done]
         fits = {(c.model, plugin_key(d)): (c.model, d) for _, c in todo
                 for d in detectors_of(c)} if todo else {}
         fits = {k: v for k, v in fits.items() if k not in self.detectors}
-        ctx = self._context([(c.model, c.defense) for _, c in todo], bool(fits))
+        ladders = any(isinstance(c, SanityCell) and c.attack == ladder.NAME for _, c in todo)
+        ctx = self._context([(c.model, c.defense) for _, c in todo], bool(fits) or ladders)
         waits = [any((c.model, plugin_key(d)) in fits for d in detectors_of(c)) for _, c in todo]
         later = [t for t, w in zip(todo, waits) if w]
-        first = [t for t, w in zip(todo, waits) if not w]
-        jobs: list[Job] = [(fit_detector, what) for what in fits.values()]
-        self._execute(ctx, jobs, first, total)
+        self._execute(ctx, [(fit_detector, what) for what in fits.values()],
+                      [t for t, w in zip(todo, waits) if not w], total)
         checks: list[Job] = []
         if early_sanity and self.cfg.report.get("eps") is not None:
             pending = {(c.model, plugin_key(c.defense)) for _, c in later}

@@ -16,13 +16,22 @@ settings, to run on the model, or on ``model.adaptive().model`` when ``on_surrog
   white-box one: the gradients mislead.
 - :func:`check_unbounded`: success not approaching 100% as eps grows to 1.0 (an attack
   that may change every pixel arbitrarily must win).
+- :func:`check_binarization`: the attack misses adversarial examples known to exist
+  (Zimmermann et al.'s binarization test, :mod:`advlab.evaluation.binarization`; not part
+  of :func:`run_all`: it tests a given attack, one example at a time).
+
+A finding on a model without its own adaptive attack (no ``.adaptive()``: a defense advlab
+did not build) names the adaptive-attack ladder (:mod:`advlab.evaluation.ladder`): no single
+attack settles it, :func:`advlab.evaluation.ladder.settle` climbs until the checks are
+credible.
 
 :func:`run_all` runs them all (on at most ``max_examples`` examples), reusing success rates
 the caller already measured.
 
 References:
     Athalye, Carlini & Wagner, "Obfuscated gradients give a false sense of security", ICML
-    2018, arXiv:1802.00420 (Section 3.1, the checklist). Carlini et al., "On evaluating
+    2018, arXiv:1802.00420 (Section 3.1, the checklist). Zimmermann, Brendel, Tramer &
+    Carlini, NeurIPS 2022, arXiv:2206.13991 (the binarization test). Carlini et al., "On evaluating
     adversarial robustness", arXiv:1902.06705. Croce & Hein, auto-attack's ``checks.py``
     (arXiv:2003.01690).
 """
@@ -38,6 +47,9 @@ from torch import Tensor, nn
 
 from advlab import attacks
 from advlab.errors import InputError
+from advlab.evaluation.binarization import AttackFn, binarization_test
+from advlab.evaluation.ladder import NAME as LADDER
+from advlab.evaluation.ladder import Attached, has_gradient
 from advlab.validation import check_images, check_labels
 
 log = logging.getLogger(__name__)
@@ -53,8 +65,9 @@ class Finding:
         fired: True when the symptom is present (the evaluation is suspect).
         message: one sentence for the report.
         evidence: the numbers behind the verdict.
-        attack: the registry name of the attack that settles the question (None when the
-            check did not fire or none applies).
+        attack: the registry name of the attack that settles the question, or "ladder"
+            (:class:`advlab.evaluation.ladder.Ladder`, for a model without its own adaptive
+            attack); None when the check did not fire or none applies.
         attack_kwargs: its settings (eps is the evaluation's).
         on_surrogate: run ``attack`` on ``model.adaptive().model`` (BPDA / EOT surface of an
             advlab defense) instead of the model itself.
@@ -161,7 +174,8 @@ def _weaker_wins(check: str, model: nn.Module, norm: str, weak: tuple[str, str, 
            if fired else f"the {sk} {sn} ({sr:.1%}) is at least as strong as the {wk} {wn} "
            f"({wr:.1%})")
     name, kw, sur = _adaptive(model, norm, _logit_attack(norm))
-    return Finding(check, fired, msg, {f"success_{wn}": wr, f"success_{sn}": sr},
+    return Finding(check, fired, msg, {f"success_{wn}": wr, f"success_{sn}": sr,
+                                       "weak_success": wr, "strong_success": sr},
                    name if fired else None, kw if fired else {}, sur and fired)
 
 
@@ -339,6 +353,33 @@ def _strong_whitebox(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: s
     return "+".join(names), fooled.float().mean().item()
 
 
+def check_binarization(model: nn.Module, x: Tensor, y: Tensor, attack: AttackFn, *,
+                       eps: float = 0.3, max_examples: int = 20, pass_rate: float = 0.95,
+                       seed: int = 0) -> Finding:
+    """Fires when ``attack`` misses adversarial examples known to exist: Zimmermann et al.'s
+    binarization test (:mod:`advlab.evaluation.binarization`) on the first ``max_examples``
+    examples passes on fewer than ``pass_rate`` of those it could build a test for.
+
+    Args:
+        attack: ``attack(binary_model, x_i, zeros, eps) -> x_adv``, the evaluation's attack.
+    """
+    r = binarization_test(model, x[:max_examples], y[:max_examples], attack, eps, seed=seed)
+    fired = r.tested > 0 and r.pass_rate < pass_rate
+    if r.tested == 0:
+        msg = "skipped: no example admitted a binarization test (features not separable)"
+    elif fired:
+        msg = (f"the attack found the adversarial example known to exist in only "
+               f"{r.pass_rate:.1%} of {r.tested} binarization tests: it is too weak for this "
+               "model, whatever robust accuracy it reports")
+    else:
+        msg = f"the attack passed {r.pass_rate:.1%} of {r.tested} binarization tests"
+    name, kw = _logit_attack("linf")
+    return Finding("binarization", fired, msg,
+                   {"pass_rate": r.pass_rate, "tested": float(r.tested),
+                    "skipped": float(r.skipped)},
+                   name if fired else None, kw if fired else {}, skipped=r.tested == 0)
+
+
 def check_unbounded(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf",
                     eps_grid: Sequence[float] | None = None, steps: int = 20,
                     target_rate: float = 0.95, seed: int = 0) -> Finding:
@@ -366,9 +407,34 @@ def check_unbounded(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf
                    kw if fired else {}, sur and fired)
 
 
+#: the [sanity] keys that set the ladder's budget -> the :class:`~.ladder.Ladder` setting
+LADDER_KEYS = {"ladder_steps": "steps", "ladder_square_queries": "square_queries",
+               "ladder_label_queries": "label_queries",
+               "ladder_distill_epochs": "distill_epochs"}
+
+
+def ladder_settings(table: Mapping[str, Any]) -> dict[str, Any]:
+    """The ladder's settings from a run's [sanity] table (keys of :data:`LADDER_KEYS`)."""
+    return {v: table[k] for k, v in LADDER_KEYS.items() if k in table}
+
+
+def name_ladder(findings: Sequence[Finding], settings: Mapping[str, Any] | None = None
+                ) -> None:
+    """Make every fired finding name the adaptive-attack ladder
+    (:mod:`advlab.evaluation.ladder`), with the fired findings (and ``settings``, its
+    budget) as its settings: on a model without its own adaptive attack (no
+    ``.adaptive()``), no single attack settles them."""
+    fired = [f for f in findings if f.fired]
+    spec = {"findings": [{"name": f.name, "fired": True, "evidence": dict(f.evidence)}
+                         for f in fired], "norm": "linf", **(settings or {})}
+    for f in fired:
+        f.attack, f.attack_kwargs, f.on_surrogate = LADDER, spec, False
+
+
 def run_all(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3, norm: str = "linf",
             results: Mapping[str, float] | None = None, max_examples: int = 200,
-            blackbox_queries: int = 1000, seed: int = 0) -> list[Finding]:
+            blackbox_queries: int = 1000, seed: int = 0,
+            ladder: Mapping[str, Any] | None = None) -> list[Finding]:
     """Every sanity check on (at most ``max_examples`` of) x, y.
 
     Args:
@@ -380,6 +446,9 @@ def run_all(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3, norm: s
         max_examples: examples used (the first ones).
         blackbox_queries: query budget of Square when it has to be run.
         seed: seeds the attacks.
+        ladder: the ladder's budget (:class:`~advlab.evaluation.ladder.Ladder` settings:
+            steps, square_queries, label_queries, distill_epochs) for the findings of a
+            model without its own adaptive attack.
 
     Returns:
         The findings, in a fixed order; ``[f for f in findings if f.fired]`` are the warnings.
@@ -389,6 +458,9 @@ def run_all(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3, norm: s
         raise InputError(f"y must be a torch.Tensor, got {type(y).__name__}")
     check_labels(y, len(x))
     x, y = x[:max_examples], y[:max_examples]
+    own = callable(getattr(model, "adaptive", None))
+    if not has_gradient(model, x[:2]):  # e.g. an argmax head: attacks see a zero gradient
+        model = Attached(model)
     soft = check_softmax(model, x)
     out = [soft, check_randomness(model, x), check_gradients(model, x, y, norm=norm)]
     if soft.fired:  # attacks refuse probability outputs: the attack checks cannot run
@@ -401,6 +473,8 @@ def run_all(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3, norm: s
                 check_blackbox_vs_whitebox(model, x, y, eps=eps, norm=norm, results=results,
                                            queries=blackbox_queries, seed=seed),
                 check_unbounded(model, x, y, norm=norm, seed=seed)]
+    if norm == "linf" and not own:
+        name_ladder(out, ladder)
     for f in out:
         if f.fired:
             log.warning("sanity check %s: %s (adaptive attack: %s %s)", f.name, f.message,

@@ -231,6 +231,8 @@ CONFIG: Check = table({
                      "noise": list_of(number(0, 1))}),
     "report": table({"gallery": integer(0, 1000), "eps": number(0)}),
     "sanity": table({"enabled": boolean, "max_examples": integer(1),
-                     "blackbox_queries": integer(1)}),
+                     "blackbox_queries": integer(1), "ladder_steps": integer(1),
+                     "ladder_square_queries": integer(0), "ladder_label_queries": integer(0),
+                     "ladder_distill_epochs": integer(0)}),
     "adaptive": table({"enabled": boolean, "steps": integer(1), "lam": number(0)}),
 })

@@ -1,6 +1,8 @@
 """report.html: one self-contained page (inline CSS, figures as base64 PNG) for a stored run.
 
-Sections: summary table, robust accuracy vs eps, adversarial-example gallery, defenses
+Sections: verdicts (the headline robust accuracy per model, defense and eps, the worst case
+over every attack, red where a sanity finding is still open), summary table, robust accuracy
+vs eps, adversarial-example gallery, defenses
 (naive vs adaptive attack), black-box success vs queries, detector ROC curves (naive vs
 adaptive attack), transferability heatmap, the four properties of adversarial examples,
 sanity-check findings (with the result of the adaptive attack each one names), environment.
@@ -27,6 +29,7 @@ from advlab.errors import DataError
 from advlab.evaluation import metrics
 from advlab.evaluation.results import attack_norm, collect, reference_eps, write_results
 from advlab.evaluation.store import Store, atomic_write
+from advlab.evaluation.verdicts import finding_status
 from advlab.report import plots
 
 Cell = dict[str, Any]
@@ -441,7 +444,8 @@ def section_sanity(ctx: Context) -> str:
             level = f.get("level", "")
             fix = ""
             if f.get("attack"):
-                kw = ", ".join(f"{k}={v}" for k, v in (f.get("attack_kwargs") or {}).items())
+                kw = ", ".join(f"{k}={v}" for k, v in (f.get("attack_kwargs") or {}).items()
+                               if k != "findings")  # the ladder's: the fired findings
                 fix = f"{f['attack']}({kw})" + (" on the BPDA/EOT surrogate"
                                                 if f.get("on_surrogate") else "")
             cls = ' class="warn"' if level == "warning" else ""
@@ -470,8 +474,51 @@ def _settled(ctx: Context, group: dict[str, Any], finding: dict[str, Any]) -> st
             and x["eps"] is not None and math.isclose(x["eps"], group["eps"])
             and x["robust_accuracy"] is not None]
     naive_best = f"; best naive attack: {pct(min(best))}" if best else ""
+    status = ""
+    if c.get("ladder"):  # the ladder re-checked the finding after climbing
+        st = finding_status(finding, {c["key"]: c})
+        rungs = sorted({n["winner"] for n in c["ladder"] if n.get("winner")})
+        status = (f'<br><span class="{"warn" if st == "open" else ""}">{esc(st)}</span>'
+                  f" <small>(rung: {esc(', '.join(rungs) or 'none found more')})</small>")
     return (f"robust acc <b>{pct(c['robust_accuracy'])}</b> "
-            f"<small>(n={c['n']}{naive_best})</small>")
+            f"<small>(n={c['n']}{naive_best})</small>{status}")
+
+
+VERDICT_TEXT = {
+    "ok": "ok: the sanity checks are silent",
+    "settled": "settled: every fired check is settled by an adaptive attack",
+    "unreliable": "UNRELIABLE: a fired check is still open; the figure is an upper bound at "
+                  "best",
+    "unchecked": "unchecked: no sanity check ran at this eps",
+}
+
+
+def section_verdicts(ctx: Context) -> str:
+    """The headline figure per model, defense and eps: the worst case over every attack,
+    with the verdict of the sanity checks; an unreliable figure in red."""
+    vs = ctx.results.get("verdicts") or []
+    if not vs:
+        return note("No L∞ cell with an eps: nothing to give a verdict on.")
+    rows = []
+    for v in vs:
+        red = v["verdict"] == "unreliable"
+        acc = pct(v["robust_accuracy"])
+        fig = f'<b class="warn">{acc} (unreliable)</b>' if red else f"<b>{acc}</b>"
+        found = "<br>".join(
+            (f'<span class="warn">{esc(k)}: {esc(s)}</span>' if s == "open"
+             else f"{esc(k)}: {esc(s)}") for k, s in v["findings"].items())
+        rows.append([esc(v["model"]), esc(v["defense"]), esc(fmt_eps(v["eps"])), fig,
+                     str(v["n"]), pct(v["naive_robust_accuracy"]), str(v["attacks"]),
+                     f'<span class="{"warn" if red else ""}">'
+                     f'{esc(VERDICT_TEXT[v["verdict"]])}</span>', found or "–",
+                     esc(", ".join(v["ladder"] or [])) or "–"])
+    intro = ("<p>Robust accuracy: the worst case per image over every attack run at this eps "
+             "on this model and defense (naive, adaptive, the attacks the sanity findings "
+             "name, the adaptive-attack ladder), on the n images all of them attacked. A "
+             "naive figure alone is never the headline once a check fired. Ladder: the rung "
+             "that brought the figure down (logits, bpda, transfer, square, label).</p>")
+    return intro + table(["model", "defense", "eps", "robust acc", "n", "best naive",
+                          "attacks", "verdict", "findings", "ladder"], rows)
 
 
 def section_environment(ctx: Context) -> str:
@@ -495,6 +542,7 @@ def section_environment(ctx: Context) -> str:
 
 
 SECTIONS: list[tuple[str, str, Callable[[Context], str]]] = [
+    ("verdicts", "Verdicts", section_verdicts),
     ("summary", "Summary", section_summary),
     ("robustness", "Robust accuracy vs eps", section_robustness),
     ("gallery", "Adversarial examples", section_gallery),

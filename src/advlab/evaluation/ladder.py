@@ -1,0 +1,596 @@
+"""The adaptive-attack ladder: settle the sanity findings on any model, rung by rung.
+
+A fired sanity finding (:mod:`advlab.evaluation.sanity`) says that the naive figure is not
+to be trusted; on a defense advlab did not build nobody has written the adaptive attack.
+:func:`settle` climbs a ladder of generic attacks, each stronger in what it assumes less
+of the model, and keeps for every example the worst case over all rungs:
+
+1. ``logits``: APGD-CE and APGD-DLR on the logits (the DLR loss is scale-free, so a
+   saturated softmax cannot stop it; log-probabilities when the model outputs
+   probabilities), with EOT over the model's own randomness when it is randomised.
+2. ``bpda``: the same attacks on the model with its shattered layers replaced in the
+   backward pass only (:mod:`advlab.evaluation.bpda`, Athalye et al.'s BPDA found
+   automatically).
+3. ``transfer``: the same attacks on differentiable surrogates (the undefended base model
+   when one is named; a network distilled from the model's own labels on training data,
+   :func:`distill`), alone and as an ensemble.
+4. ``square``: the score-based Square attack at several initial window sizes (``p_init``),
+   each a fresh random search with the full query budget, stopping at the first that finds
+   nothing new.
+5. ``label``: HopSkipJump (Linf), which needs nothing but labels; a point counts when it
+   lies within eps.
+
+Every rung attacks only the examples still robust, and its examples are judged on the real
+model (by the majority of ``draws`` forward passes for a randomised model). After each rung
+the findings are re-checked (:func:`open_findings`); the climb stops once none is left open
+(a gradient rung passes the unbounded check: with eps = 1 it fools >= 95%; the white-box
+rungs are at least as strong as the black-box and one-step attacks the checks measured) and
+the last rung found nothing new. A finding still open at the top of the ladder makes the
+figure unreliable; a figure of 0% settles every finding (it cannot overstate robustness).
+
+References:
+    Athalye, Carlini & Wagner, "Obfuscated gradients give a false sense of security", ICML
+    2018, arXiv:1802.00420. Tramer, Carlini, Brendel & Madry, "On adaptive attacks to
+    adversarial example defenses", NeurIPS 2020, arXiv:2002.08347. Croce & Hein, ICML 2020,
+    arXiv:2003.01690 (APGD, DLR). Andriushchenko et al., ECCV 2020, arXiv:1912.00049
+    (Square). Chen, Jordan & Wainwright, IEEE S&P 2020, arXiv:1904.02144 (HopSkipJump).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advlab import attacks, zoo
+from advlab.attacks.base import Attack, Checked, Crafted, Model
+from advlab.attacks.blackbox.hopskipjump import HopSkipJump
+from advlab.attacks.blackbox.square import Square
+from advlab.attacks.eot import eot
+from advlab.errors import ThreatModelError
+from advlab.evaluation import bpda
+
+log = logging.getLogger(__name__)
+
+RUNGS = ("logits", "bpda", "transfer", "square", "label")
+GRADIENT_RUNGS = ("logits", "bpda", "transfer")
+UNBOUNDED_EPS, UNBOUNDED_RATE = 1.0, 0.95
+
+
+@dataclass
+class Rung:
+    """One rung's outcome.
+
+    Attributes:
+        name: one of :data:`RUNGS`.
+        detail: what ran (attacks, surrogates, replaced layers).
+        attacked: examples it attacked (those still robust when it began).
+        new: examples it fooled that no earlier rung had.
+        robust_accuracy: the ladder's robust accuracy after it (worst case so far).
+        seconds: its wall time.
+        unbounded: for a gradient rung, its success rate with eps = 1 (None otherwise).
+    """
+
+    name: str
+    detail: str
+    attacked: int
+    new: int
+    robust_accuracy: float
+    seconds: float
+    unbounded: float | None = None
+
+
+@dataclass
+class Settlement:
+    """What :func:`settle` found.
+
+    Attributes:
+        x_adv: the worst case per example (x where no rung fooled it).
+        fooled: (N,) bool, judged on the real model.
+        rungs: the rungs climbed, in order.
+        findings: fired check name -> "settled" or "open".
+        naive_fooled: (N,) bool of the starting point (the naive attacks, if given).
+    """
+
+    x_adv: Tensor
+    fooled: Tensor
+    rungs: list[Rung]
+    findings: dict[str, str]
+    naive_fooled: Tensor | None = None
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Robust accuracy of the worst case (fraction of the examples not fooled)."""
+        return 1.0 - self.fooled.float().mean().item()
+
+    @property
+    def settled(self) -> bool:
+        """No fired finding left open."""
+        return all(v == "settled" for v in self.findings.values())
+
+    @property
+    def winner(self) -> str | None:
+        """The last rung that fooled new examples (the one that got the figure there)."""
+        hits = [r.name for r in self.rungs if r.new > 0]
+        return hits[-1] if hits else None
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary (no tensors)."""
+        return {"robust_accuracy": self.robust_accuracy, "settled": self.settled,
+                "winner": self.winner, "findings": dict(self.findings),
+                "rungs": [vars(r).copy() for r in self.rungs]}
+
+
+# ----------------------------------------------------------------------------- judging
+
+
+def judge(model: Model, x_adv: Tensor, y: Tensor, draws: int = 1,
+          batch_size: int = 500) -> Tensor:
+    """(N,) bool: misclassified in a majority of ``draws`` forward passes (one pass for a
+    deterministic model)."""
+    wrong = torch.zeros(len(y), dtype=torch.int64, device=y.device)
+    with torch.no_grad():
+        for _ in range(draws):
+            for i in range(0, len(y), batch_size):
+                out = model(x_adv[i:i + batch_size])
+                wrong[i:i + batch_size] += (out.argmax(1) != y[i:i + batch_size]).long()
+    return 2 * wrong > draws
+
+
+def has_gradient(model: Model, x: Tensor) -> bool:
+    """Whether the model's output has a graph back to its input (gradient attacks can run);
+    parameters alone (a trainable head after a detached encoding) do not count."""
+    xg = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = model(xg)
+        if not out.requires_grad:
+            return False
+        (g,) = torch.autograd.grad(out.sum(), xg, allow_unused=True)
+    return g is not None
+
+
+class Attached(nn.Module):
+    """A model whose output has no graph to its input (an argmax head, a lookup), attached
+    to it with an exactly zero gradient: gradient attacks then run and see what there is to
+    see, a zero gradient, instead of failing."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.training = model, model.training
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.model(x)
+        if not x.requires_grad:
+            return out
+        return out + 0.0 * x.flatten(1).sum(1, keepdim=True).to(out.dtype)
+
+
+class LogProbabilities(nn.Module):
+    """log of a model that outputs probabilities: logits with the same argmax."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.training = model, model.training
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x).clamp_min(1e-30).log()
+
+
+class Ensemble(nn.Module):
+    """The mean log-softmax of several models (a transfer attack's common target)."""
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(models)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([m(x).log_softmax(1) for m in self.members]).mean(0)
+
+
+# ----------------------------------------------------------------------------- surrogates
+
+
+def surrogate_net(shape: Sequence[int], classes: int, seed: int = 0) -> nn.Module:
+    """A small differentiable network for images of ``shape`` (C, H, W): two conv blocks
+    and two linear layers (a plain MLP for images under 8 pixels a side)."""
+    c, h, w = shape
+    g = torch.Generator().manual_seed(seed)
+    if min(h, w) < 8:
+        net: nn.Module = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 128), nn.ReLU(),
+                                       nn.Linear(128, classes))
+    else:
+        side = lambda s: ((s - 2) // 2 - 2) // 2  # noqa: E731  (two conv3 + pool2 blocks)
+        net = nn.Sequential(nn.Conv2d(c, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                            nn.Linear(64 * side(h) * side(w), 128), nn.ReLU(),
+                            nn.Linear(128, classes))
+    return zoo.init_weights(net, g)
+
+
+def distill(model: Model, x_train: Tensor, *, eps: float = 0.3, epochs: int = 4,
+            seed: int = 0, batch_size: int = 500) -> nn.Module:
+    """A surrogate trained on the model's own top-1 labels (label-only access): on the
+    training images and on a copy of them with uniform noise in the eps-ball (the region an
+    attack explores).
+
+    Args:
+        model: the model to imitate (queried without gradients).
+        x_train: training images in [0, 1], N x C x H x W.
+        eps: the noise radius of the augmented copy.
+        epochs: training passes (Adam, :func:`advlab.zoo.train`).
+
+    Returns:
+        The surrogate, eval mode, on x_train's device.
+
+    References: Papernot et al., "Practical black-box attacks against machine learning",
+    ASIA CCS 2017, arXiv:1602.02697 (a substitute trained on the oracle's labels).
+    """
+    g = torch.Generator(device=x_train.device).manual_seed(seed)
+    noise = (torch.rand(x_train.shape, generator=g, device=x_train.device) * 2 - 1) * eps
+    xs = torch.cat([x_train, (x_train + noise).clamp(0, 1)])
+    with torch.no_grad():
+        labels = torch.cat([model(xs[i:i + batch_size]).argmax(1)
+                            for i in range(0, len(xs), batch_size)])
+    net = surrogate_net(x_train.shape[1:], int(labels.max().item()) + 1 if len(labels) else 2,
+                        seed).to(x_train.device)
+    with torch.no_grad():
+        k = model(x_train[:2]).shape[1]
+    if net[-1].out_features != k:  # the model may use classes its labels never showed
+        net = surrogate_net(x_train.shape[1:], k, seed).to(x_train.device)
+    return zoo.train(net, xs, labels, epochs=epochs, lr=2e-3, batch_size=128, seed=seed)
+
+
+# ----------------------------------------------------------------------------- findings
+
+
+def _rate(evidence: Mapping[str, float], key: str) -> float | None:
+    v = evidence.get(key)
+    return None if v is None else float(v)
+
+
+def open_findings(findings: Sequence[Mapping[str, Any]], rungs: Sequence[Rung],
+                  white_rate: float, tol: float) -> dict[str, str]:
+    """Each fired finding's status after the rungs climbed so far: "settled" or "open".
+
+    - softmax, gradients, unbounded: a gradient rung passed the unbounded check (eps = 1
+      fools >= 95%: the gradient it followed leads somewhere);
+    - randomness: the same, for a rung with EOT;
+    - one-step-vs-iterative, blackbox-vs-whitebox: the gradient rungs' success
+      (``white_rate``) is within ``tol`` of the weaker attack's rate the check measured
+      (``evidence["weak_success"]``) or above it.
+    """
+    useful = any(r.unbounded is not None and r.unbounded >= UNBOUNDED_RATE for r in rungs)
+    out = {}
+    for f in findings:
+        if not f.get("fired"):
+            continue
+        name = f["name"]
+        weak = _rate(f.get("evidence") or {}, "weak_success")
+        if name in ("one-step-vs-iterative", "blackbox-vs-whitebox") and weak is not None:
+            ok = white_rate >= weak - tol
+        else:
+            ok = useful
+        out[name] = "settled" if ok else "open"
+    return out
+
+
+def _as_dict(f: Any) -> dict[str, Any]:
+    if isinstance(f, Mapping):
+        return dict(f)
+    return f.to_dict() if hasattr(f, "to_dict") else dict(vars(f))
+
+
+# ----------------------------------------------------------------------------- the climb
+
+
+@dataclass
+class Options:
+    """The ladder's settings (the ``[ladder]`` table of a run's configuration).
+
+    Attributes:
+        steps: APGD iterations per gradient attack.
+        eot_samples: EOT draws per gradient step for a randomised model.
+        draws: forward passes judging a randomised model (majority).
+        square_queries: Square's query budget per example and per ``p_init`` (0: skip).
+        p_inits: Square's initial window fractions, tried in order.
+        label_queries: HopSkipJump's query budget per example (0: skip the rung).
+        distill_epochs: training passes of the distilled surrogate (0: no distillation).
+        unbounded_examples: examples the unbounded re-check of a gradient rung uses.
+        rungs: the rungs to climb, in order (a subset of :data:`RUNGS`).
+        tol: the slack of the rate comparisons.
+        exhaustive: climb every rung even when the findings are settled.
+    """
+
+    steps: int = 100
+    eot_samples: int = 10
+    draws: int = 5
+    square_queries: int = 1000
+    p_inits: tuple[float, ...] = (0.8, 0.3, 0.05)
+    label_queries: int = 1000
+    distill_epochs: int = 4
+    unbounded_examples: int = 32
+    rungs: tuple[str, ...] = RUNGS
+    tol: float = 0.02
+    exhaustive: bool = False
+
+
+@dataclass
+class _State:
+    model: Model
+    x: Tensor
+    y: Tensor
+    eps: float
+    draws: int
+    x_adv: Tensor
+    fooled: Tensor
+    rungs: list[Rung] = field(default_factory=list)
+    white: Tensor | None = None  # fooled by the gradient rungs (and the naive attacks)
+
+    def take(self, x_adv: Tensor, idx: Tensor) -> int:
+        """Judge candidates for the examples ``idx`` on the real model; keep new wins."""
+        won = judge(self.model, x_adv, self.y[idx], self.draws) & ~self.fooled[idx]
+        hit = idx[won]
+        self.x_adv[hit] = x_adv[won]
+        self.fooled[hit] = True
+        return int(won.sum())
+
+    @property
+    def robust(self) -> Tensor:
+        return (~self.fooled).nonzero().flatten()
+
+
+def _gradient_attacks(eps: float, steps: int, classes: int, randomized: bool,
+                      samples: int, seed: int, random_start: bool = True) -> list[Attack]:
+    """APGD-CE and APGD-DLR (CE only below 3 classes), with EOT when randomised."""
+    losses = ["ce", "dlr"] if classes >= 3 else ["ce"]
+    out: list[Attack] = []
+    for loss in losses:
+        a = attacks.get(f"apgd-{loss}", eps=eps, steps=steps, seed=seed,
+                        random_start=random_start, early_stop=not randomized)
+        out.append(eot(a, transform=[], samples=samples) if randomized else a)
+    return out
+
+
+def _run_gradient(state: _State, name: str, detail: str, targets: Sequence[Model],
+                  opts: Options, randomized: bool, classes: int, seed: int) -> None:
+    """A gradient rung: every attack on every target model, judged on the real model, then
+    the unbounded re-check of the same attacks on the first examples."""
+    t0, new = time.perf_counter(), 0
+    atks = _gradient_attacks(state.eps, opts.steps, classes, randomized, opts.eot_samples, seed)
+    blind = [t for t in targets if not has_gradient(t, state.x[:2])]
+    if blind:
+        detail += f" ({len(blind)} target(s) without a graph to the input, skipped)"
+        targets = [t for t in targets if t not in blind]
+    for target in targets:
+        for atk in atks:
+            idx = state.robust
+            if len(idx) == 0:
+                break
+            new += state.take(atk(target, state.x[idx], state.y[idx]).x_adv, idx)
+    attacked = len(state.robust) + new
+    n = min(opts.unbounded_examples, len(state.x))
+    unb = _gradient_attacks(UNBOUNDED_EPS, opts.steps, classes, randomized, opts.eot_samples,
+                            seed, random_start=False)
+    wide = torch.zeros(n, dtype=torch.bool, device=state.x.device)
+    for target in targets:
+        for atk in unb:
+            rest = (~wide).nonzero().flatten()
+            if len(rest):
+                xa = atk(target, state.x[:n][rest], state.y[:n][rest]).x_adv
+                wide[rest] |= judge(state.model, xa, state.y[:n][rest], state.draws)
+    state.white = state.fooled.clone()
+    state.rungs.append(Rung(name, detail, attacked, new, 1 - state.fooled.float().mean().item(),
+                            time.perf_counter() - t0,
+                            wide.float().mean().item() if targets else None))
+
+
+def _square(state: _State, opts: Options, seed: int) -> None:
+    t0, new, attacked, used = time.perf_counter(), 0, len(state.robust), []
+    for p in opts.p_inits:
+        idx = state.robust
+        if len(idx) == 0:
+            break
+        atk = Square(eps=state.eps, max_queries=opts.square_queries, p_init=p, seed=seed)
+        found = state.take(atk(state.model, state.x[idx], state.y[idx]).x_adv, idx)
+        new += found
+        used.append(f"p_init={p:g}: {found}")
+        if found == 0:  # a fresh search that finds nothing new: the next ones will not either
+            break
+    state.rungs.append(Rung("square", f"Square, {opts.square_queries} queries; "
+                            + ", ".join(used), attacked, new,
+                            1 - state.fooled.float().mean().item(), time.perf_counter() - t0))
+
+
+def _label(state: _State, opts: Options, seed: int) -> None:
+    t0, idx = time.perf_counter(), state.robust
+    new = 0
+    if len(idx):
+        res = HopSkipJump(norm="linf", max_queries=opts.label_queries, seed=seed)(
+            state.model, state.x[idx], state.y[idx])
+        inside = (res.x_adv - state.x[idx]).flatten(1).abs().amax(1) <= state.eps * (1 + 1e-6)
+        keep = idx[inside]
+        if len(keep):
+            new = state.take(res.x_adv[inside], keep)
+    state.rungs.append(Rung("label", f"HopSkipJump Linf, {opts.label_queries} queries",
+                            len(idx), new, 1 - state.fooled.float().mean().item(),
+                            time.perf_counter() - t0))
+
+
+def settle(model: nn.Module, x: Tensor, y: Tensor, eps: float,
+           findings: Sequence[Any], *, base: nn.Module | None = None,
+           train: Tensor | None = None, surrogates: Sequence[nn.Module] = (),
+           naive: Tensor | None = None, options: Options | None = None,
+           seed: int = 0, cache: dict[str, nn.Module] | None = None) -> Settlement:
+    """Climb the ladder on ``model`` until the fired ``findings`` are settled.
+
+    Args:
+        model: any nn.Module, x in [0, 1] -> logits (or probabilities), eval mode; not
+            modified.
+        x, y: the evaluation images (N x C x H x W) and int64 labels.
+        eps: the Linf radius.
+        findings: the sanity findings (:class:`~advlab.evaluation.sanity.Finding` or their
+            dicts); the fired ones are settled, "randomness" switches EOT on, "softmax"
+            attacks the log-probabilities.
+        base: the undefended model the defense wraps, if any (a transfer surrogate).
+        train: training images to distill a surrogate from (None: no distilled surrogate).
+        surrogates: further differentiable surrogates (e.g. distilled already).
+        naive: (N,) x_adv of the naive attacks, or None: the climb starts from their worst
+            case (they count for the gradient-rung comparison too).
+        options: the ladder's settings.
+        seed: seeds every attack and the distillation.
+        cache: where the distilled surrogate is kept ("distilled") and found again, so that
+            several calls on the same model distill once, and only if a climb reaches the
+            transfer rung.
+
+    Returns:
+        A :class:`Settlement`: the per-example worst case, the rungs and each finding's
+        status.
+    """
+    opts = options or Options()
+    unknown = set(opts.rungs) - set(RUNGS)
+    if unknown:
+        raise ThreatModelError(f"unknown ladder rungs {sorted(unknown)}; use {RUNGS}")
+    fs = [_as_dict(f) for f in findings]
+    fired = {f["name"] for f in fs if f.get("fired")}
+    randomized = "randomness" in fired
+    net: nn.Module = LogProbabilities(model) if "softmax" in fired else model
+    draws = opts.draws if randomized else 1
+    x, y = x.detach(), y.detach()
+    with torch.no_grad():
+        classes = net(x[:2]).shape[1]
+    state = _State(net, x, y, eps, draws, x.clone(),
+                   torch.zeros(len(x), dtype=torch.bool, device=x.device))
+    naive_fooled = None
+    if naive is not None:
+        naive_fooled = judge(net, naive, y, draws)
+        state.take(naive, torch.arange(len(x), device=x.device))
+    state.white = state.fooled.clone()
+    status = open_findings(fs, [], state.white.float().mean().item(), opts.tol)
+    for name in opts.rungs:
+        if len(state.robust) == 0 or _done(status, state.rungs, opts):
+            break
+        _climb(name, state, net, base, train, surrogates, opts, randomized, classes, seed,
+               {} if cache is None else cache)
+        status = open_findings(fs, state.rungs, state.white.float().mean().item(), opts.tol)
+        log.info("ladder rung %s: robust accuracy %.3f; findings %s", name,
+                 state.rungs[-1].robust_accuracy if state.rungs else float("nan"), status)
+    if len(state.robust) == 0:  # 0% cannot overstate robustness: nothing left to settle
+        status = dict.fromkeys(status, "settled")
+    return Settlement(state.x_adv, state.fooled, state.rungs, status, naive_fooled)
+
+
+def _done(status: dict[str, str], rungs: list[Rung], opts: Options) -> bool:
+    """Stop when every fired finding is settled and the last rung found nothing new (a rung
+    that still finds examples may not be the last one that would); nothing to settle, no
+    climb."""
+    if opts.exhaustive:
+        return False
+    settled = all(v == "settled" for v in status.values())
+    return settled and (not rungs or rungs[-1].new == 0)
+
+
+def _climb(name: str, state: _State, net: nn.Module, base: nn.Module | None,
+           train: Tensor | None, surrogates: Sequence[nn.Module], opts: Options,
+           randomized: bool, classes: int, seed: int, cache: dict[str, nn.Module]) -> None:
+    if name == "logits":
+        _run_gradient(state, name, "APGD-CE, APGD-DLR" + (" with EOT" if randomized else ""),
+                      [net], opts, randomized, classes, seed)
+    elif name == "bpda":
+        copy_, layers = bpda.surrogate(net, state.x[state.robust][:200])
+        if not layers:
+            state.rungs.append(Rung(name, "no shattered layer found", 0, 0,
+                                    1 - state.fooled.float().mean().item(), 0.0))
+            return
+        what = ", ".join(f"{s.name} ({s.replacement})" for s in layers)
+        _run_gradient(state, name, f"BPDA through {what}", [copy_], opts, randomized,
+                      classes, seed)
+    elif name == "transfer":
+        t0 = time.perf_counter()
+        subs = [*([base] if base is not None else []), *surrogates]
+        if train is not None and opts.distill_epochs > 0:
+            if "distilled" not in cache:
+                cache["distilled"] = distill(net, train, eps=state.eps,
+                                             epochs=opts.distill_epochs, seed=seed)
+            subs.append(cache["distilled"])
+        fit = time.perf_counter() - t0
+        if not subs:
+            state.rungs.append(Rung(name, "no surrogate (no base model, no training data)",
+                                    0, 0, 1 - state.fooled.float().mean().item(), 0.0))
+            return
+        targets = [Ensemble(subs).eval(), *subs] if len(subs) > 1 else subs
+        _run_gradient(state, name, f"APGD on {len(subs)} surrogate(s)"
+                      + (" and their ensemble" if len(subs) > 1 else ""), targets, opts,
+                      False, classes, seed)
+        state.rungs[-1].seconds += fit  # the distillation is the rung's cost too
+    elif name == "square" and opts.square_queries > 0:
+        _square(state, opts, seed)
+    elif name == "label" and opts.label_queries > 0:
+        _label(state, opts, seed)
+
+
+# ----------------------------------------------------------------------------- as an attack
+
+
+NAME = "ladder"  # the attack name a sanity finding gives the ladder
+
+
+class Ladder(Attack):
+    """:func:`settle` as an attack, so that a run stores, resumes and reports it like any
+    other cell (the attack a sanity finding names on a model advlab did not build). Not in
+    the attack registry: it lives above the attacks, and takes a scalar eps only.
+
+    Args:
+        eps: Linf radius.
+        findings: the sanity findings to settle (dicts: name, fired, evidence).
+        steps, square_queries, label_queries, distill_epochs, draws: see :class:`Options`.
+        seed: seeds every rung.
+
+    The base model and training images come from :meth:`with_data` (a run's runner knows
+    them; the JSON-able settings above do not hold tensors). ``AttackResult.info["ladder"]``
+    carries :meth:`Settlement.summary`.
+    """
+
+    def __init__(self, eps: float = 0.3, *, findings: Sequence[Mapping[str, Any]] = (),
+                 norm: str = "linf", steps: int = 100, square_queries: int = 1000,
+                 label_queries: int = 1000,
+                 distill_epochs: int = 4, draws: int = 5, seed: int = 0) -> None:
+        if norm != "linf":
+            raise ThreatModelError(f"the ladder attacks the linf ball, got norm {norm!r}")
+        self.norm, self.eps, self.seed = norm, eps, seed
+        self.findings = [dict(f) for f in findings]
+        self.options = Options(steps=steps, square_queries=square_queries,
+                               label_queries=label_queries, distill_epochs=distill_epochs,
+                               draws=draws)
+        self._base: nn.Module | None = None
+        self._train: Tensor | None = None
+        self._distilled: dict[int, dict[str, nn.Module]] = {}
+
+    def with_data(self, base: nn.Module | None, train: Tensor | None) -> Ladder:
+        """A copy that uses ``base`` as a transfer surrogate and distills one from ``train``."""
+        out = copy.copy(self)
+        out._base, out._train, out._distilled = base, train, {}
+        return out
+
+    def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
+                eps: Tensor | None, generator: torch.Generator) -> Crafted:
+        if target is not None:
+            raise ThreatModelError("the ladder is untargeted")
+        if eps is None or not bool((eps == eps[0]).all()):
+            raise ThreatModelError("the ladder needs one eps for the whole batch")
+        radius = float(eps[0].item())
+        net = _unchecked(model)
+        # batches of a cell share the distilled surrogate: distilled once per model, lazily
+        cache = self._distilled.setdefault(id(net), {})
+        s = settle(net, x, y, radius, self.findings, base=self._base, train=self._train,
+                   options=self.options, seed=self.seed, cache=cache)
+        return Crafted(s.x_adv, info={"ladder": s.summary()})
+
+
+def _unchecked(model: Model) -> Any:
+    """The model behind the attack's first-call check wrapper."""
+    return model.model if isinstance(model, Checked) else model
