@@ -274,6 +274,17 @@ def _climb(name: str, state: Climb, net: nn.Module, base: nn.Module | None,
 # ----------------------------------------------------------------------------- as an attack
 
 
+#: the [sanity] keys that set the ladder's budget -> the :class:`~.ladder.Ladder` setting
+LADDER_KEYS = {"ladder_steps": "steps", "ladder_square_queries": "square_queries",
+               "ladder_label_queries": "label_queries",
+               "ladder_distill_epochs": "distill_epochs"}
+
+
+def ladder_settings(table: Mapping[str, Any]) -> dict[str, Any]:
+    """The ladder's settings from a run's [sanity] table (keys of :data:`LADDER_KEYS`)."""
+    return {v: table[k] for k, v in LADDER_KEYS.items() if k in table}
+
+
 NAME = "ladder"  # the attack name a sanity finding gives the ladder
 
 

@@ -38,6 +38,7 @@ from advlab import models as models_
 from advlab.detectors import DetectorAwarePGD
 from advlab.detectors import registry as detector_registry
 from advlab.evaluation import ladder, metrics, sanity
+from advlab.evaluation.adaptive import defense_attack
 from advlab.evaluation.config import AUTO_BATCH, PluginSpec
 from advlab.evaluation.plan import (
     Cell,
@@ -241,7 +242,7 @@ def detection_threshold(detector: Any, x: Tensor) -> float:
 def adaptive_attack(model: nn.Module, eps: float, norm: str, seed: int, lam: float,
                     x: Tensor) -> tuple[str, attacks.Attack, nn.Module | None]:
     """The adaptive attack on a defended model at ``eps``: the defense's own
-    (:func:`~advlab.evaluation.sanity.defense_attack`; with a detector,
+    (:func:`~advlab.evaluation.adaptive.defense_attack`; with a detector,
     :class:`~advlab.detectors.DetectorAwarePGD` against it too, weight ``lam``, at the
     threshold that flags :data:`DETECTION_FPR` of the clean images ``x``), else PGD on the
     C&W margin of the model's logits, 100 steps.
@@ -250,7 +251,7 @@ def adaptive_attack(model: nn.Module, eps: float, norm: str, seed: int, lam: flo
         (the attack's name, the attack, the surrogate to run it on or None for the model).
     """
     pgd = "pgd" if norm == "linf" else f"pgd-{norm}"
-    a = sanity.defense_attack(model, norm, (pgd, {"loss": "margin", "steps": 100}))
+    a = defense_attack(model, norm, (pgd, {"loss": "margin", "steps": 100}))
     if a.detector is not None:
         return "detector-aware-pgd", DetectorAwarePGD(
             a.detector, lam=lam, threshold=detection_threshold(a.detector, x), eps=eps, norm=norm,

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 import advlab
-from advlab.evaluation import ladder, sanity
+from advlab.evaluation import ladder
 from advlab.evaluation.config import PluginSpec, RunConfig, load_config, validate
 from advlab.evaluation.execute import Executor, Job, make_executor
 from advlab.evaluation.inputs import (
@@ -143,7 +143,7 @@ class Runner:
                                 cfg.gallery, float(cfg.adaptive["lam"]),
                                 int(cfg.sanity["max_examples"]),
                                 int(cfg.sanity["blackbox_queries"]), cfg.precision,
-                                sanity.ladder_settings(cfg.sanity))
+                                ladder.ladder_settings(cfg.sanity))
             self.ctx = Context(settings, self.models, built, self.x, self.y)
         if len(built) > len(self.ctx.defended) or (train and self.ctx.train is None):
             self.ctx.defended = built

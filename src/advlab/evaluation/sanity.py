@@ -47,6 +47,13 @@ from torch import Tensor, nn
 
 from advlab import attacks
 from advlab.errors import InputError
+from advlab.evaluation.adaptive import (  # noqa: F401  (defense_attack: part of sanity's API)
+    DefenseAttack,
+    adaptive_attack_of,
+    defense_attack,
+    logit_attack,
+    pgd_name,
+)
 from advlab.evaluation.binarization import AttackFn, binarization_test
 from advlab.evaluation.ladder import NAME as LADDER
 from advlab.evaluation.ladder import Attached, has_gradient
@@ -106,58 +113,6 @@ def _success(atk: attacks.Attack, model: nn.Module, x: Tensor, y: Tensor,
     return atk(model, x, y, eps=eps).success.float().mean().item()
 
 
-def _logit_attack(norm: str) -> tuple[str, dict[str, Any]]:
-    """An attack on the logits that saturation cannot stop: APGD-DLR (scale-invariant) when
-    registered, else PGD on the C&W margin."""
-    name = "apgd-dlr" if norm == "linf" else "apgd-dlr-l2"
-    if name in attacks.available():
-        return name, {"steps": 100}
-    return ("pgd" if norm == "linf" else f"pgd-{norm}"), {"loss": "margin", "steps": 100,
-                                                          "restarts": 5}
-
-
-@dataclass(frozen=True)
-class DefenseAttack:
-    """The attack to run on a defended model: a registry name and its settings, the
-    differentiable surrogate to run it on (None: the model itself), and the detector the
-    defense also rejects inputs with (None: none)."""
-
-    name: str
-    kwargs: dict[str, Any]
-    surrogate: nn.Module | None = None
-    detector: Any = None
-
-
-def defense_attack(model: nn.Module, norm: str, fallback: tuple[str, dict[str, Any]]
-                   ) -> DefenseAttack:
-    """The defense's own adaptive attack when it has a registered one (``model.adaptive()``:
-    BPDA / EOT on its surrogate ``.model``, with its ``.detector``), else ``fallback`` =
-    (name, settings) on the model itself.
-
-    References: Athalye, Carlini & Wagner, ICML 2018, arXiv:1802.00420 (BPDA, EOT);
-    Tramer et al., "On adaptive attacks to adversarial example defenses", arXiv:2002.08347.
-    """
-    adaptive = getattr(model, "adaptive", None)
-    if callable(adaptive):
-        a = adaptive()
-        name = a.attack if norm == "linf" or a.attack.endswith(norm) else f"{a.attack}-{norm}"
-        if name in attacks.available():
-            return DefenseAttack(name, dict(a.attack_kwargs), a.model,
-                                 getattr(a, "detector", None))
-    return DefenseAttack(fallback[0], dict(fallback[1]))
-
-
-def _adaptive(model: nn.Module, norm: str, fallback: tuple[str, dict[str, Any]]
-              ) -> tuple[str, dict[str, Any], bool]:
-    """(name, settings, whether on the surrogate) of :func:`defense_attack`."""
-    a = defense_attack(model, norm, fallback)
-    return a.name, a.kwargs, a.surrogate is not None
-
-
-def _pgd_name(norm: str) -> str:
-    return "pgd" if norm == "linf" else f"pgd-{norm}"
-
-
 def _tolerance(n: int, tol: float) -> float:
     """Rates must differ by more than ``tol`` and by more than 2 examples out of n."""
     return max(tol, 2.0 / n)
@@ -173,7 +128,7 @@ def _weaker_wins(check: str, model: nn.Module, norm: str, weak: tuple[str, str, 
     msg = (f"the {wk} {wn} fools {wr:.1%}, more than the {sk} {sn} ({sr:.1%}): {why}"
            if fired else f"the {sk} {sn} ({sr:.1%}) is at least as strong as the {wk} {wn} "
            f"({wr:.1%})")
-    name, kw, sur = _adaptive(model, norm, _logit_attack(norm))
+    name, kw, sur = adaptive_attack_of(model, norm, logit_attack(norm))
     return Finding(check, fired, msg, {f"success_{wn}": wr, f"success_{sn}": sr,
                                        "weak_success": wr, "strong_success": sr},
                    name if fired else None, kw if fired else {}, sur and fired)
@@ -193,7 +148,7 @@ def check_softmax(model: nn.Module, x: Tensor) -> Finding:
     sums = out.sum(1)
     to_one = bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-4))
     fired = in_unit and to_one
-    name, kw = _logit_attack("linf")
+    name, kw = logit_attack("linf")
     msg = ("the model outputs probabilities (rows in [0, 1] summing to 1), not logits: a "
            "cross-entropy on them saturates; remove the final softmax or use the DLR loss"
            if fired else "the model outputs logits")
@@ -212,7 +167,7 @@ def check_randomness(model: nn.Module, x: Tensor, *, repeats: int = 2,
     scale = outs[0].abs().max().item() + 1e-12
     changed = max((o.argmax(1) != outs[0].argmax(1)).float().mean().item() for o in outs[1:])
     fired = diff > atol * max(1.0, scale)
-    name, kw, sur = _adaptive(model, "linf", ("eot-pgd", {"samples": 20, "transform": [],
+    name, kw, sur = adaptive_attack_of(model, "linf", ("eot-pgd", {"samples": 20, "transform": [],
                                                           "steps": 100}))
     msg = (f"the same input gives different logits (max difference {diff:.3g}; "
            f"{changed:.1%} of predictions change): evaluate with EOT over the randomness"
@@ -244,7 +199,7 @@ def check_gradients(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf
     frac_zero = (tiny & right).float().sum().item() / max(1, int(right.sum()))
     fired = frac_bad > 0 or frac_zero > vanishing
     norms = flat.abs().sum(1)[torch.isfinite(flat).all(1)]
-    name, kw, sur = _adaptive(model, norm, _logit_attack(norm))
+    name, kw, sur = adaptive_attack_of(model, norm, logit_attack(norm))
     if frac_bad > 0:
         msg = f"{frac_bad:.1%} of the examples have NaN or Inf input gradients"
     elif fired:
@@ -274,8 +229,8 @@ def check_one_step_vs_iterative(model: nn.Module, x: Tensor, y: Tensor, *, eps: 
     if one is None:
         one = ("fgsm", _success(attacks.get("fgsm", eps=eps, norm=norm, seed=seed), model, x, y))
     if it is None:
-        atk = attacks.get(_pgd_name(norm), eps=eps, steps=steps, seed=seed)
-        it = (_pgd_name(norm), _success(atk, model, x, y))
+        atk = attacks.get(pgd_name(norm), eps=eps, steps=steps, seed=seed)
+        it = (pgd_name(norm), _success(atk, model, x, y))
     return _weaker_wins("one-step-vs-iterative", model, norm, ("one-step", *one),
                         ("iterative", *it), _tolerance(len(x), tol),
                         "the iterative attack is misled (gradient masking)")
@@ -326,8 +281,8 @@ def check_blackbox_vs_whitebox(model: nn.Module, x: Tensor, y: Tensor, *, eps: f
         atk = attacks.get(square, eps=eps, max_queries=queries, seed=seed)
         black = {square: _success(atk, model, x, y)}
     if not white:
-        atk = attacks.get(_pgd_name(norm), eps=eps, steps=steps, seed=seed)
-        white = {_pgd_name(norm): _success(atk, model, x, y)}
+        atk = attacks.get(pgd_name(norm), eps=eps, steps=steps, seed=seed)
+        white = {pgd_name(norm): _success(atk, model, x, y)}
     b = max(black.items(), key=lambda kv: kv[1])
     margin = _tolerance(len(x), tol)
     if b[1] > max(white.values()) + margin:
@@ -345,8 +300,8 @@ def _strong_whitebox(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: s
     suffix = "" if norm == "linf" else f"-{norm}"
     names = [n for n in (f"apgd-ce{suffix}", f"apgd-dlr{suffix}") if n in attacks.available()]
     if not names:
-        atk = attacks.get(_pgd_name(norm), eps=eps, steps=steps, loss="margin", seed=seed)
-        return _pgd_name(norm), _success(atk, model, x, y)
+        atk = attacks.get(pgd_name(norm), eps=eps, steps=steps, loss="margin", seed=seed)
+        return pgd_name(norm), _success(atk, model, x, y)
     fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     for n in names:
         fooled |= attacks.get(n, eps=eps, steps=steps, seed=seed)(model, x, y).success
@@ -373,7 +328,7 @@ def check_binarization(model: nn.Module, x: Tensor, y: Tensor, attack: AttackFn,
                "model, whatever robust accuracy it reports")
     else:
         msg = f"the attack passed {r.pass_rate:.1%} of {r.tested} binarization tests"
-    name, kw = _logit_attack("linf")
+    name, kw = logit_attack("linf")
     return Finding("binarization", fired, msg,
                    {"pass_rate": r.pass_rate, "tested": float(r.tested),
                     "skipped": float(r.skipped)},
@@ -394,28 +349,17 @@ def check_unbounded(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf
         target_rate: the success required at the largest eps.
     """
     grid = list(eps_grid or ({"linf": (0.5, 1.0), "l2": (5.0, 10.0)}.get(norm, (20.0, 100.0))))
-    atk = attacks.get(_pgd_name(norm), eps=grid[-1], steps=steps, random_start=False,
+    atk = attacks.get(pgd_name(norm), eps=grid[-1], steps=steps, random_start=False,
                       seed=seed)
     rates = {f"success_eps_{e:g}": _success(atk, model, x, y, eps=e) for e in grid}
     top = rates[f"success_eps_{grid[-1]:g}"]
     fired = top < target_rate
-    name, kw, sur = _adaptive(model, norm, _logit_attack(norm))
+    name, kw, sur = adaptive_attack_of(model, norm, logit_attack(norm))
     msg = (f"PGD fools only {top:.1%} at eps={grid[-1]:g}, where any image is reachable: the "
            "gradients mislead the attack (or the evaluation is broken)" if fired else
            f"PGD fools {top:.1%} at eps={grid[-1]:g}")
     return Finding("unbounded", fired, msg, rates, name if fired else None,
                    kw if fired else {}, sur and fired)
-
-
-#: the [sanity] keys that set the ladder's budget -> the :class:`~.ladder.Ladder` setting
-LADDER_KEYS = {"ladder_steps": "steps", "ladder_square_queries": "square_queries",
-               "ladder_label_queries": "label_queries",
-               "ladder_distill_epochs": "distill_epochs"}
-
-
-def ladder_settings(table: Mapping[str, Any]) -> dict[str, Any]:
-    """The ladder's settings from a run's [sanity] table (keys of :data:`LADDER_KEYS`)."""
-    return {v: table[k] for k, v in LADDER_KEYS.items() if k in table}
 
 
 def name_ladder(findings: Sequence[Finding], settings: Mapping[str, Any] | None = None
