@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, register
-from advlab.attacks.best import Smallest
 from advlab.attacks.fmn import cosine
+from advlab.attacks.minnorm import Best
 from advlab.errors import ThreatModelError
 from advlab.losses import objective
 from advlab.threat import broadcast_rows, clip_box, lp_norm
@@ -67,7 +67,7 @@ class DDN(Attack):
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:
-        best = Smallest(x)
+        best = Best.start(x)
         delta = torch.zeros_like(x)
         radius = torch.full_like(best.norm, self.init_eps)
         widest = lp_norm(torch.maximum(x, 1 - x), "l2")
@@ -75,7 +75,7 @@ class DDN(Attack):
             x_adv = (x + delta).requires_grad_(True)
             logits = model(x_adv)
             (grad,) = torch.autograd.grad(self.objective(logits, y, target).sum(), x_adv)
-            adversarial = best.update(x + delta, lp_norm(delta, "l2"), logits.detach(), y,
+            adversarial = best.record(x + delta, lp_norm(delta, "l2"), logits.detach(), y,
                                       target)
             alpha = cosine(self.alpha, 0.01, k, self.steps)
             moved = delta + alpha * self.unit(grad, generator)
@@ -84,8 +84,8 @@ class DDN(Attack):
             sphere = moved * broadcast_rows(radius / lp_norm(moved, "l2").clamp_min(1e-12), moved)
             delta = clip_box(x + sphere) - x
         with torch.no_grad():
-            best.update(x + delta, lp_norm(delta, "l2"), model(x + delta), y, target)
-        return Crafted(best.x_adv, info={"norm": best.norm})
+            best.record(x + delta, lp_norm(delta, "l2"), model(x + delta), y, target)
+        return Crafted(best.x, info={"norm": best.norm})
 
     @staticmethod
     def unit(grad: Tensor, generator: torch.Generator) -> Tensor:

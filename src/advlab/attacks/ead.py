@@ -34,8 +34,7 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, register
-from advlab.attacks.best import Smallest
-from advlab.attacks.minnorm import ConstantSearch, still_improving
+from advlab.attacks.minnorm import Best, ConstantSearch, still_improving
 from advlab.errors import ThreatModelError
 from advlab.losses import margin
 from advlab.threat import lp_norm
@@ -102,7 +101,7 @@ class EAD(Attack):
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:
-        best = Smallest(x)
+        best = Best.start(x)
         search = ConstantSearch.start(self.c0, len(x), x)  # x 10 until a success, then bisect
         best_c = torch.full_like(search.c, float("nan"))
         for _ in range(self.search_steps):
@@ -110,10 +109,10 @@ class EAD(Attack):
             found = self.fista(model, x, y, target, c, best)
             best_c = torch.where(best.norm < before, c, best_c)
             search.update(found)
-        return Crafted(best.x_adv, info={"c": best_c, "distance": best.norm})
+        return Crafted(best.x, info={"c": best_c, "distance": best.norm})
 
     def fista(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None, c: Tensor,
-              best: Smallest) -> Tensor:
+              best: Best) -> Tensor:
         """K FISTA iterations at constants c from x; records adversarial iterates in ``best``
         and returns which examples reached the goal at some iterate. With ``abort_early``
         an example whose objective stalls leaves the batch."""
@@ -134,7 +133,7 @@ class EAD(Attack):
             with torch.no_grad():  # the iterate x^{k+1} is the candidate, as in the paper
                 logits = model(x_next)
                 delta = x_next - xs
-                found[idx] |= best.update(x_next, self.distance(delta), logits, ys, ts, idx)
+                found[idx] |= best.record(x_next, self.distance(delta), logits, ys, ts, idx)
                 if self.abort_early and (k + 1) % check_every == 0:
                     loss = (c[idx] * margin_loss(logits, ys, ts) + lp_norm(delta, "l2").pow(2)
                             + self.beta * lp_norm(delta, "l1"))

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, register
-from advlab.attacks.best import Smallest
+from advlab.attacks.minnorm import Best
 from advlab.errors import ThreatModelError
 from advlab.losses import objective
 from advlab.threat import ball, broadcast_rows, clip_box, lp_norm
@@ -98,7 +98,7 @@ class FMN(Attack):
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:
-        best = Smallest(x)
+        best = Best.start(x)
         delta = torch.zeros_like(x)
         radius = torch.full_like(best.norm, 1.0 if self.norm == "l0" else math.inf)
         widest = self.widest(x)
@@ -108,7 +108,7 @@ class FMN(Attack):
             minus_l = self.objective(logits, y, target)
             (grad,) = torch.autograd.grad(minus_l.sum(), x_adv)
             size = lp_norm(delta, self.norm)
-            adversarial = best.update(x + delta, size, logits.detach(), y, target)
+            adversarial = best.record(x + delta, size, logits.detach(), y, target)
             gamma = cosine(self.gamma, 0.001, k, self.steps)
             radius = self.new_radius(radius, adversarial, best, size,
                                      -minus_l.detach(), grad, gamma).minimum(widest)
@@ -116,10 +116,10 @@ class FMN(Attack):
             step = grad / broadcast_rows(lp_norm(grad, "l2").clamp_min(1e-12), grad)
             delta = clip_box(x + self.project(delta + alpha * step, radius)) - x
         with torch.no_grad():
-            best.update(x + delta, lp_norm(delta, self.norm), model(x + delta), y, target)
-        return Crafted(best.x_adv, info={"norm": best.norm})
+            best.record(x + delta, lp_norm(delta, self.norm), model(x + delta), y, target)
+        return Crafted(best.x, info={"norm": best.norm})
 
-    def new_radius(self, radius: Tensor, adversarial: Tensor, best: Smallest, size: Tensor,
+    def new_radius(self, radius: Tensor, adversarial: Tensor, best: Best, size: Tensor,
                    margin: Tensor, grad: Tensor, gamma: float) -> Tensor:
         r""":math:`\epsilon_k` from :math:`\epsilon_{k-1}`: shrink while adversarial, grow
         once one was found, else jump to the linearised boundary (L0: by whole entries)."""

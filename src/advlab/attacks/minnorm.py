@@ -155,6 +155,19 @@ class Best:
             self.norm[better] = per[better]
         return better
 
+    def record(self, x_adv: Tensor, norm: Tensor, logits: Tensor, y: Tensor,
+               target: Tensor | None, idx: Tensor | None = None) -> Tensor:
+        """Offer one candidate per example of the rows ``idx`` (None: all), judged by the
+        model's ``logits`` there (what FMN, DDN and EAD do at each iterate).
+
+        Returns:
+            bool: the rows that reach the goal (whether or not they were closer).
+        """
+        ok = is_success(logits, y, target)
+        owner = torch.arange(len(self.norm), device=ok.device) if idx is None else idx
+        self.update(owner, x_adv, norm, ok)
+        return ok
+
 
 @dataclass
 class ScoreRun:
