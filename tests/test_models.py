@@ -23,9 +23,11 @@ from advlab.errors import (
 from advlab.evaluation.inputs import resolve_device
 from advlab.evaluation.measure import CellPlan
 from advlab.evaluation.measure import measure as evaluate
+from userkit import Payload
 
 NET = '''
 from torch import nn
+from userkit import Payload
 
 def build(num_classes=10, width=4):
     return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Flatten(),
@@ -89,16 +91,6 @@ def test_weights_of_another_shape_name_the_first_mismatch(net_file: Path,
     w = save_weights(zoo.build("digits-mlp"), tmp_path / "zoo.safetensors")
     with pytest.raises(ModelFileError, match=r"the model's '0.weight' is not in the file"):
         models.build(spec(factory=f"{net_file}:build", weights=str(w)))
-
-
-class Payload:
-    """Unpickling this would create ``marker``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (Path.touch, (self.marker,))
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")

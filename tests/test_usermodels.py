@@ -20,7 +20,7 @@ from PIL import Image
 from advlab import zoo
 from advlab.cli import cli
 from advlab.evaluation.store import Store
-from userkit import Project, config
+from userkit import Payload, Project, config
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -141,14 +141,6 @@ enabled = false
     acc = {(c["model"], c["label"], c["eps"]): c["robust_accuracy"] for c in res["cells"]}
     assert {k[1:]: v for k, v in acc.items() if k[0] == "mine"} == \
         {k[1:]: v for k, v in acc.items() if k[0] == "digits-mlp"}
-
-
-class Payload:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (Path.touch, (self.marker,))
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
