@@ -27,7 +27,6 @@ from userkit import Payload
 
 NET = '''
 from torch import nn
-from userkit import Payload
 
 def build(num_classes=10, width=4):
     return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Flatten(),
