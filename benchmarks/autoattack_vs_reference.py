@@ -162,6 +162,16 @@ def members_line(out: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.1f}" for k, v in out["members"].items())
 
 
+def show(best: dict, model, name: str, x, y, eps: float, what: str) -> None:
+    """The table of one race (robust accuracy re-checked, time, passes) and each contender's
+    time per member."""
+    rows = [(name, eps, k, robust_accuracy(model, x, o["x_adv"], y, eps),
+             o["seconds"], o["fwd"], o["bwd"]) for k, o in best.items()]
+    table(rows, ("model", "eps", what, "robust_acc", "seconds", "fwd rows", "bwd"))
+    for k, o in best.items():
+        print(f"#   {k} members (s): {members_line(o)}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ref", default=os.environ.get("ADVLAB_AUTOATTACK_REF"),
@@ -194,22 +204,14 @@ def main() -> None:
             best = race({"reference": lambda: run_reference(ref, counted, x, y, eps),
                          "advlab": lambda: run_advlab("autoattack", counted, x, y, eps)},
                         args.rounds)
-            rows = [(name, eps, k, robust_accuracy(model, x, o["x_adv"], y, eps),
-                     o["seconds"], o["fwd"], o["bwd"]) for k, o in best.items()]
-            table(rows, ("model", "eps", "impl", "robust_acc", "seconds", "fwd rows", "bwd"))
-            for k, o in best.items():
-                print(f"#   {k} members (s): {members_line(o)}")
+            show(best, model, name, x, y, eps, "impl")
             ratio = best["reference"]["seconds"] / best["advlab"]["seconds"]
             print(f"# time ratio reference / advlab: {ratio:.2f}", flush=True)
         if "stronger" in args.sections:
             best = race({"autoattack": lambda: run_advlab("autoattack", counted, x, y, eps),
                          "autoattack-mt": lambda: run_advlab("autoattack-mt", counted, x, y,
                                                              eps)}, args.rounds)
-            rows = [(name, eps, k, robust_accuracy(model, x, o["x_adv"], y, eps),
-                     o["seconds"], o["fwd"], o["bwd"]) for k, o in best.items()]
-            table(rows, ("model", "eps", "attack", "robust_acc", "seconds", "fwd rows", "bwd"))
-            for k, o in best.items():
-                print(f"#   {k} members (s): {members_line(o)}")
+            show(best, model, name, x, y, eps, "attack")
             cost = best["autoattack-mt"]["seconds"] / best["autoattack"]["seconds"]
             print(f"# cost autoattack-mt / autoattack: {cost:.2f}", flush=True)
 
