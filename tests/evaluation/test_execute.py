@@ -28,12 +28,14 @@ def setup() -> tuple[dict[str, torch.nn.Module], tuple, tuple]:
 
 def config(**over: Any) -> Any:
     """Naive, defended (adaptive), detector-scored and detector-aware cells, sanity checks
-    and the cells their findings name."""
+    and the cells their findings name, and a robustness curve."""
     d = {"name": "e", "batch_size": 8, "models": ["a", "b"], "data": {"name": "x", "n": 32},
          "defenses": ["none", BITDEPTH],
          "detectors": [{"name": "activation-knn", "params": {"layers": ["fc1"], "k": 3}}],
          "attacks": [{"name": "fgsm", "eps": [0.05, 0.2], "defenses": ["none"]},
                      {"name": "pgd", "eps": 0.2, "params": {"steps": 3}, "models": ["a"]}],
+         "curves": [{"grid": [0.2], "params": {"steps": 3}, "bounded_params": {"steps": 3},
+                     "models": ["a"], "defenses": ["none"]}],
          "adaptive": {"steps": 3}, "report": {"gallery": 3, "eps": 0.2},
          "sanity": {"max_examples": 8, "blackbox_queries": 20}}
     return config_from_dict({**d, **over})

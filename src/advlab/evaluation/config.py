@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from advlab import attacks
-from advlab.errors import ConfigError, UnknownNameError
-from advlab.evaluation import schema
+from advlab.errors import ConfigError, InputError, UnknownNameError
+from advlab.evaluation import curve, schema
 from advlab.models import ModelSpec, model_spec
 
 try:  # Python >= 3.11
@@ -65,6 +65,34 @@ class AttackSpec:
     def scored_by(self, detector: str) -> bool:
         """Whether detector ``detector`` scores this attack's undefended cells."""
         return self.detectors is None or detector in self.detectors
+
+
+@dataclass(frozen=True)
+class CurveSpec:
+    """A robustness curve (``[[curves]]``): one run of the minimum-norm attack ``minnorm``
+    (with ``params``), confirmed at each radius of ``grid`` by the bounded attack ``bounded``
+    (with ``bounded_params``; ``bounded = "none"`` in the file: no confirmation), see
+    :mod:`advlab.evaluation.curve`. ``norm``, when given, goes to both attacks. Its scope
+    (``n``, ``models``, ``defenses``) is an attack's (:class:`AttackSpec`).
+    """
+
+    grid: tuple[float, ...]
+    minnorm: str = "fab"
+    params: dict[str, Any] = field(default_factory=dict)
+    bounded: str | None = "apgd-ce"
+    bounded_params: dict[str, Any] = field(default_factory=dict)
+    norm: str | None = None
+    n: int | None = None
+    models: tuple[str, ...] | None = None
+    defenses: tuple[str, ...] | None = None
+
+    runs_on = AttackSpec.runs_on
+
+    def settings(self) -> dict[str, Any]:
+        """What builds its attack (:func:`advlab.evaluation.curve.from_names`)."""
+        return {"minnorm": self.minnorm, "params": self.params, "bounded": self.bounded,
+                "bounded_params": self.bounded_params, "grid": list(self.grid),
+                "norm": self.norm}
 
 
 @dataclass(frozen=True)
@@ -138,6 +166,7 @@ class RunConfig:
     data: DataSpec = field(default_factory=DataSpec)
     models: list[ModelSpec] = field(default_factory=list)
     attacks: list[AttackSpec] = field(default_factory=list)
+    curves: list[CurveSpec] = field(default_factory=list)
     defenses: list[PluginSpec] = field(default_factory=lambda: [PluginSpec("none")])
     detectors: list[PluginSpec] = field(default_factory=list)
     shifts: tuple[int, ...] = (1, 2)
@@ -158,6 +187,9 @@ class RunConfig:
                          "target": a.target, "n": a.n, "models": _list(a.models),
                          "defenses": _list(a.defenses), "detectors": _list(a.detectors)}
                         for a in self.attacks],
+            "curves": [{**c.settings(), "bounded": c.bounded or "none", "n": c.n,
+                        "models": _list(c.models), "defenses": _list(c.defenses)}
+                       for c in self.curves],
             "defenses": [vars(d) for d in self.defenses],
             "detectors": [vars(d) for d in self.detectors],
             "probes": {"shifts": list(self.shifts), "noise": list(self.noise)},
@@ -205,6 +237,28 @@ def _attack_spec(d: dict[str, Any], i: int, scope: dict[str, list[str]]) -> Atta
                         for k in ("models", "defenses", "detectors")))
 
 
+def _curve_spec(d: dict[str, Any], i: int, scope: dict[str, list[str]]) -> CurveSpec:
+    """A [[curves]] table (types checked by the schema); its attacks are built once here, so
+    that a wrong name, parameter or norm is an error before any work."""
+    spec = CurveSpec(
+        tuple(sorted(set(d["grid"]))), d.get("minnorm", "fab"), d.get("params", {}),
+        None if d.get("bounded") == "none" else d.get("bounded", "apgd-ce"),
+        d.get("bounded_params", {}), d.get("norm"), d.get("n"),
+        *(_names(d.get(k), scope[k], f"curves[{i}].{k}") for k in ("models", "defenses")))
+    tax = attacks.available().get(spec.bounded or "")
+    if tax is not None and not tax.bounded:
+        raise ConfigError(f"curves[{i}].bounded: {spec.bounded!r} is a minimum-norm attack; "
+                          "the grid is confirmed by a bounded one (apgd-ce, pgd, ...)")
+    if "eps" in spec.bounded_params:
+        raise ConfigError(f"curves[{i}]: the bounded attack runs at each radius of 'grid', "
+                          "give no eps in bounded_params")
+    try:
+        curve.from_names(**spec.settings())
+    except InputError as exc:
+        raise ConfigError(f"curves[{i}]: {exc}") from None
+    return spec
+
+
 def _data(d: dict[str, Any]) -> DataSpec:
     """The [data] table (types checked by the schema): resize as one size or [H, W],
     channels 1 or 3."""
@@ -245,9 +299,10 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
         UnknownNameError: an attack name that is not registered.
     """
     d = schema.CONFIG(d, "")
-    for k in ("models", "attacks"):
-        if not d.get(k):
-            raise ConfigError(f"the configuration lists no [[{k}]]")
+    if not d.get("models"):
+        raise ConfigError("the configuration lists no [[models]]")
+    if not d.get("attacks") and not d.get("curves"):
+        raise ConfigError("the configuration lists no [[attacks]] (nor [[curves]])")
     models = [model_spec(m, f"models[{i}]") for i, m in enumerate(d["models"])]
     plugins = {kind: [PluginSpec(p["name"], p.get("params", {}))
                       for p in d.get(kind, [{"name": "none"}] if kind == "defenses" else [])]
@@ -264,7 +319,8 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
         workers=d.get("workers", 0), shard_size=d.get("shard_size"),
         execution=_execution(d.get("execution", {})),
         data=_data(d.get("data", {})), models=models,
-        attacks=[_attack_spec(a, i, scope) for i, a in enumerate(d["attacks"])],
+        attacks=[_attack_spec(a, i, scope) for i, a in enumerate(d.get("attacks", []))],
+        curves=[_curve_spec(c, i, scope) for i, c in enumerate(d.get("curves", []))],
         defenses=plugins["defenses"], detectors=plugins["detectors"],
         shifts=tuple(probes.get("shifts", (1, 2))), noise=tuple(probes.get("noise", (0.05,))),
         gallery=report.get("gallery", 8),

@@ -42,6 +42,7 @@ from advlab.evaluation.adaptive import defense_attack
 from advlab.evaluation.config import AUTO_BATCH, PluginSpec
 from advlab.evaluation.plan import (
     Cell,
+    CurveCell,
     DefenseCell,
     DetectorCell,
     NaiveCell,
@@ -273,9 +274,8 @@ def attack_for(cell: Cell, model: nn.Module, x: Tensor, detectors: dict[str, Any
     Returns:
         (the attack's name, the attack, the surrogate to run it on or None for the model).
     """
-    if isinstance(cell, NaiveCell):
-        kw = cell.params if cell.eps is None else {**cell.params, "eps": cell.eps}
-        return cell.attack, attacks.get(cell.attack, **kw, seed=seed), None
+    if isinstance(cell, (NaiveCell, CurveCell)):  # the configured attack, or curve
+        return cell.attack, cell.build(seed), None
     assert cell.eps is not None
     if isinstance(cell, DefenseCell):
         return adaptive_attack(model, cell.eps, cell.norm, seed, lam, x)

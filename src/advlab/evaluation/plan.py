@@ -2,7 +2,7 @@
 
 A *cell* is one (model, defense, attack, params, seed, data subset); its key is the hash of
 its canonical JSON (``spec``), which also holds fingerprints of the model weights and of the
-data, the batch size (random starts depend on it) and the advlab version. Four kinds:
+data, the batch size (random starts depend on it) and the advlab version. Five kinds:
 
 - :class:`NaiveCell`: a configured attack at one eps of its grid, as the attack's scope
   (:class:`~advlab.evaluation.config.AttackSpec`) allows, scored by the detectors in scope;
@@ -10,7 +10,8 @@ data, the batch size (random starts depend on it) and the advlab version. Four k
   defense's own (BPDA / EOT on a differentiable surrogate), else PGD on the logit margin;
 - :class:`DetectorCell`: :class:`~advlab.detectors.DetectorAwarePGD` against a detector with
   a differentiable score (Carlini & Wagner 2017, arXiv:1705.07263);
-- :class:`SanityCell`: the adaptive attack a fired sanity finding names.
+- :class:`SanityCell`: the adaptive attack a fired sanity finding names;
+- :class:`CurveCell`: a robustness curve, one minimum-norm run confirmed on a grid.
 
 Each cell's eps is resolved here, once (a bounded attack without one takes its default).
 A cell over n images is cut into :class:`Shard` s of ``shard_size`` images (whole batches,
@@ -29,7 +30,9 @@ import advlab
 from advlab import attacks
 from advlab.detectors.registry import detector_class
 from advlab.errors import ConfigError
+from advlab.evaluation import curve
 from advlab.evaluation.config import AUTO_BATCH, AttackSpec, PluginSpec, RunConfig
+from advlab.evaluation.curve import CurveAttack
 from advlab.evaluation.results import DETECTION_FPR, attack_norm, reference_eps
 from advlab.evaluation.store import canonical_json, cell_key
 
@@ -59,6 +62,26 @@ class NaiveCell(Cell):
     attack: str
     params: dict[str, Any]
     detectors: tuple[PluginSpec, ...] = ()
+
+    def build(self, seed: int) -> attacks.Attack:
+        """The configured attack at the cell's eps."""
+        kw = self.params if self.eps is None else {**self.params, "eps": self.eps}
+        return attacks.get(self.attack, **kw, seed=seed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurveCell(Cell):
+    """A robustness curve (``[[curves]]``): one minimum-norm run confirmed on a grid, whose
+    rows' ``norm`` column holds each example's smallest adversarial radius."""
+
+    kind: ClassVar[str] = "curve"
+    attack: ClassVar[str] = "curve"
+    curve: dict[str, Any]  # the settings of :func:`advlab.evaluation.curve.from_names`
+    norm: str
+
+    def build(self, seed: int) -> CurveAttack:
+        """The curve's attack (:class:`~advlab.evaluation.curve.CurveAttack`)."""
+        return curve.from_names(**self.curve, seed=seed)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,6 +204,21 @@ class Planner:
                             detectors=dets))
         return out
 
+    def curves(self) -> list[CurveCell]:
+        """The configured curves' cells: model x defense x curve, in scope (norm resolved
+        from the minimum-norm attack when not given)."""
+        out = []
+        for m in self.cfg.models:
+            for d in self.cfg.defenses:
+                for c in (c for c in self.cfg.curves if c.runs_on(m.name, d.name)):
+                    settings = c.settings()
+                    norm = curve.from_names(**settings).norm
+                    out.append(self.cell(
+                        CurveCell, m.name, d, "curve", {"norm": norm, "target": None}, c.n,
+                        f"curve {c.minnorm} + {c.bounded or 'no grid'} ({norm})",
+                        {"curve": settings}, curve=settings, norm=norm))
+        return out
+
     def adaptive(self, naive: list[NaiveCell]) -> list[Cell]:
         """The adaptive counterparts of the bounded naive cells: the defense's adaptive
         attack for defended cells, the detector-aware PGD for each differentiable detector
@@ -233,15 +271,17 @@ class Planner:
 
 def plan_cells(cfg: RunConfig, model_fps: dict[str, str], data_fp: str,
                n_data: int | None = None) -> list[Cell]:
-    """Every cell of the matrix, in order: the naive cells, then their adaptive counterparts
-    (when ``[adaptive]`` is enabled); duplicates (equal keys) once.
+    """Every cell of the matrix, in order: the naive cells, the curves, then the naive
+    cells' adaptive counterparts (when ``[adaptive]`` is enabled); duplicates (equal keys)
+    once.
 
     Args:
         n_data: the number of evaluation images (an attack's ``n`` at or above it means all).
     """
     p = Planner(cfg, model_fps, data_fp, n_data)
     naive = p.naive()
-    return distinct([*naive, *(p.adaptive(naive) if cfg.adaptive["enabled"] else [])])
+    return distinct([*naive, *p.curves(),
+                     *(p.adaptive(naive) if cfg.adaptive["enabled"] else [])])
 
 
 def distinct(cells: list[Any]) -> list[Any]:

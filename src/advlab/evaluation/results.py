@@ -11,7 +11,8 @@ the rate of attacked inputs both misclassified and undetected there.
 
 Adaptive cells (see :mod:`advlab.evaluation.runner`) carry ``adaptive``: what they attack
 ("defense", "detector" or "sanity"), the attack that ran, whether on a surrogate, and the
-detector; ``label`` names every cell for the report. ``verdicts`` gives, per model, defense
+detector; ``label`` names every cell for the report. Curve cells carry ``curve``
+(:func:`advlab.evaluation.curve.summary`). ``verdicts`` gives, per model, defense
 and eps, the headline robust accuracy (the worst case over every attack) and whether the
 sanity findings there are settled (:mod:`advlab.evaluation.verdicts`).
 """
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from advlab import attacks
-from advlab.evaluation import metrics
+from advlab.evaluation import curve, metrics
 from advlab.evaluation.store import Store, atomic_write
 from advlab.evaluation.verdicts import verdicts
 
@@ -121,6 +122,9 @@ def cell_label(spec: dict[str, Any], info: dict[str, Any]) -> str:
     cell, what it attacks and how."""
     sub = spec["data"].get("subset")
     n = "" if sub is None else f" [n={sub}]"
+    if spec.get("curve"):
+        c = spec["curve"]
+        return f"curve {c['minnorm']} + {c['bounded'] or 'no grid'}{n}"
     ad = spec.get("adaptive")
     if not ad:
         return spec["attack"] + n
@@ -145,7 +149,11 @@ def summarize_cell(store: Store, key: str, spec: dict[str, Any]) -> dict[str, An
            "data": spec["data"], "subset": spec["data"].get("subset"),
            "adaptive": None if not ad else {
                **ad, "attack": info.get("adaptive_attack"), "surrogate": info.get("surrogate")}}
-    out.update(summarize_rows(store.examples(key), store.probes(key), store.scores(key)))
+    ex = store.examples(key)
+    out.update(summarize_rows(ex, store.probes(key), store.scores(key)))
+    if spec.get("curve"):  # robust accuracy vs eps, from each example's smallest radius
+        out["curve"] = {**curve.summary(ex, spec["params"]["norm"], spec["curve"]["grid"]),
+                        "minnorm": spec["curve"]["minnorm"], "bounded": spec["curve"]["bounded"]}
     out.update(wall_s=rec["wall_s"], device=rec["device"], finished=rec["finished"])
     if info.get("ladder"):  # the ladder's rungs and findings, per batch
         out["ladder"] = info["ladder"]

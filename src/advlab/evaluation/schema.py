@@ -227,6 +227,10 @@ CONFIG: Check = table({
         "eps": one_or_list(optional(number(0))), "params": params,
         "target": string(("random", "least_likely", "next")), "n": integer(1),
         "models": _SCOPE, "defenses": _SCOPE, "detectors": _SCOPE})),
+    "curves": list_of(table({
+        "grid": list_of(number(0), nonempty=True, of="radii"), "minnorm": string(),
+        "params": params, "bounded": string(), "bounded_params": params, "norm": string(),
+        "n": integer(1), "models": _SCOPE, "defenses": _SCOPE}, required=("grid",))),
     "probes": table({"shifts": list_of(integer(-1024, 1024)),
                      "noise": list_of(number(0, 1))}),
     "report": table({"gallery": integer(0, 1000), "eps": number(0)}),
