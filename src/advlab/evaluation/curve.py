@@ -130,7 +130,11 @@ class CurveAttack:
         """The curve's attack on (x, y), untargeted (see the class)."""
         if target is not None:
             raise InputError("a robustness curve is untargeted (no target selection)")
-        res = self.minnorm(model, x, y)
+        return self.confirm(model, x, y, self.minnorm(model, x, y))
+
+    def confirm(self, model: Model, x: Tensor, y: Tensor, res: AttackResult) -> AttackResult:
+        """The curve's result given the minimum-norm run's result ``res`` on (x, y): the
+        bounded attack at each grid radius on the examples still robust there."""
         with torch.no_grad():
             correct = model(x).argmax(1) == y
         first = smallest_eps(res.norms[self.norm].double(), res.success, correct)

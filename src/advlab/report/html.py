@@ -2,7 +2,7 @@
 
 Sections: verdicts (the headline robust accuracy per model, defense and eps, the worst case
 over every attack, red where a sanity finding is still open), summary table, robust accuracy
-vs eps, adversarial-example gallery, defenses
+vs eps, robustness curves from one minimum-norm run, adversarial-example gallery, defenses
 (naive vs adaptive attack), black-box success vs queries, detector ROC curves (naive vs
 adaptive attack), transferability heatmap, the four properties of adversarial examples,
 sanity-check findings (with the result of the adaptive attack each one names), environment.
@@ -181,6 +181,44 @@ def section_robustness(ctx: Context) -> str:
     png = plots.lines([(f"{m} ({n})", cs) for (m, n), cs in panels.items()],
                       "eps (pixel scale)", "robust accuracy")
     return img(png, "robust accuracy vs eps")
+
+
+def section_curves(ctx: Context) -> str:
+    """Robustness curves (``[[curves]]``): robust accuracy vs eps from one minimum-norm run
+    per model and defense, the grid radii its bounded attack confirmed marked, and the
+    configured bounded attacks on the same images drawn beside it."""
+    curves = [c for c in ctx.cells if c.get("curve")]
+    if not curves:
+        return note("No robustness curves: add a [[curves]] table (a minimum-norm attack and "
+                    "the grid a bounded attack confirms).")
+    panels, rows = [], []
+    for c in curves:
+        k = c["curve"]
+        lines = [plots.Curve(c["label"], k["eps"], k["dense"], "-"),
+                 plots.Curve(f"grid, confirmed by {k['bounded']}" if k["bounded"] else
+                             "grid (not confirmed)", k["grid"], k["accuracy"], "o")]
+        same = [b for b in naive(ctx.cells) if not b.get("curve") and b["eps"] is not None
+                and (b["model"], b["defense"], b["subset"]) == (c["model"], c["defense"],
+                                                                c["subset"])
+                and attack_norm(b) == k["norm"]]
+        for label, bs in _by(same, lambda b: b["label"]).items():
+            bs = sorted(bs, key=lambda b: b["eps"])
+            lines.append(plots.Curve(f"{label} (bounded)", [b["eps"] for b in bs],
+                                     [b["robust_accuracy"] for b in bs], "x:"))
+        panels.append((f"{c['model']} / {c['defense']} ({k['norm']})", lines))
+        rows.append([esc(c["model"]), esc(c["defense"]), esc(c["label"]), str(c["n"]),
+                     ", ".join(f"{e:g}: {pct(a)}" for e, a in zip(k["grid"], k["accuracy"],
+                                                                 strict=True)),
+                     pct(k["robust"]), f"{c['wall_s']:.1f} s"])
+    intro = ("<p>One minimum-norm run gives each image its smallest adversarial radius, so "
+             "the whole curve comes from one run; at the grid's radii (dots) a bounded attack "
+             "attacks the images the run left robust there. The curve is the per-image "
+             "minimum of both: never above either. Crosses: the configured bounded attacks "
+             "on the same images.</p>")
+    png = plots.lines(panels, "eps (pixel scale)", "robust accuracy")
+    return intro + img(png, "robustness curves") + table(
+        ["model", "defense", "curve", "n", "robust accuracy at the grid", "never fooled",
+         "time"], rows, "num")
 
 
 def _gallery_items(ctx: Context, c: Cell, k: int) -> list[plots.GalleryItem]:
@@ -545,6 +583,7 @@ SECTIONS: list[tuple[str, str, Callable[[Context], str]]] = [
     ("verdicts", "Verdicts", section_verdicts),
     ("summary", "Summary", section_summary),
     ("robustness", "Robust accuracy vs eps", section_robustness),
+    ("curves", "Robustness curves from one minimum-norm run", section_curves),
     ("gallery", "Adversarial examples", section_gallery),
     ("defenses", "Defenses: naive vs adaptive attacks", section_defenses),
     ("blackbox", "Black-box: success vs queries", section_blackbox),
