@@ -144,6 +144,25 @@ defenses = ["transformed"]
     assert len(verdicts) == 2 and "eps=0.3" in verdicts[1] and "[n=20]" in verdicts[1]
 
 
+def test_run_with_a_curve_prints_its_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "curve.toml"
+    cfg.write_text(TINY_TOML.replace("[sanity]", """[[curves]]
+grid = [0.1, 0.3]
+params = { steps = 3 }
+bounded_params = { steps = 3 }
+n = 20
+[sanity]"""))
+    code, out = invoke("run", str(cfg), "--root", str(tmp_path / "runs"), "--no-progress")
+    assert code == 0, out
+    res = json.loads((tmp_path / "runs" / "tiny" / "results.json").read_text())
+    (k,) = [c["curve"] for c in res["cells"] if c.get("curve")]
+    head, line = out.split("\nrobustness curves (")[1].splitlines()[:2]
+    assert "one minimum-norm run" in head
+    assert line == (f"  digits-mlp / none: curve fab + apgd-ce [n=20] (linf): "
+                    f"0.1: {100 * k['accuracy'][0]:.1f}%, 0.3: {100 * k['accuracy'][1]:.1f}%; "
+                    f"never fooled {100 * k['robust']:.1f}%")
+
+
 def test_scope_naming_an_unknown_defense_exits_2(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text(TINY_TOML + '[[attacks]]\nname = "pgd"\ndefenses = ["jpeg"]\n')

@@ -242,6 +242,10 @@ def run(config: str | None, root: str, device: str | None, precision: str | None
     html, results_json = report.write_report(Path(root) / cfg.name)
     results = json.loads(results_json.read_text())
     click.echo("\nrobust accuracy\n" + _robust_grid(results))
+    curves = _curves(results)
+    if curves:
+        click.echo("\nrobustness curves (robust accuracy at each grid eps: one minimum-norm "
+                   "run, confirmed there by a bounded attack)\n" + curves)
     detection = _detection(results)
     if detection:
         click.echo("\ndetectors (AUC / TPR at 5% FPR / fooled and undetected)\n" + detection)
@@ -252,6 +256,20 @@ def run(config: str | None, root: str, device: str | None, precision: str | None
         click.echo(f"\n{len(results['missing'])} cell(s) without results (see the report).")
     click.echo(f"\nreport:  {html}\nresults: {results_json}\n"
                f"time:    {time.perf_counter() - t0:.1f} s")
+
+
+def _curves(results: dict[str, Any]) -> str:
+    """One line per robustness curve: its robust accuracy at each grid eps, and the share of
+    images never fooled at any radius."""
+    lines = []
+    for c in results["cells"]:
+        if c.get("curve"):
+            k = c["curve"]
+            at = ", ".join(f"{e:g}: {_pct(a)}" for e, a in zip(k["grid"], k["accuracy"],
+                                                               strict=True))
+            lines.append(f"  {c['model']} / {c['defense']}: {c['label']} ({k['norm']}): "
+                         f"{at}; never fooled {_pct(k['robust'])}")
+    return "\n".join(lines)
 
 
 def _verdicts(verdicts: list[dict[str, Any]]) -> str:
