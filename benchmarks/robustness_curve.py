@@ -8,11 +8,10 @@ APGD-CE, against APGD-CE run alone on every image at each grid radius (the bound
 The images are the first ``n`` correctly classified ones of the embedded MNIST test split.
 Columns: ``minnorm`` (the FAB run alone), ``bounded_alone`` (APGD-CE from scratch on all
 the images at that eps), ``curve`` (:class:`advlab.evaluation.curve.CurveAttack`: the FAB run,
-then APGD-CE at each grid eps on the images the run left robust there; the per-example
-minimum of both). Times, in one process: the FAB run, the confirmation, the bounded grid.
-The curve is checked to be at most ``minnorm`` (by construction) and compared with
-``bounded_alone`` (APGD's random starts differ between the two runs' batches, so "never
-higher" is measured, not built in). The table and times go to ``--out`` as JSON.
+then APGD-CE at each grid eps on all the images; the per-example minimum of both). Times, in
+one process: the FAB run, the confirmation, the bounded grid alone. The curve is checked to
+be at most ``minnorm`` and at most ``bounded_alone`` at every grid eps.
+The table and times go to ``--out`` as JSON.
 
 Measured (``--n 200``, mnist-cnn, torch 2.13, one thread, 2-core machine shared with other
 sessions; see benchmarks/results/robustness_curve.json): see the closing note.

@@ -89,6 +89,9 @@ def test_default_config_builds() -> None:
     assert [(c.model, c.defense.name, c.n) for c in bb] == [("mnist-cnn", "none", 100),
                                                             ("mnist-cnn", "none", 50),
                                                             ("mnist-cnn", "none", 20)]
+    curves = [c for c in cells if c.kind == "curve"]  # one cheap robustness curve
+    assert [(c.model, c.defense.name, c.n, c.norm, c.build(0).grid.tolist()) for c in curves] \
+        == [("mnist-cnn", "none", 50, "linf", [0.05, 0.1, 0.2, 0.3])]
     again = plan_cells(load_config(), fps, "d", 300)
     assert [c.key for c in cells] == [c.key for c in again]
     other = plan_cells(cfg, {"mnist-mlp": "f1", "mnist-cnn": "CHANGED"}, "d", 300)

@@ -212,7 +212,7 @@ def section_curves(ctx: Context) -> str:
                      pct(k["robust"]), f"{c['wall_s']:.1f} s"])
     intro = ("<p>One minimum-norm run gives each image its smallest adversarial radius, so "
              "the whole curve comes from one run; at the grid's radii (dots) a bounded attack "
-             "attacks the images the run left robust there. The curve is the per-image "
+             "attacks every image. The curve is the per-image "
              "minimum of both: never above either. Crosses: the configured bounded attacks "
              "on the same images.</p>")
     png = plots.lines(panels, "eps (pixel scale)", "robust accuracy")
