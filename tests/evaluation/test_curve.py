@@ -78,3 +78,22 @@ def test_bad_grids_and_attacks() -> None:
         robustness_curve(model, x, y, [])
     with pytest.raises(InputError, match="unbounded"):
         robustness_curve(model, x, y, [0.1], minnorm="pgd")
+
+
+def test_never_above_the_bounded_attack_alone_nor_the_run() -> None:
+    # a seeded (untrained) MLP: the bounded attack at each grid eps confirms on every image,
+    # as it would run alone, so the curve is at most both at every grid point
+    import advlab
+
+    model = advlab.zoo.build("digits-mlp", seed=0).eval()
+    x = torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    grid = [0.02, 0.05, 0.1, 0.2]
+    curve = robustness_curve(model, x, y, grid, minnorm_kwargs={"steps": 3},
+                             bounded_kwargs={"steps": 5})
+    alone = np.array([float((~advlab.attacks.get("apgd-ce", eps=e, steps=5)(
+        model, x, y).success).double().mean()) for e in grid])
+    assert (curve.accuracy <= alone).all() and (curve.accuracy <= curve.minnorm_accuracy).all()
+    assert ((curve.accuracy > 0) & (curve.accuracy < 1)).any()  # not a trivial 0 or 1 grid
+    assert (curve.accuracy < curve.minnorm_accuracy).any() or (curve.accuracy < alone).any()
