@@ -45,7 +45,7 @@ batch_size = 40
 shard_size = 40
 [data]
 name = "digits"
-n = 360
+n = 320
 [[models]]
 name = "digits-mlp"
 [[attacks]]

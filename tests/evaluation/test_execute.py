@@ -183,3 +183,71 @@ def test_ray_says_what_did_not_pickle(local_ray, tmp_path: Path) -> None:  # noq
     with pytest.raises(ExecutionError, match=why + ".*importable on every node"):
         runner.run(cfg, root=tmp_path, models={"a": Unpicklable().eval()}, data=data,
                    executor=RayExecutor(ExecutionSpec("ray"), torch.device("cpu")))
+
+
+class Fetched:
+    """A shipped chunk that notes each fetch of it in ``log``."""
+
+    def __init__(self, index: int, pair: Any, log: list[int]) -> None:
+        self.index, self.pair, self.log = index, pair, log
+
+    def get(self) -> Any:
+        self.log.append(self.index)
+        return self.pair
+
+
+class Shipping(execute.Inline):
+    """In this process, but with the context shipped as an executor for other machines
+    ships it (every image chunk a handle), noting the chunks each task fetched."""
+
+    def __init__(self) -> None:
+        self.fetched: list[tuple[Any, set[int]]] = []
+
+    def map(self, shared: tuple[Any, ...], jobs: Any, on_batch: Any = None) -> Any:
+        log: list[int] = []
+        count = iter(range(1000))
+        ship = [o.shipped(lambda p: Fetched(next(count), p, log))
+                if isinstance(o, execute.Shippable) else o for o in shared]
+        for i, (task, item) in enumerate(jobs):
+            log.clear()
+            yield i, task(*ship, item, on_batch=None)
+            self.fetched.append((item, set(log)))
+
+
+def test_shipped_images_travel_per_shard(inline_run, tmp_path: Path) -> None:  # noqa: ANN001
+    models, data, train = setup()
+    ex = Shipping()
+    runner.run(config(shard_size=8), root=tmp_path, models=models, data=data,
+               train_data=train, executor=ex)
+    assert_same(inline_run, stored(tmp_path))
+    shards = [(item, got) for item, got in ex.fetched if hasattr(item, "cell")]
+    assert len(shards) > 8
+    for shard, got in shards:
+        calibrated = shard.cell.spec.get("adaptive", {}).get("against") == "detector"
+        whole = set(range(4)) if calibrated else set()  # a detector's threshold: all clean
+        assert got == {shard.start // 8} | whole, shard.cell.label
+    checks = [got for item, got in ex.fetched if type(item).__name__ == "SanityGroup"]
+    assert checks and all(got == {0} for got in checks)  # max_examples = 8: one chunk
+
+
+def test_ray_connects_after_the_models_are_checked(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    ray = pytest.importorskip("ray")
+    from advlab.errors import ModelOutputError
+    from advlab.evaluation.config import ExecutionSpec
+    from advlab.evaluation.ray_executor import RayExecutor
+
+    models, data, _ = setup()
+    cfg = config(models=["a"], detectors=[], defenses=["none"], sanity={"enabled": False},
+                 attacks=[{"name": "fgsm", "eps": 0.1}])
+    def too_early(*a: Any, **kw: Any) -> None:
+        raise AssertionError("Ray started before the models were checked")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", too_early)
+    ex = RayExecutor(ExecutionSpec("ray", address="127.0.0.1:9"), torch.device("cpu"))
+    wrong = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).eval()
+    with pytest.raises(ModelOutputError):
+        runner.run(cfg, root=tmp_path, models={"a": wrong}, data=data, executor=ex)
+    with pytest.raises(AssertionError, match="before the models"):  # it would connect now
+        assert ex.workers

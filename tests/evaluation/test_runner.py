@@ -815,7 +815,8 @@ def test_adaptive_attack_on_a_defense_with_a_detector(tiny_factory) -> None:  # 
     with torch.no_grad():
         y = model(x).argmax(1)
     det = MagNet(components=("l2",), epochs=2, seed=0).fit(model, x, y)
-    name, atk, surrogate = measure.adaptive_attack(det.reformer(), 0.3, "linf", 0, 1.0, x)
+    name, atk, surrogate = measure.adaptive_attack(det.reformer(), 0.3, "linf", 0, 1.0,
+                                                   lambda: x)
     assert name == "detector-aware-pgd" and isinstance(atk, DetectorAwarePGD)
     assert atk.tau == metrics.calibrate_threshold(det.score(x), results.DETECTION_FPR)
     res = atk(surrogate, x[:8], y[:8])

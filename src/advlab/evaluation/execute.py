@@ -28,7 +28,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -41,6 +41,15 @@ Task = Callable[..., Any]
 Job = tuple[Task, Any]
 #: progress of job i: (i, 0, 0) when it starts in this process, then (i, batch, batches)
 OnBatch = Callable[[int, int, int], None]
+
+
+@runtime_checkable
+class Shippable(Protocol):
+    """A shared object that an executor shipping it to other machines sends as
+    ``shipped(put)``: a copy whose large parts are handles ``put`` made (see
+    :meth:`advlab.evaluation.context.Context.shipped`)."""
+
+    def shipped(self, put: Callable[[Any], Any]) -> Any: ...
 
 
 class Executor(Protocol):

@@ -40,6 +40,7 @@ from advlab.detectors import registry as detector_registry
 from advlab.evaluation import ladder, metrics, sanity
 from advlab.evaluation.adaptive import defense_attack
 from advlab.evaluation.config import AUTO_BATCH, PluginSpec
+from advlab.evaluation.context import Context
 from advlab.evaluation.plan import (
     Cell,
     CurveCell,
@@ -241,11 +242,11 @@ def detection_threshold(detector: Any, x: Tensor) -> float:
 
 
 def adaptive_attack(model: nn.Module, eps: float, norm: str, seed: int, lam: float,
-                    x: Tensor) -> tuple[str, attacks.Attack, nn.Module | None]:
+                    clean: Callable[[], Tensor]) -> tuple[str, attacks.Attack, nn.Module | None]:
     """The adaptive attack on a defended model at ``eps``: the defense's own
     (:func:`~advlab.evaluation.adaptive.defense_attack`; with a detector,
     :class:`~advlab.detectors.DetectorAwarePGD` against it too, weight ``lam``, at the
-    threshold that flags :data:`DETECTION_FPR` of the clean images ``x``), else PGD on the
+    threshold that flags :data:`DETECTION_FPR` of the ``clean()`` images), else PGD on the
     C&W margin of the model's logits, 100 steps.
 
     Returns:
@@ -255,17 +256,18 @@ def adaptive_attack(model: nn.Module, eps: float, norm: str, seed: int, lam: flo
     a = defense_attack(model, norm, (pgd, {"loss": "margin", "steps": 100}))
     if a.detector is not None:
         return "detector-aware-pgd", DetectorAwarePGD(
-            a.detector, lam=lam, threshold=detection_threshold(a.detector, x), eps=eps, norm=norm,
-            steps=int(a.kwargs.get("steps", 100)), seed=seed), a.surrogate
+            a.detector, lam=lam, threshold=detection_threshold(a.detector, clean()), eps=eps,
+            norm=norm, steps=int(a.kwargs.get("steps", 100)), seed=seed), a.surrogate
     return a.name, attacks.get(a.name, **a.kwargs, eps=eps, seed=seed), a.surrogate
 
 
-def attack_for(cell: Cell, model: nn.Module, x: Tensor, detectors: dict[str, Any], seed: int,
-               lam: float, base: nn.Module | None = None, train: Tensor | None = None
-               ) -> tuple[str, attacks.Attack, nn.Module | None]:
-    """The attack of ``cell`` on the (defended) ``model``, given the cell's images ``x`` and
-    its fitted ``detectors`` (name -> detector). The adaptive-attack ladder transfers from
-    the undefended ``base`` model and distills a surrogate from the ``train`` images.
+def attack_for(cell: Cell, model: nn.Module, clean: Callable[[], Tensor],
+               detectors: dict[str, Any], seed: int, lam: float, base: nn.Module | None = None,
+               train: Tensor | None = None) -> tuple[str, attacks.Attack, nn.Module | None]:
+    """The attack of ``cell`` on the (defended) ``model``, given its fitted ``detectors``
+    (name -> detector) and ``clean()``, the cell's images (fetched only where needed). The
+    adaptive-attack ladder transfers from the undefended ``base`` model and distills a
+    surrogate from the ``train`` images.
 
     The detector-aware attack knows the detector and its threshold: the one that flags
     :data:`~advlab.evaluation.results.DETECTION_FPR` of the cell's clean images, where the
@@ -278,11 +280,11 @@ def attack_for(cell: Cell, model: nn.Module, x: Tensor, detectors: dict[str, Any
         return cell.attack, cell.build(seed), None
     assert cell.eps is not None
     if isinstance(cell, DefenseCell):
-        return adaptive_attack(model, cell.eps, cell.norm, seed, lam, x)
+        return adaptive_attack(model, cell.eps, cell.norm, seed, lam, clean)
     if isinstance(cell, DetectorCell):
         det = detectors[cell.detector.name]
         return "detector-aware-pgd", DetectorAwarePGD(
-            det, lam=cell.lam, threshold=detection_threshold(det, x), eps=cell.eps,
+            det, lam=cell.lam, threshold=detection_threshold(det, clean()), eps=cell.eps,
             norm=cell.norm, steps=cell.steps, seed=seed), None
     assert isinstance(cell, SanityCell)
     if cell.attack == ladder.NAME:
@@ -294,39 +296,6 @@ def attack_for(cell: Cell, model: nn.Module, x: Tensor, detectors: dict[str, Any
 
 
 # ----------------------------------------------------------------------------- tasks
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The run's settings a task needs (see :class:`~advlab.evaluation.config.RunConfig`)."""
-
-    seed: int
-    batch_size: int | str
-    shifts: tuple[int, ...]
-    noise: tuple[float, ...]
-    gallery: int
-    lam: float
-    sanity_n: int
-    sanity_queries: int
-    precision: str = "fp32"
-    ladder: dict[str, Any] = field(default_factory=dict)  # its budget, from [sanity]
-
-
-@dataclass
-class Context:
-    """What every task of a run shares, shipped to the workers once (inherited by a fork,
-    or put in Ray's object store): the settings, the models, each (model, defense key)'s
-    defended model, the evaluation images and, when detectors are fitted, the training
-    images. ``version`` grows when the driver adds to it (a new defended model)."""
-
-    settings: Settings
-    models: dict[str, nn.Module]
-    defended: dict[tuple[str, str], nn.Module]
-    x: Tensor
-    y: Tensor
-    train: tuple[Tensor, Tensor] | None = None
-    version: int = 0
-    clean: dict[int, dict] = field(default_factory=dict, repr=False)  # per-process memo
 
 
 Detectors = dict[tuple[str, str], Any]  # (model, detector key) -> fitted, without model_
@@ -345,19 +314,19 @@ def measure_shard(ctx: Context, detectors: Detectors, shard: Shard,
     :func:`measure` the shard's images."""
     cell, s = shard.cell, ctx.settings
     model = ctx.defended[(cell.model, plugin_key(cell.defense))]
-    n = cell.n or len(ctx.x)
-    x, y = ctx.x[:n], ctx.y[:n]
+    n = min(cell.n or len(ctx.images), len(ctx.images))
+    x, y = ctx.images.rows(shard.start, shard.stop)
     dets = {d.name: _attached(detectors[(cell.model, plugin_key(d))], ctx.models[cell.model])
             for d in detectors_of(cell)}
-    name, atk, surrogate = attack_for(cell, model, x, dets, s.seed, s.lam,
+    name, atk, surrogate = attack_for(cell, model, lambda: ctx.images.rows(0, n)[0], dets,
+                                      s.seed, s.lam,
                                       ctx.models[cell.model],
                                       None if ctx.train is None else ctx.train[0])
     transfer = {k: m for k, m in ctx.models.items()
                 if k != cell.model or cell.defense.name != "none"}
     plan = CellPlan(atk, cell.target, surrogate, transfer, s.shifts, s.noise, dets, s.gallery,
                     s.batch_size, s.seed, ctx.clean.setdefault(id(model), {}), s.precision)
-    rec = measure(plan, model, x[shard.start:shard.stop], y[shard.start:shard.stop],
-                  start=shard.start, on_batch=on_batch)
+    rec = measure(plan, model, x, y, start=shard.start, on_batch=on_batch)
     rec.key, rec.spec = cell.key, cell.spec
     if not isinstance(cell, NaiveCell):
         rec.info.update(adaptive_attack=name, surrogate=surrogate is not None)
@@ -383,7 +352,7 @@ def sanity_checks(ctx: Context, detectors: Detectors, group: SanityGroup,
     s = ctx.settings
     net = ctx.defended[(group.model, plugin_key(group.defense))]
     return [_finding(f) for f in sanity.run_all(
-        net, ctx.x, ctx.y, eps=group.eps, norm="linf", results=group.rates,
+        net, *ctx.images.rows(0, s.sanity_n), eps=group.eps, norm="linf", results=group.rates,
         max_examples=s.sanity_n, blackbox_queries=s.sanity_queries, seed=s.seed,
         ladder=s.ladder)]
 

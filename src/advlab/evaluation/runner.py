@@ -33,6 +33,7 @@ from torch import Tensor, nn
 import advlab
 from advlab.evaluation import ladder
 from advlab.evaluation.config import PluginSpec, RunConfig, load_config, validate
+from advlab.evaluation.context import Context, Images, Settings
 from advlab.evaluation.execute import Executor, Job, make_executor
 from advlab.evaluation.inputs import (
     Inputs,
@@ -42,7 +43,7 @@ from advlab.evaluation.inputs import (
     class_names,
     resolve_device,
 )
-from advlab.evaluation.measure import Context, Settings, fit_detector, measure_shard, sanity_checks
+from advlab.evaluation.measure import fit_detector, measure_shard, sanity_checks
 from advlab.evaluation.plan import (
     Cell,
     Planner,
@@ -138,13 +139,8 @@ class Runner:
             self.inputs.defended(name, self.models[name], d)
         built = self.inputs.built()
         if self.ctx is None:
-            cfg = self.cfg
-            settings = Settings(cfg.seed, cfg.batch_size, tuple(cfg.shifts), tuple(cfg.noise),
-                                cfg.gallery, float(cfg.adaptive["lam"]),
-                                int(cfg.sanity["max_examples"]),
-                                int(cfg.sanity["blackbox_queries"]), cfg.precision,
-                                ladder.ladder_settings(cfg.sanity))
-            self.ctx = Context(settings, self.models, built, self.x, self.y)
+            self.ctx = Context(Settings.of(self.cfg), self.models, built,
+                               Images.of(self.x, self.y, self.cfg.shard_size))
         if len(built) > len(self.ctx.defended) or (train and self.ctx.train is None):
             self.ctx.defended = built
             self.ctx.train = self.inputs.train() if train else self.ctx.train
