@@ -32,8 +32,9 @@ interleaved rounds; benchmarks/results/robustness_curve.json)::
 FAB alone overstates the accuracy at every grid eps up to 0.2; the curve equals APGD-CE's grid
 there and is lower at 0.15 (FAB's radii). The one run costs 2.4 six-point grids here: what it
 buys is the curve between the grid points and each image's radius, not time. Confirming only
-the images FAB left robust (an earlier version) saved 11% of the grid's time but changed
-APGD's random starts, and that curve was above APGD-CE alone at 0.15 (0.250 vs 0.230).
+the images FAB left robust (an earlier version) saved little (48.8 s vs 54.6 s, one loaded
+round) but changed APGD's random starts, and that curve was above APGD-CE alone at 0.15
+(0.250 vs 0.230).
 """
 from __future__ import annotations
 
