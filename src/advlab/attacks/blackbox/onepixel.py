@@ -36,6 +36,13 @@ def bounds(pixels: int, shape: torch.Size | tuple[int, ...]) -> Tensor:
     return torch.tensor([float(h), float(w)] + [1.0] * c).repeat(pixels)
 
 
+def donors(k: int, p: int, g: torch.Generator, device: torch.device) -> Tensor:
+    """r_1, r_2, r_3 for each member: K x P x 3 distinct indices, none equal to the member's."""
+    score = torch.rand(k, p, p, generator=g, device=device)
+    score.diagonal(dim1=1, dim2=2).fill_(2.0)  # never choose i itself
+    return score.topk(3, dim=2, largest=False).indices
+
+
 def mutate(pop: Tensor, f: float, cr: float, hi: Tensor, g: torch.Generator) -> Tensor:
     """DE/rand/1 with binomial crossover, clipped into [0, hi].
 
@@ -49,9 +56,7 @@ def mutate(pop: Tensor, f: float, cr: float, hi: Tensor, g: torch.Generator) -> 
         K x P x D trials.
     """
     k, p, d = pop.shape
-    score = torch.rand(k, p, p, generator=g, device=pop.device)
-    score.diagonal(dim1=1, dim2=2).fill_(2.0)  # never choose i itself
-    r = score.topk(3, dim=2, largest=False).indices                       # K x P x 3
+    r = donors(k, p, g, pop.device)
     pick = lambda j: pop.gather(1, r[..., j, None].expand(k, p, d))  # noqa: E731
     mutant = pick(0) + f * (pick(1) - pick(2))
     cross = torch.rand(k, p, d, generator=g, device=pop.device) < cr
