@@ -69,7 +69,7 @@ def mutate(pop: Tensor, f: float, cr: float, hi: Tensor, g: torch.Generator) -> 
 def apply(x: Tensor, cand: Tensor) -> Tensor:
     """The images x (M x C x H x W) with the pixels of the candidates (M x D) set."""
     m, c, h, w = x.shape
-    z = cand.view(m, -1, 2 + c)
+    z = cand.view(m, cand.shape[1] // (2 + c), 2 + c)
     rows = z[..., 0].floor().long().clamp(0, h - 1)
     cols = z[..., 1].floor().long().clamp(0, w - 1)
     out = x.clone()
