@@ -32,13 +32,15 @@ Sections:
   transform each library returns.
 - onepixel: advlab OnePixel vs torchattacks OnePixel and ART PixelAttack (th=1, es=1: the
   same differential evolution through scipy), 1 pixel, a population of 399, 10 generations,
-  F = 0.5, no crossover; and 3 pixels (advlab, torchattacks).
+  F = 0.5, no crossover; and 3 pixels (advlab, torchattacks). advlab runs the paper's
+  DE/rand/1 and DE/best/1 (scipy's default, which both peers use, with F dithered).
 - pixle: advlab Pixle vs torchattacks Pixle, both with the "random" mapping, patches of 2 to
   10 pixels a side, 20 restarts x 10 candidates.
 - stadv: advlab stAdv (200 Adam steps, tau 0.05 and 0.01; random targets at tau 0.05). No
   installed library has it; the row "paper" gives Xiao et al.'s MNIST success rates.
-- signopt: advlab Sign-OPT and HopSkipJump (same batch starts) vs ART SignOPTAttack (its
-  100 random starting directions) and ART GeoDA (L2, sub_dim 10), 2,000 label queries each.
+- signopt: advlab Sign-OPT, GeoDA and HopSkipJump (same batch starts) vs ART SignOPTAttack
+  (its 100 random starting directions) and ART GeoDA (L2, sub_dim 10), 2,000 label queries
+  each (--label-budget; results file families-signopt-<model>-<budget>.json).
 
 The sections onepixel, pixle, stadv and signopt write their tables to
 benchmarks/results/families-<section>-<model>.json (with the settings, n, torch version and
@@ -242,8 +244,9 @@ def spatial_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
 def onepixel_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
     out = []
     for pixels in (1, 3):
-        runs: dict[str, Run] = {"advlab": advlab_run(advlab.attacks.get(
-            "onepixel", pixels=pixels, popsize=399, steps=10), model)}
+        runs: dict[str, Run] = {f"advlab {s}": advlab_run(advlab.attacks.get(
+            "onepixel", pixels=pixels, popsize=399, steps=10, strategy=s), model)
+            for s in ("rand1", "best1")}
         if have("torchattacks"):
             import torchattacks as ta
 
@@ -299,6 +302,7 @@ def stadv_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
 def signopt_rows(model: Meter, x: Tensor, y: Tensor, budget: int = 2000) -> list[dict]:
     runs: dict[str, Run] = {
         "advlab Sign-OPT": advlab_run(advlab.attacks.get("signopt", max_queries=budget), model),
+        "advlab GeoDA": advlab_run(advlab.attacks.get("geoda", max_queries=budget), model),
         "advlab HopSkipJump": advlab_run(advlab.attacks.get(
             "hopskipjump", max_queries=budget, init="auto"), model),
     }
@@ -327,7 +331,8 @@ def save(section: str, model: str, rows: list[dict], settings: dict) -> None:
     """The section's table as JSON in benchmarks/results (columns of COLUMNS only)."""
     keep = [{c: r[c] for c in COLUMNS[section] if c in r} for r in rows]
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"families-{section}-{model}.json"
+    tail = f"-{settings['budget']}" if "budget" in settings else ""
+    path = RESULTS / f"families-{section}-{model}{tail}.json"
     path.write_text(json.dumps({
         "section": section, "model": model, "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                  time.gmtime()),
@@ -345,6 +350,7 @@ def main() -> None:
     ap.add_argument("--n-sparse", type=int, default=50)
     ap.add_argument("--n-onepixel", type=int, default=50)
     ap.add_argument("--n-signopt", type=int, default=30)
+    ap.add_argument("--label-budget", type=int, default=2000)
     ap.add_argument("--peers", nargs="*", default=PEERS, help="peer libraries to run")
     args = ap.parse_args()
     PEERS[:] = args.peers
@@ -369,11 +375,15 @@ def main() -> None:
             elif sec == "spatial":
                 rows = spatial_rows(model, x[:args.n], y[:args.n])
             else:
-                make = {"onepixel": onepixel_rows, "pixle": pixle_rows, "stadv": stadv_rows,
-                        "signopt": signopt_rows}[sec]
-                rows = make(model, x[:n], y[:n])
-                save(sec, name, rows, {"n": n, "images": "first correctly classified of "
-                                       "the mnist5k test split"})
+                settings = {"n": n, "images": "first correctly classified of mnist5k test"}
+                if sec == "signopt":
+                    rows = signopt_rows(model, x[:n], y[:n], args.label_budget)
+                    settings["budget"] = args.label_budget
+                else:
+                    make = {"onepixel": onepixel_rows, "pixle": pixle_rows,
+                            "stadv": stadv_rows}[sec]
+                    rows = make(model, x[:n], y[:n])
+                save(sec, name, rows, settings)
             print(f"\n## {sec} on {name}\n")
             print(table(rows, COLUMNS[sec]), flush=True)
 

@@ -59,6 +59,8 @@ def test_bad_settings() -> None:
         OnePixel(popsize=3)
     with pytest.raises(advlab.errors.ThreatModelError):
         OnePixel(crossover=1.5)
+    with pytest.raises(advlab.errors.ThreatModelError):
+        OnePixel(strategy="best2")
 
 
 def test_mlp_falls_to_three_pixels(mlp, mnist_test) -> None:
@@ -70,3 +72,14 @@ def test_mlp_falls_to_three_pixels(mlp, mnist_test) -> None:
     res = OnePixel(pixels=3)(mlp, x[ok], y[ok])
     assert res.success.sum() >= 2
     assert (res.norms["l0"] <= 3).all()
+
+
+def test_best1_mutation_starts_from_the_fittest() -> None:
+    hi = bounds(1, (1, 6, 6))
+    pop = torch.rand(2, 5, 3, generator=torch.Generator().manual_seed(6)) * hi
+    best = pop[:, 0]
+    trial = mutate(pop, 0.5, 1.0, hi, torch.Generator().manual_seed(7), best)
+    r = donors(2, 5, torch.Generator().manual_seed(7), torch.device("cpu"))
+    k = torch.arange(2).view(2, 1)
+    want = best[:, None] + 0.5 * (pop[k, r[..., 1]] - pop[k, r[..., 2]])
+    torch.testing.assert_close(trial, torch.minimum(want.clamp_min(0), hi))

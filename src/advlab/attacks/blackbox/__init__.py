@@ -3,6 +3,7 @@ import advlab.attacks.blackbox.autozoom  # noqa: F401
 import advlab.attacks.blackbox.bandits  # noqa: F401
 import advlab.attacks.blackbox.boundary  # noqa: F401
 import advlab.attacks.blackbox.genetic  # noqa: F401
+import advlab.attacks.blackbox.geoda  # noqa: F401
 import advlab.attacks.blackbox.hopskipjump  # noqa: F401
 import advlab.attacks.blackbox.nes  # noqa: F401
 import advlab.attacks.blackbox.onepixel  # noqa: F401

@@ -11,11 +11,13 @@ member :math:`z_i` gets a trial
            t_{ij} = \begin{cases} m_{ij} & U_{ij} < CR \text{ or } j = j_{rand} \\
            z_{ij} & \text{otherwise} \end{cases}
 
-clipped into the bounds, which replaces :math:`z_i` when its fitness is no worse. Fitness is
-the probability of the true class (untargeted, minimised) or :math:`1 - p_t` (targeted). The
-paper uses F = 0.5, no crossover (CR = 1), P = 400 and 100 generations. An example stops as
-soon as a queried candidate reaches the goal (it is returned) or its budget is spent (the
-fittest candidate is returned); queries: P at the start, P per generation.
+(``strategy="best1"``: :math:`z_{r_1}` replaced by the fittest member, DE/best/1, scipy's
+default that torchattacks and ART use, with F dithered in [0.5, 1)), clipped into the
+bounds, which replaces :math:`z_i` when its fitness is no worse. Fitness is the
+probability of the true class (untargeted, minimised) or :math:`1 - p_t` (targeted). The
+paper uses F = 0.5, no crossover (CR = 1), P = 400 and 100 generations. An example stops
+as soon as a queried candidate reaches the goal (it is returned) or its budget is spent
+(the fittest candidate is returned); queries: P at the start, P per generation.
 
 References: Su, Vargas & Sakurai, "One pixel attack for fooling deep neural networks",
 IEEE Transactions on Evolutionary Computation 23(5), 2019, arXiv:1710.08864.
@@ -43,14 +45,17 @@ def donors(k: int, p: int, g: torch.Generator, device: torch.device) -> Tensor:
     return score.topk(3, dim=2, largest=False).indices
 
 
-def mutate(pop: Tensor, f: float, cr: float, hi: Tensor, g: torch.Generator) -> Tensor:
-    """DE/rand/1 with binomial crossover, clipped into [0, hi].
+def mutate(pop: Tensor, f: float, cr: float, hi: Tensor, g: torch.Generator,
+           best: Tensor | None = None) -> Tensor:
+    """DE/rand/1 (or DE/best/1 when ``best`` is given) with binomial crossover, clipped
+    into [0, hi].
 
     Args:
         pop: K x P x D populations (P >= 4).
         f: the differential weight F.
         cr: the crossover rate CR.
         hi: (D,) upper bounds.
+        best: K x D, each population's fittest member: the base of DE/best/1.
 
     Returns:
         K x P x D trials.
@@ -58,7 +63,8 @@ def mutate(pop: Tensor, f: float, cr: float, hi: Tensor, g: torch.Generator) -> 
     k, p, d = pop.shape
     r = donors(k, p, g, pop.device)
     pick = lambda j: pop.gather(1, r[..., j, None].expand(k, p, d))  # noqa: E731
-    mutant = pick(0) + f * (pick(1) - pick(2))
+    base = pick(0) if best is None else best[:, None].expand(k, p, d)
+    mutant = base + f * (pick(1) - pick(2))
     cross = torch.rand(k, p, d, generator=g, device=pop.device) < cr
     forced = torch.randint(d, (k, p, 1), generator=g, device=pop.device)
     cross |= torch.arange(d, device=pop.device) == forced
@@ -88,6 +94,7 @@ class OnePixel(BlackBoxAttack):
         steps: generations (the paper: 100).
         f: the differential weight F (the paper: 0.5).
         crossover: CR, the binomial crossover rate (the paper: 1, no crossover).
+        strategy: "rand1" (the paper's DE/rand/1) or "best1" (DE/best/1).
         max_queries: per-example budget, or None (P (steps + 1) at most).
         seed: seeds the population, mutation and crossover.
 
@@ -97,15 +104,18 @@ class OnePixel(BlackBoxAttack):
     """
 
     def __init__(self, *, pixels: int = 1, popsize: int = 100, steps: int = 30,
-                 f: float = 0.5, crossover: float = 1.0, max_queries: int | None = None,
-                 seed: int = 0) -> None:
+                 f: float = 0.5, crossover: float = 1.0, strategy: str = "rand1",
+                 max_queries: int | None = None, seed: int = 0) -> None:
         if pixels < 1 or popsize < 4 or steps < 0:
             raise ThreatModelError("pixels >= 1, popsize >= 4 and steps >= 0 required")
         if not (0 < f <= 2 and 0 <= crossover <= 1):
             raise ThreatModelError("f in (0, 2] and crossover in [0, 1] required")
+        if strategy not in ("rand1", "best1"):
+            raise ThreatModelError(f"unknown strategy {strategy!r}; use rand1 or best1")
         self.norm, self.eps, self.seed = None, None, seed
         self.pixels, self.popsize, self.steps = pixels, popsize, steps
         self.f, self.crossover, self.max_queries = f, crossover, max_queries
+        self.strategy = strategy
 
     def attack(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
                eps: Tensor | None, generator: torch.Generator) -> Tensor:
@@ -122,7 +132,10 @@ class OnePixel(BlackBoxAttack):
             live = (~done & (oracle.remaining()[idx] >= p)).nonzero().squeeze(1)
             if len(live) == 0:
                 break
-            trial = mutate(pop[live], self.f, self.crossover, hi, generator)
+            best = None
+            if self.strategy == "best1":
+                best = pop[live, fit[live].argmin(1)]
+            trial = mutate(pop[live], self.f, self.crossover, hi, generator, best)
             t_fit, t_done = self._evaluate(oracle, x, y, target, idx[live], trial, x_adv)
             keep = t_fit <= fit[live]
             pop[live] = torch.where(keep[..., None], trial, pop[live])
