@@ -72,7 +72,7 @@ def test_constant_flow_costs_only_eps() -> None:
 
 def test_output_is_a_convex_combination_of_pixels(tiny) -> None:
     x = torch.rand(4, 1, 8, 8, generator=G)
-    res = StAdv(steps=20)(tiny, x, torch.arange(4))
+    res = StAdv(steps=20)(tiny, x, torch.arange(4))  # 3 values of tau
     assert (res.x_adv >= x.amin((1, 2, 3), keepdim=True) - 1e-6).all()
     assert (res.x_adv <= x.amax((1, 2, 3), keepdim=True) + 1e-6).all()
     fooled = res.info["flow_loss"].isfinite()
@@ -82,17 +82,19 @@ def test_output_is_a_convex_combination_of_pixels(tiny) -> None:
 
 def test_bad_input(tiny) -> None:
     with pytest.raises(advlab.errors.ThreatModelError):
-        StAdv(tau=-1)
+        StAdv(tau=0)
+    with pytest.raises(advlab.errors.ThreatModelError):
+        StAdv(search_steps=0)
     with pytest.raises(advlab.errors.InputError):
         StAdv()(tiny, torch.rand(2, 1, 1, 8), torch.arange(2))
 
 
 def test_cnn_falls_to_smooth_flows(cnn, mnist_test) -> None:
-    """Xiao et al. fool their MNIST CNNs on 99.95-100% of images; 200 Adam steps at the
-    paper's tau = 0.05 reach about 92% of the correctly classified images here
-    (benchmarks/families.py, stadv section); a do-nothing attack gets 0%."""
+    """Xiao et al. fool their MNIST CNNs on 99.95-100% of images; the search over tau does
+    on the correctly classified ones here, where the paper's fixed tau = 0.05 reaches about
+    90% (benchmarks/families.py, stadv section); a do-nothing attack gets 0%."""
     x, y = mnist_test[0][:20], mnist_test[1][:20]
     ok = cnn(x).argmax(1) == y
     res = StAdv()(cnn, x[ok], y[ok])
-    assert res.success_rate >= 0.8
+    assert res.success_rate >= 0.95
     assert res.info["flow_loss"][res.success].median() < 200

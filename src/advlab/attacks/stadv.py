@@ -19,8 +19,12 @@ minimises
 over the 4-neighbourhood inside the image (each neighbouring pair counted from both sides),
 with the C&W margin :math:`\mathcal L_{adv} = \max(Z_y - \max_{i \ne y} Z_i, -\kappa)`
 (targeted: :math:`\max(\max_{i \ne t} Z_i - Z_t, -\kappa)`). The paper minimises it with
-L-BFGS from f = 0; here Adam steps (per-example state, :class:`advlab.optim.RowAdam`) from
-f = 0, and each example keeps its adversarial iterate with the smallest flow loss.
+L-BFGS from f = 0 at one tau; here Adam steps (per-example state,
+:class:`advlab.optim.RowAdam`) from f = 0, and each example keeps its adversarial iterate with
+the smallest flow loss. With ``search_steps`` > 1, tau is searched per example as L-BFGS's
+constant is (:class:`advlab.attacks.minnorm.ConstantSearch`): x 10 after a success (a
+smoother flow may still succeed), / 10 after a failure, then geometric bisection, each round
+from f = 0; the paper's fixed tau is ``search_steps=1``.
 
 References: Xiao, Zhu, Li, He, Liu & Song, "Spatially transformed adversarial examples",
 ICLR 2018, arXiv:1801.02612.
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, register
-from advlab.attacks.minnorm import Best
+from advlab.attacks.minnorm import Best, ConstantSearch
 from advlab.errors import InputError, ThreatModelError
 from advlab.losses import margin
 from advlab.optim import RowAdam
@@ -71,8 +75,9 @@ class StAdv(Attack):
     r"""stAdv flow-field attack (untargeted or targeted), minimum flow loss.
 
     Args:
-        tau: weight of the flow loss (the paper: 0.05).
-        steps: Adam iterations.
+        tau: weight of the flow loss, the first of the search (the paper: 0.05).
+        steps: Adam iterations per value of tau.
+        search_steps: values of tau tried per example (1: the paper's fixed tau).
         lr: Adam step size, in pixels.
         kappa: confidence of the margin loss (0: stop pushing once adversarial).
         seed: unused (deterministic); kept for the common interface.
@@ -83,31 +88,43 @@ class StAdv(Attack):
     References: Xiao et al., ICLR 2018, arXiv:1801.02612.
     """
 
-    def __init__(self, *, tau: float = 0.05, steps: int = 200, lr: float = 0.05,
-                 kappa: float = 0.0, seed: int = 0) -> None:
-        if tau < 0 or steps < 1 or lr <= 0 or kappa < 0:
-            raise ThreatModelError("tau >= 0, steps >= 1, lr > 0 and kappa >= 0 required")
+    def __init__(self, *, tau: float = 0.05, steps: int = 100, search_steps: int = 3,
+                 lr: float = 0.05, kappa: float = 0.0, seed: int = 0) -> None:
+        if tau <= 0 or steps < 1 or search_steps < 1 or lr <= 0 or kappa < 0:
+            raise ThreatModelError("tau > 0, steps >= 1, search_steps >= 1, lr > 0 and "
+                                   "kappa >= 0 required")
         self.norm, self.eps, self.seed = None, None, seed
-        self.tau, self.steps, self.lr, self.kappa = tau, steps, lr, kappa
+        self.tau, self.steps, self.search_steps = tau, steps, search_steps
+        self.lr, self.kappa = lr, kappa
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:
+        best = Best.start(x)
+        search = ConstantSearch.start(self.tau, len(x), x, up_on_success=True, geometric=True)
+        for _ in range(self.search_steps):
+            found = self._optimise(model, x, y, target, search.c, best)
+            search.update(found)
+        return Crafted(best.x, info={"flow_loss": best.norm})
+
+    def _optimise(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
+                  tau: Tensor, best: Best) -> Tensor:
+        """``steps`` Adam steps from f = 0 at the per-example ``tau``; offers every iterate
+        to ``best`` and returns which examples reached the goal."""
         n, _, h, w = x.shape
         flow = torch.zeros(n, 2, h, w, dtype=x.dtype, device=x.device)
         adam = RowAdam.like(flow, self.lr)
-        best = Best.start(x)
         rows = torch.arange(n, device=x.device)
-        for _ in range(self.steps):
-            f = flow.requires_grad_(True)
+        found = torch.zeros(n, dtype=torch.bool, device=x.device)
+        for i in range(self.steps + 1):
+            f = flow.requires_grad_(i < self.steps)
             x_adv = warp(x, f)
             logits = model(x_adv)
             smooth = flow_loss(f)
-            best.record(x_adv.detach(), smooth.detach(), logits.detach(), y, target)
+            found |= best.record(x_adv.detach(), smooth.detach(), logits.detach(), y, target)
+            if i == self.steps:
+                return found
             adv = clip(margin(logits, y) if target is None else -margin(logits, target),
                        -self.kappa)
-            (grad,) = torch.autograd.grad((adv + self.tau * smooth).sum(), f)
+            (grad,) = torch.autograd.grad((adv + tau * smooth).sum(), f)
             flow = adam.step(flow.detach(), grad, rows)
-        with torch.no_grad():
-            x_adv = warp(x, flow)
-            best.record(x_adv, flow_loss(flow), model(x_adv), y, target)
-        return Crafted(best.x, info={"flow_loss": best.norm})
+        return found
