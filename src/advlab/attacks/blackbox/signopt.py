@@ -98,8 +98,9 @@ def local_search(decide: Decision, x: Tensor, theta: Tensor, lam: Tensor, tol: T
     shrink[rows[adv]] = True
     step = lam * 1.01
     while True:
-        rows = all_rows[(grow | shrink) & budget()]
-        grow[~budget()] = shrink[~budget()] = False
+        live = budget()  # an example out of queries stops: hi stays inf if never verified
+        grow, shrink = grow & live, shrink & live
+        rows = all_rows[grow | shrink]
         if len(rows) == 0:
             break
         cand = torch.where(grow[rows], step[rows], lo[rows])
@@ -124,8 +125,8 @@ def local_search(decide: Decision, x: Tensor, theta: Tensor, lam: Tensor, tol: T
 def confirm(decide: Decision, x: Tensor, x_adv: Tensor, idx: Tensor) -> Tensor:
     """Re-query the points of ``idx`` in one batch (the searches leave each example one
     query for it): a point found adversarial in a smaller batch but not here (a margin within
-    float rounding of 0) gets its perturbation lengthened by 0.1%, 0.2%, 0.4%, ... while the
-    budget lasts, each new point queried."""
+    float rounding of 0) gets its perturbation lengthened by 0.1%, 0.2%, 0.4%, ... and is
+    queried again while the budget lasts."""
     rows = idx[decide.can_query(idx)]
     for j in range(10):
         if len(rows) == 0:
