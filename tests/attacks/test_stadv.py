@@ -89,6 +89,7 @@ def test_bad_input(tiny) -> None:
         StAdv()(tiny, torch.rand(2, 1, 1, 8), torch.arange(2))
 
 
+@pytest.mark.slow
 def test_cnn_falls_to_smooth_flows(cnn, mnist_test) -> None:
     """Xiao et al. fool their MNIST CNNs on 99.95-100% of images; the search over tau does
     on the correctly classified ones here, where the paper's fixed tau = 0.05 reaches about

@@ -63,6 +63,7 @@ def test_bad_settings() -> None:
         OnePixel(strategy="best2")
 
 
+@pytest.mark.slow
 def test_mlp_falls_to_three_pixels(mlp, mnist_test) -> None:
     """MNIST needs more than one pixel: 3 pixels, 100 x 30 generations fool a few of the
     first 50 correctly classified images (8% measured; benchmarks/families.py has the
