@@ -23,9 +23,10 @@ start), each iteration t
    adversarial (clipped to [0, 1]), and binary-searches back towards x for the next
    :math:`x_B`; the closest boundary point so far is kept.
 
-The probes are spread over the iterations as in the paper's allocation
-:math:`N_t \propto \lambda^{-2t/3}` (``lam`` < 1: more probes later, where the estimate
-matters more), after a reserve of queries for the searches.
+The probes are spread over the iterations as :math:`N_t \propto \lambda^{-2t/3}` (``lam`` < 1:
+more probes later, where the estimate matters more), after a reserve of queries for the
+searches; ART implements the paper's allocation so and also picks T so that :math:`N_0` is 50
+to 80, where here T is ``iterations``.
 
 References: Rahmati, Moosavi-Dezfooli, Frossard & Dai, "GeoDA: a geometric framework for
 black-box adversarial attacks", CVPR 2020, arXiv:2003.06468.
@@ -75,7 +76,7 @@ class GeoDA(BlackBoxAttack):
         iterations: T, normal estimates (the paper chooses T from the budget).
         sub_dim: side of the low-frequency DCT block the probes live in (ART: 10).
         sigma: probe radius (ART: 0.0002; relative to the pixel range [0, 1]).
-        lam: lambda of the allocation (0.6 in the paper and in ART).
+        lam: lambda of the allocation (0.6, ART's default).
         init: starting points, "auto", "batch" or "noise" (see HopSkipJump).
         init_tries: noise images drawn per example at most.
         seed: seeds the probes and the noise.

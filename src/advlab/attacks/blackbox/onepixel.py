@@ -3,7 +3,8 @@ r"""One-pixel attack: differential evolution over d pixels, from the output scor
 A candidate is d tuples :math:`(u, v, c_1, \dots, c_C)`: the pixel at row
 :math:`\lfloor u \rfloor`, column :math:`\lfloor v \rfloor` is set to the values c
 (:math:`u \in [0, H)`, :math:`v \in [0, W)`, :math:`c \in [0, 1]`). Each example keeps a
-population of P candidates, first drawn uniformly in these bounds; every generation, each
+population of P candidates, first drawn uniformly in these bounds (the paper draws the
+values from a Gaussian around mid-grey); every generation, each
 member :math:`z_i` gets a trial
 
 .. math::  m_i = z_{r_1} + F\,(z_{r_2} - z_{r_3}) \quad (\text{DE/rand/1, } r_1, r_2, r_3

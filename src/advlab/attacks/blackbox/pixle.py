@@ -73,10 +73,10 @@ class Pixle(BlackBoxAttack):
     r"""Pixle with the "random" pixel mapping, batched over examples.
 
     Args:
-        patch_width: (lo, hi) patch width in pixels (the paper's code: (2, 10)).
+        patch_width: (lo, hi) patch width in pixels (torchattacks' default: (2, 10)).
         patch_height: (lo, hi) patch height in pixels.
-        restarts: rounds; the base moves to the best candidate after each (20).
-        iterations: candidates per round (10).
+        restarts: rounds; the base moves to the best candidate after each (torchattacks: 20).
+        iterations: candidates per round (torchattacks: 10).
         max_queries: per-example budget, or None (restarts x iterations + 1 at most).
         seed: seeds the patches and the mapping.
 

@@ -143,11 +143,11 @@ class SignOPT(BlackBoxAttack):
     r"""Sign-OPT (L2, minimum-norm, label-only; untargeted or targeted), batched.
 
     Args:
-        max_queries: per-example budget (the paper reports results at 4,000 to 20,000).
+        max_queries: per-example budget.
         steps: iterations at most; the budget usually ends the run first.
-        q: Q, sign probes per gradient estimate (the paper: 200).
-        alpha: initial step size (0.2).
-        beta: initial probe radius (0.001).
+        q: Q, sign probes per gradient estimate (the authors' code: 200).
+        alpha: initial step size (the authors' code: 0.2).
+        beta: initial probe radius (the authors' code: 0.001).
         init: starting points, "auto", "batch" or "noise" (see HopSkipJump).
         init_tries: noise images drawn per example at most.
         seed: seeds the probes and the noise.
