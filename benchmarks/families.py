@@ -299,7 +299,7 @@ def stadv_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
         r.update(goal=goal, tau="0.05" if search == 1 else f"search x {search}",
                  med_flow=med(flows[-1]), med_l2=med(r["l2"]))
         out.append(r)
-    out.append({"lib": "paper", "goal": "Xiao et al. 2018, Table 1: MNIST models A/B/C",
+    out.append({"lib": "paper", "goal": "Xiao et al. 2018, MNIST models A/B/C",
                 "success": "99.95% / 99.98% / 100%"})
     return out
 
