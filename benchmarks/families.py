@@ -1,8 +1,11 @@
 """The attack families added for issue 16 against the peers that have them, side by side.
 
-    python benchmarks/families.py [--sections fmn ddn ead spsa sparsefool spatial]
-        [--models mnist-cnn] [--n 100] [--n-ead 50] [--n-spsa 20] [--n-sparse 50]
-        [--peers foolbox torchattacks]
+    python benchmarks/families.py [--sections fmn ddn ead spsa sparsefool spatial onepixel
+        pixle stadv signopt] [--models mnist-cnn] [--n 100] [--n-ead 50] [--n-spsa 20]
+        [--n-sparse 50] [--n-onepixel 50] [--n-signopt 30] [--peers foolbox torchattacks art]
+
+    python benchmarks/families.py --sections onepixel signopt --models mnist-mlp
+    python benchmarks/families.py --sections pixle stadv --models mnist-cnn
 
 For each zoo model, on the first correctly classified images of the mnist5k test split, in
 one process (torch.set_num_threads(1)), each library on the same images with equal settings:
@@ -27,6 +30,24 @@ Sections:
   SpatialAttack (first adversarial in its grid order), rotations up to 30 degrees (5 or 31
   on the grid), shifts up to 3 pixels (5 per axis); the L2 size of the change shows which
   transform each library returns.
+- onepixel: advlab OnePixel vs torchattacks OnePixel and ART PixelAttack (th=1, es=1: the
+  same differential evolution through scipy), 1 pixel, a population of 399, 10 generations,
+  F = 0.5, no crossover; and 3 pixels (advlab, torchattacks). advlab runs the paper's
+  DE/rand/1 and DE/best/1 (scipy's default, which both peers use, with F dithered).
+- pixle: advlab Pixle vs torchattacks Pixle, both with the "random" mapping, patches of 2 to
+  10 pixels a side, 20 restarts x 10 candidates.
+- stadv: advlab stAdv at the paper's fixed tau 0.05 (200 Adam steps) and with the default
+  per-example search over tau (3 x 100 steps), untargeted and towards random targets. No
+  installed library has it; the row "paper" gives Xiao et al.'s MNIST success rates.
+- signopt: advlab Sign-OPT, GeoDA and HopSkipJump (same batch starts) vs ART SignOPTAttack
+  (its 100 random starting directions) and ART GeoDA (L2, sub_dim 10; with its default
+  binary-search tolerance 0.1, which leaves its boundary points too far from the boundary
+  for its probes to see it, and with 1e-4), 2,000 label queries each (--label-budget;
+  results file families-signopt-<model>-<budget>.json).
+
+The sections onepixel, pixle, stadv and signopt write their tables to
+benchmarks/results/families-<section>-<model>.json (with the settings, n, torch version and
+the machine's load average); the figures below are from the earlier sections' runs.
 
 Measured (2026-12-03, mnist-cnn, one process, a shared 2-core machine under load 10-18, so
 times are ratios at best; success re-checked, medians over successes, "common": the images
@@ -51,6 +72,11 @@ every library fooled):
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
 
 import torch
 from common import have as installed
@@ -60,6 +86,7 @@ from whitebox_minnorm import (
     Meter,
     Run,
     advlab_run,
+    art_run,
     correct_subset,
     foolbox_run,
     measure,
@@ -69,7 +96,8 @@ from whitebox_minnorm import (
 
 import advlab
 
-PEERS = ["foolbox", "torchattacks"]
+PEERS = ["foolbox", "torchattacks", "art"]
+RESULTS = Path(__file__).parent / "results"
 COLUMNS = {
     "fmn": ["lib", "norm", "success", "med", "med_common", "n_common", "time_s", "fwd/img",
             "bwd/img"],
@@ -82,6 +110,12 @@ COLUMNS = {
                    "fwd/img", "bwd/img"],
     "spatial": ["lib", "grid", "success", "med_l2", "med_l2_common", "n_common", "time_s",
                 "fwd/img"],
+    "onepixel": ["lib", "pixels", "success", "med_l0", "n_common", "time_s", "fwd/img"],
+    "pixle": ["lib", "success", "med_l0", "med_l0_common", "med_l2", "n_common", "time_s",
+              "fwd/img"],
+    "stadv": ["lib", "goal", "tau", "success", "med_flow", "med_l2", "time_s", "fwd/img",
+              "bwd/img"],
+    "signopt": ["lib", "success", "med_l2", "med_l2_common", "n_common", "time_s", "fwd/img"],
 }
 
 
@@ -210,6 +244,109 @@ def spatial_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
     return out
 
 
+def onepixel_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+    out = []
+    for pixels in (1, 3):
+        runs: dict[str, Run] = {f"advlab {s}": advlab_run(advlab.attacks.get(
+            "onepixel", pixels=pixels, popsize=399, steps=10, strategy=s), model)
+            for s in ("rand1", "best1")}
+        if have("torchattacks"):
+            import torchattacks as ta
+
+            runs["torchattacks"] = torchattacks_run(ta.OnePixel(model, pixels=pixels,
+                                                                steps=10, popsize=400))
+        if have("art") and pixels == 1:
+            from art.attacks.evasion import PixelAttack
+
+            runs["art"] = art_run(lambda c: PixelAttack(c, th=1, es=1, max_iter=10,
+                                                        verbose=False), model, x)
+        rows = summarise([measure(k, f, model, x, y) for k, f in runs.items()], "l0")
+        for r in rows:
+            r["pixels"] = pixels
+        out += rows
+    return out
+
+
+def pixle_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+    runs: dict[str, Run] = {"advlab": advlab_run(advlab.attacks.get("pixle"), model)}
+    if have("torchattacks"):
+        import torchattacks as ta
+
+        runs["torchattacks"] = torchattacks_run(ta.Pixle(model, x_dimensions=(2, 10),
+                                                         y_dimensions=(2, 10), restarts=20,
+                                                         max_iterations=10))
+    rows = summarise([measure(k, f, model, x, y) for k, f in runs.items()], "l0")
+    for r in rows:
+        r["med_l2"] = r["l2"][r["ok"]].median().item() if r["ok"].any() else None
+    return rows
+
+
+def stadv_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+    shift = torch.randint(1, 10, y.shape, generator=torch.Generator().manual_seed(0))
+    out = []
+    for goal, search, target in (("untargeted", 1, None), ("targeted", 1, (y + shift) % 10),
+                                 ("untargeted", 3, None), ("targeted", 3, (y + shift) % 10)):
+        steps = 200 if search == 1 else 100
+        atk, flows = advlab.attacks.StAdv(steps=steps, search_steps=search), []
+
+        def run(xx: Tensor, yy: Tensor, t: Tensor | None) -> Tensor:
+            res = atk(model, xx, yy, target=t)
+            flows.append(res.info["flow_loss"])
+            return res.x_adv
+        r = measure("advlab", run, model, x, y, target)
+        ok = r["ok"]
+        med = (lambda v: v[ok].median().item() if ok.any() else None)  # noqa: E731
+        r.update(goal=goal, tau="0.05" if search == 1 else f"search x {search}",
+                 med_flow=med(flows[-1]), med_l2=med(r["l2"]))
+        out.append(r)
+    out.append({"lib": "paper", "goal": "Xiao et al. 2018, MNIST models A/B/C",
+                "success": "99.95% / 99.98% / 100%"})
+    return out
+
+
+def signopt_rows(model: Meter, x: Tensor, y: Tensor, budget: int = 2000) -> list[dict]:
+    runs: dict[str, Run] = {
+        "advlab Sign-OPT": advlab_run(advlab.attacks.get("signopt", max_queries=budget), model),
+        "advlab GeoDA": advlab_run(advlab.attacks.get("geoda", max_queries=budget), model),
+        "advlab HopSkipJump": advlab_run(advlab.attacks.get(
+            "hopskipjump", max_queries=budget, init="auto"), model),
+    }
+    if have("art"):
+        import numpy as np
+        from art.attacks.evasion import GeoDA, SignOPTAttack
+
+        if not hasattr(np, "mat"):  # ART 1.20.1's GeoDA calls np.mat, gone in NumPy 2
+            np.mat = np.asmatrix
+        runs["art Sign-OPT"] = art_run(lambda c: SignOPTAttack(
+            c, targeted=False, query_limit=budget, k=200, num_trial=100, verbose=False),
+            model, x)
+        for tol in (0.1, 1e-4):  # its default binary-search tolerance, and a fine one
+            runs[f"art GeoDA tol {tol:g}"] = art_run(lambda c, t=tol: GeoDA(
+                c, norm=2, sub_dim=10, max_iter=budget, bin_search_tol=t, verbose=False),
+                model, x)
+    with tempfile.TemporaryDirectory() as tmp:  # ART's GeoDA saves its DCT basis in the cwd
+        here = os.getcwd()
+        os.chdir(tmp)
+        try:
+            rows = [measure(k, f, model, x, y) for k, f in runs.items()]
+        finally:
+            os.chdir(here)
+    return summarise(rows, "l2")
+
+
+def save(section: str, model: str, rows: list[dict], settings: dict) -> None:
+    """The section's table as JSON in benchmarks/results (columns of COLUMNS only)."""
+    keep = [{c: r[c] for c in COLUMNS[section] if c in r} for r in rows]
+    RESULTS.mkdir(exist_ok=True)
+    tail = f"-{settings['budget']}" if "budget" in settings else ""
+    path = RESULTS / f"families-{section}-{model}{tail}.json"
+    path.write_text(json.dumps({
+        "section": section, "model": model, "date": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                 time.gmtime()),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "loadavg": os.getloadavg(), **settings, "rows": keep}, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sections", nargs="+", default=list(COLUMNS))
@@ -218,14 +355,20 @@ def main() -> None:
     ap.add_argument("--n-ead", type=int, default=50)
     ap.add_argument("--n-spsa", type=int, default=20)
     ap.add_argument("--n-sparse", type=int, default=50)
+    ap.add_argument("--n-onepixel", type=int, default=50)
+    ap.add_argument("--n-signopt", type=int, default=30)
+    ap.add_argument("--label-budget", type=int, default=2000)
     ap.add_argument("--peers", nargs="*", default=PEERS, help="peer libraries to run")
     args = ap.parse_args()
     PEERS[:] = args.peers
     torch.set_num_threads(1)
     for name in args.models:
         model = Meter(advlab.zoo.load(name)).eval()
-        x, y = correct_subset(model.model, max(args.n, args.n_ead, args.n_spsa, args.n_sparse))
+        x, y = correct_subset(model.model, max(args.n, args.n_ead, args.n_spsa, args.n_sparse,
+                                               args.n_onepixel, args.n_signopt))
+        sizes = {"onepixel": args.n_onepixel, "signopt": args.n_signopt}
         for sec in args.sections:
+            n = sizes.get(sec, args.n)
             if sec == "fmn":
                 rows = fmn_rows(model, x[:args.n], y[:args.n])
             elif sec == "ddn":
@@ -236,8 +379,18 @@ def main() -> None:
                 rows = sparsefool_rows(model, x[:args.n_sparse], y[:args.n_sparse])
             elif sec == "spsa":
                 rows = spsa_rows(model, x[:args.n_spsa], y[:args.n_spsa])
-            else:
+            elif sec == "spatial":
                 rows = spatial_rows(model, x[:args.n], y[:args.n])
+            else:
+                settings = {"n": n, "images": "first correctly classified of mnist5k test"}
+                if sec == "signopt":
+                    rows = signopt_rows(model, x[:n], y[:n], args.label_budget)
+                    settings["budget"] = args.label_budget
+                else:
+                    make = {"onepixel": onepixel_rows, "pixle": pixle_rows,
+                            "stadv": stadv_rows}[sec]
+                    rows = make(model, x[:n], y[:n])
+                save(sec, name, rows, settings)
             print(f"\n## {sec} on {name}\n")
             print(table(rows, COLUMNS[sec]), flush=True)
 

@@ -24,5 +24,6 @@ from advlab.attacks.jsma import JSMA  # noqa: F401
 from advlab.attacks.lbfgs import LBFGS  # noqa: F401
 from advlab.attacks.patch import AdversarialPatch  # noqa: F401
 from advlab.attacks.sparsefool import SparseFool  # noqa: F401
+from advlab.attacks.stadv import StAdv  # noqa: F401
 from advlab.attacks.transfer import Ensemble, TransferAttack  # noqa: F401
 from advlab.attacks.universal import UniversalPerturbation  # noqa: F401

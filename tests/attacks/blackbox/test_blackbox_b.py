@@ -1,5 +1,6 @@
-"""HopSkipJump, Boundary, substitute, GenAttack, AutoZOOM: honest query accounting, no
-gradients, and strength (budgets never exceeded, counts equal the model's real calls)."""
+"""HopSkipJump, Boundary, substitute, GenAttack, AutoZOOM, Sign-OPT, GeoDA, OnePixel, Pixle:
+honest query accounting, no gradients, and strength (budgets never exceeded, counts equal
+the model's real calls)."""
 from __future__ import annotations
 
 import pytest
@@ -42,6 +43,10 @@ CASES = {
     "genattack": {"max_queries": 100, "eps": 0.05},
     "autozoom": {"max_queries": 120},
     "substitute": {"max_queries": 5, "rounds": 3, "epochs": 1, "arch": "mlp", "width": 4},
+    "signopt": {"max_queries": 300, "q": 20},
+    "geoda": {"max_queries": 300, "iterations": 4},
+    "onepixel": {"max_queries": 50, "popsize": 10},
+    "pixle": {"max_queries": 30},
 }
 
 

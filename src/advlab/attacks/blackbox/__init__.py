@@ -3,8 +3,12 @@ import advlab.attacks.blackbox.autozoom  # noqa: F401
 import advlab.attacks.blackbox.bandits  # noqa: F401
 import advlab.attacks.blackbox.boundary  # noqa: F401
 import advlab.attacks.blackbox.genetic  # noqa: F401
+import advlab.attacks.blackbox.geoda  # noqa: F401
 import advlab.attacks.blackbox.hopskipjump  # noqa: F401
 import advlab.attacks.blackbox.nes  # noqa: F401
+import advlab.attacks.blackbox.onepixel  # noqa: F401
+import advlab.attacks.blackbox.pixle  # noqa: F401
+import advlab.attacks.blackbox.signopt  # noqa: F401
 import advlab.attacks.blackbox.simba  # noqa: F401
 import advlab.attacks.blackbox.spatial  # noqa: F401
 import advlab.attacks.blackbox.spsa  # noqa: F401
