@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Crafted, Model, is_success
-from advlab.attacks.gradient import GradientAttack, Probe, Source
+from advlab.attacks.gradient import GradientAttack, GradientSettings, Probe, Source
 from advlab.detectors.base import Detector
 from advlab.errors import AttackError, InputError, NotFittedError
 from advlab.losses import Objective, objective
@@ -80,6 +80,27 @@ class DetectorAware(Source):
         return grad, logits
 
 
+class DetectorAwareSettings(GradientSettings):
+    """:class:`~advlab.attacks.gradient.GradientSettings` and the detector's: the fitted
+    detector (with a differentiable score), lam >= 0, threshold, kappa and targets; the
+    source is their :class:`DetectorAware`."""
+
+    detector: Detector
+    lam: float = 1.0
+    threshold: float | None = None
+    kappa: float = 5.0
+    targets: int = 2
+
+    def check(self) -> None:
+        if not isinstance(self.detector, Detector) or not self.detector.differentiable:
+            raise AttackError(f"{type(self.detector).__name__} has no differentiable score "
+                              "to attack")
+        if self.lam < 0:
+            raise InputError(f"lam must be non-negative, got {self.lam}")
+        super().check()
+        self.resolve("source", DetectorAware(self.detector, self.lam, self.kappa))
+
+
 class DetectorAwarePGD(GradientAttack):
     """PGD against a classifier and a detector at once.
 
@@ -107,20 +128,10 @@ class DetectorAwarePGD(GradientAttack):
     Wagner 2018, arXiv:1802.00420 (attacks through defenses, BPDA).
     """
 
-    def __init__(self, detector: Detector, *, lam: float = 1.0, threshold: float | None = None,
-                 kappa: float = 5.0, eps: float | None = None, norm: str = "linf",
-                 steps: int = 100, alpha: float | None = None, random_start: bool = False,
-                 restarts: int = 1, targets: int = 2, loss: str = "margin",
-                 seed: int = 0) -> None:
-        if not isinstance(detector, Detector) or not detector.differentiable:
-            raise AttackError(f"{type(detector).__name__} has no differentiable score to attack")
-        if lam < 0:
-            raise InputError(f"lam must be non-negative, got {lam}")
-        super().__init__(eps, norm=norm, steps=steps, alpha=alpha, random_start=random_start,
-                         restarts=restarts, loss=loss, early_stop=True, seed=seed,
-                         source=DetectorAware(detector, lam, kappa))
-        self.detector, self.lam, self.threshold, self.kappa = detector, lam, threshold, kappa
-        self.targets = targets
+    Settings = DetectorAwareSettings
+    positional = ("detector",)
+    preset = {"steps": 100, "loss": "margin"}
+    fixed = {"early_stop": True, "source": None}
 
     @property
     def tau(self) -> float:

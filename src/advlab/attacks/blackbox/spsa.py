@@ -32,8 +32,9 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import register
-from advlab.attacks.blackbox.estimate import Estimator, OracleProbe, steps_for
+from advlab.attacks.blackbox.estimate import EstimatedSettings, Estimator, OracleProbe
 from advlab.attacks.gradient import GradientAttack
+from advlab.attacks.settings import at_least, positive
 from advlab.errors import ThreatModelError
 from advlab.losses import Objective
 from advlab.threat import broadcast_rows, clip_box
@@ -71,6 +72,27 @@ class SPSAEstimate(Estimator):
         return grad / broadcast_rows(pairs.clamp_min(1).to(x.dtype), grad)
 
 
+class SPSASettings(EstimatedSettings):
+    """The settings of :class:`SPSA` (its docstring): delta and lr positive, n_samples >= 1,
+    Adam's betas in [0, 1); the loop's step size alpha is Adam's lr."""
+
+    delta: float = 0.01
+    n_samples: int = 32
+    lr: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def estimator(self) -> SPSAEstimate:
+        return SPSAEstimate(self.delta, self.n_samples, self.max_queries)
+
+    def check(self) -> None:
+        positive(delta=self.delta, lr=self.lr)
+        at_least(1, n_samples=self.n_samples)
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ThreatModelError(f"Adam's betas must lie in [0, 1), got {self.betas}")
+        self.resolve("alpha", self.lr)
+        super().check()
+
+
 @register("spsa", knowledge="score", goal="both", norm="linf", kind="iterative")
 class SPSA(GradientAttack):
     r"""SPSA with Adam, Linf (the paper's) or L2.
@@ -92,21 +114,10 @@ class SPSA(GradientAttack):
     References: Uesato et al., ICML 2018, arXiv:1802.05666.
     """
 
-    def __init__(self, eps: float | None = None, *, norm: str = "linf", delta: float = 0.01,
-                 n_samples: int = 32, lr: float = 0.01, betas: tuple[float, float] = (0.9, 0.999),
-                 steps: int | None = 100, max_queries: int | None = None, loss: str = "margin",
-                 seed: int = 0) -> None:
-        if norm not in ("linf", "l2"):
-            raise ThreatModelError(f"SPSA supports linf and l2, got {norm!r}")
-        if delta <= 0 or lr <= 0 or n_samples < 1:
-            raise ThreatModelError("SPSA needs delta > 0, lr > 0 and n_samples >= 1")
-        if not all(0 <= b < 1 for b in betas):
-            raise ThreatModelError(f"Adam's betas must lie in [0, 1), got {betas}")
-        source = SPSAEstimate(delta, n_samples, max_queries)
-        super().__init__(eps, norm=norm, steps=steps_for(max_queries, steps, source.step_cost),
-                         alpha=lr, loss=loss, seed=seed, source=source)
-        self.delta, self.n_samples, self.betas = delta, n_samples, betas
-        self.max_queries = max_queries
+    Settings = SPSASettings
+    preset = {"loss": "margin", "steps": 100, "max_queries": None}
+    fixed = {"alpha": None, "random_start": False, "restarts": 1, "early_stop": True,
+             "source": None}
 
     def init_memory(self, x: Tensor) -> dict[str, Tensor]:
         """Adam's moments and step count, per example."""
