@@ -39,6 +39,10 @@ class Probe:
     model: Model
     generator: torch.Generator | None
     memory: dict[str, Any] = field(default_factory=dict)
+    #: the loop's current run, for sources that look where it goes (NI's look-ahead): its
+    #: memory (:meth:`GradientAttack.init_memory`: a momentum, ...) with ``eps`` (N,) and
+    #: ``alpha`` (N x 1 x ...), batch-sized
+    run: dict[str, Tensor] = field(default_factory=dict)
 
 
 class Source:
@@ -218,7 +222,7 @@ class GradientAttack(Attack):
         x_adv = feasible.project(x + b.random(x, eps, probe.generator)) if self.random_start \
             else x
         alpha = broadcast_rows(self.step_sizes(eps), x)
-        memory = self.init_memory(x)
+        memory = probe.run = {**self.init_memory(x), "eps": eps, "alpha": alpha}
         active: Tensor | None = None  # indices still attacked; None means all
         for _ in range(self.steps):
             xs, ys, ts = _take(active, x_adv, y, target)
