@@ -43,7 +43,7 @@ from torch import Tensor
 
 from advlab.attacks.base import Crafted, Model, is_success
 from advlab.attacks.gradient import GradientAttack, GradientSettings, Probe, Source
-from advlab.detectors.base import Detector
+from advlab.detectors.detector import Detector
 from advlab.errors import AttackError, InputError, NotFittedError
 from advlab.losses import Objective, objective
 from advlab.threat import broadcast_rows
