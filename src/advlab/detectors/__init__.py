@@ -8,8 +8,8 @@ MagNet lives with its reformer in :mod:`advlab.defenses.magnet`.
 """
 from advlab.detectors import roc  # noqa: F401
 from advlab.detectors.adaptive import DetectorAwarePGD  # noqa: F401
-from advlab.detectors.detector import Detector, fingerprint, forward_with_activations  # noqa: F401
 from advlab.detectors.combine import AnyOf  # noqa: F401
+from advlab.detectors.detector import Detector, fingerprint, forward_with_activations  # noqa: F401
 from advlab.detectors.distances import FeatureDistance  # noqa: F401
 from advlab.detectors.knn import ActivationKNN, DeepKNN, knn_search  # noqa: F401
 from advlab.detectors.lid import LID  # noqa: F401
