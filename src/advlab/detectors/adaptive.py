@@ -82,12 +82,11 @@ class DetectorAware(Source):
 
 class DetectorAwareSettings(GradientSettings):
     """:class:`~advlab.attacks.gradient.GradientSettings` and the detector's: the fitted
-    detector (with a differentiable score), lam >= 0, threshold, kappa and targets; the
+    detector (with a differentiable score and a threshold), lam >= 0, kappa and targets; the
     source is their :class:`DetectorAware`."""
 
     detector: Detector
     lam: float = 1.0
-    threshold: float | None = None
     kappa: float = 5.0
     targets: int = 2
 
@@ -105,11 +104,11 @@ class DetectorAwarePGD(GradientAttack):
     """PGD against a classifier and a detector at once.
 
     Args:
-        detector: a fitted detector with a differentiable score (``differentiable``).
+        detector: a fitted detector with a differentiable score (``differentiable``) and its
+            threshold (``detector.threshold(x_clean, fpr)``, or the copy
+            ``detector.calibrated(x_clean, fpr)``): "undetected" means score <= threshold.
         lam: weight of the detector's unit gradient against the classifier's (0: the
             detector only decides when to stop).
-        threshold: the detector threshold to get under; default ``detector.threshold_``
-            (one of them must be set: "undetected" means score <= threshold).
         kappa: confidence: the logit margin of the wrong class sought before an example
             counts as done and the classification term stops (C&W's kappa).
         targets: untargeted attacks only: for the examples that did not evade, rerun
@@ -135,11 +134,11 @@ class DetectorAwarePGD(GradientAttack):
 
     @property
     def tau(self) -> float:
-        tau = self.threshold if self.threshold is not None else self.detector.threshold_
+        tau = self.detector.threshold_
         if tau is None:
             raise NotFittedError(
                 f"DetectorAwarePGD needs the threshold of {type(self.detector).__name__}: "
-                "pass threshold= or call detector.threshold(x_clean, fpr) first")
+                "call detector.threshold(x_clean, fpr) or pass detector.calibrated(x_clean, fpr)")
         return tau
 
     def init_memory(self, x: Tensor) -> dict[str, Tensor]:
