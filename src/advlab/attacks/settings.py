@@ -68,6 +68,17 @@ class Settings:
         object.__setattr__(self, name, value)
 
 
+class TargetedSettings(Settings):
+    """Settings of a targeted-only attack: how the base picks a target when the caller
+    gives none ("random", "least_likely" or "next"; :func:`advlab.attacks.base.choose_target`).
+    """
+
+    target_selection: str = "random"
+
+    def check(self) -> None:
+        one_of("target selection", self.target_selection, ("random", "least_likely", "next"))
+
+
 def positive(**values: float | None) -> None:
     """Raise ThreatModelError unless every given value is None or > 0."""
     bad = {k: v for k, v in values.items() if v is not None and not v > 0}
