@@ -28,6 +28,8 @@ TAC 1992.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -37,6 +39,7 @@ from advlab.attacks.gradient import GradientAttack
 from advlab.attacks.settings import at_least, positive
 from advlab.errors import ThreatModelError
 from advlab.losses import Objective
+from advlab.optim import RowAdam
 from advlab.threat import broadcast_rows, clip_box
 
 
@@ -119,21 +122,16 @@ class SPSA(GradientAttack):
     fixed = {"alpha": None, "random_start": False, "restarts": 1, "early_stop": True,
              "source": None}
 
-    def init_memory(self, x: Tensor) -> dict[str, Tensor]:
-        """Adam's moments and step count, per example."""
-        return {"m": torch.zeros_like(x), "s": torch.zeros_like(x),
-                "t": torch.zeros(len(x), dtype=x.dtype, device=x.device)}
-
-    def direction(self, grad: Tensor, memory: dict[str, Tensor], idx: Tensor | None) -> Tensor:
-        """Adam's bias-corrected step direction; zero for a row whose estimate is zero (its
-        budget spent), which therefore stays where its last query checked it."""
-        rows = slice(None) if idx is None else idx
+    def init_memory(self, x: Tensor) -> dict[str, Any]:
+        """Adam's state, per example (:class:`advlab.optim.RowAdam`)."""
         b1, b2 = self.betas
-        m = b1 * memory["m"][rows] + (1 - b1) * grad
-        s = b2 * memory["s"][rows] + (1 - b2) * grad * grad
-        t = memory["t"][rows] + 1
-        memory["m"][rows], memory["s"][rows], memory["t"][rows] = m, s, t
-        m_hat = m / broadcast_rows(1 - b1 ** t, m)
-        s_hat = s / broadcast_rows(1 - b2 ** t, s)
+        return {"adam": RowAdam.like(x, 1.0, b1=b1, b2=b2)}
+
+    def direction(self, grad: Tensor, memory: dict[str, Any], idx: Tensor | None) -> Tensor:
+        """Adam's bias-corrected step direction (its unit-rate step descending -J); zero for
+        a row whose estimate is zero (its budget spent), which therefore stays where its
+        last query checked it."""
+        rows = slice(None) if idx is None else idx
+        d = memory["adam"].step(torch.zeros_like(grad), -grad, rows)
         live = grad.flatten(1).abs().amax(1) > 0
-        return broadcast_rows(live, grad) * m_hat / (s_hat.sqrt() + 1e-8)
+        return broadcast_rows(live, grad) * d
