@@ -609,7 +609,7 @@ def test_trained_defense_is_cached_under_advlab_home(tmp_path: Path, tiny_factor
     assert all(torch.equal(first[k], v) for k, v in student().items())
     path.write_bytes(b"not a safetensors file")
     assert all(torch.equal(first[k], v) for k, v in student().items())  # retrained
-    assert len(trained) == 2 and "unusable cached defense" in caplog.text
+    assert len(trained) == 2 and "unusable cache file" in caplog.text
 
 
 # ----------------------------------------------------------------------------- scope, adaptive

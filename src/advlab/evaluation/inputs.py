@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ from advlab.errors import (
 )
 from advlab.evaluation.config import DataSpec, ModelSpec, PluginSpec, RunConfig
 from advlab.evaluation.plan import plugin_key
-from advlab.evaluation.records import canonical_json, check_writable
+from advlab.evaluation.records import cell_key, check_writable
 from advlab.io import fingerprint_data, fingerprint_model
 from advlab.validation import check_eval_mode
 
@@ -280,10 +279,9 @@ class Inputs:
         """A trained defense from ``$ADVLAB_HOME/defenses`` (:func:`advlab.io.cached_model`,
         the one model cache); trained and cached (atomically) when missing or unusable."""
         x, y = self.train()
-        key = canonical_json({"model": fingerprint_model(base), "defense": plugin_key(spec),
-                              "seed": self.cfg.seed, "data": fingerprint_data(x, y),
-                              "advlab": advlab.__version__})
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        digest = cell_key({"model": fingerprint_model(base), "defense": plugin_key(spec),
+                           "seed": self.cfg.seed, "data": fingerprint_data(x, y),
+                           "advlab": advlab.__version__})[:16]  # the same digest as a cell's
         path = datasets.home() / "defenses" / f"{name}-{spec.name}-{digest}.safetensors"
         return io.cached_model(
             path, {"model": name, "defense": spec.name, "params": spec.params,
