@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, is_success, register
-from advlab.attacks.settings import Settings, at_least, one_of, positive
+from advlab.attacks.settings import BallSettings, at_least, one_of, positive
 from advlab.losses import OBJECTIVES, Objective, objective
 from advlab.threat import DEFAULT_EPS, Box, Region, broadcast_rows, region
 
@@ -85,7 +85,7 @@ class Autograd(Source):
 AUTOGRAD = Autograd()
 
 
-class GradientSettings(Settings):
+class GradientSettings(BallSettings):
     """The settings of the gradient family (FGSM, BIM, PGD, MI-FGSM, APGD, the transfer,
     EOT, score-based and detector-aware attacks), written once.
 
@@ -102,11 +102,8 @@ class GradientSettings(Settings):
         source: where the gradient comes from (default: autograd on the model).
     """
 
-    norms: ClassVar[tuple[str, ...]] = tuple(DEFAULT_EPS)
     losses: ClassVar[tuple[str, ...]] = tuple(OBJECTIVES)
 
-    eps: float | None = None
-    norm: str = "linf"
     steps: int = 10
     alpha: float | None = None
     random_start: bool = False

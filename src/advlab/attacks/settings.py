@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from advlab.errors import AttackError, ParameterError, ThreatModelError
+from advlab.threat import DEFAULT_EPS
 from advlab.validation import describe_type, fits_type
 
 
@@ -66,6 +67,22 @@ class Settings:
     def resolve(self, name: str, value: Any) -> None:
         """Set a derived value while checking (the record is frozen afterwards)."""
         object.__setattr__(self, name, value)
+
+
+class BallSettings(Settings):
+    """An eps-ball: its norm (one of ``norms``) and radius eps >= 0 (default: the norm's,
+    :data:`advlab.threat.DEFAULT_EPS`)."""
+
+    norms: ClassVar[tuple[str, ...]] = tuple(DEFAULT_EPS)
+
+    eps: float | None = None
+    norm: str = "linf"
+
+    def check(self) -> None:
+        one_of("norm", self.norm, self.norms)
+        if self.eps is None:
+            self.resolve("eps", DEFAULT_EPS[self.norm])
+        at_least(0, eps=self.eps)
 
 
 class TargetedSettings(Settings):
