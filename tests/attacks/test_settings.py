@@ -118,3 +118,9 @@ def test_a_preset_of_no_setting_is_refused() -> None:
     with pytest.raises(AttackError, match="not settings"):
         class Bad(GradientAttack):  # noqa: F841
             preset = {"stepz": 3}
+
+
+def test_replace_on_an_attack_without_settings() -> None:
+    square = attacks.get("square", seed=1)
+    other = square.replace(seed=3)
+    assert (square.seed, other.seed, type(other)) == (1, 3, type(square))

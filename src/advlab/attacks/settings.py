@@ -149,10 +149,14 @@ class Configured:
 
     def replace(self, **changes: Any) -> Any:
         """A copy of this attack with some settings changed (validated again); the
-        attack's own fixed settings may be changed here (``eot`` sets an APGD's source)."""
+        attack's own fixed settings may be changed here (``eot`` sets an APGD's source). An
+        attack without ``Settings`` gets the changes as attributes of the copy."""
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
-        new.settings = dataclasses.replace(self.settings, **changes)
+        if self.Settings is None:
+            new.__dict__.update(changes)
+        else:
+            new.settings = dataclasses.replace(self.settings, **changes)
         return new
 
 
