@@ -69,7 +69,6 @@ from advlab.detectors import registry as detector_registry
 from advlab.detectors.squeeze import mnist_squeezers
 from advlab.evaluation import config
 from advlab.evaluation.inputs import load_data
-from advlab.evaluation.measure import detection_threshold
 from advlab.evaluation.results import DETECTION_FPR
 from advlab.transforms import Transform
 
@@ -125,11 +124,12 @@ def main() -> None:
         t0 = time.perf_counter()
         det = detector_registry.get(spec.name, **spec.params)
         det = det.fit(model, *train) or det
-        tau = detection_threshold(det, x)
+        det = det.calibrated(x, DETECTION_FPR)
+        tau = det.threshold_
         row: dict[str, object] = {"detector": spec.name, "fit s": round(time.perf_counter() - t0)}
         for steps in args.steps:
             t0 = time.perf_counter()
-            res = DetectorAwarePGD(det, lam=args.lam, threshold=tau, eps=EPS, steps=steps,
+            res = DetectorAwarePGD(det, lam=args.lam, eps=EPS, steps=steps,
                                    seed=cfg.seed)(model, x, y)
             flagged = det.score(res.x_adv) > tau
             evaded = res.success & ~flagged

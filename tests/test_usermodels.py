@@ -143,6 +143,40 @@ enabled = false
         {k[1:]: v for k, v in acc.items() if k[0] == "digits-mlp"}
 
 
+def test_a_user_model_is_built_once_per_run(tmp_path: Path) -> None:
+    """The check before any cell builds the user's model; the run uses that one."""
+    calls = tmp_path / "calls.txt"
+    net = tmp_path / "counted.py"
+    net.write_text(f"""
+from advlab import zoo
+
+
+def build():
+    with open({str(calls)!r}, "a") as f:
+        f.write("built\\n")
+    return zoo.digits_mlp()
+""")
+    text = f"""
+name = "once"
+[data]
+name = "digits"
+n = 20
+[[models]]
+name = "mine"
+factory = "{net}:build"
+weights = "{zoo.cache_path("digits-mlp")}"
+[[attacks]]
+name = "fgsm"
+eps = 0.1
+[sanity]
+enabled = false
+"""
+    zoo.load("digits-mlp")  # trained and cached on first use
+    code, out, _ = run_config(tmp_path, text)
+    assert code == 0, out
+    assert calls.read_text().splitlines() == ["built"]
+
+
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_bad_input_is_one_line_and_exit_2(user_project: Project, tmp_path: Path) -> None:
     p = user_project

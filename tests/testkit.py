@@ -5,7 +5,11 @@ Imported as ``testkit`` (tests/ is on pytest's pythonpath).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from advlab.attacks.blackbox import Oracle
+from advlab.attacks.blackbox.estimate import OracleProbe
 
 
 class Counted(nn.Module):
@@ -67,3 +71,59 @@ def assert_same_state(a: dict, b: dict) -> None:
     assert all(torch.equal(p, q) for p, q in zip(a["params"], b["params"]))
     assert all(torch.equal(p, q) for p, q in zip(a["buffers"], b["buffers"]))
     assert a["hooks"] == b["hooks"], "hooks left on the model"
+
+
+# ------------------------------------------------------------ zeroth-order estimates
+# (the gradient estimators of NES, Bandits and ZOO against autograd)
+
+
+class Quadratic(nn.Module):
+    """Two logits: z0 = 10 + a.x + x^T Q x / 2 (Q positive definite), z1 = 0; float64. Class
+    0 wins on the test images, so the untargeted margin is z0 - z1 and smooth."""
+
+    def __init__(self, d: int, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        a = torch.randn(d, generator=g, dtype=torch.float64)
+        m = torch.randn(d, d, generator=g, dtype=torch.float64) * 0.1
+        self.a = nn.Parameter(a)
+        self.q = nn.Parameter(m @ m.T + torch.diag(torch.rand(d, generator=g,
+                                                             dtype=torch.float64) + 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = x.flatten(1)
+        z0 = 10 + v @ self.a + 0.5 * ((v @ self.q) * v).sum(1)
+        return torch.stack([z0, torch.zeros_like(z0)], 1)
+
+
+def images(n: int = 4, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 4, 4, generator=g, dtype=torch.float64) * 0.6 + 0.2
+
+
+def true_grad(objective, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    xr = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(objective(model(xr), y, None).sum(), xr)
+    return g
+
+
+def session(model: nn.Module | Oracle, n: int, seed: int = 0) -> OracleProbe:
+    """The probe an estimator prepares for a batch of n (an unlimited oracle by default)."""
+    oracle = model if isinstance(model, Oracle) else Oracle(model)
+    oracle.reset(n)
+    return OracleProbe(oracle, torch.Generator().manual_seed(seed))
+
+
+def estimate(atk, probe: OracleProbe, x: torch.Tensor, y: torch.Tensor):  # noqa: ANN001, ANN201
+    """The attack's estimated gradient (and scores) at x, as its loop gets it."""
+    return atk.source(atk.objective, probe, x, y, None, None)
+
+
+def cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)
+
+
+def scale(est: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Projection of the estimate on the true gradient, in units of the true gradient."""
+    return (est * true).flatten(1).sum(1) / true.flatten(1).pow(2).sum(1)
+

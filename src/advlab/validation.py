@@ -146,11 +146,11 @@ def check_kwargs(fn: Callable[..., Any], kwargs: Mapping[str, Any], what: str,
             raise ParameterError(f"{what} has no parameter {key!r}; its parameters: "
                                  f"{', '.join(named) or 'none'}")
         hint = hints.get(key, Any)
-        if not _fits(value, hint):
-            raise ParameterError(f"{what}: {key} must be {_describe(hint)}, got {value!r}")
+        if not fits_type(value, hint):
+            raise ParameterError(f"{what}: {key} must be {describe_type(hint)}, got {value!r}")
 
 
-def _fits(v: Any, hint: Any) -> bool:
+def fits_type(v: Any, hint: Any) -> bool:
     """Whether value v fits type annotation ``hint`` (plain types, unions, Literal,
     containers of plain types; anything else is accepted). A float must not be NaN; an int
     or a float is never a bool."""
@@ -158,7 +158,7 @@ def _fits(v: Any, hint: Any) -> bool:
     if hint is Any or isinstance(hint, typing.TypeVar):
         return True
     if origin in (typing.Union, types.UnionType):
-        return any(_fits(v, a) for a in args)
+        return any(fits_type(v, a) for a in args)
     if origin is typing.Literal:
         return v in args
     if hint is type(None) or hint is None:
@@ -173,7 +173,7 @@ def _fits(v: Any, hint: Any) -> bool:
         if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)):
             return False
         inner = [a for a in args if a is not Ellipsis]
-        return len(inner) != 1 or all(_fits(e, inner[0]) for e in v)
+        return len(inner) != 1 or all(fits_type(e, inner[0]) for e in v)
     if origin in (dict, collections.abc.Mapping):
         return isinstance(v, Mapping)
     if origin is collections.abc.Callable or hint is collections.abc.Callable:
@@ -183,10 +183,10 @@ def _fits(v: Any, hint: Any) -> bool:
     return True
 
 
-def _describe(hint: Any) -> str:
+def describe_type(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
+        return " or ".join(describe_type(a) for a in args)
     if origin is typing.Literal:
         return " or ".join(map(repr, args))
     if hint is type(None):

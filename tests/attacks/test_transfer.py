@@ -122,3 +122,51 @@ def test_cnn_to_mlp_transfer(cnn, mlp, mnist_test) -> None:
         assert res.success_rate >= 0.8
         with torch.no_grad():
             assert (mlp(res.x_adv).argmax(1) != y).float().mean() >= 0.4
+
+
+def _paper_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
+                decay: float = 1.0, diversity: float = 0.0, resize: float = 0.9,
+                kernel: int = 0, nesterov: bool = False, scales: int = 1, variance: int = 0,
+                beta: float = 1.5, seed: int = 0) -> torch.Tensor:
+    """MI-FGSM with DI, TI, NI, SI and VMI written out as the papers give it (advlab's own
+    loop before the transfer attacks moved onto the shared loop of gradient.py)."""
+    gen = torch.Generator().manual_seed(seed)
+    ce = advlab.losses.objective("ce")
+
+    def grad_at(p: torch.Tensor) -> torch.Tensor:
+        p = p.detach().requires_grad_(True)
+        total = torch.zeros(())
+        for i in range(scales):
+            seen = diverse(p / 2 ** i, diversity, resize, gen) if diversity else p / 2 ** i
+            total = total + ce(model(seen), y, None).sum()
+        (g,) = torch.autograd.grad(total / scales, p)
+        return smooth(g, gaussian_kernel(kernel)) if kernel > 1 else g
+
+    alpha = eps / steps
+    g, v, x_adv = torch.zeros_like(x), torch.zeros_like(x), x
+    for _ in range(steps):
+        grad = grad_at(x_adv + alpha * decay * g if nesterov else x_adv)
+        total = grad + v
+        g = decay * g + total / total.flatten(1).abs().sum(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        if variance:
+            near = torch.zeros_like(x)
+            for _ in range(variance):
+                u = torch.rand(x.shape, generator=gen)
+                near += grad_at(x_adv + (2 * u - 1) * beta * eps)
+            v = near / variance - grad
+        x_adv = torch.minimum(torch.maximum(x_adv + alpha * g.sign(), x - eps), x + eps)
+        x_adv = x_adv.clamp(0, 1)
+    return x_adv
+
+
+@pytest.mark.parametrize("settings", [
+    {"diversity": 0.5}, {"diversity": 0.5, "kernel": 5}, {"nesterov": True},
+    {"nesterov": True, "scales": 3}, {"variance": 4}, {"decay": 0.5, "kernel": 3}])
+def test_shared_loop_equals_the_papers_loop(tiny, settings: dict) -> None:
+    """The transfer members on the shared loop (their enhancements as a gradient source
+    that sees the momentum) give the same images, bit for bit, as the loop written out."""
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    y = torch.arange(6)
+    got = TransferAttack(0.1, steps=4, seed=5, **settings)(tiny, x, y).x_adv
+    want = _paper_loop(tiny, x, y, 0.1, 4, seed=5, **settings)
+    assert torch.equal(got, want)

@@ -6,7 +6,7 @@ import torch
 
 from advlab.attacks import PGD
 from advlab.detectors import DeepKNN, DetectorAwarePGD, FeatureSqueezing
-from advlab.errors import AttackError, NotFittedError
+from advlab.errors import AttackError, NotFittedError, ParameterError
 
 
 class Opaque(DeepKNN):
@@ -16,7 +16,7 @@ class Opaque(DeepKNN):
 def test_needs_a_differentiable_detector() -> None:
     with pytest.raises(AttackError):
         DetectorAwarePGD(Opaque(k=3))
-    with pytest.raises(AttackError):
+    with pytest.raises(ParameterError, match="detector must be a Detector"):
         DetectorAwarePGD("not a detector")  # type: ignore[arg-type]
     with pytest.raises(AttackError):
         Opaque(k=3).score_torch(torch.rand(2, 1, 8, 8))
@@ -93,7 +93,7 @@ def test_an_evading_iterate_is_kept(tiny_factory, more_images) -> None:
     assert not done.any()  # margin kappa = inf is never reached: nothing stops
     out = atk.result(x, memory)  # a last iterate that does not evade (the clean x)
     assert torch.equal(out[wrong], x_adv[wrong]) and torch.equal(out[~wrong], x[~wrong])
-    atk.kappa = 0.0
+    atk = atk.replace(kappa=0.0)
     assert torch.equal(atk.succeeded(x_adv, logits, y, None, atk.init_memory(x), None), wrong)
     with pytest.raises(NotFittedError):
         DetectorAwarePGD(FeatureSqueezing().fit(model, x, y), steps=2)(model, x, y)

@@ -8,7 +8,7 @@ from sklearn.neighbors import NearestNeighbors
 from torch import nn
 
 from advlab.detectors import ActivationKNN, DeepKNN, knn_search
-from advlab.detectors.base import euclidean
+from advlab.detectors.detector import euclidean
 from advlab.detectors.knn import _vote
 from advlab.errors import InputError, UnknownNameError
 

@@ -612,7 +612,7 @@ def test_trained_defense_is_cached_under_advlab_home(tmp_path: Path, tiny_factor
     assert all(torch.equal(first[k], v) for k, v in student().items())
     path.write_bytes(b"not a safetensors file")
     assert all(torch.equal(first[k], v) for k, v in student().items())  # retrained
-    assert len(trained) == 2 and "unusable cached defense" in caplog.text
+    assert len(trained) == 2 and "unusable cache file" in caplog.text
 
 
 # ----------------------------------------------------------------------------- scope, adaptive
@@ -743,8 +743,10 @@ def test_detector_aware_cell(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN
     assert s1["attack"] == "detector-aware-pgd" and s1["params"]["steps"] == 5
     assert s1["adaptive"]["detector"]["name"] == "activation-knn"
     det = ActivationKNN(**params).fit(models["a"], *train)
-    tau = metrics.calibrate_threshold(det.score(x), 0.05)     # the attacker knows it
-    direct = DetectorAwarePGD(det, lam=2.0, threshold=tau, eps=0.3, steps=5, seed=0)(
+    calibrated = det.calibrated(x, 0.05)     # the attacker knows the threshold
+    assert calibrated.threshold_ == metrics.calibrate_threshold(det.score(x), 0.05)
+    assert det.threshold_ is None  # the fitted detector itself is untouched
+    direct = DetectorAwarePGD(calibrated, lam=2.0, eps=0.3, steps=5, seed=0)(
         models["a"], x, y)
     assert direct.success.any()
     with Store(tmp_path / "advlab.sqlite") as s:

@@ -43,7 +43,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -58,7 +58,8 @@ from advlab.attacks.base import (
     is_success,
     register,
 )
-from advlab.attacks.gradient import GradientAttack
+from advlab.attacks.gradient import GradientAttack, GradientSettings
+from advlab.attacks.settings import at_least
 from advlab.errors import LabelError, ThreatModelError
 from advlab.losses import margin
 from advlab.threat import broadcast_rows, project_box
@@ -149,6 +150,35 @@ class RunState:
 ROW_BLOCK = 4096
 
 
+class APGDSettings(GradientSettings):
+    """:class:`~advlab.attacks.gradient.GradientSettings` of APGD (linf or l2, ce or dlr) and
+    its own: rho and momentum in (0, 1], odi_steps >= 0."""
+
+    norms: ClassVar[tuple[str, ...]] = NORMS
+    losses: ClassVar[tuple[str, ...]] = ("ce", "dlr")
+
+    rho: float = 0.75
+    momentum: float = 0.75
+    odi_steps: int = 0
+
+    def check(self) -> None:
+        super().check()
+        if not 0.0 < self.rho <= 1.0 or not 0.0 < self.momentum <= 1.0:
+            raise ThreatModelError(f"rho and momentum must be in (0, 1], got {self.rho}, "
+                                   f"{self.momentum}")
+        at_least(0, odi_steps=self.odi_steps)
+
+
+class APGDTSettings(APGDSettings):
+    """:class:`APGDSettings` and the number of targets, n_targets >= 1."""
+
+    n_targets: int = 9
+
+    def check(self) -> None:
+        super().check()
+        at_least(1, n_targets=self.n_targets)
+
+
 class APGD(GradientAttack):
     """Auto-PGD: PGD with momentum and the step-size schedule of Croce & Hein 2020.
 
@@ -175,22 +205,9 @@ class APGD(GradientAttack):
     ODI: Tashiro, Song & Ermon, NeurIPS 2020, arXiv:2003.06878.
     """
 
-    def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 100,
-                 loss: str = "ce", restarts: int = 1, rho: float = 0.75,
-                 momentum: float = 0.75, random_start: bool = True, early_stop: bool = True,
-                 odi_steps: int = 0, seed: int = 0) -> None:
-        if norm not in NORMS:
-            raise ThreatModelError(f"APGD supports norms {', '.join(NORMS)}, got {norm!r}")
-        if loss not in ("ce", "dlr"):
-            raise ThreatModelError(f"APGD losses are 'ce' and 'dlr', got {loss!r}")
-        if not 0.0 < rho <= 1.0 or not 0.0 < momentum <= 1.0:
-            raise ThreatModelError(f"rho and momentum must be in (0, 1], got {rho}, {momentum}")
-        if odi_steps < 0:
-            raise ThreatModelError(f"odi_steps must be >= 0, got {odi_steps}")
-        super().__init__(DEFAULT_EPS[norm] if eps is None else eps, norm=norm, steps=steps,
-                         random_start=random_start, restarts=restarts, loss=loss,
-                         early_stop=early_stop, seed=seed)
-        self.rho, self.momentum, self.odi_steps = rho, momentum, odi_steps
+    Settings = APGDSettings
+    preset = {"steps": 100, "random_start": True}
+    fixed = {"alpha": None, "source": None}
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Tensor:
@@ -369,16 +386,8 @@ class APGDT(APGD):
     References: Croce & Hein, ICML 2020, arXiv:2003.01690 (Section 4, APGD-T).
     """
 
-    def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 100,
-                 n_targets: int = 9, restarts: int = 1, rho: float = 0.75,
-                 momentum: float = 0.75, random_start: bool = True, early_stop: bool = True,
-                 odi_steps: int = 0, seed: int = 0) -> None:
-        if n_targets < 1:
-            raise ThreatModelError(f"n_targets must be >= 1, got {n_targets}")
-        super().__init__(eps, norm=norm, steps=steps, loss="dlr", restarts=restarts, rho=rho,
-                         momentum=momentum, random_start=random_start, early_stop=early_stop,
-                         odi_steps=odi_steps, seed=seed)
-        self.n_targets = n_targets
+    Settings = APGDTSettings
+    fixed = {"loss": "dlr"}
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Tensor:

@@ -11,6 +11,7 @@ read, so a one-step attack pays little beyond its forward-backward and the succe
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from advlab.attacks.settings import Configured, declare
 from advlab.errors import AttackError, ThreatModelError, UnknownNameError
 from advlab.threat import Ball, all_norms, as_eps, ball, clip_box, project_box
 from advlab.validation import (
@@ -179,11 +181,14 @@ def choose_target(logits: Tensor, y: Tensor, how: str, generator: torch.Generato
     raise ThreatModelError(f"unknown target selection {how!r}; use random, least_likely or next")
 
 
-class Attack:
+class Attack(Configured):
     """Base class: settings on self, the model at call time.
 
     Subclasses set ``norm`` (or None), ``eps`` (or None for minimum-norm attacks) and
-    ``seed``, and implement :meth:`perturb`. Targeted-only attacks set ``targeted_only``
+    ``seed``, and implement :meth:`perturb`. An attack that declares its ``Settings`` (a
+    :class:`~advlab.attacks.settings.Settings` dataclass, with ``preset`` and ``fixed``) gets
+    its ``__init__``, validation and read-only setting attributes from it (see
+    :mod:`advlab.attacks.settings`). Targeted-only attacks set ``targeted_only``
     and choose a target with ``target_selection`` when none is given. An attack whose output
     always lies in S(x) already (it projects every iterate with :func:`advlab.threat.region`)
     sets ``projects``, and its output is not projected a second time.
@@ -195,6 +200,11 @@ class Attack:
     targeted_only: ClassVar[bool] = False
     projects: ClassVar[bool] = False
     target_selection: str = "random"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.Settings is not None:
+            declare(cls)
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Tensor | Crafted:
@@ -287,7 +297,12 @@ class Attack:
                             info=crafted.info)
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        if self.Settings is not None:  # the settings it offers, in their order
+            shown = inspect.signature(type(self)).parameters
+            items = [(k, getattr(self.settings, k)) for k in shown]
+        else:
+            items = [(k, v) for k, v in vars(self).items() if not k.startswith("_")]
+        fields = ", ".join(f"{k}={v!r}" for k, v in items)
         return f"{type(self).__name__}({fields})"
 
 

@@ -57,6 +57,7 @@ from advlab.attacks.minnorm import (
     cw_success,
     still_improving,
 )
+from advlab.attacks.settings import Settings, at_least, one_of, positive
 from advlab.errors import ThreatModelError
 from advlab.optim import RowAdam
 from advlab.threat import broadcast_rows, clip_box
@@ -90,13 +91,51 @@ class Box:
         return clip_box(self.x[idx] + w) - self.x[idx]
 
 
-def _check(kappa: float, lr: float, steps: int, box: str) -> None:
-    if kappa < 0:
-        raise ThreatModelError(f"confidence kappa must be >= 0, got {kappa}")
-    if lr <= 0 or steps < 1:
-        raise ThreatModelError(f"lr must be > 0 and steps >= 1, got {lr}, {steps}")
-    if box not in BOXES:
-        raise ThreatModelError(f"unknown box {box!r}; use one of {', '.join(BOXES)}")
+class CWSettings(Settings):
+    """The C&W family's settings, written once: confidence kappa >= 0, the first constant
+    c0 > 0, Adam's steps >= 1 and lr > 0, the box ("clip" or "tanh", see the module
+    docstring) and its tanh shrink."""
+
+    confidence: float = 0.0
+    c0: float = 1e-2
+    steps: int = 100
+    lr: float = 1e-2
+    box: str = "clip"
+    tanh_eps: float = 1e-6
+    seed: int = 0
+
+    def check(self) -> None:
+        at_least(0, confidence=self.confidence)
+        positive(c0=self.c0, lr=self.lr)
+        at_least(1, steps=self.steps)
+        one_of("box", self.box, BOXES)
+
+
+class CWL2Settings(CWSettings):
+    """:class:`CWSettings` and the search over c: search_steps >= 1, abort_early."""
+
+    search_steps: int = 9
+    abort_early: bool = True
+
+    def check(self) -> None:
+        super().check()
+        at_least(1, search_steps=self.search_steps)
+
+
+class CWLinfSettings(CWSettings):
+    """:class:`CWSettings` and tau's schedule: 0 < decrease < 1, c0 <= max_c, min_tau,
+    max_rounds >= 1."""
+
+    max_c: float = 20.0
+    decrease: float = 0.9
+    min_tau: float = 1 / 256
+    max_rounds: int = 40
+
+    def check(self) -> None:
+        super().check()
+        if not 0 < self.decrease < 1 or self.max_c < self.c0:
+            raise ThreatModelError("need 0 < decrease < 1 and c0 <= max_c")
+        at_least(1, max_rounds=self.max_rounds)
 
 
 @register("cw-l2", knowledge="white", goal="both", norm="l2", kind="optimization",
@@ -127,17 +166,9 @@ class CarliniWagnerL2(Attack):
     References: Carlini & Wagner, IEEE S&P 2017, arXiv:1608.04644.
     """
 
-    def __init__(self, *, confidence: float = 0.0, c0: float = 1e-2, search_steps: int = 9,
-                 steps: int = 100, lr: float = 1e-2, box: str = "clip", tanh_eps: float = 1e-6,
-                 abort_early: bool = True, seed: int = 0) -> None:
-        _check(confidence, lr, steps, box)
-        if c0 <= 0 or search_steps < 1:
-            raise ThreatModelError(f"c0 must be > 0 and search_steps >= 1, got {c0}, "
-                                   f"{search_steps}")
-        self.norm, self.eps, self.seed = "l2", None, seed
-        self.confidence, self.c0, self.search_steps = confidence, c0, search_steps
-        self.steps, self.lr, self.box, self.tanh_eps = steps, lr, box, tanh_eps
-        self.abort_early = abort_early
+    Settings = CWL2Settings
+    positional = ()
+    norm = "l2"
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:
@@ -228,18 +259,10 @@ class CarliniWagnerLinf(Attack):
     attack).
     """
 
-    def __init__(self, *, confidence: float = 0.0, c0: float = 0.1, max_c: float = 20.0,
-                 steps: int = 30, lr: float = 5e-3, decrease: float = 0.9,
-                 min_tau: float = 1 / 256, max_rounds: int = 40, box: str = "clip",
-                 tanh_eps: float = 1e-6, seed: int = 0) -> None:
-        _check(confidence, lr, steps, box)
-        if not 0 < decrease < 1 or c0 <= 0 or max_c < c0 or max_rounds < 1:
-            raise ThreatModelError("need 0 < decrease < 1, 0 < c0 <= max_c, max_rounds >= 1")
-        self.norm, self.eps, self.seed = "linf", None, seed
-        self.confidence, self.c0, self.max_c, self.steps, self.lr = confidence, c0, max_c, \
-            steps, lr
-        self.decrease, self.min_tau, self.max_rounds = decrease, min_tau, max_rounds
-        self.box, self.tanh_eps = box, tanh_eps
+    Settings = CWLinfSettings
+    positional = ()
+    preset = {"c0": 0.1, "steps": 30, "lr": 5e-3}
+    norm = "linf"
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:

@@ -31,9 +31,27 @@ from torch import Tensor
 from advlab.attacks.base import Attack, Crafted, Model, register
 from advlab.attacks.fmn import cosine
 from advlab.attacks.minnorm import Best
+from advlab.attacks.settings import Settings, at_least, positive
 from advlab.errors import ThreatModelError
 from advlab.losses import objective
 from advlab.threat import broadcast_rows, clip_box, lp_norm
+
+
+class DDNSettings(Settings):
+    """The settings of :class:`DDN` (its docstring): steps >= 1, init_eps and alpha
+    positive, 0 < gamma < 1."""
+
+    steps: int = 100
+    init_eps: float = 1.0
+    gamma: float = 0.05
+    alpha: float = 1.0
+    seed: int = 0
+
+    def check(self) -> None:
+        at_least(1, steps=self.steps)
+        positive(init_eps=self.init_eps, alpha=self.alpha)
+        if not 0 < self.gamma < 1:
+            raise ThreatModelError(f"DDN needs 0 < gamma < 1, got {self.gamma}")
 
 
 @register("ddn", knowledge="white", goal="both", norm="l2", kind="iterative", bounded=False)
@@ -56,14 +74,9 @@ class DDN(Attack):
 
     norm = "l2"
 
-    def __init__(self, *, steps: int = 100, init_eps: float = 1.0, gamma: float = 0.05,
-                 alpha: float = 1.0, seed: int = 0) -> None:
-        if steps < 1 or init_eps <= 0 or alpha <= 0 or not 0 < gamma < 1:
-            raise ThreatModelError("DDN needs steps >= 1, init_eps > 0, alpha > 0 and "
-                                   "0 < gamma < 1")
-        self.eps, self.seed = None, seed
-        self.steps, self.init_eps, self.gamma, self.alpha = steps, init_eps, gamma, alpha
-        self.objective = objective("ce")
+    Settings = DDNSettings
+    positional = ()
+    objective = staticmethod(objective("ce"))
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:

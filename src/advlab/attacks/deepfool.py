@@ -24,10 +24,27 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, register
-from advlab.errors import ThreatModelError
+from advlab.attacks.settings import Settings, at_least, one_of
 from advlab.threat import clip_box
 
 TINY = 1e-4  # added to |f'| as in the authors' code, so each step crosses the boundary
+
+
+class DeepFoolSettings(Settings):
+    """The settings of :class:`DeepFool` (its docstring): norm l2 or linf, overshoot >= 0,
+    max_iter >= 1, candidates >= 2 or None."""
+
+    norm: str = "l2"
+    overshoot: float = 0.02
+    max_iter: int = 50
+    candidates: int | None = 10
+    seed: int = 0
+
+    def check(self) -> None:
+        one_of("norm", self.norm, ("l2", "linf"))
+        at_least(0, overshoot=self.overshoot)
+        at_least(1, max_iter=self.max_iter)
+        at_least(2, candidates=self.candidates)
 
 
 @register("deepfool", knowledge="white", goal="untargeted", norm="l2", kind="iterative",
@@ -55,14 +72,8 @@ class DeepFool(Attack):
     References: Moosavi-Dezfooli et al., CVPR 2016, arXiv:1511.04599.
     """
 
-    def __init__(self, *, norm: str = "l2", overshoot: float = 0.02, max_iter: int = 50,
-                 candidates: int | None = 10, seed: int = 0) -> None:
-        if norm not in ("l2", "linf"):
-            raise ThreatModelError(f"DeepFool supports norm 'l2' or 'linf', got {norm!r}")
-        if overshoot < 0 or max_iter < 1 or (candidates is not None and candidates < 2):
-            raise ThreatModelError("need overshoot >= 0, max_iter >= 1, candidates >= 2")
-        self.norm, self.eps, self.seed = norm, None, seed
-        self.overshoot, self.max_iter, self.candidates = overshoot, max_iter, candidates
+    Settings = DeepFoolSettings
+    positional = ()
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, register
 from advlab.attacks.minnorm import Best, ConstantSearch, still_improving
-from advlab.errors import ThreatModelError
+from advlab.attacks.settings import Settings, at_least, one_of, positive
 from advlab.losses import margin
 from advlab.threat import lp_norm
 
@@ -51,6 +51,26 @@ def margin_loss(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
     """C&W's f with kappa = 0: positive until the goal is reached, then 0."""
     m = margin(logits, y) if target is None else -margin(logits, target)
     return m.clamp_min(0.0)
+
+
+class EADSettings(Settings):
+    """The settings of :class:`EAD` (its docstring): beta >= 0, steps and search_steps
+    >= 1, c0 and lr positive, rule "EN" or "L1"."""
+
+    beta: float = 1e-3
+    steps: int = 100
+    search_steps: int = 9
+    c0: float = 1e-3
+    lr: float = 1e-2
+    rule: str = "EN"
+    abort_early: bool = False
+    seed: int = 0
+
+    def check(self) -> None:
+        one_of("decision rule", self.rule, ("EN", "L1"))
+        at_least(0, beta=self.beta)
+        at_least(1, steps=self.steps, search_steps=self.search_steps)
+        positive(c0=self.c0, lr=self.lr)
 
 
 @register("ead", knowledge="white", goal="both", norm="l1", kind="optimization",
@@ -82,17 +102,8 @@ class EAD(Attack):
 
     norm = "l1"
 
-    def __init__(self, *, beta: float = 1e-3, steps: int = 100, search_steps: int = 9,
-                 c0: float = 1e-3, lr: float = 1e-2, rule: str = "EN", abort_early: bool = False,
-                 seed: int = 0) -> None:
-        if rule not in ("EN", "L1"):
-            raise ThreatModelError(f"EAD decision rule must be 'EN' or 'L1', got {rule!r}")
-        if beta < 0 or steps < 1 or search_steps < 1 or c0 <= 0 or lr <= 0:
-            raise ThreatModelError("EAD needs beta >= 0, steps >= 1, search_steps >= 1, "
-                                   "c0 > 0 and lr > 0")
-        self.eps, self.seed = None, seed
-        self.beta, self.steps, self.search_steps, self.c0 = beta, steps, search_steps, c0
-        self.lr, self.rule, self.abort_early = lr, rule, abort_early
+    Settings = EADSettings
+    positional = ()
 
     def distance(self, delta: Tensor) -> Tensor:
         """The decision rule's distance of each perturbation."""

@@ -23,7 +23,6 @@ References:
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,7 +30,7 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Model, register
-from advlab.attacks.gradient import PGD, Autograd, GradientAttack, Probe, Source
+from advlab.attacks.gradient import PGD, Autograd, GradientAttack, GradientSettings, Probe, Source
 from advlab.errors import AttackError, ThreatModelError
 from advlab.losses import Objective
 from advlab.transforms import Transform, distribution
@@ -99,15 +98,23 @@ def eot(attack: GradientAttack, transform: TransformSpec = None, *,
     if not isinstance(attack.source, Autograd):
         raise AttackError(f"this attack's gradient already comes from "
                           f"{type(attack.source).__name__}")
-    source = EOT(_distribution(transform, attack.seed), samples)
-    wrapped = copy.copy(attack)
-    wrapped.__dict__ = copy.deepcopy(attack.__dict__)
-    wrapped.source = source
-    return wrapped
+    return attack.replace(source=EOT(_distribution(transform, attack.seed), samples))
 
 
 def _distribution(transform: TransformSpec, seed: int) -> Transform:
     return distribution(DEFAULT_DISTRIBUTION if transform is None else transform, seed=seed)
+
+
+class EOTSettings(GradientSettings):
+    """:class:`~advlab.attacks.gradient.GradientSettings` and the distribution T with its
+    draws per step; the source is their :class:`EOT`."""
+
+    transform: TransformSpec = None
+    samples: int = 10
+
+    def check(self) -> None:
+        super().check()
+        self.resolve("source", EOT(_distribution(self.transform, self.seed), self.samples))
 
 
 @register("eot-pgd", knowledge="white", goal="both", norm="linf", kind="iterative")
@@ -116,7 +123,7 @@ def _distribution(transform: TransformSpec, seed: int) -> Transform:
 class EOTPGD(PGD):
     """PGD on the EOT gradient: robust adversarial examples (Athalye et al. 2018).
 
-    Args:
+    Settings (:class:`EOTSettings`):
         transform: the distribution T (a Transform or a spec for
             :func:`advlab.transforms.distribution`); default :data:`DEFAULT_DISTRIBUTION`
             (translation <= 1 px, rotation <= 10 degrees, scale 0.95-1.05, blur sigma
@@ -128,13 +135,9 @@ class EOTPGD(PGD):
     References: Athalye et al., ICML 2018, arXiv:1707.07397.
     """
 
-    def __init__(self, eps: float | None = None, *, transform: TransformSpec = None,
-                 samples: int = 10, norm: str = "linf", steps: int = 100,
-                 alpha: float | None = None, random_start: bool = True, restarts: int = 1,
-                 loss: str = "ce", early_stop: bool = False, seed: int = 0) -> None:
-        super().__init__(eps, norm=norm, steps=steps, alpha=alpha, random_start=random_start,
-                         restarts=restarts, loss=loss, early_stop=early_stop, seed=seed,
-                         source=EOT(_distribution(transform, seed), samples))
+    Settings = EOTSettings
+    preset = {"steps": 100, "early_stop": False}
+    fixed = {"source": None}
 
 
 def survival(model: Model, x_adv: Tensor, transform: TransformSpec = None, *,

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, register
 from advlab.attacks.minnorm import Best
+from advlab.attacks.settings import Settings, at_least, one_of, positive
 from advlab.errors import ThreatModelError
 from advlab.losses import objective
 from advlab.threat import ball, broadcast_rows, clip_box, lp_norm
@@ -60,6 +61,24 @@ def project_l0(delta: Tensor, k: Tensor) -> Tensor:
     rank = torch.empty_like(order).scatter_(
         1, order, torch.arange(flat.shape[1], device=delta.device).expand_as(order))
     return torch.where(rank < k[:, None], flat, 0.0).view_as(delta)
+
+
+class FMNSettings(Settings):
+    """The settings of :class:`FMN` (its docstring): norm l0, l1, l2 or linf, steps >= 1,
+    alpha > 0, 0 < gamma < 1."""
+
+    norm: str = "l2"
+    steps: int = 100
+    alpha: float = 1.0
+    gamma: float = 0.05
+    seed: int = 0
+
+    def check(self) -> None:
+        one_of("norm", self.norm, ("l0", *DUAL))
+        at_least(1, steps=self.steps)
+        positive(alpha=self.alpha)
+        if not 0 < self.gamma < 1:
+            raise ThreatModelError(f"FMN needs 0 < gamma < 1, got {self.gamma}")
 
 
 @register("fmn", knowledge="white", goal="both", norm="l2", kind="iterative", bounded=False)
@@ -86,15 +105,9 @@ class FMN(Attack):
     References: Pintor et al., NeurIPS 2021, arXiv:2102.12827.
     """
 
-    def __init__(self, *, norm: str = "l2", steps: int = 100, alpha: float = 1.0,
-                 gamma: float = 0.05, seed: int = 0) -> None:
-        if norm not in ("l0", *DUAL):
-            raise ThreatModelError(f"FMN supports l0, l1, l2 and linf, got {norm!r}")
-        if steps < 1 or alpha <= 0 or not 0 < gamma < 1:
-            raise ThreatModelError("FMN needs steps >= 1, alpha > 0 and 0 < gamma < 1")
-        self.norm, self.eps, self.seed = norm, None, seed
-        self.steps, self.alpha, self.gamma = steps, alpha, gamma
-        self.objective = objective("margin")  # -L: ascended
+    Settings = FMNSettings
+    positional = ()
+    objective = staticmethod(objective("margin"))  # -L: ascended
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:

@@ -20,14 +20,14 @@ Bandits, :mod:`advlab.attacks.blackbox.estimate`), or a step that also evades a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, is_success, register
-from advlab.errors import ThreatModelError
-from advlab.losses import Objective, objective
+from advlab.attacks.settings import BallSettings, at_least, one_of, positive
+from advlab.losses import OBJECTIVES, Objective, objective
 from advlab.threat import DEFAULT_EPS, Box, Region, broadcast_rows, region
 
 
@@ -39,6 +39,10 @@ class Probe:
     model: Model
     generator: torch.Generator | None
     memory: dict[str, Any] = field(default_factory=dict)
+    #: the loop's current run, for sources that look where it goes (NI's look-ahead): its
+    #: memory (:meth:`GradientAttack.init_memory`: a momentum, ...) with ``eps`` (N,) and
+    #: ``alpha`` (N x 1 x ...), batch-sized
+    run: dict[str, Tensor] = field(default_factory=dict)
 
 
 class Source:
@@ -81,42 +85,62 @@ class Autograd(Source):
 AUTOGRAD = Autograd()
 
 
-class GradientAttack(Attack):
-    """The shared loop: random start, gradient, steepest direction, step, project, clip.
+class GradientSettings(BallSettings):
+    """The settings of the gradient family (FGSM, BIM, PGD, MI-FGSM, APGD, the transfer,
+    EOT, score-based and detector-aware attacks), written once.
 
-    Args:
+    Attributes:
         eps: radius of the ball (pixel space); default 0.3 (linf), 2.0 (l2), 10.0 (l1).
-        norm: "linf", "l2" or "l1".
+        norm: "linf", "l2" or "l1" (``norms``: those a member supports).
         steps: number of gradient steps.
         alpha: step size; default 2.5 * eps / steps (Madry et al.), per example.
         random_start: start from a uniform point of the ball instead of x.
         restarts: runs from new random starts for the examples not yet fooled.
-        loss: "ce", "margin" (C&W) or "dlr".
+        loss: "ce", "margin" (C&W) or "dlr" (``losses``: those a member supports).
         early_stop: stop moving an example once it is adversarial (does not change success).
         seed: seeds the random starts.
         source: where the gradient comes from (default: autograd on the model).
     """
 
+    losses: ClassVar[tuple[str, ...]] = tuple(OBJECTIVES)
+
+    steps: int = 10
+    alpha: float | None = None
+    random_start: bool = False
+    restarts: int = 1
+    loss: str = "ce"
+    early_stop: bool = True
+    seed: int = 0
+    source: Source | None = None
+
+    def check(self) -> None:
+        one_of("norm", self.norm, self.norms)
+        objective(self.loss)  # UnknownNameError for a loss no attack knows
+        one_of("loss", self.loss, self.losses)
+        at_least(1, steps=self.steps, restarts=self.restarts)
+        positive(alpha=self.alpha)
+        if self.eps is None:
+            self.resolve("eps", DEFAULT_EPS[self.norm])
+        if self.source is None:
+            self.resolve("source", AUTOGRAD)
+        at_least(0, eps=self.eps)
+
+
+class GradientAttack(Attack):
+    """The shared loop: random start, gradient, steepest direction, step, project, clip.
+
+    Settings: :class:`GradientSettings` (eps, norm, steps, alpha, random_start, restarts,
+    loss, early_stop, seed, source); a member changes their defaults (``preset``), leaves
+    some out (``fixed``) or adds its own (a subclass of :class:`GradientSettings`).
+    """
+
+    Settings = GradientSettings
     projects = True  # every iterate is projected onto S(x), the random start included
 
-    def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 10,
-                 alpha: float | None = None, random_start: bool = False, restarts: int = 1,
-                 loss: str = "ce", early_stop: bool = True, seed: int = 0,
-                 source: Source | None = None) -> None:
-        if norm not in DEFAULT_EPS:
-            raise ThreatModelError(f"unknown norm {norm!r}; available: {', '.join(DEFAULT_EPS)}")
-        if steps < 1 or restarts < 1:
-            raise ThreatModelError(f"steps and restarts must be >= 1, got {steps}, {restarts}")
-        if alpha is not None and alpha <= 0:
-            raise ThreatModelError(f"alpha must be positive, got {alpha}")
-        self.eps = DEFAULT_EPS[norm] if eps is None else eps
-        if isinstance(self.eps, (int, float)) and self.eps < 0:
-            raise ThreatModelError(f"eps must be non-negative, got {self.eps}")
-        self.norm, self.steps, self.alpha = norm, steps, alpha
-        self.random_start, self.restarts, self.loss = random_start, restarts, loss
-        self.early_stop, self.seed = early_stop, seed
-        self.objective = objective(loss)
-        self.source = AUTOGRAD if source is None else source
+    @property
+    def objective(self) -> Objective:
+        """The ascent objective of ``loss``."""
+        return objective(self.loss)
 
     # -- the pieces a subclass may replace ------------------------------------------------
 
@@ -195,7 +219,7 @@ class GradientAttack(Attack):
         x_adv = feasible.project(x + b.random(x, eps, probe.generator)) if self.random_start \
             else x
         alpha = broadcast_rows(self.step_sizes(eps), x)
-        memory = self.init_memory(x)
+        memory = probe.run = {**self.init_memory(x), "eps": eps, "alpha": alpha}
         active: Tensor | None = None  # indices still attacked; None means all
         for _ in range(self.steps):
             xs, ys, ts = _take(active, x_adv, y, target)
@@ -244,14 +268,14 @@ class FGSM(GradientAttack):
     r"""Fast Gradient Sign Method: :math:`x' = x + \epsilon\,\mathrm{sign}(\nabla_x J(x, t_{true}))`
     (untargeted), :math:`x' = x - \epsilon\,\mathrm{sign}(\nabla_x J(x, t_{adv}))` (targeted).
 
+    Settings: eps, norm, loss, seed, source (:class:`GradientSettings`).
+
     References: Goodfellow, Shlens & Szegedy, "Explaining and harnessing adversarial
     examples", ICLR 2015, arXiv:1412.6572.
     """
 
-    def __init__(self, eps: float | None = None, *, norm: str = "linf", loss: str = "ce",
-                 seed: int = 0, source: Source | None = None) -> None:
-        super().__init__(eps, norm=norm, steps=1, loss=loss, early_stop=False, seed=seed,
-                         source=source)
+    fixed = {"steps": 1, "alpha": None, "random_start": False, "restarts": 1,
+             "early_stop": False}
 
     def step_sizes(self, eps: Tensor) -> Tensor:
         return eps
@@ -268,15 +292,14 @@ class BIM(GradientAttack):
     the projection onto the eps-ball and the box, :math:`x^{t+1} = \mathrm{Clip}_{x,\epsilon}
     (x^t + \alpha\,\mathrm{sign}(\nabla_x J(x^t, t_{true})))`.
 
+    Settings: eps, norm, steps (10), alpha, loss, early_stop, seed, source
+    (:class:`GradientSettings`).
+
     References: Kurakin, Goodfellow & Bengio, "Adversarial examples in the physical world",
     ICLR workshop 2017, arXiv:1607.02533.
     """
 
-    def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 10,
-                 alpha: float | None = None, loss: str = "ce", early_stop: bool = True,
-                 seed: int = 0, source: Source | None = None) -> None:
-        super().__init__(eps, norm=norm, steps=steps, alpha=alpha, loss=loss,
-                         early_stop=early_stop, seed=seed, source=source)
+    fixed = {"random_start": False, "restarts": 1}
 
 
 @register("pgd", knowledge="white", goal="both", norm="linf", kind="iterative")
@@ -288,17 +311,23 @@ class PGD(GradientAttack):
     r"""Projected Gradient Descent: BIM from a uniformly random start inside the ball, with
     restarts keeping the strongest result per example. Linf, L2 and L1 balls.
 
+    Settings: all of :class:`GradientSettings`, with 40 steps and the random start on.
+
     References: Madry et al., "Towards deep learning models resistant to adversarial
     attacks", ICLR 2018, arXiv:1706.06083. L1 steps: Tramer & Boneh 2019, arXiv:1904.13000.
     """
 
-    def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 40,
-                 alpha: float | None = None, random_start: bool = True, restarts: int = 1,
-                 loss: str = "ce", early_stop: bool = True, seed: int = 0,
-                 source: Source | None = None) -> None:
-        super().__init__(eps, norm=norm, steps=steps, alpha=alpha, random_start=random_start,
-                         restarts=restarts, loss=loss, early_stop=early_stop, seed=seed,
-                         source=source)
+    preset = {"steps": 40, "random_start": True}
+
+
+class MomentumSettings(GradientSettings):
+    r""":class:`GradientSettings` and the momentum's decay :math:`\mu` (>= 0)."""
+
+    decay: float = 1.0
+
+    def check(self) -> None:
+        super().check()
+        at_least(0, decay=self.decay)
 
 
 @register("mifgsm", knowledge="white", goal="both", norm="linf", kind="iterative")
@@ -306,16 +335,15 @@ class MIFGSM(GradientAttack):
     r"""Momentum Iterative FGSM: :math:`g^{t+1} = \mu g^t + \nabla_x J / \|\nabla_x J\|_1`,
     :math:`x^{t+1} = \Pi(x^t + \alpha\,\mathrm{sign}(g^{t+1}))`, with alpha = eps / steps.
 
+    Settings: eps, norm, steps (10), decay (:math:`\mu`, 1.0), loss, early_stop, seed, source
+    (:class:`MomentumSettings`).
+
     References: Dong et al., "Boosting adversarial attacks with momentum", CVPR 2018,
     arXiv:1710.06081.
     """
 
-    def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 10,
-                 decay: float = 1.0, loss: str = "ce", early_stop: bool = True,
-                 seed: int = 0, source: Source | None = None) -> None:
-        super().__init__(eps, norm=norm, steps=steps, loss=loss, early_stop=early_stop,
-                         seed=seed, source=source)
-        self.decay = decay
+    Settings = MomentumSettings
+    fixed = {"alpha": None, "random_start": False, "restarts": 1}
 
     def step_sizes(self, eps: Tensor) -> Tensor:
         return eps / self.steps

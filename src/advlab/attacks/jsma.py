@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, register
+from advlab.attacks.settings import TargetedSettings, one_of
 from advlab.errors import ThreatModelError
 from advlab.threat import clip_box
 
@@ -139,6 +140,24 @@ def jacobian(xs: Tensor, logits: Tensor, target: Tensor,
     return alpha.flatten(1), (total - alpha).flatten(1)
 
 
+class JSMASettings(TargetedSettings):
+    """The settings of :class:`JSMA` (its docstring): theta != 0, 0 < gamma <= 1, output
+    "probs" or "logits"."""
+
+    theta: float = 1.0
+    gamma: float = 0.145
+    pairs: bool = True
+    output: str = "probs"
+    seed: int = 0
+
+    def check(self) -> None:
+        super().check()
+        if self.theta == 0 or not 0 < self.gamma <= 1:
+            raise ThreatModelError(f"need theta != 0 and 0 < gamma <= 1, got {self.theta}, "
+                                   f"{self.gamma}")
+        one_of("output", self.output, ("probs", "logits"))
+
+
 @register("jsma", knowledge="white", goal="targeted", norm="l0", kind="iterative",
           bounded=False)
 class JSMA(Attack):
@@ -162,19 +181,9 @@ class JSMA(Attack):
 
     targeted_only = True
 
-    def __init__(self, *, theta: float = 1.0, gamma: float = 0.145, pairs: bool = True,
-                 output: str = "probs", target_selection: str = "random",
-                 seed: int = 0) -> None:
-        if theta == 0 or not 0 < gamma <= 1:
-            raise ThreatModelError(f"need theta != 0 and 0 < gamma <= 1, got {theta}, {gamma}")
-        if output not in ("probs", "logits"):
-            raise ThreatModelError(f"output must be 'probs' or 'logits', got {output!r}")
-        if target_selection not in ("random", "least_likely", "next"):
-            raise ThreatModelError(f"unknown target selection {target_selection!r}; use "
-                                   "random, least_likely or next")
-        self.norm, self.eps, self.seed = "l0", None, seed
-        self.theta, self.gamma, self.pairs, self.output = theta, gamma, pairs, output
-        self.target_selection = target_selection
+    Settings = JSMASettings
+    positional = ()
+    norm = "l0"
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:

@@ -31,8 +31,31 @@ from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, is_success, register
 from advlab.attacks.minnorm import Best, ConstantSearch, confirm
-from advlab.errors import ThreatModelError
+from advlab.attacks.settings import TargetedSettings, at_least, one_of, positive
 from advlab.threat import ball, clip_box
+
+
+class LBFGSSettings(TargetedSettings):
+    """The settings of :class:`LBFGS` (its docstring): eps >= 0 or None, norm l2 or linf,
+    c0 > 0, search_steps, max_iter and history >= 1."""
+
+    eps: float | None = None
+    norm: str = "l2"
+    c0: float = 1.0
+    search_steps: int = 8
+    max_iter: int = 10
+    history: int = 10
+    tol: float = 1e-5
+    warm_start: bool = True
+    seed: int = 0
+
+    def check(self) -> None:
+        super().check()
+        one_of("norm", self.norm, ("l2", "linf"))
+        positive(c0=self.c0)
+        at_least(1, search_steps=self.search_steps, max_iter=self.max_iter,
+                 history=self.history)
+        at_least(0, eps=self.eps)
 
 
 @register("lbfgs", knowledge="white", goal="targeted", norm="l2", kind="optimization",
@@ -63,23 +86,8 @@ class LBFGS(Attack):
 
     targeted_only = True
 
-    def __init__(self, *, eps: float | None = None, norm: str = "l2", c0: float = 1.0,
-                 search_steps: int = 8, max_iter: int = 10, history: int = 10,
-                 tol: float = 1e-5, target_selection: str = "random",
-                 warm_start: bool = True, seed: int = 0) -> None:
-        if norm not in ("l2", "linf"):
-            raise ThreatModelError(f"L-BFGS supports norm 'l2' or 'linf', got {norm!r}")
-        if c0 <= 0 or search_steps < 1 or max_iter < 1 or history < 1:
-            raise ThreatModelError("need c0 > 0, search_steps >= 1, max_iter >= 1, history >= 1")
-        if eps is not None and eps < 0:
-            raise ThreatModelError(f"eps must be non-negative, got {eps}")
-        if target_selection not in ("random", "least_likely", "next"):
-            raise ThreatModelError(f"unknown target selection {target_selection!r}")
-        self.norm, self.eps, self.seed = norm, eps, seed
-        self.c0, self.search_steps, self.max_iter, self.history = c0, search_steps, max_iter, \
-            history
-        self.target_selection = target_selection
-        self.warm_start, self.tol = warm_start, tol
+    Settings = LBFGSSettings
+    positional = ()
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:

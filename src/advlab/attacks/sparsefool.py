@@ -33,7 +33,7 @@ from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, register
 from advlab.attacks.deepfool import DeepFool
-from advlab.errors import ThreatModelError
+from advlab.attacks.settings import Settings, at_least
 from advlab.losses import max_other
 from advlab.threat import broadcast_rows, clip_box
 
@@ -66,6 +66,21 @@ def linear_solver(x: Tensor, w: Tensor, x_b: Tensor) -> Tensor:
     return z.view_as(x)
 
 
+class SparseFoolSettings(Settings):
+    """The settings of :class:`SparseFool` (its docstring): lam >= 1, overshoot >= 0,
+    max_iter and deepfool_iter >= 1."""
+
+    lam: float = 3.0
+    overshoot: float = 0.02
+    max_iter: int = 20
+    deepfool_iter: int = 50
+    seed: int = 0
+
+    def check(self) -> None:
+        at_least(1, lam=self.lam, max_iter=self.max_iter, deepfool_iter=self.deepfool_iter)
+        at_least(0, overshoot=self.overshoot)
+
+
 @register("sparsefool", knowledge="white", goal="untargeted", norm="l0", kind="iterative",
           bounded=False)
 class SparseFool(Attack):
@@ -84,14 +99,14 @@ class SparseFool(Attack):
     References: Modas et al., CVPR 2019, arXiv:1811.02248.
     """
 
-    def __init__(self, *, lam: float = 3.0, overshoot: float = 0.02, max_iter: int = 20,
-                 deepfool_iter: int = 50, seed: int = 0) -> None:
-        if lam < 1 or overshoot < 0 or max_iter < 1 or deepfool_iter < 1:
-            raise ThreatModelError("SparseFool needs lam >= 1, overshoot >= 0 and iterations "
-                                   ">= 1")
-        self.norm, self.eps, self.seed = "l0", None, seed
-        self.lam, self.overshoot, self.max_iter = lam, overshoot, max_iter
-        self.deepfool = DeepFool(max_iter=deepfool_iter, candidates=10)
+    Settings = SparseFoolSettings
+    positional = ()
+    norm = "l0"
+
+    @property
+    def deepfool(self) -> DeepFool:
+        """The DeepFool run of each iteration (``deepfool_iter`` steps, 10 candidates)."""
+        return DeepFool(max_iter=self.deepfool_iter, candidates=10)
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:

@@ -20,10 +20,11 @@ All members iterate, for T steps of size :math:`\alpha = \epsilon / T` from :mat
   :math:`v_{t+1} = \frac{1}{N}\sum_{i=1}^N \nabla J(x_t + r_i) - \nabla J(x_t)`,
   :math:`r_i \sim U[-\beta\epsilon, \beta\epsilon]^D`.
 
-The options compose (TI-DIM, SI-NI-TI-DIM, ...). The loop runs every step for every example:
-a transfer attack keeps pushing after the surrogate is fooled, so it has no early stopping (the
-shared loop of gradient.py stops there, and its gradient hook cannot see the momentum that
-NI's look-ahead needs). :class:`Ensemble` averages the logits of several surrogates, the
+The options compose (TI-DIM, SI-NI-TI-DIM, ...). The loop is MI-FGSM's, the shared loop of
+gradient.py; the enhancements are its gradient source (:class:`TransferGradient`, which sees
+the loop's momentum for NI's look-ahead). It runs every step for every example: a transfer
+attack keeps pushing after the surrogate is fooled, so it has no early stopping.
+:class:`Ensemble` averages the logits of several surrogates, the
 ensemble attack of Liu et al. and Dong et al.
 
 References: Dong et al., "Boosting adversarial attacks with momentum", CVPR 2018,
@@ -43,10 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advlab.attacks.base import Attack, Model, register
+from advlab.attacks.base import register
+from advlab.attacks.gradient import MIFGSM, MomentumSettings, Probe, Source
+from advlab.attacks.settings import at_least
 from advlab.errors import ThreatModelError
-from advlab.losses import objective
-from advlab.threat import broadcast_rows, region
+from advlab.losses import Objective
+from advlab.threat import broadcast_rows
 
 
 def gaussian_kernel(size: int, nsig: float = 3.0) -> Tensor:
@@ -110,6 +113,90 @@ class Ensemble(nn.Module):
         return sum(w * m(x) for w, m in zip(self.weights, self.members))
 
 
+class TransferSettings(MomentumSettings):
+    """:class:`~advlab.attacks.gradient.MomentumSettings` and the transfer enhancements
+    (see :class:`TransferAttack`), checked: 0 <= diversity <= 1, 0 < resize <= 1, an odd
+    kernel side (or 0), scales >= 1, variance >= 0, beta >= 0. The source is their
+    :class:`TransferGradient`."""
+
+    diversity: float = 0.0
+    resize: float = 0.9
+    kernel: int = 0
+    nesterov: bool = False
+    scales: int = 1
+    variance: int = 0
+    beta: float = 1.5
+
+    def check(self) -> None:
+        if not 0 <= self.diversity <= 1 or not 0 < self.resize <= 1:
+            raise ThreatModelError("need 0 <= diversity <= 1 and 0 < resize <= 1")
+        if self.kernel < 0 or (self.kernel > 1 and self.kernel % 2 == 0):
+            raise ThreatModelError(f"the TI kernel side must be odd (or 0), got {self.kernel}")
+        at_least(1, scales=self.scales)
+        at_least(0, variance=self.variance, beta=self.beta)
+        super().check()
+        self.resolve("source", TransferGradient(self))
+
+
+class TransferGradient(Source):
+    r"""The transfer family's gradient source: :math:`G_t` (DI, SI, TI) at the iterate, or
+    at NI's look-ahead point :math:`x_t + \alpha \mu g_t` (the loop's momentum and step
+    sizes, ``probe.run``), plus VMI's variance term :math:`v_t`, which it keeps in the
+    run's state.
+
+    Returns the surrogate's logits on the first (unscaled, possibly diversified) copy.
+    """
+
+    def __init__(self, s: TransferSettings) -> None:
+        self.decay, self.diversity, self.resize, self.kernel = (s.decay, s.diversity,
+                                                                s.resize, s.kernel)
+        self.nesterov, self.scales, self.variance, self.beta = (s.nesterov, s.scales,
+                                                                s.variance, s.beta)
+
+    def __call__(self, objective: Objective, probe: Probe, x_adv: Tensor, y: Tensor,
+                 target: Tensor | None, idx: Tensor | None) -> tuple[Tensor, Tensor]:
+        run = probe.run
+        rows = slice(None) if idx is None else idx
+        look = x_adv + run["alpha"][rows] * self.decay * run["momentum"][rows] \
+            if self.nesterov else x_adv
+        grad, logits = self.at(objective, probe, look, y, target)
+        total = grad + run["variance"][rows] if self.variance else grad
+        if self.variance:
+            run["variance"][rows] = self.neighbourhood(objective, probe, x_adv, y, target,
+                                                       run["eps"][rows]) - grad
+        return total, logits
+
+    def at(self, objective: Objective, probe: Probe, x: Tensor, y: Tensor,
+           target: Tensor | None) -> tuple[Tensor, Tensor]:
+        """G at x: the loss gradient through DI's transform, averaged over SI's scales, then
+        smoothed by TI's kernel; and the logits of the first copy."""
+        assert probe.generator is not None
+        x = x.detach().requires_grad_(True)
+        total = torch.zeros((), dtype=x.dtype, device=x.device)
+        first = None
+        for i in range(self.scales):
+            seen = diverse(x / 2 ** i, self.diversity, self.resize, probe.generator) \
+                if self.diversity else x / 2 ** i
+            logits = probe.model(seen)
+            first = logits if first is None else first
+            total = total + objective(logits, y, target).sum()
+        (grad,) = torch.autograd.grad(total / self.scales, x)
+        assert first is not None
+        grad = smooth(grad, gaussian_kernel(self.kernel)) if self.kernel > 1 else grad
+        return grad, first.detach()
+
+    def neighbourhood(self, objective: Objective, probe: Probe, x: Tensor, y: Tensor,
+                      target: Tensor | None, eps: Tensor) -> Tensor:
+        """VMI: the mean gradient G over N uniform points of the box of radius beta * eps."""
+        assert probe.generator is not None
+        radius = broadcast_rows(self.beta * eps, x)
+        total = torch.zeros_like(x)
+        for _ in range(self.variance):
+            u = torch.rand(x.shape, generator=probe.generator, device=x.device, dtype=x.dtype)
+            total += self.at(objective, probe, x + (2 * u - 1) * radius, y, target)[0]
+        return total / self.variance
+
+
 @register("di-fgsm", knowledge="white", goal="both", norm="linf", kind="iterative",
           defaults={"diversity": 0.5})
 @register("ti-fgsm", knowledge="white", goal="both", norm="linf", kind="iterative",
@@ -120,10 +207,11 @@ class Ensemble(nn.Module):
           defaults={"nesterov": True, "scales": 5})
 @register("vmi-fgsm", knowledge="white", goal="both", norm="linf", kind="iterative",
           defaults={"variance": 20})
-class TransferAttack(Attack):
-    r"""MI-FGSM with the transfer enhancements DI, TI, NI, SI and VMI (Linf).
+class TransferAttack(MIFGSM):
+    r"""MI-FGSM with the transfer enhancements DI, TI, NI, SI and VMI (Linf), on the shared
+    loop of :mod:`advlab.attacks.gradient` with the gradient source :class:`TransferGradient`.
 
-    Args:
+    Settings (:class:`TransferSettings`):
         eps: Linf radius (pixel space).
         steps: T; the step size is eps / T.
         decay: momentum :math:`\mu`.
@@ -143,64 +231,9 @@ class TransferAttack(Attack):
     References: see the module docstring.
     """
 
-    norm = "linf"
-    projects = True
+    Settings = TransferSettings
+    fixed = {"norm": "linf", "early_stop": False, "source": None}
 
-    def __init__(self, eps: float = 0.3, *, steps: int = 10, decay: float = 1.0,
-                 diversity: float = 0.0, resize: float = 0.9, kernel: int = 0,
-                 nesterov: bool = False, scales: int = 1, variance: int = 0,
-                 beta: float = 1.5, loss: str = "ce", seed: int = 0) -> None:
-        if eps < 0 or steps < 1 or decay < 0:
-            raise ThreatModelError("need eps >= 0, steps >= 1 and decay >= 0")
-        if not 0 <= diversity <= 1 or not 0 < resize <= 1:
-            raise ThreatModelError("need 0 <= diversity <= 1 and 0 < resize <= 1")
-        if kernel < 0 or (kernel > 1 and kernel % 2 == 0):
-            raise ThreatModelError(f"the TI kernel side must be odd (or 0), got {kernel}")
-        if scales < 1 or variance < 0 or beta < 0:
-            raise ThreatModelError("need scales >= 1, variance >= 0 and beta >= 0")
-        self.eps, self.steps, self.decay, self.seed = eps, steps, decay, seed
-        self.diversity, self.resize, self.kernel = diversity, resize, kernel
-        self.nesterov, self.scales, self.variance, self.beta = nesterov, scales, variance, beta
-        self.loss = loss
-        self.objective = objective(loss)
-
-    def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
-                eps: Tensor | None, generator: torch.Generator) -> Tensor:
-        assert eps is not None
-        feasible = region(x, eps, self.ball)
-        alpha = broadcast_rows(eps / self.steps, x)
-        g, v = torch.zeros_like(x), torch.zeros_like(x)
-        x_adv = x
-        for _ in range(self.steps):
-            look = x_adv + alpha * self.decay * g if self.nesterov else x_adv
-            grad = self.gradient(model, look, y, target, generator)
-            total = grad + v
-            l1 = total.flatten(1).abs().sum(1).clamp_min(1e-12)
-            g = self.decay * g + total / broadcast_rows(l1, total)
-            if self.variance:
-                v = self.neighbourhood(model, x_adv, y, target, eps, generator) - grad
-            x_adv = feasible.project(x_adv + alpha * g.sign())
-        return x_adv
-
-    def gradient(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
-                 generator: torch.Generator) -> Tensor:
-        """G at x: the loss gradient through DI's transform, averaged over SI's scales, then
-        smoothed by TI's kernel."""
-        x = x.detach().requires_grad_(True)
-        total = torch.zeros((), dtype=x.dtype, device=x.device)
-        for i in range(self.scales):
-            seen = diverse(x / 2 ** i, self.diversity, self.resize, generator) \
-                if self.diversity else x / 2 ** i
-            total = total + self.objective(model(seen), y, target).sum()
-        (grad,) = torch.autograd.grad(total / self.scales, x)
-        return smooth(grad, gaussian_kernel(self.kernel)) if self.kernel > 1 else grad
-
-    def neighbourhood(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
-                      eps: Tensor, generator: torch.Generator) -> Tensor:
-        """VMI: the mean gradient G over N uniform points of the box of radius beta * eps."""
-        radius = broadcast_rows(self.beta * eps, x)
-        total = torch.zeros_like(x)
-        for _ in range(self.variance):
-            u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            total += self.gradient(model, x + (2 * u - 1) * radius, y, target, generator)
-        return total / self.variance
+    def init_memory(self, x: Tensor) -> dict[str, Tensor]:
+        """MI-FGSM's momentum and VMI's variance term."""
+        return {**super().init_memory(x), "variance": torch.zeros_like(x)}

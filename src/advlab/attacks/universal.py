@@ -32,8 +32,9 @@ from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, register
 from advlab.attacks.deepfool import DeepFool
+from advlab.attacks.settings import BallSettings, at_least, one_of, positive
 from advlab.errors import LabelError, ThreatModelError
-from advlab.losses import objective
+from advlab.losses import Objective, objective
 from advlab.threat import Ball, ball, broadcast_rows, clip_box
 from advlab.validation import check_eval_mode, check_images, check_labels
 
@@ -129,6 +130,34 @@ def targeted_step(model: Model, x: Tensor, target: Tensor, norm: str, max_iter: 
     return (1 + overshoot) * r
 
 
+class UniversalSettings(BallSettings):
+    """The settings of :class:`UniversalPerturbation` (its docstring): the ball (eps, norm),
+    0 <= delta < 1, max_passes, batch_size and max_iter >= 1, step_norm linf or l2, method
+    "deepfool" or "sgd", alpha > 0 or None, and the loss."""
+
+    delta: float = 0.2
+    max_passes: int = 10
+    batch_size: int = 32
+    step_norm: str = "l2"
+    max_iter: int = 10
+    overshoot: float = 0.02
+    method: str = "deepfool"
+    alpha: float | None = None
+    loss: str = "margin"
+    seed: int = 0
+
+    def check(self) -> None:
+        super().check()
+        one_of("step_norm", self.step_norm, ("linf", "l2"))
+        if not 0.0 <= self.delta < 1.0:
+            raise ThreatModelError(f"need 0 <= delta < 1, got {self.delta}")
+        at_least(1, max_passes=self.max_passes, batch_size=self.batch_size,
+                 max_iter=self.max_iter)
+        one_of("method", self.method, ("deepfool", "sgd"))
+        positive(alpha=self.alpha)
+        objective(self.loss)  # UnknownNameError for an unknown loss
+
+
 class UniversalPerturbation(Attack):
     r"""Universal adversarial perturbation (Moosavi-Dezfooli et al. 2017), Linf or L2.
 
@@ -166,29 +195,12 @@ class UniversalPerturbation(Attack):
     training", AAAI 2020, arXiv:1811.11304.
     """
 
-    def __init__(self, eps: float | None = None, *, norm: str = "linf", delta: float = 0.2,
-                 max_passes: int = 10, batch_size: int = 32, step_norm: str = "l2",
-                 max_iter: int = 10, overshoot: float = 0.02, method: str = "deepfool",
-                 alpha: float | None = None, loss: str = "margin", seed: int = 0) -> None:
-        if norm not in DEFAULT_EPS:
-            raise ThreatModelError(f"universal perturbations support linf and l2, got {norm!r}")
-        if step_norm not in ("linf", "l2"):
-            raise ThreatModelError(f"step_norm must be linf or l2, got {step_norm!r}")
-        if not 0.0 <= delta < 1.0 or max_passes < 1 or batch_size < 1 or max_iter < 1:
-            raise ThreatModelError("need 0 <= delta < 1 and max_passes, batch_size, "
-                                   "max_iter >= 1")
-        if method not in ("deepfool", "sgd"):
-            raise ThreatModelError(f"method must be 'deepfool' or 'sgd', got {method!r}")
-        if alpha is not None and alpha <= 0:
-            raise ThreatModelError(f"alpha must be positive, got {alpha}")
-        self.eps = DEFAULT_EPS[norm] if eps is None else eps
-        if isinstance(self.eps, (int, float)) and self.eps < 0:
-            raise ThreatModelError(f"eps must be non-negative, got {self.eps}")
-        self.norm, self.delta, self.max_passes = norm, delta, max_passes
-        self.batch_size, self.step_norm = batch_size, step_norm
-        self.max_iter, self.overshoot, self.seed = max_iter, overshoot, seed
-        self.method, self.alpha, self.loss = method, alpha, loss
-        self.objective = objective(loss)
+    Settings = UniversalSettings
+
+    @property
+    def objective(self) -> Objective:
+        """The ascent objective of ``loss`` (the "sgd" method's)."""
+        return objective(self.loss)
 
     def fit(self, model: Model, x: Tensor, y: Tensor | None = None, target: int | None = None,
             *, eps: float | None = None, generator: torch.Generator | None = None

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from advlab import optim
 from advlab.defenses.transformed import Adaptive
-from advlab.detectors.base import Detector, Model
+from advlab.detectors.detector import Detector, Model
 from advlab.errors import InputError, UnknownNameError
 from advlab.threat import clip_box
 from advlab.validation import check_images
@@ -158,7 +158,7 @@ class MagNet(Detector):
             and "jsdT" (JSD at temperature T, e.g. "jsd10", "jsd40").
         validation: fraction of the fitting data held out to scale the components.
         epochs, noise: autoencoder training (see :func:`train_autoencoder`).
-        batch_size, seed: see :class:`~advlab.detectors.base.Detector`.
+        batch_size, seed: see :class:`~advlab.detectors.detector.Detector`.
 
     Attributes (after fit): ``autoencoder_``, ``scale_`` (clean 99th percentile of each
     component).

@@ -341,10 +341,8 @@ class _EvalMode:
 
 
 def _seeded(attack: Attack, seed: int) -> Attack:
-    """A shallow copy of the attack with another seed (fresh random starts every batch)."""
-    atk = copy.copy(attack)
-    atk.seed = seed
-    return atk
+    """A copy of the attack with another seed (fresh random starts every batch)."""
+    return attack.replace(seed=seed)
 
 
 def madry_training(model: nn.Module, x: Tensor, y: Tensor, attack: Attack | None = None, *,

@@ -1,4 +1,4 @@
-"""Detectors of adversarial examples, each fitted on one model (see base.py; detection
+"""Detectors of adversarial examples, each fitted on one model (see detector.py; detection
 rates, ROC and AUC in roc.py).
 
 ``advlab.detectors.ActivationKNN(layers=["fc1"], k=10).fit(model, x_tr, y_tr)``; then
@@ -8,8 +8,8 @@ MagNet lives with its reformer in :mod:`advlab.defenses.magnet`.
 """
 from advlab.detectors import roc  # noqa: F401
 from advlab.detectors.adaptive import DetectorAwarePGD  # noqa: F401
-from advlab.detectors.base import Detector, fingerprint, forward_with_activations  # noqa: F401
 from advlab.detectors.combine import AnyOf  # noqa: F401
+from advlab.detectors.detector import Detector, fingerprint, forward_with_activations  # noqa: F401
 from advlab.detectors.distances import FeatureDistance  # noqa: F401
 from advlab.detectors.knn import ActivationKNN, DeepKNN, knn_search  # noqa: F401
 from advlab.detectors.lid import LID  # noqa: F401

@@ -42,8 +42,8 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Crafted, Model, is_success
-from advlab.attacks.gradient import GradientAttack, Probe, Source
-from advlab.detectors.base import Detector
+from advlab.attacks.gradient import GradientAttack, GradientSettings, Probe, Source
+from advlab.detectors.detector import Detector
 from advlab.errors import AttackError, InputError, NotFittedError
 from advlab.losses import Objective, objective
 from advlab.threat import broadcast_rows
@@ -80,15 +80,35 @@ class DetectorAware(Source):
         return grad, logits
 
 
+class DetectorAwareSettings(GradientSettings):
+    """:class:`~advlab.attacks.gradient.GradientSettings` and the detector's: the fitted
+    detector (with a differentiable score and a threshold), lam >= 0, kappa and targets; the
+    source is their :class:`DetectorAware`."""
+
+    detector: Detector
+    lam: float = 1.0
+    kappa: float = 5.0
+    targets: int = 2
+
+    def check(self) -> None:
+        if not isinstance(self.detector, Detector) or not self.detector.differentiable:
+            raise AttackError(f"{type(self.detector).__name__} has no differentiable score "
+                              "to attack")
+        if self.lam < 0:
+            raise InputError(f"lam must be non-negative, got {self.lam}")
+        super().check()
+        self.resolve("source", DetectorAware(self.detector, self.lam, self.kappa))
+
+
 class DetectorAwarePGD(GradientAttack):
     """PGD against a classifier and a detector at once.
 
     Args:
-        detector: a fitted detector with a differentiable score (``differentiable``).
+        detector: a fitted detector with a differentiable score (``differentiable``) and its
+            threshold (``detector.threshold(x_clean, fpr)``, or the copy
+            ``detector.calibrated(x_clean, fpr)``): "undetected" means score <= threshold.
         lam: weight of the detector's unit gradient against the classifier's (0: the
             detector only decides when to stop).
-        threshold: the detector threshold to get under; default ``detector.threshold_``
-            (one of them must be set: "undetected" means score <= threshold).
         kappa: confidence: the logit margin of the wrong class sought before an example
             counts as done and the classification term stops (C&W's kappa).
         targets: untargeted attacks only: for the examples that did not evade, rerun
@@ -107,28 +127,18 @@ class DetectorAwarePGD(GradientAttack):
     Wagner 2018, arXiv:1802.00420 (attacks through defenses, BPDA).
     """
 
-    def __init__(self, detector: Detector, *, lam: float = 1.0, threshold: float | None = None,
-                 kappa: float = 5.0, eps: float | None = None, norm: str = "linf",
-                 steps: int = 100, alpha: float | None = None, random_start: bool = False,
-                 restarts: int = 1, targets: int = 2, loss: str = "margin",
-                 seed: int = 0) -> None:
-        if not isinstance(detector, Detector) or not detector.differentiable:
-            raise AttackError(f"{type(detector).__name__} has no differentiable score to attack")
-        if lam < 0:
-            raise InputError(f"lam must be non-negative, got {lam}")
-        super().__init__(eps, norm=norm, steps=steps, alpha=alpha, random_start=random_start,
-                         restarts=restarts, loss=loss, early_stop=True, seed=seed,
-                         source=DetectorAware(detector, lam, kappa))
-        self.detector, self.lam, self.threshold, self.kappa = detector, lam, threshold, kappa
-        self.targets = targets
+    Settings = DetectorAwareSettings
+    positional = ("detector",)
+    preset = {"steps": 100, "loss": "margin"}
+    fixed = {"early_stop": True, "source": None}
 
     @property
     def tau(self) -> float:
-        tau = self.threshold if self.threshold is not None else self.detector.threshold_
+        tau = self.detector.threshold_
         if tau is None:
             raise NotFittedError(
                 f"DetectorAwarePGD needs the threshold of {type(self.detector).__name__}: "
-                "pass threshold= or call detector.threshold(x_clean, fpr) first")
+                "call detector.threshold(x_clean, fpr) or pass detector.calibrated(x_clean, fpr)")
         return tau
 
     def init_memory(self, x: Tensor) -> dict[str, Tensor]:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from advlab.detectors.base import Detector, Model
+from advlab.detectors.detector import Detector, Model
 from advlab.errors import InputError
 
 
@@ -28,7 +28,7 @@ class AnyOf(Detector):
     Args:
         detectors: unfitted detectors, fitted by :meth:`fit` on the same model and data.
         validation: fraction of the fitting data held out to normalise the scores.
-        batch_size, seed: see :class:`~advlab.detectors.base.Detector`; the seed draws the
+        batch_size, seed: see :class:`~advlab.detectors.detector.Detector`; the seed draws the
             held-out split.
 
     References: Meng & Chen, "MagNet", arXiv:1705.09064 (several detectors, flag if any

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack
-from advlab.detectors.base import (
+from advlab.detectors.detector import (
     Model,
     collect_activations,
     euclidean,
@@ -43,7 +43,7 @@ class FeatureDistance(LearnedDetector):
             (default :func:`~advlab.detectors.learned.default_attacks`).
         n_adv: how many of the fitting inputs are attacked to make them.
         epochs: training steps of the learned detector.
-        batch_size, seed: see :class:`~advlab.detectors.base.Detector`.
+        batch_size, seed: see :class:`~advlab.detectors.detector.Detector`.
 
     Shape: features N x (K * len(layers)); score (N,) is the detector's logit.
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from advlab.detectors.base import (
+from advlab.detectors.detector import (
     Detector,
     Model,
     collect_activations,
@@ -101,7 +101,7 @@ class ActivationKNN(Detector):
         layers: submodule names whose outputs form the activation vector.
         k: neighbours in the vote.
         precise: exact per-pair distances in the search (see :func:`knn_search`).
-        batch_size, seed: see :class:`~advlab.detectors.base.Detector`.
+        batch_size, seed: see :class:`~advlab.detectors.detector.Detector`.
 
     Shape: score x N x C x H x W -> (N,) in [0, 1].
 
@@ -231,7 +231,7 @@ class DeepKNN(Detector):
         label: "model" (credibility of the network's prediction) or "dknn" (of the DkNN's).
         surrogate_neighbours: m of the smooth surrogate for adaptive attacks (the mean over
             layers of :func:`soft_knn_score`).
-        batch_size, seed: see :class:`~advlab.detectors.base.Detector`; the seed draws the
+        batch_size, seed: see :class:`~advlab.detectors.detector.Detector`; the seed draws the
             calibration split.
 
     References: Papernot & McDaniel, "Deep k-nearest neighbors: towards confident,

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from advlab import optim
 from advlab.attacks.base import Attack
 from advlab.attacks.gradient import BIM, FGSM, PGD
-from advlab.detectors.base import Detector, Model
+from advlab.detectors.detector import Detector, Model
 from advlab.errors import InputError
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack
-from advlab.detectors.base import (
+from advlab.detectors.detector import (
     Model,
     collect_activations,
     euclidean,
@@ -47,7 +47,7 @@ class LID(LearnedDetector):
             deterministic and per-input).
         attacks, n_adv, epochs: adversarial training data and the regression (see
             :class:`~advlab.detectors.distances.FeatureDistance`).
-        batch_size, seed: see :class:`~advlab.detectors.base.Detector`.
+        batch_size, seed: see :class:`~advlab.detectors.detector.Detector`.
 
     References: Ma et al., "Characterizing adversarial subspaces using local intrinsic
     dimensionality", ICLR 2018, arXiv:1801.02613.

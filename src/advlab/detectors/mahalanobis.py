@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack
-from advlab.detectors.base import Detector, Model, batched, forward_with_activations
+from advlab.detectors.detector import Detector, Model, batched, forward_with_activations
 from advlab.detectors.learned import craft, default_attacks, train_binary
 from advlab.errors import InputError
 from advlab.threat import clip_box
@@ -38,7 +38,7 @@ class Mahalanobis(Detector):
         noise: the input pre-processing step eps (0 disables it).
         attacks, n_adv, epochs: adversarial training data and the regression (see
             :class:`~advlab.detectors.distances.FeatureDistance`).
-        batch_size, seed: see :class:`~advlab.detectors.base.Detector`.
+        batch_size, seed: see :class:`~advlab.detectors.detector.Detector`.
 
     References: Lee, Lee, Lee & Shin, "A simple unified framework for detecting
     out-of-distribution samples and adversarial attacks", NeurIPS 2018, arXiv:1807.03888.

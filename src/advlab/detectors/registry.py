@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from advlab.detectors.base import Detector
+from advlab.detectors.detector import Detector
 from advlab.detectors.distances import FeatureDistance
 from advlab.detectors.knn import ActivationKNN, DeepKNN
 from advlab.detectors.lid import LID

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from advlab.detectors.base import Detector, Model
+from advlab.detectors.detector import Detector, Model
 from advlab.errors import InputError
 from advlab.transforms import BitDepth, MedianSmoothing, Transform
 
@@ -34,7 +34,7 @@ class FeatureSqueezing(Detector):
 
     Args:
         squeezers: name -> transformation (default :func:`mnist_squeezers`).
-        batch_size, seed: see :class:`~advlab.detectors.base.Detector`.
+        batch_size, seed: see :class:`~advlab.detectors.detector.Detector`.
 
     Shape: score (N,) in [0, 2].
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from advlab.detectors.base import Detector, Model
+from advlab.detectors.detector import Detector, Model
 from advlab.errors import InputError, UnknownNameError
 from advlab.threat import ball as norm_ball
 from advlab.threat import project_box
@@ -122,7 +122,7 @@ class TransformationDetector(Detector):
         defense: a :class:`DefensePerturbation` applied to the input before transforming.
         fit_size: at most this many fitting inputs (a seeded subset) measure the clean 95th
             percentiles (the only thing fit learns).
-        batch_size, seed: see :class:`~advlab.detectors.base.Detector`.
+        batch_size, seed: see :class:`~advlab.detectors.detector.Detector`.
 
     Shape: score x N x C x H x W -> (N,).
 

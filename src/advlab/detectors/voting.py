@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advlab.detectors.base import Detector, Model, fingerprint
+from advlab.detectors.detector import Detector, Model, fingerprint
 from advlab.errors import InputError, NotFittedError
 from advlab.validation import check_eval_mode, check_logits
 
@@ -55,7 +55,7 @@ class NetworkVote(Detector):
 
     Args:
         voters: the other networks (eval mode; same inputs and classes as the model).
-        batch_size, seed: see :class:`~advlab.detectors.base.Detector`.
+        batch_size, seed: see :class:`~advlab.detectors.detector.Detector`.
 
     References: Nesti, Biondi & Buttazzo, "Detecting adversarial examples by input
     transformations, defense perturbations, and voting", arXiv:2101.11466.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 import advlab
-from advlab import attacks, defenses, zoo
+from advlab import attacks, defenses, io, zoo
 from advlab import data as datasets
 from advlab import models as models_
 from advlab.detectors import registry as detector_registry
@@ -34,7 +33,7 @@ from advlab.errors import (
 )
 from advlab.evaluation.config import DataSpec, ModelSpec, PluginSpec, RunConfig
 from advlab.evaluation.plan import plugin_key
-from advlab.evaluation.records import canonical_json, check_writable
+from advlab.evaluation.records import cell_key, check_writable
 from advlab.io import fingerprint_data, fingerprint_model
 from advlab.validation import check_eval_mode
 
@@ -118,17 +117,22 @@ def check_models(models: dict[str, nn.Module], x: Tensor, y: Tensor,
 # ----------------------------------------------------------------------------- before any work
 
 
-def check_buildable(cfg: RunConfig, given: Sequence[str] = ()) -> None:
+def check_buildable(cfg: RunConfig, given: Sequence[str] = ()) -> dict[str, nn.Module]:
     """Build every attack of ``cfg`` at each eps of its grid, every detector and every
     defense recipe (a transformation defense around an identity), check the names of the
     models (other than those ``given``) and build the user's own (its weights loaded), so
     that a bad parameter or name is an error before the first cell (and any training).
 
+    Returns:
+        The user's own models it built (name -> model in eval mode), which the run then
+        uses (:class:`Inputs`' ``models``): each is built once.
+
     Raises:
         ConfigError: naming the attack, defense or detector and what is wrong with it.
         UnknownNameError: an unknown model, defense, detector, transform or training method.
     """
-    what = [(f"models[{i}] ({m.name})", functools.partial(_check_model, m))
+    built: dict[str, nn.Module] = {}
+    what = [(f"models[{i}] ({m.name})", functools.partial(_check_model, m, built))
             for i, m in enumerate(cfg.models) if m.name not in given]
     what += [(f"attacks[{i}] ({a.name})", functools.partial(
         attacks.get, a.name, **a.params, **({} if e is None else {"eps": e}), seed=cfg.seed))
@@ -144,11 +148,12 @@ def check_buildable(cfg: RunConfig, given: Sequence[str] = ()) -> None:
             raise  # it names what is unknown and what exists
         except AdvlabError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
+    return built
 
 
-def _check_model(spec: ModelSpec) -> None:
+def _check_model(spec: ModelSpec, built: dict[str, nn.Module]) -> None:
     if not spec.is_zoo:  # the factory imports and runs, the weights fit its network
-        models_.build(spec)
+        built[spec.name] = load_model(spec).eval()
     elif spec.name not in defenses.ROBUST and spec.name not in zoo.available():
         raise UnknownNameError("model", spec.name, [*zoo.available(), *defenses.ROBUST])
 
@@ -271,20 +276,14 @@ class Inputs:
 
     def _trained(self, name: str, base: nn.Module, spec: PluginSpec, recipe: Any
                  ) -> nn.Module:
-        """A trained defense from ``$ADVLAB_HOME/defenses``; trained and cached (atomically)
-        when missing or unusable."""
+        """A trained defense from ``$ADVLAB_HOME/defenses`` (:func:`advlab.io.cached_model`,
+        the one model cache); trained and cached (atomically) when missing or unusable."""
         x, y = self.train()
-        key = canonical_json({"model": fingerprint_model(base), "defense": plugin_key(spec),
-                              "seed": self.cfg.seed, "data": fingerprint_data(x, y),
-                              "advlab": advlab.__version__})
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        digest = cell_key({"model": fingerprint_model(base), "defense": plugin_key(spec),
+                           "seed": self.cfg.seed, "data": fingerprint_data(x, y),
+                           "advlab": advlab.__version__})[:16]  # the same digest as a cell's
         path = datasets.home() / "defenses" / f"{name}-{spec.name}-{digest}.safetensors"
-        if path.exists():
-            try:
-                return zoo.load_weights(copy.deepcopy(base), path).eval()
-            except AdvlabError as exc:
-                log.warning("unusable cached defense %s (%s); retraining", path, exc)
-        model = recipe.build(base, self.train, self.cfg.seed)
-        zoo.save(model, path, {"model": name, "defense": spec.name, "params": spec.params,
-                               "seed": self.cfg.seed})
-        return model
+        return io.cached_model(
+            path, {"model": name, "defense": spec.name, "params": spec.params,
+                   "seed": self.cfg.seed}, lambda: copy.deepcopy(base),
+            lambda: (recipe.build(base, self.train, self.cfg.seed), {}))

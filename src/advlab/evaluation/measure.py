@@ -235,12 +235,6 @@ def measure(plan: CellPlan, model: nn.Module, x: Tensor, y: Tensor, *, start: in
 # ----------------------------------------------------------------------------- the attacks
 
 
-def detection_threshold(detector: Any, x: Tensor) -> float:
-    """The score above which ``detector`` flags :data:`DETECTION_FPR` of the clean images x
-    (not stored on the detector, which the run's cells share)."""
-    return metrics.calibrate_threshold(detector.score(x), DETECTION_FPR)
-
-
 def adaptive_attack(model: nn.Module, eps: float, norm: str, seed: int, lam: float,
                     clean: Callable[[], Tensor]) -> tuple[str, attacks.Attack, nn.Module | None]:
     """The adaptive attack on a defended model at ``eps``: the defense's own
@@ -256,8 +250,8 @@ def adaptive_attack(model: nn.Module, eps: float, norm: str, seed: int, lam: flo
     a = defense_attack(model, norm, (pgd, {"loss": "margin", "steps": 100}))
     if a.detector is not None:
         return "detector-aware-pgd", DetectorAwarePGD(
-            a.detector, lam=lam, threshold=detection_threshold(a.detector, clean()), eps=eps,
-            norm=norm, steps=int(a.kwargs.get("steps", 100)), seed=seed), a.surrogate
+            a.detector.calibrated(clean(), DETECTION_FPR), lam=lam, eps=eps, norm=norm,
+            steps=int(a.kwargs.get("steps", 100)), seed=seed), a.surrogate
     return a.name, attacks.get(a.name, **a.kwargs, eps=eps, seed=seed), a.surrogate
 
 
@@ -284,7 +278,7 @@ def attack_for(cell: Cell, model: nn.Module, clean: Callable[[], Tensor],
     if isinstance(cell, DetectorCell):
         det = detectors[cell.detector.name]
         return "detector-aware-pgd", DetectorAwarePGD(
-            det, lam=cell.lam, threshold=detection_threshold(det, clean()), eps=cell.eps,
+            det.calibrated(clean(), DETECTION_FPR), lam=cell.lam, eps=cell.eps,
             norm=cell.norm, steps=cell.steps, seed=seed), None
     assert isinstance(cell, SanityCell)
     if cell.attack == ladder.NAME:

@@ -283,9 +283,9 @@ def run(config: RunConfig | None = None, *, root: str | os.PathLike = "runs",
     """
     cfg = validate(config or load_config())
     dev = resolve_device(device or cfg.device)
-    check_buildable(cfg, list(models or {}))
+    built = check_buildable(cfg, list(models or {}))  # the user's own models, built once
     check_storage(cfg, Path(root), list(models or {}))
-    inputs = Inputs(cfg, dev, models, data, train_data)
+    inputs = Inputs(cfg, dev, {**built, **(models or {})}, data, train_data)
     ex = executor or make_executor(cfg.execution, cfg.workers, dev)
     try:
         with Store(Path(root) / "advlab.sqlite") as store:

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from advlab.attacks.base import register
-from advlab.attacks.blackbox.estimate import Estimator, OracleProbe, steps_for
+from advlab.attacks.blackbox.estimate import EstimatedSettings, Estimator, OracleProbe
 from advlab.attacks.gradient import GradientAttack
-from advlab.errors import ThreatModelError
+from advlab.attacks.settings import at_least, positive
 from advlab.losses import Objective
 from advlab.threat import broadcast_rows, clip_box
 
@@ -93,6 +93,25 @@ class BanditsEstimate(Estimator):
         return broadcast_rows(deriv, u) * u
 
 
+class BanditsSettings(EstimatedSettings):
+    """The settings of :class:`Bandits` (its docstring): fd_eta, exploration and online_lr
+    positive, tile >= 1."""
+
+    fd_eta: float = 0.1
+    exploration: float = 1.0
+    online_lr: float = 10.0
+    tile: int = 2
+
+    def estimator(self) -> BanditsEstimate:
+        return BanditsEstimate(self.norm, self.fd_eta, self.exploration, self.online_lr,
+                               self.tile, self.max_queries)
+
+    def check(self) -> None:
+        positive(fd_eta=self.fd_eta, exploration=self.exploration, online_lr=self.online_lr)
+        at_least(1, tile=self.tile)
+        super().check()
+
+
 @register("bandits", knowledge="score", goal="both", norm="linf", kind="iterative")
 class Bandits(GradientAttack):
     r"""Bandits-TD (time and data priors) for Linf or L2.
@@ -121,21 +140,9 @@ class Bandits(GradientAttack):
     with bandits and priors", ICLR 2019, arXiv:1807.07978.
     """
 
-    def __init__(self, eps: float | None = None, *, norm: str = "linf",
-                 alpha: float | None = None, fd_eta: float = 0.1, exploration: float = 1.0,
-                 online_lr: float = 10.0, tile: int = 2, steps: int | None = None,
-                 max_queries: int | None = 2_000, loss: str = "margin", seed: int = 0) -> None:
-        if norm not in ("linf", "l2"):
-            raise ThreatModelError(f"Bandits supports linf and l2, got {norm!r}")
-        if min(fd_eta, exploration, online_lr) <= 0:
-            raise ThreatModelError("fd_eta, exploration and online_lr must be positive")
-        if tile < 1:
-            raise ThreatModelError(f"tile must be >= 1, got {tile}")
-        source = BanditsEstimate(norm, fd_eta, exploration, online_lr, tile, max_queries)
-        super().__init__(eps, norm=norm, steps=steps_for(max_queries, steps, source.step_cost),
-                         alpha=alpha, loss=loss, seed=seed, source=source)
-        self.fd_eta, self.exploration, self.online_lr = fd_eta, exploration, online_lr
-        self.tile, self.max_queries = tile, max_queries
+    Settings = BanditsSettings
+    preset = {"loss": "margin"}
+    fixed = {"random_start": False, "restarts": 1, "early_stop": True, "source": None}
 
     def step_sizes(self, eps: Tensor) -> Tensor:
         return torch.full_like(eps, self.alpha) if self.alpha is not None else eps / 10

@@ -20,14 +20,14 @@ oracle is never asked again for it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from advlab.attacks.base import Crafted, Model, is_success
 from advlab.attacks.blackbox.oracle import Oracle, as_oracle
-from advlab.attacks.gradient import Probe, Source
+from advlab.attacks.gradient import GradientSettings, Probe, Source
 from advlab.errors import ThreatModelError
 from advlab.losses import Objective
 
@@ -120,3 +120,25 @@ def steps_for(max_queries: int | None, steps: int | None, cost: int) -> int:
     if max_queries < 1:
         raise ThreatModelError(f"max_queries must be >= 1, got {max_queries}")
     return max(1, -(-max_queries // cost))
+
+
+class EstimatedSettings(GradientSettings):
+    """:class:`~advlab.attacks.gradient.GradientSettings` of a score-based attack: Linf or
+    L2, a per-example query budget ``max_queries`` (success checks included) and ``steps``
+    (default: enough to spend the budget). The source is the attack's :class:`Estimator`
+    (:meth:`estimator`), built from the other settings."""
+
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+
+    steps: int | None = None
+    max_queries: int | None = 2_000
+
+    def estimator(self) -> Estimator:
+        """The gradient estimate these settings describe."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        source = self.estimator()
+        self.resolve("source", source)
+        self.resolve("steps", steps_for(self.max_queries, self.steps, source.step_cost))
+        super().check()

@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import register
-from advlab.attacks.blackbox.estimate import Estimator, OracleProbe, steps_for
+from advlab.attacks.blackbox.estimate import EstimatedSettings, Estimator, OracleProbe
 from advlab.attacks.gradient import GradientAttack
+from advlab.attacks.settings import positive
 from advlab.errors import ThreatModelError
 from advlab.losses import Objective
 from advlab.threat import broadcast_rows, clip_box
@@ -59,6 +60,22 @@ class NESEstimate(Estimator):
         return grad / broadcast_rows(2 * self.sigma * k, grad)
 
 
+class NESSettings(EstimatedSettings):
+    """The settings of :class:`NES` (its docstring): sigma > 0, an even n_samples >= 2."""
+
+    sigma: float = 1e-3
+    n_samples: int = 50
+
+    def estimator(self) -> NESEstimate:
+        return NESEstimate(self.sigma, self.n_samples, self.max_queries)
+
+    def check(self) -> None:
+        positive(sigma=self.sigma)
+        if self.n_samples < 2 or self.n_samples % 2:
+            raise ThreatModelError(f"n_samples must be even and >= 2, got {self.n_samples}")
+        super().check()
+
+
 @register("nes", knowledge="score", goal="both", norm="linf", kind="iterative")
 class NES(GradientAttack):
     r"""PGD on the NES gradient estimate (antithetic Gaussian sampling).
@@ -84,22 +101,9 @@ class NES(GradientAttack):
     evolution strategies", JMLR 2014, arXiv:1106.4487.
     """
 
-    def __init__(self, eps: float | None = None, *, norm: str = "linf", sigma: float = 1e-3,
-                 n_samples: int = 50, alpha: float | None = None, steps: int | None = None,
-                 max_queries: int | None = 2_000, loss: str = "margin",
-                 random_start: bool = False,
-                 seed: int = 0) -> None:
-        if norm not in ("linf", "l2"):
-            raise ThreatModelError(f"NES supports linf and l2, got {norm!r}")
-        if sigma <= 0:
-            raise ThreatModelError(f"sigma must be positive, got {sigma}")
-        if n_samples < 2 or n_samples % 2:
-            raise ThreatModelError(f"n_samples must be even and >= 2, got {n_samples}")
-        source = NESEstimate(sigma, n_samples, max_queries)
-        super().__init__(eps, norm=norm, steps=steps_for(max_queries, steps, source.step_cost),
-                         alpha=alpha, random_start=random_start, loss=loss, seed=seed,
-                         source=source)
-        self.sigma, self.n_samples, self.max_queries = sigma, n_samples, max_queries
+    Settings = NESSettings
+    preset = {"loss": "margin"}
+    fixed = {"restarts": 1, "early_stop": True, "source": None}
 
     def step_sizes(self, eps: Tensor) -> Tensor:
         return torch.full_like(eps, self.alpha) if self.alpha is not None else eps / 10

@@ -28,14 +28,18 @@ TAC 1992.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from advlab.attacks.base import register
-from advlab.attacks.blackbox.estimate import Estimator, OracleProbe, steps_for
+from advlab.attacks.blackbox.estimate import EstimatedSettings, Estimator, OracleProbe
 from advlab.attacks.gradient import GradientAttack
+from advlab.attacks.settings import at_least, positive
 from advlab.errors import ThreatModelError
 from advlab.losses import Objective
+from advlab.optim import RowAdam
 from advlab.threat import broadcast_rows, clip_box
 
 
@@ -71,6 +75,27 @@ class SPSAEstimate(Estimator):
         return grad / broadcast_rows(pairs.clamp_min(1).to(x.dtype), grad)
 
 
+class SPSASettings(EstimatedSettings):
+    """The settings of :class:`SPSA` (its docstring): delta and lr positive, n_samples >= 1,
+    Adam's betas in [0, 1); the loop's step size alpha is Adam's lr."""
+
+    delta: float = 0.01
+    n_samples: int = 32
+    lr: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def estimator(self) -> SPSAEstimate:
+        return SPSAEstimate(self.delta, self.n_samples, self.max_queries)
+
+    def check(self) -> None:
+        positive(delta=self.delta, lr=self.lr)
+        at_least(1, n_samples=self.n_samples)
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ThreatModelError(f"Adam's betas must lie in [0, 1), got {self.betas}")
+        self.resolve("alpha", self.lr)
+        super().check()
+
+
 @register("spsa", knowledge="score", goal="both", norm="linf", kind="iterative")
 class SPSA(GradientAttack):
     r"""SPSA with Adam, Linf (the paper's) or L2.
@@ -92,37 +117,21 @@ class SPSA(GradientAttack):
     References: Uesato et al., ICML 2018, arXiv:1802.05666.
     """
 
-    def __init__(self, eps: float | None = None, *, norm: str = "linf", delta: float = 0.01,
-                 n_samples: int = 32, lr: float = 0.01, betas: tuple[float, float] = (0.9, 0.999),
-                 steps: int | None = 100, max_queries: int | None = None, loss: str = "margin",
-                 seed: int = 0) -> None:
-        if norm not in ("linf", "l2"):
-            raise ThreatModelError(f"SPSA supports linf and l2, got {norm!r}")
-        if delta <= 0 or lr <= 0 or n_samples < 1:
-            raise ThreatModelError("SPSA needs delta > 0, lr > 0 and n_samples >= 1")
-        if not all(0 <= b < 1 for b in betas):
-            raise ThreatModelError(f"Adam's betas must lie in [0, 1), got {betas}")
-        source = SPSAEstimate(delta, n_samples, max_queries)
-        super().__init__(eps, norm=norm, steps=steps_for(max_queries, steps, source.step_cost),
-                         alpha=lr, loss=loss, seed=seed, source=source)
-        self.delta, self.n_samples, self.betas = delta, n_samples, betas
-        self.max_queries = max_queries
+    Settings = SPSASettings
+    preset = {"loss": "margin", "steps": 100, "max_queries": None}
+    fixed = {"alpha": None, "random_start": False, "restarts": 1, "early_stop": True,
+             "source": None}
 
-    def init_memory(self, x: Tensor) -> dict[str, Tensor]:
-        """Adam's moments and step count, per example."""
-        return {"m": torch.zeros_like(x), "s": torch.zeros_like(x),
-                "t": torch.zeros(len(x), dtype=x.dtype, device=x.device)}
-
-    def direction(self, grad: Tensor, memory: dict[str, Tensor], idx: Tensor | None) -> Tensor:
-        """Adam's bias-corrected step direction; zero for a row whose estimate is zero (its
-        budget spent), which therefore stays where its last query checked it."""
-        rows = slice(None) if idx is None else idx
+    def init_memory(self, x: Tensor) -> dict[str, Any]:
+        """Adam's state, per example (:class:`advlab.optim.RowAdam`)."""
         b1, b2 = self.betas
-        m = b1 * memory["m"][rows] + (1 - b1) * grad
-        s = b2 * memory["s"][rows] + (1 - b2) * grad * grad
-        t = memory["t"][rows] + 1
-        memory["m"][rows], memory["s"][rows], memory["t"][rows] = m, s, t
-        m_hat = m / broadcast_rows(1 - b1 ** t, m)
-        s_hat = s / broadcast_rows(1 - b2 ** t, s)
+        return {"adam": RowAdam.like(x, 1.0, b1=b1, b2=b2)}
+
+    def direction(self, grad: Tensor, memory: dict[str, Any], idx: Tensor | None) -> Tensor:
+        """Adam's bias-corrected step direction (its unit-rate step descending -J); zero for
+        a row whose estimate is zero (its budget spent), which therefore stays where its
+        last query checked it."""
+        rows = slice(None) if idx is None else idx
+        d = memory["adam"].step(torch.zeros_like(grad), -grad, rows)
         live = grad.flatten(1).abs().amax(1) > 0
-        return broadcast_rows(live, grad) * m_hat / (s_hat.sqrt() + 1e-8)
+        return broadcast_rows(live, grad) * d

@@ -18,6 +18,7 @@ switches the mode, and randomness comes only from a generator seeded with ``seed
 """
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from typing import ClassVar
@@ -285,6 +286,19 @@ class Detector:
         """
         self.threshold_ = calibrate_threshold(self.score(x_clean), fpr)
         return self.threshold_
+
+    def calibrated(self, x_clean: Tensor, fpr: float = 0.05) -> Detector:
+        """A copy of this fitted detector with its threshold calibrated on ``x_clean``
+        (:meth:`threshold`); the fitted state is shared, and this detector is untouched (a
+        detector shared by several evaluations, each with its own clean images).
+
+        Args:
+            x_clean: clean images.
+            fpr: the false-positive rate to allow, in [0, 1).
+        """
+        other = copy.copy(self)
+        other.threshold(x_clean, fpr)
+        return other
 
     def detect(self, x: Tensor, model: Model | None = None) -> Tensor:
         """bool (N,): score above the calibrated threshold (call :meth:`threshold` first)."""
