@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import time
@@ -101,19 +102,21 @@ def robust_accuracy(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, eps: 
     return ok.float().mean().item()
 
 
-def run_reference(ref: Any, model: Counted, x: Tensor, y: Tensor, eps: float) -> dict[str, Any]:
-    """The reference AutoAttack (standard version, seed 0) with its members timed."""
+def run_reference(ref: Any, model: Counted, x: Tensor, y: Tensor, eps: float,
+                  bs: int = 250) -> dict[str, Any]:
+    """The reference AutoAttack (standard version, seed 0, batch size ``bs``) with its members
+    timed."""
     aa = ref.AutoAttack(model, norm="Linf", eps=eps, version="standard", device="cpu", seed=0,
                         verbose=False)
     seconds: dict[str, float] = {}
     for attr, name in REF_MEMBERS:
         _time_member(getattr(aa, attr), name, seconds)
     model.reset()
-    t0 = time.perf_counter()
-    x_adv = aa.run_standard_evaluation(x, y, bs=max(len(x), 250))
-    total = time.perf_counter() - t0
-    return {"x_adv": x_adv, "seconds": total, "members": seconds, "fwd": model.rows,
-            "bwd": model.backwards}
+    t0, c0 = time.perf_counter(), time.process_time()
+    x_adv = aa.run_standard_evaluation(x, y, bs=bs)
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"x_adv": x_adv, "seconds": total, "cpu": cpu, "members": seconds,
+            "fwd": model.rows, "bwd": model.backwards}
 
 
 def _time_member(obj: Any, name: str, seconds: dict[str, float]) -> None:
@@ -132,11 +135,11 @@ def run_advlab(name: str, model: Counted, x: Tensor, y: Tensor, eps: float) -> d
     """A registered advlab ensemble (seed 0)."""
     attack = advlab.attacks.get(name, eps=eps)
     model.reset()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = attack(model, x, y)
-    total = time.perf_counter() - t0
-    return {"x_adv": res.x_adv, "seconds": total, "members": res.info.get("seconds", {}),
-            "fwd": model.rows, "bwd": model.backwards}
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"x_adv": res.x_adv, "seconds": total, "cpu": cpu,
+            "members": res.info.get("seconds", {}), "fwd": model.rows, "bwd": model.backwards}
 
 
 def race(fns: dict[str, Callable[[], dict[str, Any]]], rounds: int) -> dict[str, dict]:
@@ -146,7 +149,8 @@ def race(fns: dict[str, Callable[[], dict[str, Any]]], rounds: int) -> dict[str,
     for r in range(rounds):
         for key in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
             out = fns[key]()
-            print(f"#   round {r} {key}: {out['seconds']:.1f} s", flush=True)
+            print(f"#   round {r} {key}: {out['seconds']:.1f} s, cpu {out['cpu']:.1f} s",
+                  flush=True)
             if key not in best or out["seconds"] < best[key]["seconds"]:
                 best[key] = out
     return best
@@ -162,14 +166,33 @@ def members_line(out: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.1f}" for k, v in out["members"].items())
 
 
-def show(best: dict, model, name: str, x, y, eps: float, what: str) -> None:
+def show(best: dict, model, name: str, x, y, eps: float, what: str) -> list[dict[str, Any]]:
     """The table of one race (robust accuracy re-checked, time, passes) and each contender's
-    time per member."""
+    time per member; returns the rows as records (with the indices of the robust images)."""
     rows = [(name, eps, k, robust_accuracy(model, x, o["x_adv"], y, eps),
-             o["seconds"], o["fwd"], o["bwd"]) for k, o in best.items()]
-    table(rows, ("model", "eps", what, "robust_acc", "seconds", "fwd rows", "bwd"))
+             o["seconds"], o["cpu"], o["fwd"], o["bwd"]) for k, o in best.items()]
+    table(rows, ("model", "eps", what, "robust_acc", "seconds", "cpu s", "fwd rows", "bwd"))
     for k, o in best.items():
         print(f"#   {k} members (s): {members_line(o)}")
+    return [{"model": name, "eps": eps, "n": len(x), what: k, "robust_accuracy": acc,
+             "seconds": sec, "cpu_seconds": cpu, "fwd_rows": fwd, "bwd": bwd,
+             "members": best[k]["members"],
+             "robust": robust_indices(model, x, best[k]["x_adv"], y)}
+            for name, eps, k, acc, sec, cpu, fwd, bwd in rows]
+
+
+def robust_indices(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> list[int]:
+    """The images classified correctly both clean and on x_adv."""
+    with torch.no_grad():
+        ok = (model(x).argmax(1) == y) & (model(x_adv).argmax(1) == y)
+    return ok.nonzero().squeeze(1).tolist()
+
+
+def save(records: list[dict[str, Any]], path: str) -> None:
+    """Write the records (JSON) after each race, so an interrupted run keeps what it has."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(records, f, indent=1)
 
 
 def main() -> None:
@@ -181,7 +204,15 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--sections", nargs="+", default=["reference", "stronger"])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ref-bs", type=int, default=250,
+                   help="the reference's batch size (its default: 250)")
+    p.add_argument("--out", default=None, help="JSON file of the results; default "
+                   "results/autoattack_vs_reference-<models>-n<n>.json beside this script")
     args = p.parse_args()
+    tag = "_".join(m.replace(":", "-") for m in args.models)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"autoattack_vs_reference-{tag}-n{args.n}.json")
+    records: list[dict[str, Any]] = []
     torch.set_num_threads(args.threads)
     ref = None
     if "reference" in args.sections:
@@ -201,19 +232,28 @@ def main() -> None:
             clean = (model(x).argmax(1) == y).float().mean().item()
         print(f"# {name} eps {eps}: n {args.n}, clean accuracy {clean:.3f}", flush=True)
         if ref is not None:
-            best = race({"reference": lambda: run_reference(ref, counted, x, y, eps),
+            best = race({"reference": lambda: run_reference(ref, counted, x, y, eps,
+                                                            args.ref_bs),
                          "advlab": lambda: run_advlab("autoattack", counted, x, y, eps)},
                         args.rounds)
-            show(best, model, name, x, y, eps, "impl")
+            records += show(best, model, name, x, y, eps, "impl")
+            records[-1]["ref_bs"] = records[-2]["ref_bs"] = args.ref_bs
             ratio = best["reference"]["seconds"] / best["advlab"]["seconds"]
-            print(f"# time ratio reference / advlab: {ratio:.2f}", flush=True)
+            cpu = best["reference"]["cpu"] / best["advlab"]["cpu"]
+            print(f"# time ratio reference / advlab: wall {ratio:.2f}, cpu {cpu:.2f}",
+                  flush=True)
+            save(records, out)
         if "stronger" in args.sections:
             best = race({"autoattack": lambda: run_advlab("autoattack", counted, x, y, eps),
                          "autoattack-mt": lambda: run_advlab("autoattack-mt", counted, x, y,
                                                              eps)}, args.rounds)
-            show(best, model, name, x, y, eps, "attack")
+            records += show(best, model, name, x, y, eps, "attack")
             cost = best["autoattack-mt"]["seconds"] / best["autoattack"]["seconds"]
-            print(f"# cost autoattack-mt / autoattack: {cost:.2f}", flush=True)
+            cpu = best["autoattack-mt"]["cpu"] / best["autoattack"]["cpu"]
+            print(f"# cost autoattack-mt / autoattack: wall {cost:.2f}, cpu {cpu:.2f}",
+                  flush=True)
+            save(records, out)
+    print(f"# results: {out}")
 
 
 if __name__ == "__main__":

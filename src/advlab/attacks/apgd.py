@@ -52,6 +52,7 @@ from advlab.attacks.base import (
     Attack,
     Crafted,
     Model,
+    RowBlocks,
     available,
     first_of_each,
     get,
@@ -488,7 +489,8 @@ class WorstCase:
     """
 
     def __init__(self, model: Model, x: Tensor, y: Tensor, eps: Tensor) -> None:
-        self.model, self.x, self.y, self.eps = model, x, y, eps
+        self.model = RowBlocks.around(model, x)  # the members run many rows at once
+        self.x, self.y, self.eps = x, y, eps
         with torch.no_grad():
             logits = model(x)
         self.best, self.margin = x.clone(), margin(logits, y)
