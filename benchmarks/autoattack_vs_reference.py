@@ -103,11 +103,13 @@ def robust_accuracy(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, eps: 
 
 
 def run_reference(ref: Any, model: Counted, x: Tensor, y: Tensor, eps: float,
-                  bs: int = 250) -> dict[str, Any]:
+                  bs: int = 250, budget: float = 1.0) -> dict[str, Any]:
     """The reference AutoAttack (standard version, seed 0, batch size ``bs``) with its members
     timed."""
     aa = ref.AutoAttack(model, norm="Linf", eps=eps, version="standard", device="cpu", seed=0,
                         verbose=False)
+    if budget != 1.0:
+        scale_reference(aa, budget)
     seconds: dict[str, float] = {}
     for attr, name in REF_MEMBERS:
         _time_member(getattr(aa, attr), name, seconds)
@@ -117,6 +119,25 @@ def run_reference(ref: Any, model: Counted, x: Tensor, y: Tensor, eps: float,
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"x_adv": x_adv, "seconds": total, "cpu": cpu, "members": seconds,
             "fwd": model.rows, "bwd": model.backwards}
+
+
+def scale_reference(aa: Any, budget: float) -> None:
+    """The reference's members with ``budget`` times their iterations and queries (its APGD
+    derives its checkpoint lengths from n_iter in __init__: recomputed the same way)."""
+    for apgd in (aa.apgd, aa.apgd_targeted):
+        n = max(1, round(100 * budget))
+        apgd.n_iter = apgd.n_iter_orig = n
+        apgd.n_iter_2, apgd.n_iter_min = max(int(0.22 * n), 1), max(int(0.06 * n), 1)
+        apgd.size_decr = max(int(0.03 * n), 1)
+    aa.fab.n_iter = max(1, round(100 * budget))
+    aa.square.n_queries = max(1, round(5000 * budget))
+
+
+def scaled_members(budget: float) -> dict[str, dict[str, int]]:
+    """advlab's member settings at ``budget`` times the published iterations and queries."""
+    steps = max(1, round(100 * budget))
+    return {"apgd-ce": {"steps": steps}, "apgd-t": {"steps": steps}, "fab-t": {"steps": steps},
+            "square": {"max_queries": max(1, round(5000 * budget))}}
 
 
 def _time_member(obj: Any, name: str, seconds: dict[str, float]) -> None:
@@ -131,9 +152,11 @@ def _time_member(obj: Any, name: str, seconds: dict[str, float]) -> None:
     obj.perturb = perturb
 
 
-def run_advlab(name: str, model: Counted, x: Tensor, y: Tensor, eps: float) -> dict[str, Any]:
-    """A registered advlab ensemble (seed 0)."""
-    attack = advlab.attacks.get(name, eps=eps)
+def run_advlab(name: str, model: Counted, x: Tensor, y: Tensor, eps: float,
+               budget: float = 1.0) -> dict[str, Any]:
+    """A registered advlab ensemble (seed 0); ``budget`` scales autoattack's members."""
+    kwargs = {} if budget == 1.0 else {"member_kwargs": scaled_members(budget)}
+    attack = advlab.attacks.get(name, eps=eps, **kwargs)
     model.reset()
     t0, c0 = time.perf_counter(), time.process_time()
     res = attack(model, x, y)
@@ -206,12 +229,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ref-bs", type=int, default=250,
                    help="the reference's batch size (its default: 250)")
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="the reference section's iterations and queries as a fraction of the "
+                   "published ones (1: 100 iterations, 5,000 queries); same passes per "
+                   "iteration, so a cheaper run at the same batch shapes")
     p.add_argument("--out", default=None, help="JSON file of the results; default "
                    "results/autoattack_vs_reference-<models>-n<n>.json beside this script")
     args = p.parse_args()
     tag = "_".join(m.replace(":", "-") for m in args.models)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"autoattack_vs_reference-{tag}-n{args.n}.json")
+                                   f"autoattack_vs_reference-{tag}-n{args.n}"
+                                   f"{'' if args.budget == 1 else f'-budget{args.budget:g}'}.json")
     records: list[dict[str, Any]] = []
     torch.set_num_threads(args.threads)
     ref = None
@@ -233,11 +261,13 @@ def main() -> None:
         print(f"# {name} eps {eps}: n {args.n}, clean accuracy {clean:.3f}", flush=True)
         if ref is not None:
             best = race({"reference": lambda: run_reference(ref, counted, x, y, eps,
-                                                            args.ref_bs),
-                         "advlab": lambda: run_advlab("autoattack", counted, x, y, eps)},
+                                                            args.ref_bs, args.budget),
+                         "advlab": lambda: run_advlab("autoattack", counted, x, y, eps,
+                                                      args.budget)},
                         args.rounds)
             records += show(best, model, name, x, y, eps, "impl")
-            records[-1]["ref_bs"] = records[-2]["ref_bs"] = args.ref_bs
+            for rec in records[-2:]:
+                rec.update(ref_bs=args.ref_bs, budget=args.budget)
             ratio = best["reference"]["seconds"] / best["advlab"]["seconds"]
             cpu = best["reference"]["cpu"] / best["advlab"]["cpu"]
             print(f"# time ratio reference / advlab: wall {ratio:.2f}, cpu {cpu:.2f}",

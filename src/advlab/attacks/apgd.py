@@ -424,7 +424,8 @@ class AutoAttack(Attack):
     (APGD: 100 iterations, 1 restart, 9 target classes; Square: 5,000 queries, p_init 0.8),
     so a member registered later joins automatically. Members that are not registered are
     skipped and the skip is logged. The black-box member receives the plain model (it wraps
-    it in its own Oracle); its query counts go to ``info``.
+    it in its own Oracle); its query counts go to ``info``. On CPU the members see the model
+    through :class:`~advlab.attacks.base.RowBlocks`: the same passes, in cache-sized blocks.
 
     Args:
         eps: radius; default 0.3 (linf) or 2.0 (l2).
