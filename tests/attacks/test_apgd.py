@@ -82,9 +82,11 @@ def test_bad_settings() -> None:
     with pytest.raises(ThreatModelError):
         APGD(norm="l1")
     with pytest.raises(ThreatModelError):
-        APGD(loss="margin")
+        APGD(loss="hinge")
     with pytest.raises(ThreatModelError):
         APGDT(n_targets=0)
+    with pytest.raises(ThreatModelError):
+        advlab.attacks.get("autoattack-mt", losses=("dlr", "hinge"))
     with pytest.raises(ThreatModelError, match="untargeted"):
         AutoAttack(eps=0.1)(Linear(10).eval(), torch.rand(2, 1, 4, 4), torch.tensor([0, 1]),
                             target=torch.tensor([2, 3]))
@@ -138,6 +140,17 @@ def test_apgd_t_fools_exactly_where_a_top_target_boundary_is_within_eps() -> Non
     eps = torch.where(torch.arange(12) % 2 == 0, 1.15 * d_top, 0.9 * d.amin(1))
     assert (eps < 0.4).all()
     res = APGDT(n_targets=1)(model, x, y, eps=eps)
+    assert torch.equal(res.success, torch.arange(12) % 2 == 0)
+
+
+def test_apgd_t_margin_loss_fools_exactly_where_a_top_target_boundary_is_within_eps() -> None:
+    model, x, y = _linear_case()
+    d = _boundary_distance(model, x, y)
+    with torch.no_grad():
+        top = model(x).scatter(1, y[:, None], float("-inf")).argmax(1)
+    d_top = d.gather(1, top[:, None]).squeeze(1)
+    eps = torch.where(torch.arange(12) % 2 == 0, 1.15 * d_top, 0.9 * d.amin(1))
+    res = APGDT(n_targets=1, loss="margin")(model, x, y, eps=eps)
     assert torch.equal(res.success, torch.arange(12) % 2 == 0)
 
 

@@ -67,6 +67,7 @@ from advlab.threat import broadcast_rows, project_box
 log = logging.getLogger(__name__)
 
 NORMS = ("linf", "l2")
+LOSSES = ("ce", "dlr", "margin")
 DEFAULT_EPS = {"linf": 0.3, "l2": 2.0}
 
 
@@ -160,7 +161,8 @@ class APGD(GradientAttack):
         eps: radius of the ball; default 0.3 (linf) or 2.0 (l2).
         norm: "linf" or "l2".
         steps: iterations N_iter (100 in the paper); the run makes steps + 1 gradient calls.
-        loss: "ce" (APGD-CE) or "dlr" (APGD-DLR); targeted calls use the targeted versions.
+        loss: "ce" (APGD-CE), "dlr" (APGD-DLR) or "margin" (the logit margin of
+            :func:`advlab.losses.margin`); targeted calls use the targeted versions.
         restarts: runs from independent random starts, side by side.
         rho: the fraction of increasing steps below which the step size is halved (0.75).
         momentum: alpha, the weight of the new step against the previous one (0.75).
@@ -182,8 +184,8 @@ class APGD(GradientAttack):
                  odi_steps: int = 0, seed: int = 0) -> None:
         if norm not in NORMS:
             raise ThreatModelError(f"APGD supports norms {', '.join(NORMS)}, got {norm!r}")
-        if loss not in ("ce", "dlr"):
-            raise ThreatModelError(f"APGD losses are 'ce' and 'dlr', got {loss!r}")
+        if loss not in LOSSES:
+            raise ThreatModelError(f"APGD losses are {', '.join(LOSSES)}, got {loss!r}")
         if not 0.0 < rho <= 1.0 or not 0.0 < momentum <= 1.0:
             raise ThreatModelError(f"rho and momentum must be in (0, 1], got {rho}, {momentum}")
         if odi_steps < 0:
@@ -365,18 +367,20 @@ class APGDT(APGD):
 
     Args:
         n_targets: number of target classes tried (9 in the paper, capped at K - 1).
-        (others as :class:`APGD`; the loss is always the targeted DLR.)
+        loss: the targeted objective: "dlr" (the paper's), "margin"
+            (:math:`z_t - \max_{i \ne t} z_i`, as MultiTargeted) or "ce".
+        (others as :class:`APGD`.)
 
     References: Croce & Hein, ICML 2020, arXiv:2003.01690 (Section 4, APGD-T).
     """
 
     def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 100,
-                 n_targets: int = 9, restarts: int = 1, rho: float = 0.75,
+                 n_targets: int = 9, loss: str = "dlr", restarts: int = 1, rho: float = 0.75,
                  momentum: float = 0.75, random_start: bool = True, early_stop: bool = True,
                  odi_steps: int = 0, seed: int = 0) -> None:
         if n_targets < 1:
             raise ThreatModelError(f"n_targets must be >= 1, got {n_targets}")
-        super().__init__(eps, norm=norm, steps=steps, loss="dlr", restarts=restarts, rho=rho,
+        super().__init__(eps, norm=norm, steps=steps, loss=loss, restarts=restarts, rho=rho,
                          momentum=momentum, random_start=random_start, early_stop=early_stop,
                          odi_steps=odi_steps, seed=seed)
         self.n_targets = n_targets
@@ -386,7 +390,7 @@ class APGDT(APGD):
         assert eps is not None
         with torch.no_grad():
             logits = model(x)
-        _need_classes(logits.shape[1], "dlr", targeted=True)
+        _need_classes(logits.shape[1], self.loss, targeted=True)
         if target is not None:
             return super().perturb(model, x, y, target, eps, generator)
         owner, t = self.target_rows(logits, y)
@@ -533,17 +537,20 @@ class AdaptiveEnsemble(AutoAttack):
     After APGD-CE and APGD-T (AutoAttack's first two members, 100 iterations, 9 targets),
     the examples still robust are ranked by their true-class margin (the worst case over
     everything run so far) and each round of ``schedule`` runs APGD-T again, from an
-    output-diversified start (ODI, ``odi_steps``) and a new seed, on the fraction of them
-    closest to the boundary (A3's adaptive allocation). FAB-T and Square are left out: on
-    robust points they cost AutoAttack about 3 APGD-T runs per point (member times measured
-    on mnist-cnn-trades, benchmarks/autoattack_vs_reference.py) and rarely fool one the APGD
-    members left; the default schedule (all, then the closest half three times) spends
-    2.5 APGD-T runs per robust point. The output is the per-example worst case.
+    output-diversified start (ODI, ``odi_steps``), a new seed and the next loss of
+    ``losses`` (the targeted DLR, then MultiTargeted's logit margin: a second landscape), on
+    the fraction of them closest to the boundary (A3's adaptive allocation). FAB-T and
+    Square are left out: on robust points they cost AutoAttack about 5 APGD-T runs per point
+    and fooled none of the 82 points the APGD members left on 100 mnist-cnn-trades images
+    at eps 0.3 (benchmarks/autoattack_vs_reference.py); the default schedule (all twice,
+    then the closest half four times) spends 4 APGD-T runs per robust point. The output is
+    the per-example worst case.
 
     Args:
         eps: radius; default 0.3 (linf) or 2.0 (l2).
         norm: "linf" or "l2".
         schedule: fractions of the robust examples attacked in each extra round.
+        losses: APGD-T's loss in the extra rounds, in turn ("dlr", "margin" or "ce").
         odi_steps: ODI steps before each extra round's run.
         seed: the first members' seed; round r uses seed + r.
 
@@ -556,12 +563,15 @@ class AdaptiveEnsemble(AutoAttack):
     """
 
     def __init__(self, eps: float | None = None, *, norm: str = "linf",
-                 schedule: tuple[float, ...] = (1.0, 0.5, 0.5, 0.5), odi_steps: int = 2,
+                 schedule: tuple[float, ...] = (1.0, 1.0, 0.5, 0.5, 0.5, 0.5),
+                 losses: tuple[str, ...] = ("dlr", "margin"), odi_steps: int = 2,
                  seed: int = 0) -> None:
         super().__init__(eps, norm=norm, members=MEMBERS.get(norm, ())[:2], seed=seed)
         if not all(0 < f <= 1 for f in schedule):
             raise ThreatModelError(f"schedule fractions must be in (0, 1], got {schedule}")
-        self.schedule, self.odi_steps = tuple(schedule), odi_steps
+        if not losses or any(loss not in LOSSES for loss in losses):
+            raise ThreatModelError(f"losses must be among {', '.join(LOSSES)}, got {losses}")
+        self.schedule, self.losses, self.odi_steps = tuple(schedule), tuple(losses), odi_steps
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:
@@ -579,7 +589,7 @@ class AdaptiveEnsemble(AutoAttack):
                 break
             closest = todo[worst.margin[todo].argsort()[:math.ceil(fraction * len(todo))]]
             member = APGDT(self.eps, norm=self.norm, odi_steps=self.odi_steps,
-                           seed=self.seed + r)
+                           loss=self.losses[(r - 1) % len(self.losses)], seed=self.seed + r)
             worst.run(f"apgd-t-odi-{r}", member, closest)
         worst.info.update(members=list(worst.info["robust_after"]), skipped=[])
         return Crafted(worst.best, info=worst.info)
