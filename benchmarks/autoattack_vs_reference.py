@@ -23,43 +23,61 @@ eps-ball; seconds are wall time, per member as well):
 
 "fwd rows" / "bwd": images forwarded and backward passes (calls), counted on the model.
 
-Measured (reference: fra31/auto-attack at a392200; torch 2.13, one thread; a 2-core machine
-shared with other sessions at load average 9-14, so single runs swing by 2x and only the
-interleaved two-round figures are a fair ratio)::
+``--budget B`` scales both ensembles' iterations and queries by B (APGD and FAB 100 B
+iterations, Square 5,000 B queries): the same passes per iteration at the same batch shapes,
+for a run that fits a loaded machine. "cpu s" is the process's CPU time (one thread), which
+a loaded machine disturbs far less than wall time. Results go to ``results/`` as JSON (with
+the indices of the images left robust).
 
-    --models mnist-cnn:0.1 --n 30 --rounds 2 --sections reference   (best of 2 rounds each)
-    model      eps  impl       robust_acc  seconds  fwd rows  bwd
-    mnist-cnn  0.1  reference  0.80        71.34    189196    1910
-    mnist-cnn  0.1  advlab     0.80        70.86    187657    302
-    members (s): reference apgd-ce 1.5, apgd-t 16.5, fab-t 24.2, square 29.1
-                 advlab    apgd-ce 1.5, apgd-t 18.3, fab-t 26.1, square 24.9
-    time ratio reference / advlab: 1.01
+Where the time goes (mnist-cnn and mnist-cnn-trades, one thread, nearly idle machine, per
+row; the two models agree within 10%)::
 
-    --n 50 --rounds 1 (one round each, reference first: the load fell between the two runs,
-    so these ratios overstate advlab; same robust accuracy, equal forward rows)
-    mnist-cnn         0.1  reference 0.76 732.0 s / advlab 0.76 321.1 s  (fwd rows 299855 / 297161)
-    mnist-cnn-trades  0.3  reference 0.80 748.1 s / advlab 0.80 309.4 s  (fwd rows 315155 / 312803)
+    rows per call          8     16     32     64    128    256    512
+    forward (us)         113    110     93     84    165    193    196
+    forward+backward     371    313    291    282    287    396    424
+    FAB projection        33     30     28     28     28     28     31   (x2 per FAB step)
 
-On robust points both implementations make the same passes (forward rows agree within 1%):
-APGD-T's 9 x 100 and FAB-T's 9 x 100 gradient steps and Square's 5,000 queries per point;
-advlab batches them into 6x fewer backward calls, which this small CNN does not reward.
-The 1.5x target is not reached.
+On robust points both implementations make the same passes: APGD-CE 100 and APGD-T 9 x 100
+forward+backward, FAB-T 9 x 100 x (forward+backward, a check forward, two projections),
+Square 5,000 forwards; with blocks of 64 rows (``advlab.attacks.base.RowBlocks``) advlab
+pays the cheapest per-row price, where the reference forwards its whole batch (all robust
+points of a 250-image batch, ~155 rows at n = 200). The arithmetic of the table predicts
+about 1.5x at n = 200 and nothing at n <= 60 (batches already small). Reusing FAB's check
+forward as the next gradient forward does not pay: 68% of FAB-T's iterates on mnist-cnn
+robust points are adversarial (outside eps) and step back, which would cost an extra
+forward+backward. Measured, reference a392200 (fra31/auto-attack), torch 2.13::
 
-    --models mnist-cnn-trades:0.3 --n 50 --sections stronger (schedule 1, 1, 0.5, 0.5)
-    autoattack     robust_acc 0.80  128.3 s  fwd rows 312803  bwd 302
-    autoattack-mt  robust_acc 0.80  258.0 s  fwd rows 152163  bwd 614
-    (one round each; autoattack ran at a quieter moment: its APGD-T member took 31.7 s
-    there and 87.3 s inside autoattack-mt, the same computation)
+    --models mnist-cnn:0.1 --n 200 --budget 0.2   (load average 13-15)
+    impl       robust_acc  seconds  cpu s  fwd rows  bwd calls
+    reference  0.77        597.3    61.3   251384    390
+    advlab     0.77        416.0    59.1   243301    967
+    members (s): reference apgd-ce 11.7, apgd-t 95.6, fab-t 247.3, square 240.0
+                 advlab    apgd-ce 12.2, apgd-t 75.9, fab-t 140.7, square 186.8
+    time ratio reference / advlab: wall 1.44, cpu 1.04
 
-    the same with the default schedule (1, 0.5, 0.5, 0.5), one round each
-    autoattack     robust_acc 0.80  120.1 s  fwd rows 312803  bwd 302
-    autoattack-mt  robust_acc 0.80   76.5 s  fwd rows 133583  bwd 614
-    cost autoattack-mt / autoattack: 0.64 (not stronger on these 50 images)
+    --models mnist-cnn-trades:0.3 --n 200 --budget 0.2   (the same run, second process)
+    reference  0.785       690.0    76.0   256234    390
+    advlab     0.785       365.8    58.0   248316    1008
+    members (s): reference apgd-ce 9.7, apgd-t 91.2, fab-t 252.2, square 333.9
+                 advlab    apgd-ce 8.9, apgd-t 97.0, fab-t 150.3, square 109.3
+    time ratio reference / advlab: wall 1.89, cpu 1.31
 
-    --n 150 --sections stronger (default schedule, one round each)
-    autoattack     robust_acc 0.7667  301.1 s  fwd rows 902870  bwd 302
-    autoattack-mt  robust_acc 0.7667  193.0 s  fwd rows 388745  bwd 614
-    cost autoattack-mt / autoattack: 0.64 (equal robust accuracy: not stronger here)
+The same images are left robust by both (identical index sets). The 1.5x target is not
+shown: the CPU-time ratios are 1.04 and 1.31; the wall ratios 1.44 and 1.89 come from one
+round each on a machine at load 13-15. Full-budget n = 200 runs did not fit this session
+(the reference alone needs about 300 s of CPU per model).
+
+Earlier (before RowBlocks, mnist-cnn, 30 images, two interleaved rounds): robust 0.80 and
+0.80, time ratio 1.01, forward rows equal within 1%.
+
+The stronger ensemble on mnist-cnn-trades, eps 0.3, first 100 images: APGD-CE + APGD-T
+leave 82 robust; on those 82 FAB-T, Square (5,000 queries), an APGD-T restart with and
+without ODI, APGD-CE with 5 ODI restarts fool none, nor do 13 further rounds (APGD-T with
+the DLR, CE and margin losses from ODI starts, APGD-CE with 9 restarts) on the 10 closest
+(margins 0.008-0.46) or 100-200 small sign steps from the worst-case point. AutoAttack's
+robust accuracy there is APGD's, and ``autoattack-mt`` (APGD-CE, APGD-T, 2.5 APGD-T runs
+per robust point) matches it: 76.7% against 76.7% on 150 images at 0.64x its cost
+(previous session); it is not stronger.
 """
 from __future__ import annotations
 
