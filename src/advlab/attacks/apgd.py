@@ -21,9 +21,10 @@ size of an example is halved, and the example restarted from its best point
 2. the step size was not halved at :math:`w_{j-1}` and the best objective
    :math:`f_{max}` did not improve since then.
 
-The objective is cross-entropy (APGD-CE) or the difference of logits ratio (APGD-DLR,
-:func:`advlab.losses.dlr`). APGD-T runs the targeted DLR loss towards each of the top-k other
-classes in turn (9 by default), on the examples still classified correctly.
+The objective is cross-entropy (APGD-CE), the difference of logits ratio (APGD-DLR,
+:func:`advlab.losses.dlr`) or the logit margin. APGD-T runs the targeted DLR loss (or another
+targeted loss) towards each of the top-k other classes (9 by default), on the examples still
+classified correctly.
 
 :class:`AutoAttack` runs APGD-CE, APGD-T, FAB-T and Square in that order, each on the examples
 the previous members left robust, and keeps for every example the first adversarial point
