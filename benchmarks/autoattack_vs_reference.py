@@ -72,17 +72,28 @@ Both leave the same images robust (identical index sets).
     mnist-cnn-trades  advlab     0.79        97.5     29.1   (31.1)
     time ratio reference / advlab: mnist-cnn wall 1.49, cpu 1.03; trades wall 1.35, cpu 1.05
 
+    the same again (--out ...-run2.json), load average 8-10:
+    mnist-cnn         reference 0.775 / advlab 0.78: wall 1.02, cpu 1.03
+    mnist-cnn-trades  reference 0.79  / advlab 0.79: wall 1.09, cpu 1.04
+    members (s), mnist-cnn: reference apgd-ce 2.0, apgd-t 17.9, fab-t 22.1, square 31.7
+                            advlab    apgd-ce 3.3, apgd-t 24.9, fab-t 18.8, square 26.2
+
 At a tenth of the budget the random starts decide single images: on mnist-cnn advlab left
 one image more robust (image 107), on trades each left one the other fooled (30, 112).
 A cProfile of that mnist-cnn run (CPU clock) puts advlab at 33.1 s against 43.2 s (1.31):
 conv2d 9.5 against 15.7 s, backward 5.7 against 7.9 s, relu 2.4 against 5.4 s; autograd's
 max-pooling (3.7 s each) and the no-grad pooling's maximum (3.3 against 4.3 s) gain little.
 
-The 1.5x target is not shown: the CPU-time ratios are 1.03-1.31 (the figures swing by 20%
-between rounds on this loaded machine); the wall ratios 1.35-1.89 follow the load. The
-per-call table predicts 1.5x from the block sizes alone on an idle machine; a full-budget
-n = 200 run did not fit this session (the reference alone needs about 300 s of CPU per
-model, over 50 min of wall time at load 15).
+The 1.5x target is not met: the CPU-time ratios are 1.03-1.31 (1.03-1.05 in the quieter
+runs; CPU time swings by 20% between rounds at load 15) and the wall ratios follow the load
+(1.02 at load 8 to 1.89 at load 15). The per-call table predicts 1.5x from the block sizes
+alone; measured, the gain is in FAB-T and Square, while APGD-T is slower than the
+reference's: its targets run side by side, so an example that falls to its first target
+pays for all nine rows until it falls (the reference runs the targets one after another).
+With the model in row blocks, side by side no longer buys batch efficiency; running the
+targets one after another is the next step (not done). A full-budget n = 200 run did not
+fit this session (the reference alone needs about 300 s of CPU per model, over 50 min of
+wall time at load 15).
 
 Earlier (before RowBlocks, mnist-cnn, 30 images, two interleaved rounds): robust 0.80 and
 0.80, time ratio 1.01, forward rows equal within 1%.
