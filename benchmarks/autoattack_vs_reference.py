@@ -23,48 +23,95 @@ eps-ball; seconds are wall time, per member as well):
 
 "fwd rows" / "bwd": images forwarded and backward passes (calls), counted on the model.
 
-Measured (reference: fra31/auto-attack at a392200; torch 2.13, one thread; a 2-core machine
-shared with other sessions at load average 9-14, so single runs swing by 2x and only the
-interleaved two-round figures are a fair ratio)::
+``--budget B`` scales both ensembles' iterations and queries by B (APGD and FAB 100 B
+iterations, Square 5,000 B queries): the same passes per iteration at the same batch shapes,
+for a run that fits a loaded machine. "cpu s" is the process's CPU time (one thread), which
+a loaded machine disturbs far less than wall time. Results go to ``results/`` as JSON (with
+the indices of the images left robust).
 
-    --models mnist-cnn:0.1 --n 30 --rounds 2 --sections reference   (best of 2 rounds each)
-    model      eps  impl       robust_acc  seconds  fwd rows  bwd
-    mnist-cnn  0.1  reference  0.80        71.34    189196    1910
-    mnist-cnn  0.1  advlab     0.80        70.86    187657    302
-    members (s): reference apgd-ce 1.5, apgd-t 16.5, fab-t 24.2, square 29.1
-                 advlab    apgd-ce 1.5, apgd-t 18.3, fab-t 26.1, square 24.9
-    time ratio reference / advlab: 1.01
+Where the time goes (mnist-cnn and mnist-cnn-trades, one thread, nearly idle machine, per
+row; the two models agree within 10%)::
 
-    --n 50 --rounds 1 (one round each, reference first: the load fell between the two runs,
-    so these ratios overstate advlab; same robust accuracy, equal forward rows)
-    mnist-cnn         0.1  reference 0.76 732.0 s / advlab 0.76 321.1 s  (fwd rows 299855 / 297161)
-    mnist-cnn-trades  0.3  reference 0.80 748.1 s / advlab 0.80 309.4 s  (fwd rows 315155 / 312803)
+    rows per call          8     16     32     64    128    256    512
+    forward (us)         113    110     93     84    165    193    196
+    forward+backward     371    313    291    282    287    396    424
+    FAB projection        33     30     28     28     28     28     31   (x2 per FAB step)
 
-On robust points both implementations make the same passes (forward rows agree within 1%):
-APGD-T's 9 x 100 and FAB-T's 9 x 100 gradient steps and Square's 5,000 queries per point;
-advlab batches them into 6x fewer backward calls, which this small CNN does not reward.
-The 1.5x target is not reached.
+On robust points both implementations make the same passes: APGD-CE 100 and APGD-T 9 x 100
+forward+backward, FAB-T 9 x 100 x (forward+backward, a check forward, two projections),
+Square 5,000 forwards; with blocks of 64 rows (``advlab.attacks.base.RowBlocks``) advlab
+pays the cheapest per-row price, where the reference forwards its whole batch (all robust
+points of a 250-image batch, ~155 rows at n = 200). The arithmetic of the table predicts
+about 1.5x at n = 200 and nothing at n <= 60 (batches already small). Reusing FAB's check
+forward as the next gradient forward does not pay: 68% of FAB-T's iterates on mnist-cnn
+robust points are adversarial (outside eps) and step back, which would cost an extra
+forward+backward. Measured, reference a392200 (fra31/auto-attack), torch 2.13::
 
-    --models mnist-cnn-trades:0.3 --n 50 --sections stronger (schedule 1, 1, 0.5, 0.5)
-    autoattack     robust_acc 0.80  128.3 s  fwd rows 312803  bwd 302
-    autoattack-mt  robust_acc 0.80  258.0 s  fwd rows 152163  bwd 614
-    (one round each; autoattack ran at a quieter moment: its APGD-T member took 31.7 s
-    there and 87.3 s inside autoattack-mt, the same computation)
+    --models mnist-cnn:0.1 --n 200 --budget 0.2   (load average 13-15)
+    impl       robust_acc  seconds  cpu s  fwd rows  bwd calls
+    reference  0.77        597.3    61.3   251384    390
+    advlab     0.77        416.0    59.1   243301    967
+    members (s): reference apgd-ce 11.7, apgd-t 95.6, fab-t 247.3, square 240.0
+                 advlab    apgd-ce 12.2, apgd-t 75.9, fab-t 140.7, square 186.8
+    time ratio reference / advlab: wall 1.44, cpu 1.04
 
-    the same with the default schedule (1, 0.5, 0.5, 0.5), one round each
-    autoattack     robust_acc 0.80  120.1 s  fwd rows 312803  bwd 302
-    autoattack-mt  robust_acc 0.80   76.5 s  fwd rows 133583  bwd 614
-    cost autoattack-mt / autoattack: 0.64 (not stronger on these 50 images)
+    --models mnist-cnn-trades:0.3 --n 200 --budget 0.2   (the same run, second process)
+    reference  0.785       690.0    76.0   256234    390
+    advlab     0.785       365.8    58.0   248316    1008
+    members (s): reference apgd-ce 9.7, apgd-t 91.2, fab-t 252.2, square 333.9
+                 advlab    apgd-ce 8.9, apgd-t 97.0, fab-t 150.3, square 109.3
+    time ratio reference / advlab: wall 1.89, cpu 1.31
 
-    --n 150 --sections stronger (default schedule, one round each)
-    autoattack     robust_acc 0.7667  301.1 s  fwd rows 902870  bwd 302
-    autoattack-mt  robust_acc 0.7667  193.0 s  fwd rows 388745  bwd 614
-    cost autoattack-mt / autoattack: 0.64 (equal robust accuracy: not stronger here)
+Both leave the same images robust (identical index sets).
+
+    --n 200 --budget 0.1 --rounds 2   (load average 14-17; the run with the best wall time)
+    model             impl       robust_acc  seconds  cpu s  (cpu s of the other round)
+    mnist-cnn         reference  0.775       132.9    29.8   (37.5)
+    mnist-cnn         advlab     0.78        89.1     29.0   (31.1)
+    mnist-cnn-trades  reference  0.79        131.5    30.5   (30.7)
+    mnist-cnn-trades  advlab     0.79        97.5     29.1   (31.1)
+    time ratio reference / advlab: mnist-cnn wall 1.49, cpu 1.03; trades wall 1.35, cpu 1.05
+
+    the same again (--out ...-run2.json), load average 8-10:
+    mnist-cnn         reference 0.775 / advlab 0.78: wall 1.02, cpu 1.03
+    mnist-cnn-trades  reference 0.79  / advlab 0.79: wall 1.09, cpu 1.04
+    members (s), mnist-cnn: reference apgd-ce 2.0, apgd-t 17.9, fab-t 22.1, square 31.7
+                            advlab    apgd-ce 3.3, apgd-t 24.9, fab-t 18.8, square 26.2
+
+At a tenth of the budget the random starts decide single images: on mnist-cnn advlab left
+one image more robust (image 107), on trades each left one the other fooled (30, 112).
+A cProfile of that mnist-cnn run (CPU clock) puts advlab at 33.1 s against 43.2 s (1.31):
+conv2d 9.5 against 15.7 s, backward 5.7 against 7.9 s, relu 2.4 against 5.4 s; autograd's
+max-pooling (3.7 s each) and the no-grad pooling's maximum (3.3 against 4.3 s) gain little.
+
+The 1.5x target is not met: the CPU-time ratios are 1.03-1.31 (1.03-1.05 in the quieter
+runs; CPU time swings by 20% between rounds at load 15) and the wall ratios follow the load
+(1.02 at load 8 to 1.89 at load 15). The per-call table predicts 1.5x from the block sizes
+alone; measured, the gain is in FAB-T and Square, while APGD-T is slower than the
+reference's: its targets run side by side, so an example that falls to its first target
+pays for all nine rows until it falls (the reference runs the targets one after another).
+With the model in row blocks, side by side no longer buys batch efficiency; running the
+targets one after another is the next step (not done). A full-budget n = 200 run did not
+fit this session (the reference alone needs about 300 s of CPU per model, over 50 min of
+wall time at load 15).
+
+Earlier (before RowBlocks, mnist-cnn, 30 images, two interleaved rounds): robust 0.80 and
+0.80, time ratio 1.01, forward rows equal within 1%.
+
+The stronger ensemble on mnist-cnn-trades, eps 0.3, first 100 images: APGD-CE + APGD-T
+leave 82 robust; on those 82 FAB-T, Square (5,000 queries), an APGD-T restart with and
+without ODI, APGD-CE with 5 ODI restarts fool none, nor do 13 further rounds (APGD-T with
+the DLR, CE and margin losses from ODI starts, APGD-CE with 9 restarts) on the 10 closest
+(margins 0.008-0.46) or 100-200 small sign steps from the worst-case point. AutoAttack's
+robust accuracy there is APGD's, and ``autoattack-mt`` (APGD-CE, APGD-T, 2.5 APGD-T runs
+per robust point) matches it: 76.7% against 76.7% on 150 images at 0.64x its cost
+(previous session); it is not stronger.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import time
@@ -101,19 +148,42 @@ def robust_accuracy(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, eps: 
     return ok.float().mean().item()
 
 
-def run_reference(ref: Any, model: Counted, x: Tensor, y: Tensor, eps: float) -> dict[str, Any]:
-    """The reference AutoAttack (standard version, seed 0) with its members timed."""
+def run_reference(ref: Any, model: Counted, x: Tensor, y: Tensor, eps: float,
+                  bs: int = 250, budget: float = 1.0) -> dict[str, Any]:
+    """The reference AutoAttack (standard version, seed 0, batch size ``bs``) with its members
+    timed."""
     aa = ref.AutoAttack(model, norm="Linf", eps=eps, version="standard", device="cpu", seed=0,
                         verbose=False)
+    if budget != 1.0:
+        scale_reference(aa, budget)
     seconds: dict[str, float] = {}
     for attr, name in REF_MEMBERS:
         _time_member(getattr(aa, attr), name, seconds)
     model.reset()
-    t0 = time.perf_counter()
-    x_adv = aa.run_standard_evaluation(x, y, bs=max(len(x), 250))
-    total = time.perf_counter() - t0
-    return {"x_adv": x_adv, "seconds": total, "members": seconds, "fwd": model.rows,
-            "bwd": model.backwards}
+    t0, c0 = time.perf_counter(), time.process_time()
+    x_adv = aa.run_standard_evaluation(x, y, bs=bs)
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"x_adv": x_adv, "seconds": total, "cpu": cpu, "members": seconds,
+            "fwd": model.rows, "bwd": model.backwards}
+
+
+def scale_reference(aa: Any, budget: float) -> None:
+    """The reference's members with ``budget`` times their iterations and queries (its APGD
+    derives its checkpoint lengths from n_iter in __init__: recomputed the same way)."""
+    for apgd in (aa.apgd, aa.apgd_targeted):
+        n = max(1, round(100 * budget))
+        apgd.n_iter = apgd.n_iter_orig = n
+        apgd.n_iter_2, apgd.n_iter_min = max(int(0.22 * n), 1), max(int(0.06 * n), 1)
+        apgd.size_decr = max(int(0.03 * n), 1)
+    aa.fab.n_iter = max(1, round(100 * budget))
+    aa.square.n_queries = max(1, round(5000 * budget))
+
+
+def scaled_members(budget: float) -> dict[str, dict[str, int]]:
+    """advlab's member settings at ``budget`` times the published iterations and queries."""
+    steps = max(1, round(100 * budget))
+    return {"apgd-ce": {"steps": steps}, "apgd-t": {"steps": steps}, "fab-t": {"steps": steps},
+            "square": {"max_queries": max(1, round(5000 * budget))}}
 
 
 def _time_member(obj: Any, name: str, seconds: dict[str, float]) -> None:
@@ -128,15 +198,17 @@ def _time_member(obj: Any, name: str, seconds: dict[str, float]) -> None:
     obj.perturb = perturb
 
 
-def run_advlab(name: str, model: Counted, x: Tensor, y: Tensor, eps: float) -> dict[str, Any]:
-    """A registered advlab ensemble (seed 0)."""
-    attack = advlab.attacks.get(name, eps=eps)
+def run_advlab(name: str, model: Counted, x: Tensor, y: Tensor, eps: float,
+               budget: float = 1.0) -> dict[str, Any]:
+    """A registered advlab ensemble (seed 0); ``budget`` scales autoattack's members."""
+    kwargs = {} if budget == 1.0 else {"member_kwargs": scaled_members(budget)}
+    attack = advlab.attacks.get(name, eps=eps, **kwargs)
     model.reset()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = attack(model, x, y)
-    total = time.perf_counter() - t0
-    return {"x_adv": res.x_adv, "seconds": total, "members": res.info.get("seconds", {}),
-            "fwd": model.rows, "bwd": model.backwards}
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"x_adv": res.x_adv, "seconds": total, "cpu": cpu,
+            "members": res.info.get("seconds", {}), "fwd": model.rows, "bwd": model.backwards}
 
 
 def race(fns: dict[str, Callable[[], dict[str, Any]]], rounds: int) -> dict[str, dict]:
@@ -146,7 +218,8 @@ def race(fns: dict[str, Callable[[], dict[str, Any]]], rounds: int) -> dict[str,
     for r in range(rounds):
         for key in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
             out = fns[key]()
-            print(f"#   round {r} {key}: {out['seconds']:.1f} s", flush=True)
+            print(f"#   round {r} {key}: {out['seconds']:.1f} s, cpu {out['cpu']:.1f} s",
+                  flush=True)
             if key not in best or out["seconds"] < best[key]["seconds"]:
                 best[key] = out
     return best
@@ -162,14 +235,33 @@ def members_line(out: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.1f}" for k, v in out["members"].items())
 
 
-def show(best: dict, model, name: str, x, y, eps: float, what: str) -> None:
+def show(best: dict, model, name: str, x, y, eps: float, what: str) -> list[dict[str, Any]]:
     """The table of one race (robust accuracy re-checked, time, passes) and each contender's
-    time per member."""
+    time per member; returns the rows as records (with the indices of the robust images)."""
     rows = [(name, eps, k, robust_accuracy(model, x, o["x_adv"], y, eps),
-             o["seconds"], o["fwd"], o["bwd"]) for k, o in best.items()]
-    table(rows, ("model", "eps", what, "robust_acc", "seconds", "fwd rows", "bwd"))
+             o["seconds"], o["cpu"], o["fwd"], o["bwd"]) for k, o in best.items()]
+    table(rows, ("model", "eps", what, "robust_acc", "seconds", "cpu s", "fwd rows", "bwd"))
     for k, o in best.items():
         print(f"#   {k} members (s): {members_line(o)}")
+    return [{"model": name, "eps": eps, "n": len(x), what: k, "robust_accuracy": acc,
+             "seconds": sec, "cpu_seconds": cpu, "fwd_rows": fwd, "bwd": bwd,
+             "members": best[k]["members"],
+             "robust": robust_indices(model, x, best[k]["x_adv"], y)}
+            for name, eps, k, acc, sec, cpu, fwd, bwd in rows]
+
+
+def robust_indices(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> list[int]:
+    """The images classified correctly both clean and on x_adv."""
+    with torch.no_grad():
+        ok = (model(x).argmax(1) == y) & (model(x_adv).argmax(1) == y)
+    return ok.nonzero().squeeze(1).tolist()
+
+
+def save(records: list[dict[str, Any]], path: str) -> None:
+    """Write the records (JSON) after each race, so an interrupted run keeps what it has."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(records, f, indent=1)
 
 
 def main() -> None:
@@ -181,7 +273,20 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--sections", nargs="+", default=["reference", "stronger"])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ref-bs", type=int, default=250,
+                   help="the reference's batch size (its default: 250)")
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="the reference section's iterations and queries as a fraction of the "
+                   "published ones (1: 100 iterations, 5,000 queries); same passes per "
+                   "iteration, so a cheaper run at the same batch shapes")
+    p.add_argument("--out", default=None, help="JSON file of the results; default "
+                   "results/autoattack_vs_reference-<models>-n<n>.json beside this script")
     args = p.parse_args()
+    tag = "_".join(m.replace(":", "-") for m in args.models)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"autoattack_vs_reference-{tag}-n{args.n}"
+                                   f"{'' if args.budget == 1 else f'-budget{args.budget:g}'}.json")
+    records: list[dict[str, Any]] = []
     torch.set_num_threads(args.threads)
     ref = None
     if "reference" in args.sections:
@@ -201,19 +306,30 @@ def main() -> None:
             clean = (model(x).argmax(1) == y).float().mean().item()
         print(f"# {name} eps {eps}: n {args.n}, clean accuracy {clean:.3f}", flush=True)
         if ref is not None:
-            best = race({"reference": lambda: run_reference(ref, counted, x, y, eps),
-                         "advlab": lambda: run_advlab("autoattack", counted, x, y, eps)},
+            best = race({"reference": lambda: run_reference(ref, counted, x, y, eps,
+                                                            args.ref_bs, args.budget),
+                         "advlab": lambda: run_advlab("autoattack", counted, x, y, eps,
+                                                      args.budget)},
                         args.rounds)
-            show(best, model, name, x, y, eps, "impl")
+            records += show(best, model, name, x, y, eps, "impl")
+            for rec in records[-2:]:
+                rec.update(ref_bs=args.ref_bs, budget=args.budget)
             ratio = best["reference"]["seconds"] / best["advlab"]["seconds"]
-            print(f"# time ratio reference / advlab: {ratio:.2f}", flush=True)
+            cpu = best["reference"]["cpu"] / best["advlab"]["cpu"]
+            print(f"# time ratio reference / advlab: wall {ratio:.2f}, cpu {cpu:.2f}",
+                  flush=True)
+            save(records, out)
         if "stronger" in args.sections:
             best = race({"autoattack": lambda: run_advlab("autoattack", counted, x, y, eps),
                          "autoattack-mt": lambda: run_advlab("autoattack-mt", counted, x, y,
                                                              eps)}, args.rounds)
-            show(best, model, name, x, y, eps, "attack")
+            records += show(best, model, name, x, y, eps, "attack")
             cost = best["autoattack-mt"]["seconds"] / best["autoattack"]["seconds"]
-            print(f"# cost autoattack-mt / autoattack: {cost:.2f}", flush=True)
+            cpu = best["autoattack-mt"]["cpu"] / best["autoattack"]["cpu"]
+            print(f"# cost autoattack-mt / autoattack: wall {cost:.2f}, cpu {cpu:.2f}",
+                  flush=True)
+            save(records, out)
+    print(f"# results: {out}")
 
 
 if __name__ == "__main__":

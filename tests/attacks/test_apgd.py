@@ -82,9 +82,11 @@ def test_bad_settings() -> None:
     with pytest.raises(ThreatModelError):
         APGD(norm="l1")
     with pytest.raises(ThreatModelError):
-        APGD(loss="margin")
+        APGD(loss="hinge")
     with pytest.raises(ThreatModelError):
         APGDT(n_targets=0)
+    with pytest.raises(ThreatModelError):
+        advlab.attacks.get("autoattack-mt", losses=("dlr", "hinge"))
     with pytest.raises(ThreatModelError, match="untargeted"):
         AutoAttack(eps=0.1)(Linear(10).eval(), torch.rand(2, 1, 4, 4), torch.tensor([0, 1]),
                             target=torch.tensor([2, 3]))
@@ -141,6 +143,17 @@ def test_apgd_t_fools_exactly_where_a_top_target_boundary_is_within_eps() -> Non
     assert torch.equal(res.success, torch.arange(12) % 2 == 0)
 
 
+def test_apgd_t_margin_loss_fools_exactly_where_a_top_target_boundary_is_within_eps() -> None:
+    model, x, y = _linear_case()
+    d = _boundary_distance(model, x, y)
+    with torch.no_grad():
+        top = model(x).scatter(1, y[:, None], float("-inf")).argmax(1)
+    d_top = d.gather(1, top[:, None]).squeeze(1)
+    eps = torch.where(torch.arange(12) % 2 == 0, 1.15 * d_top, 0.9 * d.amin(1))
+    res = APGDT(n_targets=1, loss="margin")(model, x, y, eps=eps)
+    assert torch.equal(res.success, torch.arange(12) % 2 == 0)
+
+
 def test_apgd_t_rows_of_an_example_stop_together() -> None:
     model, x, y = _linear_case()
     counted = Counted(model).eval()
@@ -193,3 +206,45 @@ def test_apgd_t_in_row_blocks_fools_the_same_examples(monkeypatch: pytest.Monkey
     blocks = APGDT()(model, x, y, eps=eps)
     assert torch.equal(whole.success, torch.arange(12) % 3 != 0)
     assert torch.equal(blocks.success, whole.success)
+
+
+def test_row_blocks_give_the_model_s_logits_and_gradients_in_blocks() -> None:
+    from advlab.attacks.base import RowBlocks
+
+    model, x, _ = _linear_case()
+    counted = Counted(model).eval()
+    blocked = RowBlocks(counted, 5)
+    xa = x.clone().requires_grad_(True)
+    z = blocked(xa)
+    (g,) = torch.autograd.grad(z[:, 3].sum(), xa)
+    assert counted.calls == 3 and counted.rows == 12  # blocks of 5, 5 and 2 rows
+    assert torch.equal(z.detach(), model(x).detach())
+    assert torch.allclose(g, model.w.detach()[3].view(1, 1, 4, 4).expand_as(x))
+
+
+def test_row_blocks_leave_an_oracle_whole_and_size_blocks_by_image() -> None:
+    from advlab.attacks.base import BLOCK_ELEMENTS, RowBlocks
+    from advlab.attacks.blackbox import Oracle
+
+    model, x, _ = _linear_case()
+    oracle = Oracle(model)
+    assert RowBlocks.around(oracle, x) is oracle  # its queries are counted per call
+    blocked = RowBlocks.around(model, x)
+    assert isinstance(blocked, RowBlocks) and blocked.rows == BLOCK_ELEMENTS // 16
+
+
+def test_autoattack_in_row_blocks_returns_the_same_images(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from advlab.attacks import base
+
+    model, x, y = _linear_case()
+    d = _boundary_distance(model, x, y).amin(1)
+    eps = torch.where(torch.arange(12) % 3 == 0, 0.8 * d, 1.5 * d)
+    short = {"apgd-ce": {"steps": 10}, "apgd-t": {"steps": 10}, "fab-t": {"steps": 10},
+             "square": {"max_queries": 50}}
+    whole = AutoAttack(member_kwargs=short)(model, x, y, eps=eps)
+    monkeypatch.setattr(base, "BLOCK_ELEMENTS", 3 * 16)  # blocks of 3 rows
+    blocks = AutoAttack(member_kwargs=short)(model, x, y, eps=eps)
+    assert torch.equal(whole.success, torch.arange(12) % 3 != 0)
+    assert torch.equal(blocks.x_adv, whole.x_adv) and torch.equal(blocks.success,
+                                                                  whole.success)

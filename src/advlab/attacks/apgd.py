@@ -21,9 +21,10 @@ size of an example is halved, and the example restarted from its best point
 2. the step size was not halved at :math:`w_{j-1}` and the best objective
    :math:`f_{max}` did not improve since then.
 
-The objective is cross-entropy (APGD-CE) or the difference of logits ratio (APGD-DLR,
-:func:`advlab.losses.dlr`). APGD-T runs the targeted DLR loss towards each of the top-k other
-classes in turn (9 by default), on the examples still classified correctly.
+The objective is cross-entropy (APGD-CE), the difference of logits ratio (APGD-DLR,
+:func:`advlab.losses.dlr`) or the logit margin. APGD-T runs the targeted DLR loss (or another
+targeted loss) towards each of the top-k other classes (9 by default), on the examples still
+classified correctly.
 
 :class:`AutoAttack` runs APGD-CE, APGD-T, FAB-T and Square in that order, each on the examples
 the previous members left robust, and keeps for every example the first adversarial point
@@ -52,6 +53,7 @@ from advlab.attacks.base import (
     Attack,
     Crafted,
     Model,
+    RowBlocks,
     available,
     first_of_each,
     get,
@@ -67,6 +69,7 @@ from advlab.threat import broadcast_rows, project_box
 log = logging.getLogger(__name__)
 
 NORMS = ("linf", "l2")
+LOSSES = ("ce", "dlr", "margin")
 DEFAULT_EPS = {"linf": 0.3, "l2": 2.0}
 
 
@@ -151,11 +154,11 @@ ROW_BLOCK = 4096
 
 
 class APGDSettings(GradientSettings):
-    """:class:`~advlab.attacks.gradient.GradientSettings` of APGD (linf or l2, ce or dlr) and
-    its own: rho and momentum in (0, 1], odi_steps >= 0."""
+    """:class:`~advlab.attacks.gradient.GradientSettings` of APGD (linf or l2; ce, dlr or
+    margin) and its own: rho and momentum in (0, 1], odi_steps >= 0."""
 
     norms: ClassVar[tuple[str, ...]] = NORMS
-    losses: ClassVar[tuple[str, ...]] = ("ce", "dlr")
+    losses: ClassVar[tuple[str, ...]] = LOSSES
 
     rho: float = 0.75
     momentum: float = 0.75
@@ -189,7 +192,8 @@ class APGD(GradientAttack):
         eps: radius of the ball; default 0.3 (linf) or 2.0 (l2).
         norm: "linf" or "l2".
         steps: iterations N_iter (100 in the paper); the run makes steps + 1 gradient calls.
-        loss: "ce" (APGD-CE) or "dlr" (APGD-DLR); targeted calls use the targeted versions.
+        loss: "ce" (APGD-CE), "dlr" (APGD-DLR) or "margin" (the logit margin of
+            :func:`advlab.losses.margin`); targeted calls use the targeted versions.
         restarts: runs from independent random starts, side by side.
         rho: the fraction of increasing steps below which the step size is halved (0.75).
         momentum: alpha, the weight of the new step against the previous one (0.75).
@@ -381,20 +385,22 @@ class APGDT(APGD):
 
     Args:
         n_targets: number of target classes tried (9 in the paper, capped at K - 1).
-        (others as :class:`APGD`; the loss is always the targeted DLR.)
+        loss: the targeted objective: "dlr" (the paper's), "margin"
+            (:math:`z_t - \max_{i \ne t} z_i`, as MultiTargeted) or "ce".
+        (others as :class:`APGD`.)
 
     References: Croce & Hein, ICML 2020, arXiv:2003.01690 (Section 4, APGD-T).
     """
 
     Settings = APGDTSettings
-    fixed = {"loss": "dlr"}
+    preset = {"loss": "dlr"}
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Tensor:
         assert eps is not None
         with torch.no_grad():
             logits = model(x)
-        _need_classes(logits.shape[1], "dlr", targeted=True)
+        _need_classes(logits.shape[1], self.loss, targeted=True)
         if target is not None:
             return super().perturb(model, x, y, target, eps, generator)
         owner, t = self.target_rows(logits, y)
@@ -432,7 +438,8 @@ class AutoAttack(Attack):
     (APGD: 100 iterations, 1 restart, 9 target classes; Square: 5,000 queries, p_init 0.8),
     so a member registered later joins automatically. Members that are not registered are
     skipped and the skip is logged. The black-box member receives the plain model (it wraps
-    it in its own Oracle); its query counts go to ``info``.
+    it in its own Oracle); its query counts go to ``info``. On CPU the members see the model
+    through :class:`~advlab.attacks.base.RowBlocks`: the same passes, in cache-sized blocks.
 
     Args:
         eps: radius; default 0.3 (linf) or 2.0 (l2).
@@ -497,7 +504,8 @@ class WorstCase:
     """
 
     def __init__(self, model: Model, x: Tensor, y: Tensor, eps: Tensor) -> None:
-        self.model, self.x, self.y, self.eps = model, x, y, eps
+        self.model = RowBlocks.around(model, x)  # the members run many rows at once
+        self.x, self.y, self.eps = x, y, eps
         with torch.no_grad():
             logits = model(x)
         self.best, self.margin = x.clone(), margin(logits, y)
@@ -539,17 +547,20 @@ class AdaptiveEnsemble(AutoAttack):
     After APGD-CE and APGD-T (AutoAttack's first two members, 100 iterations, 9 targets),
     the examples still robust are ranked by their true-class margin (the worst case over
     everything run so far) and each round of ``schedule`` runs APGD-T again, from an
-    output-diversified start (ODI, ``odi_steps``) and a new seed, on the fraction of them
-    closest to the boundary (A3's adaptive allocation). FAB-T and Square are left out: on
-    robust points they cost AutoAttack about 3 APGD-T runs per point (member times measured
-    on mnist-cnn-trades, benchmarks/autoattack_vs_reference.py) and rarely fool one the APGD
-    members left; the default schedule (all, then the closest half three times) spends
-    2.5 APGD-T runs per robust point. The output is the per-example worst case.
+    output-diversified start (ODI, ``odi_steps``), a new seed and the next loss of
+    ``losses`` (default: the targeted DLR; MultiTargeted's logit margin is the other
+    landscape on offer), on the fraction of them closest to the boundary (A3's adaptive
+    allocation). FAB-T and Square are left out: on robust points they cost AutoAttack about
+    3-5 APGD-T runs per point and fooled none of the 82 points the APGD members left on 100
+    mnist-cnn-trades images at eps 0.3; the default schedule (all, then the closest half
+    three times) spends 2.5 APGD-T runs per robust point. The output is the per-example
+    worst case.
 
     Args:
         eps: radius; default 0.3 (linf) or 2.0 (l2).
         norm: "linf" or "l2".
         schedule: fractions of the robust examples attacked in each extra round.
+        losses: APGD-T's loss in the extra rounds, in turn ("dlr", "margin" or "ce").
         odi_steps: ODI steps before each extra round's run.
         seed: the first members' seed; round r uses seed + r.
 
@@ -562,12 +573,15 @@ class AdaptiveEnsemble(AutoAttack):
     """
 
     def __init__(self, eps: float | None = None, *, norm: str = "linf",
-                 schedule: tuple[float, ...] = (1.0, 0.5, 0.5, 0.5), odi_steps: int = 2,
+                 schedule: tuple[float, ...] = (1.0, 0.5, 0.5, 0.5),
+                 losses: tuple[str, ...] = ("dlr",), odi_steps: int = 2,
                  seed: int = 0) -> None:
         super().__init__(eps, norm=norm, members=MEMBERS.get(norm, ())[:2], seed=seed)
         if not all(0 < f <= 1 for f in schedule):
             raise ThreatModelError(f"schedule fractions must be in (0, 1], got {schedule}")
-        self.schedule, self.odi_steps = tuple(schedule), odi_steps
+        if not losses or any(loss not in LOSSES for loss in losses):
+            raise ThreatModelError(f"losses must be among {', '.join(LOSSES)}, got {losses}")
+        self.schedule, self.losses, self.odi_steps = tuple(schedule), tuple(losses), odi_steps
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:
@@ -585,7 +599,7 @@ class AdaptiveEnsemble(AutoAttack):
                 break
             closest = todo[worst.margin[todo].argsort()[:math.ceil(fraction * len(todo))]]
             member = APGDT(self.eps, norm=self.norm, odi_steps=self.odi_steps,
-                           seed=self.seed + r)
+                           loss=self.losses[(r - 1) % len(self.losses)], seed=self.seed + r)
             worst.run(f"apgd-t-odi-{r}", member, closest)
         worst.info.update(members=list(worst.info["robust_after"]), skipped=[])
         return Crafted(worst.best, info=worst.info)
