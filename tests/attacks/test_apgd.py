@@ -11,7 +11,7 @@ from torch import nn
 import advlab
 from advlab.attacks import APGD, PGD, AutoAttack
 from advlab.attacks.apgd import APGDT, RunState, checkpoint_fractions, checkpoints
-from advlab.errors import LabelError, ThreatModelError
+from advlab.errors import LabelError, ThreatModelError, UnknownNameError
 from testkit import Counted
 
 
@@ -81,7 +81,7 @@ def test_dlr_needs_three_classes_and_targeted_four() -> None:
 def test_bad_settings() -> None:
     with pytest.raises(ThreatModelError):
         APGD(norm="l1")
-    with pytest.raises(ThreatModelError):
+    with pytest.raises(UnknownNameError):
         APGD(loss="hinge")
     with pytest.raises(ThreatModelError):
         APGDT(n_targets=0)
