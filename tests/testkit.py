@@ -138,6 +138,12 @@ class LabelCounter(nn.Module):
         return out
 
 
+def activations(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The Tiny model's (conftest.Tiny) ``conv`` activations and ``fc`` logits at x."""
+    with torch.no_grad():
+        return {"conv": model.conv(x), "fc": model(x)}
+
+
 def true_grad(objective, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     xr = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(objective(model(xr), y, None).sum(), xr)
