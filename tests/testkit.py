@@ -28,10 +28,11 @@ class Counted(nn.Module):
 class Linear(nn.Module):
     """logits = W flat(x) + b in float64: gradients and decision boundaries in closed form."""
 
-    def __init__(self, d: int, k: int, seed: int = 0, bias_scale: float = 1.0) -> None:
+    def __init__(self, d: int, k: int, seed: int = 0, bias_scale: float = 1.0,
+                 weight_scale: float = 1.0) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.w = nn.Parameter(torch.randn(k, d, generator=g, dtype=torch.float64))
+        self.w = nn.Parameter(torch.randn(k, d, generator=g, dtype=torch.float64) * weight_scale)
         self.b = nn.Parameter(torch.randn(k, generator=g, dtype=torch.float64) * bias_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,6 +100,48 @@ class Quadratic(nn.Module):
 def images(n: int = 4, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 1, 4, 4, generator=g, dtype=torch.float64) * 0.6 + 0.2
+
+
+def interior(n: int, side: int = 8, seed: int = 0) -> torch.Tensor:
+    """n float64 1 x side x side images in [0.4, 0.6], away from the box's faces."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, side, side, generator=g, dtype=torch.float64) * 0.2 + 0.4
+
+
+def predicted(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's labels of x, so that every attack has work to do."""
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+class LabelCounter(nn.Module):
+    """A fixed linear classifier on 1x8x8 that counts the rows it sees and refuses autograd
+    (what a label-only attack may do to its model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = nn.Parameter(torch.randn(10, 64, generator=g), requires_grad=True)
+        self.rows = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            raise AssertionError("a black-box attack queried the model with autograd on")
+        self.rows += len(x)
+        return x.flatten(1) @ self.w.T
+
+    def labels(self, x: torch.Tensor) -> torch.Tensor:
+        """The labels of x, without counting these rows."""
+        with torch.no_grad():
+            out = self(x).argmax(1)
+        self.rows = 0
+        return out
+
+
+def activations(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The Tiny model's (conftest.Tiny) ``conv`` activations and ``fc`` logits at x."""
+    with torch.no_grad():
+        return {"conv": model.conv(x), "fc": model(x)}
 
 
 def true_grad(objective, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from advlab.attacks.minnorm import Best, ConstantSearch, cw_margin
+from advlab.attacks.minnorm import Best, ConstantSearch, cw_margin, cw_success
 
 
 def test_cw_margin_on_log_probabilities_is_the_logit_margin() -> None:
@@ -44,3 +44,23 @@ def test_best_keeps_the_closest_adversarial_candidate_per_example() -> None:
     assert best.norm[0] == 2.0 and best.x[0].item() == 2.0 and best.x[1].item() == 0.0
     best.update(torch.tensor([0]), cand[:1], torch.tensor([2.5]), torch.tensor([True]))
     assert best.x[0].item() == 2.0  # farther: not kept
+
+
+def test_margin_is_right_for_negative_logits() -> None:
+    z = torch.tensor([[-1.0, -2.0, -3.0]])
+    assert cw_margin(z, torch.tensor([0]), None, 0.0).item() == 1.0  # Z_y - max other = -1 + 2
+    assert cw_margin(z, torch.tensor([0]), torch.tensor([1]), 0.0).item() == 1.0  # -1 - (-2)
+    assert cw_margin(z, torch.tensor([0]), torch.tensor([2]), 0.0).item() == 2.0  # -1 - (-3)
+    assert cw_margin(z, torch.tensor([2]), None, 0.5).item() == -0.5  # clamped at -kappa
+    assert cw_margin(z, torch.tensor([1]), torch.tensor([0]), 0.5).item() == -0.5
+    # the lecture's example: logits (0.4, 0.8, -0.2, 7.4), target 1 -> 6.6, later -> 0 at kappa 0
+    lec = torch.tensor([[0.4, 0.8, -0.2, 7.4], [-0.1, 5.4, -0.9, 5.3]])
+    got = cw_margin(lec, torch.tensor([3, 3]), torch.tensor([1, 1]), 0.0)
+    torch.testing.assert_close(got, torch.tensor([6.6, 0.0]))
+
+
+def test_success_needs_the_confidence_margin() -> None:
+    z = torch.tensor([[1.0, 1.5, 0.0], [0.0, 3.0, 0.0]])
+    y = torch.tensor([0, 0])
+    assert cw_success(z, y, None, 0.0).tolist() == [True, True]
+    assert cw_success(z, y, None, 1.0).tolist() == [False, True]

@@ -75,6 +75,17 @@ def make_detector(tiny_factory) -> Callable[[str], Detector]:
 
 
 @pytest.fixture
+def by_hand(tiny_factory) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(model, x 100, y = the model's labels, xt 20): the data of the detectors' numbers
+    recomputed by hand."""
+    model = tiny_factory(0)
+    x, xt = images(100, 1), images(20, 2)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y, xt
+
+
+@pytest.fixture
 def more_images() -> Callable[[int, int], torch.Tensor]:
     """(n, seed) -> n seeded random 1 x 8 x 8 images."""
     return images

@@ -8,7 +8,6 @@ from sklearn.neighbors import NearestNeighbors
 from torch import nn
 
 from advlab.detectors import ActivationKNN, DeepKNN, knn_search
-from advlab.detectors.detector import euclidean
 from advlab.detectors.knn import _vote
 from advlab.errors import InputError, UnknownNameError
 
@@ -22,24 +21,6 @@ def test_knn_search_matches_sklearn(precise: bool, max_elements: int) -> None:
     sk_d, sk_i = NearestNeighbors(n_neighbors=6).fit(base.numpy()).kneighbors(query.numpy())
     np.testing.assert_array_equal(i.numpy(), sk_i)
     np.testing.assert_allclose(d.numpy(), sk_d, rtol=1e-4, atol=1e-5)
-
-
-def test_euclidean_matches_numpy_and_has_a_zero_gradient_at_zero() -> None:
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(9, 40, generator=g, dtype=torch.float64), torch.randn(7, 40, generator=g,
-                                                                            dtype=torch.float64)
-    b[3] = a[2]                                       # one pair at distance 0
-    want = np.sqrt(((a.numpy()[:, None] - b.numpy()[None]) ** 2).sum(-1))
-    ag = a.clone().requires_grad_()
-    d = euclidean(ag, b)
-    # the norm expansion's error at distance 0 is about sqrt(eps_64) |a| ~ 1e-7, and its exact
-    # value depends on torch's matmul (exactly 0 on 2.13, 1.2e-7 on 2.2)
-    np.testing.assert_allclose(d.detach().numpy(), want, atol=1e-6)
-    (grad,) = torch.autograd.grad(d[2, 3] + d[0, 0], ag)
-    # at distance 0 the gradient is finite and zero up to the same rounding (exactly 0 when
-    # the expansion rounds to 0, as on torch 2.13; 5e-10 on 2.2)
-    assert torch.isfinite(grad).all() and grad[2].abs().max() < 1e-6
-    torch.testing.assert_close(grad[0], (a[0] - b[0]) / d[0, 0].detach())
 
 
 def test_knn_search_errors() -> None:

@@ -106,3 +106,15 @@ def test_report_in_chromium(kind: str, tmp_path_factory: pytest.TempPathFactory,
     if kind == "large":  # thumbnails: one gallery row of 2 x 3 panels fits the window
         gallery = [im for im in found["images"] if im["alt"].startswith("gallery")]
         assert gallery and all(im["w"] <= WIDTH for im in gallery)
+
+
+def test_the_curves_render_in_chromium(curves_dir: Path) -> None:
+    if browser.find() is None:
+        if os.environ.get("CI"):
+            pytest.fail("no Chromium on PATH: the browser test must run in CI")
+        pytest.skip("no Chromium on PATH (apt-get install -y chromium)")
+    found = browser.check(curves_dir / "report.html", curves_dir / "curves.png", WIDTH)
+    assert found["errors"] == []
+    (im,) = [im for im in found["images"] if im["alt"] == "robustness curves"]
+    assert "error" not in im and im["w"] > 200 and im["h"] > 100 and im["shown"] <= WIDTH
+    assert found["page"] <= WIDTH

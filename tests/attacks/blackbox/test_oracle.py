@@ -1,4 +1,5 @@
-"""Honest query accounting for the score-based attacks.
+"""The oracle's honest query accounting, checked through every black-box attack (score-based
+and label-only).
 
 Every attack is run on a model wrapped in a counter of the rows it really evaluates. The
 attack base evaluates the model outside the oracle for the final re-check (one row per
@@ -40,17 +41,11 @@ class Counted(testkit.Counted):
         return super().forward(x)
 
 
-def predicted(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Labels the model gets right, so that every attack has work to do."""
-    with torch.no_grad():
-        return model(x).argmax(1)
-
-
 @pytest.mark.parametrize("name", SCORE)
 @pytest.mark.parametrize("budget", [3, 40])
 def test_each_example_charged_exactly(name: str, budget: int, tiny_factory) -> None:
     model = Counted(tiny_factory())
-    y = predicted(model.model, X)
+    y = testkit.predicted(model.model, X)
     for i in range(2):  # one example at a time: its real calls are exactly known
         model.rows = 0
         res = advlab.attacks.get(name, max_queries=budget)(model, X[i:i + 1], y[i:i + 1])
@@ -64,7 +59,7 @@ def test_each_example_charged_exactly(name: str, budget: int, tiny_factory) -> N
 @pytest.mark.parametrize("name", SCORE)
 def test_batch_budget_and_total(name: str, tiny_factory) -> None:
     model = Counted(tiny_factory())
-    y = predicted(model.model, X)
+    y = testkit.predicted(model.model, X)
     budget = 25
     res = advlab.attacks.get(name, max_queries=budget)(model, X, y)
     assert (res.queries <= budget).all() and (res.queries >= 1).all()
@@ -83,7 +78,7 @@ def test_budget_is_spent_on_hard_examples(name: str, tiny_factory) -> None:
     """With a budget too small to succeed, attacks use it up to the last query they can
     afford (not stopping at zero), and never beyond."""
     model = Counted(tiny_factory())
-    y = predicted(model.model, X)
+    y = testkit.predicted(model.model, X)
     res = advlab.attacks.get(name, max_queries=12, **HARD[name])(model, X, y)
     hard = ~res.success
     assert hard.sum() >= 3
@@ -98,7 +93,39 @@ def test_no_graph_no_backward(name: str, tiny_factory) -> None:
     inner = tiny_factory()
     assert all(p.requires_grad for p in inner.parameters())
     model = Counted(inner)
-    y = predicted(inner, X)
+    y = testkit.predicted(inner, X)
     res = advlab.attacks.get(name, max_queries=60)(model, X, y)
     assert model.calls > 1 and not res.x_adv.requires_grad  # queries beyond the re-check
     assert all(p.grad is None for p in inner.parameters())
+
+
+# The label-only attacks, on a linear model that counts the rows it sees.
+LABEL_ONLY = {
+    "hopskipjump": {"max_queries": 300},
+    "hopskipjump-linf": {"max_queries": 300},
+    "boundary": {"max_queries": 150},
+    "genattack": {"max_queries": 100, "eps": 0.05},
+    "autozoom": {"max_queries": 120},
+    "substitute": {"max_queries": 5, "rounds": 3, "epochs": 1, "arch": "mlp", "width": 4},
+    "signopt": {"max_queries": 300, "q": 20},
+    "geoda": {"max_queries": 300, "iterations": 4},
+    "onepixel": {"max_queries": 50, "popsize": 10},
+    "pixle": {"max_queries": 30},
+}
+
+
+@pytest.mark.parametrize("name", sorted(LABEL_ONLY))
+@pytest.mark.parametrize("targeted", [False, True])
+def test_label_only_budget_and_counts(name: str, targeted: bool) -> None:
+    model = testkit.LabelCounter().eval()
+    y = model.labels(X)
+    target = (y + 1) % 10 if targeted else None
+    res = advlab.attacks.get(name, **LABEL_ONLY[name])(model, X, y, target)
+    budget = LABEL_ONLY[name]["max_queries"]
+    assert (res.queries <= budget).all() and (res.queries >= 1).all()
+    extra = len(X)  # the base's uncounted success re-check (its output check rides on a query)
+    if name == "substitute" and res.info["oracle_labels"] > len(X):
+        extra += len(X)  # its evaluator measures the transfer success
+    assert model.rows == int(res.queries.sum()) + extra
+    assert torch.equal(res.info["budget_exhausted"], res.queries >= budget)
+    assert model.w.grad is None

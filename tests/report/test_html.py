@@ -1,4 +1,5 @@
-"""report.html: every section present, figures embedded, re-rendered from the database."""
+"""report.html: every section present, figures embedded, re-rendered from the database, the
+numbers of the tour's sections and of the robustness curves."""
 from __future__ import annotations
 
 import base64
@@ -12,8 +13,9 @@ import torch
 
 from advlab.errors import DataError
 from advlab.evaluation import config_from_dict, run
+from advlab.evaluation.store import Store
 from advlab.report import html as H
-from advlab.report import plots, write_report
+from advlab.report import write_report
 
 SECTIONS = ["summary", "robustness", "gallery", "defenses", "blackbox", "detectors", "transfer",
             "properties", "sanity", "environment"]
@@ -97,17 +99,6 @@ def test_reference_eps() -> None:
     assert H.reference_eps(weak) == 0.2           # never: the largest eps
     assert H.reference_eps(cells, override=0.1) == 0.1
     assert H.reference_eps([]) is None
-
-
-def test_plots_are_pngs() -> None:
-    rng = np.random.default_rng(0)
-    item = plots.GalleryItem(rng.random((3, 8, 8)), rng.random((3, 8, 8)), 1, 1, 0.96, 2, 0.92)
-    for png in (plots.gallery([("pgd", [item, item])], ["cat", "dog", "car"]),
-                plots.lines([("m", [plots.Curve("a", [0, 1], [1, 0])])], "x", "y"),
-                plots.heatmaps([("t", ["a", "b"], ["a", "b"], np.array([[1, np.nan],
-                                                                         [0.2, 0.5]]))],
-                               "target", "source")):
-        assert png.startswith(b"\x89PNG")
 
 
 def test_sanity_section_lists_warnings_first() -> None:
@@ -226,3 +217,33 @@ def test_sanity_finding_runs_its_attack(tour_dir: Path) -> None:
     row = next(r for r in section(page, "sanity").split("<tr>")
                if ">gradients<" in r and "transformed" in r)
     assert f"robust acc <b>{H.pct(cell['robust_accuracy'])}</b>" in row
+
+
+# ------------------------------------------------------------------------ the robustness curves
+
+
+def test_results_json_carries_the_curve(curves_dir: Path) -> None:
+    res = json.loads((curves_dir / "results.json").read_text())
+    curves = [c for c in res["cells"] if c.get("curve")]
+    assert [c["defense"].split(":")[0] for c in curves] == ["none", "transformed"]
+    with Store(curves_dir.parent / "advlab.sqlite") as s:
+        for c in curves:
+            k = c["curve"]
+            assert (k["norm"], k["grid"], k["minnorm"], k["bounded"]) == (
+                "linf", [0.05, 0.1], "fab", "apgd-ce")
+            radii = s.examples(c["key"])["linf"]
+            assert k["accuracy"] == pytest.approx([float((radii > e).mean()) for e in k["grid"]])
+            assert len(k["eps"]) == len(k["dense"]) and k["eps"][-1] == 0.1
+            assert all(np.diff(k["dense"]) <= 0) and k["dense"][0] == c["clean_accuracy"]
+
+
+def test_the_page_draws_each_curve_with_its_grid(curves_dir: Path) -> None:
+    page = (curves_dir / "report.html").read_text()
+    sec = page.split('<section id="curves">')[1].split("</section>")[0]
+    assert 'alt="robustness curves"' in sec
+    assert sec.count("<tr>") == 1 + 2  # a row per curve
+    res = json.loads((curves_dir / "results.json").read_text())
+    for c in (c for c in res["cells"] if c.get("curve")):
+        row = ", ".join(f"{e:g}: {100 * a:.1f}%"
+                        for e, a in zip(c["curve"]["grid"], c["curve"]["accuracy"], strict=True))
+        assert row in sec
