@@ -35,3 +35,15 @@ def test_unknown_name_lists_what_exists_sorted_and_unquoted() -> None:
     assert (err.kind, err.name, err.available) == ("attack", "pdg", ["apgd-ce", "fgsm", "pgd"])
     with pytest.raises(KeyError):
         raise err
+
+
+def test_errors_survive_pickling() -> None:
+    # a worker process's error travels back to the driver by pickle
+    import pickle
+
+    from advlab.errors import InputError, UnknownNameError
+
+    err = pickle.loads(pickle.dumps(UnknownNameError("attack", "pgdd", ["pgd", "fgsm"])))
+    assert isinstance(err, UnknownNameError) and err.available == ["fgsm", "pgd"]
+    assert str(err) == "unknown attack 'pgdd'; available: fgsm, pgd"
+    assert str(pickle.loads(pickle.dumps(InputError("bad x")))) == "bad x"

@@ -36,6 +36,10 @@ class UnknownNameError(AdvlabError, KeyError):
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return self.args[0]
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, list[str]]]:
+        """Pickles (a worker process's error travels back to the run's driver)."""
+        return type(self), (self.kind, self.name, self.available)
+
 
 class ModelModeError(AdvlabError, RuntimeError):
     """A model in train mode handed to code that must not change it."""
