@@ -134,11 +134,11 @@ class PatchSettings(Settings):
 
     def check(self) -> None:
         one_of("patch shape", self.shape, ("circle", "square"))
-        lo, hi = self.scale
-        if not 0 < self.size <= 1 or not 0 < lo <= hi:
-            raise ThreatModelError(f"need 0 < size <= 1 and 0 < scale[0] <= scale[1], got "
-                                   f"{self.size}, {self.scale}")
-        self.resolve("scale", (lo, hi))
+        scale = tuple(self.scale)
+        if not 0 < self.size <= 1 or len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+            raise ThreatModelError(f"need 0 < size <= 1 and scale (lo, hi) with 0 < lo <= hi, "
+                                   f"got {self.size}, {scale}")
+        self.resolve("scale", scale)
         at_least(0, rotation=self.rotation)
         at_least(1, steps=self.steps, batch_size=self.batch_size)
         positive(lr=self.lr)

@@ -81,10 +81,10 @@ class PixleSettings(Settings):
 
     def check(self) -> None:
         for name in ("patch_width", "patch_height"):
-            lo, hi = getattr(self, name)
-            if not 1 <= lo <= hi:
-                raise ThreatModelError(f"patch sizes need 1 <= lo <= hi, got ({lo}, {hi})")
-            self.resolve(name, (lo, hi))
+            size = tuple(getattr(self, name))
+            if len(size) != 2 or not 1 <= size[0] <= size[1]:
+                raise ThreatModelError(f"{name} needs (lo, hi) with 1 <= lo <= hi, got {size}")
+            self.resolve(name, size)
         at_least(1, restarts=self.restarts, iterations=self.iterations,
                  max_queries=self.max_queries)
 
