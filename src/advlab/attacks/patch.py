@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, register
+from advlab.attacks.settings import Settings, at_least, one_of, positive
 from advlab.errors import LabelError, ThreatModelError
 from advlab.validation import check_eval_mode, check_images
 
@@ -117,6 +118,32 @@ def random_placements(n: int, size: int, image: tuple[int, int], scale: tuple[fl
     return torch.cat([inv, shift], 2)
 
 
+class PatchSettings(Settings):
+    """The settings of :class:`AdversarialPatch` (its docstring): shape circle or square,
+    0 < size <= 1, 0 < scale[0] <= scale[1], rotation >= 0, steps and batch_size >= 1,
+    lr > 0."""
+
+    size: float = 0.5
+    shape: str = "circle"
+    scale: tuple[float, float] = (0.8, 1.2)
+    rotation: float = 22.5
+    steps: int = 100
+    lr: float = 0.05
+    batch_size: int = 64
+    seed: int = 0
+
+    def check(self) -> None:
+        one_of("patch shape", self.shape, ("circle", "square"))
+        scale = tuple(self.scale)
+        if not 0 < self.size <= 1 or len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+            raise ThreatModelError(f"need 0 < size <= 1 and scale (lo, hi) with 0 < lo <= hi, "
+                                   f"got {self.size}, {scale}")
+        self.resolve("scale", scale)
+        at_least(0, rotation=self.rotation)
+        at_least(1, steps=self.steps, batch_size=self.batch_size)
+        positive(lr=self.lr)
+
+
 @register("patch", knowledge="white", goal="targeted", norm="patch", kind="optimization",
           bounded=False)
 class AdversarialPatch(Attack):
@@ -141,22 +168,10 @@ class AdversarialPatch(Attack):
     References: Brown et al., arXiv:1712.09665.
     """
 
+    Settings = PatchSettings
+    positional = ()
+    norm = "patch"
     targeted_only = True
-
-    def __init__(self, *, size: float = 0.5, shape: str = "circle",
-                 scale: tuple[float, float] = (0.8, 1.2), rotation: float = 22.5,
-                 steps: int = 100, lr: float = 0.05, batch_size: int = 64,
-                 seed: int = 0) -> None:
-        if shape not in ("circle", "square"):
-            raise ThreatModelError(f"patch shape must be circle or square, got {shape!r}")
-        if not 0 < size <= 1 or not 0 < scale[0] <= scale[1] or rotation < 0:
-            raise ThreatModelError("need 0 < size <= 1, 0 < scale[0] <= scale[1], "
-                                   "rotation >= 0")
-        if steps < 1 or lr <= 0 or batch_size < 1:
-            raise ThreatModelError("need steps >= 1, lr > 0 and batch_size >= 1")
-        self.norm, self.eps = "patch", None
-        self.size, self.shape, self.scale, self.rotation = size, shape, tuple(scale), rotation
-        self.steps, self.lr, self.batch_size, self.seed = steps, lr, batch_size, seed
 
     def pixels(self, x: Tensor) -> int:
         """The patch side in pixels for images like x."""

@@ -37,7 +37,8 @@ from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, register
 from advlab.attacks.minnorm import Best, ConstantSearch
-from advlab.errors import InputError, ThreatModelError
+from advlab.attacks.settings import Settings, at_least, positive
+from advlab.errors import InputError
 from advlab.losses import margin
 from advlab.optim import RowAdam
 from advlab.threat import clip
@@ -69,6 +70,23 @@ def flow_loss(flow: Tensor, eps: float = 1e-8) -> Tensor:
     return pairs(flow[:, :, 1:] - flow[:, :, :-1]) + pairs(flow[..., 1:] - flow[..., :-1])
 
 
+class StAdvSettings(Settings):
+    """The settings of :class:`StAdv` (its docstring): tau and lr > 0, steps and search_steps
+    >= 1, kappa >= 0."""
+
+    tau: float = 0.05
+    steps: int = 100
+    search_steps: int = 3
+    lr: float = 0.05
+    kappa: float = 0.0
+    seed: int = 0
+
+    def check(self) -> None:
+        positive(tau=self.tau, lr=self.lr)
+        at_least(1, steps=self.steps, search_steps=self.search_steps)
+        at_least(0, kappa=self.kappa)
+
+
 @register("stadv", knowledge="white", goal="both", norm="spatial", kind="optimization",
           bounded=False)
 class StAdv(Attack):
@@ -88,14 +106,9 @@ class StAdv(Attack):
     References: Xiao et al., ICLR 2018, arXiv:1801.02612.
     """
 
-    def __init__(self, *, tau: float = 0.05, steps: int = 100, search_steps: int = 3,
-                 lr: float = 0.05, kappa: float = 0.0, seed: int = 0) -> None:
-        if tau <= 0 or steps < 1 or search_steps < 1 or lr <= 0 or kappa < 0:
-            raise ThreatModelError("tau > 0, steps >= 1, search_steps >= 1, lr > 0 and "
-                                   "kappa >= 0 required")
-        self.norm, self.eps, self.seed = None, None, seed
-        self.tau, self.steps, self.search_steps = tau, steps, search_steps
-        self.lr, self.kappa = lr, kappa
+    Settings = StAdvSettings
+    positional = ()
+    norm = None
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:

@@ -36,6 +36,7 @@ from advlab import optim
 from advlab.attacks.base import Crafted, Model, is_success, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle, as_oracle
 from advlab.attacks.minnorm import ScoreRun, cw_margin
+from advlab.attacks.settings import Settings, at_least, positive
 from advlab.errors import ThreatModelError
 from advlab.optim import RowAdam
 from advlab.threat import broadcast_rows, clip_box
@@ -126,6 +127,32 @@ class _Space:
     level: Tensor
 
 
+class AutoZOOMSettings(Settings):
+    """The settings of :class:`AutoZOOM` (its docstring): max_queries >= 2; q_post,
+    const_every >= 1; reduced in (0, 1]; lr, init_const > 0; kappa >= 0; dim_patience >= 1
+    or None."""
+
+    max_queries: int = 1_000
+    reduced: float = 0.5
+    autoencoder: Autoencoder | None = None
+    q_post: int = 4
+    lr: float = 0.02
+    init_const: float = 1.0
+    const_every: int = 100
+    kappa: float = 0.0
+    dim_patience: int | None = 100
+    seed: int = 0
+
+    def check(self) -> None:
+        at_least(2, max_queries=self.max_queries)
+        at_least(1, q_post=self.q_post, const_every=self.const_every,
+                 dim_patience=self.dim_patience)
+        if not 0 < self.reduced <= 1:
+            raise ThreatModelError(f"reduced must lie in (0, 1], got {self.reduced}")
+        positive(lr=self.lr, init_const=self.init_const)
+        at_least(0, kappa=self.kappa)
+
+
 @register("autozoom", knowledge="score", goal="both", norm="l2", kind="optimization",
           bounded=False)
 class AutoZOOM(BlackBoxAttack):
@@ -156,22 +183,9 @@ class AutoZOOM(BlackBoxAttack):
     arXiv:1805.11770.
     """
 
-    def __init__(self, *, max_queries: int = 1_000, reduced: float = 0.5,
-                 autoencoder: Autoencoder | None = None, q_post: int = 4, lr: float = 0.02,
-                 init_const: float = 1.0, const_every: int = 100, kappa: float = 0.0,
-                 dim_patience: int | None = 100, seed: int = 0) -> None:
-        if max_queries < 2 or q_post < 1 or const_every < 1:
-            raise ThreatModelError("max_queries >= 2, q_post >= 1 and const_every >= 1 "
-                                   "are required")
-        if not 0 < reduced <= 1 or lr <= 0 or init_const <= 0 or kappa < 0:
-            raise ThreatModelError("reduced in (0, 1], lr > 0, init_const > 0, kappa >= 0 "
-                                   "are required")
-        if dim_patience is not None and dim_patience < 1:
-            raise ThreatModelError(f"dim_patience must be >= 1, got {dim_patience}")
-        self.norm, self.eps, self.max_queries = "l2", None, max_queries
-        self.reduced, self.autoencoder, self.q_post, self.lr = reduced, autoencoder, q_post, lr
-        self.init_const, self.const_every, self.kappa = init_const, const_every, kappa
-        self.dim_patience, self.seed = dim_patience, seed
+    Settings = AutoZOOMSettings
+    positional = ()
+    norm = "l2"
 
     # -- the map D from the search space to the perturbation --------------------------------
 

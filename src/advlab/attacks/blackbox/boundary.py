@@ -23,14 +23,15 @@ from torch import Tensor
 
 from advlab.attacks.base import AttackResult, Model, register
 from advlab.attacks.blackbox.decision import (
-    INITS,
     Decision,
     bisect,
     blend,
+    check_start,
     distance,
     starting_points,
 )
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
+from advlab.attacks.settings import Settings, at_least, positive
 from advlab.errors import ThreatModelError
 from advlab.threat import clip_box
 
@@ -56,6 +57,34 @@ class History:
     def clear(self, rows: Tensor) -> None:
         self.values[rows] = float("nan")
         self.pos[rows] = 0
+
+
+class BoundarySettings(Settings):
+    """The settings of :class:`Boundary` (its docstring): steps, max_queries, stats_every and
+    the histories >= 1; the step sizes > 0, step_adaptation > 1; init and init_tries as
+    :func:`~advlab.attacks.blackbox.decision.check_start` says."""
+
+    steps: int = 25_000
+    max_queries: int = 1_000
+    spherical_step: float = 1e-2
+    source_step: float = 1e-2
+    step_adaptation: float = 1.5
+    stats_every: int = 5
+    spherical_history: int = 20
+    step_history: int = 10
+    convergence: float = 1e-7
+    init: str = "noise"
+    init_tries: int = 100
+    seed: int = 0
+
+    def check(self) -> None:
+        at_least(1, steps=self.steps, max_queries=self.max_queries,
+                 stats_every=self.stats_every, spherical_history=self.spherical_history,
+                 step_history=self.step_history)
+        positive(spherical_step=self.spherical_step, source_step=self.source_step)
+        if not self.step_adaptation > 1:
+            raise ThreatModelError(f"step_adaptation must be > 1, got {self.step_adaptation}")
+        check_start(self.init, self.init_tries)
 
 
 @register("boundary", knowledge="label", goal="both", norm="l2", kind="iterative",
@@ -88,29 +117,11 @@ class Boundary(BlackBoxAttack):
     attacks against black-box machine learning models", ICLR 2018, arXiv:1712.04248.
     """
 
+    Settings = BoundarySettings
+    positional = ()
+    norm = "l2"
     access = "labels"
-
-    def __init__(self, *, steps: int = 25_000, max_queries: int = 1_000,
-                 spherical_step: float = 1e-2, source_step: float = 1e-2,
-                 step_adaptation: float = 1.5, stats_every: int = 5,
-                 spherical_history: int = 20, step_history: int = 10,
-                 convergence: float = 1e-7, init: str = "noise", init_tries: int = 100,
-                 seed: int = 0) -> None:
-        if init not in INITS:
-            raise ThreatModelError(f"unknown init {init!r}; use {', '.join(INITS)}")
-        if min(steps, max_queries, stats_every, spherical_history, step_history,
-               init_tries) < 1:
-            raise ThreatModelError("steps, max_queries, stats_every, histories and init_tries "
-                                   "must be >= 1")
-        if spherical_step <= 0 or source_step <= 0 or step_adaptation <= 1:
-            raise ThreatModelError("step sizes must be > 0 and step_adaptation > 1")
-        self.norm, self.eps, self.steps, self.max_queries = "l2", None, steps, max_queries
-        self.spherical_step, self.source_step = spherical_step, source_step
-        self.step_adaptation, self.stats_every = step_adaptation, stats_every
-        self.spherical_history, self.step_history = spherical_history, step_history
-        self.convergence, self.init, self.init_tries = convergence, init, init_tries
-        self.seed = seed
-        self._starting_points: Tensor | None = None
+    _starting_points: Tensor | None = None
 
     def __call__(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None = None, *,
                  eps: float | Tensor | None = None,

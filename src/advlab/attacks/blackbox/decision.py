@@ -19,10 +19,18 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.blackbox.oracle import Oracle
+from advlab.attacks.settings import at_least, one_of
 from advlab.errors import InputError
 from advlab.threat import broadcast_rows, clip_box, lp_norm
 
 INITS = ("auto", "batch", "noise")
+
+
+def check_start(init: str, init_tries: int) -> None:
+    """Validate the starting-point settings of a label-only attack (see
+    :func:`starting_points`): init one of :data:`INITS`, init_tries >= 1."""
+    one_of("init", init, INITS)
+    at_least(1, init_tries=init_tries)
 
 
 class Decision:

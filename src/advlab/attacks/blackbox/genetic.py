@@ -31,6 +31,7 @@ from torch import Tensor
 
 from advlab.attacks.base import is_success, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
+from advlab.attacks.settings import Settings, at_least, positive
 from advlab.errors import ThreatModelError
 from advlab.threat import broadcast_rows, clip_box
 
@@ -51,6 +52,30 @@ def win_margin(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
         return p.gather(1, target[:, None]).squeeze(1) - p.amax(1)
     own = p.gather(1, y[:, None]).squeeze(1)
     return p.scatter(1, y[:, None], float("-inf")).amax(1) - own
+
+
+class GenAttackSettings(Settings):
+    """The settings of :class:`GenAttack` (its docstring): eps >= 0 (default 0.3),
+    max_queries >= 1, pop_size >= 2, mutation_rate in (0, 1], alpha and temperature > 0."""
+
+    eps: float | None = None
+    max_queries: int = 10_000
+    pop_size: int = 6
+    mutation_rate: float = 0.05
+    alpha: float = 0.15
+    temperature: float = 0.1
+    adaptive: bool = True
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.eps is None:
+            self.resolve("eps", 0.3)
+        at_least(0, eps=self.eps)
+        at_least(1, max_queries=self.max_queries)
+        at_least(2, pop_size=self.pop_size)
+        positive(alpha=self.alpha, temperature=self.temperature)
+        if not 0 < self.mutation_rate <= 1:
+            raise ThreatModelError(f"mutation_rate must lie in (0, 1], got {self.mutation_rate}")
 
 
 @register("genattack", knowledge="score", goal="both", norm="linf", kind="iterative")
@@ -77,21 +102,8 @@ class GenAttack(BlackBoxAttack):
     arXiv:1805.11090.
     """
 
-    def __init__(self, eps: float | None = None, *, max_queries: int = 10_000,
-                 pop_size: int = 6, mutation_rate: float = 0.05, alpha: float = 0.15,
-                 temperature: float = 0.1, adaptive: bool = True, seed: int = 0) -> None:
-        if max_queries < 1 or pop_size < 2:
-            raise ThreatModelError(f"max_queries >= 1 and pop_size >= 2 required, got "
-                                   f"{max_queries}, {pop_size}")
-        if not 0 < mutation_rate <= 1 or alpha <= 0 or temperature <= 0:
-            raise ThreatModelError("mutation_rate in (0, 1], alpha > 0, temperature > 0 "
-                                   "required")
-        self.eps = 0.3 if eps is None else eps
-        if isinstance(self.eps, (int, float)) and self.eps < 0:
-            raise ThreatModelError(f"eps must be non-negative, got {self.eps}")
-        self.norm, self.max_queries, self.pop_size = "linf", max_queries, pop_size
-        self.mutation_rate, self.alpha, self.temperature = mutation_rate, alpha, temperature
-        self.adaptive, self.seed = adaptive, seed
+    Settings = GenAttackSettings
+    norm = "linf"
 
     def attack(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
                eps: Tensor | None, generator: torch.Generator) -> Tensor:

@@ -39,9 +39,15 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import register
-from advlab.attacks.blackbox.decision import INITS, Decision, bisect, blend, starting_points
+from advlab.attacks.blackbox.decision import (
+    Decision,
+    bisect,
+    blend,
+    check_start,
+    starting_points,
+)
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
-from advlab.errors import ThreatModelError
+from advlab.attacks.settings import Settings, at_least, positive
 from advlab.threat import broadcast_rows, clip_box, lp_norm
 from advlab.transforms import dct_matrix
 
@@ -67,6 +73,27 @@ def low_frequency(m: int, shape: torch.Size | tuple[int, ...], sub_dim: int,
     return dh.T @ z @ dw
 
 
+class GeoDASettings(Settings):
+    """The settings of :class:`GeoDA` (its docstring): max_queries, iterations, sub_dim
+    >= 1; sigma and lam > 0; init and init_tries as :func:`~advlab.attacks.blackbox.
+    decision.check_start` says."""
+
+    max_queries: int = 1_000
+    iterations: int = 10
+    sub_dim: int = 10
+    sigma: float = 0.0002
+    lam: float = 0.6
+    init: str = "auto"
+    init_tries: int = 100
+    seed: int = 0
+
+    def check(self) -> None:
+        at_least(1, max_queries=self.max_queries, iterations=self.iterations,
+                 sub_dim=self.sub_dim)
+        positive(sigma=self.sigma, lam=self.lam)
+        check_start(self.init, self.init_tries)
+
+
 @register("geoda", knowledge="label", goal="both", norm="l2", kind="iterative", bounded=False)
 class GeoDA(BlackBoxAttack):
     r"""GeoDA (L2, minimum-norm, label-only; untargeted or targeted), batched.
@@ -86,19 +113,10 @@ class GeoDA(BlackBoxAttack):
     References: Rahmati et al., CVPR 2020, arXiv:2003.06468.
     """
 
+    Settings = GeoDASettings
+    positional = ()
+    norm = "l2"
     access = "labels"
-
-    def __init__(self, *, max_queries: int = 1_000, iterations: int = 10, sub_dim: int = 10,
-                 sigma: float = 0.0002, lam: float = 0.6, init: str = "auto",
-                 init_tries: int = 100, seed: int = 0) -> None:
-        if init not in INITS:
-            raise ThreatModelError(f"unknown init {init!r}; use {', '.join(INITS)}")
-        if min(max_queries, iterations, sub_dim, init_tries) < 1 or sigma <= 0 or lam <= 0:
-            raise ThreatModelError("max_queries, iterations, sub_dim, init_tries >= 1 and "
-                                   "sigma, lam > 0 required")
-        self.norm, self.eps, self.seed = "l2", None, seed
-        self.max_queries, self.iterations, self.sub_dim = max_queries, iterations, sub_dim
-        self.sigma, self.lam, self.init, self.init_tries = sigma, lam, init, init_tries
 
     def attack(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
                eps: Tensor | None, generator: torch.Generator) -> Tensor:

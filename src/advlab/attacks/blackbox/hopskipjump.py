@@ -29,19 +29,42 @@ from torch import Tensor
 
 from advlab.attacks.base import AttackResult, Model, register
 from advlab.attacks.blackbox.decision import (
-    INITS,
     Decision,
     bisect,
     blend,
+    check_start,
     clip_path,
     distance,
     starting_points,
 )
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
-from advlab.errors import ThreatModelError
+from advlab.attacks.settings import Settings, at_least, one_of, positive
 from advlab.threat import broadcast_rows, clip_box
 
 ROWS_PER_QUERY = 2 ** 22  # floats per gradient-estimation chunk (memory bound)
+
+
+class HopSkipJumpSettings(Settings):
+    """The settings of :class:`HopSkipJump` (its docstring): norm l2 or linf; steps,
+    max_queries, init_evals, max_evals >= 1; gamma > 0; init and init_tries as
+    :func:`~advlab.attacks.blackbox.decision.check_start` says."""
+
+    norm: str = "l2"
+    steps: int = 40
+    max_queries: int = 1_000
+    init_evals: int = 100
+    max_evals: int = 10_000
+    gamma: float = 1.0
+    init: str = "noise"
+    init_tries: int = 100
+    seed: int = 0
+
+    def check(self) -> None:
+        one_of("norm", self.norm, ("l2", "linf"))
+        at_least(1, steps=self.steps, max_queries=self.max_queries,
+                 init_evals=self.init_evals, max_evals=self.max_evals)
+        positive(gamma=self.gamma)
+        check_start(self.init, self.init_tries)
 
 
 @register("hopskipjump", knowledge="label", goal="both", norm="l2", kind="iterative",
@@ -76,22 +99,10 @@ class HopSkipJump(BlackBoxAttack):
     decision-based attack", IEEE S&P 2020, arXiv:1904.02144.
     """
 
+    Settings = HopSkipJumpSettings
+    positional = ()
     access = "labels"
-
-    def __init__(self, *, norm: str = "l2", steps: int = 40, max_queries: int = 1_000,
-                 init_evals: int = 100, max_evals: int = 10_000, gamma: float = 1.0,
-                 init: str = "noise", init_tries: int = 100, seed: int = 0) -> None:
-        if norm not in ("l2", "linf"):
-            raise ThreatModelError(f"HopSkipJump supports l2 and linf, got {norm!r}")
-        if init not in INITS:
-            raise ThreatModelError(f"unknown init {init!r}; use {', '.join(INITS)}")
-        if min(steps, max_queries, init_evals, max_evals, init_tries) < 1 or gamma <= 0:
-            raise ThreatModelError("steps, max_queries, init_evals, max_evals, init_tries "
-                                   "must be >= 1 and gamma > 0")
-        self.norm, self.eps, self.steps, self.max_queries = norm, None, steps, max_queries
-        self.init_evals, self.max_evals, self.gamma = init_evals, max_evals, gamma
-        self.init, self.init_tries, self.seed = init, init_tries, seed
-        self._starting_points: Tensor | None = None
+    _starting_points: Tensor | None = None
 
     def __call__(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None = None, *,
                  eps: float | Tensor | None = None,

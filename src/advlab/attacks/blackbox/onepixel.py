@@ -30,6 +30,7 @@ from torch import Tensor
 
 from advlab.attacks.base import is_success, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
+from advlab.attacks.settings import Settings, at_least, one_of
 from advlab.errors import ThreatModelError
 
 
@@ -84,6 +85,30 @@ def apply(x: Tensor, cand: Tensor) -> Tensor:
     return out
 
 
+class OnePixelSettings(Settings):
+    """The settings of :class:`OnePixel` (its docstring): pixels >= 1, popsize >= 4,
+    steps >= 0, f in (0, 2], crossover in [0, 1], strategy rand1 or best1, max_queries >= 1
+    or None."""
+
+    pixels: int = 1
+    popsize: int = 100
+    steps: int = 30
+    f: float = 0.5
+    crossover: float = 1.0
+    strategy: str = "rand1"
+    max_queries: int | None = None
+    seed: int = 0
+
+    def check(self) -> None:
+        at_least(1, pixels=self.pixels, max_queries=self.max_queries)
+        at_least(4, popsize=self.popsize)
+        at_least(0, steps=self.steps)
+        if not (0 < self.f <= 2 and 0 <= self.crossover <= 1):
+            raise ThreatModelError(f"f in (0, 2] and crossover in [0, 1] required, got "
+                                   f"{self.f}, {self.crossover}")
+        one_of("strategy", self.strategy, ("rand1", "best1"))
+
+
 @register("onepixel", knowledge="score", goal="both", norm="l0", kind="iterative",
           bounded=False)
 class OnePixel(BlackBoxAttack):
@@ -104,19 +129,9 @@ class OnePixel(BlackBoxAttack):
     References: Su, Vargas & Sakurai, IEEE TEVC 2019, arXiv:1710.08864.
     """
 
-    def __init__(self, *, pixels: int = 1, popsize: int = 100, steps: int = 30,
-                 f: float = 0.5, crossover: float = 1.0, strategy: str = "rand1",
-                 max_queries: int | None = None, seed: int = 0) -> None:
-        if pixels < 1 or popsize < 4 or steps < 0:
-            raise ThreatModelError("pixels >= 1, popsize >= 4 and steps >= 0 required")
-        if not (0 < f <= 2 and 0 <= crossover <= 1):
-            raise ThreatModelError("f in (0, 2] and crossover in [0, 1] required")
-        if strategy not in ("rand1", "best1"):
-            raise ThreatModelError(f"unknown strategy {strategy!r}; use rand1 or best1")
-        self.norm, self.eps, self.seed = None, None, seed
-        self.pixels, self.popsize, self.steps = pixels, popsize, steps
-        self.f, self.crossover, self.max_queries = f, crossover, max_queries
-        self.strategy = strategy
+    Settings = OnePixelSettings
+    positional = ()
+    norm = None
 
     def attack(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
                eps: Tensor | None, generator: torch.Generator) -> Tensor:

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from advlab.attacks.base import is_success, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
+from advlab.attacks.settings import Settings, at_least
 from advlab.errors import ThreatModelError
 
 
@@ -67,6 +68,27 @@ def move(x: Tensor, base: Tensor, src: Tensor, dst: Tensor, valid: Tensor) -> Te
     return out.view_as(x)
 
 
+class PixleSettings(Settings):
+    """The settings of :class:`Pixle` (its docstring): patch sizes (lo, hi) with
+    1 <= lo <= hi, restarts and iterations >= 1, max_queries >= 1 or None."""
+
+    patch_width: tuple[int, int] = (2, 10)
+    patch_height: tuple[int, int] = (2, 10)
+    restarts: int = 20
+    iterations: int = 10
+    max_queries: int | None = None
+    seed: int = 0
+
+    def check(self) -> None:
+        for name in ("patch_width", "patch_height"):
+            size = tuple(getattr(self, name))
+            if len(size) != 2 or not 1 <= size[0] <= size[1]:
+                raise ThreatModelError(f"{name} needs (lo, hi) with 1 <= lo <= hi, got {size}")
+            self.resolve(name, size)
+        at_least(1, restarts=self.restarts, iterations=self.iterations,
+                 max_queries=self.max_queries)
+
+
 @register("pixle", knowledge="score", goal="both", norm="l0", kind="iterative",
           bounded=False)
 class Pixle(BlackBoxAttack):
@@ -85,17 +107,9 @@ class Pixle(BlackBoxAttack):
     References: Pomponi, Scardapane & Uncini, IJCNN 2022, arXiv:2202.02236.
     """
 
-    def __init__(self, *, patch_width: tuple[int, int] = (2, 10),
-                 patch_height: tuple[int, int] = (2, 10), restarts: int = 20,
-                 iterations: int = 10, max_queries: int | None = None, seed: int = 0) -> None:
-        for lo, hi in (patch_width, patch_height):
-            if not 1 <= lo <= hi:
-                raise ThreatModelError(f"patch sizes need 1 <= lo <= hi, got ({lo}, {hi})")
-        if restarts < 1 or iterations < 1:
-            raise ThreatModelError("restarts and iterations must be >= 1")
-        self.norm, self.eps, self.seed = None, None, seed
-        self.patch_width, self.patch_height = tuple(patch_width), tuple(patch_height)
-        self.restarts, self.iterations, self.max_queries = restarts, iterations, max_queries
+    Settings = PixleSettings
+    positional = ()
+    norm = None
 
     def attack(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
                eps: Tensor | None, generator: torch.Generator) -> Tensor:

@@ -35,9 +35,9 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import register
-from advlab.attacks.blackbox.decision import INITS, Decision, starting_points
+from advlab.attacks.blackbox.decision import Decision, check_start, starting_points
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
-from advlab.errors import ThreatModelError
+from advlab.attacks.settings import Settings, at_least, positive
 from advlab.threat import broadcast_rows, clip_box
 
 TRIES = 15  # step sizes tried per search phase (the authors' code)
@@ -137,6 +137,26 @@ def confirm(decide: Decision, x: Tensor, x_adv: Tensor, idx: Tensor) -> Tensor:
     return x_adv
 
 
+class SignOPTSettings(Settings):
+    """The settings of :class:`SignOPT` (its docstring): max_queries, steps, q >= 1; alpha
+    and beta > 0; init and init_tries as :func:`~advlab.attacks.blackbox.decision.
+    check_start` says."""
+
+    max_queries: int = 4_000
+    steps: int = 1_000
+    q: int = 200
+    alpha: float = 0.2
+    beta: float = 0.001
+    init: str = "auto"
+    init_tries: int = 100
+    seed: int = 0
+
+    def check(self) -> None:
+        at_least(1, max_queries=self.max_queries, steps=self.steps, q=self.q)
+        positive(alpha=self.alpha, beta=self.beta)
+        check_start(self.init, self.init_tries)
+
+
 @register("signopt", knowledge="label", goal="both", norm="l2", kind="iterative",
           bounded=False)
 class SignOPT(BlackBoxAttack):
@@ -158,19 +178,10 @@ class SignOPT(BlackBoxAttack):
     References: Cheng et al., ICLR 2020, arXiv:1909.10773.
     """
 
+    Settings = SignOPTSettings
+    positional = ()
+    norm = "l2"
     access = "labels"
-
-    def __init__(self, *, max_queries: int = 4_000, steps: int = 1_000, q: int = 200,
-                 alpha: float = 0.2, beta: float = 0.001, init: str = "auto",
-                 init_tries: int = 100, seed: int = 0) -> None:
-        if init not in INITS:
-            raise ThreatModelError(f"unknown init {init!r}; use {', '.join(INITS)}")
-        if min(max_queries, steps, q, init_tries) < 1 or alpha <= 0 or beta <= 0:
-            raise ThreatModelError("max_queries, steps, q, init_tries >= 1 and alpha, beta > 0 "
-                                   "required")
-        self.norm, self.eps, self.seed = "l2", None, seed
-        self.max_queries, self.steps, self.q = max_queries, steps, q
-        self.alpha, self.beta, self.init, self.init_tries = alpha, beta, init, init_tries
 
     def attack(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
                eps: Tensor | None, generator: torch.Generator) -> Tensor:

@@ -18,10 +18,28 @@ from torch import Tensor
 
 from advlab.attacks.base import is_success, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
-from advlab.errors import ThreatModelError
+from advlab.attacks.settings import Settings, at_least, one_of, positive
 from advlab.threat import clip_box
 
 BASES = ("pixel", "dct")
+
+
+class SimBASettings(Settings):
+    """The settings of :class:`SimBA` (its docstring): basis pixel or dct, step > 0,
+    max_queries >= 1, freq_dims and stride >= 1 or None."""
+
+    basis: str = "pixel"
+    step: float = 0.2
+    max_queries: int = 2_000
+    freq_dims: int | None = None
+    stride: int | None = None
+    seed: int = 0
+
+    def check(self) -> None:
+        one_of("SimBA basis", self.basis, BASES)
+        positive(step=self.step)
+        at_least(1, max_queries=self.max_queries, freq_dims=self.freq_dims,
+                 stride=self.stride)
 
 
 @register("simba", knowledge="score", goal="both", norm="l2", kind="iterative", bounded=False)
@@ -45,22 +63,9 @@ class SimBA(BlackBoxAttack):
     attacks", ICML 2019, arXiv:1905.07121.
     """
 
+    Settings = SimBASettings
+    positional = ()
     norm = "l2"
-
-    def __init__(self, *, basis: str = "pixel", step: float = 0.2,
-                 max_queries: int = 2_000, freq_dims: int | None = None,
-                 stride: int | None = None, seed: int = 0) -> None:
-        if basis not in BASES:
-            raise ThreatModelError(f"unknown SimBA basis {basis!r}; use pixel or dct")
-        if step <= 0:
-            raise ThreatModelError(f"step must be positive, got {step}")
-        if max_queries < 1:
-            raise ThreatModelError(f"max_queries must be >= 1, got {max_queries}")
-        if (freq_dims is not None and freq_dims < 1) or (stride is not None and stride < 1):
-            raise ThreatModelError("freq_dims and stride must be >= 1")
-        self.basis, self.step, self.max_queries = basis, step, max_queries
-        self.freq_dims, self.stride, self.seed = freq_dims, stride, seed
-        self.eps = None
 
     def attack(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
                eps: Tensor | None, generator: torch.Generator) -> Tensor:

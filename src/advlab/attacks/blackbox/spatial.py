@@ -30,7 +30,7 @@ from torch import Tensor
 
 from advlab.attacks.base import register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
-from advlab.errors import ThreatModelError
+from advlab.attacks.settings import Settings, at_least
 
 
 def rotate_translate(x: Tensor, angle: float, dx: float, dy: float) -> Tensor:
@@ -64,6 +64,23 @@ def grid(max_rotation: float, rotations: int, max_translation: float,
     return sorted(set(cands) | {(0.0, 0.0, 0.0)}, key=lambda c: (size(c), c))
 
 
+class SpatialSettings(Settings):
+    """The settings of :class:`SpatialGrid` (its docstring): non-negative limits, at least one
+    grid point per axis, max_queries >= 1 or None."""
+
+    max_rotation: float = 30.0
+    rotations: int = 31
+    max_translation: float = 3.0
+    translations: int = 5
+    max_queries: int | None = None
+    seed: int = 0
+
+    def check(self) -> None:
+        at_least(0, max_rotation=self.max_rotation, max_translation=self.max_translation)
+        at_least(1, rotations=self.rotations, translations=self.translations,
+                 max_queries=self.max_queries)
+
+
 @register("spatial", knowledge="label", goal="both", norm="spatial", kind="iterative",
           bounded=False)
 class SpatialGrid(BlackBoxAttack):
@@ -83,17 +100,10 @@ class SpatialGrid(BlackBoxAttack):
     References: Engstrom et al., ICML 2019, arXiv:1712.02779.
     """
 
+    Settings = SpatialSettings
+    positional = ()
+    norm = None
     access = "labels"
-
-    def __init__(self, *, max_rotation: float = 30.0, rotations: int = 31,
-                 max_translation: float = 3.0, translations: int = 5,
-                 max_queries: int | None = None, seed: int = 0) -> None:
-        if max_rotation < 0 or max_translation < 0 or rotations < 1 or translations < 1:
-            raise ThreatModelError("need non-negative limits and at least one grid point")
-        self.norm, self.eps, self.seed = None, None, seed
-        self.max_rotation, self.rotations = max_rotation, rotations
-        self.max_translation, self.translations = max_translation, translations
-        self.max_queries = max_queries
 
     def attack(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
                eps: Tensor | None, generator: torch.Generator) -> Tensor:

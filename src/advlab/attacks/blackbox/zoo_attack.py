@@ -39,6 +39,7 @@ from torch import Tensor
 from advlab.attacks.base import is_success, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
 from advlab.attacks.minnorm import ScoreRun, cw_margin
+from advlab.attacks.settings import Settings, at_least, one_of, positive
 from advlab.errors import ThreatModelError
 from advlab.optim import RowAdam
 from advlab.threat import clip_box
@@ -54,6 +55,42 @@ class _State:
     w: Tensor  # N x C x h x w, the optimisation variable at the current resolution
     adam: RowAdam  # N x d moments and step counts, per coordinate
     prob: Tensor  # N x d, coordinate sampling probabilities
+
+
+class ZOOSettings(Settings):
+    """The settings of :class:`ZOO` (its docstring): solver adam or newton; coords,
+    binary_search_steps, max_iter, resize_every >= 1; h, lr, initial_const > 0;
+    confidence >= 0; hierarchy increasing sides >= 1; max_queries >= 3 or None."""
+
+    solver: str = "adam"
+    coords: int = 128
+    h: float = 1e-4
+    lr: float = 0.01
+    initial_const: float = 1.0
+    binary_search_steps: int = 9
+    max_iter: int = 1000
+    abort_early: bool = True
+    confidence: float = 0.0
+    use_tanh: bool = False
+    hierarchy: tuple[int, ...] = ()
+    resize_every: int = 200
+    importance: bool = True
+    beta1: float = 0.9
+    beta2: float = 0.999
+    max_queries: int | None = 5_000
+    seed: int = 0
+
+    def check(self) -> None:
+        one_of("ZOO solver", self.solver, SOLVERS)
+        at_least(1, coords=self.coords, binary_search_steps=self.binary_search_steps,
+                 max_iter=self.max_iter, resize_every=self.resize_every)
+        positive(h=self.h, lr=self.lr, initial_const=self.initial_const)
+        at_least(0, confidence=self.confidence)
+        at_least(3, max_queries=self.max_queries)
+        hierarchy = tuple(self.hierarchy)
+        if any(s < 1 for s in hierarchy) or list(hierarchy) != sorted(hierarchy):
+            raise ThreatModelError(f"hierarchy must be increasing sides >= 1, got {hierarchy}")
+        self.resolve("hierarchy", hierarchy)
 
 
 @register("zoo-attack", knowledge="score", goal="both", norm="l2", kind="optimization",
@@ -94,32 +131,9 @@ class ZOO(BlackBoxAttack):
     networks", IEEE S&P 2017, arXiv:1608.04644.
     """
 
+    Settings = ZOOSettings
+    positional = ()
     norm = "l2"
-
-    def __init__(self, *, solver: str = "adam", coords: int = 128, h: float = 1e-4,
-                 lr: float = 0.01, initial_const: float = 1.0, binary_search_steps: int = 9,
-                 max_iter: int = 1000, abort_early: bool = True, confidence: float = 0.0,
-                 use_tanh: bool = False, hierarchy: tuple[int, ...] = (),
-                 resize_every: int = 200, importance: bool = True, beta1: float = 0.9,
-                 beta2: float = 0.999, max_queries: int | None = 5_000, seed: int = 0) -> None:
-        if solver not in SOLVERS:
-            raise ThreatModelError(f"unknown ZOO solver {solver!r}; use adam or newton")
-        if coords < 1 or binary_search_steps < 1 or max_iter < 1 or resize_every < 1:
-            raise ThreatModelError("coords, binary_search_steps, max_iter and resize_every "
-                                   "must be >= 1")
-        if min(h, lr, initial_const) <= 0 or confidence < 0:
-            raise ThreatModelError("h, lr and initial_const must be positive, confidence >= 0")
-        if max_queries is not None and max_queries < 3:
-            raise ThreatModelError(f"max_queries must be >= 3, got {max_queries}")
-        if any(s < 1 for s in hierarchy) or list(hierarchy) != sorted(hierarchy):
-            raise ThreatModelError(f"hierarchy must be increasing sides >= 1, got {hierarchy}")
-        self.solver, self.coords, self.h, self.lr = solver, coords, h, lr
-        self.initial_const, self.binary_search_steps = initial_const, binary_search_steps
-        self.max_iter, self.abort_early, self.confidence = max_iter, abort_early, confidence
-        self.use_tanh, self.hierarchy, self.resize_every = use_tanh, tuple(hierarchy), resize_every
-        self.importance, self.beta1, self.beta2 = importance, beta1, beta2
-        self.max_queries, self.seed = max_queries, seed
-        self.eps = None
 
     # -- the binary search -----------------------------------------------------------------
 
