@@ -433,9 +433,7 @@ def attack(name: str, model: str, weights: str | None, kwargs: str | None, mean:
     bar.close()
     s = results.summarize_rows(rec.examples, rec.probes, rec.scores)
     norms = s["median_norms"]
-    settings = ", ".join(f"{k}={v!r}" for k, v in vars(atk).items()
-                         if not k.startswith("_") and not callable(v))
-    rows = [["attack", f"{name}({settings})"], ["model", model],
+    rows = [["attack", f"{name}: {atk!r}"], ["model", model],
             ["images", f"{s['n']} ({data_name})"],
             ["clean accuracy", _pct(s["clean_accuracy"])],
             ["robust accuracy", _pct(s["robust_accuracy"])],
