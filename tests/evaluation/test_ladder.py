@@ -279,3 +279,20 @@ def test_open_finding_makes_the_figure_unreliable(tmp_path: Path) -> None:
     assert v["robust_accuracy"] <= v["naive_robust_accuracy"]
     page = (tmp_path / "masked" / "report.html").read_text()
     assert "(unreliable)</b>" in page and 'class="warn"' in page
+
+
+def test_binarization_check_fires_on_shattered_members_only(suite, mnist_test) -> None:  # noqa: ANN001
+    x, y = mnist_test
+    for name, fires in (("bit-depth-2", True), ("quantized-activations", True),
+                        ("saturated-softmax", False)):
+        xs, ys = _correct(suite[name], x, y, 8)
+        f = sanity.check_binarization(suite[name].model, xs, ys, sanity.pgd_on_readout(),
+                                      eps=0.3)
+        assert f.evidence["tested"] >= 6
+        assert f.fired == fires, (name, f.message)
+        assert (f.evidence["pass_rate"] == 0.0) == fires         # masked: never found
+    m = suite["gaussian-noise"]
+    xs, ys = _correct(m, x, y, 8)
+    f = next(f for f in sanity.run_all(m.model, xs, ys, blackbox_queries=20)
+             if f.name == "binarization")
+    assert f.skipped and not f.fired and "randomised" in f.message

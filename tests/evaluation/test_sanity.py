@@ -67,7 +67,7 @@ def test_silent_on_the_zoo(mlp, cnn, data):
         assert all(f.attack is None for f in findings)
         assert [f.name for f in findings] == ["softmax", "randomness", "gradients",
                                               "one-step-vs-iterative", "blackbox-vs-whitebox",
-                                              "unbounded"]
+                                              "unbounded", "binarization"]
 
 
 def test_softmax_outputs(mlp, data):

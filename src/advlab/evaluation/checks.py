@@ -33,7 +33,7 @@ class Finding:
 
     Attributes:
         name: the check ("softmax", "randomness", "gradients", "one-step-vs-iterative",
-            "blackbox-vs-whitebox", "unbounded").
+            "blackbox-vs-whitebox", "unbounded", "binarization").
         fired: True when the symptom is present (the evaluation is suspect).
         message: one sentence for the report.
         evidence: the numbers behind the verdict.
@@ -278,13 +278,16 @@ def check_binarization(model: nn.Module, x: Tensor, y: Tensor, attack: AttackFn,
                        seed: int = 0) -> Finding:
     """Fires when ``attack`` misses adversarial examples known to exist: Zimmermann et al.'s
     binarization test (:mod:`advlab.evaluation.binarization`) on the first ``max_examples``
-    examples passes on fewer than ``pass_rate`` of those it could build a test for.
+    examples passes on fewer than ``pass_rate`` of those it could build a test for, and
+    fails on more than 2 of them (as the rate comparisons: a single hard test is no masking;
+    measured on a TRADES mnist-cnn at eps 0.3, PGD-40, PGD-100 and APGD-CE-100 all fail the
+    same 1 of 36 tests).
 
     Args:
         attack: ``attack(binary_model, x_i, zeros, eps) -> x_adv``, the evaluation's attack.
     """
     r = binarization_test(model, x[:max_examples], y[:max_examples], attack, eps, seed=seed)
-    fired = r.tested > 0 and r.pass_rate < pass_rate
+    fired = r.tested > 0 and 1 - r.pass_rate > _tolerance(r.tested, 1 - pass_rate)
     if r.tested == 0:
         msg = "skipped: no example admitted a binarization test (features not separable)"
     elif fired:

@@ -2,8 +2,9 @@
 
 A robustness number is only as good as the attack behind it. Each check
 (:mod:`advlab.evaluation.checks`, re-exported here) is small and single-purpose, and returns
-a :class:`Finding`: whether it fired, a message, the numbers behind it, and the adaptive attack that settles the question (a registry name and its
-settings, to run on the model, or on ``model.adaptive().model`` when ``on_surrogate``).
+a :class:`Finding`: whether it fired, a message, the numbers behind it, and the adaptive
+attack that settles the question (a registry name and its settings, to run on the model, or
+on ``model.adaptive().model`` when ``on_surrogate``).
 
 - :func:`check_softmax`: the model outputs probabilities, not logits (the cross-entropy of
   a softmax output saturates).
@@ -17,8 +18,9 @@ settings, to run on the model, or on ``model.adaptive().model`` when ``on_surrog
 - :func:`check_unbounded`: success not approaching 100% as eps grows to 1.0 (an attack
   that may change every pixel arbitrarily must win).
 - :func:`check_binarization`: the attack misses adversarial examples known to exist
-  (Zimmermann et al.'s binarization test, :mod:`advlab.evaluation.binarization`; not part
-  of :func:`run_all`: it tests a given attack, one example at a time).
+  (Zimmermann et al.'s binarization test, :mod:`advlab.evaluation.binarization`); in
+  :func:`run_all` it tests the checks' PGD on the first ``binarization_examples``
+  examples (deterministic Linf models only).
 
 A finding on a model without its own adaptive attack (no ``.adaptive()``: a defense advlab
 did not build) names the adaptive-attack ladder (:mod:`advlab.evaluation.ladder`): no single
@@ -43,6 +45,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from advlab import attacks
 from advlab.errors import InputError
 from advlab.evaluation.adaptive import (  # noqa: F401  (part of sanity's API)
     DefenseAttack,
@@ -51,6 +54,7 @@ from advlab.evaluation.adaptive import (  # noqa: F401  (part of sanity's API)
     logit_attack,
     pgd_name,
 )
+from advlab.evaluation.binarization import AttackFn
 from advlab.evaluation.checks import (  # noqa: F401  (the checks: part of sanity's API)
     Finding,
     check_binarization,
@@ -81,10 +85,35 @@ def name_ladder(findings: Sequence[Finding], settings: Mapping[str, Any] | None 
         f.attack, f.attack_kwargs, f.on_surrogate = LADDER, spec, False
 
 
+#: PGD steps of the attack the binarization check of :func:`run_all` tests
+BINARIZATION_STEPS = 40
+
+
+def pgd_on_readout(steps: int = BINARIZATION_STEPS, seed: int = 0) -> AttackFn:
+    """The attack :func:`run_all`'s binarization check tests: PGD on the binary readout,
+    which sees the exactly zero gradient of a readout without a graph to its input (an
+    argmax, a lookup) instead of failing."""
+    def attack(head: nn.Module, xi: Tensor, z: Tensor, e: float) -> Tensor:
+        net = head if has_gradient(head, xi) else Attached(head)
+        return attacks.get("pgd", eps=e, steps=steps, seed=seed)(net, xi, z).x_adv
+    return attack
+
+
+def _binarization(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str,
+                  randomized: bool, n: int, seed: int) -> Finding:
+    why = ("the test is Linf" if norm != "linf" else "the model is randomised" if randomized
+           else "binarization_examples is 0" if n <= 0 else None)
+    if why is not None:
+        return Finding("binarization", False, f"skipped: {why}", skipped=True)
+    return check_binarization(model, x, y, pgd_on_readout(seed=seed), eps=eps,
+                              max_examples=n, seed=seed)
+
+
 def run_all(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3, norm: str = "linf",
             results: Mapping[str, float] | None = None, max_examples: int = 200,
             blackbox_queries: int = 1000, seed: int = 0,
-            ladder: Mapping[str, Any] | None = None) -> list[Finding]:
+            ladder: Mapping[str, Any] | None = None,
+            binarization_examples: int = 20) -> list[Finding]:
     """Every sanity check on (at most ``max_examples`` of) x, y.
 
     Args:
@@ -99,6 +128,8 @@ def run_all(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3, norm: s
         ladder: the ladder's budget (:class:`~advlab.evaluation.ladder.Ladder` settings:
             steps, square_queries, label_queries, distill_epochs) for the findings of a
             model without its own adaptive attack.
+        binarization_examples: examples of the binarization test (0: skip it); it tests
+            PGD (:data:`BINARIZATION_STEPS` steps), the checks' own iterative attack.
 
     Returns:
         The findings, in a fixed order; ``[f for f in findings if f.fired]`` are the warnings.
@@ -123,6 +154,8 @@ def run_all(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3, norm: s
                 check_blackbox_vs_whitebox(model, x, y, eps=eps, norm=norm, results=results,
                                            queries=blackbox_queries, seed=seed),
                 check_unbounded(model, x, y, norm=norm, seed=seed)]
+    out.append(_binarization(model, x, y, eps, norm, out[1].fired, binarization_examples,
+                             seed))
     if norm == "linf" and not own:
         name_ladder(out, ladder)
     for f in out:
