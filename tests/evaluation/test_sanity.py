@@ -74,7 +74,8 @@ def test_softmax_outputs(mlp, data):
     f = sanity.check_softmax(Softmaxed(mlp), data[0])
     assert f.fired and f.attack is not None and f.level == "warning"
     findings = sanity.run_all(Softmaxed(mlp), *data)  # attack checks skipped, not crashed
-    assert [f.skipped for f in findings][3:] == [True, True, True]
+    assert [f.skipped for f in findings][3:] == [True, True, True, False]
+    assert findings[-1].name == "binarization" and not findings[-1].fired  # on the features
 
 
 def test_randomness_names_eot(mlp, data):
