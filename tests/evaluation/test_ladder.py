@@ -192,6 +192,21 @@ def test_a_zero_figure_settles_every_finding() -> None:
     assert s.rungs == [] and s.robust_accuracy == 0.0 and s.findings == {"randomness": "settled"}
 
 
+def test_unbounded_recheck_runs_until_a_rung_passes_it() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3, dtype=torch.float64)).eval()
+    x = _x(16)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    f = [{"name": "gradients", "fired": True, "evidence": {}}]
+    opts = ladder.Options(steps=10, square_queries=0, label_queries=0, exhaustive=True,
+                          rungs=("logits", "transfer"), unbounded_examples=8)
+    s = ladder.settle(model, x, y, 0.01, f, surrogates=[copy.deepcopy(model)], options=opts)
+    logits, transfer = s.rungs
+    assert logits.unbounded is not None and logits.unbounded >= ladder.UNBOUNDED_RATE
+    assert transfer.unbounded is None and s.findings == {"gradients": "settled"}
+
+
 # ----------------------------------------------------------------------------- binarization
 
 
