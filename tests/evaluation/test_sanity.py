@@ -156,3 +156,17 @@ def test_finding_to_dict():
     f = sanity.Finding("gradients", True, "zero", {"vanishing": 1.0}, "pgd", {"steps": 10})
     d = f.to_dict()
     assert d["check"] == "gradients" and d["level"] == "warning" and d["attack"] == "pgd"
+
+
+def test_gradients_check_on_a_model_without_a_graph_to_its_input(data):
+    class DetachedInput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(784, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.detach().flatten(1))
+
+    torch.manual_seed(0)
+    f = sanity.check_gradients(DetachedInput().eval(), *data)   # parameters alone: no path
+    assert f.fired and f.evidence["vanishing"] == 1.0

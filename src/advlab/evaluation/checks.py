@@ -152,10 +152,11 @@ def check_gradients(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf
     xg = x.clone().requires_grad_(True)
     logits = model(xg)
     loss = nn.functional.cross_entropy(logits, y, reduction="sum")
-    if not loss.requires_grad:
-        grad = torch.zeros_like(x)  # no graph at all: as masked as it gets
-    else:
-        (grad,) = torch.autograd.grad(loss, xg)
+    grad = None
+    if loss.requires_grad:  # else no graph at all: as masked as it gets
+        (grad,) = torch.autograd.grad(loss, xg, allow_unused=True)
+    if grad is None:  # no graph to x (parameters alone)
+        grad = torch.zeros_like(x)
     flat = grad.detach().flatten(1)
     bad = (~torch.isfinite(flat)).any(1)
     right = logits.detach().argmax(1) == y
