@@ -246,10 +246,10 @@ class Lookup(nn.Module):
         return 10.0 * nn.functional.one_hot(z.argmax(1), 10).float() + 0.0 * z
 
 
-def _run(tmp_path: Path, model: nn.Module, data, train) -> dict:  # noqa: ANN001
+def _run(tmp_path: Path, model: nn.Module, data, train, eps=0.3) -> dict:  # noqa: ANN001
     cfg = config_from_dict({
         "name": "masked", "batch_size": 24, "models": ["m"], "data": {"name": "x", "n": 24},
-        "attacks": [{"name": "pgd", "eps": 0.3, "params": {"steps": 10}}],
+        "attacks": [{"name": "pgd", "eps": eps, "params": {"steps": 10}}],
         "report": {"gallery": 2, "eps": 0.3}, "workers": 1,
         "sanity": {"enabled": True, "max_examples": 24, "blackbox_queries": 100,
                    "ladder_steps": 10, "ladder_square_queries": 50,
@@ -265,14 +265,18 @@ def test_run_settles_a_finding_and_reports_the_verdict(tmp_path: Path, tiny_fact
     x = torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         y = model(x).argmax(1)
-    res = _run(tmp_path, model, (x, y), (x, y))
-    (v,) = res["verdicts"]
-    assert v["verdict"] == "settled" and v["findings"] and v["ladder"]
-    assert set(v["findings"].values()) == {"settled"}
-    ladder_cell = next(c for c in res["cells"] if c["attack"] == ladder.NAME)
-    naive = next(c for c in res["cells"] if c["attack"] == "pgd")
-    assert v["robust_accuracy"] <= min(naive["robust_accuracy"], ladder_cell["robust_accuracy"])
-    assert v["robust_accuracy"] < naive["robust_accuracy"]   # the naive figure is not it
+    res = _run(tmp_path, model, (x, y), (x, y), eps=[0.2, 0.3])
+    assert sorted(v["eps"] for v in res["verdicts"]) == [0.2, 0.3]  # each eps, not only 0.3
+    for v in res["verdicts"]:
+        assert v["verdict"] == "settled" and v["findings"] and v["ladder"]
+        assert set(v["findings"].values()) == {"settled"}
+        at = [c for c in res["cells"] if c["eps"] == v["eps"]]
+        ladder_cell = next(c for c in at if c["attack"] == ladder.NAME)
+        naive = next(c for c in at if c["attack"] == "pgd")
+        assert v["robust_accuracy"] <= min(naive["robust_accuracy"],
+                                           ladder_cell["robust_accuracy"])
+        assert v["robust_accuracy"] < naive["robust_accuracy"]   # the naive figure is not it
+    assert {g["eps"] for g in res["run"]["env"]["sanity"]} == {0.2, 0.3}
     page = (tmp_path / "masked" / "report.html").read_text()
     assert "settled: every fired check is settled" in page and "(unreliable)" not in page
 
