@@ -133,7 +133,8 @@ FAST = ladder.Options(steps=20, eot_samples=4, draws=3, square_queries=100,
 @pytest.mark.parametrize("name, rung", [("saturated-softmax", "logits"),
                                         ("bit-depth-2", "bpda"),
                                         ("argmax-one-hot", "bpda"),
-                                        ("knn-vote", "bpda")])
+                                        ("knn-vote", "bpda"),
+                                        ("inline-quantized", "bpda")])
 def test_ladder_breaks_suite_members(suite, mnist_test, name, rung) -> None:  # noqa: ANN001
     torch.manual_seed(0)
     m = suite[name]
@@ -142,8 +143,13 @@ def test_ladder_breaks_suite_members(suite, mnist_test, name, rung) -> None:  # 
     fired = [f for f in findings if f.fired]
     assert fired and all(f.attack == ladder.NAME for f in fired)
     s = ladder.settle(m.model, x, y, 0.3, findings, options=FAST)
-    assert s.robust_accuracy <= 0.1 and rung in [r.name for r in s.rungs if r.new > 0]
+    ref = m.reference(x, y, 0.3)
+    ceiling = 1 - ladder.judge(m.model, ref, y).float().mean().item()   # 0 but inline: 0.83
+    assert s.robust_accuracy <= max(0.1, ceiling) and rung in [r.name for r in s.rungs
+                                                               if r.new > 0]
     assert s.settled
+    if name == "inline-quantized":                           # found by the function mode
+        assert "<forward> (straight-through: float of a step, floor)" in s.rungs[1].detail
     assert bool(ladder.judge(m.model, s.x_adv[s.fooled], y[s.fooled]).all())
     assert (s.x_adv - x).abs().amax() <= 0.3 + 1e-6
 
