@@ -238,18 +238,21 @@ def test_binarization_passes_for_pgd_and_apgd_fails_for_a_crippled_fgsm(mnist_te
 
 
 class Lookup(nn.Module):
-    """A classifier with no submodule and a zero gradient: one-hot of the argmax of a fixed
-    random projection of the 4-level image. Nothing a gradient rung can follow, no surrogate
-    (no base, no distillation): its findings stay open, on purpose."""
+    """A classifier with no submodule and a zero gradient: a table of logits indexed by an
+    integer (the count of image pixels above 1, always 0 in [0, 1]: the model is constant,
+    hence robust, but nothing shows it). No gradient rung can follow an integer lookup, no
+    surrogate exists (no base, no distillation), no attack fools it: its findings stay open,
+    on purpose."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("w", torch.randn(64, 10, generator=torch.Generator()
-                                              .manual_seed(3)))
+        self.register_buffer("table", 10 * torch.randn(65, 10, generator=torch.Generator()
+                                                       .manual_seed(3)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = (torch.round(x * 3) / 3).flatten(1) @ self.w
-        return 10.0 * nn.functional.one_hot(z.argmax(1), 10).float() + 0.0 * z
+        count = (x.flatten(1) > 1.0).long().sum(1)
+        attached = 0.0 * x.flatten(1).sum(1, keepdim=True)    # a zero gradient, not none
+        return self.table[count] + attached
 
 
 def _run(tmp_path: Path, model: nn.Module, data, train, eps=0.3) -> dict:  # noqa: ANN001
