@@ -101,7 +101,7 @@ def check_graph(out: Tensor, x: Tensor) -> None:
     A walk of the graph from ``out`` to x's own node (no backward pass is run).
     """
     goal = x.grad_fn
-    seen: set[int] = set()
+    seen: dict[int, Any] = {}  # the nodes kept alive: a freed node's id could be reused
     todo = [out.grad_fn] if out.grad_fn is not None else []
     while todo:
         node = todo.pop()
@@ -109,7 +109,7 @@ def check_graph(out: Tensor, x: Tensor) -> None:
             return
         for nxt, _ in node.next_functions:
             if nxt is not None and id(nxt) not in seen:
-                seen.add(id(nxt))
+                seen[id(nxt)] = nxt
                 todo.append(nxt)
     raise ModelOutputError(
         "the model's output has no gradient path to its input (a .detach(), an argmax, a "
