@@ -13,7 +13,8 @@ with :func:`advlab.evaluation.ladder.judge`, like the ladder's.
 Families (Athalye, Carlini & Wagner 2018, arXiv:1802.00420; Tramer, Carlini, Brendel &
 Madry 2020, arXiv:2002.08347; Carlini et al.'s self-study course of breakable defenses):
 vanishing gradients (saturated softmax, steep sigmoid), shattered gradients (bit depth,
-thermometer code, quantised activations, argmax one-hot), randomness (noise, random
+thermometer code, quantised activations, the same with a binarised input written inline in
+forward, argmax one-hot), randomness (noise, random
 translation, stochastic activation pruning, randomised discretisation), votes and
 nearest-neighbour heads (majority vote over translations, kNN vote), input purification
 (median purifier under no_grad), detectors (feature-squeezing detector with a reformer).
@@ -138,6 +139,34 @@ def quantized_activations(base: nn.Sequential, q: float = 2.0) -> nn.Sequential:
     i = next(k for k, (n, _) in enumerate(layers) if n.startswith("relu"))
     layers.insert(i + 1, ("quantize", Quantize(q)))
     return nn.Sequential(OrderedDict(layers))
+
+
+class InlineQuantized(nn.Module):
+    """The base network run layer by layer, its first ReLU's output quantised *inline*
+    (``torch.floor`` in this forward, not a submodule), its input binarised inline
+    (``(x > 0.5).float()``): nothing a submodule probe can see.
+
+    Args:
+        straight_through: the reference's BPDA by hand (the same steps, identity backward).
+    """
+
+    def __init__(self, base: nn.Sequential, q: float = 2.0, *,
+                 straight_through: bool = False) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(base.children())
+        self.q, self.ste = q, straight_through
+        self.at = next(k for k, (n, _) in enumerate(base.named_children())
+                       if n.startswith("relu"))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = (x > 0.5).float()
+        h = _ste(x, b) if self.ste else b
+        for k, layer in enumerate(self.layers):
+            h = layer(h)
+            if k == self.at:
+                f = torch.floor(h * self.q) / self.q
+                h = _ste(h, f) if self.ste else f
+        return h
 
 
 class ArgmaxOneHot(nn.Module):
@@ -427,6 +456,10 @@ def build(base: nn.Sequential, x_train: Tensor, y_train: Tensor, *, steps: int =
     qa_ste.quantize = _Lambda(lambda h: _ste(h, torch.floor(h * 2) / 2))
     add("quantized-activations", "shattered", qa, [qa_ste], False,
         "Athalye et al., arXiv:1802.00420 (shattered gradients)")
+    add("inline-quantized", "shattered", InlineQuantized(base),
+        [InlineQuantized(base, straight_through=True)], False,
+        "Xu et al., arXiv:1704.01155 (binarised input); Athalye et al., arXiv:1802.00420 "
+        "(shattered gradients), the steps inline in forward")
     add("argmax-one-hot", "shattered", ArgmaxOneHot(base), [base], False,
         "Carlini et al., arXiv:1902.06705 (hard-label outputs)")
     add("gaussian-noise", "randomness", GaussianNoise(base),

@@ -115,3 +115,62 @@ def test_check_kwargs(kw: dict, ok: bool) -> None:
     else:
         with pytest.raises(AdvlabError, match="settings"):
             advlab.validation.check_kwargs(_settings, kw, "settings")
+
+
+class _DetachedInput(nn.Module):
+    """Logits with parameters in the graph but no path to x (a detach inside forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.detach().flatten(1))
+
+
+class _Float64Logits(nn.Module):
+    """float64 logits for a float32 image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1)).double()
+
+
+def _xy() -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    return x, torch.tensor([0, 1, 2, 0])
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "apgd-ce", "apgd-dlr", "mifgsm"])
+def test_gradient_attack_on_a_model_without_a_graph_to_its_input_says_so(name) -> None:  # noqa: ANN001
+    x, y = _xy()
+    with pytest.raises(ModelOutputError, match="no gradient path to its input"):
+        advlab.attacks.get(name, eps=0.1)(_DetachedInput().eval(), x, y)
+
+
+def test_check_graph_finds_the_input_leaf_and_non_leaf() -> None:
+    from advlab.validation import check_graph
+
+    fc = nn.Linear(16, 3)
+    leaf = torch.rand(2, 16, requires_grad=True)
+    check_graph(fc(leaf * 2), leaf)                          # a leaf input
+    mid = leaf + 1
+    check_graph(fc(mid), mid)                                # a non-leaf input
+    with pytest.raises(ModelOutputError):
+        check_graph(fc(mid.detach()), mid)
+
+
+@pytest.mark.parametrize("name", ["apgd-ce", "apgd-dlr", "square", "fab", "fmn", "cw-l2", "nes"])
+def test_float64_logits_of_a_float32_image_are_attacked(name) -> None:  # noqa: ANN001
+    x, y = _xy()
+    model = _Float64Logits().eval()
+    kw = {"eps": 0.3} if name not in ("fab", "fmn", "cw-l2") else {}
+    kw.update({"apgd-ce": {"steps": 5}, "apgd-dlr": {"steps": 5}, "square": {"max_queries": 20},
+               "fab": {"steps": 3}, "fmn": {"steps": 3}, "cw-l2": {"steps": 3},
+               "nes": {"max_queries": 20}}[name])
+    res = advlab.attacks.get(name, **kw)(model, x, y)
+    assert res.x_adv.dtype == torch.float32 and res.x_adv.shape == x.shape
+    assert bool(torch.isfinite(res.x_adv).all())

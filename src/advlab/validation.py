@@ -93,6 +93,31 @@ def check_logits(logits: Tensor, n: int) -> None:
             "needs logits: remove the final softmax")
 
 
+def check_graph(out: Tensor, x: Tensor) -> None:
+    """The model's output must have an autograd graph back to x (an attack about to take
+    its gradient), else :class:`ModelOutputError`: a ``.detach()``, an argmax, a lookup or a
+    ``torch.no_grad()`` inside the model's forward leaves gradient attacks nothing to follow.
+
+    A walk of the graph from ``out`` to x's own node (no backward pass is run).
+    """
+    goal = x.grad_fn
+    seen: dict[int, Any] = {}  # the nodes kept alive: a freed node's id could be reused
+    todo = [out.grad_fn] if out.grad_fn is not None else []
+    while todo:
+        node = todo.pop()
+        if node is goal or getattr(node, "variable", None) is x:
+            return
+        for nxt, _ in node.next_functions:
+            if nxt is not None and id(nxt) not in seen:
+                seen[id(nxt)] = nxt
+                todo.append(nxt)
+    raise ModelOutputError(
+        "the model's output has no gradient path to its input (a .detach(), an argmax, a "
+        "lookup or torch.no_grad() inside its forward): gradient attacks cannot run on it; "
+        "use a black-box attack, or advlab.evaluation.ladder, whose BPDA rung replaces the "
+        "non-differentiable step")
+
+
 _MODE_FREE = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Linear, nn.Conv1d, nn.Conv2d,
               nn.Conv3d, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Sigmoid, nn.Tanh,
               nn.Softplus, nn.Flatten, nn.Unflatten, nn.Identity, nn.MaxPool2d, nn.AvgPool2d,

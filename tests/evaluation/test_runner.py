@@ -496,9 +496,12 @@ def test_sanity_adapter_reuses_rates_and_caches(tmp_path: Path, tiny_factory,  #
                                                    "blackbox_queries": 7},
                       workers=1)  # the patched checks record their calls in this process
     rec = runner.run(cfg, root=tmp_path, models=models, data=data)
-    assert [c["model"] for c in calls] == [models["a"], models["b"]]
+    # the reference eps first; a check fired there, so the checks run at 0.02 too
+    assert [(c["model"], c["eps"]) for c in calls] == [
+        (models["a"], 0.1), (models["b"], 0.1), (models["a"], 0.02), (models["b"], 0.02)]
+    assert all(set(c["results"]) == {"fgsm"} for c in calls[2:])  # what ran at 0.02
     with Store(tmp_path / "advlab.sqlite") as s:
-        for call, name in zip(calls, "ab", strict=True):
+        for call, name in zip(calls[:2], "ab", strict=True):
             assert call["eps"] == 0.1 and call["norm"] == "linf" and call["n"] == 10
             assert call["q"] == 7 and set(call["results"]) == {"fgsm", "bim"}
             for attack, rate in call["results"].items():
@@ -506,23 +509,23 @@ def test_sanity_adapter_reuses_rates_and_caches(tmp_path: Path, tiny_factory,  #
                            and sp["attack"] == attack and sp["params"]["eps"] == 0.1)
                 assert rate == pytest.approx(s.examples(key)["success"][:10].mean())
     groups = rec["env"]["sanity"]
-    assert [(g["model"], g["eps"], len(g["findings"])) for g in groups] == [("a", 0.1, 2),
-                                                                           ("b", 0.1, 2)]
+    assert [(g["model"], g["eps"], len(g["findings"])) for g in groups] == [
+        ("a", 0.1, 2), ("b", 0.1, 2), ("a", 0.02, 2), ("b", 0.02, 2)]
     # the fired finding's attack ran as a cell of its own, on the checks' 10 images
     specs = dict(rec["cells"])
     for g in groups:
         spec = specs[g["findings"][1]["cell"]]
         assert (spec["model"]["name"], spec["attack"], spec["params"]) == (
-            g["model"], "apgd-dlr", {"steps": 100, "eps": 0.1, "target": None})
+            g["model"], "apgd-dlr", {"steps": 100, "eps": g["eps"], "target": None})
         assert spec["adaptive"] == {"against": "sanity", "surrogate": False}
         assert spec["data"]["subset"] == 10 and "cell" not in g["findings"][0]
     count = Counter(monkeypatch)
     rec = runner.run(cfg, root=tmp_path, models=models, data=data)
-    assert len(calls) == 2 and rec["env"]["sanity"] == groups    # stored, not rerun
+    assert len(calls) == 4 and rec["env"]["sanity"] == groups    # stored, not rerun
     assert count.calls == []                                     # the cells too
     runner.run(config_from_dict({**_raw(cfg), "sanity": {"enabled": False}}), root=tmp_path,
                models=models, data=data)
-    assert len(calls) == 2
+    assert len(calls) == 4
 
 
 def _raw(cfg: RunConfig) -> dict:

@@ -67,14 +67,15 @@ def test_silent_on_the_zoo(mlp, cnn, data):
         assert all(f.attack is None for f in findings)
         assert [f.name for f in findings] == ["softmax", "randomness", "gradients",
                                               "one-step-vs-iterative", "blackbox-vs-whitebox",
-                                              "unbounded"]
+                                              "unbounded", "binarization"]
 
 
 def test_softmax_outputs(mlp, data):
     f = sanity.check_softmax(Softmaxed(mlp), data[0])
     assert f.fired and f.attack is not None and f.level == "warning"
     findings = sanity.run_all(Softmaxed(mlp), *data)  # attack checks skipped, not crashed
-    assert [f.skipped for f in findings][3:] == [True, True, True]
+    assert [f.skipped for f in findings][3:] == [True, True, True, False]
+    assert findings[-1].name == "binarization" and not findings[-1].fired  # on the features
 
 
 def test_randomness_names_eot(mlp, data):
@@ -155,3 +156,17 @@ def test_finding_to_dict():
     f = sanity.Finding("gradients", True, "zero", {"vanishing": 1.0}, "pgd", {"steps": 10})
     d = f.to_dict()
     assert d["check"] == "gradients" and d["level"] == "warning" and d["attack"] == "pgd"
+
+
+def test_gradients_check_on_a_model_without_a_graph_to_its_input(data):
+    class DetachedInput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(784, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.detach().flatten(1))
+
+    torch.manual_seed(0)
+    f = sanity.check_gradients(DetachedInput().eval(), *data)   # parameters alone: no path
+    assert f.fired and f.evidence["vanishing"] == 1.0

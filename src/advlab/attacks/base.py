@@ -27,6 +27,7 @@ from advlab.threat import Ball, all_norms, as_eps, ball, clip_box, project_box
 from advlab.validation import (
     check_classes,
     check_eval_mode,
+    check_graph,
     check_images,
     check_kwargs,
     check_labels,
@@ -125,17 +126,24 @@ class Norms(Mapping[str, Tensor]):
 
 class Checked:
     """The model as an attack sees it: its first output is checked before the attack uses it
-    (finite logits of K >= 2 classes, not probabilities; labels and targets in [0, K)), so
-    the check rides on the attack's own first forward pass instead of a separate probe."""
+    (finite logits of K >= 2 classes, not probabilities; labels and targets in [0, K)), and
+    its first output on an input that requires grad must have a graph back to it, so the
+    checks ride on the attack's own forward passes instead of a separate probe. Floating
+    outputs come back in the input's dtype (float64 logits of a float32 image: float32)."""
 
     def __init__(self, model: Model, y: Tensor, target: Tensor | None) -> None:
         self.model, self.y, self.target = model, y, target
-        self.pending = True
+        self.pending = self.graph_pending = True
 
     def __call__(self, x: Tensor) -> Tensor:
         out = self.model(x)
+        if isinstance(out, Tensor) and out.is_floating_point() and out.dtype != x.dtype:
+            out = out.to(x.dtype)  # e.g. float64 logits of a float32 input: the attack's dtype
         if self.pending:
             self.check(out, x.shape[0])
+        if self.graph_pending and x.requires_grad and torch.is_grad_enabled():
+            check_graph(out, x)  # the first call that is about to take a gradient
+            self.graph_pending = False
         return out
 
     def check(self, logits: Tensor, n: int) -> None:

@@ -26,7 +26,9 @@ The replacement :math:`\hat g`: the identity where input and output have as many
 of logits), else an affine map fitted by ridge least squares on the probed (input, output)
 pairs (a vote or a nearest-neighbour lookup over features). :func:`straight_through`
 installs them as forward hooks on a deep copy of the model (the caller's model is never
-touched).
+touched). Shattering calls in the middle of the model's own forward (a rounding between two
+layers) are no submodule: :func:`surrogate` then runs the forward under
+:mod:`advlab.evaluation.inline_bpda`'s straight-through function mode.
 
 References:
     Athalye, Carlini & Wagner, "Obfuscated gradients give a false sense of security", ICML
@@ -42,10 +44,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advlab.evaluation.inline_bpda import InlineStraightThrough, replaced_calls
+
 log = logging.getLogger(__name__)
 
 ROOT_INPUT = "<input>"   # the model's own preprocessing, before its first submodule
 ROOT_OUTPUT = "<output>"  # the model's own head, after its last submodule
+FORWARD = "<forward>"  # shattering calls inline in the model's own forward
 
 
 @dataclass
@@ -53,9 +58,10 @@ class Shattered:
     """One layer found by :func:`probe`.
 
     Attributes:
-        name: the submodule's qualified name, or :data:`ROOT_INPUT` / :data:`ROOT_OUTPUT`.
+        name: the submodule's qualified name, or :data:`ROOT_INPUT` / :data:`ROOT_OUTPUT`
+            / :data:`FORWARD`.
         why: "zero" (the local gradient vanishes), "nonfinite" or "detached" (no gradient).
-        replacement: "identity" or "affine".
+        replacement: "identity", "affine", or "straight-through: <calls>" (FORWARD).
         weight, bias: the affine map (flattened input -> flattened output), when affine.
         first: for ROOT_INPUT / ROOT_OUTPUT, the submodule at the model's boundary.
     """
@@ -333,6 +339,16 @@ def _hook_root_output(net: nn.Module, s: Shattered) -> None:
 
 def surrogate(model: nn.Module, x: Tensor, **kwargs: Any) -> tuple[nn.Module, list[Shattered]]:
     """:func:`probe` then :func:`straight_through`: (the BPDA copy, the layers replaced);
-    the copy is the model itself when nothing is shattered."""
+    the copy is the model itself when nothing is shattered. When its gradient is still
+    useless, the shattering calls inline in the model's own forward get a straight-through
+    backward too (:mod:`advlab.evaluation.inline_bpda`; listed as :data:`FORWARD`)."""
     layers = probe(model, x, **kwargs)
-    return (straight_through(model, layers) if layers else model), layers
+    net = straight_through(model, layers) if layers else model
+    why = _any_useless(net, x, kwargs.get("rel", (0.1, 0.5)))
+    calls = replaced_calls(net, x) if why is not None else []
+    if calls:
+        log.info("automatic BPDA inline in forward: %s", ", ".join(calls))
+        net = InlineStraightThrough(net)
+        layers = [*layers, Shattered(FORWARD, why or "zero",
+                                     "straight-through: " + ", ".join(calls))]
+    return net, layers

@@ -60,6 +60,7 @@ from advlab.evaluation.rungs import (  # noqa: F401  (part of the ladder's inter
     Rung,
     gradient_attacks,
     label_rung,
+    passed_unbounded,
     run_gradient_rung,
     square_rung,
 )
@@ -135,7 +136,7 @@ def open_findings(findings: Sequence[Mapping[str, Any]], rungs: Sequence[Rung],
       (``white_rate``) is within ``tol`` of the weaker attack's rate the check measured
       (``evidence["weak_success"]``) or above it.
     """
-    useful = any(r.unbounded is not None and r.unbounded >= UNBOUNDED_RATE for r in rungs)
+    useful = passed_unbounded(rungs)
     out = {}
     for f in findings:
         if not f.get("fired"):

@@ -310,24 +310,32 @@ class SanityGroup:
 
 def sanity_groups(cfg: RunConfig, naive: list[dict[str, Any]],
                   specs: dict[str, dict[str, Any]],
-                  success: Callable[[str], np.ndarray]) -> list[SanityGroup]:
+                  success: Callable[[str], np.ndarray],
+                  flagged: list[SanityGroup] | None = None) -> list[SanityGroup]:
     """Per (model, defense) with stored naive Linf cells at the reference eps, the group of
-    its sanity checks.
+    its sanity checks; with ``flagged``, instead the groups of those groups' (model,
+    defense) at every other Linf eps of their naive cells (the checks, then the ladder, run
+    at each eps of a model and defense where a check fired at the reference eps).
 
     Args:
         naive: the stored naive cells' summaries (:func:`~advlab.evaluation.results.collect`).
         specs: key -> the cell's spec.
         success: key -> the cell's per-example success, in idx order.
+        flagged: reference-eps groups whose checks fired.
     """
-    eps = reference_eps(naive, cfg.report.get("eps"))
+    ref = reference_eps(naive, cfg.report.get("eps"))
+    pairs = {(g.model, canonical_json(vars(g.defense))) for g in flagged or []}
     n, q = int(cfg.sanity["max_examples"]), int(cfg.sanity["blackbox_queries"])
     groups: dict[str, tuple[dict[str, Any], SanityGroup]] = {}
     for c in naive:
-        if eps is None or c["eps"] is None or attack_norm(c) != "linf" or \
-                not math.isclose(c["eps"], eps):
+        if ref is None or c["eps"] is None or attack_norm(c) != "linf":
             continue
-        spec = specs[c["key"]]
-        gid = canonical_json([spec["model"], spec["defense"]])
+        spec, eps = specs[c["key"]], float(c["eps"])
+        if flagged is None and not math.isclose(eps, ref) or flagged is not None and (
+                math.isclose(eps, ref) or (c["model"], canonical_json(spec["defense"]))
+                not in pairs):
+            continue
+        gid = canonical_json([spec["model"], spec["defense"], eps])
         if gid not in groups:
             ident = {"model": spec["model"], "defense": spec["defense"], "eps": eps,
                      "data": {k: v for k, v in spec["data"].items() if k != "subset"},

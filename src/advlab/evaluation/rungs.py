@@ -114,10 +114,16 @@ def gradient_attacks(eps: float, steps: int, classes: int, randomized: bool,
     return out
 
 
+def passed_unbounded(rungs: Sequence[Rung]) -> bool:
+    """Some gradient rung passed the unbounded re-check (eps = 1 fools >= 95%)."""
+    return any(r.unbounded is not None and r.unbounded >= UNBOUNDED_RATE for r in rungs)
+
+
 def run_gradient_rung(state: Climb, name: str, detail: str, targets: Sequence[Model],
                   opts: Options, randomized: bool, classes: int, seed: int) -> None:
     """A gradient rung: every attack on every target model, judged on the real model, then
-    the unbounded re-check of the same attacks on the first examples."""
+    the unbounded re-check of the same attacks on the first examples, unless an earlier rung
+    passed it already (its ``unbounded`` is then None)."""
     t0, new = time.perf_counter(), 0
     atks = gradient_attacks(state.eps, opts.steps, classes, randomized, opts.eot_samples, seed)
     blind = [t for t in targets if not has_gradient(t, state.x[:2])]
@@ -131,6 +137,11 @@ def run_gradient_rung(state: Climb, name: str, detail: str, targets: Sequence[Mo
                 break
             new += state.take(atk(target, state.x[idx], state.y[idx]).x_adv, idx)
     attacked = len(state.robust) + new
+    state.white = state.fooled.clone()
+    if passed_unbounded(state.rungs):  # a gradient already leads somewhere: nothing to learn
+        state.rungs.append(Rung(name, detail, attacked, new,
+                                1 - state.fooled.float().mean().item(), time.perf_counter() - t0))
+        return
     n = min(opts.unbounded_examples, len(state.x))
     unb = gradient_attacks(UNBOUNDED_EPS, opts.steps, classes, randomized, opts.eot_samples,
                             seed, random_start=False)
@@ -141,7 +152,6 @@ def run_gradient_rung(state: Climb, name: str, detail: str, targets: Sequence[Mo
             if len(rest):
                 xa = atk(target, state.x[:n][rest], state.y[:n][rest]).x_adv
                 wide[rest] |= judge(state.model, xa, state.y[:n][rest], state.draws)
-    state.white = state.fooled.clone()
     state.rungs.append(Rung(name, detail, attacked, new, 1 - state.fooled.float().mean().item(),
                             time.perf_counter() - t0,
                             wide.float().mean().item() if targets else None))

@@ -227,13 +227,14 @@ class Runner:
 
     # -- sanity ---------------------------------------------------------------------------
 
-    def _groups(self) -> list[SanityGroup]:
-        """The sanity groups of the stored naive cells, with their stored findings."""
+    def _groups(self, flagged: list[SanityGroup] | None = None) -> list[SanityGroup]:
+        """The sanity groups of the stored naive cells (at the reference eps, or at the other
+        eps of the ``flagged`` groups), with their stored findings."""
         rec = self.store.run(self.cfg.name)
         naive = [c for c in collect(self.store, self.cfg.name)["cells"]
                  if c["adaptive"] is None]
         groups = sanity_groups(self.cfg, naive, dict(rec["cells"]),
-                               lambda key: self.store.examples(key)["success"])
+                               lambda key: self.store.examples(key)["success"], flagged)
         for g in groups:
             g.findings = self.store.sanity(g.key)
         return groups
@@ -246,9 +247,16 @@ class Runner:
 
     def _sanity(self) -> list[SanityGroup]:
         """Sanity checks (:func:`advlab.evaluation.sanity.run_all`) on every attacked model
-        at the report's reference eps, reusing the success rates of the stored naive cells;
-        stored per (model weights, defense, eps, rates, settings), never repeated."""
-        groups = self._groups()
+        at the report's reference eps, and at every other eps of a model and defense where
+        one fired there, reusing the success rates of the stored naive cells; stored per
+        (model weights, defense, eps, rates, settings), never repeated."""
+        groups = self._checked(self._groups())
+        flagged = [g for g in groups if any(f.get("level") == "warning"
+                                            for f in g.findings or [])]
+        return groups + (self._checked(self._groups(flagged)) if flagged else [])
+
+    def _checked(self, groups: list[SanityGroup]) -> list[SanityGroup]:
+        """``groups`` with their findings, the missing ones computed and stored."""
         jobs = self._sanity_jobs(groups)
         if jobs:
             ctx = self._context([(g.model, g.defense) for g in groups], False)

@@ -1,9 +1,10 @@
 """Sanity checks of an evaluation: symptoms of gradient masking and evaluation mistakes.
 
-A robustness number is only as good as the attack behind it. Each check here is small and
-single-purpose, and returns a :class:`Finding`: whether it fired, a message, the numbers
-behind it, and the adaptive attack that settles the question (a registry name and its
-settings, to run on the model, or on ``model.adaptive().model`` when ``on_surrogate``).
+A robustness number is only as good as the attack behind it. Each check
+(:mod:`advlab.evaluation.checks`, re-exported here) is small and single-purpose, and returns
+a :class:`Finding`: whether it fired, a message, the numbers behind it, and the adaptive
+attack that settles the question (a registry name and its settings, to run on the model, or
+on ``model.adaptive().model`` when ``on_surrogate``).
 
 - :func:`check_softmax`: the model outputs probabilities, not logits (the cross-entropy of
   a softmax output saturates).
@@ -17,8 +18,9 @@ settings, to run on the model, or on ``model.adaptive().model`` when ``on_surrog
 - :func:`check_unbounded`: success not approaching 100% as eps grows to 1.0 (an attack
   that may change every pixel arbitrarily must win).
 - :func:`check_binarization`: the attack misses adversarial examples known to exist
-  (Zimmermann et al.'s binarization test, :mod:`advlab.evaluation.binarization`; not part
-  of :func:`run_all`: it tests a given attack, one example at a time).
+  (Zimmermann et al.'s binarization test, :mod:`advlab.evaluation.binarization`); in
+  :func:`run_all` it tests the checks' PGD on the first ``binarization_examples``
+  examples (deterministic Linf models only).
 
 A finding on a model without its own adaptive attack (no ``.adaptive()``: a defense advlab
 did not build) names the adaptive-attack ladder (:mod:`advlab.evaluation.ladder`): no single
@@ -39,327 +41,35 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from advlab import attacks
 from advlab.errors import InputError
-from advlab.evaluation.adaptive import (  # noqa: F401  (defense_attack: part of sanity's API)
+from advlab.evaluation.adaptive import (  # noqa: F401  (part of sanity's API)
     DefenseAttack,
     adaptive_attack_of,
     defense_attack,
     logit_attack,
     pgd_name,
 )
-from advlab.evaluation.binarization import AttackFn, binarization_test
+from advlab.evaluation.binarization import AttackFn
+from advlab.evaluation.checks import (  # noqa: F401  (the checks: part of sanity's API)
+    Finding,
+    check_binarization,
+    check_blackbox_vs_whitebox,
+    check_gradients,
+    check_one_step_vs_iterative,
+    check_randomness,
+    check_softmax,
+    check_unbounded,
+)
 from advlab.evaluation.ladder import NAME as LADDER
 from advlab.evaluation.ladder import Attached, has_gradient
 from advlab.validation import check_images, check_labels
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Finding:
-    """The outcome of one sanity check.
-
-    Attributes:
-        name: the check ("softmax", "randomness", "gradients", "one-step-vs-iterative",
-            "blackbox-vs-whitebox", "unbounded").
-        fired: True when the symptom is present (the evaluation is suspect).
-        message: one sentence for the report.
-        evidence: the numbers behind the verdict.
-        attack: the registry name of the attack that settles the question, or "ladder"
-            (:class:`advlab.evaluation.ladder.Ladder`, for a model without its own adaptive
-            attack); None when the check did not fire or none applies.
-        attack_kwargs: its settings (eps is the evaluation's).
-        on_surrogate: run ``attack`` on ``model.adaptive().model`` (BPDA / EOT surface of an
-            advlab defense) instead of the model itself.
-        skipped: the check could not run (e.g. no black-box attack registered).
-    """
-
-    name: str
-    fired: bool
-    message: str
-    evidence: dict[str, float] = field(default_factory=dict)
-    attack: str | None = None
-    attack_kwargs: dict[str, Any] = field(default_factory=dict)
-    on_surrogate: bool = False
-    skipped: bool = False
-
-    @property
-    def level(self) -> str:
-        """"warning" when fired, "skipped", else "ok"."""
-        return "warning" if self.fired else "skipped" if self.skipped else "ok"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: the fields plus ``check`` (= name) and ``level``."""
-        return {**asdict(self), "check": self.name, "level": self.level}
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _logits(model: nn.Module, x: Tensor, batch_size: int = 500) -> Tensor:
-    with torch.no_grad():
-        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
-def _success(atk: attacks.Attack, model: nn.Module, x: Tensor, y: Tensor,
-             eps: float | None = None) -> float:
-    return atk(model, x, y, eps=eps).success.float().mean().item()
-
-
-def _tolerance(n: int, tol: float) -> float:
-    """Rates must differ by more than ``tol`` and by more than 2 examples out of n."""
-    return max(tol, 2.0 / n)
-
-
-def _weaker_wins(check: str, model: nn.Module, norm: str, weak: tuple[str, str, float],
-                 strong: tuple[str, str, float], margin: float, why: str) -> Finding:
-    """The finding of an attack comparison: fires when the attack that should be weaker,
-    ``weak = (kind, name, success rate)``, beats the one that should be stronger by more than
-    ``margin``; names the defense's adaptive attack (or one on the logits) when it fires."""
-    (wk, wn, wr), (sk, sn, sr) = weak, strong
-    fired = wr > sr + margin
-    msg = (f"the {wk} {wn} fools {wr:.1%}, more than the {sk} {sn} ({sr:.1%}): {why}"
-           if fired else f"the {sk} {sn} ({sr:.1%}) is at least as strong as the {wk} {wn} "
-           f"({wr:.1%})")
-    name, kw, sur = adaptive_attack_of(model, norm, logit_attack(norm))
-    return Finding(check, fired, msg, {f"success_{wn}": wr, f"success_{sn}": sr,
-                                       "weak_success": wr, "strong_success": sr},
-                   name if fired else None, kw if fired else {}, sur and fired)
-
-
-# ----------------------------------------------------------------------------- the checks
-
-
-def check_softmax(model: nn.Module, x: Tensor) -> Finding:
-    """Fires when every output row lies in [0, 1] and sums to 1: probabilities, not logits.
-
-    Attacks on the cross-entropy of probabilities see a saturated, masked loss; attack the
-    logits (remove the softmax) or use a scale-invariant loss (DLR).
-    """
-    out = _logits(model, x)
-    in_unit = bool(((out >= 0) & (out <= 1)).all())
-    sums = out.sum(1)
-    to_one = bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-4))
-    fired = in_unit and to_one
-    name, kw = logit_attack("linf")
-    msg = ("the model outputs probabilities (rows in [0, 1] summing to 1), not logits: a "
-           "cross-entropy on them saturates; remove the final softmax or use the DLR loss"
-           if fired else "the model outputs logits")
-    return Finding("softmax", fired, msg,
-                   {"min": out.min().item(), "max": out.max().item(),
-                    "max_row_sum_error": (sums - 1).abs().max().item()},
-                   name if fired else None, kw if fired else {})
-
-
-def check_randomness(model: nn.Module, x: Tensor, *, repeats: int = 2,
-                     atol: float = 1e-5) -> Finding:
-    """Fires when the same input gives different logits: a randomised model, whose single
-    gradients are noisy; attack it with EOT (Athalye et al. 2018)."""
-    outs = [_logits(model, x) for _ in range(max(2, repeats))]
-    diff = max((o - outs[0]).abs().max().item() for o in outs[1:])
-    scale = outs[0].abs().max().item() + 1e-12
-    changed = max((o.argmax(1) != outs[0].argmax(1)).float().mean().item() for o in outs[1:])
-    fired = diff > atol * max(1.0, scale)
-    name, kw, sur = adaptive_attack_of(model, "linf", ("eot-pgd", {"samples": 20, "transform": [],
-                                                          "steps": 100}))
-    msg = (f"the same input gives different logits (max difference {diff:.3g}; "
-           f"{changed:.1%} of predictions change): evaluate with EOT over the randomness"
-           if fired else "the model is deterministic")
-    return Finding("randomness", fired, msg,
-                   {"max_logit_difference": diff, "prediction_changes": changed},
-                   name if fired else None, kw if fired else {}, sur and fired)
-
-
-def check_gradients(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf",
-                    vanishing: float = 0.1, zero: float = 1e-30) -> Finding:
-    """Fires when input gradients of the cross-entropy are NaN/Inf for any example, or
-    vanish (every entry below ``zero`` in absolute value) for more than a fraction
-    ``vanishing`` of the correctly classified examples (a saturated softmax, a
-    non-differentiable preprocessing, a quantisation).
-    """
-    xg = x.clone().requires_grad_(True)
-    logits = model(xg)
-    loss = nn.functional.cross_entropy(logits, y, reduction="sum")
-    if not loss.requires_grad:
-        grad = torch.zeros_like(x)  # no graph at all: as masked as it gets
-    else:
-        (grad,) = torch.autograd.grad(loss, xg)
-    flat = grad.detach().flatten(1)
-    bad = (~torch.isfinite(flat)).any(1)
-    right = logits.detach().argmax(1) == y
-    tiny = flat.abs().amax(1) < zero
-    frac_bad = bad.float().mean().item()
-    frac_zero = (tiny & right).float().sum().item() / max(1, int(right.sum()))
-    fired = frac_bad > 0 or frac_zero > vanishing
-    norms = flat.abs().sum(1)[torch.isfinite(flat).all(1)]
-    name, kw, sur = adaptive_attack_of(model, norm, logit_attack(norm))
-    if frac_bad > 0:
-        msg = f"{frac_bad:.1%} of the examples have NaN or Inf input gradients"
-    elif fired:
-        msg = (f"the input gradient vanishes (is zero) for {frac_zero:.1%} of the correctly "
-               "classified examples: gradient attacks cannot move; attack the logits (margin, "
-               "DLR) or through a BPDA surrogate")
-    else:
-        msg = "input gradients are finite and non-zero"
-    return Finding("gradients", fired, msg,
-                   {"nan_or_inf": frac_bad, "vanishing": frac_zero,
-                    "median_l1": norms.median().item() if len(norms) else float("nan")},
-                   name if fired else None, kw if fired else {}, sur and fired)
-
-
-def check_one_step_vs_iterative(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3,
-                                norm: str = "linf", steps: int = 20, tol: float = 0.02,
-                                results: Mapping[str, float] | None = None,
-                                seed: int = 0) -> Finding:
-    """Fires when a one-step attack (FGSM) fools more examples than an iterative one (PGD),
-    which should never happen unless the iterative attack is lost in a masked landscape.
-
-    Args:
-        results: already measured success rates by registry name; a one-shot and an
-            iterative white-box entry (by the registry's taxonomy) are used when present.
-    """
-    one, it = _rates_by_kind(results, norm)
-    if one is None:
-        one = ("fgsm", _success(attacks.get("fgsm", eps=eps, norm=norm, seed=seed), model, x, y))
-    if it is None:
-        atk = attacks.get(pgd_name(norm), eps=eps, steps=steps, seed=seed)
-        it = (pgd_name(norm), _success(atk, model, x, y))
-    return _weaker_wins("one-step-vs-iterative", model, norm, ("one-step", *one),
-                        ("iterative", *it), _tolerance(len(x), tol),
-                        "the iterative attack is misled (gradient masking)")
-
-
-def _rates_by_kind(results: Mapping[str, float] | None, norm: str
-                   ) -> tuple[tuple[str, float] | None, tuple[str, float] | None]:
-    if not results:
-        return None, None
-    tax = attacks.available()
-    white = {k: v for k, v in results.items()
-             if k in tax and tax[k].knowledge == "white" and tax[k].norm == norm}
-    one = [(k, v) for k, v in white.items() if tax[k].kind == "one-shot"]
-    it = [(k, v) for k, v in white.items() if tax[k].kind == "iterative"]
-    return (max(one, key=lambda kv: kv[1]) if one else None,
-            max(it, key=lambda kv: kv[1]) if it else None)
-
-
-def check_blackbox_vs_whitebox(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3,
-                               norm: str = "linf", steps: int = 20, queries: int = 1000,
-                               tol: float = 0.02, results: Mapping[str, float] | None = None,
-                               reference_steps: int = 100, seed: int = 0) -> Finding:
-    """Fires when a score-based black-box attack (Square) beats the best white-box attack:
-    gradients that mislead the white-box attack while the decision surface is not robust.
-
-    A fixed-step PGD falls behind Square on adversarially trained models without any masking
-    (measured on a TRADES mnist-cnn at eps 0.3: PGD-20 60%, Square-1000 74%, APGD-DLR 78%),
-    so before firing the check runs the strong white-box reference, APGD-CE and APGD-DLR
-    (their per-example union), and compares with the best white-box figure.
-
-    Args:
-        steps: PGD steps when no white-box rate is given.
-        results: already measured success rates by registry name (used when they contain a
-            black-box and a white-box entry of this norm).
-        reference_steps: iterations of APGD-CE and APGD-DLR, run only when the black-box
-            rate beats the other white-box ones.
-    """
-    tax = attacks.available()
-    square = "square" if norm == "linf" else f"square-{norm}"
-    given = {k: v for k, v in (results or {}).items() if k in tax and tax[k].norm == norm}
-    black = {k: v for k, v in given.items() if tax[k].knowledge in ("score", "label")}
-    white = {k: v for k, v in given.items() if tax[k].knowledge == "white"}
-    if not black:
-        if square not in tax:
-            return Finding("blackbox-vs-whitebox", False,
-                           f"skipped: no black-box attack ({square}) is registered",
-                           skipped=True)
-        atk = attacks.get(square, eps=eps, max_queries=queries, seed=seed)
-        black = {square: _success(atk, model, x, y)}
-    if not white:
-        atk = attacks.get(pgd_name(norm), eps=eps, steps=steps, seed=seed)
-        white = {pgd_name(norm): _success(atk, model, x, y)}
-    b = max(black.items(), key=lambda kv: kv[1])
-    margin = _tolerance(len(x), tol)
-    if b[1] > max(white.values()) + margin:
-        white.update([_strong_whitebox(model, x, y, eps, norm, reference_steps, seed)])
-    w = max(white.items(), key=lambda kv: kv[1])
-    return _weaker_wins("blackbox-vs-whitebox", model, norm, ("black-box", *b),
-                        ("best white-box", *w), margin, "the gradients are masked")
-
-
-def _strong_whitebox(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str,
-                     steps: int, seed: int) -> tuple[str, float]:
-    """(label, success) of the per-example union of APGD-CE and APGD-DLR (AutoAttack's
-    white-box part, Croce & Hein 2020, arXiv:2003.01690); PGD on the margin when they are
-    not registered."""
-    suffix = "" if norm == "linf" else f"-{norm}"
-    names = [n for n in (f"apgd-ce{suffix}", f"apgd-dlr{suffix}") if n in attacks.available()]
-    if not names:
-        atk = attacks.get(pgd_name(norm), eps=eps, steps=steps, loss="margin", seed=seed)
-        return pgd_name(norm), _success(atk, model, x, y)
-    fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    for n in names:
-        fooled |= attacks.get(n, eps=eps, steps=steps, seed=seed)(model, x, y).success
-    return "+".join(names), fooled.float().mean().item()
-
-
-def check_binarization(model: nn.Module, x: Tensor, y: Tensor, attack: AttackFn, *,
-                       eps: float = 0.3, max_examples: int = 20, pass_rate: float = 0.95,
-                       seed: int = 0) -> Finding:
-    """Fires when ``attack`` misses adversarial examples known to exist: Zimmermann et al.'s
-    binarization test (:mod:`advlab.evaluation.binarization`) on the first ``max_examples``
-    examples passes on fewer than ``pass_rate`` of those it could build a test for.
-
-    Args:
-        attack: ``attack(binary_model, x_i, zeros, eps) -> x_adv``, the evaluation's attack.
-    """
-    r = binarization_test(model, x[:max_examples], y[:max_examples], attack, eps, seed=seed)
-    fired = r.tested > 0 and r.pass_rate < pass_rate
-    if r.tested == 0:
-        msg = "skipped: no example admitted a binarization test (features not separable)"
-    elif fired:
-        msg = (f"the attack found the adversarial example known to exist in only "
-               f"{r.pass_rate:.1%} of {r.tested} binarization tests: it is too weak for this "
-               "model, whatever robust accuracy it reports")
-    else:
-        msg = f"the attack passed {r.pass_rate:.1%} of {r.tested} binarization tests"
-    name, kw = logit_attack("linf")
-    return Finding("binarization", fired, msg,
-                   {"pass_rate": r.pass_rate, "tested": float(r.tested),
-                    "skipped": float(r.skipped)},
-                   name if fired else None, kw if fired else {}, skipped=r.tested == 0)
-
-
-def check_unbounded(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf",
-                    eps_grid: Sequence[float] | None = None, steps: int = 20,
-                    target_rate: float = 0.95, seed: int = 0) -> Finding:
-    """Fires when PGD's success does not approach 100% as eps grows: with eps = 1.0 (Linf),
-    the attacker may put any image in the box, so only a broken attack fails.
-
-    PGD here starts at x (no random start: a random start inside a huge ball is itself
-    noise that fools any model, hiding a useless gradient) and takes ``steps`` steps.
-
-    Args:
-        eps_grid: the radii tried (default 0.5, 1.0 for Linf; 5, 10 for L2).
-        target_rate: the success required at the largest eps.
-    """
-    grid = list(eps_grid or ({"linf": (0.5, 1.0), "l2": (5.0, 10.0)}.get(norm, (20.0, 100.0))))
-    atk = attacks.get(pgd_name(norm), eps=grid[-1], steps=steps, random_start=False,
-                      seed=seed)
-    rates = {f"success_eps_{e:g}": _success(atk, model, x, y, eps=e) for e in grid}
-    top = rates[f"success_eps_{grid[-1]:g}"]
-    fired = top < target_rate
-    name, kw, sur = adaptive_attack_of(model, norm, logit_attack(norm))
-    msg = (f"PGD fools only {top:.1%} at eps={grid[-1]:g}, where any image is reachable: the "
-           "gradients mislead the attack (or the evaluation is broken)" if fired else
-           f"PGD fools {top:.1%} at eps={grid[-1]:g}")
-    return Finding("unbounded", fired, msg, rates, name if fired else None,
-                   kw if fired else {}, sur and fired)
 
 
 def name_ladder(findings: Sequence[Finding], settings: Mapping[str, Any] | None = None
@@ -375,10 +85,35 @@ def name_ladder(findings: Sequence[Finding], settings: Mapping[str, Any] | None 
         f.attack, f.attack_kwargs, f.on_surrogate = LADDER, spec, False
 
 
+#: PGD steps of the attack the binarization check of :func:`run_all` tests
+BINARIZATION_STEPS = 40
+
+
+def pgd_on_readout(steps: int = BINARIZATION_STEPS, seed: int = 0) -> AttackFn:
+    """The attack :func:`run_all`'s binarization check tests: PGD on the binary readout,
+    which sees the exactly zero gradient of a readout without a graph to its input (an
+    argmax, a lookup) instead of failing."""
+    def attack(head: nn.Module, xi: Tensor, z: Tensor, e: float) -> Tensor:
+        net = head if has_gradient(head, xi) else Attached(head)
+        return attacks.get("pgd", eps=e, steps=steps, seed=seed)(net, xi, z).x_adv
+    return attack
+
+
+def _binarization(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str,
+                  randomized: bool, n: int, seed: int) -> Finding:
+    why = ("the test is Linf" if norm != "linf" else "the model is randomised" if randomized
+           else "binarization_examples is 0" if n <= 0 else None)
+    if why is not None:
+        return Finding("binarization", False, f"skipped: {why}", skipped=True)
+    return check_binarization(model, x, y, pgd_on_readout(seed=seed), eps=eps,
+                              max_examples=n, seed=seed)
+
+
 def run_all(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3, norm: str = "linf",
             results: Mapping[str, float] | None = None, max_examples: int = 200,
             blackbox_queries: int = 1000, seed: int = 0,
-            ladder: Mapping[str, Any] | None = None) -> list[Finding]:
+            ladder: Mapping[str, Any] | None = None,
+            binarization_examples: int = 20) -> list[Finding]:
     """Every sanity check on (at most ``max_examples`` of) x, y.
 
     Args:
@@ -393,6 +128,8 @@ def run_all(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3, norm: s
         ladder: the ladder's budget (:class:`~advlab.evaluation.ladder.Ladder` settings:
             steps, square_queries, label_queries, distill_epochs) for the findings of a
             model without its own adaptive attack.
+        binarization_examples: examples of the binarization test (0: skip it); it tests
+            PGD (:data:`BINARIZATION_STEPS` steps), the checks' own iterative attack.
 
     Returns:
         The findings, in a fixed order; ``[f for f in findings if f.fired]`` are the warnings.
@@ -417,6 +154,8 @@ def run_all(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3, norm: s
                 check_blackbox_vs_whitebox(model, x, y, eps=eps, norm=norm, results=results,
                                            queries=blackbox_queries, seed=seed),
                 check_unbounded(model, x, y, norm=norm, seed=seed)]
+    out.append(_binarization(model, x, y, eps, norm, out[1].fired, binarization_examples,
+                             seed))
     if norm == "linf" and not own:
         name_ladder(out, ladder)
     for f in out:
