@@ -11,10 +11,14 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import os
+import platform
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import sklearn
 import torch
 from torch import Tensor, nn
 
@@ -287,3 +291,14 @@ class Inputs:
             path, {"model": name, "defense": spec.name, "params": spec.params,
                    "seed": self.cfg.seed}, lambda: copy.deepcopy(base),
             lambda: (recipe.build(base, self.train, self.cfg.seed), {}))
+
+
+def environment(device: torch.device, seed: int, precision: str = "fp32") -> dict[str, Any]:
+    """Versions, machine and settings, for the report's environment section."""
+    return {"advlab": advlab.__version__, "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__, "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": str(device), "cuda": torch.cuda.get_device_name(device)
+            if device.type == "cuda" else None, "seed": seed, "precision": precision}

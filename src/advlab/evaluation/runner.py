@@ -18,19 +18,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import sklearn
-import torch
 from torch import Tensor, nn
 
-import advlab
 from advlab.evaluation import ladder
 from advlab.evaluation.config import PluginSpec, RunConfig, load_config, validate
 from advlab.evaluation.context import Context, Images, Settings
@@ -41,6 +36,7 @@ from advlab.evaluation.inputs import (
     check_models,
     check_storage,
     class_names,
+    environment,
     resolve_device,
 )
 from advlab.evaluation.measure import fit_detector, measure_shard, sanity_checks
@@ -79,17 +75,6 @@ class Progress:
 
 
 ProgressFn = Callable[[Progress], None]
-
-
-def environment(device: torch.device, seed: int, precision: str = "fp32") -> dict[str, Any]:
-    """Versions, machine and settings, for the report's environment section."""
-    return {"advlab": advlab.__version__, "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__, "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": str(device), "cuda": torch.cuda.get_device_name(device)
-            if device.type == "cuda" else None, "seed": seed, "precision": precision}
 
 
 class Runner:
