@@ -24,11 +24,9 @@ from torch import Tensor
 from advlab.attacks.base import AttackResult, Model, register
 from advlab.attacks.blackbox.decision import (
     Decision,
-    bisect,
-    blend,
+    begin,
     check_start,
     distance,
-    starting_points,
 )
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
 from advlab.attacks.settings import Settings, at_least, positive
@@ -135,19 +133,13 @@ class Boundary(BlackBoxAttack):
 
     def attack(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
                eps: Tensor | None, generator: torch.Generator) -> Tensor:
-        decide = Decision(oracle, y, target)
-        n = len(x)
-        clean = decide.labels(x, torch.arange(n, device=x.device))
-        start, found = starting_points(decide, x, clean, self.init, self.init_tries,
-                                       generator, self._starting_points, "l2")
-        idx = found.nonzero().squeeze(1)
+        s = begin(oracle, x, y, target, self.init, self.init_tries, generator,
+                  self._starting_points)
         x_adv = x.clone()
-        if len(idx) == 0:
+        if len(s.idx) == 0:
             return x_adv
-        xs = x[idx]
-        one = torch.ones(len(idx), device=x.device, dtype=x.dtype)
-        best, _ = bisect(decide, blend(xs, start[idx]), idx, start[idx], one, one * 1e-3)
-        x_adv[idx] = self._walk(decide, xs, best, idx, generator)
+        best = s.boundary(torch.full((len(s.idx),), 1e-3, device=x.device, dtype=x.dtype))
+        x_adv[s.idx] = self._walk(s.decide, s.x, best, s.idx, generator)
         return x_adv
 
     def _walk(self, decide: Decision, x: Tensor, best: Tensor, idx: Tensor,

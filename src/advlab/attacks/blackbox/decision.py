@@ -14,6 +14,7 @@ spent, keeping the last verified adversarial point (so nothing returned is a mer
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -159,6 +160,36 @@ def starting_points(decide: Decision, x: Tensor, clean_label: Tensor, init: str,
             ok = decide(cand, rows)
             start[rows[ok]], found[rows[ok]] = cand[ok], True
     return start, found
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a label-only attack begins: the criterion, the batch rows ``idx`` that have a
+    verified adversarial starting point, their clean images ``x`` and those ``points``."""
+
+    decide: Decision
+    idx: Tensor
+    x: Tensor
+    points: Tensor
+
+    def boundary(self, tol: Tensor) -> Tensor:
+        """The adversarial point nearest the boundary on each segment from x to its starting
+        point (:func:`bisect` along :func:`blend` to ``tol``)."""
+        one = torch.ones_like(tol)
+        return bisect(self.decide, blend(self.x, self.points), self.idx, self.points, one,
+                      tol)[0]
+
+
+def begin(oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None, init: str,
+          init_tries: int, generator: torch.Generator, given: Tensor | None = None,
+          norm: str = "l2") -> Start:
+    """The common start of a label-only attack: the criterion, the clean labels (one query
+    each) and the verified adversarial starting points (:func:`starting_points`)."""
+    decide = Decision(oracle, y, target)
+    clean = decide.labels(x, torch.arange(len(x), device=x.device))
+    start, found = starting_points(decide, x, clean, init, init_tries, generator, given, norm)
+    idx = found.nonzero().squeeze(1)
+    return Start(decide, idx, x[idx], start[idx])
 
 
 def _from_batch(decide: Decision, x: Tensor, clean_label: Tensor, rows: Tensor, start: Tensor,

@@ -41,10 +41,10 @@ from torch import Tensor
 from advlab.attacks.base import register
 from advlab.attacks.blackbox.decision import (
     Decision,
+    begin,
     bisect,
     blend,
     check_start,
-    starting_points,
 )
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
 from advlab.attacks.settings import Settings, at_least, positive
@@ -120,19 +120,13 @@ class GeoDA(BlackBoxAttack):
 
     def attack(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
                eps: Tensor | None, generator: torch.Generator) -> Tensor:
-        decide = Decision(oracle, y, target)
-        n = len(x)
-        clean = decide.labels(x, torch.arange(n, device=x.device))
-        start, found = starting_points(decide, x, clean, self.init, self.init_tries,
-                                       generator, norm="l2")
-        x_adv = x.clone()
-        idx = found.nonzero().squeeze(1)
+        s = begin(oracle, x, y, target, self.init, self.init_tries, generator)
+        decide, idx, xs, x_adv = s.decide, s.idx, s.x, x.clone()
         if len(idx) == 0:
             return x_adv
-        xs, d = x[idx], x[0].numel()
-        tol = torch.full((len(idx),), min(d ** -1.5, 1e-4), dtype=x.dtype, device=x.device)
-        one = torch.ones_like(tol)
-        best, _ = bisect(decide, blend(xs, start[idx]), idx, start[idx], one, tol)
+        tol = torch.full((len(idx),), min(x[0].numel() ** -1.5, 1e-4), dtype=x.dtype,
+                         device=x.device)
+        best = s.boundary(tol)
         total = torch.zeros_like(xs)
         left = int(oracle.remaining()[idx].min()) - SEARCH * self.iterations
         for probes in allocation(max(left, 0), self.iterations, self.lam):
@@ -147,7 +141,7 @@ class GeoDA(BlackBoxAttack):
                 continue
             rows, point = cand
             new, _ = bisect(decide, blend(xs[live[rows]], point), idx[live[rows]], point,
-                            one[rows], tol[rows])
+                            torch.ones_like(tol[rows]), tol[rows])
             closer = lp_norm(new - xs[live[rows]], "l2") < lp_norm(best[live[rows]]
                                                                    - xs[live[rows]], "l2")
             best[live[rows[closer]]] = new[closer]

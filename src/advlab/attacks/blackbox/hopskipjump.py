@@ -30,12 +30,12 @@ from torch import Tensor
 from advlab.attacks.base import AttackResult, Model, register
 from advlab.attacks.blackbox.decision import (
     Decision,
+    begin,
     bisect,
     blend,
     check_start,
     clip_path,
     distance,
-    starting_points,
 )
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
 from advlab.attacks.settings import Settings, at_least, one_of, positive
@@ -125,18 +125,14 @@ class HopSkipJump(BlackBoxAttack):
 
     def attack(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
                eps: Tensor | None, generator: torch.Generator) -> Tensor:
-        decide = Decision(oracle, y, target)
-        n, d = len(x), x[0].numel()
-        clean = decide.labels(x, torch.arange(n, device=x.device))
-        start, found = starting_points(decide, x, clean, self.init, self.init_tries,
-                                       generator, self._starting_points, self.norm)
-        idx = found.nonzero().squeeze(1)
-        x_adv = x.clone()
+        s = begin(oracle, x, y, target, self.init, self.init_tries, generator,
+                  self._starting_points, self.norm)
+        decide, idx, d, x_adv = s.decide, s.idx, x[0].numel(), x.clone()
         if len(idx) == 0:
             return x_adv
         theta = self.theta(d)
-        xs = x[idx]
-        cur, dist = self._to_boundary(decide, xs, start[idx], idx, theta)
+        xs = s.x
+        cur, dist = self._to_boundary(decide, xs, s.points, idx, theta)
         dist_post = dist.clone()  # distance before the last binary search (delta_t's scale)
         for t in range(1, self.steps + 1):
             n_t = min(int(self.init_evals * math.sqrt(t)), self.max_evals)

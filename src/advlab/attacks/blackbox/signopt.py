@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import register
-from advlab.attacks.blackbox.decision import Decision, check_start, starting_points
+from advlab.attacks.blackbox.decision import Decision, begin, check_start
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
 from advlab.attacks.settings import Settings, at_least, positive
 from advlab.threat import broadcast_rows, clip_box
@@ -185,21 +185,16 @@ class SignOPT(BlackBoxAttack):
 
     def attack(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
                eps: Tensor | None, generator: torch.Generator) -> Tensor:
-        decide = Decision(oracle, y, target)
-        n = len(x)
-        clean = decide.labels(x, torch.arange(n, device=x.device))
-        start, found = starting_points(decide, x, clean, self.init, self.init_tries,
-                                       generator, norm="l2")
-        x_adv = x.clone()
-        idx = found.nonzero().squeeze(1)
+        s = begin(oracle, x, y, target, self.init, self.init_tries, generator)
+        decide, idx, xs, x_adv = s.decide, s.idx, s.x, x.clone()
         if len(idx) == 0:
             return x_adv
-        xs, limit = x[idx], math.sqrt(x[0].numel())
-        theta = unit(start[idx] - xs)
-        g = (start[idx] - xs).flatten(1).norm(dim=1)
+        limit, start = math.sqrt(x[0].numel()), s.points
+        theta = unit(start - xs)
+        g = (start - xs).flatten(1).norm(dim=1)
         alpha, beta = torch.full_like(g, self.alpha), torch.full_like(g, self.beta)
         g = torch.where(g > 0, local_search(decide, xs, theta, g, beta / 500, idx, limit), g)
-        g = torch.where(g.isfinite(), g, (start[idx] - xs).flatten(1).norm(dim=1))
+        g = torch.where(g.isfinite(), g, (start - xs).flatten(1).norm(dim=1))
         for _ in range(self.steps):
             live = ((oracle.remaining()[idx] >= self.q + 11) & (g > 0)
                     & (beta >= 1e-8)).nonzero().squeeze(1)
@@ -214,8 +209,8 @@ class SignOPT(BlackBoxAttack):
             small = new_alpha < 1e-4
             alpha[live] = torch.where(small, 1.0, new_alpha)
             beta[live] = torch.where(small, beta[live] * 0.1, beta[live])
-        keep = g < (start[idx] - xs).flatten(1).norm(dim=1)
-        x_adv[idx] = torch.where(broadcast_rows(keep, xs), along(xs, theta, g), start[idx])
+        keep = g < (start - xs).flatten(1).norm(dim=1)
+        x_adv[idx] = torch.where(broadcast_rows(keep, xs), along(xs, theta, g), start)
         return confirm(decide, x, x_adv, idx)
 
     def _step(self, decide: Decision, x: Tensor, theta: Tensor, g: Tensor, grad: Tensor,
