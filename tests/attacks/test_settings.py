@@ -125,17 +125,13 @@ def test_a_preset_of_no_setting_is_refused() -> None:
 
 
 def test_replace_on_an_attack_without_settings() -> None:
-    square = attacks.get("square", seed=1)
-    other = square.replace(seed=3)
-    assert (square.seed, other.seed, type(other)) == (1, 3, type(square))
+    sub = attacks.get("substitute", seed=1)
+    other = sub.replace(seed=3)
+    assert (sub.seed, other.seed, type(other)) == (1, 3, type(sub))
 
 
 #: registered attacks that do not declare settings (yet), each with the reason
 WITHOUT_SETTINGS = {
-    **dict.fromkeys(["autoattack", "autoattack-l2", "autoattack-mt", "autoattack-mt-l2"],
-                    "ensembles of other attacks"),
-    **dict.fromkeys(["fab", "fab-l2", "fab-t", "fab-t-l2", "square", "square-l2"],
-                    "under conversion with the AutoAttack work"),
     "substitute": "its 'attack' setting would shadow BlackBoxAttack.attack; builds an inner "
                   "attack and holds image tensors",
 }
