@@ -43,8 +43,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, fields
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
