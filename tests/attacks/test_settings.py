@@ -140,3 +140,22 @@ WITHOUT_SETTINGS = {
 def test_every_registered_attack_declares_settings_but_the_listed() -> None:
     undeclared = {name for name in attacks.available() if attacks.get(name).Settings is None}
     assert undeclared == set(WITHOUT_SETTINGS)
+
+
+def test_the_ensembles_resolve_their_members_from_the_norm() -> None:
+    mt = attacks.get("autoattack-mt-l2")
+    assert mt.members == ("apgd-ce-l2", "apgd-t-l2") and mt.losses == ("dlr",)
+    assert "members" not in inspect.signature(type(mt)).parameters
+    aa = attacks.get("autoattack", members=["apgd-ce"])
+    assert aa.members == ("apgd-ce",) and aa.member_kwargs["square"] == {"max_queries": 5000}
+    with pytest.raises(ThreatModelError, match="odi_steps must be non-negative"):
+        attacks.get("autoattack-mt", odi_steps=-1)  # once found only when APGD-T was built
+
+
+def test_fab_and_square_resolve_their_defaults_from_the_norm() -> None:
+    assert (attacks.get("fab-t-l2").eps, attacks.get("fab-l2").eps) == (2.0, None)
+    assert attacks.get("square-l2").p_init == 0.1 and attacks.get("square").p_init == 0.8
+    with pytest.raises(ThreatModelError, match="p_init must be in"):
+        attacks.get("square", p_init=1.5)
+    with pytest.raises(ThreatModelError, match="beta"):
+        attacks.get("fab", beta=0.0)
