@@ -125,17 +125,13 @@ def test_a_preset_of_no_setting_is_refused() -> None:
 
 
 def test_replace_on_an_attack_without_settings() -> None:
-    square = attacks.get("square", seed=1)
-    other = square.replace(seed=3)
-    assert (square.seed, other.seed, type(other)) == (1, 3, type(square))
+    sub = attacks.get("substitute", seed=1)
+    other = sub.replace(seed=3)
+    assert (sub.seed, other.seed, type(other)) == (1, 3, type(sub))
 
 
 #: registered attacks that do not declare settings (yet), each with the reason
 WITHOUT_SETTINGS = {
-    **dict.fromkeys(["autoattack", "autoattack-l2", "autoattack-mt", "autoattack-mt-l2"],
-                    "ensembles of other attacks"),
-    **dict.fromkeys(["fab", "fab-l2", "fab-t", "fab-t-l2", "square", "square-l2"],
-                    "under conversion with the AutoAttack work"),
     "substitute": "its 'attack' setting would shadow BlackBoxAttack.attack; builds an inner "
                   "attack and holds image tensors",
 }
@@ -144,3 +140,22 @@ WITHOUT_SETTINGS = {
 def test_every_registered_attack_declares_settings_but_the_listed() -> None:
     undeclared = {name for name in attacks.available() if attacks.get(name).Settings is None}
     assert undeclared == set(WITHOUT_SETTINGS)
+
+
+def test_the_ensembles_resolve_their_members_from_the_norm() -> None:
+    mt = attacks.get("autoattack-mt-l2")
+    assert mt.members == ("apgd-ce-l2", "apgd-t-l2") and mt.losses == ("dlr",)
+    assert "members" not in inspect.signature(type(mt)).parameters
+    aa = attacks.get("autoattack", members=["apgd-ce"])
+    assert aa.members == ("apgd-ce",) and aa.member_kwargs["square"] == {"max_queries": 5000}
+    with pytest.raises(ThreatModelError, match="odi_steps must be non-negative"):
+        attacks.get("autoattack-mt", odi_steps=-1)  # once found only when APGD-T was built
+
+
+def test_fab_and_square_resolve_their_defaults_from_the_norm() -> None:
+    assert (attacks.get("fab-t-l2").eps, attacks.get("fab-l2").eps) == (2.0, None)
+    assert attacks.get("square-l2").p_init == 0.1 and attacks.get("square").p_init == 0.8
+    with pytest.raises(ThreatModelError, match="p_init must be in"):
+        attacks.get("square", p_init=1.5)
+    with pytest.raises(ThreatModelError, match="beta"):
+        attacks.get("fab", beta=0.0)

@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -61,7 +62,7 @@ from advlab.attacks.base import (
     register,
 )
 from advlab.attacks.gradient import GradientAttack, GradientSettings
-from advlab.attacks.settings import at_least
+from advlab.attacks.settings import BallSettings, at_least
 from advlab.errors import LabelError, ThreatModelError
 from advlab.losses import margin
 from advlab.threat import broadcast_rows, project_box
@@ -70,7 +71,6 @@ log = logging.getLogger(__name__)
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "dlr", "margin")
-DEFAULT_EPS = {"linf": 0.3, "l2": 2.0}
 
 
 def checkpoint_fractions(p1: float = 0.22, decrease: float = 0.03,
@@ -425,6 +425,56 @@ MEMBER_DEFAULTS: dict[str, dict[str, Any]] = {"square": {"max_queries": 5000},
                                               "square-l2": {"max_queries": 5000}}
 
 
+class AutoAttackSettings(BallSettings):
+    """The settings of :class:`AutoAttack` (its docstring): the ball (linf or l2), the
+    members (default :data:`MEMBERS` for the norm) and their keyword arguments, merged over
+    :data:`MEMBER_DEFAULTS`."""
+
+    norms: ClassVar[tuple[str, ...]] = NORMS
+
+    members: tuple[str, ...] | list[str] | None = None
+    member_kwargs: Mapping[str, Mapping[str, Any]] | None = None
+    seed: int = 0
+
+    def check(self) -> None:
+        super().check()
+        self.resolve("members", tuple(self.default_members() if self.members is None
+                                      else self.members))
+        given = self.member_kwargs or {}
+        self.resolve("member_kwargs", {name: {**MEMBER_DEFAULTS.get(name, {}),
+                                              **given.get(name, {})}
+                                       for name in {*MEMBER_DEFAULTS, *given}})
+
+    def default_members(self) -> tuple[str, ...]:
+        """The members run when none are given: :data:`MEMBERS` for the norm."""
+        return MEMBERS[self.norm]
+
+
+class AdaptiveSettings(AutoAttackSettings):
+    """The settings of :class:`AdaptiveEnsemble` (its docstring): AutoAttack's first two
+    members, schedule fractions in (0, 1], losses among :data:`LOSSES` (at least one),
+    odi_steps >= 0."""
+
+    schedule: tuple[float, ...] = (1.0, 0.5, 0.5, 0.5)
+    losses: tuple[str, ...] = ("dlr",)
+    odi_steps: int = 2
+
+    def check(self) -> None:
+        super().check()
+        if not all(0 < f <= 1 for f in self.schedule):
+            raise ThreatModelError(f"schedule fractions must be in (0, 1], got {self.schedule}")
+        if not self.losses or any(loss not in LOSSES for loss in self.losses):
+            raise ThreatModelError(f"losses must be among {', '.join(LOSSES)}, got "
+                                   f"{self.losses}")
+        self.resolve("schedule", tuple(self.schedule))
+        self.resolve("losses", tuple(self.losses))
+        at_least(0, odi_steps=self.odi_steps)
+
+    def default_members(self) -> tuple[str, ...]:
+        """APGD-CE and APGD-T: the first two of :data:`MEMBERS` for the norm."""
+        return MEMBERS[self.norm][:2]
+
+
 @register("autoattack", knowledge="white", goal="untargeted", norm="linf", kind="iterative")
 @register("autoattack-l2", knowledge="white", goal="untargeted", norm="l2", kind="iterative",
           defaults={"norm": "l2"})
@@ -455,19 +505,7 @@ class AutoAttack(Attack):
     References: Croce & Hein, ICML 2020, arXiv:2003.01690.
     """
 
-    def __init__(self, eps: float | None = None, *, norm: str = "linf",
-                 members: tuple[str, ...] | list[str] | None = None,
-                 member_kwargs: dict[str, dict[str, Any]] | None = None, seed: int = 0) -> None:
-        if norm not in NORMS:
-            raise ThreatModelError(f"AutoAttack supports norms {', '.join(NORMS)}, got {norm!r}")
-        self.eps = DEFAULT_EPS[norm] if eps is None else eps
-        if isinstance(self.eps, (int, float)) and self.eps < 0:
-            raise ThreatModelError(f"eps must be non-negative, got {self.eps}")
-        self.norm, self.seed = norm, seed
-        self.members = tuple(MEMBERS[norm] if members is None else members)
-        given = member_kwargs or {}
-        self.member_kwargs = {name: {**MEMBER_DEFAULTS.get(name, {}), **given.get(name, {})}
-                              for name in {*MEMBER_DEFAULTS, *given}}
+    Settings = AutoAttackSettings
 
     def resolve(self) -> tuple[list[str], list[str]]:
         """(members registered with this norm, members skipped)."""
@@ -572,16 +610,8 @@ class AdaptiveEnsemble(AutoAttack):
     attack", CVPR 2022 (A3, adaptive restarts).
     """
 
-    def __init__(self, eps: float | None = None, *, norm: str = "linf",
-                 schedule: tuple[float, ...] = (1.0, 0.5, 0.5, 0.5),
-                 losses: tuple[str, ...] = ("dlr",), odi_steps: int = 2,
-                 seed: int = 0) -> None:
-        super().__init__(eps, norm=norm, members=MEMBERS.get(norm, ())[:2], seed=seed)
-        if not all(0 < f <= 1 for f in schedule):
-            raise ThreatModelError(f"schedule fractions must be in (0, 1], got {schedule}")
-        if not losses or any(loss not in LOSSES for loss in losses):
-            raise ThreatModelError(f"losses must be among {', '.join(LOSSES)}, got {losses}")
-        self.schedule, self.losses, self.odi_steps = tuple(schedule), tuple(losses), odi_steps
+    Settings = AdaptiveSettings
+    fixed = {"members": None, "member_kwargs": None}
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack, Crafted, Model, first_of_each, is_success, register
+from advlab.attacks.settings import Settings, at_least, one_of
 from advlab.errors import ThreatModelError
 from advlab.threat import DEFAULT_EPS, broadcast_rows, clip_box, lp_norm
 
@@ -81,6 +82,41 @@ def plane_step(w: Tensor, r: Tensor, p: Tensor, norm: str) -> Tensor:
     return s * torch.minimum(t * m, room)
 
 
+class FABSettings(Settings):
+    """The settings of :class:`FAB` (its docstring): norm linf or l2, steps and restarts
+    >= 1, 0 <= alpha_max <= 1, eta >= 1, 0 < beta <= 1."""
+
+    norm: str = "linf"
+    steps: int = 100
+    restarts: int = 1
+    alpha_max: float = 0.1
+    eta: float = 1.05
+    beta: float = 0.9
+    seed: int = 0
+
+    def check(self) -> None:
+        one_of("norm", self.norm, tuple(DUAL))
+        at_least(1, steps=self.steps, restarts=self.restarts, eta=self.eta)
+        if not (0 <= self.alpha_max <= 1 and 0 < self.beta <= 1):
+            raise ThreatModelError(f"FAB needs 0 <= alpha_max <= 1 and 0 < beta <= 1, got "
+                                   f"{self.alpha_max}, {self.beta}")
+
+
+class FABTSettings(FABSettings):
+    """:class:`FABSettings` and the ball: eps >= 0 (default: the norm's,
+    :data:`advlab.threat.DEFAULT_EPS`), n_targets >= 1."""
+
+    eps: float | None = None
+    n_targets: int = 9
+
+    def check(self) -> None:
+        super().check()
+        if self.eps is None:
+            self.resolve("eps", DEFAULT_EPS[self.norm])
+        at_least(0, eps=self.eps)
+        at_least(1, n_targets=self.n_targets)
+
+
 @register("fab", knowledge="white", goal="untargeted", norm="linf", kind="iterative",
           bounded=False)
 @register("fab-l2", knowledge="white", goal="untargeted", norm="l2", kind="iterative",
@@ -105,17 +141,8 @@ class FAB(Attack):
     References: Croce & Hein, ICML 2020, arXiv:1907.02044.
     """
 
-    def __init__(self, *, norm: str = "linf", steps: int = 100, restarts: int = 1,
-                 alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
-                 seed: int = 0) -> None:
-        if norm not in DUAL:
-            raise ThreatModelError(f"FAB supports norms {', '.join(DUAL)}, got {norm!r}")
-        if steps < 1 or restarts < 1:
-            raise ThreatModelError(f"steps and restarts must be >= 1, got {steps}, {restarts}")
-        if not (0 <= alpha_max <= 1 and eta >= 1 and 0 < beta <= 1):
-            raise ThreatModelError("FAB needs 0 <= alpha_max <= 1, eta >= 1, 0 < beta <= 1")
-        self.norm, self.steps, self.restarts = norm, steps, restarts
-        self.alpha_max, self.eta, self.beta, self.seed = alpha_max, eta, beta, seed
+    Settings = FABSettings
+    positional = ()
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:
@@ -236,17 +263,8 @@ class FABT(FAB):
     References: Croce & Hein, ICML 2020, arXiv:2003.01690 (AutoAttack), arXiv:1907.02044.
     """
 
-    def __init__(self, eps: float | None = None, *, norm: str = "linf", n_targets: int = 9,
-                 steps: int = 100, restarts: int = 1, alpha_max: float = 0.1,
-                 eta: float = 1.05, beta: float = 0.9, seed: int = 0) -> None:
-        super().__init__(norm=norm, steps=steps, restarts=restarts, alpha_max=alpha_max,
-                         eta=eta, beta=beta, seed=seed)
-        if n_targets < 1:
-            raise ThreatModelError(f"n_targets must be >= 1, got {n_targets}")
-        self.eps = DEFAULT_EPS[norm] if eps is None else eps
-        if isinstance(self.eps, (int, float)) and self.eps < 0:
-            raise ThreatModelError(f"eps must be non-negative, got {self.eps}")
-        self.n_targets = n_targets
+    Settings = FABTSettings
+    positional = ("eps",)
 
     def perturb(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
                 eps: Tensor | None, generator: torch.Generator) -> Crafted:

@@ -18,12 +18,14 @@ The fraction :math:`p` of changed pixels halves on the paper's schedule (after 1
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from advlab.attacks.base import is_success, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle
+from advlab.attacks.settings import BallSettings, at_least
 from advlab.errors import ThreatModelError
 from advlab.losses import objective
 from advlab.threat import broadcast_rows, clip_box
@@ -41,6 +43,29 @@ def p_selection(p_init: float, it: int, n_iters: int) -> float:
         if t <= bound:
             return p_init / div
     return p_init  # pragma: no cover
+
+
+class SquareSettings(BallSettings):
+    """The settings of :class:`Square` (its docstring): the ball (linf or l2),
+    max_queries >= 1, p_init in (0, 1] (default by the norm), loss a known objective or None.
+    """
+
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+
+    max_queries: int = 1_000
+    p_init: float | None = None
+    loss: str | None = None
+    seed: int = 0
+
+    def check(self) -> None:
+        super().check()
+        at_least(1, max_queries=self.max_queries)
+        if self.p_init is None:
+            self.resolve("p_init", {"linf": 0.8, "l2": 0.1}[self.norm])
+        if not 0 < self.p_init <= 1:
+            raise ThreatModelError(f"p_init must be in (0, 1], got {self.p_init}")
+        if self.loss is not None:
+            objective(self.loss)  # validates the name
 
 
 @register("square", knowledge="score", goal="both", norm="linf", kind="iterative")
@@ -67,23 +92,7 @@ class Square(BlackBoxAttack):
     black-box adversarial attack via random search", ECCV 2020, arXiv:1912.00049.
     """
 
-    def __init__(self, eps: float | None = None, *, norm: str = "linf",
-                 max_queries: int = 1_000, p_init: float | None = None,
-                 loss: str | None = None, seed: int = 0) -> None:
-        if norm not in ("linf", "l2"):
-            raise ThreatModelError(f"Square supports linf and l2, got {norm!r}")
-        if max_queries < 1:
-            raise ThreatModelError(f"max_queries must be >= 1, got {max_queries}")
-        p_init = {"linf": 0.8, "l2": 0.1}[norm] if p_init is None else p_init
-        if not 0 < p_init <= 1:
-            raise ThreatModelError(f"p_init must be in (0, 1], got {p_init}")
-        if loss is not None:
-            objective(loss)  # validates the name
-        self.eps = {"linf": 0.3, "l2": 2.0}[norm] if eps is None else eps
-        if isinstance(self.eps, (int, float)) and self.eps < 0:
-            raise ThreatModelError(f"eps must be non-negative, got {self.eps}")
-        self.norm, self.max_queries, self.p_init = norm, max_queries, p_init
-        self.loss, self.seed = loss, seed
+    Settings = SquareSettings
 
     def attack(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
                eps: Tensor | None, generator: torch.Generator) -> Tensor:
