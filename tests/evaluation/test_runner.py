@@ -1,4 +1,4 @@
-"""The experiment runner: configuration, exact numbers, resume after interruption or kill."""
+"""The experiment runner: exact numbers, resume after interruption or kill."""
 from __future__ import annotations
 
 import functools
