@@ -5,14 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from advlab.errors import (
-    ConfigError,
-)
+import advlab
+from advlab.errors import ConfigError, UnknownNameError
+from advlab.evaluation.config import DEFAULT_TOML, config_from_dict, load_config, parse_config
+from advlab.evaluation.plan import plan_cells
+from testkit import tiny_config
 
 
 def test_config_keys_for_models_data_device_precision(tmp_path: Path) -> None:
-    from advlab.evaluation import config_from_dict, load_config
-
     base = {"models": [{"name": "m", "factory": "net.py:build", "weights": "w.safetensors"}],
             "attacks": ["fgsm"]}
     cfg = config_from_dict({**base, "batch_size": "auto", "device": "cuda:1",
@@ -35,3 +35,103 @@ def test_config_keys_for_models_data_device_precision(tmp_path: Path) -> None:
     cfg = load_config(tmp_path / "sub" / "my.toml")
     assert cfg.data.name == f"folder:{(tmp_path / 'sub' / 'imgs').resolve()}"
     assert cfg.models[0].factory == f"{(tmp_path / 'sub' / 'net.py').resolve()}:build"
+
+
+def test_default_config_builds() -> None:
+    cfg = load_config()
+    assert cfg == parse_config(DEFAULT_TOML)
+    assert DEFAULT_TOML.startswith("# advlab's built-in tour")       # the package's tour.toml
+    assert cfg.shard_size is None and cfg.execution.executor == "processes"
+    assert [m.name for m in cfg.models] == ["mnist-mlp", "mnist-cnn"]
+    assert [a.name for a in cfg.attacks] == ["fgsm", "bim", "pgd", "fgsm", "pgd", "cw-l2",
+                                             "fgsm", "pgd", "square", "bandits", "simba-dct"]
+    assert all(a.eps == (0.05, 0.1, 0.2, 0.3) for a in cfg.attacks[:3])
+    assert cfg.data.name == "mnist5k" and cfg.data.split == "test"
+    fps = {"mnist-mlp": "f1", "mnist-cnn": "f2"}
+    cells = plan_cells(cfg, fps, "d", 300)
+    assert len({c.key for c in cells}) == len(cells)
+    kinds = [c.kind for c in cells]
+    assert kinds.count("attack") == 24 + (3 + 2) + (2 + 2) + 3   # grid, cnn, mlp, black-box
+    defended = [(c.model, c.defense.name) for c in cells if c.kind == "defense"]
+    assert defended == [("mnist-mlp", "distillation"), ("mnist-cnn", "transformed")]
+    assert kinds.count("detector") == len(cfg.detectors)    # fgsm and pgd at 0.3: one each
+    bb = [c for c in cells if c.kind == "attack" and c.attack in ("square", "bandits", "simba-dct")]
+    assert [(c.model, c.defense.name, c.n) for c in bb] == [("mnist-cnn", "none", 100),
+                                                            ("mnist-cnn", "none", 50),
+                                                            ("mnist-cnn", "none", 20)]
+    curves = [c for c in cells if c.kind == "curve"]  # one cheap robustness curve
+    assert [(c.model, c.defense.name, c.n, c.norm, c.build(0).grid.tolist()) for c in curves] \
+        == [("mnist-cnn", "none", 50, "linf", [0.05, 0.1, 0.2, 0.3])]
+    again = plan_cells(load_config(), fps, "d", 300)
+    assert [c.key for c in cells] == [c.key for c in again]
+    other = plan_cells(cfg, {"mnist-mlp": "f1", "mnist-cnn": "CHANGED"}, "d", 300)
+    mlp = [c.key for c in cells if c.model == "mnist-mlp"]
+    assert [c.key for c in other if c.model == "mnist-mlp"] == mlp      # mlp cells kept
+    assert not {c.key for c in other if c.model == "mnist-cnn"} & {c.key for c in cells}
+    for c in cells:  # every naive cell builds its attack
+        if c.kind == "attack":
+            eps = {} if c.eps is None else {"eps": c.eps}
+            advlab.attacks.get(c.attack, **c.params, **eps)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"colour": "red"}, "unknown key"),
+    ({"models": []}, "no \\[\\[models\\]\\]"),
+    ({"attacks": []}, "no \\[\\[attacks\\]\\]"),
+    ({"attacks": [{"name": "fgsm", "eps": -0.1}]}, "eps must be a non-negative number"),
+    ({"attacks": [{"name": "fgsm", "params": {"eps": 0.1}}]}, "'eps' grid"),
+    ({"attacks": [{"name": "fgsm", "target": "worst"}]}, "target must be"),
+    ({"models": [{"name": "m", "file": "w.safetensors"}]}, "needs its 'arch'"),
+    ({"models": ["a", "a"]}, "distinct"),
+    ({"data": {"name": "x", "size": 3}}, "unknown key"),
+    ({"name": "../evil"}, "plain folder name"),
+    ({"detectors": ["lid", "lid"]}, "detector names must be distinct"),
+    ({"shard_size": 10}, r"shard_size \(10\) must be a multiple of batch_size \(24\)"),
+    ({"shard_size": 0}, "shard_size must be a positive integer"),
+    ({"shard_size": 500, "batch_size": "auto"}, r"batch_size \(auto, that is 1024\)"),
+    ({"execution": {"executor": "dask"}}, "executor must be one of processes, inline, ray"),
+    ({"execution": {"address": "h:1"}}, "address of a Ray cluster"),
+    ({"execution": {"gpus": 0}}, "gpus must be a positive number"),
+    ({"execution": {"nodes": 2}}, r"unknown key\(s\) \['nodes'\] in execution"),
+])
+def test_config_errors(bad: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        tiny_config(**bad)
+
+
+def test_unknown_attack_lists_what_exists() -> None:
+    with pytest.raises(UnknownNameError, match="available: .*fgsm.*pgd"):
+        tiny_config(attacks=[{"name": "nope"}])
+
+
+def test_toml_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        parse_config("name = ")
+    with pytest.raises(ConfigError, match="no configuration file"):
+        load_config(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("attack, match", [
+    ({"n": 0}, "n must be a positive integer"),
+    ({"n": True}, "n must be a positive integer"),
+    ({"n": "10"}, "n must be a positive integer"),
+    ({"models": ["c"]}, r"models names \['c'\].*defined: a, b"),
+    ({"models": "a"}, "must be a list of names"),
+    ({"defenses": ["jpeg"]}, r"defenses names \['jpeg'\].*defined: none"),
+    ({"detectors": ["knn"]}, r"detectors names \['knn'\].*defined: none"),
+    ({"budget": 3}, "unknown key"),
+])
+def test_attack_scope_errors(attack: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        tiny_config(attacks=[{"name": "fgsm", "eps": 0.1, **attack}])
+
+
+@pytest.mark.parametrize("adaptive, match", [
+    ({"steps": 0}, "steps must be a positive integer"),
+    ({"lam": -1.0}, "lam must be a non-negative number"),
+    ({"enabled": "yes"}, "enabled must be true or false"),
+    ({"detector": "x"}, "unknown key"),
+])
+def test_adaptive_table_errors(adaptive: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        tiny_config(adaptive=adaptive)
