@@ -1,4 +1,5 @@
-"""Sanity checks: each fires on a purpose-built masked model and stays silent on the zoo."""
+"""advlab.evaluation.checks: each sanity check fires on a purpose-built masked model and stays
+silent on an honest one."""
 from __future__ import annotations
 
 import pytest
@@ -12,7 +13,7 @@ N = 100
 
 
 @pytest.fixture(scope="module")
-def data(mnist_test) -> tuple[Tensor, Tensor]:
+def mnist100(mnist_test) -> tuple[Tensor, Tensor]:
     x, y = mnist_test
     return x[:N], y[:N]
 
@@ -59,8 +60,8 @@ def _fired(findings: list[sanity.Finding]) -> set[str]:
     return {f.name for f in findings if f.fired}
 
 
-def test_silent_on_the_zoo(mlp, cnn, data):
-    x, y = data
+def test_silent_on_the_zoo(mlp, cnn, mnist100):
+    x, y = mnist100
     for model in (mlp, cnn):
         findings = sanity.run_all(model, x, y, eps=0.3, blackbox_queries=300)
         assert _fired(findings) == set(), [f.message for f in findings if f.fired]
@@ -70,25 +71,25 @@ def test_silent_on_the_zoo(mlp, cnn, data):
                                               "unbounded", "binarization"]
 
 
-def test_softmax_outputs(mlp, data):
-    f = sanity.check_softmax(Softmaxed(mlp), data[0])
+def test_softmax_outputs(mlp, mnist100):
+    f = sanity.check_softmax(Softmaxed(mlp), mnist100[0])
     assert f.fired and f.attack is not None and f.level == "warning"
-    findings = sanity.run_all(Softmaxed(mlp), *data)  # attack checks skipped, not crashed
+    findings = sanity.run_all(Softmaxed(mlp), *mnist100)  # attack checks skipped, not crashed
     assert [f.skipped for f in findings][3:] == [True, True, True, False]
     assert findings[-1].name == "binarization" and not findings[-1].fired  # on the features
 
 
-def test_randomness_names_eot(mlp, data):
+def test_randomness_names_eot(mlp, mnist100):
     noisy = defenses.Transformed(mlp, defenses.GaussianNoise(0.3))
-    f = sanity.check_randomness(noisy, data[0])
+    f = sanity.check_randomness(noisy, mnist100[0])
     assert f.fired and f.evidence["max_logit_difference"] > 0
     if "eot-pgd" in attacks.available():
         assert f.attack == "eot-pgd" and f.on_surrogate and f.attack_kwargs["samples"] > 1
-    assert not sanity.check_randomness(mlp, data[0]).fired
+    assert not sanity.check_randomness(mlp, mnist100[0]).fired
 
 
-def test_vanishing_and_nan_gradients(mlp, data):
-    x, y = data
+def test_vanishing_and_nan_gradients(mlp, mnist100):
+    x, y = mnist100
     f = sanity.check_gradients(Saturated(mlp), x, y)
     assert f.fired and f.evidence["vanishing"] > 0.5
     assert f.attack in ("apgd-dlr", "pgd")  # an attack on the logits
@@ -102,8 +103,8 @@ def test_vanishing_and_nan_gradients(mlp, data):
     assert not ok.fired and ok.evidence["vanishing"] == 0.0
 
 
-def test_one_step_beats_iterative(mlp, data):
-    x, y = data
+def test_one_step_beats_iterative(mlp, mnist100):
+    x, y = mnist100
     f = sanity.check_one_step_vs_iterative(GridOnly(mlp), x, y, eps=0.2)
     assert f.fired, f.message
     assert f.evidence["success_fgsm"] > f.evidence["success_pgd"] + 0.2
@@ -113,8 +114,8 @@ def test_one_step_beats_iterative(mlp, data):
                                               "weak_success": 0.5, "strong_success": 0.1}
 
 
-def test_unbounded_eps_must_reach_everything(mlp, data):
-    x, y = data
+def test_unbounded_eps_must_reach_everything(mlp, mnist100):
+    x, y = mnist100
     bits = defenses.Transformed(mlp, defenses.BitDepth(1))
     f = sanity.check_unbounded(bits, x, y)
     assert f.fired and f.evidence["success_eps_1"] < 0.95
@@ -122,8 +123,8 @@ def test_unbounded_eps_must_reach_everything(mlp, data):
     assert not sanity.check_unbounded(mlp, x, y).fired
 
 
-def test_blackbox_beats_whitebox(mlp, data):
-    x, y = data
+def test_blackbox_beats_whitebox(mlp, mnist100):
+    x, y = mnist100
     if "square" not in attacks.available():
         f = sanity.check_blackbox_vs_whitebox(mlp, x, y)
         assert f.skipped and not f.fired
@@ -136,17 +137,17 @@ def test_blackbox_beats_whitebox(mlp, data):
                                                   "weak_success": 0.2, "strong_success": 0.9}
 
 
-def test_blackbox_check_confirms_with_a_strong_whitebox_attack(mlp, data):
+def test_blackbox_check_confirms_with_a_strong_whitebox_attack(mlp, mnist100):
     # a weak white-box figure (a fixed-step PGD falls behind Square on robust models) is not
     # masking: before firing, the check runs APGD-CE + APGD-DLR, which break the plain mlp
-    x, y = data
+    x, y = mnist100
     f = sanity.check_blackbox_vs_whitebox(mlp, x, y, results={"square": 0.5, "pgd": 0.1})
     assert not f.fired, f.message
     assert f.evidence["success_apgd-ce+apgd-dlr"] > 0.9 and f.evidence["success_square"] == 0.5
 
 
-def test_naive_evaluation_of_a_transformation_defense_is_flagged(mlp, data):
-    x, y = data
+def test_naive_evaluation_of_a_transformation_defense_is_flagged(mlp, mnist100):
+    x, y = mnist100
     d = defenses.Transformed(mlp, [defenses.Translate(max_shift=1), defenses.BitDepth(1)])
     fired = _fired(sanity.run_all(d, x, y, blackbox_queries=200))
     assert {"randomness", "gradients", "unbounded"} <= fired
@@ -158,7 +159,7 @@ def test_finding_to_dict():
     assert d["check"] == "gradients" and d["level"] == "warning" and d["attack"] == "pgd"
 
 
-def test_gradients_check_on_a_model_without_a_graph_to_its_input(data):
+def test_gradients_check_on_a_model_without_a_graph_to_its_input(mnist100):
     class DetachedInput(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -168,5 +169,5 @@ def test_gradients_check_on_a_model_without_a_graph_to_its_input(data):
             return self.fc(x.detach().flatten(1))
 
     torch.manual_seed(0)
-    f = sanity.check_gradients(DetachedInput().eval(), *data)   # parameters alone: no path
+    f = sanity.check_gradients(DetachedInput().eval(), *mnist100)   # parameters alone: no path
     assert f.fired and f.evidence["vanishing"] == 1.0
