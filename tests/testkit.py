@@ -103,6 +103,19 @@ def images(n: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 1, 4, 4, generator=g, dtype=torch.float64) * 0.6 + 0.2
 
 
+def box_images(n: int = 32) -> torch.Tensor:
+    """n float64 1 x 4 x 4 images uniform in the box [0, 1] (seeded)."""
+    return torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(0),
+                      dtype=torch.float64)
+
+
+class Floor(nn.Module):
+    """floor(4 x) / 4: a preprocessing whose gradient is zero almost everywhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.floor(x * 4) / 4
+
+
 def interior(n: int, side: int = 8, seed: int = 0) -> torch.Tensor:
     """n float64 1 x side x side images in [0.4, 0.6], away from the box's faces."""
     g = torch.Generator().manual_seed(seed)

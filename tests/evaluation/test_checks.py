@@ -9,14 +9,6 @@ from torch import Tensor, nn
 from advlab import attacks, defenses
 from advlab.evaluation import sanity
 
-N = 100
-
-
-@pytest.fixture(scope="module")
-def mnist100(mnist_test) -> tuple[Tensor, Tensor]:
-    x, y = mnist_test
-    return x[:N], y[:N]
-
 
 class Saturated(nn.Module):
     """Logits x 1e4: the same decisions, a softmax saturated to exactly one-hot."""
@@ -58,17 +50,6 @@ class NaNGradient(Saturated):
 
 def _fired(findings: list[sanity.Finding]) -> set[str]:
     return {f.name for f in findings if f.fired}
-
-
-def test_silent_on_the_zoo(mlp, cnn, mnist100):
-    x, y = mnist100
-    for model in (mlp, cnn):
-        findings = sanity.run_all(model, x, y, eps=0.3, blackbox_queries=300)
-        assert _fired(findings) == set(), [f.message for f in findings if f.fired]
-        assert all(f.attack is None for f in findings)
-        assert [f.name for f in findings] == ["softmax", "randomness", "gradients",
-                                              "one-step-vs-iterative", "blackbox-vs-whitebox",
-                                              "unbounded", "binarization"]
 
 
 def test_softmax_outputs(mlp, mnist100):
@@ -144,13 +125,6 @@ def test_blackbox_check_confirms_with_a_strong_whitebox_attack(mlp, mnist100):
     f = sanity.check_blackbox_vs_whitebox(mlp, x, y, results={"square": 0.5, "pgd": 0.1})
     assert not f.fired, f.message
     assert f.evidence["success_apgd-ce+apgd-dlr"] > 0.9 and f.evidence["success_square"] == 0.5
-
-
-def test_naive_evaluation_of_a_transformation_defense_is_flagged(mlp, mnist100):
-    x, y = mnist100
-    d = defenses.Transformed(mlp, [defenses.Translate(max_shift=1), defenses.BitDepth(1)])
-    fired = _fired(sanity.run_all(d, x, y, blackbox_queries=200))
-    assert {"randomness", "gradients", "unbounded"} <= fired
 
 
 def test_finding_to_dict():
