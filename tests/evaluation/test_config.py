@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import advlab
-from advlab.errors import ConfigError, UnknownNameError
-from advlab.evaluation.config import DEFAULT_TOML, config_from_dict, load_config, parse_config
+from advlab.errors import ConfigError, ParameterError, UnknownNameError
+from advlab.evaluation.config import (
+    DEFAULT_TOML,
+    config_from_dict,
+    load_config,
+    parse_config,
+    validate,
+)
 from advlab.evaluation.plan import plan_cells
 from testkit import tiny_config
 
@@ -135,3 +142,44 @@ def test_attack_scope_errors(attack: dict, match: str) -> None:
 def test_adaptive_table_errors(adaptive: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         tiny_config(adaptive=adaptive)
+
+
+@pytest.mark.parametrize("curve, err, match", [
+    ({}, ConfigError, r"curves\[0\] needs grid"),
+    ({"grid": []}, ConfigError, "non-empty list of radii"),
+    ({"grid": [-0.1]}, ConfigError, "non-negative"),
+    ({"grid": [0.1], "minnorm": "pgd"}, ConfigError, "unbounded"),
+    ({"grid": [0.1], "bounded": "fab"}, ConfigError, "fab.* is a minimum-norm attack"),
+    ({"grid": [0.1], "bounded": "apgd-ce", "norm": "l2", "minnorm": "fab"}, None, None),
+    ({"grid": [0.1], "minnorm": "fab-l2"}, ConfigError, "bounded in l2"),
+    ({"grid": [0.1], "bounded_params": {"eps": 0.3}}, ConfigError, "no eps"),
+    ({"grid": [0.1], "minnorm": "nope"}, UnknownNameError, "nope"),
+    ({"grid": [0.1], "params": {"stepz": 3}}, ParameterError, "stepz"),
+    ({"grid": [0.1], "models": ["c"]}, ConfigError, r"curves\[0\]\.models"),
+    ({"grid": [0.1], "eps": 0.1}, ConfigError, "unknown key"),
+])
+def test_bad_curve_tables(curve: dict[str, Any], err: Any, match: str | None) -> None:
+    d = {"models": ["a"], "curves": [curve]}
+    if err is None:
+        cfg = config_from_dict(d)
+        assert cfg.curves[0].norm == "l2" and not cfg.attacks
+        return
+    with pytest.raises(err, match=match):
+        config_from_dict(d)
+
+
+def test_a_curve_without_grid_confirmation_and_the_round_trip() -> None:
+    cfg = tiny_config(curves=[{"grid": [0.1], "bounded": "none", "models": ["a"], "n": 8}])
+    assert cfg.curves[0].bounded is None
+    assert validate(cfg).curves == cfg.curves
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"sanity": {"enabled": "no"}}, "sanity.enabled must be true or false"),  # was true
+    ({"seed": 1.5}, "seed must be an integer"),                                # was 1
+    ({"report": {"gallery": 1, "colour": "red"}}, r"unknown key\(s\) \['colour'\]"),
+    ({"models": "mnist-cnn"}, "models must be a list"),   # was ['m', 'n', 'i', ...]
+])
+def test_wrong_meanings_are_refused(over: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        tiny_config(**over)
