@@ -1,4 +1,5 @@
-"""advlab.evaluation.measure: one cell's numbers; bf16 cells judged in fp32, batch_size = "auto"."""
+"""advlab.evaluation.measure: one cell's numbers; bf16 cells judged in fp32, batch_size = "auto",
+the clean side shared between cells of a model, the adaptive attack on a defense with a detector."""
 from __future__ import annotations
 
 import logging
@@ -8,9 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+import advlab
 from advlab import attacks, zoo
+from advlab.evaluation import measure, metrics, results
 from advlab.evaluation.measure import CellPlan
 from advlab.evaluation.measure import measure as evaluate
+from testkit import tiny_setup
 
 
 def test_bf16_cell_is_judged_in_fp32() -> None:
@@ -65,3 +69,66 @@ def test_auto_batch_size_halves_on_out_of_memory(caplog: pytest.LogCaptureFixtur
         assert np.array_equal(rec.examples[k], fixed.examples[k])
     with pytest.raises(torch.cuda.OutOfMemoryError):  # a fixed batch size is not changed
         evaluate(CellPlan(attacks.FGSM(eps=0.1), batch_size=128), net, x, y)
+
+
+def test_clean_side_is_computed_once_per_model(tiny_factory) -> None:  # noqa: ANN001
+    # cells on the same model share the clean logits, probes and detector scores; the
+    # measurements equal those computed without the memo
+    models, (x, y) = tiny_setup(tiny_factory)
+    model, other = models["a"], models["b"]
+    seen: list[torch.Tensor] = []
+    hook = model.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+
+    class Score:
+        calls = 0
+
+        def score(self, v: torch.Tensor) -> torch.Tensor:
+            Score.calls += 1
+            return v.flatten(1).mean(1)
+
+    det = Score()  # one fitted detector per model and run
+
+    def plan(name: str, memo: dict | None) -> measure.CellPlan:
+        atk = advlab.attacks.get(name, eps=0.1, **({"steps": 3} if name == "pgd" else {}))
+        return measure.CellPlan(atk, transfer={"b": other}, detectors={"d": det},
+                               batch_size=10, clean=memo)
+
+    def flat(rec: measure.CellRecord) -> dict[str, np.ndarray]:
+        out = dict(rec.examples)
+        for part in ("probes", "scores"):
+            for name, cols in getattr(rec, part).items():
+                out.update({f"{part}:{name}:{k}": v for k, v in cols.items()})
+        return out
+
+    memo: dict = {}
+    # clean forwards of the first batch: the memo's (first cell only) and FGSM's own step
+    # from x (PGD starts at a random point); detector scores: clean (first cell) and adv
+    for name, expected in (("fgsm", (2, 6)), ("pgd", (0, 3))):
+        plain = flat(measure.measure(plan(name, None), model, x, y))
+        seen.clear()
+        Score.calls = 0
+        shared = flat(measure.measure(plan(name, memo), model, x, y))
+        assert (sum(v.shape == x[:10].shape and torch.equal(v, x[:10]) for v in seen),
+                Score.calls) == expected
+        assert plain.keys() == shared.keys()
+        assert all(np.array_equal(plain[k], shared[k]) for k in plain)
+    hook.remove()
+
+
+def test_adaptive_attack_on_a_defense_with_a_detector(tiny_factory) -> None:  # noqa: ANN001
+    # MagNet's reformer rejects inputs with its detector: the adaptive attack evades both, at
+    # the threshold that flags DETECTION_FPR of the clean images
+    from advlab.defenses import MagNet
+    from advlab.detectors import DetectorAwarePGD
+
+    models, (x, _) = tiny_setup(tiny_factory, n=40)
+    model = models["a"]
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    det = MagNet(components=("l2",), epochs=2, seed=0).fit(model, x, y)
+    name, atk, surrogate = measure.adaptive_attack(det.reformer(), 0.3, "linf", 0, 1.0,
+                                                   lambda: x)
+    assert name == "detector-aware-pgd" and isinstance(atk, DetectorAwarePGD)
+    assert atk.tau == metrics.calibrate_threshold(det.score(x), results.DETECTION_FPR)
+    res = atk(surrogate, x[:8], y[:8])
+    assert torch.equal(res.info["evaded"], res.success & (det.score(res.x_adv) <= atk.tau))

@@ -268,9 +268,6 @@ def test_unknown_detector_name(tmp_path: Path, tiny_factory) -> None:  # noqa: A
         runner.run(cfg, root=tmp_path, models=models, data=data, train_data=data)
 
 
-# ----------------------------------------------------------------------------- results.json
-
-
 # ----------------------------------------------------------------------------- sanity adapter
 
 
@@ -514,68 +511,3 @@ def test_detector_aware_cell(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN
     thr = metrics.calibrate_threshold(sc["clean"], 0.05)
     assert d["undetected"] == pytest.approx((fooled & (sc["adv"] <= thr)).mean())
     assert d["auc"] == pytest.approx(metrics.roc_auc(sc["clean"], sc["adv"][fooled]))
-
-
-def test_clean_side_is_computed_once_per_model(tiny_factory) -> None:  # noqa: ANN001
-    # cells on the same model share the clean logits, probes and detector scores; the
-    # measurements equal those computed without the memo
-    models, (x, y) = tiny_setup(tiny_factory)
-    model, other = models["a"], models["b"]
-    seen: list[torch.Tensor] = []
-    hook = model.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
-
-    class Score:
-        calls = 0
-
-        def score(self, v: torch.Tensor) -> torch.Tensor:
-            Score.calls += 1
-            return v.flatten(1).mean(1)
-
-    det = Score()  # one fitted detector per model and run
-
-    def plan(name: str, memo: dict | None) -> measure.CellPlan:
-        atk = advlab.attacks.get(name, eps=0.1, **({"steps": 3} if name == "pgd" else {}))
-        return measure.CellPlan(atk, transfer={"b": other}, detectors={"d": det},
-                               batch_size=10, clean=memo)
-
-    def flat(rec: measure.CellRecord) -> dict[str, np.ndarray]:
-        out = dict(rec.examples)
-        for part in ("probes", "scores"):
-            for name, cols in getattr(rec, part).items():
-                out.update({f"{part}:{name}:{k}": v for k, v in cols.items()})
-        return out
-
-    memo: dict = {}
-    # clean forwards of the first batch: the memo's (first cell only) and FGSM's own step
-    # from x (PGD starts at a random point); detector scores: clean (first cell) and adv
-    for name, expected in (("fgsm", (2, 6)), ("pgd", (0, 3))):
-        plain = flat(measure.measure(plan(name, None), model, x, y))
-        seen.clear()
-        Score.calls = 0
-        shared = flat(measure.measure(plan(name, memo), model, x, y))
-        assert (sum(v.shape == x[:10].shape and torch.equal(v, x[:10]) for v in seen),
-                Score.calls) == expected
-        assert plain.keys() == shared.keys()
-        assert all(np.array_equal(plain[k], shared[k]) for k in plain)
-    hook.remove()
-
-
-def test_adaptive_attack_on_a_defense_with_a_detector(tiny_factory) -> None:  # noqa: ANN001
-    # MagNet's reformer rejects inputs with its detector: the adaptive attack evades both, at
-    # the threshold that flags DETECTION_FPR of the clean images
-    from advlab.defenses import MagNet
-    from advlab.detectors import DetectorAwarePGD
-
-    models, (x, _) = tiny_setup(tiny_factory, n=40)
-    model = models["a"]
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    det = MagNet(components=("l2",), epochs=2, seed=0).fit(model, x, y)
-    name, atk, surrogate = measure.adaptive_attack(det.reformer(), 0.3, "linf", 0, 1.0,
-                                                   lambda: x)
-    assert name == "detector-aware-pgd" and isinstance(atk, DetectorAwarePGD)
-    assert atk.tau == metrics.calibrate_threshold(det.score(x), results.DETECTION_FPR)
-    res = atk(surrogate, x[:8], y[:8])
-    assert torch.equal(res.info["evaded"], res.success & (det.score(res.x_adv) <= atk.tau))
-
-
