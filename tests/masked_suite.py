@@ -412,6 +412,12 @@ class Member:
         return 5 if self.randomized else 1
 
 
+def correct(m: Member, x: Tensor, y: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """The first ``n`` images (and labels) that member ``m`` classifies correctly."""
+    ok = ~judge(m.model, x, y, m.draws)
+    return x[ok][:n], y[ok][:n]
+
+
 def build(base: nn.Sequential, x_train: Tensor, y_train: Tensor, *, steps: int = 100,
           eot_samples: int = 10) -> list[Member]:
     """The suite around ``base`` (an nn.Sequential classifier, e.g. zoo mnist-cnn) with the

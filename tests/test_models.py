@@ -1,18 +1,16 @@
 """advlab.models: the user's own network from a factory and weights, checked against the data;
-autocast; batch_size = "auto"; device names."""
+autocast."""
 from __future__ import annotations
 
-import logging
 import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from advlab import attacks, models, zoo
+from advlab import models, zoo
 from advlab.errors import (
     ConfigError,
     FactoryError,
@@ -20,9 +18,6 @@ from advlab.errors import (
     ModelFileError,
     ModelOutputError,
 )
-from advlab.evaluation.inputs import resolve_device
-from advlab.evaluation.measure import CellPlan
-from advlab.evaluation.measure import measure as evaluate
 from userkit import Payload
 
 NET = '''
@@ -188,73 +183,6 @@ def test_autocast_runs_in_low_precision_and_returns_fp32() -> None:
         models.autocast(net, "fp8")
 
 
-def test_bf16_cell_is_judged_in_fp32() -> None:
-    net = zoo.build("digits-mlp", seed=0).eval()
-    x = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        y = net(x).argmax(1)
-    plan = CellPlan(attacks.PGD(eps=0.1, steps=5, seed=0), shifts=(), noise=(), gallery=2,
-                    batch_size=16, precision="bf16")
-    rec = evaluate(plan, net, x, y)
-    assert rec.info["precision"] == "bf16"
-    advs = torch.stack([torch.from_numpy(xa) for _, _, xa in rec.gallery])
-    idx = [i for i, _, _ in rec.gallery]
-    with torch.no_grad():
-        pred = net(advs).argmax(1).numpy()
-    assert (rec.examples["adv_pred"][idx] == pred).all()
-    assert (rec.examples["success"] == (rec.examples["adv_pred"] != y.numpy())).all()
-
-
-# ----------------------------------------------------------------------------- batch size
-
-
-class OutOfMemoryAbove(nn.Module):
-    """A model that raises CUDA's out-of-memory error on batches larger than ``limit``."""
-
-    def __init__(self, model: nn.Module, limit: int) -> None:
-        super().__init__()
-        self.model, self.limit, self.sizes = model, limit, []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.sizes.append(len(x))
-        if len(x) > self.limit:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
-        return self.model(x)
-
-
-def test_auto_batch_size_halves_on_out_of_memory(caplog: pytest.LogCaptureFixture) -> None:
-    base = zoo.build("digits-mlp", seed=0).eval()
-    x = torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        y = base(x).argmax(1)
-    net = OutOfMemoryAbove(base, limit=100).eval()
-    plan = CellPlan(attacks.PGD(eps=0.1, steps=3, seed=0), shifts=(1,), noise=(0.05,),
-                    gallery=2, batch_size="auto")
-    with caplog.at_level(logging.WARNING, logger="advlab.evaluation.measure"):
-        rec = evaluate(plan, net, x, y)
-    assert rec.info["batch_size"] == 64  # 1024 -> 512 -> 256 -> 128 -> 64
-    assert [r.getMessage() for r in caplog.records].count(
-        "CUDA out of memory: batch size halved to 64, batch retried") == 1
-    assert np.array_equal(rec.examples["idx"], np.arange(300))
-    assert max(net.sizes[-10:]) <= 100
-    fixed = evaluate(CellPlan(attacks.PGD(eps=0.1, steps=3, seed=0), shifts=(1,),
-                              noise=(0.05,), gallery=2, batch_size=64), base, x, y)
-    for k in ("clean_pred", "adv_pred", "success"):
-        assert np.array_equal(rec.examples[k], fixed.examples[k])
-    with pytest.raises(torch.cuda.OutOfMemoryError):  # a fixed batch size is not changed
-        evaluate(CellPlan(attacks.FGSM(eps=0.1), batch_size=128), net, x, y)
-
-
-def test_device_names() -> None:
-    assert resolve_device(None) == torch.device("cpu")
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ConfigError, match="unknown device 'gpu'"):
-        resolve_device("gpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="CUDA is not available"):
-            resolve_device("cuda:1")
-
-
 def test_torchvision_by_name_with_the_users_weights(tmp_path: Path) -> None:
     """torchvision is an optional extra: with it, resnet18 is built with no download and
     filled from the user's file; without it, the error says what to install."""
@@ -274,28 +202,3 @@ def test_torchvision_by_name_with_the_users_weights(tmp_path: Path) -> None:
     assert torch.equal(net(x), src((x - 0.5) / 0.25))
 
 
-def test_config_keys_for_models_data_device_precision(tmp_path: Path) -> None:
-    from advlab.evaluation import config_from_dict, load_config
-
-    base = {"models": [{"name": "m", "factory": "net.py:build", "weights": "w.safetensors"}],
-            "attacks": ["fgsm"]}
-    cfg = config_from_dict({**base, "batch_size": "auto", "device": "cuda:1",
-                            "precision": "bf16", "data": {"name": "npz:d.npz", "resize": 32,
-                                                          "channels": 3, "subset": "random"}})
-    assert (cfg.batch_size, cfg.device, cfg.precision) == ("auto", "cuda:1", "bf16")
-    assert (cfg.data.resize, cfg.data.channels, cfg.data.subset) == ((32, 32), 3, "random")
-    assert cfg.to_dict()["precision"] == "bf16"
-    for bad, match in [({"batch_size": 0}, "batch_size"), ({"device": "tpu"}, "device must"),
-                       ({"precision": "fp8"}, "precision must"),
-                       ({"data": {"channels": 2}}, "channels must be 1 or 3"),
-                       ({"data": {"resize": [1, 2, 3]}}, "resize must"),
-                       ({"data": {"subset": "best"}}, "subset must")]:
-        with pytest.raises(ConfigError, match=match):
-            config_from_dict({**base, **bad})
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "my.toml").write_text(
-        '[data]\nname = "folder:imgs"\n[[models]]\nname = "m"\nfactory = "net.py:build"\n'
-        'weights = "w.safetensors"\n[[attacks]]\nname = "fgsm"\n')
-    cfg = load_config(tmp_path / "sub" / "my.toml")
-    assert cfg.data.name == f"folder:{(tmp_path / 'sub' / 'imgs').resolve()}"
-    assert cfg.models[0].factory == f"{(tmp_path / 'sub' / 'net.py').resolve()}:build"

@@ -10,6 +10,7 @@ from torch import nn
 
 from advlab.attacks.blackbox import Oracle
 from advlab.attacks.blackbox.estimate import OracleProbe
+from advlab.evaluation.config import RunConfig, config_from_dict
 
 
 class Counted(nn.Module):
@@ -102,6 +103,19 @@ def images(n: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 1, 4, 4, generator=g, dtype=torch.float64) * 0.6 + 0.2
 
 
+def box_images(n: int = 32) -> torch.Tensor:
+    """n float64 1 x 4 x 4 images uniform in the box [0, 1] (seeded)."""
+    return torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(0),
+                      dtype=torch.float64)
+
+
+class Floor(nn.Module):
+    """floor(4 x) / 4: a preprocessing whose gradient is zero almost everywhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.floor(x * 4) / 4
+
+
 def interior(n: int, side: int = 8, seed: int = 0) -> torch.Tensor:
     """n float64 1 x side x side images in [0.4, 0.6], away from the box's faces."""
     g = torch.Generator().manual_seed(seed)
@@ -170,3 +184,26 @@ def scale(est: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     """Projection of the estimate on the true gradient, in units of the true gradient."""
     return (est * true).flatten(1).sum(1) / true.flatten(1).pow(2).sum(1)
 
+
+# ----------------------------------------------------------------------------- evaluation
+
+BITDEPTH = {"name": "transformed", "params": {"transforms": [{"name": "BitDepth", "bits": 1}]}}
+
+
+def tiny_config(**over) -> RunConfig:  # noqa: ANN003
+    """A small run of two Tiny models 'a' and 'b' on 24 images; ``over`` replaces keys."""
+    d = {"name": "t", "batch_size": 24, "models": ["a", "b"], "data": {"name": "x", "n": 24},
+         "attacks": [{"name": "fgsm", "eps": [0.02, 0.1]},
+                     {"name": "pgd", "eps": 0.05, "params": {"steps": 5}}],
+         "report": {"gallery": 3}, "sanity": {"enabled": False}}
+    d.update(over)
+    return config_from_dict(d)
+
+
+def tiny_setup(make_tiny, n: int = 24):  # noqa: ANN001, ANN201
+    """Two seeded Tiny models; labels = model a's predictions (clean accuracy 100% on a)."""
+    a, b = make_tiny(0), make_tiny(1)
+    x = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y = a(x).argmax(1)
+    return {"a": a, "b": b}, (x, y)

@@ -39,3 +39,12 @@ def test_get_builds_the_registered_class() -> None:
         detectors.get("nope")
     with pytest.raises(ParameterError, match="detector 'deep-knn' has no parameter 'kk'"):
         detectors.get("deep-knn", kk=5)
+
+
+def test_detectors_by_name() -> None:
+    """A detector's parameters are checked by get(), before any fit."""
+    assert detectors.available()["lid"].supervised
+    assert detectors.available()["activation-knn"].differentiable
+    assert isinstance(detectors.get("activation-knn", k=3), detectors.ActivationKNN)
+    with pytest.raises(ParameterError, match="detector 'lid' has no parameter 'kk'"):
+        detectors.get("lid", kk=3)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from tests.evaluation.test_execute import assert_same, setup, stored
 
-from advlab.errors import ConfigError, ParameterError, UnknownNameError
 from advlab.evaluation import execute, runner
 from advlab.evaluation.config import config_from_dict
 from advlab.evaluation.store import Store
@@ -121,32 +120,3 @@ def test_an_interrupted_curve_resumes_from_its_stored_shards(inline_run, tmp_pat
     assert_same(inline_run[0][key], stored(tmp_path)[key])
 
 
-@pytest.mark.parametrize("curve, err, match", [
-    ({}, ConfigError, r"curves\[0\] needs grid"),
-    ({"grid": []}, ConfigError, "non-empty list of radii"),
-    ({"grid": [-0.1]}, ConfigError, "non-negative"),
-    ({"grid": [0.1], "minnorm": "pgd"}, ConfigError, "unbounded"),
-    ({"grid": [0.1], "bounded": "fab"}, ConfigError, "fab.* is a minimum-norm attack"),
-    ({"grid": [0.1], "bounded": "apgd-ce", "norm": "l2", "minnorm": "fab"}, None, None),
-    ({"grid": [0.1], "minnorm": "fab-l2"}, ConfigError, "bounded in l2"),
-    ({"grid": [0.1], "bounded_params": {"eps": 0.3}}, ConfigError, "no eps"),
-    ({"grid": [0.1], "minnorm": "nope"}, UnknownNameError, "nope"),
-    ({"grid": [0.1], "params": {"stepz": 3}}, ParameterError, "stepz"),
-    ({"grid": [0.1], "models": ["c"]}, ConfigError, r"curves\[0\]\.models"),
-    ({"grid": [0.1], "eps": 0.1}, ConfigError, "unknown key"),
-])
-def test_bad_curve_tables(curve: dict[str, Any], err: Any, match: str | None) -> None:
-    d = {"models": ["a"], "curves": [curve]}
-    if err is None:
-        cfg = config_from_dict(d)
-        assert cfg.curves[0].norm == "l2" and not cfg.attacks
-        return
-    with pytest.raises(err, match=match):
-        config_from_dict(d)
-
-
-def test_a_curve_without_grid_confirmation_and_the_round_trip() -> None:
-    from advlab.evaluation.config import validate
-    cfg = config(curves=[{"grid": [0.1], "bounded": "none", "models": ["a"], "n": 8}])
-    assert cfg.curves[0].bounded is None
-    assert validate(cfg).curves == cfg.curves

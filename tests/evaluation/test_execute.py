@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import advlab
+from advlab.errors import ConfigError
 from advlab.evaluation import execute, results, runner
 from advlab.evaluation.config import config_from_dict
 from advlab.evaluation.store import Store
@@ -251,3 +252,25 @@ def test_ray_connects_after_the_models_are_checked(tmp_path: Path,
         runner.run(cfg, root=tmp_path, models={"a": wrong}, data=data, executor=ex)
     with pytest.raises(AssertionError, match="before the models"):  # it would connect now
         assert ex.workers
+
+
+def _item(shared: int, i: int, on_batch=None) -> tuple[int, int]:  # noqa: ANN001
+    if i < 0:
+        raise ConfigError("from a worker")
+    return shared + i, torch.get_num_threads()
+
+
+def test_processes_return_every_result_and_raise_a_task_error() -> None:
+    ex = execute.Processes(2)
+    out = dict(ex.map((10,), [(_item, i) for i in range(5)]))
+    assert sorted(out) == list(range(5)) and all(out[i][0] == 10 + i for i in out)
+    if execute.worker_count(2, torch.device("cpu")) == 2:      # forked workers: one thread
+        assert {threads for _, threads in out.values()} == {1}
+    with pytest.raises(ConfigError, match="from a worker"):
+        list(ex.map((0,), [(_item, 1), (_item, -1), (_item, 3)]))
+
+
+def test_worker_count() -> None:
+    assert execute.worker_count(0, torch.device("cuda")) == 1
+    assert execute.worker_count(3, torch.device("cpu")) in (1, 3)  # 1 where fork is unsafe
+    assert execute.worker_count(0, torch.device("cpu")) >= 1

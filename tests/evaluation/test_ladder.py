@@ -1,10 +1,8 @@
-"""The adaptive-attack ladder, automatic BPDA, the binarization test and the verdicts.
+"""advlab.evaluation.ladder: the adaptive-attack ladder and its verdicts.
 
-Exact answers on tiny models (the BPDA gradient of a linear model behind a rounding is the
-linear model's own), the ladder against members of the masked suite (tests/masked_suite.py)
-on a small batch, no false alarm on the zoo's honest models, the binarization test passing
-for PGD / APGD and failing for a crippled FGSM, and a run whose finding is settled (or not)
-reaching results.json and the report.
+The ladder against members of the masked suite (tests/masked_suite.py) on a small batch, no
+false alarm on the zoo's honest models, the rules that settle a finding, and a run whose
+finding is settled (or not) reaching results.json and the report.
 """
 from __future__ import annotations
 
@@ -18,112 +16,12 @@ from torch import nn
 
 import advlab
 import masked_suite
-from advlab.evaluation import bpda, ladder, runner, sanity
-from advlab.evaluation.binarization import binarization_test
+from advlab.evaluation import ladder, runner, sanity
 from advlab.evaluation.config import config_from_dict
 from advlab.report.html import write_report
-
-# ----------------------------------------------------------------------------- BPDA
-
-
-class RoundInline(nn.Module):
-    """w . round(4 x) / 4 written inline (the preprocessing is not a submodule)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(16, 3, dtype=torch.float64)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc((torch.round(x * 4) / 4).flatten(1))
-
-
-class Floor(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.floor(x * 4) / 4
-
-
-def _x(n: int = 32) -> torch.Tensor:
-    return torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(0),
-                      dtype=torch.float64)
-
-
-@pytest.mark.parametrize("make, where", [
-    (lambda: RoundInline(), bpda.ROOT_INPUT),
-    (lambda: nn.Sequential(Floor(), nn.Flatten(), nn.Linear(16, 3, dtype=torch.float64)), "0"),
-])
-def test_bpda_gradient_is_the_linear_models_own(make, where) -> None:  # noqa: ANN001
-    torch.manual_seed(0)
-    model = make().eval()
-    before = copy.deepcopy(model.state_dict())
-    x = _x()
-    layers = bpda.probe(model, x)
-    assert [(s.name, s.replacement) for s in layers] == [(where, "identity")]
-    net = bpda.straight_through(model, layers)
-    assert torch.equal(net(x), model(x))                      # forward unchanged, bit for bit
-    xg = x.clone().requires_grad_(True)
-    r = torch.randn(len(x), 3, dtype=torch.float64)
-    (g,) = torch.autograd.grad((net(xg) * r).sum(), xg)
-    w = next(m for m in model.modules() if isinstance(m, nn.Linear)).weight
-    assert torch.allclose(g.flatten(1), r @ w)                # d/dx of w . x, exactly
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    assert not model._forward_hooks and not model._forward_pre_hooks
-
-
-def test_bpda_leaves_honest_layers_alone() -> None:
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8, dtype=torch.float64), nn.ReLU(),
-                          nn.Linear(8, 3, dtype=torch.float64)).eval()
-    assert bpda.probe(model, _x()) == []
-
-
-def test_bpda_fits_an_affine_map_for_a_shape_changing_head() -> None:
-    class Vote(nn.Module):  # one-hot of the argmax of a linear map: N x 16 -> N x 3
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(16, 3, dtype=torch.float64)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            z = self.fc(x.flatten(1))
-            return nn.functional.one_hot(z.argmax(1), 3).to(x.dtype)
-
-    torch.manual_seed(0)
-    model = Vote().eval()
-    x = _x(200)
-    layers = bpda.probe(model, x)
-    assert [(s.name, s.why, s.replacement) for s in layers] == [
-        (bpda.ROOT_OUTPUT, "detached", "affine")]
-    a = layers[0].weight                                      # votes ~ z A + b
-    assert bool((a.argmax(0) == torch.arange(3)).all())       # z_k raises the vote for k
-    net = bpda.straight_through(model, layers)
-    assert torch.equal(net(x), model(x))
-    xg = x.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(net(xg)[:, 0].sum(), xg)
-    want = (a[:, 0] @ model.fc.weight).expand(len(x), -1)     # the chain rule, exactly
-    assert torch.allclose(g.flatten(1), want)
-
-
-def test_has_gradient_needs_a_graph_to_the_input() -> None:
-    head = nn.Linear(16, 3, dtype=torch.float64)  # its parameters alone make a graph
-    assert not ladder.has_gradient(lambda x: head((x > 0.5).to(x.dtype).flatten(1)), _x())
-    assert ladder.has_gradient(lambda x: head(x.flatten(1)), _x())
-    attached = ladder.Attached(nn.Sequential(Floor(), nn.Flatten(), head)).eval()
-    xg = _x().requires_grad_(True)
-    (g,) = torch.autograd.grad(attached(xg).sum(), xg)      # attacks can run: it is zero
-    assert not g.any() and torch.equal(attached(_x()), attached.model(_x()))
-
+from testkit import box_images
 
 # ----------------------------------------------------------------------------- the ladder
-
-
-@pytest.fixture(scope="module")
-def suite(mnist_train, cnn):  # noqa: ANN001, ANN201
-    torch.manual_seed(0)
-    x, y = mnist_train
-    return {m.name: m for m in masked_suite.build(cnn, x[:1000], y[:1000], steps=20)}
-
-
-def _correct(m: masked_suite.Member, x: torch.Tensor, y: torch.Tensor, n: int):  # noqa: ANN202
-    ok = ~ladder.judge(m.model, x, y, m.draws)
-    return x[ok][:n], y[ok][:n]
 
 
 FAST = ladder.Options(steps=20, eot_samples=4, draws=3, square_queries=100,
@@ -138,7 +36,7 @@ FAST = ladder.Options(steps=20, eot_samples=4, draws=3, square_queries=100,
 def test_ladder_breaks_suite_members(suite, mnist_test, name, rung) -> None:  # noqa: ANN001
     torch.manual_seed(0)
     m = suite[name]
-    x, y = _correct(m, *mnist_test, 12)
+    x, y = masked_suite.correct(m, *mnist_test, 12)
     findings = sanity.run_all(m.model, x, y, eps=0.3, blackbox_queries=100)
     fired = [f for f in findings if f.fired]
     assert fired and all(f.attack == ladder.NAME for f in fired)
@@ -158,7 +56,7 @@ def test_ladder_breaks_suite_members(suite, mnist_test, name, rung) -> None:  # 
 def test_ladder_randomized_member_uses_eot(suite, mnist_test) -> None:  # noqa: ANN001
     torch.manual_seed(0)
     m = suite["random-discretize"]
-    x, y = _correct(m, *mnist_test, 8)
+    x, y = masked_suite.correct(m, *mnist_test, 8)
     findings = sanity.run_all(m.model, x, y, eps=0.3, blackbox_queries=50)
     assert "randomness" in [f.name for f in findings if f.fired]
     s = ladder.settle(m.model, x, y, 0.3, findings, options=FAST)
@@ -190,7 +88,7 @@ def test_open_findings_rules() -> None:
 
 def test_a_zero_figure_settles_every_finding() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3, dtype=torch.float64)).eval()
-    x = _x(8)
+    x = box_images(8)
     with torch.no_grad():
         wrong = (model(x).argmax(1) + 1) % 3                 # the naive attack fooled all
     f = [{"name": "randomness", "fired": True, "evidence": {}}]
@@ -201,7 +99,7 @@ def test_a_zero_figure_settles_every_finding() -> None:
 def test_unbounded_recheck_runs_until_a_rung_passes_it() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3, dtype=torch.float64)).eval()
-    x = _x(16)
+    x = box_images(16)
     with torch.no_grad():
         y = model(x).argmax(1)
     f = [{"name": "gradients", "fired": True, "evidence": {}}]
@@ -211,27 +109,6 @@ def test_unbounded_recheck_runs_until_a_rung_passes_it() -> None:
     logits, transfer = s.rungs
     assert logits.unbounded is not None and logits.unbounded >= ladder.UNBOUNDED_RATE
     assert transfer.unbounded is None and s.findings == {"gradients": "settled"}
-
-
-# ----------------------------------------------------------------------------- binarization
-
-
-def test_binarization_passes_for_pgd_and_apgd_fails_for_a_crippled_fgsm(mnist_test) -> None:  # noqa: ANN001
-    model = advlab.zoo.load("mnist-mlp")
-    x, y = mnist_test[0][:6], mnist_test[1][:6]
-    pgd = binarization_test(model, x, y, lambda m, xi, z, e: advlab.attacks.PGD(
-        eps=e, steps=20)(m, xi, z).x_adv, 0.3)
-    apgd = binarization_test(model, x, y, lambda m, xi, z, e: advlab.attacks.get(
-        "apgd-ce", eps=e, steps=20)(m, xi, z).x_adv, 0.3)
-    weak = binarization_test(model, x, y, lambda m, xi, z, e: advlab.attacks.FGSM(
-        eps=e / 10)(m, xi, z).x_adv, 0.3)
-    assert pgd.tested >= 5 and pgd.pass_rate == 1.0 and apgd.pass_rate == 1.0
-    assert weak.tested == pgd.tested and weak.pass_rate <= 0.5
-    nothing = binarization_test(model, x, y, lambda m, xi, z, e: xi.clone(), 0.3)
-    assert nothing.passed == 0                               # a do-nothing attack fails it
-    f = sanity.check_binarization(model, x, y, lambda m, xi, z, e: advlab.attacks.FGSM(
-        eps=e / 10)(m, xi, z).x_adv, eps=0.3)
-    assert f.fired and f.evidence["pass_rate"] == weak.pass_rate
 
 
 # ----------------------------------------------------------------------------- the run
@@ -291,12 +168,6 @@ def test_run_settles_a_finding_and_reports_the_verdict(tmp_path: Path, tiny_fact
 
 
 def test_open_finding_makes_the_figure_unreliable(tmp_path: Path) -> None:
-    from advlab.evaluation import verdicts
-
-    cells = {"k": {"ladder": [{"findings": {"gradients": "settled"}},
-                              {"findings": {"gradients": "open"}}]}}
-    assert verdicts.finding_status({"check": "gradients", "cell": "k"}, cells) == "open"
-    assert verdicts.finding_status({"check": "gradients", "cell": "gone"}, cells) == "open"
     model = Lookup().eval()
     x = torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -309,18 +180,3 @@ def test_open_finding_makes_the_figure_unreliable(tmp_path: Path) -> None:
     assert "(unreliable)</b>" in page and 'class="warn"' in page
 
 
-def test_binarization_check_fires_on_shattered_members_only(suite, mnist_test) -> None:  # noqa: ANN001
-    x, y = mnist_test
-    for name, fires in (("bit-depth-2", True), ("quantized-activations", True),
-                        ("saturated-softmax", False)):
-        xs, ys = _correct(suite[name], x, y, 8)
-        f = sanity.check_binarization(suite[name].model, xs, ys, sanity.pgd_on_readout(),
-                                      eps=0.3)
-        assert f.evidence["tested"] >= 6
-        assert f.fired == fires, (name, f.message)
-        assert (f.evidence["pass_rate"] == 0.0) == fires         # masked: never found
-    m = suite["gaussian-noise"]
-    xs, ys = _correct(m, x, y, 8)
-    f = next(f for f in sanity.run_all(m.model, xs, ys, blackbox_queries=20)
-             if f.name == "binarization")
-    assert f.skipped and not f.fired and "randomised" in f.message

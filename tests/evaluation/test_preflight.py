@@ -23,7 +23,7 @@ CONFIG = {"name": "t", "batch_size": 24, "models": ["a"], "data": {"name": "x", 
           "attacks": [{"name": "fgsm", "eps": 0.1}], "sanity": {"enabled": False}}
 
 
-def tiny_run(root: Path, **over: Any) -> dict[str, Any]:
+def one_cell_run(root: Path, **over: Any) -> dict[str, Any]:
     """A one-cell run of a Tiny model on 24 random 1x8x8 images (overrides: run()'s
     keywords)."""
     x = torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -69,17 +69,6 @@ def test_python_api_checks_the_name_too(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- 4. meanings
 
 
-@pytest.mark.parametrize("over, match", [
-    ({"sanity": {"enabled": "no"}}, "sanity.enabled must be true or false"),  # was true
-    ({"seed": 1.5}, "seed must be an integer"),                                # was 1
-    ({"report": {"gallery": 1, "colour": "red"}}, r"unknown key\(s\) \['colour'\]"),
-    ({"models": "mnist-cnn"}, "models must be a list"),   # was ['m', 'n', 'i', ...]
-])
-def test_wrong_meanings_are_refused(over: dict[str, Any], match: str) -> None:
-    with pytest.raises(ConfigError, match=match):
-        config_from_dict({**CONFIG, **over})
-
-
 def test_data_n_beyond_the_split_is_an_error(tmp_path: Path) -> None:
     """data.n = 100000 was cut to the split's 1000 images without a word."""
     cfg = config_from_dict({**CONFIG, "data": {"name": "mnist5k", "n": 100000}})
@@ -107,13 +96,13 @@ def test_unwritable_root_fails_before_work(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(DataError, match="cannot write the results folder"):
-        tiny_run(blocker / "runs")
+        one_cell_run(blocker / "runs")
 
 
 def test_run_folder_that_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "t").write_text("")
     with pytest.raises(DataError, match="run folder .* is a file"):
-        tiny_run(tmp_path)
+        one_cell_run(tmp_path)
     assert cells(tmp_path) == 0
 
 
@@ -121,7 +110,7 @@ def test_full_disk_fails_before_work(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(records.shutil, "disk_usage",
                         lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1024, 1024))
     with pytest.raises(DataError, match="is full"):
-        tiny_run(tmp_path)
+        one_cell_run(tmp_path)
     assert cells(tmp_path) == 0
 
 
@@ -183,7 +172,7 @@ def test_read_only_run_folder(tmp_path: Path) -> None:
     (tmp_path / "t").chmod(0o500)
     try:
         with pytest.raises(DataError, match="cannot write the run folder"):
-            tiny_run(tmp_path)
+            one_cell_run(tmp_path)
     finally:
         (tmp_path / "t").chmod(0o700)
 
@@ -205,7 +194,7 @@ def test_full_disk_when_writing_the_report(tmp_path: Path,
 def test_train_mode_model_raises_and_stays_in_train_mode(tmp_path: Path) -> None:
     model = make_tiny(0).train()
     with pytest.raises(ModelModeError, match="model 'a'.*train mode"):
-        tiny_run(tmp_path, models={"a": model})
+        one_cell_run(tmp_path, models={"a": model})
     assert model.training and cells(tmp_path) == 0
 
 
@@ -214,12 +203,12 @@ def test_train_mode_model_raises_and_stays_in_train_mode(tmp_path: Path) -> None
 def test_images_the_model_does_not_take(tmp_path: Path, x: torch.Tensor) -> None:
     with pytest.raises(InputError, match="model 'a' has torch.float32 weights|model a rejects "
                                          "the data's"):
-        tiny_run(tmp_path, data=(x, torch.zeros(24, dtype=torch.long)))
+        one_cell_run(tmp_path, data=(x, torch.zeros(24, dtype=torch.long)))
     assert cells(tmp_path) == 0
 
 
 def test_a_good_run_still_runs(tmp_path: Path) -> None:
-    rec = tiny_run(tmp_path)
+    rec = one_cell_run(tmp_path)
     assert len(rec["cells"]) == 1 and cells(tmp_path) == 1
 
 

@@ -1,8 +1,7 @@
-"""The experiment runner: configuration, exact numbers, resume after interruption or kill."""
+"""The experiment runner: exact numbers, resume after interruption or kill."""
 from __future__ import annotations
 
 import functools
-import json
 import signal
 import sqlite3
 import subprocess
@@ -16,37 +15,17 @@ import pytest
 import torch
 
 import advlab
-from advlab.errors import ConfigError, ParameterError, UnknownNameError
-from advlab.evaluation import execute, inputs, measure, metrics, results, runner
+from advlab.errors import UnknownNameError
+from advlab.evaluation import inputs, measure, metrics, results, runner
 from advlab.evaluation.config import (
-    DEFAULT_TOML,
     RunConfig,
     config_from_dict,
-    load_config,
-    parse_config,
 )
 from advlab.evaluation.plan import plan_cells
 from advlab.evaluation.store import Store
+from testkit import BITDEPTH, tiny_config, tiny_setup
 
 TESTS = Path(__file__).resolve().parents[1]
-
-
-def tiny_setup(make_tiny, n: int = 24):  # noqa: ANN001, ANN201
-    """Two seeded Tiny models; labels = model a's predictions (clean accuracy 100% on a)."""
-    a, b = make_tiny(0), make_tiny(1)
-    x = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        y = a(x).argmax(1)
-    return {"a": a, "b": b}, (x, y)
-
-
-def tiny_config(**over) -> RunConfig:  # noqa: ANN003
-    d = {"name": "t", "batch_size": 24, "models": ["a", "b"], "data": {"name": "x", "n": 24},
-         "attacks": [{"name": "fgsm", "eps": [0.02, 0.1]},
-                     {"name": "pgd", "eps": 0.05, "params": {"steps": 5}}],
-         "report": {"gallery": 3}, "sanity": {"enabled": False}}
-    d.update(over)
-    return config_from_dict(d)
 
 
 class Counter:
@@ -64,103 +43,7 @@ class Counter:
         monkeypatch.setattr(Store, "write_cell", counting)
 
 
-# ----------------------------------------------------------------------------- configuration
-
-
-def test_default_config_builds() -> None:
-    cfg = load_config()
-    assert cfg == parse_config(DEFAULT_TOML)
-    assert DEFAULT_TOML.startswith("# advlab's built-in tour")       # the package's tour.toml
-    assert cfg.shard_size is None and cfg.execution.executor == "processes"
-    assert [m.name for m in cfg.models] == ["mnist-mlp", "mnist-cnn"]
-    assert [a.name for a in cfg.attacks] == ["fgsm", "bim", "pgd", "fgsm", "pgd", "cw-l2",
-                                             "fgsm", "pgd", "square", "bandits", "simba-dct"]
-    assert all(a.eps == (0.05, 0.1, 0.2, 0.3) for a in cfg.attacks[:3])
-    assert cfg.data.name == "mnist5k" and cfg.data.split == "test"
-    fps = {"mnist-mlp": "f1", "mnist-cnn": "f2"}
-    cells = plan_cells(cfg, fps, "d", 300)
-    assert len({c.key for c in cells}) == len(cells)
-    kinds = [c.kind for c in cells]
-    assert kinds.count("attack") == 24 + (3 + 2) + (2 + 2) + 3   # grid, cnn, mlp, black-box
-    defended = [(c.model, c.defense.name) for c in cells if c.kind == "defense"]
-    assert defended == [("mnist-mlp", "distillation"), ("mnist-cnn", "transformed")]
-    assert kinds.count("detector") == len(cfg.detectors)    # fgsm and pgd at 0.3: one each
-    bb = [c for c in cells if c.kind == "attack" and c.attack in ("square", "bandits", "simba-dct")]
-    assert [(c.model, c.defense.name, c.n) for c in bb] == [("mnist-cnn", "none", 100),
-                                                            ("mnist-cnn", "none", 50),
-                                                            ("mnist-cnn", "none", 20)]
-    curves = [c for c in cells if c.kind == "curve"]  # one cheap robustness curve
-    assert [(c.model, c.defense.name, c.n, c.norm, c.build(0).grid.tolist()) for c in curves] \
-        == [("mnist-cnn", "none", 50, "linf", [0.05, 0.1, 0.2, 0.3])]
-    again = plan_cells(load_config(), fps, "d", 300)
-    assert [c.key for c in cells] == [c.key for c in again]
-    other = plan_cells(cfg, {"mnist-mlp": "f1", "mnist-cnn": "CHANGED"}, "d", 300)
-    mlp = [c.key for c in cells if c.model == "mnist-mlp"]
-    assert [c.key for c in other if c.model == "mnist-mlp"] == mlp      # mlp cells kept
-    assert not {c.key for c in other if c.model == "mnist-cnn"} & {c.key for c in cells}
-    for c in cells:  # every naive cell builds its attack
-        if c.kind == "attack":
-            eps = {} if c.eps is None else {"eps": c.eps}
-            advlab.attacks.get(c.attack, **c.params, **eps)
-
-
-def test_missing_eps_takes_the_attack_default() -> None:
-    cfg = tiny_config(attacks=[{"name": "pgd-l2"}])
-    (cell, *_) = plan_cells(cfg, {"a": "1", "b": "2"}, "d")
-    assert cell.eps == advlab.attacks.get("pgd-l2").eps == 2.0
-
-
-@pytest.mark.parametrize("bad, match", [
-    ({"colour": "red"}, "unknown key"),
-    ({"models": []}, "no \\[\\[models\\]\\]"),
-    ({"attacks": []}, "no \\[\\[attacks\\]\\]"),
-    ({"attacks": [{"name": "fgsm", "eps": -0.1}]}, "eps must be a non-negative number"),
-    ({"attacks": [{"name": "fgsm", "params": {"eps": 0.1}}]}, "'eps' grid"),
-    ({"attacks": [{"name": "fgsm", "target": "worst"}]}, "target must be"),
-    ({"models": [{"name": "m", "file": "w.safetensors"}]}, "needs its 'arch'"),
-    ({"models": ["a", "a"]}, "distinct"),
-    ({"data": {"name": "x", "size": 3}}, "unknown key"),
-    ({"name": "../evil"}, "plain folder name"),
-    ({"detectors": ["lid", "lid"]}, "detector names must be distinct"),
-    ({"shard_size": 10}, r"shard_size \(10\) must be a multiple of batch_size \(24\)"),
-    ({"shard_size": 0}, "shard_size must be a positive integer"),
-    ({"shard_size": 500, "batch_size": "auto"}, r"batch_size \(auto, that is 1024\)"),
-    ({"execution": {"executor": "dask"}}, "executor must be one of processes, inline, ray"),
-    ({"execution": {"address": "h:1"}}, "address of a Ray cluster"),
-    ({"execution": {"gpus": 0}}, "gpus must be a positive number"),
-    ({"execution": {"nodes": 2}}, r"unknown key\(s\) \['nodes'\] in execution"),
-])
-def test_config_errors(bad: dict, match: str) -> None:
-    with pytest.raises(ConfigError, match=match):
-        tiny_config(**bad)
-
-
-def test_unknown_attack_lists_what_exists() -> None:
-    with pytest.raises(UnknownNameError, match="available: .*fgsm.*pgd"):
-        tiny_config(attacks=[{"name": "nope"}])
-
-
-def test_toml_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="invalid TOML"):
-        parse_config("name = ")
-    with pytest.raises(ConfigError, match="no configuration file"):
-        load_config(tmp_path / "missing.toml")
-
-
 # ----------------------------------------------------------------------------- exact numbers
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    """One run of tiny_config, shared: (root, models, data, run record, state before)."""
-    sys.path.insert(0, str(TESTS))
-    from conftest import make_tiny
-
-    models, (x, y) = tiny_setup(make_tiny)
-    before = {k: [p.clone() for p in m.state_dict().values()] for k, m in models.items()}
-    root = tmp_path_factory.mktemp("tiny")
-    rec = runner.run(tiny_config(), root=root, models=models, data=(x, y))
-    return root, models, (x, y), rec, before
 
 
 def test_run_matches_direct_computation(tiny_run) -> None:  # noqa: ANN001
@@ -281,28 +164,6 @@ def test_workers_store_what_one_process_stores_and_resume(  # noqa: ANN001
                                        atol=1e-6)
 
 
-def _item(shared: int, i: int, on_batch=None) -> tuple[int, int]:  # noqa: ANN001
-    if i < 0:
-        raise ConfigError("from a worker")
-    return shared + i, torch.get_num_threads()
-
-
-def test_processes_return_every_result_and_raise_a_task_error() -> None:
-    ex = execute.Processes(2)
-    out = dict(ex.map((10,), [(_item, i) for i in range(5)]))
-    assert sorted(out) == list(range(5)) and all(out[i][0] == 10 + i for i in out)
-    if execute.worker_count(2, torch.device("cpu")) == 2:      # forked workers: one thread
-        assert {threads for _, threads in out.values()} == {1}
-    with pytest.raises(ConfigError, match="from a worker"):
-        list(ex.map((0,), [(_item, 1), (_item, -1), (_item, 3)]))
-
-
-def test_worker_count() -> None:
-    assert execute.worker_count(0, torch.device("cuda")) == 1
-    assert execute.worker_count(3, torch.device("cpu")) in (1, 3)  # 1 where fork is unsafe
-    assert execute.worker_count(0, torch.device("cpu")) >= 1
-
-
 @pytest.mark.slow
 def test_killed_process_resumes(tmp_path: Path, tiny_factory,  # noqa: ANN001
                                 monkeypatch: pytest.MonkeyPatch) -> None:
@@ -315,7 +176,7 @@ def test_killed_process_resumes(tmp_path: Path, tiny_factory,  # noqa: ANN001
         import torch
         torch.set_num_threads(1)
         from conftest import make_tiny
-        from test_runner import tiny_config, tiny_setup
+        from testkit import tiny_config, tiny_setup
         from advlab.evaluation import runner
         models, data = tiny_setup(make_tiny)
         slow = lambda p: time.sleep(0.15) if p.event == "batch" else None
@@ -350,43 +211,6 @@ def test_killed_process_resumes(tmp_path: Path, tiny_factory,  # noqa: ANN001
 
 
 # ----------------------------------------------------------------------------- plugins
-
-
-def test_defenses_and_detectors_by_name() -> None:
-    from advlab import defenses, detectors
-
-    assert set(defenses.available()) == {"adversarial-training", "distillation", "transformed"}
-    assert defenses.available()["distillation"].trained
-    assert not defenses.available()["transformed"].trained
-    recipe = defenses.get("transformed", transforms=[{"name": "BitDepth", "bits": 2}])
-    assert isinstance(recipe, defenses.registry.Transforms)
-    with pytest.raises(UnknownNameError, match="available: .*BitDepth"):
-        defenses.get("transformed", transforms=[{"name": "Blurry"}])
-    with pytest.raises(UnknownNameError, match="adversarial-training, distillation, none"):
-        defenses.get("jpeg")
-    assert detectors.available()["lid"].supervised
-    assert detectors.available()["activation-knn"].differentiable
-    assert isinstance(detectors.get("activation-knn", k=3), detectors.ActivationKNN)
-
-
-def test_recipes_check_their_parameters_when_made() -> None:
-    """A defense's or detector's parameters are checked by get(), before any training."""
-    from advlab import defenses, detectors
-
-    with pytest.raises(ParameterError, match="transform 'BitDepth': bits must be"):
-        defenses.get("transformed", transforms=[{"name": "BitDepth", "bits": "two"}])
-    with pytest.raises(ConfigError, match="transforms must be a list of tables"):
-        defenses.get("transformed", transforms="BitDepth")
-    with pytest.raises(ParameterError, match="'distillation' has no parameter 'temp'"):
-        defenses.get("distillation", temp=10)
-    with pytest.raises(ParameterError, match=r"\(trades\): .*epochs must be"):
-        defenses.get("adversarial-training", method="trades", epochs=1.5)
-    with pytest.raises(UnknownNameError, match="adversarial training method 'free'"):
-        defenses.get("adversarial-training", method="free")
-    with pytest.raises(UnknownNameError, match="unknown attack 'nope'"):
-        defenses.get("adversarial-training", attack="nope")
-    with pytest.raises(ParameterError, match="detector 'lid' has no parameter 'kk'"):
-        detectors.get("lid", kk=3)
 
 
 def test_unknown_defense_name(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
@@ -442,35 +266,6 @@ def test_unknown_detector_name(tmp_path: Path, tiny_factory) -> None:  # noqa: A
     cfg = tiny_config(detectors=["nope"], attacks=[{"name": "fgsm", "eps": 0.3}])
     with pytest.raises(UnknownNameError, match="unknown detector 'nope'.*activation-knn"):
         runner.run(cfg, root=tmp_path, models=models, data=data, train_data=data)
-
-
-# ----------------------------------------------------------------------------- results.json
-
-
-def test_results_json_schema(tiny_run) -> None:  # noqa: ANN001
-    root = tiny_run[0]
-    with Store(root / "advlab.sqlite") as s:
-        path = results.write_results(root / "t" / "results.json", results.collect(s, "t"))
-    doc = json.loads(path.read_text())      # strict JSON: NaN would not parse back as null
-    assert doc["schema"] == "advlab.results/1"
-    assert set(doc) == {"schema", "run", "cells", "missing", "verdicts"}
-    assert len(doc["verdicts"]) == 6                        # (model, eps): one cell each
-    for v in doc["verdicts"]:                               # sanity off: unchecked
-        (c,) = [c for c in doc["cells"] if (c["model"], c["eps"]) == (v["model"], v["eps"])]
-        assert v["verdict"] == "unchecked" and v["robust_accuracy"] == c["robust_accuracy"]
-    assert {"name", "config", "env", "started", "finished", "wall_s"} <= set(doc["run"])
-    assert doc["run"]["env"]["torch"] == torch.__version__
-    assert len(doc["cells"]) == 6
-    for c in doc["cells"]:
-        assert {"key", "model", "defense", "attack", "eps", "params", "seed", "n",
-                "clean_accuracy", "robust_accuracy", "success_rate", "median_norms",
-                "mean_ssim", "wrong_confidence", "transfer", "fragility", "detectors",
-                "wall_s"} <= set(c)
-        assert 0 <= c["robust_accuracy"] <= c["clean_accuracy"] <= 1
-        assert set(c["median_norms"]) == {"l0", "l1", "l2", "linf"}
-        assert set(c["fragility"]) == {"shift:1", "shift:2", "noise:0.05"}
-        assert list(c["transfer"]) == ["b" if c["model"] == "a" else "a"]
-    assert "NaN" not in path.read_text()
 
 
 # ----------------------------------------------------------------------------- sanity adapter
@@ -621,32 +416,6 @@ def test_trained_defense_is_cached_under_advlab_home(tmp_path: Path, tiny_factor
 # ----------------------------------------------------------------------------- scope, adaptive
 
 
-@pytest.mark.parametrize("attack, match", [
-    ({"n": 0}, "n must be a positive integer"),
-    ({"n": True}, "n must be a positive integer"),
-    ({"n": "10"}, "n must be a positive integer"),
-    ({"models": ["c"]}, r"models names \['c'\].*defined: a, b"),
-    ({"models": "a"}, "must be a list of names"),
-    ({"defenses": ["jpeg"]}, r"defenses names \['jpeg'\].*defined: none"),
-    ({"detectors": ["knn"]}, r"detectors names \['knn'\].*defined: none"),
-    ({"budget": 3}, "unknown key"),
-])
-def test_attack_scope_errors(attack: dict, match: str) -> None:
-    with pytest.raises(ConfigError, match=match):
-        tiny_config(attacks=[{"name": "fgsm", "eps": 0.1, **attack}])
-
-
-@pytest.mark.parametrize("adaptive, match", [
-    ({"steps": 0}, "steps must be a positive integer"),
-    ({"lam": -1.0}, "lam must be a non-negative number"),
-    ({"enabled": "yes"}, "enabled must be true or false"),
-    ({"detector": "x"}, "unknown key"),
-])
-def test_adaptive_table_errors(adaptive: dict, match: str) -> None:
-    with pytest.raises(ConfigError, match=match):
-        tiny_config(adaptive=adaptive)
-
-
 def test_attack_n_takes_the_first_images_and_keys_the_cell(tmp_path: Path,  # noqa: ANN001
                                                             tiny_factory) -> None:
     models, (x, y) = tiny_setup(tiny_factory)
@@ -663,20 +432,6 @@ def test_attack_n_takes_the_first_images_and_keys_the_cell(tmp_path: Path,  # no
     direct = advlab.attacks.get("fgsm", eps=0.3, seed=0)(models["a"], x[:10], y[:10])
     assert list(ex["idx"]) == list(range(10))
     assert np.array_equal(ex["adv_pred"], direct.logits.argmax(1).numpy())
-
-
-def test_scope_restricts_models_and_defenses() -> None:
-    cfg = tiny_config(defenses=["none", {"name": "transformed", "params": {"transforms": [
-        {"name": "BitDepth", "bits": 1}]}}], attacks=[
-        {"name": "fgsm", "eps": 0.1, "defenses": ["none"]},
-        {"name": "pgd", "eps": 0.1, "models": ["b"]}], adaptive={"enabled": False})
-    cells = plan_cells(cfg, {"a": "1", "b": "2"}, "d")
-    assert [(c.model, c.defense.name, c.attack) for c in cells] == [
-        ("a", "none", "fgsm"), ("b", "none", "fgsm"), ("b", "none", "pgd"),
-        ("b", "transformed", "pgd")]
-
-
-BITDEPTH = {"name": "transformed", "params": {"transforms": [{"name": "BitDepth", "bits": 1}]}}
 
 
 def test_adaptive_cell_for_a_defended_model(tmp_path: Path, tiny_factory,  # noqa: ANN001
@@ -719,13 +474,6 @@ def test_adaptive_cell_for_a_defended_model(tmp_path: Path, tiny_factory,  # noq
     assert len(count.calls) == before and [e.event for e in events] == ["plan"] + ["skip"] * 3
 
 
-def test_adaptive_cells_can_be_disabled() -> None:
-    cfg = tiny_config(defenses=["none", BITDEPTH], attacks=[{"name": "fgsm", "eps": 0.3}],
-                      adaptive={"enabled": False})
-    kinds = {c.kind for c in plan_cells(cfg, {"a": "1", "b": "2"}, "d")}
-    assert kinds == {"attack"}
-
-
 def test_detector_aware_cell(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
     """A differentiable detector gets an adaptive cell: DetectorAwarePGD against it and the
     threshold at 5% FPR on the cell's clean images, its scores stored; a detector that the
@@ -763,85 +511,3 @@ def test_detector_aware_cell(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN
     thr = metrics.calibrate_threshold(sc["clean"], 0.05)
     assert d["undetected"] == pytest.approx((fooled & (sc["adv"] <= thr)).mean())
     assert d["auc"] == pytest.approx(metrics.roc_auc(sc["clean"], sc["adv"][fooled]))
-
-
-def test_clean_side_is_computed_once_per_model(tiny_factory) -> None:  # noqa: ANN001
-    # cells on the same model share the clean logits, probes and detector scores; the
-    # measurements equal those computed without the memo
-    models, (x, y) = tiny_setup(tiny_factory)
-    model, other = models["a"], models["b"]
-    seen: list[torch.Tensor] = []
-    hook = model.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
-
-    class Score:
-        calls = 0
-
-        def score(self, v: torch.Tensor) -> torch.Tensor:
-            Score.calls += 1
-            return v.flatten(1).mean(1)
-
-    det = Score()  # one fitted detector per model and run
-
-    def plan(name: str, memo: dict | None) -> measure.CellPlan:
-        atk = advlab.attacks.get(name, eps=0.1, **({"steps": 3} if name == "pgd" else {}))
-        return measure.CellPlan(atk, transfer={"b": other}, detectors={"d": det},
-                               batch_size=10, clean=memo)
-
-    def flat(rec: measure.CellRecord) -> dict[str, np.ndarray]:
-        out = dict(rec.examples)
-        for part in ("probes", "scores"):
-            for name, cols in getattr(rec, part).items():
-                out.update({f"{part}:{name}:{k}": v for k, v in cols.items()})
-        return out
-
-    memo: dict = {}
-    # clean forwards of the first batch: the memo's (first cell only) and FGSM's own step
-    # from x (PGD starts at a random point); detector scores: clean (first cell) and adv
-    for name, expected in (("fgsm", (2, 6)), ("pgd", (0, 3))):
-        plain = flat(measure.measure(plan(name, None), model, x, y))
-        seen.clear()
-        Score.calls = 0
-        shared = flat(measure.measure(plan(name, memo), model, x, y))
-        assert (sum(v.shape == x[:10].shape and torch.equal(v, x[:10]) for v in seen),
-                Score.calls) == expected
-        assert plain.keys() == shared.keys()
-        assert all(np.array_equal(plain[k], shared[k]) for k in plain)
-    hook.remove()
-
-
-def test_adaptive_attack_on_a_defense_with_a_detector(tiny_factory) -> None:  # noqa: ANN001
-    # MagNet's reformer rejects inputs with its detector: the adaptive attack evades both, at
-    # the threshold that flags DETECTION_FPR of the clean images
-    from advlab.defenses import MagNet
-    from advlab.detectors import DetectorAwarePGD
-
-    models, (x, _) = tiny_setup(tiny_factory, n=40)
-    model = models["a"]
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    det = MagNet(components=("l2",), epochs=2, seed=0).fit(model, x, y)
-    name, atk, surrogate = measure.adaptive_attack(det.reformer(), 0.3, "linf", 0, 1.0,
-                                                   lambda: x)
-    assert name == "detector-aware-pgd" and isinstance(atk, DetectorAwarePGD)
-    assert atk.tau == metrics.calibrate_threshold(det.score(x), results.DETECTION_FPR)
-    res = atk(surrogate, x[:8], y[:8])
-    assert torch.equal(res.info["evaded"], res.success & (det.score(res.x_adv) <= atk.tau))
-
-
-def test_robust_models_load_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # "mnist-cnn-trades" is not a zoo name: the runner asks advlab.defenses for it
-    from advlab import defenses, zoo
-    from advlab.evaluation.config import ModelSpec
-
-    monkeypatch.setenv("ADVLAB_HOME", str(tmp_path))
-    with pytest.raises(advlab.errors.ModelFileError, match="not cached"):
-        defenses.load_robust("mnist-cnn-trades", train_if_missing=False)
-    cached = zoo.build("mnist-cnn", seed=5).eval()
-    zoo.save(cached, tmp_path / "models" / "mnist-cnn-trades.safetensors",
-             {"robust": "mnist-cnn-trades",
-              "version": defenses.ROBUST["mnist-cnn-trades"]["version"]})
-    loaded = inputs.load_model(ModelSpec("mnist-cnn-trades"))
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
-                                                 cached.state_dict().values()))
-    with pytest.raises(UnknownNameError):
-        inputs.load_model(ModelSpec("no-such-model"))
