@@ -372,7 +372,8 @@ def main() -> None:
             print(f"# cost autoattack-mt / autoattack: wall {cost:.2f}, cpu {cpu:.2f}",
                   flush=True)
             save(records, out)
-    print(f"# results: {out}")
+    if records:
+        print(f"# results: {out}")
 
 
 if __name__ == "__main__":
