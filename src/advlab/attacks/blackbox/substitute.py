@@ -210,10 +210,10 @@ class SubstituteAttack(BlackBoxAttack):
 
     On mnist-cnn (FGSM eps 0.3 transferred to 850 mnist5k test images, seeds from the train
     split) this setting transfers about twice as often as the paper's (150 seeds, 6 rounds,
-    9,600 labels, one CNN); the seeds and rounds and the weight decay each count, while the
-    MLP+CNN ensemble is within the spread over ``seed`` of one CNN with weight decay
-    (``python benchmarks/blackbox_label.py --part sub --sub <settings>``, figures in
-    benchmarks/results/blackbox_label-substitute.json).
+    9,600 labels, one CNN); the seeds and rounds and the weight decay each count, while one
+    CNN with weight decay transfers about as often as the MLP+CNN ensemble, whose figure
+    moves by several points with ``seed`` (``python benchmarks/blackbox_label.py --part sub
+    --sub <settings>``, figures in benchmarks/results/blackbox_label-substitute.json).
 
     Shape: x N x C x H x W in [0, 1], y (N,). ``info``: "oracle_labels" (int),
     "train_agreement", "holdout_agreement" (when holdout_x), "transfer_success" (float,
