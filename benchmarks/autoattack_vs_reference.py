@@ -4,7 +4,7 @@ ensemble ``autoattack-mt`` against ``autoattack`` on the same images.
 
     ADVLAB_AUTOATTACK_REF=/tmp/ref python benchmarks/autoattack_vs_reference.py \\
         [--ref PATH] [--models mnist-cnn:0.1 mnist-cnn-trades:0.3] [--n 200] [--rounds 1] \\
-        [--sections reference stronger]
+        [--sections reference stronger blocks]
 
 The reference is not a dependency: point ``--ref`` (or ``ADVLAB_AUTOATTACK_REF``) at a
 directory holding its ``autoattack`` package (github.com/fra31/auto-attack, checked out
@@ -20,6 +20,10 @@ eps-ball; seconds are wall time, per member as well):
   the ratio reference / advlab.
 - stronger: ``autoattack`` and ``autoattack-mt`` on the same images: robust accuracy,
   time and the cost ratio.
+- blocks: the model's cost per row of a forward and of a forward+backward w.r.t. the input,
+  at 8 to 512 rows per call (fastest of --rounds + 2 interleaved rounds, at least 512 rows
+  per contender and round): the block size of ``advlab.attacks.base.RowBlocks``. Written to
+  results/autoattack_vs_reference-blocks-<model>.json.
 
 "fwd rows" / "bwd": images forwarded and backward passes (calls), counted on the model.
 
@@ -120,6 +124,7 @@ from typing import Any
 
 import torch
 from common import Counted
+from common import race as fastest
 from torch import Tensor, nn
 
 import advlab
@@ -264,6 +269,32 @@ def save(records: list[dict[str, Any]], path: str) -> None:
         json.dump(records, f, indent=1)
 
 
+def block_costs(model: nn.Module, x: Tensor, y: Tensor, rounds: int) -> dict[str, Any]:
+    """Microseconds per row of a forward and of a forward+backward at 8 ... 512 rows/call."""
+    sizes = [8, 16, 32, 64, 128, 256, 512]
+
+    def forward(k: int) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad():
+                for i in range(0, 512, k):
+                    model(x[i:i + k])
+        return run
+
+    def backward(k: int) -> Callable[[], None]:
+        def run() -> None:
+            for i in range(0, 512, k):
+                xa = x[i:i + k].detach().requires_grad_(True)
+                loss = nn.functional.cross_entropy(model(xa), y[i:i + k])
+                torch.autograd.grad(loss, xa)
+        return run
+
+    fns = {f"forward {k}": forward(k) for k in sizes}
+    fns.update({f"forward+backward {k}": backward(k) for k in sizes})
+    best, _ = fastest(fns, rounds + 2)
+    return {kind: {k: 1e6 * best[f"{kind} {k}"] / 512 for k in sizes}
+            for kind in ("forward", "forward+backward")}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ref", default=os.environ.get("ADVLAB_AUTOATTACK_REF"),
@@ -297,7 +328,19 @@ def main() -> None:
             ref = importlib.import_module("autoattack")
     x_all, y_all = advlab.data.load("mnist5k", "test")
     x, y = x_all[:args.n], y_all[:args.n]
-    for spec in args.models:
+    if "blocks" in args.sections:
+        for spec in args.models:
+            name = spec.split(":")[0]
+            us = block_costs(load_model(name), x_all[:512], y_all[:512], args.rounds)
+            print(f"# {name}, microseconds per row by rows per call: {us}", flush=True)
+            path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                f"autoattack_vs_reference-blocks-{name}.json")
+            save([{"section": "blocks", "model": name, "torch": torch.__version__,
+                   "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                   "threads": args.threads, "loadavg": os.getloadavg(), "rows": 512,
+                   "rounds": args.rounds + 2, "us_per_row": us}], path)
+            print(f"# results: {path}")
+    for spec in args.models if {"reference", "stronger"} & set(args.sections) else []:
         name, eps_s = spec.split(":")
         eps = float(eps_s)
         model = load_model(name)
@@ -329,7 +372,8 @@ def main() -> None:
             print(f"# cost autoattack-mt / autoattack: wall {cost:.2f}, cpu {cpu:.2f}",
                   flush=True)
             save(records, out)
-    print(f"# results: {out}")
+    if records:
+        print(f"# results: {out}")
 
 
 if __name__ == "__main__":

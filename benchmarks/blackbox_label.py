@@ -1,12 +1,16 @@
 """Label-only and score-based attacks of blackB against the peers, on mnist-cnn (mnist5k test).
 
 Usage: python benchmarks/blackbox_label.py [--n 20] [--queries 1000] [--part hsj,sub,gen,zoom]
+           [--sub paper,ensemble,ensemble-seed1,ensemble-seed2,cnn,cnn-wd,ensemble-no-wd,
+                  ensemble-paper-seeds]
 
 - HopSkipJump: median L2 after the same number of queries per example, advlab vs ART's
   HopSkipJump and foolbox's HopSkipJumpAttack (peers' queries counted on the model, rows / N;
   advlab's budget is set to the peers' measured mean).
 - Substitute: transfer success of FGSM eps 0.3 with <= 10,000 oracle labels (paper setting:
-  150 seeds, 6 rounds; and 1,250 seeds, 3 rounds with an MLP+CNN ensemble).
+  150 seeds, 6 rounds; and 1,250 seeds, 3 rounds with an MLP+CNN ensemble, its other seeds
+  and the ablation of each change, chosen with --sub); the table goes to
+  results/blackbox_label-substitute.json.
 - GenAttack (Linf 0.3) and AutoZOOM (minimum L2): success and median queries.
 
 HopSkipJump fairness: ART, foolbox and advlab all query one Counted model (rows / N, the
@@ -77,8 +81,12 @@ setting; today's cache file was written at this session's start and gives 0.714.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import statistics
+import time
+from pathlib import Path
 
 import torch
 from common import Counted, art_classifier, have, table, zoo_setup
@@ -169,11 +177,32 @@ def clean_correct(model, n: int) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: 
     return x[ok][:n], y[ok][:n]
 
 
+_ENSEMBLE = {"rounds": 3, "arch": ("mlp", "cnn"), "width": (50, 16), "weight_decay": 1e-3}
+#: --sub settings: label, keyword arguments of the attack, seed images (test150: the first 150
+#: test images; train1250: the first 1,250 train images)
+SUBSTITUTE = {
+    "paper": ("paper: 150 seeds, 6 rounds, CNN", {}, "test150"),
+    "ensemble": ("1250 seeds, 3 rounds, MLP+CNN", _ENSEMBLE, "train1250"),
+    "ensemble-seed1": ("1250 seeds, 3 rounds, MLP+CNN, seed 1", {**_ENSEMBLE, "seed": 1},
+                       "train1250"),
+    "ensemble-seed2": ("1250 seeds, 3 rounds, MLP+CNN, seed 2", {**_ENSEMBLE, "seed": 2},
+                       "train1250"),
+    "cnn": ("1250 seeds, 3 rounds, CNN, no weight decay", {"rounds": 3}, "train1250"),
+    "cnn-wd": ("1250 seeds, 3 rounds, CNN, weight decay 1e-3",
+               {"rounds": 3, "weight_decay": 1e-3}, "train1250"),
+    "ensemble-no-wd": ("1250 seeds, 3 rounds, MLP+CNN, no weight decay",
+                       {**_ENSEMBLE, "weight_decay": 0.0}, "train1250"),
+    "ensemble-paper-seeds": ("150 seeds, 6 rounds, MLP+CNN, weight decay 1e-3",
+                             {**_ENSEMBLE, "rounds": 6}, "test150"),
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--part", default="hsj,sub,gen,zoom")
+    ap.add_argument("--sub", default="paper,ensemble", help="substitute settings (SUBSTITUTE)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model, x, y = zoo_setup("mnist-cnn", args.n)
@@ -185,24 +214,37 @@ def main() -> None:
     if "sub" in parts:
         xs, _ = advlab.data.load("mnist5k", split="train")
         xt, yt = advlab.data.load("mnist5k", split="test")
+        seeds = {"test150": xt[:150], "train1250": xs[:1250]}
         rows = []
-        for label, kw, seed in [
-            ("paper: 150 seeds, 6 rounds, CNN", {}, xt[:150]),
-            ("1250 seeds, 3 rounds, MLP+CNN", {"rounds": 3, "arch": ("mlp", "cnn"),
-                                               "width": (50, 16), "weight_decay": 1e-3},
-             xs[:1250])]:
-            atk = advlab.attacks.get("substitute", seed_x=seed, holdout_x=xt[150:], **kw)
+        for key in args.sub.split(","):
+            label, kw, seed = SUBSTITUTE[key]
+            atk = advlab.attacks.get("substitute", seed_x=seeds[seed], holdout_x=xt[150:], **kw)
             res = atk(model, xt[150:], yt[150:])
             with torch.no_grad():  # re-checked on the model; clean errors counted apart
                 correct = model(xt[150:]).argmax(1) == yt[150:]
                 fooled = model(res.x_adv).argmax(1) != yt[150:]
             assert int(res.queries.sum()) == res.info["oracle_labels"]
-            rows.append({"setting": label, "labels": res.info["oracle_labels"],
+            rows.append({"setting": label, "key": key, "seeds": seed, **kw,
+                         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                         "loadavg": os.getloadavg(), "labels": res.info["oracle_labels"],
                          "holdout_agree": res.info["holdout_agreement"],
                          "transfer": fooled.float().mean().item(),
                          "transfer_clean_correct": fooled[correct].float().mean().item()})
         print(table(rows, ["setting", "labels", "holdout_agree", "transfer",
                            "transfer_clean_correct"]))
+        # one row per setting: a run of some settings replaces theirs and keeps the others
+        path = Path(__file__).parent / "results" / "blackbox_label-substitute.json"
+        path.parent.mkdir(exist_ok=True)
+        old = json.loads(path.read_text())["rows"] if path.exists() else []
+        done = {r["key"] for r in rows}
+        rows = [r for r in old if r["key"] not in done] + rows
+        rows.sort(key=lambda r: list(SUBSTITUTE).index(r["key"]))
+        path.write_text(json.dumps({
+            "section": "substitute", "model": "mnist-cnn", "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "attack": "FGSM eps 0.3 from the substitute",
+            "n": len(xt) - 150, "images": "mnist5k test 150..", "rows": rows},
+            indent=1, default=list) + "\n")
+        print(path)
     if "gen" in parts:
         res = advlab.attacks.get("genattack")(model, x, y)
         print(f"genattack linf 0.3: success {res.success_rate:.3f}, median queries (successes) "

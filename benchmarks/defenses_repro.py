@@ -6,6 +6,7 @@
     python benchmarks/defenses_repro.py pixeldefend
     python benchmarks/defenses_repro.py magnet
     python benchmarks/defenses_repro.py sanity [--model mnist-cnn-trades]
+    python benchmarks/defenses_repro.py --n 40 binarization [--model mnist-cnn-trades]
     python benchmarks/defenses_repro.py timing
 
 Everything runs on CPU with one thread (torch.set_num_threads(1)) on mnist5k: train split
@@ -451,6 +452,40 @@ def cmd_sanity(a: argparse.Namespace) -> None:
     print(table(rows, ["check", "level", "evidence", "message"]))
 
 
+def cmd_binarization(a: argparse.Namespace) -> None:
+    """The binarization test (sanity's check_binarization) of PGD-40 (the one run_all tests),
+    PGD-100 and APGD-CE-100 on the first ``--n`` test images at Linf eps ``--eps``: how many
+    tests each attack fails, and which. Written to
+    results/defenses_repro-binarization-<model>.json."""
+    from advlab.evaluation.binarization import binarization_test
+    from advlab.evaluation.sanity import pgd_on_readout
+
+    x_te, y_te = advlab.data.load("mnist5k", "test")
+    x, y = x_te[:a.n], y_te[:a.n]
+    model = defenses.load_robust(a.model) if a.model in defenses.ROBUST else zoo.load(a.model)
+
+    def apgd(head: nn.Module, xi: Tensor, z: Tensor, e: float) -> Tensor:
+        return attacks.get("apgd-ce", eps=e, steps=100)(head, xi, z).x_adv
+
+    rows = []
+    for name, attack in [("PGD-40", pgd_on_readout(40)), ("PGD-100", pgd_on_readout(100)),
+                         ("APGD-CE-100", apgd)]:
+        r = binarization_test(model, x, y, attack, a.eps)
+        failed = ((~r.passed_mask).nonzero().squeeze(1)).tolist()
+        rows.append({"attack": name, "tested": r.tested, "passed": r.passed,
+                     "failed": r.tested - r.passed, "skipped": r.skipped,
+                     "not passed (failed, skipped or misclassified)": failed})
+    print(table(rows, ["attack", "tested", "passed", "failed", "skipped"]))
+    path = Path(__file__).parent / "results" / f"defenses_repro-binarization-{a.model}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({
+        "section": "binarization", "model": a.model, "eps": a.eps, "n": a.n,
+        "images": "first n mnist5k test images", "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows},
+        indent=1) + "\n")
+    print(path)
+
+
 def cmd_timing(a: argparse.Namespace) -> None:
     """Training time of each defense on mnist5k-train (4,000 images), one epoch each, one
     thread, all in this process. On a shared machine the load drifts, so one plain epoch
@@ -544,6 +579,10 @@ def main() -> None:
     c.add_argument("--eps", type=float, default=0.3)
     c.add_argument("--queries", type=int, default=1000)
     c.set_defaults(fn=cmd_sanity)
+    b = sub.add_parser("binarization", help="binarization test of PGD-40/100, APGD-CE-100")
+    b.add_argument("--model", default="mnist-cnn-trades")
+    b.add_argument("--eps", type=float, default=0.3)
+    b.set_defaults(fn=cmd_binarization)
     m = sub.add_parser("timing", help="training time per defense (one epoch each)")
     m.set_defaults(fn=cmd_timing)
     a = p.parse_args()

@@ -1,7 +1,7 @@
 """The attack families added for issue 16 against the peers that have them, side by side.
 
-    python benchmarks/families.py [--sections fmn ddn ead spsa sparsefool spatial onepixel
-        pixle stadv signopt] [--models mnist-cnn] [--n 100] [--n-ead 50] [--n-spsa 20]
+    python benchmarks/families.py [--sections fmn fmn-overshoot ddn ead spsa sparsefool spatial
+        onepixel pixle stadv signopt] [--models mnist-cnn] [--n 100] [--n-ead 50] [--n-spsa 20]
         [--n-sparse 50] [--n-onepixel 50] [--n-signopt 30] [--peers foolbox torchattacks art]
 
     python benchmarks/families.py --sections onepixel signopt --models mnist-mlp
@@ -16,6 +16,9 @@ images, and the median norm over the successes and over the images every library
 Sections:
 - fmn: advlab FMN vs foolbox L0/L1/L2/LInfFMNAttack, 100 steps, alpha 1 annealed to 0.01,
   gamma 0.05 annealed to 0.001 (both libraries' defaults).
+- fmn-overshoot: advlab FMN (L2, 100 steps) as shipped, whose jump to the linearised
+  boundary is overshot by 1 + gamma_0, against the same attack without the overshoot (the
+  paper's rule; a subclass here divides the overshoot out of the jump).
 - ddn: advlab DDN vs foolbox DDNAttack, 100 steps, init_eps 1, gamma 0.05.
 - ead: advlab EAD (EN and L1 rules) vs foolbox EADAttack (EN) and torchattacks EADL1 (L1,
   early abort, warm start across constants): beta 1e-3, 9 x 100 iterations, c0 1e-3,
@@ -45,7 +48,7 @@ Sections:
   for its probes to see it, and with 1e-4), 2,000 label queries each (--label-budget;
   results file families-signopt-<model>-<budget>.json).
 
-The sections onepixel, pixle, stadv and signopt write their tables to
+The sections fmn-overshoot, onepixel, pixle, stadv and signopt write their tables to
 benchmarks/results/families-<section>-<model>.json (with the settings, n, torch version and
 the machine's load average); the figures below are from the earlier sections' runs.
 
@@ -95,12 +98,15 @@ from whitebox_minnorm import (
 )
 
 import advlab
+from advlab.attacks.minnorm import Best
 
 PEERS = ["foolbox", "torchattacks", "art"]
 RESULTS = Path(__file__).parent / "results"
 COLUMNS = {
     "fmn": ["lib", "norm", "success", "med", "med_common", "n_common", "time_s", "fwd/img",
             "bwd/img"],
+    "fmn-overshoot": ["lib", "success", "med_l2", "med_l2_common", "n_common", "time_s",
+                      "fwd/img", "bwd/img"],
     "ddn": ["lib", "success", "med_l2", "med_l2_common", "n_common", "time_s", "fwd/img",
             "bwd/img"],
     "ead": ["lib", "success", "med_l1", "med_l1_common", "med_l2", "med_l0", "n_common",
@@ -144,6 +150,25 @@ def fmn_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
             r.update(norm=norm, med=r[f"med_{norm}"], med_common=r[f"med_{norm}_common"])
             out.append(r)
     return out
+
+
+class FMNNoOvershoot(advlab.attacks.FMN):
+    """FMN whose jump to the linearised boundary is not overshot (the paper's rule)."""
+
+    def new_radius(self, radius: Tensor, adversarial: Tensor, best: Best, size: Tensor,
+                   margin: Tensor, grad: Tensor, gamma: float) -> Tensor:
+        new = super().new_radius(radius, adversarial, best, size, margin, grad, gamma)
+        if self.norm == "l0":
+            return new
+        jumped = ~adversarial & ~best.found
+        return torch.where(jumped, new / (1 + self.gamma), new)
+
+
+def fmn_overshoot_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+    runs = {"advlab (overshoot 1 + gamma_0)": advlab.attacks.FMN(norm="l2"),
+            "without the overshoot": FMNNoOvershoot(norm="l2")}
+    return summarise([measure(k, advlab_run(a, model), model, x, y) for k, a in runs.items()],
+                     "l2")
 
 
 def ddn_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
@@ -388,7 +413,7 @@ def main() -> None:
                     settings["budget"] = args.label_budget
                 else:
                     make = {"onepixel": onepixel_rows, "pixle": pixle_rows,
-                            "stadv": stadv_rows}[sec]
+                            "stadv": stadv_rows, "fmn-overshoot": fmn_overshoot_rows}[sec]
                     rows = make(model, x[:n], y[:n])
                 save(sec, name, rows, settings)
             print(f"\n## {sec} on {name}\n")

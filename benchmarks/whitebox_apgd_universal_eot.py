@@ -12,8 +12,10 @@ counts an example robust only if it is classified correctly both clean and adver
   torchattacks' APGD / APGDT and ART's AutoProjectedGradientDescent at equal settings.
 - ensemble: autoattack at eps 0.1 against each of its members run alone on the same images.
 - universal: one perturbation fitted on mnist5k train images (the paper's DeepFool algorithm,
-  and the "sgd" method), fooling rate on the 1,000 held-out test images, against ART's
-  UniversalPerturbation (DeepFool) at the same eps and passes.
+  with its L2 inner steps (the default) and with Linf steps, and the "sgd" method), fooling
+  rate on the 1,000 held-out test images, against ART's UniversalPerturbation (DeepFool) at
+  the same eps and passes (``--no-art`` leaves ART out); the table goes to
+  results/whitebox_apgd_universal_eot-universal.json.
 - eot: on mnist-cnn, PGD and EOT-PGD at eps 0.3; per adversarial example the fraction of
   random transformations from the EOT distribution under which the adversarial class is kept.
 - patch: a patch per target trained on train images, target success on held-out images at a
@@ -155,8 +157,11 @@ apgd-ce / apgd-t).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -251,8 +256,8 @@ def section_ensemble(models: list[str], n: int, eps: float) -> None:
 # ----------------------------------------------------------------------------- universal
 
 
-def section_universal(models: list[str], n_fit: int, eps_list: list[float], passes: int
-                      ) -> None:
+def section_universal(models: list[str], n_fit: int, eps_list: list[float], passes: int,
+                      art: bool = True) -> None:
     rows = []
     x_out, _ = advlab.data.load("mnist5k", split="test")
     for name in models:
@@ -261,6 +266,8 @@ def section_universal(models: list[str], n_fit: int, eps_list: list[float], pass
         for eps in eps_list:
             for impl, atk in [("advlab-deepfool", UniversalPerturbation(eps=eps,
                                                                        max_passes=passes)),
+                              ("advlab-deepfool, linf steps", UniversalPerturbation(
+                                  eps=eps, max_passes=passes, step_norm="linf")),
                               ("advlab-sgd", UniversalPerturbation(eps=eps, method="sgd"))]:
                 counted.reset()
                 t, res = once(lambda a=atk: a.fit(counted, x_fit))
@@ -270,7 +277,7 @@ def section_universal(models: list[str], n_fit: int, eps_list: list[float], pass
                              "time_s": t, "passes": res.passes, "fwd": counted.rows,
                              "bwd": counted.backwards})
                 print(table(rows[-1:], list(rows[-1])), flush=True)
-            if have("art"):
+            if art and have("art"):
                 from art.attacks.evasion import UniversalPerturbation as ArtUAP
 
                 clf = art_classifier(counted, tuple(x_fit.shape[1:]))
@@ -289,6 +296,14 @@ def section_universal(models: list[str], n_fit: int, eps_list: list[float], pass
           "stop at fooling rate 0.8; held-out: the 1,000 test images)\n"
           + table(rows, ["model", "eps", "impl", "fit_rate", "heldout_rate", "time_s", "passes",
                          "fwd", "bwd"]))
+    path = Path(__file__).parent / "results" / "whitebox_apgd_universal_eot-universal.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({
+        "section": "universal", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "loadavg": os.getloadavg(), "norm": "linf", "n_fit": n_fit, "passes": passes,
+        "heldout": "the 1,000 mnist5k test images", "rows": rows}, indent=1) + "\n")
+    print(path)
 
 
 # ----------------------------------------------------------------------------- eot
@@ -368,6 +383,8 @@ def main() -> None:
     ap.add_argument("--eot-n", type=int, default=100)
     ap.add_argument("--patch-n", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--art", action=argparse.BooleanOptionalAction, default=True,
+                    help="run ART's universal perturbation (minutes) beside advlab's")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if "apgd" in args.sections:
@@ -375,7 +392,7 @@ def main() -> None:
     if "ensemble" in args.sections:
         section_ensemble(args.models, args.ensemble_n, 0.1)
     if "universal" in args.sections:
-        section_universal(args.models, args.uap_n, args.uap_eps, args.uap_passes)
+        section_universal(args.models, args.uap_n, args.uap_eps, args.uap_passes, args.art)
     if "eot" in args.sections:
         section_eot(args.eot_n, 0.3, 100)
     if "patch" in args.sections:

@@ -1,8 +1,8 @@
 """Minimum-norm and optimisation white-box attacks against the peers, side by side.
 
-    python benchmarks/whitebox_minnorm.py [--sections deepfool cw cw-targeted cw-box jsma lbfgs fab]
-        [--models mnist-cnn mnist-mlp] [--n 100] [--n-targeted 20] [--n-jsma 100]
-        [--cw-steps 100] [--peers foolbox art torchattacks]
+    python benchmarks/whitebox_minnorm.py [--sections deepfool cw cw-targeted cw-box cw-linf jsma
+        lbfgs lbfgs-warm fab] [--models mnist-cnn mnist-mlp] [--n 100] [--n-targeted 20]
+        [--n-jsma 100] [--cw-steps 100] [--peers foolbox art torchattacks]
 
 For each zoo model, on the first correctly classified images of the mnist5k test split, in
 one process (torch.set_num_threads(1)): wall time, model evaluations (forward rows and
@@ -21,14 +21,25 @@ Sections:
   average / worst case over targets (Carlini & Wagner's MNIST: 1.36 / 1.76 / 2.60).
 - cw-box: the box constraint's cost: tanh change of variables (the paper's) vs projected Adam.
 - jsma: all 9 targets for --n-jsma images, theta = 1, gamma = 0.145, vs ART SaliencyMapMethod
-  and torchattacks JSMA; advlab on the softmax outputs (default) and on the logits.
+  and torchattacks JSMA; advlab on the softmax outputs (default), on the logits, and with
+  single pixels instead of pairs.
+- cw-linf: C&W Linf's Adam steps per solve and initial c: 30 steps with c0 0.1 (the default)
+  vs 100 steps with c0 0.01.
 - lbfgs: L-BFGS targeted at the class DeepFool reaches (same images), and at random targets.
+- lbfgs-warm: L-BFGS aimed at DeepFool's class, each c warm-started from the previous
+  minimiser (the default) vs started from r = 0, with 10 and 20 iterations.
+
+Each section's table is written to benchmarks/results/whitebox_minnorm-<section>-<model>.json
+(with the date, torch version, n and settings); the docstrings of the attacks point there.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +53,7 @@ Run = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 
 PEERS = ["foolbox", "art", "torchattacks"]
+RESULTS = Path(__file__).parent / "results"
 
 
 def have(peer: str) -> bool:
@@ -223,7 +235,8 @@ def jsma_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
     runs: dict[str, Run] = {
         "advlab": advlab_run(advlab.attacks.get("jsma"), model),
         "advlab, logits (JSMA-Z)": advlab_run(advlab.attacks.get("jsma", output="logits"),
-                                              model)}
+                                              model),
+        "advlab, single pixels": advlab_run(advlab.attacks.get("jsma", pairs=False), model)}
     if have("art"):
         from art.attacks.evasion import SaliencyMapMethod
 
@@ -260,6 +273,28 @@ def lbfgs_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
     return [df, lb, lr, fg]
 
 
+def cw_linf_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+    """C&W Linf at its default (30 Adam steps per solve, c0 0.1) vs 100 steps from c0 0.01."""
+    settings = {"steps 30, c0 0.1 (default)": {"steps": 30, "c0": 0.1},
+                "steps 100, c0 0.01": {"steps": 100, "c0": 0.01}}
+    return summarise([measure(k, advlab_run(advlab.attacks.get("cw-linf", **kw), model),
+                              model, x, y) for k, kw in settings.items()], "linf")
+
+
+def lbfgs_warm_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+    """L-BFGS aimed at DeepFool's class: warm start (the default) vs cold, 10 and 20
+    iterations per value of c."""
+    df = measure("deepfool", advlab_run(advlab.attacks.get("deepfool"), model), model, x, y)
+    with torch.no_grad():
+        t = model.model(df["x_adv"]).argmax(1)
+    ok = df["ok"]
+    settings = {"warm, 10 iterations (default)": {"warm_start": True, "max_iter": 10},
+                "cold, 10 iterations": {"warm_start": False, "max_iter": 10},
+                "cold, 20 iterations": {"warm_start": False, "max_iter": 20}}
+    return summarise([measure(k, advlab_run(advlab.attacks.get("lbfgs", **kw), model),
+                              model, x[ok], y[ok], t[ok]) for k, kw in settings.items()], "l2")
+
+
 def fab_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
     """Untargeted Linf FAB (100 steps, 1 restart) against torchattacks' FAB at equal settings,
     with DeepFool-Linf as the reference it should beat."""
@@ -289,7 +324,24 @@ COLUMNS = {
              "med_l0_common", "n_common"],
     "lbfgs": ["lib", "time_s", "fwd/img", "bwd/img", "success", "med_l2", "mean_l2",
               "ratio_to_deepfool"],
+    "cw-linf": ["lib", "time_s", "fwd/img", "bwd/img", "success", "med_linf", "mean_linf",
+                "med_linf_common", "n_common"],
+    "lbfgs-warm": ["lib", "time_s", "fwd/img", "bwd/img", "success", "med_l2", "mean_l2",
+                   "med_l2_common", "n_common"],
 }
+
+
+def save(section: str, model: str, rows: list[dict], settings: dict) -> Path:
+    """The section's table as JSON in benchmarks/results (the columns of COLUMNS only)."""
+    keep = [{c: r[c] for c in COLUMNS[section] if c in r} for r in rows]
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"whitebox_minnorm-{section}-{model}.json"
+    path.write_text(json.dumps({
+        "section": section, "model": model,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "loadavg": os.getloadavg(), **settings, "rows": keep}, indent=1) + "\n")
+    return path
 
 
 def main() -> None:
@@ -321,10 +373,21 @@ def main() -> None:
                 rows = fab_rows(model, x[:args.n], y[:args.n])
             elif sec == "jsma":
                 rows = jsma_rows(model, x[:args.n_jsma], y[:args.n_jsma])
+            elif sec == "cw-linf":
+                rows = cw_linf_rows(model, x[:args.n], y[:args.n])
+            elif sec == "lbfgs-warm":
+                rows = lbfgs_warm_rows(model, x[:args.n], y[:args.n])
             else:
                 rows = lbfgs_rows(model, x[:args.n], y[:args.n])
             print(f"\n## {sec} on {name}\n")
             print(table(rows, COLUMNS[sec]), flush=True)
+            n = {"jsma": args.n_jsma, "cw-targeted": args.n_targeted}.get(sec, args.n)
+            settings = {"n": n, "peers": PEERS}
+            if sec == "jsma":
+                settings["targets"] = "all 9 per image"  # n x 9 attacks
+            if sec.startswith("cw") and sec != "cw-linf":
+                settings["cw_steps"] = args.cw_steps
+            print(save(sec, name, rows, settings))
 
 
 if __name__ == "__main__":

@@ -374,17 +374,18 @@ def unwrap(model: nn.Module | Model) -> Model:
     return model.unwrapped if hasattr(type(model), "unwrapped") else model  # type: ignore
 
 
-#: input elements per block of :class:`RowBlocks` on CPU: 64 MNIST images. Measured on
-#: mnist-cnn, one thread: a forward costs 85 us per row at 32-64 rows against 190 at 256+,
-#: a forward+backward 280 against 400-630 (the activations of a small block stay in cache)
+#: input elements per block of :class:`RowBlocks` on CPU: 64 MNIST images, where a forward
+#: and a forward+backward of mnist-cnn (one thread) cost about the least per row and
+#: batches of hundreds up to twice as much (the activations of a small block stay in cache):
+#: benchmarks/results/autoattack_vs_reference-blocks-<model>.json
 BLOCK_ELEMENTS = 64 * 28 * 28
 
 
 class RowBlocks:
     """The model applied to blocks of rows, for attacks that run many rows at once.
 
-    On CPU a small conv net costs about half as much per row in blocks of a few dozen rows
-    as in batches of hundreds (``benchmarks/autoattack_vs_reference.py``); the rows are
+    On CPU a small conv net costs less per row in blocks of a few dozen rows than in batches
+    of hundreds (``benchmarks/autoattack_vs_reference.py --sections blocks``); the rows are
     independent, so the logits and their gradients are the same (bitwise on the zoo models).
 
     Args:

@@ -26,13 +26,14 @@ Network output, ``output=``: the paper differentiates the network's output F. Wi
 :math:`\sum_j p_j = 1`, :math:`\beta = -\alpha` exactly, the conditions reduce to
 :math:`\alpha_{pq} > 0` and the score to :math:`\alpha_{pq}^2`, so the best pair is the two
 largest :math:`\alpha_p` in :math:`\Gamma` (found in O(M), exactly). With ``"logits"`` F is Z
-(cleverhans' JSMA-Z) and the full pair search runs. Measured on mnist-cnn (all 9 targets of
-100 correctly classified test images, theta = 1, gamma = 14.5%; ``benchmarks/
-whitebox_minnorm.py``): probs 98.0% success with 4.34% of the pixels changed on average,
-logits 83.2% with 6.26% (the paper: 97.1% with 4.02% on LeNet); single pixels on the
-probabilities 98.4% with 4.14%. (In float32 :math:`p_t` underflows when the target's logit
-is about 100 below the top one; alpha is then 0, no pair is admissible and the example stops:
-use ``output="logits"`` for such models.)
+(cleverhans' JSMA-Z) and the full pair search runs. On mnist-cnn (all 9 targets of 100
+correctly classified test images, theta = 1, gamma = 14.5%) the probabilities succeed about
+as often as the paper reports for LeNet (97.1% with 4.02% of the pixels) and the logits
+clearly less often with more pixels changed; single pixels on the probabilities do as well
+as pairs (``python benchmarks/whitebox_minnorm.py --sections jsma``, figures in
+benchmarks/results/whitebox_minnorm-jsma-mnist-cnn.json). (In float32 :math:`p_t`
+underflows when the target's logit is about 100 below the top one; alpha is then 0, no pair
+is admissible and the example stops: use ``output="logits"`` for such models.)
 
 Everything is batched over images: the pair scores of all images are one masked tensor of
 outer sums, computed in chunks to bound memory. Only pairs with at least one member in

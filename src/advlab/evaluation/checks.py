@@ -281,8 +281,9 @@ def check_binarization(model: nn.Module, x: Tensor, y: Tensor, attack: AttackFn,
     binarization test (:mod:`advlab.evaluation.binarization`) on the first ``max_examples``
     examples passes on fewer than ``pass_rate`` of those it could build a test for, and
     fails on more than 2 of them (as the rate comparisons: a single hard test is no masking;
-    measured on a TRADES mnist-cnn at eps 0.3, PGD-40, PGD-100 and APGD-CE-100 all fail the
-    same 1 of 36 tests).
+    on a TRADES mnist-cnn at eps 0.3, PGD-40, PGD-100 and APGD-CE-100 all fail the same
+    single test: ``python benchmarks/defenses_repro.py --n 40 binarization``, figures in
+    benchmarks/results/defenses_repro-binarization-mnist-cnn-trades.json).
 
     Args:
         attack: ``attack(binary_model, x_i, zeros, eps) -> x_adv``, the evaluation's attack.
