@@ -2,7 +2,9 @@
 (SIGKILL, SIGTERM), and SIGINT returns at once."""
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -86,3 +88,33 @@ def test_signal_stops_the_run_and_its_workers(tmp_path: Path, sig: signal.Signal
         assert took < 2.0, f"{sig.name}: the run took {took:.1f} s to stop"
         assert proc.returncode == 130
         assert b"interrupted" in proc.stderr.read()
+
+
+TGKILL = {"x86_64": 234, "aarch64": 131}  # the syscall that signals one thread of a process
+
+
+@pytest.mark.skipif(platform.machine() not in TGKILL or not sys.platform.startswith("linux"),
+                    reason="tgkill: Linux on x86_64 or aarch64")
+def test_a_signal_to_another_thread_stops_the_run_at_once(tmp_path: Path) -> None:
+    # the kernel may hand SIGINT to any thread of the driver (the pool's threads among
+    # them); Python raises KeyboardInterrupt only in the main thread, once it wakes
+    cfg = tmp_path / "sig.toml"
+    cfg.write_text(CONFIG.replace("steps = 3000", "steps = 30000"))  # tasks of minutes
+    env = {**os.environ, "PYTHONPATH": str(Path(advlab.__file__).parents[1]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "advlab.cli", "run", str(cfg), "--root",
+                             str(tmp_path / "runs"), "--no-progress"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(children(proc.pid)) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    others = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
+    assert others, "the driver has no other thread"
+    t0 = time.time()
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(TGKILL[platform.machine()], proc.pid, max(others),
+                        signal.SIGINT) == 0
+    proc.wait(timeout=60)
+    assert proc.returncode == 130
+    assert time.time() - t0 < 2.0

@@ -41,6 +41,10 @@ Task = Callable[..., Any]
 Job = tuple[Task, Any]
 #: progress of job i: (i, 0, 0) when it starts in this process, then (i, batch, batches)
 OnBatch = Callable[[int, int, int], None]
+#: seconds the driver waits for results at a time: the kernel may deliver SIGINT or SIGTERM to
+#: one of the pool's threads, and Python's handler (KeyboardInterrupt) runs only when the main
+#: thread wakes; without a timeout that is when the next task ends (seconds to hours)
+POLL_S = 0.2
 
 
 @runtime_checkable
@@ -137,8 +141,8 @@ class Processes:
                                    initializer=_worker_init, initargs=(os.getpid(),))
         try:
             pending = {pool.submit(_run_forked, i): i for i in range(len(jobs))}
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            while pending:  # a timeout, so that a signal another thread got is taken soon
+                done, _ = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
                 for f in done:
                     yield pending.pop(f), f.result()
         finally:  # all done, or an error or an interrupt: stop every worker now

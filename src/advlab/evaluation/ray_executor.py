@@ -30,7 +30,7 @@ import torch
 from advlab.errors import AdvlabError, ExecutionError
 from advlab.evaluation.config import ExecutionSpec
 from advlab.evaluation.context import Pair
-from advlab.evaluation.execute import Job, OnBatch, Shippable
+from advlab.evaluation.execute import POLL_S, Job, OnBatch, Shippable
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class RayExecutor:
                    for i, job in enumerate(jobs)}
         try:
             while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
                 for f in done:
                     i = pending.pop(f)
                     yield i, self._result(f, jobs[i])
