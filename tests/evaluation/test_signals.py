@@ -34,6 +34,12 @@ enabled = false
 """
 
 
+def interactive() -> None:
+    """The run as started from a terminal: SIGINT at its default (a shell starts background
+    jobs, a CI script's among them, with SIGINT ignored, and Python keeps it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def children(pid: int) -> set[int]:
     """The live processes whose parent is ``pid`` (zombies count as gone)."""
     out = set()
@@ -70,7 +76,8 @@ def test_signal_stops_the_run_and_its_workers(tmp_path: Path, sig: signal.Signal
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "advlab.cli", "run", str(cfg), "--root",
                              str(tmp_path / "runs"), "--no-progress"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=interactive)
     deadline = time.time() + 120
     workers: set[int] = set()
     while len(workers) < 2 and time.time() < deadline and proc.poll() is None:
@@ -104,7 +111,8 @@ def test_a_signal_to_another_thread_stops_the_run_at_once(tmp_path: Path) -> Non
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "advlab.cli", "run", str(cfg), "--root",
                              str(tmp_path / "runs"), "--no-progress"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=interactive)
     deadline = time.time() + 120
     while len(children(proc.pid)) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
