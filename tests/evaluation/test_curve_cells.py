@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.evaluation.test_execute import assert_same, setup, stored
+from tests.evaluation.test_execute import assert_same, counting_writes, setup, stored
 
 from advlab.evaluation import execute, runner
 from advlab.evaluation.config import config_from_dict
@@ -104,15 +104,7 @@ def test_an_interrupted_curve_resumes_from_its_stored_shards(inline_run, tmp_pat
     with pytest.raises(KeyboardInterrupt):
         runner.run(cfg, root=tmp_path, models=models, data=data, executor=execute.Inline(),
                    progress=stop)
-    computed: list[int] = []
-    real = Store.write_cell
-
-    def counting(store: Store, rec, *a: Any, **kw: Any) -> bool:  # noqa: ANN001
-        computed.append(int(rec.examples["idx"][0]))
-        return real(store, rec, *a, **kw)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Store, "write_cell", counting)
+    with counting_writes() as computed:
         rec = runner.run(cfg, root=tmp_path, models=models, data=data,
                          executor=execute.Inline())
     assert seen == [16] and computed == [16]  # the second shard only

@@ -2,6 +2,8 @@
 that equal the whole cell and resume on their own."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,21 @@ def stored(root: Path) -> dict[str, Any]:
                         {k: v for k, v in summaries[key].items()
                          if k not in ("wall_s", "started", "finished")})
     return out
+
+
+@contextlib.contextmanager
+def counting_writes() -> Iterator[list[int]]:
+    """The first image index of every shard or cell the store writes, while in the block."""
+    computed: list[int] = []
+    real = Store.write_cell
+
+    def counting(store: Store, rec, *a: Any, **kw: Any) -> bool:  # noqa: ANN001
+        computed.append(int(rec.examples["idx"][0]))
+        return real(store, rec, *a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Store, "write_cell", counting)
+        yield computed
 
 
 def assert_same(a: Any, b: Any, where: str = "") -> None:
@@ -121,15 +138,7 @@ def test_interrupted_shards_resume_without_recomputing(tmp_path: Path,  # noqa: 
         assert list(partial.values()) == [{(0, 8), (8, 8)}]   # one cell, half stored
         assert not s.finished(partial) and len(s.finished(keys)) < len(keys)
         stored_before = s.finished(keys)
-    computed: list[int] = []
-    real = Store.write_cell
-
-    def counting(store: Store, rec, *a: Any, **kw: Any) -> bool:  # noqa: ANN001
-        computed.append(int(rec.examples["idx"][0]))
-        return real(store, rec, *a, **kw)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Store, "write_cell", counting)
+    with counting_writes() as computed:
         rec = runner.run(cfg, root=tmp_path, models=models, data=data, train_data=train,
                          executor=execute.Inline())
     with Store(tmp_path / "advlab.sqlite") as s:

@@ -67,22 +67,26 @@ def alive(pids: set[int]) -> set[int]:
     return out
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked workers: Linux")
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_the_run_and_its_workers(tmp_path: Path, sig: signal.Signals) -> None:
+def start_run(tmp_path: Path, config: str, stderr: int) -> subprocess.Popen:
+    """``advlab run`` of ``config`` as from a terminal, once its workers compute."""
     cfg = tmp_path / "sig.toml"
-    cfg.write_text(CONFIG)
+    cfg.write_text(config)
     env = {**os.environ, "PYTHONPATH": str(Path(advlab.__file__).parents[1]),
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "advlab.cli", "run", str(cfg), "--root",
                              str(tmp_path / "runs"), "--no-progress"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=interactive)
+                            stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=interactive)
     deadline = time.time() + 120
-    workers: set[int] = set()
-    while len(workers) < 2 and time.time() < deadline and proc.poll() is None:
+    while len(children(proc.pid)) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
-        workers = children(proc.pid)
+    return proc
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked workers: Linux")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_the_run_and_its_workers(tmp_path: Path, sig: signal.Signals) -> None:
+    proc = start_run(tmp_path, CONFIG, subprocess.PIPE)
+    workers = children(proc.pid)
     assert len(workers) >= 2, "the run ended or did not start its workers"
     time.sleep(0.5)                                       # they are computing now
     t0 = time.time()
@@ -105,17 +109,8 @@ TGKILL = {"x86_64": 234, "aarch64": 131}  # the syscall that signals one thread 
 def test_a_signal_to_another_thread_stops_the_run_at_once(tmp_path: Path) -> None:
     # the kernel may hand SIGINT to any thread of the driver (the pool's threads among
     # them); Python raises KeyboardInterrupt only in the main thread, once it wakes
-    cfg = tmp_path / "sig.toml"
-    cfg.write_text(CONFIG.replace("steps = 3000", "steps = 30000"))  # tasks of minutes
-    env = {**os.environ, "PYTHONPATH": str(Path(advlab.__file__).parents[1]),
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "advlab.cli", "run", str(cfg), "--root",
-                             str(tmp_path / "runs"), "--no-progress"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=interactive)
-    deadline = time.time() + 120
-    while len(children(proc.pid)) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
+    proc = start_run(tmp_path, CONFIG.replace("steps = 3000", "steps = 30000"),  # minutes
+                     subprocess.DEVNULL)
     time.sleep(0.5)
     others = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
     assert others, "the driver has no other thread"
