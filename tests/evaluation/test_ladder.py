@@ -19,7 +19,7 @@ import masked_suite
 from advlab.evaluation import ladder, runner, sanity
 from advlab.evaluation.config import config_from_dict
 from advlab.report.html import write_report
-from testkit import box_images
+from testkit import Floor, box_images
 
 # ----------------------------------------------------------------------------- the ladder
 
@@ -109,6 +109,23 @@ def test_unbounded_recheck_runs_until_a_rung_passes_it() -> None:
     logits, transfer = s.rungs
     assert logits.unbounded is not None and logits.unbounded >= ladder.UNBOUNDED_RATE
     assert transfer.unbounded is None and s.findings == {"gradients": "settled"}
+
+
+def test_gradient_rung_does_not_attack_where_the_jacobian_is_zero(monkeypatch) -> None:  # noqa: ANN001
+    model = nn.Sequential(Floor(), nn.Flatten(), nn.Linear(16, 3, dtype=torch.float64)).eval()
+    x = box_images(16)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    calls = []
+    real = ladder.Attack.__call__
+    monkeypatch.setattr(ladder.Attack, "__call__",
+                        lambda self, *a, **k: calls.append(self) or real(self, *a, **k))
+    f = [{"name": "gradients", "fired": True, "evidence": {}}]
+    opts = ladder.Options(steps=10, rungs=("logits",))
+    s = ladder.settle(model, x, y, 0.01, f, options=opts)
+    (logits,) = s.rungs
+    assert calls == [] and logits.attacked == 16 and "16 example-target pairs" in logits.detail
+    assert logits.unbounded == 0.0 and s.findings == {"gradients": "open"}
 
 
 # ----------------------------------------------------------------------------- the run

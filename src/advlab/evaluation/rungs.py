@@ -14,7 +14,7 @@ from advlab.attacks.base import Attack, Model
 from advlab.attacks.blackbox.hopskipjump import HopSkipJump
 from advlab.attacks.blackbox.square import Square
 from advlab.attacks.eot import eot
-from advlab.evaluation.surrogates import has_gradient, judge
+from advlab.evaluation.surrogates import flat, has_gradient, judge
 
 RUNGS = ("logits", "bpda", "transfer", "square", "label")
 GRADIENT_RUNGS = ("logits", "bpda", "transfer")
@@ -130,13 +130,18 @@ def run_gradient_rung(state: Climb, name: str, detail: str, targets: Sequence[Mo
     if blind:
         detail += f" ({len(blind)} target(s) without a graph to the input, skipped)"
         targets = [t for t in targets if t not in blind]
+    g = torch.Generator(device=state.x.device).manual_seed(seed)
+    attacked, stuck = len(state.robust), 0
     for target in targets:
+        idx, won, n_stuck = _drop_flat(state, target, state.robust, g)
+        new, stuck = new + won, stuck + n_stuck
         for atk in atks:
-            idx = state.robust
+            idx = idx[~state.fooled[idx]]
             if len(idx) == 0:
                 break
             new += state.take(atk(target, state.x[idx], state.y[idx]).x_adv, idx)
-    attacked = len(state.robust) + new
+    if stuck:
+        detail += f" ({stuck} example-target pairs with an exactly zero Jacobian, not attacked)"
     state.white = state.fooled.clone()
     if passed_unbounded(state.rungs):  # a gradient already leads somewhere: nothing to learn
         state.rungs.append(Rung(name, detail, attacked, new,
@@ -147,14 +152,31 @@ def run_gradient_rung(state: Climb, name: str, detail: str, targets: Sequence[Mo
                             seed, random_start=False)
     wide = torch.zeros(n, dtype=torch.bool, device=state.x.device)
     for target in targets:
+        moving = ~flat(target, state.x[:n], g)
         for atk in unb:
-            rest = (~wide).nonzero().flatten()
+            rest = (~wide & moving).nonzero().flatten()
             if len(rest):
                 xa = atk(target, state.x[:n][rest], state.y[:n][rest]).x_adv
                 wide[rest] |= judge(state.model, xa, state.y[:n][rest], state.draws)
     state.rungs.append(Rung(name, detail, attacked, new, 1 - state.fooled.float().mean().item(),
                             time.perf_counter() - t0,
                             wide.float().mean().item() if targets else None))
+
+
+def _drop_flat(state: Climb, target: Model, idx: Tensor, g: torch.Generator
+               ) -> tuple[Tensor, int, int]:
+    """The examples of ``idx`` a gradient attack on ``target`` can move from: where the
+    target's Jacobian is exactly zero both at x and at a random point of the eps-ball, an
+    attack started at either stays there, so that random point is judged instead.
+
+    Returns:
+        the examples to attack, the wins among the others, how many others."""
+    x = state.x[idx]
+    start = (x + state.eps * (2 * torch.rand(x.shape, generator=g, device=g.device) - 1)
+             ).clamp(0, 1).to(x)
+    stuck = flat(target, x, g) & flat(target, start, g)
+    won = state.take(start[stuck], idx[stuck]) if bool(stuck.any()) else 0
+    return idx[~stuck], won, int(stuck.sum())
 
 
 def square_rung(state: Climb, opts: Options, seed: int) -> None:

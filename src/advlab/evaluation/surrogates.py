@@ -41,6 +41,22 @@ def has_gradient(model: Model, x: Tensor) -> bool:
     return g is not None
 
 
+def flat(model: Model, x: Tensor, generator: torch.Generator) -> Tensor:
+    """(N,) bool: the model's input Jacobian is exactly zero at x (a gradient attack cannot
+    move from there), tested by the gradient of a random projection of the output, which is
+    zero for every projection only when the Jacobian is (almost surely)."""
+    xg = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = model(xg)
+        if not out.requires_grad:
+            return torch.ones(len(x), dtype=torch.bool, device=x.device)
+        r = torch.randn(out.shape, generator=generator, device=generator.device)
+        (g,) = torch.autograd.grad((out * r.to(out)).sum(), xg, allow_unused=True)
+    if g is None:
+        return torch.ones(len(x), dtype=torch.bool, device=x.device)
+    return (g.flatten(1) == 0).all(1)
+
+
 class Attached(nn.Module):
     """A model whose output has no graph to its input (an argmax head, a lookup), attached
     to it with an exactly zero gradient: gradient attacks then run and see what there is to
