@@ -16,8 +16,9 @@ from torch import nn
 
 import advlab
 import masked_suite
+from advlab.errors import ConfigError
 from advlab.evaluation import ladder, runner, sanity
-from advlab.evaluation.config import config_from_dict
+from advlab.evaluation.config import RunConfig, config_from_dict
 from advlab.report.html import write_report
 from testkit import Floor, box_images
 
@@ -149,15 +150,19 @@ class Lookup(nn.Module):
         return self.table[count] + attached
 
 
-def _run(tmp_path: Path, model: nn.Module, data, train, eps=0.3) -> dict:  # noqa: ANN001
-    cfg = config_from_dict({
+def _config(eps=0.3, **sanity) -> RunConfig:  # noqa: ANN001
+    return config_from_dict({
         "name": "masked", "batch_size": 24, "models": ["m"], "data": {"name": "x", "n": 24},
         "attacks": [{"name": "pgd", "eps": eps, "params": {"steps": 10}}],
         "report": {"gallery": 2, "eps": 0.3}, "workers": 1,
         "sanity": {"enabled": True, "max_examples": 24, "blackbox_queries": 100,
                    "ladder_steps": 10, "ladder_square_queries": 50,
-                   "ladder_label_queries": 0, "ladder_distill_epochs": 0}})
-    runner.run(cfg, root=tmp_path, models={"m": model}, data=data, train_data=train)
+                   "ladder_label_queries": 0, "ladder_distill_epochs": 0, **sanity}})
+
+
+def _run(tmp_path: Path, model: nn.Module, data, train, eps=0.3, **sanity) -> dict:  # noqa: ANN001
+    runner.run(_config(eps, **sanity), root=tmp_path, models={"m": model}, data=data,
+               train_data=train)
     write_report(tmp_path / "masked")
     return json.loads((tmp_path / "masked" / "results.json").read_text())
 
@@ -182,6 +187,21 @@ def test_run_settles_a_finding_and_reports_the_verdict(tmp_path: Path, tiny_fact
     assert {g["eps"] for g in res["run"]["env"]["sanity"]} == {0.2, 0.3}
     page = (tmp_path / "masked" / "report.html").read_text()
     assert "settled: every fired check is settled" in page and "(unreliable)" not in page
+
+
+def test_ladder_rungs_choose_the_climb(tmp_path: Path, tiny_factory) -> None:  # noqa: ANN001
+    model = masked_suite.BitDepth(tiny_factory(0), 1).eval()
+    x = torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    res = _run(tmp_path, model, (x, y), (x, y), ladder_rungs=[])   # the ladder switched off
+    (v,) = res["verdicts"]
+    cell = next(c for c in res["cells"] if c["attack"] == ladder.NAME)
+    assert v["verdict"] == "unreliable" and set(v["findings"].values()) == {"open"}
+    assert cell["robust_accuracy"] == 1.0      # no rung: it attacked nothing
+    assert v["robust_accuracy"] == v["naive_robust_accuracy"] < 1.0
+    with pytest.raises(ConfigError, match=r"ladder_rungs\[1\] must be one of logits"):
+        _config(ladder_rungs=["logits", "guess"])
 
 
 def test_open_finding_makes_the_figure_unreliable(tmp_path: Path) -> None:

@@ -278,7 +278,7 @@ def _climb(name: str, state: Climb, net: nn.Module, base: nn.Module | None,
 #: the [sanity] keys that set the ladder's budget -> the :class:`~.ladder.Ladder` setting
 LADDER_KEYS = {"ladder_steps": "steps", "ladder_square_queries": "square_queries",
                "ladder_label_queries": "label_queries",
-               "ladder_distill_epochs": "distill_epochs"}
+               "ladder_distill_epochs": "distill_epochs", "ladder_rungs": "rungs"}
 
 
 def ladder_settings(table: Mapping[str, Any]) -> dict[str, Any]:
@@ -297,7 +297,8 @@ class Ladder(Attack):
     Args:
         eps: Linf radius.
         findings: the sanity findings to settle (dicts: name, fired, evidence).
-        steps, square_queries, label_queries, distill_epochs, draws: see :class:`Options`.
+        steps, square_queries, label_queries, distill_epochs, draws, rungs: see
+            :class:`Options` (``rungs=()``: no climb, every finding stays open).
         seed: seeds every rung.
 
     The base model and training images come from :meth:`with_data` (a run's runner knows
@@ -308,14 +309,18 @@ class Ladder(Attack):
     def __init__(self, eps: float = 0.3, *, findings: Sequence[Mapping[str, Any]] = (),
                  norm: str = "linf", steps: int = 100, square_queries: int = 1000,
                  label_queries: int = 1000,
-                 distill_epochs: int = 4, draws: int = 5, seed: int = 0) -> None:
+                 distill_epochs: int = 4, draws: int = 5, rungs: Sequence[str] = RUNGS,
+                 seed: int = 0) -> None:
         if norm != "linf":
             raise ThreatModelError(f"the ladder attacks the linf ball, got norm {norm!r}")
+        unknown = set(rungs) - set(RUNGS)
+        if unknown:
+            raise ThreatModelError(f"unknown ladder rungs {sorted(unknown)}; use {RUNGS}")
         self.norm, self.eps, self.seed = norm, eps, seed
         self.findings = [dict(f) for f in findings]
         self.options = Options(steps=steps, square_queries=square_queries,
                                label_queries=label_queries, distill_epochs=distill_epochs,
-                               draws=draws)
+                               draws=draws, rungs=tuple(rungs))
         self._base: nn.Module | None = None
         self._train: Tensor | None = None
         self._distilled: dict[int, dict[str, nn.Module]] = {}

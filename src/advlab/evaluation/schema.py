@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from advlab.errors import ConfigError
+from advlab.evaluation.rungs import RUNGS
 from advlab.models import PRECISIONS
 
 #: where the shards of a run are computed (see advlab.evaluation.execute)
@@ -237,6 +238,7 @@ CONFIG: Check = table({
     "sanity": table({"enabled": boolean, "max_examples": integer(1),
                      "blackbox_queries": integer(1), "ladder_steps": integer(1),
                      "ladder_square_queries": integer(0), "ladder_label_queries": integer(0),
-                     "ladder_distill_epochs": integer(0)}),
+                     "ladder_distill_epochs": integer(0),
+                     "ladder_rungs": list_of(string(RUNGS), of="ladder rungs")}),
     "adaptive": table({"enabled": boolean, "steps": integer(1), "lam": number(0)}),
 })
