@@ -51,6 +51,23 @@ def test_fingerprints() -> None:
     assert io.fingerprint_data(x, y) != io.fingerprint_data(x.double(), y)
 
 
+def test_architecture_fingerprint_reads_names_and_shapes_only() -> None:
+    def net(width: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(1, width, 3), nn.BatchNorm2d(width), nn.Flatten(),
+                             nn.Linear(4 * width, 3))
+
+    torch.manual_seed(0)
+    a, b = net(2), net(2)
+    assert io.fingerprint_model(a) != io.fingerprint_model(b)
+    assert io.fingerprint_architecture(a) == io.fingerprint_architecture(b)
+    assert io.fingerprint_architecture(a) != io.fingerprint_architecture(net(3))
+    # the digest of checkpoints written by madry_training & co. before this function existed
+    # (their identity "data" is fingerprint_data(x, y) + ":" + this): resumed, not retrained
+    assert io.fingerprint_architecture(a) == "ec21150b5f871b28"
+    x, y = torch.arange(12.0).view(3, 1, 2, 2) / 12, torch.tensor([0, 2, 1])
+    assert io.fingerprint_data(x, y) == "a509de6f05875e78"
+
+
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     t = {"w": torch.arange(6.0).view(2, 3), "rng": torch.Generator().get_state()}
     io.write_checkpoint(tmp_path / "c.safetensors", t, {"epoch": 3, "name": "x"})

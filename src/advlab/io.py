@@ -3,8 +3,9 @@
 - :func:`atomic_write` / :func:`atomic_file`: readers see the old content or the new one,
   never a torn file (a temporary file in the same directory, fsynced, then
   :func:`os.replace`).
-- :func:`fingerprint_model` / :func:`fingerprint_data`: sha256 digests (16 hex digits) of a
-  model's parameters and buffers (names included) and of a data set's tensors.
+- :func:`fingerprint_model` / :func:`fingerprint_data` / :func:`fingerprint_architecture`:
+  sha256 digests (16 hex digits) of a model's parameters and buffers (names included), of a
+  data set's tensors, and of a model's parameter names and shapes alone.
 - :func:`write_checkpoint` / :func:`read_checkpoint`: tensors and a JSON state in one
   safetensors file, plus the state as JSON beside it for people.
 - :func:`cached_model`: a model trained once and cached as safetensors under
@@ -104,6 +105,13 @@ def fingerprint_model(model: nn.Module) -> str:
 def fingerprint_data(*tensors: Tensor) -> str:
     """sha256 (16 hex digits) of tensors (e.g. images and labels): dtypes, shapes, values."""
     return _digest(("", t) for t in tensors)
+
+
+def fingerprint_architecture(model: nn.Module) -> str:
+    """sha256 (16 hex digits) of the names and shapes of the model's parameters and buffers,
+    in state-dict order, not of their values: every model of one architecture shares it."""
+    spec = ";".join(f"{k}{tuple(v.shape)}" for k, v in model.state_dict().items())
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- checkpoints

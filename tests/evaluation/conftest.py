@@ -1,11 +1,16 @@
 """Fixtures of the evaluation tests."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 from tests.conftest import make_tiny
 from torch import Tensor
 
+import advlab
 import masked_suite
 from advlab.evaluation import runner
 from testkit import tiny_config, tiny_setup
@@ -34,3 +39,15 @@ def suite(mnist_train, cnn):  # noqa: ANN001, ANN201
     torch.manual_seed(0)
     x, y = mnist_train
     return {m.name: m for m in masked_suite.build(cnn, x[:1000], y[:1000], steps=20)}
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[Any]:
+    """A local Ray cluster of 2 CPUs whose workers import this advlab; shut down after the
+    module (a forked process pool must not inherit a Ray driver). Skipped without Ray."""
+    ray = pytest.importorskip("ray")
+    src = str(Path(advlab.__file__).parents[1])
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": src, "OMP_WAIT_POLICY": "PASSIVE"}})
+    yield ray
+    ray.shutdown()

@@ -1,5 +1,6 @@
 """Executors: the same cells inline, on forked processes and on a local Ray cluster; shards
-that equal the whole cell and resume on their own."""
+that equal the whole cell and resume on their own. (The Ray executor's own behaviour is
+test_ray_executor.py's.)"""
 from __future__ import annotations
 
 import contextlib
@@ -149,16 +150,6 @@ def test_interrupted_shards_resume_without_recomputing(tmp_path: Path,  # noqa: 
         assert_same(inline_run[key], done[key], key)
 
 
-@pytest.fixture(scope="module")
-def local_ray() -> Any:
-    ray = pytest.importorskip("ray")
-    src = str(Path(advlab.__file__).parents[1])
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": src, "OMP_WAIT_POLICY": "PASSIVE"}})
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_stores_what_inline_stores(inline_run, local_ray, tmp_path: Path) -> None:  # noqa: ANN001
     from advlab.evaluation.config import ExecutionSpec
     from advlab.evaluation.ray_executor import RayExecutor
@@ -171,28 +162,6 @@ def test_ray_stores_what_inline_stores(inline_run, local_ray, tmp_path: Path) ->
     ex.close()
     assert_same(inline_run, stored(tmp_path))
     assert local_ray.is_initialized()          # a cluster it did not start stays up
-
-
-class Unpicklable(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1)[:, :10]
-
-    def __reduce__(self) -> Any:
-        raise TypeError("no pickling here")
-
-
-def test_ray_says_what_did_not_pickle(local_ray, tmp_path: Path) -> None:  # noqa: ANN001
-    from advlab.errors import ExecutionError
-    from advlab.evaluation.config import ExecutionSpec
-    from advlab.evaluation.ray_executor import RayExecutor
-
-    models, data, _ = setup()
-    cfg = config(models=["a"], detectors=[], defenses=["none"], sanity={"enabled": False},
-                 attacks=[{"name": "fgsm", "eps": 0.1}])
-    why = r"cannot ship models\['a'\] \(Unpicklable\) .*\(TypeError: no pickling here\)"
-    with pytest.raises(ExecutionError, match=why + ".*importable on every node"):
-        runner.run(cfg, root=tmp_path, models={"a": Unpicklable().eval()}, data=data,
-                   executor=RayExecutor(ExecutionSpec("ray"), torch.device("cpu")))
 
 
 class Fetched:
@@ -238,29 +207,6 @@ def test_shipped_images_travel_per_shard(inline_run, tmp_path: Path) -> None:  #
         assert got == {shard.start // 8} | whole, shard.cell.label
     checks = [got for item, got in ex.fetched if type(item).__name__ == "SanityGroup"]
     assert checks and all(got == {0} for got in checks)  # max_examples = 8: one chunk
-
-
-def test_ray_connects_after_the_models_are_checked(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    ray = pytest.importorskip("ray")
-    from advlab.errors import ModelOutputError
-    from advlab.evaluation.config import ExecutionSpec
-    from advlab.evaluation.ray_executor import RayExecutor
-
-    models, data, _ = setup()
-    cfg = config(models=["a"], detectors=[], defenses=["none"], sanity={"enabled": False},
-                 attacks=[{"name": "fgsm", "eps": 0.1}])
-    def too_early(*a: Any, **kw: Any) -> None:
-        raise AssertionError("Ray started before the models were checked")
-
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", too_early)
-    ex = RayExecutor(ExecutionSpec("ray", address="127.0.0.1:9"), torch.device("cpu"))
-    wrong = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).eval()
-    with pytest.raises(ModelOutputError):
-        runner.run(cfg, root=tmp_path, models={"a": wrong}, data=data, executor=ex)
-    with pytest.raises(AssertionError, match="before the models"):  # it would connect now
-        assert ex.workers
 
 
 def _item(shared: int, i: int, on_batch=None) -> tuple[int, int]:  # noqa: ANN001

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -280,7 +279,7 @@ def fit(model: nn.Module, x: Tensor, y: Tensor, loss: BatchLoss, eps: float,
     ckpt = None
     if s.checkpoint is not None:
         ident = {"method": method, "eps": eps, "settings": s.fingerprint(),
-                 "data": _data_fingerprint(model, x, y)}
+                 "data": f"{io.fingerprint_data(x, y)}:{io.fingerprint_architecture(model)}"}
         ckpt = optim.Checkpoint(Path(s.checkpoint) / "checkpoint.safetensors", ident, tracker)
     optim.fit(model, batch, len(x), epochs=s.epochs, lr=s.lr, batch_size=s.batch_size,
               generator=gen, optimizer=s.optimizer, weight_decay=s.weight_decay,
@@ -301,12 +300,6 @@ def _epoch_metrics(model: nn.Module, s: FitSettings, val_attack: Attack,
         return {}
     return {"val_clean": _accuracy(model, s.x_val, s.y_val, device),
             "val_robust": _robust_accuracy(model, val_attack, s.x_val, s.y_val, device)}
-
-
-def _data_fingerprint(model: nn.Module, x: Tensor, y: Tensor) -> str:
-    """The architecture (parameter names and shapes) and the training data."""
-    arch = ";".join(f"{k}{tuple(v.shape)}" for k, v in model.state_dict().items())
-    return io.fingerprint_data(x, y) + ":" + hashlib.sha256(arch.encode()).hexdigest()[:16]
 
 
 def _prepare(model: nn.Module, x: Tensor, y: Tensor,

@@ -22,9 +22,10 @@ j mod N (to example j itself when the batch is the seed set).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 from advlab import optim
 from advlab.attacks.base import Attack, Crafted, Model, get, register
 from advlab.attacks.blackbox.oracle import BlackBoxAttack, Oracle, as_oracle
+from advlab.attacks.settings import Settings, at_least, one_of, positive
 from advlab.errors import AttackError, InputError, ThreatModelError
 from advlab.threat import broadcast_rows, clip_box
 from advlab.validation import check_images
@@ -170,14 +172,71 @@ class Fitted:
     train_agreement: float
 
 
+class SubstituteSettings(Settings):
+    """The settings of :class:`SubstituteAttack` (its docstring): rounds >= 0; epochs,
+    batch_size, the widths, tau, reservoir, max_queries, num_classes >= 1 (or None); lr,
+    lam > 0; weight_decay, noise >= 0; one width per arch; image tensors for seed_x and
+    holdout_x. The transfer attack is built here once, so an unknown name or setting of it
+    fails when the substitute attack is built."""
+
+    eps: float | None = None
+    transfer_attack: str = "fgsm"
+    transfer_kwargs: Mapping[str, Any] | None = None
+    rounds: int = 6
+    lam: float = 0.1
+    tau: int | None = None
+    reservoir: int | None = None
+    reservoir_after: int = 3
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    noise: float = 0.0
+    arch: str | Sequence[str] = "auto"
+    width: int | Sequence[int] = 32
+    seed_x: Tensor | None = None
+    holdout_x: Tensor | None = None
+    num_classes: int | None = None
+    max_queries: int | None = None
+    seed: int = 0
+
+    def check(self) -> None:
+        archs = (self.arch,) if isinstance(self.arch, str) else tuple(self.arch)
+        widths = (self.width,) * len(archs) if isinstance(self.width, int) else tuple(self.width)
+        if len(archs) == 0 or len(widths) != len(archs):
+            raise ThreatModelError(f"need one width per substitute arch, got {archs}, {widths}")
+        for a in archs:
+            one_of("substitute arch", a, ARCHS)
+        self.resolve("arch", archs)
+        self.resolve("width", widths)
+        at_least(0, rounds=self.rounds, weight_decay=self.weight_decay, noise=self.noise)
+        at_least(1, epochs=self.epochs, batch_size=self.batch_size, width=min(widths),
+                 tau=self.tau, reservoir=self.reservoir, max_queries=self.max_queries,
+                 num_classes=self.num_classes)
+        positive(lr=self.lr, lam=self.lam)
+        for name, imgs in (("seed_x", self.seed_x), ("holdout_x", self.holdout_x)):
+            if imgs is not None:
+                check_images(imgs, name)
+        self.resolve("transfer_kwargs", dict(self.transfer_kwargs or {}))
+        self.transfer  # noqa: B018 (built, and so validated, once)
+
+    @functools.cached_property
+    def transfer(self) -> Attack:
+        """The white-box attack run on the substitute: ``transfer_attack`` with
+        ``transfer_kwargs``, and ``eps`` when given."""
+        radius = {} if self.eps is None else {"eps": self.eps}
+        return get(self.transfer_attack, **{**self.transfer_kwargs, **radius})
+
+
 @register("substitute", knowledge="label", goal="both", norm="linf", kind="one-shot")
 class SubstituteAttack(BlackBoxAttack):
     r"""Papernot et al.'s substitute attack: Jacobian augmentation, then transfer.
 
     Args:
-        eps: radius handed to the white-box attack; default that attack's own (FGSM: 0.3).
-        attack: registered white-box attack run on the substitute (default "fgsm").
-        attack_kwargs: its settings.
+        eps: radius handed to the transfer attack; default that attack's own (FGSM: 0.3).
+        transfer_attack: the registered white-box attack run on the substitute, whose
+            examples are transferred to the oracle (default "fgsm").
+        transfer_kwargs: its settings (eps is the one above).
         rounds: substitute training rounds rho_max (6 in the paper: 150 * 2^6 = 9,600 labels).
         lam: augmentation step lambda (0.1).
         tau: period of the sign flips of lambda (None: a fixed lambda).
@@ -223,48 +282,23 @@ class SubstituteAttack(BlackBoxAttack):
     attacks against machine learning", AsiaCCS 2017, arXiv:1602.02697.
     """
 
+    Settings = SubstituteSettings
     access = "labels"
 
-    def __init__(self, eps: float | None = None, *, attack: str = "fgsm",
-                 attack_kwargs: dict[str, Any] | None = None, rounds: int = 6,
-                 lam: float = 0.1, tau: int | None = None, reservoir: int | None = None,
-                 reservoir_after: int = 3, epochs: int = 10, batch_size: int = 128,
-                 lr: float = 1e-3, weight_decay: float = 0.0, noise: float = 0.0,
-                 arch: str | Sequence[str] = "auto", width: int | Sequence[int] = 32,
-                 seed_x: Tensor | None = None, holdout_x: Tensor | None = None,
-                 num_classes: int | None = None, max_queries: int | None = None,
-                 seed: int = 0) -> None:
-        archs = (arch,) if isinstance(arch, str) else tuple(arch)
-        widths = (width,) * len(archs) if isinstance(width, int) else tuple(width)
-        if len(archs) == 0 or len(widths) != len(archs):
-            raise ThreatModelError(f"need one width per substitute arch, got {archs}, {widths}")
-        if rounds < 0 or epochs < 1 or batch_size < 1 or min(widths) < 1 or lr <= 0 \
-                or lam <= 0 or weight_decay < 0 or noise < 0:
-            raise ThreatModelError("rounds >= 0, epochs, batch_size, width >= 1, lr > 0, "
-                                   "lam > 0, weight_decay >= 0 and noise >= 0 are required")
-        if (tau is not None and tau < 1) or (reservoir is not None and reservoir < 1):
-            raise ThreatModelError("tau and reservoir must be >= 1 when given")
-        for a in archs:
-            if a not in ARCHS:
-                raise ThreatModelError(f"unknown substitute arch {a!r}; use {', '.join(ARCHS)}")
-        if max_queries is not None and max_queries < 1:
-            raise ThreatModelError(f"max_queries must be >= 1, got {max_queries}")
-        for imgs in (seed_x, holdout_x):
-            if imgs is not None:
-                check_images(imgs)
-        kwargs = dict(attack_kwargs or {})
-        if eps is not None:
-            kwargs["eps"] = eps
-        self.inner: Attack = get(attack, **kwargs)
-        self.attack_name, self.attack_kwargs = attack, kwargs
-        self.norm, self.eps = self.inner.norm, self.inner.eps
-        self.rounds, self.lam, self.tau = rounds, lam, tau
-        self.reservoir, self.reservoir_after = reservoir, reservoir_after
-        self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
-        self.weight_decay, self.noise = weight_decay, noise
-        self.arch, self.width = archs, widths
-        self.seed_x, self.holdout_x, self.num_classes = seed_x, holdout_x, num_classes
-        self.max_queries, self.seed = max_queries, seed
+    @property
+    def transfer(self) -> Attack:
+        """The white-box attack run on the substitute."""
+        return self.settings.transfer
+
+    @property
+    def eps(self) -> float | None:  # type: ignore[override]
+        """The transfer attack's radius."""
+        return self.transfer.eps
+
+    @property
+    def norm(self) -> str | None:  # type: ignore[override]
+        """The transfer attack's norm."""
+        return self.transfer.norm
 
     # -- (a) the substitute -----------------------------------------------------------------
 
@@ -363,7 +397,7 @@ class SubstituteAttack(BlackBoxAttack):
                                      "oracle_labels": len(x)})
         fitted = self.fit(oracle, len(x), seed, y if target is None else
                           torch.cat([y, target]), generator, clean)
-        res = self.inner(fitted.net, x, y, target, eps=eps)
+        res = self.transfer(fitted.net, x, y, target, eps=eps)
         x_adv = res.x_adv
         if clean is not None:  # already adversarial: keep x rather than move it
             x_adv = torch.where(broadcast_rows(done, x), x, x_adv)
