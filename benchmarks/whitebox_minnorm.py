@@ -1,9 +1,9 @@
 """Minimum-norm and optimisation white-box attacks against the peers, side by side.
 
     python benchmarks/whitebox_minnorm.py [--sections deepfool cw cw-targeted cw-box cw-linf jsma
-        lbfgs lbfgs-warm fab fmn fmn-overshoot ddn ead sparsefool] [--models mnist-cnn mnist-mlp]
-        [--n 100] [--n-targeted 20] [--n-jsma 100] [--n-ead 50] [--n-sparse 50]
-        [--cw-steps 100] [--peers foolbox art torchattacks]
+        lbfgs lbfgs-warm fab fmn fmn-overshoot ddn ead sparsefool sparsefool-fallback]
+        [--models mnist-cnn mnist-mlp] [--n 100] [--n-targeted 20] [--n-jsma 100] [--n-ead 50]
+        [--n-sparse 50] [--cw-steps 100] [--peers foolbox art torchattacks] [--results DIR]
 
 For each zoo model, on the first correctly classified images of the mnist5k test split, in
 one process (torch.set_num_threads(1)): wall time, model evaluations (forward rows and
@@ -40,6 +40,10 @@ Sections:
   lr 1e-2.
 - sparsefool: advlab SparseFool vs torchattacks SparseFool, lambda 3, overshoot 0.02, 20
   iterations (the L0 count is of changed pixel values).
+- sparsefool-fallback: advlab SparseFool (50 iterations) as shipped, which takes the plane at
+  DeepFool's point x_DF where the plane at x_B does not separate the iterate from x_B,
+  against the same attack without that fallback (a subclass here); "stuck": images not
+  fooled after the 50 iterations.
 
 Each section's table is written to benchmarks/results/whitebox_minnorm-<section>-<model>.json
 (with the date, torch version, load average, n and settings); the docstrings of the attacks
@@ -310,13 +314,41 @@ def sparsefool_rows(model: Counted, x: Tensor, y: Tensor) -> list[dict]:
     return rows
 
 
+class SparseFoolNoFallback(advlab.attacks.SparseFool):
+    """SparseFool on the plane at x_B always, even where it does not separate x_i from x_B."""
+
+    def plane(self, model: Counted, x_i: Tensor, x_df: Tensor, x_b: Tensor,
+              y: Tensor) -> tuple[Tensor, Tensor]:
+        return x_b, self.normal(model, x_b, y)
+
+
+def sparsefool_fallback_rows(model: Counted, x: Tensor, y: Tensor) -> list[dict]:
+    """SparseFool with 50 iterations, as shipped and without the fallback to the plane at
+    x_DF: "stuck" counts the images still not fooled after the 50."""
+    runs = {"advlab (plane at x_DF where x_B's does not separate)": advlab.attacks.SparseFool(
+        max_iter=50), "without the fallback": SparseFoolNoFallback(max_iter=50)}
+    rows = []
+    for name, atk in runs.items():
+        iterations = []
+
+        def run(xx: Tensor, yy: Tensor, t: Tensor | None, atk=atk) -> Tensor:  # noqa: ANN001
+            res = atk(model, xx, yy)
+            iterations.append(res.info["iterations"])
+            return res.x_adv
+        r = measure(name, run, model, x, y)
+        r.update(stuck=int((~r["ok"]).sum()),
+                 mean_iterations=iterations[-1].float().mean().item())
+        rows.append(r)
+    return summarise(rows, "l0")
+
+
 COST = ["lib", "time_s", "fwd/img", "bwd/img", "success"]
 
 
 def main() -> None:
     ap = parser(__doc__, ["deepfool", "cw", "cw-targeted", "cw-box", "jsma", "lbfgs", "cw-linf",
                           "lbfgs-warm", "fab", "fmn", "fmn-overshoot", "ddn", "ead",
-                          "sparsefool"], ["mnist-cnn", "mnist-mlp"])
+                          "sparsefool", "sparsefool-fallback"], ["mnist-cnn", "mnist-mlp"])
     ap.add_argument("--n-targeted", type=int, default=20)
     ap.add_argument("--n-jsma", type=int, default=100)
     ap.add_argument("--n-ead", type=int, default=50)
@@ -348,6 +380,9 @@ def main() -> None:
         "ddn": Section(ddn_rows, norms("l2"), n),
         "ead": Section(ead_rows, [*norms("l1"), "med_l2", "med_l0"], args.n_ead),
         "sparsefool": Section(sparsefool_rows, [*norms("l0"), "med_l1"], args.n_sparse),
+        "sparsefool-fallback": Section(sparsefool_fallback_rows,
+                                       [*norms("l0"), "stuck", "mean_iterations"], args.n_sparse,
+                                       {"max_iter": 50}),
     })
 
 
