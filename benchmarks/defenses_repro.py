@@ -103,7 +103,7 @@ import advlab
 from advlab import attacks, defenses, zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table  # noqa: E402
+from common import save, table  # noqa: E402
 
 log = logging.getLogger("defenses_repro")
 
@@ -433,8 +433,8 @@ def cmd_magnet(a: argparse.Namespace) -> None:
 
 def cmd_sanity(a: argparse.Namespace) -> None:
     """sanity.run_all on a zoo model or a cached robust model (``mnist-cnn-trades``: trained
-    on first use, about 25 CPU-minutes) at Linf eps ``--eps`` on the first ``--n`` test
-    images; one row per check."""
+    on first use) at Linf eps ``--eps`` on the first ``--n`` test images; one row per check,
+    written to results/defenses_repro-sanity-<model>.json."""
     from advlab.evaluation import sanity
 
     x_te, y_te = advlab.data.load("mnist5k", "test")
@@ -443,13 +443,19 @@ def cmd_sanity(a: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     findings = sanity.run_all(model, x, y, eps=a.eps, max_examples=a.n,
                               blackbox_queries=a.queries)
+    seconds = time.perf_counter() - t0
     rows = [{"check": f.name, "level": f.level, "message": f.message,
-             "evidence": ", ".join(f"{k}={v:.3g}" for k, v in f.evidence.items())}
-            for f in findings]
-    print(f"{a.model}: clean {_accuracy(model, x, y):.3f} on the first {a.n} mnist5k test "
+             "evidence": ", ".join(f"{k}={v:.3g}" for k, v in f.evidence.items()),
+             "values": {k: float(v) for k, v in f.evidence.items()}} for f in findings]
+    clean = _accuracy(model, x, y)
+    print(f"{a.model}: clean {clean:.3f} on the first {a.n} mnist5k test "
           f"images; sanity.run_all at Linf eps {a.eps} (Square {a.queries} queries), "
-          f"{time.perf_counter() - t0:.0f} s")
+          f"{seconds:.0f} s")
     print(table(rows, ["check", "level", "evidence", "message"]))
+    print(save(Path(__file__).parent / "results" / f"defenses_repro-sanity-{a.model}.json", rows,
+               ["check", "level", "message", "values"], section="sanity", model=a.model,
+               eps=a.eps, n=a.n, images="first n mnist5k test images", queries=a.queries,
+               clean=clean, seconds=seconds))
 
 
 def cmd_binarization(a: argparse.Namespace) -> None:
