@@ -64,12 +64,10 @@ moved at all, whatever the context, and PGD over even a relaxation of those choi
 32%; BPDA against 1-bit binarisation gets 17%. BPDA's 23% is near what the stronger attack
 reaches, not the figure of a weak attack.
 
-``--n 100 sanity --model mnist-cnn-trades`` (TRADES mnist-cnn, clean 94%, 67 s): no finding
-fires at eps 0.3 -- FGSM 15% <= PGD-20 16%; Square-1000 17% within 2 points of PGD-20 (APGD-CE
-+ APGD-DLR, when run, 18%); gradients finite, none vanishing; PGD fools 100% at eps 0.5 and
-1.0. On the same recipe's epoch-8 checkpoint, PGD-20 60% vs Square 74% made the black-box
-check fire although APGD-CE + APGD-DLR reach 78%: it now confirms with them before firing
-(silent there).
+``--n 100 sanity --model mnist-cnn-trades``: every check's evidence goes to
+results/defenses_repro-sanity-<model>.json. On an early checkpoint of the same recipe (not
+kept), PGD-20 fell well behind Square-1000 and made the black-box check fire although
+APGD-CE + APGD-DLR reached beyond Square: the check now confirms with them before firing.
 
 ``timing`` (mnist5k-train, 4,000 images, one epoch each, one thread; "x plain" = seconds over
 the mean of a plain mnist-cnn epoch timed just before and after, 2.9-5.4 s under the load)::
