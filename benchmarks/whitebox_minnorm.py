@@ -30,7 +30,8 @@ Sections:
 - lbfgs-warm: L-BFGS aimed at DeepFool's class, each c warm-started from the previous
   minimiser (the default) vs started from r = 0, with 10 and 20 iterations.
 - fmn: advlab FMN vs foolbox L0/L1/L2/LInfFMNAttack, 100 steps, alpha 1 annealed to 0.01,
-  gamma 0.05 annealed to 0.001 (both libraries' defaults).
+  gamma 0.05 annealed to 0.001 (both libraries' defaults). foolbox 3.3.4's L2 projection is
+  a no-op (its factor is min(1, norms / norms)), which is why its L2 sizes are larger.
 - fmn-overshoot: advlab FMN (L2, 100 steps) as shipped, whose jump to the linearised
   boundary is overshot by 1 + gamma_0, against the same attack without the overshoot (the
   paper's rule; a subclass here divides the overshoot out of the jump).
