@@ -33,19 +33,12 @@ does (instead of only a closer one): 3.262 / 2.184 (seed 1: 3.118 / 2.093), so a
 the closer-only rule.
 
 ``--part sub`` (FGSM eps 0.3 from the substitute, transferred to test images 150..999;
-transfer re-checked on the model; clean_correct: among the images the model gets right):
-
-    setting                          labels  holdout_agree  transfer  transfer_clean_correct
-    paper: 150 seeds, 6 rounds, CNN  9600    0.8694         0.3129    0.2989
-    1250 seeds, 3 rounds, MLP+CNN    10000   0.9553         0.7141    0.7083
-
-The 1,250-seed ensemble setting (widths 50, 16, weight_decay 1e-3) with ``seed`` 1 and 2:
-transfer 0.640 and 0.708 (holdout agreement 0.954, 0.955). Ablation (seed 0, 10,000 labels
-unless said): 1,250 seeds, 3 rounds, one CNN: 0.526 (weight_decay 0), 0.674 (1e-3); the
-MLP+CNN ensemble with weight_decay 0: 0.597; the ensemble with weight_decay 1e-3 on the
-paper's 150 seeds and 6 rounds (9,600 labels): 0.472. (An earlier run, commit e62e36e of
-2026-11-24 with the mnist-cnn cache file of that machine, measured 0.745 for the ensemble
-setting; today's cache file was written at this session's start and gives 0.714.)
+transfer re-checked on the model; transfer_clean_correct: among the images the model gets
+right) writes one row per --sub setting to results/blackbox_label-substitute.json, a run of
+some settings replacing theirs and keeping the others: the paper's setting, the 1,250-seed
+MLP+CNN ensemble with seeds 0, 1 and 2, and the ablation of each change (one CNN with and
+without weight decay, the ensemble without weight decay, the ensemble on the paper's 150
+seeds and 6 rounds).
 """
 from __future__ import annotations
 
