@@ -17,7 +17,8 @@ counts an example robust only if it is classified correctly both clean and adver
   the same eps and passes (``--no-art`` leaves ART out); the table goes to
   results/whitebox_apgd_universal_eot-universal.json.
 - eot: on mnist-cnn, PGD and EOT-PGD at eps 0.3; per adversarial example the fraction of
-  random transformations from the EOT distribution under which the adversarial class is kept.
+  random transformations from the EOT distribution under which the adversarial class is kept;
+  the table goes to results/whitebox_apgd_universal_eot-eot.json.
 - patch: a patch per target trained on train images, target success on held-out images at a
   random placement, against a random patch and ART's AdversarialPatchPyTorch (only when
   torchvision is installed: ART imports it; it is not installed here, since it pins torch).
@@ -82,16 +83,10 @@ APGD-CE leaves 0% at eps 0.3 on both models; where PGD-100 leaves accuracy it le
 (mlp: 0.015 = 0.015 at 0.15, 0.095 = 0.095 at 0.1; cnn: 0.225 < 0.26 at 0.15, 0.765 < 0.78
 at 0.1). advlab counts fewer passes than the peers because it stops fooled examples early.
 
-``--sections eot`` (mnist-cnn, 100 test images, eps 0.3; survival over 100 draws, seed 1)::
-
-    attack                           success  survival_mean  frac_ge_0.9  time_s
-    clean images                     0        0.9442         0.81
-    pgd-100                          1        0.1807         0            1.026
-    eot-pgd (100 steps, 10 samples)  1        0.9178         0.77         205.6
-
-EOT examples keep the adversarial class under 91.8% of the draws on average (plain PGD:
-18.1%); per example, 77% of them survive >= 90% of the draws (clean images: 81%: the
-distribution itself changes some clean predictions).
+``--sections eot`` writes its table to results/whitebox_apgd_universal_eot-eot.json
+(mnist-cnn, 100 test images, eps 0.3; survival over 100 draws, seed 1): EOT examples keep
+the adversarial class under most draws, plain PGD's under few; the clean images' row shows
+how often the distribution itself changes a clean prediction.
 
 ``--sections universal`` at commit 7e65fa8 (DeepFool inner steps in Linf; 200 fitting
 train images, 3 passes for DeepFool, 10 for sgd; held-out: the 1,000 test images; ART:
@@ -325,10 +320,13 @@ def section_eot(n: int, eps: float, samples: int) -> None:
                      "survival_mean": s.mean().item(),
                      "frac_ge_0.9": (s >= 0.9).float().mean().item(), "time_s": t})
         print(table(rows[-1:], list(rows[-1])), flush=True)
+    columns = ["attack", "success", "survival_mean", "frac_ge_0.9", "time_s"]
     print(f"\nEOT on mnist-cnn (n = {n}, Linf eps = {eps}; survival: fraction of {samples} "
           f"draws of {DEFAULT_DISTRIBUTION} keeping the adversarial class, over successful "
-          "examples)\n" + table(rows, ["attack", "success", "survival_mean", "frac_ge_0.9",
-                                       "time_s"]))
+          "examples)\n" + table(rows, columns))
+    print(save(Path(__file__).parent / "results" / "whitebox_apgd_universal_eot-eot.json", rows,
+               columns, section="eot", model="mnist-cnn", n=n, eps=eps, samples=samples,
+               distribution=str(DEFAULT_DISTRIBUTION), images="first n mnist5k test images"))
 
 
 # ----------------------------------------------------------------------------- patch
