@@ -70,18 +70,9 @@ kept), PGD-20 fell well behind Square-1000 and made the black-box check fire alt
 APGD-CE + APGD-DLR reached beyond Square: the check now confirms with them before firing.
 
 ``timing`` (mnist5k-train, 4,000 images, one epoch each, one thread; "x plain" = seconds over
-the mean of a plain mnist-cnn epoch timed just before and after, 2.9-5.4 s under the load)::
-
-    defense                            x plain
-    madry PGD-10 (1 epoch)             10.5
-    trades 10 steps (1 epoch)          10.3
-    fast FGSM-RS (1 epoch)             2.0
-    distillation T=100 (1+1 epochs)    1.6
-    magnet autoencoder f16 (1 epoch)   1.1
-    pixelcnn h16 l4 (1 epoch)          13.7
-
-so the zoo's mnist-cnn-trades (30 epochs) costs ~310 plain epochs; it took 40 min here (one
-thread on the loaded shared machine; 38 s per epoch while it was quieter, 23-150 s later).
+the mean of a plain mnist-cnn epoch timed just before and after, the ratio that carries over
+between machines) writes results/defenses_repro-timing.json; the zoo's mnist-cnn-trades (30
+TRADES epochs) costs 30 times the trades row's ratio in plain epochs.
 """
 from __future__ import annotations
 
@@ -263,6 +254,10 @@ def cmd_distillation(a: argparse.Namespace) -> None:
         log.info("%s", row)
     print(f"mnist-cnn, first {a.n} mnist5k test images, attacks on the correctly classified ones")
     print(table(rows, list(rows[0])))
+    print(save(Path(__file__).parent / "results" / "defenses_repro-distillation.json", rows,
+               list(rows[0]), section="distillation", model="mnist-cnn", n=a.n, eps=a.eps,
+               epochs=a.epochs, cw_steps=a.cw_steps,
+               images="first n mnist5k test images; attacks on the correctly classified"))
 
 
 def cmd_transforms(a: argparse.Namespace) -> None:
@@ -303,6 +298,9 @@ def cmd_transforms(a: argparse.Namespace) -> None:
                      "sanity findings (naive)": ",".join(fired) or "none"})
         log.info("%s", rows[-1])
     print(table(rows, list(rows[0])))
+    print(save(Path(__file__).parent / "results" / "defenses_repro-timing.json", rows,
+               list(rows[0]), section="timing", data="mnist5k train, 4,000 images",
+               ratio="seconds / mean of a plain mnist-cnn epoch just before and after"))
 
 
 def _pixelcnn(a: argparse.Namespace, x_tr: Tensor) -> tuple[defenses.PixelCNN, float]:
@@ -425,8 +423,12 @@ def cmd_magnet(a: argparse.Namespace) -> None:
                      "detected": flagged.float().mean().item(),
                      "success (wrong, undetected)": (wrong & ~flagged).float().mean().item()})
         log.info("%s", rows[-1])
+    columns = ["attack", "reformed wrong", "detected", "success (wrong, undetected)"]
     print(f"MagNet on mnist-cnn, first {a.n} mnist5k test images, Linf eps {a.eps}")
-    print(table(rows, ["attack", "reformed wrong", "detected", "success (wrong, undetected)"]))
+    print(table(rows, columns))
+    print(save(Path(__file__).parent / "results" / f"defenses_repro-magnet-lam{a.lam:g}.json",
+               rows, columns, section="magnet", model="mnist-cnn", n=a.n, eps=a.eps,
+               steps=a.steps, lam=a.lam, images="first n mnist5k test images"))
 
 
 def cmd_sanity(a: argparse.Namespace) -> None:
@@ -529,6 +531,9 @@ def cmd_timing(a: argparse.Namespace) -> None:
                      "x plain": round(secs / plain, 1), "threads": torch.get_num_threads()})
         log.info("%s", rows[-1])
     print(table(rows, list(rows[0])))
+    print(save(Path(__file__).parent / "results" / "defenses_repro-timing.json", rows,
+               list(rows[0]), section="timing", data="mnist5k train, 4,000 images",
+               ratio="seconds / mean of a plain mnist-cnn epoch just before and after"))
 
 
 def main() -> None:
