@@ -23,39 +23,8 @@ ART returns the point after its last step, not projected back to the boundary; f
 queries every example of the batch until all step searches succeed (and re-verifies its
 points): both are their implementations' costs, counted as they happen.
 
-Measured (one thread on a shared 2-core machine, 2026-12-03, mnist-cnn as cached then,
-ART 1.20.1, foolbox 3.3.4; ``PYTHONPATH=src OMP_NUM_THREADS=1``):
-
-``--n 20 --queries 1000 --part hsj`` (first 20 clean-correct test images):
-
-    attack                                  queries/ex  success  median_l2
-    ART HopSkipJump (5 iterations)          917.2       1        4.015
-    advlab hopskipjump (noise), budget 915  914.4       1        3.222
-    advlab hopskipjump (auto), budget 915   914.4       1        2.75
-    foolbox HopSkipJump (5 iterations)      995         1        5.126
-    advlab hopskipjump (noise), budget 993  992.4       1        3.221
-    advlab hopskipjump (auto), budget 993   992.4       1        2.761
-
-``--n 20 --queries 5000 --part hsj``:
-
-    attack                                   queries/ex  success  median_l2
-    ART HopSkipJump (16 iterations)          4664        1        2.286
-    advlab hopskipjump (noise), budget 4662  4661        1        2.212
-    advlab hopskipjump (auto), budget 4662   4661        1        2.111
-    foolbox HopSkipJump (16 iterations)      4810        1        3.056
-    advlab hopskipjump (noise), budget 4808  4807        1        2.211
-    advlab hopskipjump (auto), budget 4808   4807        1        2.105
-
-``--n 40 --queries 5000 --part hsj`` (first 40 clean-correct test images):
-
-    attack                                   queries/ex  success  median_l2
-    ART HopSkipJump (16 iterations)          4664        1        2.355
-    advlab hopskipjump (noise), budget 4662  4661        1        2.126
-    advlab hopskipjump (auto), budget 4662   4661        1        2.126
-    foolbox HopSkipJump (16 iterations)      4804        1        3.617
-    advlab hopskipjump (noise), budget 4802  4801        1        2.121
-    advlab hopskipjump (auto), budget 4802   4801        1        2.112
-
+``--part hsj`` writes its table to results/blackbox_label-hsj-mnist-cnn-<queries>.json
+(with the date, torch version and load average; ``--n 20`` at 1,000 and 5,000 queries there).
 advlab with its default init ("noise", the paper's) beats both peers at both budgets;
 init="auto" (nearest adversarial batch image first) is smaller still.
 Same 20 images, advlab alone, budget exactly 1,000 / 5,000: noise 3.221 / 2.184 (seed 1:
@@ -64,19 +33,12 @@ does (instead of only a closer one): 3.262 / 2.184 (seed 1: 3.118 / 2.093), so a
 the closer-only rule.
 
 ``--part sub`` (FGSM eps 0.3 from the substitute, transferred to test images 150..999;
-transfer re-checked on the model; clean_correct: among the images the model gets right):
-
-    setting                          labels  holdout_agree  transfer  transfer_clean_correct
-    paper: 150 seeds, 6 rounds, CNN  9600    0.8694         0.3129    0.2989
-    1250 seeds, 3 rounds, MLP+CNN    10000   0.9553         0.7141    0.7083
-
-The 1,250-seed ensemble setting (widths 50, 16, weight_decay 1e-3) with ``seed`` 1 and 2:
-transfer 0.640 and 0.708 (holdout agreement 0.954, 0.955). Ablation (seed 0, 10,000 labels
-unless said): 1,250 seeds, 3 rounds, one CNN: 0.526 (weight_decay 0), 0.674 (1e-3); the
-MLP+CNN ensemble with weight_decay 0: 0.597; the ensemble with weight_decay 1e-3 on the
-paper's 150 seeds and 6 rounds (9,600 labels): 0.472. (An earlier run, commit e62e36e of
-2026-11-24 with the mnist-cnn cache file of that machine, measured 0.745 for the ensemble
-setting; today's cache file was written at this session's start and gives 0.714.)
+transfer re-checked on the model; transfer_clean_correct: among the images the model gets
+right) writes one row per --sub setting to results/blackbox_label-substitute.json, a run of
+some settings replacing theirs and keeping the others: the paper's setting, the 1,250-seed
+MLP+CNN ensemble with seeds 0, 1 and 2, and the ablation of each change (one CNN with and
+without weight decay, the ensemble without weight decay, the ensemble on the paper's 150
+seeds and 6 rounds).
 """
 from __future__ import annotations
 
@@ -89,7 +51,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import Counted, art_classifier, have, table, zoo_setup
+from common import RESULTS, Counted, art_classifier, have, save, table, zoo_setup
 
 import advlab
 
@@ -209,8 +171,12 @@ def main() -> None:
     parts = args.part.split(",")
     if "hsj" in parts:
         xc, yc = clean_correct(model, args.n)
-        print(table(hsj_rows(model, xc, yc, args.queries),
-                    ["attack", "queries/ex", "success", "median_l2"]))
+        rows, columns = hsj_rows(model, xc, yc, args.queries), ["attack", "queries/ex",
+                                                               "success", "median_l2"]
+        print(table(rows, columns))
+        print(save(RESULTS / f"blackbox_label-hsj-mnist-cnn-{args.queries}.json", rows, columns,
+                   section="hsj", model="mnist-cnn", n=len(xc), queries=args.queries,
+                   images="first correctly classified of mnist5k test"))
     if "sub" in parts:
         xs, _ = advlab.data.load("mnist5k", split="train")
         xt, yt = advlab.data.load("mnist5k", split="test")

@@ -18,6 +18,10 @@ Parts (each on the first correctly classified test images, one thread):
 - ``order``: query efficiency at Linf eps=0.3: Square, Bandits-TD, NES, ZOO through an oracle
   that records, per example, the first query that lands on an adversarial point inside the
   Linf ball. Median queries to success and the success-vs-queries curve (saved as PNG).
+- ``spsa``: advlab SPSA vs torchattacks SPSA at Linf eps 0.2, delta 0.01, lr 0.01, 100 Adam
+  steps of 64 Rademacher pairs (advlab's oracle counts 129 queries a step), on the model
+  and on the model behind an 8-bit input quantisation that masks its gradient (PGD-40 given
+  for reference); the table goes to results/blackbox_score-spsa-mnist-cnn.json.
 
 advlab's counts are the Oracle's (every query, success checks included).
 """
@@ -26,10 +30,22 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
-from common import Counted, have, table
+from common import (
+    RESULTS,
+    Counted,
+    Run,
+    advlab_run,
+    correct_subset,
+    have,
+    measure,
+    save,
+    table,
+    torchattacks_run,
+)
 from torch import Tensor, nn
 
 import advlab
@@ -93,13 +109,6 @@ def _rank_within(owner: Tensor) -> Tensor:
     rank = torch.empty_like(owner)
     rank[order] = pos - group_start
     return rank
-
-
-def correct_subset(model: nn.Module, n: int) -> tuple[Tensor, Tensor]:
-    x, y = advlab.data.load("mnist5k", split="test")
-    with torch.no_grad():
-        ok = (model(x).argmax(1) == y).nonzero().squeeze(1)[:n]
-    return x[ok], y[ok]
 
 
 def success_of(model: nn.Module, x_adv: Tensor, y: Tensor) -> Tensor:
@@ -314,13 +323,54 @@ def plot(curves: dict[str, Tensor], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+# ----------------------------------------------------------------------------- spsa
+
+SPSA_COLUMNS = ["lib", "model", "success", "time_s", "fwd/img"]
+
+
+class Quantized(nn.Module):
+    """The model on 8-bit inputs: round() has zero gradient, so autograd sees nothing."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(torch.round(x * 255) / 255)
+
+
+def spsa_part(model: nn.Module, x: Tensor, y: Tensor) -> list[dict]:
+    out = []
+    for label, target in (("plain", model), ("8-bit", Quantized(model))):
+        counted = Counted(target).eval()
+        runs: dict[str, Run] = {
+            "advlab PGD-40": advlab_run(advlab.attacks.PGD(eps=0.2, steps=40), counted),
+            "advlab SPSA": advlab_run(advlab.attacks.get(
+                "spsa", eps=0.2, steps=100, n_samples=64, delta=0.01, lr=0.01), counted),
+        }
+        if have("torchattacks"):
+            import torchattacks as ta
+
+            runs["torchattacks SPSA"] = torchattacks_run(ta.SPSA(
+                counted, eps=0.2, delta=0.01, lr=0.01, nb_iter=100, nb_sample=64,
+                max_batch_size=64))
+        for k, f in runs.items():
+            r = measure(k, f, counted, x, y)
+            r["model"] = label
+            out.append(r)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", default="square,zoo,order")
+    ap.add_argument("--parts", default="square,zoo,order,spsa")
     ap.add_argument("--n", type=int, default=200, help="images for the Square comparison")
     ap.add_argument("--n-order", type=int, default=100, help="images for the ordering")
     ap.add_argument("--n-zoo", type=int, default=20, help="images for ZOO")
     ap.add_argument("--n-art-zoo", type=int, default=5, help="images for ART's ZOO")
+    ap.add_argument("--n-spsa", type=int, default=20, help="images for SPSA")
+    ap.add_argument("--results", type=Path, default=RESULTS,
+                    help="folder for the JSON tables (another one for trial runs)")
     ap.add_argument("--plot", default="benchmarks/blackbox_success_vs_queries.png")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -347,6 +397,14 @@ def main() -> None:
         say(table(zoo_part(model, x, y, args.n_art_zoo, *zoo_out),
                   ["attack", "images", "success", "mean L2", "q / image", "s / image",
                    "ART s / advlab fast s"]))
+    if "spsa" in parts:
+        x, y = correct_subset(model, args.n_spsa)
+        rows = spsa_part(model, x, y)
+        say(f"\n== SPSA Linf eps=0.2, 100 steps x 64 pairs, {len(x)} images ==")
+        say(table(rows, SPSA_COLUMNS))
+        say(str(save(args.results / "blackbox_score-spsa-mnist-cnn.json", rows, SPSA_COLUMNS,
+                     section="spsa", model="mnist-cnn", n=len(x),
+                     images="first correctly classified of mnist5k test")))
 
 
 if __name__ == "__main__":

@@ -13,30 +13,23 @@ Everything runs on CPU with one thread (torch.set_num_threads(1)) on mnist5k: tr
 for training, the first ``--n`` test images for evaluation. Checkpoints and trained models go
 under ``--out`` (default benchmarks/out/), so an interrupted run resumes.
 
-Measured (one thread on a shared 2-core machine, seeds 0):
+The sections distillation, magnet, sanity, binarization and timing write their tables to
+benchmarks/results/defenses_repro-<section>[-<model>].json (with the date, torch version and
+load average); the others' figures below are pasted from their runs (one thread on a shared
+2-core machine, seeds 0).
 
 ``--n 100 distillation`` (mnist-cnn; attacks on the test images each model classifies
-correctly; FGSM eps 0.3. "sm" = loss or Jacobian through the softmax of the deployed T = 1
-student: FGSM on -log softmax(Z)_y, JSMA on softmax(Z); "Z" = the C&W margin on the logits;
-gap = median top-2 logit gap; check = sanity.check_gradients, vanishing fraction)::
+correctly; FGSM eps 0.3 on the softmax cross-entropy of the deployed T = 1 student and on the
+C&W margin of its logits, JSMA on its softmax, C&W L2 on the logits; the median top-2 logit
+gap; sanity.check_gradients and its vanishing fraction): T = 100 inflates the logit gap, so
+the attacks through the softmax stop working while the margin-based ones (FGSM on the margin,
+C&W) do not, and the gradient check fires.
 
-    model            clean  gap    FGSM-sm  FGSM-Z  JSMA-sm  C&W-L2  C&W median L2  check
-    undistilled      0.97   10.1   96.9%    99.0%   100%     100%    1.538 (x1.00)  silent 0.00
-    distilled T=1    0.96   9.0    91.7%    94.8%   99.0%    100%    1.706 (x1.11)  silent 0.00
-    distilled T=100  0.95   553.7  6.3%     96.8%   2.1%     100%    1.646 (x1.07)  FIRES  0.94
-
-``--n 100 magnet`` (mnist-cnn, Linf eps 0.3; MagNet autoencoder 16 maps, 10 epochs; detector
-threshold at 5% false positives on 500 other clean test images; success = the reformed
-prediction is wrong and the input is not flagged)::
-
-    attack                                              reformed wrong  detected  success
-    none (clean)                                        3%              4%        -
-    oblivious PGD-40 on the bare classifier             7%              100%      0%
-    PGD-100 (margin) through the reformer               100%            100%      0%
-    Reformer.adaptive(): DetectorAwarePGD-100, lam 1    100%            2%        98%
-
-(``--n 100 magnet --lam 1``, 2026-12-03, with DetectorAwarePGD judging success on the real
-detector decision; before that rewrite, lam 10: 96% wrong, 0% detected, 96% success)
+``--n 100 magnet --lam 1`` (mnist-cnn, Linf eps 0.3; MagNet autoencoder 16 maps, 10 epochs;
+detector threshold at 5% false positives on 500 other clean test images; success = the
+reformed prediction is wrong and the input is not flagged): oblivious PGD and PGD through the
+reformer are all flagged; ``Reformer.adaptive()`` (DetectorAwarePGD-100 through the reformer)
+gets past the detector on almost every image.
 
 ``--n 100 pixeldefend`` (mnist-cnn, Linf eps 0.3; PixelCNN 256 levels, 16 maps, 4 blocks, 3
 epochs, 1.487 bits/dim on test; undefended: clean 97%, PGD-40 robust 0%; BPDA =
@@ -64,26 +57,15 @@ moved at all, whatever the context, and PGD over even a relaxation of those choi
 32%; BPDA against 1-bit binarisation gets 17%. BPDA's 23% is near what the stronger attack
 reaches, not the figure of a weak attack.
 
-``--n 100 sanity --model mnist-cnn-trades`` (TRADES mnist-cnn, clean 94%, 67 s): no finding
-fires at eps 0.3 -- FGSM 15% <= PGD-20 16%; Square-1000 17% within 2 points of PGD-20 (APGD-CE
-+ APGD-DLR, when run, 18%); gradients finite, none vanishing; PGD fools 100% at eps 0.5 and
-1.0. On the same recipe's epoch-8 checkpoint, PGD-20 60% vs Square 74% made the black-box
-check fire although APGD-CE + APGD-DLR reach 78%: it now confirms with them before firing
-(silent there).
+``--n 100 sanity --model mnist-cnn-trades``: every check's evidence goes to
+results/defenses_repro-sanity-<model>.json. On an early checkpoint of the same recipe (not
+kept), PGD-20 fell well behind Square-1000 and made the black-box check fire although
+APGD-CE + APGD-DLR reached beyond Square: the check now confirms with them before firing.
 
 ``timing`` (mnist5k-train, 4,000 images, one epoch each, one thread; "x plain" = seconds over
-the mean of a plain mnist-cnn epoch timed just before and after, 2.9-5.4 s under the load)::
-
-    defense                            x plain
-    madry PGD-10 (1 epoch)             10.5
-    trades 10 steps (1 epoch)          10.3
-    fast FGSM-RS (1 epoch)             2.0
-    distillation T=100 (1+1 epochs)    1.6
-    magnet autoencoder f16 (1 epoch)   1.1
-    pixelcnn h16 l4 (1 epoch)          13.7
-
-so the zoo's mnist-cnn-trades (30 epochs) costs ~310 plain epochs; it took 40 min here (one
-thread on the loaded shared machine; 38 s per epoch while it was quieter, 23-150 s later).
+the mean of a plain mnist-cnn epoch timed just before and after, the ratio that carries over
+between machines) writes results/defenses_repro-timing.json; the zoo's mnist-cnn-trades (30
+TRADES epochs) costs 30 times the trades row's ratio in plain epochs.
 """
 from __future__ import annotations
 
@@ -103,7 +85,7 @@ import advlab
 from advlab import attacks, defenses, zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table  # noqa: E402
+from common import save, table  # noqa: E402
 
 log = logging.getLogger("defenses_repro")
 
@@ -265,6 +247,10 @@ def cmd_distillation(a: argparse.Namespace) -> None:
         log.info("%s", row)
     print(f"mnist-cnn, first {a.n} mnist5k test images, attacks on the correctly classified ones")
     print(table(rows, list(rows[0])))
+    print(save(Path(__file__).parent / "results" / "defenses_repro-distillation.json", rows,
+               list(rows[0]), section="distillation", model="mnist-cnn", n=a.n, eps=a.eps,
+               epochs=a.epochs, cw_steps=a.cw_steps,
+               images="first n mnist5k test images; attacks on the correctly classified"))
 
 
 def cmd_transforms(a: argparse.Namespace) -> None:
@@ -305,6 +291,9 @@ def cmd_transforms(a: argparse.Namespace) -> None:
                      "sanity findings (naive)": ",".join(fired) or "none"})
         log.info("%s", rows[-1])
     print(table(rows, list(rows[0])))
+    print(save(Path(__file__).parent / "results" / "defenses_repro-timing.json", rows,
+               list(rows[0]), section="timing", data="mnist5k train, 4,000 images",
+               ratio="seconds / mean of a plain mnist-cnn epoch just before and after"))
 
 
 def _pixelcnn(a: argparse.Namespace, x_tr: Tensor) -> tuple[defenses.PixelCNN, float]:
@@ -427,14 +416,18 @@ def cmd_magnet(a: argparse.Namespace) -> None:
                      "detected": flagged.float().mean().item(),
                      "success (wrong, undetected)": (wrong & ~flagged).float().mean().item()})
         log.info("%s", rows[-1])
+    columns = ["attack", "reformed wrong", "detected", "success (wrong, undetected)"]
     print(f"MagNet on mnist-cnn, first {a.n} mnist5k test images, Linf eps {a.eps}")
-    print(table(rows, ["attack", "reformed wrong", "detected", "success (wrong, undetected)"]))
+    print(table(rows, columns))
+    print(save(Path(__file__).parent / "results" / f"defenses_repro-magnet-lam{a.lam:g}.json",
+               rows, columns, section="magnet", model="mnist-cnn", n=a.n, eps=a.eps,
+               steps=a.steps, lam=a.lam, images="first n mnist5k test images"))
 
 
 def cmd_sanity(a: argparse.Namespace) -> None:
     """sanity.run_all on a zoo model or a cached robust model (``mnist-cnn-trades``: trained
-    on first use, about 25 CPU-minutes) at Linf eps ``--eps`` on the first ``--n`` test
-    images; one row per check."""
+    on first use) at Linf eps ``--eps`` on the first ``--n`` test images; one row per check,
+    written to results/defenses_repro-sanity-<model>.json."""
     from advlab.evaluation import sanity
 
     x_te, y_te = advlab.data.load("mnist5k", "test")
@@ -443,13 +436,19 @@ def cmd_sanity(a: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     findings = sanity.run_all(model, x, y, eps=a.eps, max_examples=a.n,
                               blackbox_queries=a.queries)
+    seconds = time.perf_counter() - t0
     rows = [{"check": f.name, "level": f.level, "message": f.message,
-             "evidence": ", ".join(f"{k}={v:.3g}" for k, v in f.evidence.items())}
-            for f in findings]
-    print(f"{a.model}: clean {_accuracy(model, x, y):.3f} on the first {a.n} mnist5k test "
+             "evidence": ", ".join(f"{k}={v:.3g}" for k, v in f.evidence.items()),
+             "values": {k: float(v) for k, v in f.evidence.items()}} for f in findings]
+    clean = _accuracy(model, x, y)
+    print(f"{a.model}: clean {clean:.3f} on the first {a.n} mnist5k test "
           f"images; sanity.run_all at Linf eps {a.eps} (Square {a.queries} queries), "
-          f"{time.perf_counter() - t0:.0f} s")
+          f"{seconds:.0f} s")
     print(table(rows, ["check", "level", "evidence", "message"]))
+    print(save(Path(__file__).parent / "results" / f"defenses_repro-sanity-{a.model}.json", rows,
+               ["check", "level", "message", "values"], section="sanity", model=a.model,
+               eps=a.eps, n=a.n, images="first n mnist5k test images", queries=a.queries,
+               clean=clean, seconds=seconds))
 
 
 def cmd_binarization(a: argparse.Namespace) -> None:
@@ -525,6 +524,9 @@ def cmd_timing(a: argparse.Namespace) -> None:
                      "x plain": round(secs / plain, 1), "threads": torch.get_num_threads()})
         log.info("%s", rows[-1])
     print(table(rows, list(rows[0])))
+    print(save(Path(__file__).parent / "results" / "defenses_repro-timing.json", rows,
+               list(rows[0]), section="timing", data="mnist5k train, 4,000 images",
+               ratio="seconds / mean of a plain mnist-cnn epoch just before and after"))
 
 
 def main() -> None:

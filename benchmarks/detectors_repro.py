@@ -25,26 +25,16 @@ ROC operating point whose threshold lets at most f of the clean originals throug
 adaptive section the threshold is calibrated on other clean test images. Detectors are fitted
 on mnist5k train. One thread (torch.set_num_threads(1)).
 
-Measured, ``--sections adaptive --n 200 --n-adaptive 100 --norms linf --lam 1`` (2026-12-03,
-idle 2-core machine, the rewritten DetectorAwarePGD, 50 steps, Linf eps 0.3; cells: AUC /
-TPR at the 5%-FPR threshold; evaded = misclassified and not flagged)::
-
-    detector          FPR          fgsm-0.3     pgd-0.3      cw           adaptive     evaded
-    kNN pool1         4.5%         0.975/90.6%  0.995/95.5%  0.992/94.5%  0.944/23.0%  77.0%
-    FeatureDist       8.5%         0.992/97.9%  0.993/99.0%  0.977/87.0%  0.865/1.0%   99.0%
-    LID               5.5%         0.930/59.4%  0.889/42.0%  0.834/26.5%  0.791/0.0%   100.0%
-    Mahalanobis       6.5%         1.000/100.0% 1.000/100.0% 0.908/52.0%  0.848/1.0%   99.0%
-    Squeezing         6.0%         0.990/94.8%  0.996/100.0% 0.990/100.0% 0.987/90.0%  10.0%
-    MagNet            4.0%         1.000/100.0% 1.000/100.0% 0.781/41.0%  0.731/1.0%   99.0%
-    AnyOf(MagNet,kNN) 7.0%         1.000/100.0% 1.000/100.0% 0.988/93.5%  0.956/54.0%  46.0%
-    DeepKNN           5.5%         0.957/79.7%  0.995/96.5%  0.990/94.0%  0.907/14.0%  86.0%
-    Transformations   4.5%         0.888/57.3%  1.000/100.0% 1.000/100.0% 0.893/4.0%   96.0%
-
-MagNet as a defense (reformer + detector), 100 images: oblivious PGD 0% success (100%
-detected), PGD through the reformer 0% (100% detected), the adaptive attack through the
-reformer with the detector term 98% (2% detected). Feature squeezing is near its ceiling at
-this eps (see benchmarks/detectors_adaptive.py); the union AnyOf(MagNet, kNN) is the hardest
-to evade (46%): its soft score is a max, so the attack descends one member at a time.
+``--sections adaptive`` writes its table to results/detectors_repro-adaptive-lam<lam>.json
+(``--n 200 --n-adaptive 100 --norms linf --lam 1`` there: DetectorAwarePGD, 50 steps, Linf
+eps 0.3; cells: AUC / TPR at the 5%-FPR threshold; evaded = misclassified and not flagged).
+The naive attacks are caught by most detectors; the adaptive attack evades each of them on
+most images except feature squeezing (near its ceiling at this eps, see
+benchmarks/detectors_adaptive.py); of the rest, the union AnyOf(MagNet, kNN) is the hardest
+to evade: its soft score is a max, so the attack descends one member at a time. MagNet as a
+defense (reformer + detector): oblivious PGD and PGD through the reformer are all flagged,
+the adaptive attack through the reformer with the detector term evades on almost every image
+(the same measurement with 100 steps: results/defenses_repro-magnet-lam1.json).
 """
 from __future__ import annotations
 
@@ -53,7 +43,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import table
+from common import RESULTS, save, table
 from torch import Tensor, nn
 
 import advlab
@@ -374,6 +364,11 @@ def section_adaptive(n: int, lam: float, n_adaptive: int,
     cols = ["detector", "clean FPR", *adv,
             *[f"{k} {p}" for p in norms for k in ("adaptive", "evaded")], "s"]
     log(table(rows, cols))
+    log(str(save(RESULTS / f"detectors_repro-adaptive-lam{lam:g}.json",
+                 rows, cols, section="adaptive", model="mnist-cnn", n=n, n_adaptive=n_adaptive,
+                 lam=lam, norms=list(norms), steps=50,
+                 cells="ROC AUC / TPR at the threshold calibrated to 5% FPR on other clean "
+                       "images; evaded = misclassified and not flagged")))
     magnet_reformer(model, x[:n_adaptive], y[:n_adaptive], ae, x_tr, y_tr, x_cal, lam)
 
 

@@ -12,6 +12,8 @@ example once it is adversarial (same robust accuracy, fewer passes).
 All contenders of a row run in interleaved rounds in one process and each keeps its fastest
 round (see common.race), so the load of other processes falls on all of them alike; rows of a
 few milliseconds run up to 40 times ``--rounds``.
+Each run writes its table to benchmarks/results/gradient-batches-<batches>.json (with the
+date, torch version and load average). The tables below are the record of earlier code.
 
 Latest (``--batches 100``, one thread, idle 2-core machine, 2026-12-03 afternoon, after the
 zoo CNN's exact no-grad max pooling, ``zoo.MaxPool2x2``, which makes every success forward on
@@ -68,7 +70,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from common import floor_step, have, race, robust_accuracy, table, zoo_setup
+from common import RESULTS, floor_step, have, race, robust_accuracy, save, table, zoo_setup
 from torch import Tensor, nn
 
 import advlab
@@ -180,6 +182,10 @@ def main() -> None:
     cols += [f"{p}_{k}" for p in ("torchattacks", "art", "foolbox")
              for k in ("x", "v", "es", "acc")]
     print("\n" + table(rows, cols))
+    batches = "-".join(map(str, args.batches))
+    print(save(RESULTS / f"gradient-batches-{batches}.json", rows, cols, section="batches",
+               models=args.models, batches=args.batches, peer_batch=args.peer_batch,
+               rounds=args.rounds, timing="fastest of interleaved rounds, one process"))
     print("\n*_x: peer time / advlab time with every step run (>1: advlab faster), images "
           "only;\n*_v: the same with the peer's one forward pass on its images added, to know "
           "which\nsucceeded (advlab returns that verdict, re-checked); *_es: peer time / advlab "

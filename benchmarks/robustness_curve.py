@@ -12,29 +12,16 @@ then APGD-CE at each grid eps on all the images; the per-example minimum of both
 one process: the FAB run and the bounded grid alone (the fastest of ``--rounds`` interleaved
 rounds), then the confirmation once (the same work as the grid alone). The curve is checked to
 be at most ``minnorm`` and at most ``bounded_alone`` at every grid eps.
-The table and times go to ``--out`` as JSON.
 
-Measured (``--n 200``, mnist-cnn, FAB and APGD-CE at their defaults (100 steps), torch
-2.13, one thread, a 2-core machine at load ~14 from other sessions, the fastest of 2
-interleaved rounds; benchmarks/results/robustness_curve.json)::
-
-    one fab run 120.1 s, its confirmation by apgd-ce on the grid 56.9 s; apgd-ce alone on
-    the grid 50.0 s (run / grid 2.40, curve / grid 3.54)
-    eps     minnorm   bounded_alone  curve
-    0.05    0.940     0.930          0.930
-    0.1     0.800     0.790          0.790
-    0.15    0.295     0.230          0.225
-    0.2     0.025     0.005          0.005
-    0.25    0.000     0.000          0.000
-    0.3     0.000     0.000          0.000
-    curve <= bounded_alone at every grid eps: True
-
-FAB alone overstates the accuracy at every grid eps up to 0.2; the curve equals APGD-CE's grid
-there and is lower at 0.15 (FAB's radii). The one run costs 2.4 six-point grids here: what it
-buys is the curve between the grid points and each image's radius, not time. Confirming only
-the images FAB left robust (an earlier version) saved little (48.8 s vs 54.6 s, one loaded
-round) but changed APGD's random starts, and that curve was above APGD-CE alone at 0.15
-(0.250 vs 0.230).
+The table, the times and their ratios go to ``--out`` as JSON: benchmarks/results/
+robustness_curve.json holds ``--n 200`` with FAB and APGD-CE at their defaults, one thread,
+on a 2-core machine at load ~14 from other sessions (times are ratios at best). What they
+showed: FAB alone overstates the accuracy at the grid points below its
+typical radius; the curve equals APGD-CE's grid there and is lower where FAB's radii help.
+The one run costs more than a six-point grid: what it buys is the curve between the grid
+points and each image's radius, not time. Confirming only the images FAB left robust (an
+earlier version) saved little time but changed APGD's random starts, and that curve was
+above APGD-CE alone at one grid point.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 strength, time and model passes, with the peers side by side where they have the attack.
 
     python benchmarks/whitebox_apgd_universal_eot.py [--sections apgd ensemble universal eot
-        patch] [--models mnist-mlp mnist-cnn] [--n 500]
+        patch patch-size] [--models mnist-mlp mnist-cnn] [--n 500]
 
 Sections (each prints its own table; robust accuracy is re-checked on the returned images and
 counts an example robust only if it is classified correctly both clean and adversarial):
@@ -17,10 +17,14 @@ counts an example robust only if it is classified correctly both clean and adver
   the same eps and passes (``--no-art`` leaves ART out); the table goes to
   results/whitebox_apgd_universal_eot-universal.json.
 - eot: on mnist-cnn, PGD and EOT-PGD at eps 0.3; per adversarial example the fraction of
-  random transformations from the EOT distribution under which the adversarial class is kept.
+  random transformations from the EOT distribution under which the adversarial class is kept;
+  the table goes to results/whitebox_apgd_universal_eot-eot.json.
 - patch: a patch per target trained on train images, target success on held-out images at a
   random placement, against a random patch and ART's AdversarialPatchPyTorch (only when
   torchvision is installed: ART imports it; it is not installed here, since it pins torch).
+- patch-size: advlab's patch at 0.2, 0.3 and 0.5 of the image side (100 Adam steps, the
+  default) and at 0.5 with 200 steps, target success as in patch; the table goes to
+  results/whitebox_apgd_universal_eot-patch-size.json.
 
 "fwd"/"bwd": model forward passes (images) and backward passes, counted on the model.
 One thread (the machine is shared); times are comparable within a row only.
@@ -79,16 +83,10 @@ APGD-CE leaves 0% at eps 0.3 on both models; where PGD-100 leaves accuracy it le
 (mlp: 0.015 = 0.015 at 0.15, 0.095 = 0.095 at 0.1; cnn: 0.225 < 0.26 at 0.15, 0.765 < 0.78
 at 0.1). advlab counts fewer passes than the peers because it stops fooled examples early.
 
-``--sections eot`` (mnist-cnn, 100 test images, eps 0.3; survival over 100 draws, seed 1)::
-
-    attack                           success  survival_mean  frac_ge_0.9  time_s
-    clean images                     0        0.9442         0.81
-    pgd-100                          1        0.1807         0            1.026
-    eot-pgd (100 steps, 10 samples)  1        0.9178         0.77         205.6
-
-EOT examples keep the adversarial class under 91.8% of the draws on average (plain PGD:
-18.1%); per example, 77% of them survive >= 90% of the draws (clean images: 81%: the
-distribution itself changes some clean predictions).
+``--sections eot`` writes its table to results/whitebox_apgd_universal_eot-eot.json
+(mnist-cnn, 100 test images, eps 0.3; survival over 100 draws, seed 1): EOT examples keep
+the adversarial class under most draws, plain PGD's under few; the clean images' row shows
+how often the distribution itself changes a clean prediction.
 
 ``--sections universal`` at commit 7e65fa8 (DeepFool inner steps in Linf; 200 fitting
 train images, 3 passes for DeepFool, 10 for sgd; held-out: the 1,000 test images; ART:
@@ -165,7 +163,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import Counted, art_classifier, have, robust_accuracy, table, zoo_setup
+from common import Counted, art_classifier, have, robust_accuracy, save, table, zoo_setup
 from torch import Tensor, nn
 
 import advlab
@@ -322,13 +320,31 @@ def section_eot(n: int, eps: float, samples: int) -> None:
                      "survival_mean": s.mean().item(),
                      "frac_ge_0.9": (s >= 0.9).float().mean().item(), "time_s": t})
         print(table(rows[-1:], list(rows[-1])), flush=True)
+    columns = ["attack", "success", "survival_mean", "frac_ge_0.9", "time_s"]
     print(f"\nEOT on mnist-cnn (n = {n}, Linf eps = {eps}; survival: fraction of {samples} "
           f"draws of {DEFAULT_DISTRIBUTION} keeping the adversarial class, over successful "
-          "examples)\n" + table(rows, ["attack", "success", "survival_mean", "frac_ge_0.9",
-                                       "time_s"]))
+          "examples)\n" + table(rows, columns))
+    print(save(Path(__file__).parent / "results" / "whitebox_apgd_universal_eot-eot.json", rows,
+               columns, section="eot", model="mnist-cnn", n=n, eps=eps, samples=samples,
+               distribution=str(DEFAULT_DISTRIBUTION), images="first n mnist5k test images"))
 
 
 # ----------------------------------------------------------------------------- patch
+
+
+def patch_row(atk: AdversarialPatch, model: nn.Module, x_fit: Tensor, t: int) -> dict:
+    """Fit ``atk``'s patch for target t; its target success on the held-out test images of
+    the other classes at random placements, against a random patch of the same shape."""
+    x_all, y_all = advlab.data.load("mnist5k", split="test")
+    x_out = x_all[y_all != t]
+    theta = atk.placements(x_out, torch.Generator().manual_seed(1))
+    tt, fitted = once(lambda: atk.fit(model, x_fit, target=t))
+    rnd = torch.rand(fitted.patch.shape, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        hit = (model(paste(x_out, fitted.patch, fitted.mask, theta)[0]).argmax(1) == t)
+        base = (model(paste(x_out, rnd, fitted.mask, theta)[0]).argmax(1) == t)
+    return {"target": t, "advlab_success": hit.float().mean().item(),
+            "random_patch": base.float().mean().item(), "advlab_s": tt}
 
 
 def section_patch(models: list[str], n_fit: int, targets: list[int]) -> None:
@@ -339,14 +355,7 @@ def section_patch(models: list[str], n_fit: int, targets: list[int]) -> None:
         atk = AdversarialPatch()
         for t in targets:
             x_out = x_all[y_all != t]
-            theta = atk.placements(x_out, torch.Generator().manual_seed(1))
-            tt, fitted = once(lambda: atk.fit(model, x_fit, target=t))
-            rnd = torch.rand(fitted.patch.shape, generator=torch.Generator().manual_seed(2))
-            with torch.no_grad():
-                hit = (model(paste(x_out, fitted.patch, fitted.mask, theta)[0]).argmax(1) == t)
-                base = (model(paste(x_out, rnd, fitted.mask, theta)[0]).argmax(1) == t)
-            row = {"model": name, "target": t, "advlab_success": hit.float().mean().item(),
-                   "random_patch": base.float().mean().item(), "advlab_s": tt}
+            row = {"model": name, **patch_row(atk, model, x_fit, t)}
             if have("art") and have("torchvision"):  # ART's patch needs torchvision
                 from art.attacks.evasion import AdversarialPatchPyTorch
 
@@ -369,10 +378,30 @@ def section_patch(models: list[str], n_fit: int, targets: list[int]) -> None:
                          "art_success", "art_s"]))
 
 
+def section_patch_size(models: list[str], n_fit: int, targets: list[int]) -> None:
+    """advlab's patch at sizes 0.2, 0.3 and 0.5 of the side with 100 Adam steps (the
+    default), and at 0.5 with 200; written to
+    results/whitebox_apgd_universal_eot-patch-size.json."""
+    rows = []
+    for name in models:
+        model, x_fit, _ = zoo_setup(name, n_fit, split="train")
+        for size, steps in ((0.2, 100), (0.3, 100), (0.5, 100), (0.5, 200)):
+            for t in targets:
+                rows.append({"model": name, "size": size, "steps": steps,
+                             **patch_row(AdversarialPatch(size=size, steps=steps), model,
+                                         x_fit, t)})
+                print(table(rows[-1:], list(rows[-1])), flush=True)
+    columns = ["model", "size", "steps", "target", "advlab_success", "random_patch", "advlab_s"]
+    print(table(rows, columns))
+    print(save(Path(__file__).parent / "results" / "whitebox_apgd_universal_eot-patch-size.json",
+               rows, columns, section="patch-size", n_fit=n_fit,
+               heldout="mnist5k test images of the other classes, random placements"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sections", nargs="+",
-                    default=["apgd", "ensemble", "universal", "eot", "patch"])
+                    default=["apgd", "ensemble", "universal", "eot", "patch", "patch-size"])
     ap.add_argument("--models", nargs="+", default=["mnist-mlp", "mnist-cnn"])
     ap.add_argument("--n", type=int, default=500, help="images for apgd")
     ap.add_argument("--eps", type=float, nargs="+", default=[0.3, 0.15, 0.1])
@@ -397,6 +426,8 @@ def main() -> None:
         section_eot(args.eot_n, 0.3, 100)
     if "patch" in args.sections:
         section_patch(args.models, args.patch_n, [3, 8])
+    if "patch-size" in args.sections:
+        section_patch_size(args.models, args.patch_n, [3, 8])
 
 
 if __name__ == "__main__":

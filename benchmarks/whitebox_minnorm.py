@@ -1,8 +1,9 @@
 """Minimum-norm and optimisation white-box attacks against the peers, side by side.
 
     python benchmarks/whitebox_minnorm.py [--sections deepfool cw cw-targeted cw-box cw-linf jsma
-        lbfgs lbfgs-warm fab] [--models mnist-cnn mnist-mlp] [--n 100] [--n-targeted 20]
-        [--n-jsma 100] [--cw-steps 100] [--peers foolbox art torchattacks]
+        lbfgs lbfgs-warm fab fmn fmn-overshoot ddn ead sparsefool sparsefool-fallback]
+        [--models mnist-cnn mnist-mlp] [--n 100] [--n-targeted 20] [--n-jsma 100] [--n-ead 50]
+        [--n-sparse 50] [--cw-steps 100] [--peers foolbox art torchattacks] [--results DIR]
 
 For each zoo model, on the first correctly classified images of the mnist5k test split, in
 one process (torch.set_num_threads(1)): wall time, model evaluations (forward rows and
@@ -28,131 +29,56 @@ Sections:
 - lbfgs: L-BFGS targeted at the class DeepFool reaches (same images), and at random targets.
 - lbfgs-warm: L-BFGS aimed at DeepFool's class, each c warm-started from the previous
   minimiser (the default) vs started from r = 0, with 10 and 20 iterations.
+- fmn: advlab FMN vs foolbox L0/L1/L2/LInfFMNAttack, 100 steps, alpha 1 annealed to 0.01,
+  gamma 0.05 annealed to 0.001 (both libraries' defaults). foolbox 3.3.4's L2 projection is
+  a no-op (its factor is min(1, norms / norms)), which is why its L2 sizes are larger.
+- fmn-overshoot: advlab FMN (L2, 100 steps) as shipped, whose jump to the linearised
+  boundary is overshot by 1 + gamma_0, against the same attack without the overshoot (the
+  paper's rule; a subclass here divides the overshoot out of the jump).
+- ddn: advlab DDN vs foolbox DDNAttack, 100 steps, init_eps 1, gamma 0.05.
+- ead: advlab EAD (EN and L1 rules) vs foolbox EADAttack (EN) and torchattacks EADL1 (L1,
+  early abort, warm start across constants): beta 1e-3, 9 x 100 iterations, c0 1e-3,
+  lr 1e-2.
+- sparsefool: advlab SparseFool vs torchattacks SparseFool, lambda 3, overshoot 0.02, 20
+  iterations (the L0 count is of changed pixel values).
+- sparsefool-fallback: advlab SparseFool (50 iterations) as shipped, which takes the plane at
+  DeepFool's point x_DF where the plane at x_B does not separate the iterate from x_B,
+  against the same attack without that fallback (a subclass here); "stuck": images not
+  fooled after the 50 iterations.
 
 Each section's table is written to benchmarks/results/whitebox_minnorm-<section>-<model>.json
-(with the date, torch version, n and settings); the docstrings of the attacks point there.
+(with the date, torch version, load average, n and settings); the docstrings of the attacks
+point there.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import time
 from collections.abc import Callable
-from pathlib import Path
 
-import numpy as np
 import torch
-from common import Counted, art_classifier, table
-from common import have as installed
-from torch import Tensor, nn
+from common import (
+    Counted,
+    Run,
+    Section,
+    advlab_run,
+    art_run,
+    compare,
+    foolbox_run,
+    measure,
+    median_ok,
+    parser,
+    summarise,
+    torchattacks_run,
+)
+from common import peer as have
+from torch import Tensor
 
 import advlab
-
-Run = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
-
-
-PEERS = ["foolbox", "art", "torchattacks"]
-RESULTS = Path(__file__).parent / "results"
-
-
-def have(peer: str) -> bool:
-    """A peer library that is installed and selected with --peers."""
-    return peer in PEERS and installed(peer)
-
-
-class Meter(Counted):
-    """Counted, plus the rows that go through backward passes."""
-
-    def reset(self) -> None:
-        super().reset()
-        self.bw_rows = 0
-
-    def _count_backward(self, grad: Tensor) -> None:
-        super()._count_backward(grad)
-        self.bw_rows += len(grad)
-
-
-def correct_subset(model: nn.Module, n: int) -> tuple[Tensor, Tensor]:
-    """The first n correctly classified images of the mnist5k test split."""
-    x, y = advlab.data.load("mnist5k", split="test")
-    with torch.no_grad():
-        ok = model(x).argmax(1) == y
-    return x[ok][:n], y[ok][:n]
-
-
-def measure(name: str, fn: Run, meter: Meter, x: Tensor, y: Tensor,
-            target: Tensor | None = None) -> dict:
-    """Run one attack once; time, evaluations, re-checked success, norms."""
-    meter.reset()
-    t0 = time.perf_counter()
-    x_adv = fn(x, y, target).detach().float().clamp(0, 1)
-    dt = time.perf_counter() - t0
-    with torch.no_grad():
-        pred = meter.model(x_adv).argmax(1)
-    ok = pred != y if target is None else pred == target
-    d = (x_adv - x).flatten(1)
-    n = len(x)
-    return {"lib": name, "time_s": dt, "fwd/img": meter.rows / n, "bwd/img": meter.bw_rows / n,
-            "success": ok.float().mean().item(), "ok": ok, "l2": d.norm(dim=1),
-            "linf": d.abs().amax(1), "l0": (d.abs() > 1e-7).sum(1).float(), "x_adv": x_adv}
-
-
-def summarise(rows: list[dict], norm: str) -> list[dict]:
-    """Median/mean norm over successes, and the median over the images every row fooled."""
-    common = torch.stack([r["ok"] for r in rows]).all(0)
-    out = []
-    for r in rows:
-        v = r[norm]
-        s = dict(r)
-        s[f"med_{norm}"] = v[r["ok"]].median().item() if r["ok"].any() else float("nan")
-        s[f"mean_{norm}"] = v[r["ok"]].mean().item() if r["ok"].any() else float("nan")
-        s[f"med_{norm}_common"] = v[common].median().item() if common.any() else float("nan")
-        s["n_common"] = int(common.sum())
-        out.append(s)
-    return out
-
-
-def advlab_run(attack: advlab.attacks.Attack, model: nn.Module) -> Run:
-    return lambda x, y, t: attack(model, x, y, target=t).x_adv
-
-
-def art_run(make: Callable, model: nn.Module, x: Tensor, targeted: bool = False) -> Run:
-    clf = art_classifier(model, tuple(x.shape[1:]))
-    atk = make(clf)
-
-    def run(xx: Tensor, yy: Tensor, t: Tensor | None) -> Tensor:
-        if t is None:
-            return torch.from_numpy(atk.generate(xx.numpy()))
-        onehot = np.eye(10, dtype=np.float32)[t.numpy()]
-        return torch.from_numpy(atk.generate(xx.numpy(), y=onehot))
-    return run
-
-
-def foolbox_run(atk: object, model: nn.Module) -> Run:
-    import foolbox as fb
-
-    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
-
-    def run(xx: Tensor, yy: Tensor, t: Tensor | None) -> Tensor:
-        crit = yy if t is None else fb.criteria.TargetedMisclassification(t)
-        return atk(fmodel, xx, crit, epsilons=None)[1]
-    return run
-
-
-def torchattacks_run(atk: object) -> Run:
-    def run(xx: Tensor, yy: Tensor, t: Tensor | None) -> Tensor:
-        if t is None:
-            return atk(xx, yy)
-        atk.set_mode_targeted_by_label(quiet=True)
-        return atk(xx, t)
-    return run
-
+from advlab.attacks.minnorm import Best
 
 # ------------------------------------------------------------------------------ sections
 
 
-def deepfool_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+def deepfool_rows(model: Counted, x: Tensor, y: Tensor) -> list[dict]:
     runs: dict[str, Run] = {"advlab": advlab_run(advlab.attacks.get("deepfool"), model)}
     if have("foolbox"):
         import foolbox as fb
@@ -175,7 +101,7 @@ def deepfool_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
     return rows
 
 
-def cw_rows(model: Meter, x: Tensor, y: Tensor, steps: int) -> list[dict]:
+def cw_rows(model: Counted, x: Tensor, y: Tensor, steps: int) -> list[dict]:
     runs: dict[str, Run] = {"advlab": advlab_run(advlab.attacks.get("cw-l2", steps=steps),
                                                  model)}
     if have("foolbox"):
@@ -205,7 +131,7 @@ def all_targets(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return xs, ys, (ys + shift) % k
 
 
-def cw_targeted_rows(model: Meter, x: Tensor, y: Tensor, steps: int) -> list[dict]:
+def cw_targeted_rows(model: Counted, x: Tensor, y: Tensor, steps: int) -> list[dict]:
     xs, ys, ts = all_targets(x, y)
     r = measure("advlab", advlab_run(advlab.attacks.get("cw-l2", steps=steps), model),
                 model, xs, ys, ts)
@@ -216,7 +142,7 @@ def cw_targeted_rows(model: Meter, x: Tensor, y: Tensor, steps: int) -> list[dic
                 "worst": 2.60}]
 
 
-def cw_box_rows(model: Meter, x: Tensor, y: Tensor, steps: int) -> list[dict]:
+def cw_box_rows(model: Counted, x: Tensor, y: Tensor, steps: int) -> list[dict]:
     settings = {"clip (projected Adam)": {"box": "clip"},
                 "tanh, eps 1e-6 (paper)": {"box": "tanh"},
                 "tanh, eps 1e-2": {"box": "tanh", "tanh_eps": 1e-2},
@@ -230,7 +156,7 @@ def cw_box_rows(model: Meter, x: Tensor, y: Tensor, steps: int) -> list[dict]:
     return summarise(rows, "l2")
 
 
-def jsma_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+def jsma_rows(model: Counted, x: Tensor, y: Tensor) -> list[dict]:
     xs, ys, ts = all_targets(x, y)
     runs: dict[str, Run] = {
         "advlab": advlab_run(advlab.attacks.get("jsma"), model),
@@ -253,7 +179,7 @@ def jsma_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
     return rows
 
 
-def lbfgs_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+def lbfgs_rows(model: Counted, x: Tensor, y: Tensor) -> list[dict]:
     df = measure("deepfool", advlab_run(advlab.attacks.get("deepfool"), model), model, x, y)
     with torch.no_grad():
         t = model.model(df["x_adv"]).argmax(1)
@@ -273,7 +199,7 @@ def lbfgs_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
     return [df, lb, lr, fg]
 
 
-def cw_linf_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+def cw_linf_rows(model: Counted, x: Tensor, y: Tensor) -> list[dict]:
     """C&W Linf at its default (30 Adam steps per solve, c0 0.1) vs 100 steps from c0 0.01."""
     settings = {"steps 30, c0 0.1 (default)": {"steps": 30, "c0": 0.1},
                 "steps 100, c0 0.01": {"steps": 100, "c0": 0.01}}
@@ -281,7 +207,7 @@ def cw_linf_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
                               model, x, y) for k, kw in settings.items()], "linf")
 
 
-def lbfgs_warm_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+def lbfgs_warm_rows(model: Counted, x: Tensor, y: Tensor) -> list[dict]:
     """L-BFGS aimed at DeepFool's class: warm start (the default) vs cold, 10 and 20
     iterations per value of c."""
     df = measure("deepfool", advlab_run(advlab.attacks.get("deepfool"), model), model, x, y)
@@ -295,7 +221,7 @@ def lbfgs_warm_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
                               model, x[ok], y[ok], t[ok]) for k, kw in settings.items()], "l2")
 
 
-def fab_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
+def fab_rows(model: Counted, x: Tensor, y: Tensor) -> list[dict]:
     """Untargeted Linf FAB (100 steps, 1 restart) against torchattacks' FAB at equal settings,
     with DeepFool-Linf as the reference it should beat."""
     runs: dict[str, Run] = {"advlab": advlab_run(advlab.attacks.get("fab", steps=100), model),
@@ -309,85 +235,156 @@ def fab_rows(model: Meter, x: Tensor, y: Tensor) -> list[dict]:
     return summarise([measure(k, f, model, x, y) for k, f in runs.items()], "linf")
 
 
-COLUMNS = {
-    "fab": ["lib", "time_s", "fwd/img", "bwd/img", "success", "med_linf", "mean_linf",
-            "med_linf_common", "n_common"],
-    "deepfool": ["lib", "time_s", "fwd/img", "bwd/img", "success", "med_l2", "mean_l2",
-                 "med_l2_common", "n_common", "rho"],
-    "cw": ["lib", "time_s", "fwd/img", "bwd/img", "success", "med_l2", "mean_l2",
-           "med_l2_common", "n_common"],
-    "cw-targeted": ["lib", "time_s", "fwd/img", "bwd/img", "success", "best", "average",
-                    "worst"],
-    "cw-box": ["lib", "time_s", "fwd/img", "bwd/img", "success", "med_l2", "mean_l2",
-               "med_l2_common", "n_common"],
-    "jsma": ["lib", "time_s", "fwd/img", "bwd/img", "success", "pixels_%", "med_l0", "mean_l0",
-             "med_l0_common", "n_common"],
-    "lbfgs": ["lib", "time_s", "fwd/img", "bwd/img", "success", "med_l2", "mean_l2",
-              "ratio_to_deepfool"],
-    "cw-linf": ["lib", "time_s", "fwd/img", "bwd/img", "success", "med_linf", "mean_linf",
-                "med_linf_common", "n_common"],
-    "lbfgs-warm": ["lib", "time_s", "fwd/img", "bwd/img", "success", "med_l2", "mean_l2",
-                   "med_l2_common", "n_common"],
-}
+def fmn_rows(model: Counted, x: Tensor, y: Tensor) -> list[dict]:
+    out = []
+    for norm in ("l0", "l1", "l2", "linf"):
+        runs: dict[str, Run] = {"advlab": advlab_run(advlab.attacks.FMN(norm=norm), model)}
+        if have("foolbox"):
+            import foolbox as fb
+
+            cls = {"l0": fb.attacks.L0FMNAttack, "l1": fb.attacks.L1FMNAttack,
+                   "l2": fb.attacks.L2FMNAttack, "linf": fb.attacks.LInfFMNAttack}[norm]
+            runs["foolbox"] = foolbox_run(cls(steps=100), model)
+        for r in summarise([measure(k, f, model, x, y) for k, f in runs.items()], norm):
+            r.update(norm=norm, med=r[f"med_{norm}"], med_common=r[f"med_{norm}_common"])
+            out.append(r)
+    return out
 
 
-def save(section: str, model: str, rows: list[dict], settings: dict) -> Path:
-    """The section's table as JSON in benchmarks/results (the columns of COLUMNS only)."""
-    keep = [{c: r[c] for c in COLUMNS[section] if c in r} for r in rows]
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"whitebox_minnorm-{section}-{model}.json"
-    path.write_text(json.dumps({
-        "section": section, "model": model,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "loadavg": os.getloadavg(), **settings, "rows": keep}, indent=1) + "\n")
-    return path
+class FMNNoOvershoot(advlab.attacks.FMN):
+    """FMN whose jump to the linearised boundary is not overshot (the paper's rule)."""
+
+    def new_radius(self, radius: Tensor, adversarial: Tensor, best: Best, size: Tensor,
+                   margin: Tensor, grad: Tensor, gamma: float) -> Tensor:
+        new = super().new_radius(radius, adversarial, best, size, margin, grad, gamma)
+        if self.norm == "l0":
+            return new
+        jumped = ~adversarial & ~best.found
+        return torch.where(jumped, new / (1 + self.gamma), new)
+
+
+def fmn_overshoot_rows(model: Counted, x: Tensor, y: Tensor) -> list[dict]:
+    runs = {"advlab (overshoot 1 + gamma_0)": advlab.attacks.FMN(norm="l2"),
+            "without the overshoot": FMNNoOvershoot(norm="l2")}
+    return summarise([measure(k, advlab_run(a, model), model, x, y) for k, a in runs.items()],
+                     "l2")
+
+
+def ddn_rows(model: Counted, x: Tensor, y: Tensor) -> list[dict]:
+    runs: dict[str, Run] = {"advlab": advlab_run(advlab.attacks.DDN(), model)}
+    if have("foolbox"):
+        import foolbox as fb
+
+        runs["foolbox"] = foolbox_run(fb.attacks.DDNAttack(steps=100), model)
+    return summarise([measure(k, f, model, x, y) for k, f in runs.items()], "l2")
+
+
+def ead_rows(model: Counted, x: Tensor, y: Tensor) -> list[dict]:
+    runs: dict[str, Run] = {
+        "advlab EN": advlab_run(advlab.attacks.EAD(rule="EN"), model),
+        "advlab L1": advlab_run(advlab.attacks.EAD(rule="L1"), model),
+    }
+    if have("foolbox"):
+        import foolbox as fb
+
+        runs["foolbox EN"] = foolbox_run(fb.attacks.EADAttack(
+            binary_search_steps=9, steps=100, initial_stepsize=1e-2, initial_const=1e-3,
+            regularization=1e-3, decision_rule="EN", abort_early=False), model)
+    if have("torchattacks"):
+        import torchattacks as ta
+
+        runs["torchattacks L1"] = torchattacks_run(ta.EADL1(
+            model, kappa=0, lr=1e-2, binary_search_steps=9, max_iterations=100,
+            initial_const=1e-3, beta=1e-3))
+    rows = summarise([measure(k, f, model, x, y) for k, f in runs.items()], "l1")
+    for r in rows:
+        r.update(med_l2=median_ok(r, "l2"), med_l0=median_ok(r, "l0"))
+    return rows
+
+
+def sparsefool_rows(model: Counted, x: Tensor, y: Tensor) -> list[dict]:
+    runs: dict[str, Run] = {"advlab": advlab_run(advlab.attacks.SparseFool(), model)}
+    if have("torchattacks"):
+        import torchattacks as ta
+
+        runs["torchattacks"] = torchattacks_run(ta.SparseFool(model, steps=20, lam=3,
+                                                              overshoot=0.02))
+    rows = summarise([measure(k, f, model, x, y) for k, f in runs.items()], "l0")
+    for r in rows:
+        r["med_l1"] = median_ok(r, "l1")
+    return rows
+
+
+class SparseFoolNoFallback(advlab.attacks.SparseFool):
+    """SparseFool on the plane at x_B always, even where it does not separate x_i from x_B."""
+
+    def plane(self, model: Counted, x_i: Tensor, x_df: Tensor, x_b: Tensor,
+              y: Tensor) -> tuple[Tensor, Tensor]:
+        return x_b, self.normal(model, x_b, y)
+
+
+def sparsefool_fallback_rows(model: Counted, x: Tensor, y: Tensor) -> list[dict]:
+    """SparseFool with 50 iterations, as shipped and without the fallback to the plane at
+    x_DF: "stuck" counts the images still not fooled after the 50."""
+    runs = {"advlab (plane at x_DF where x_B's does not separate)": advlab.attacks.SparseFool(
+        max_iter=50), "without the fallback": SparseFoolNoFallback(max_iter=50)}
+    rows = []
+    for name, atk in runs.items():
+        iterations = []
+
+        def run(xx: Tensor, yy: Tensor, t: Tensor | None, atk=atk) -> Tensor:  # noqa: ANN001
+            res = atk(model, xx, yy)
+            iterations.append(res.info["iterations"])
+            return res.x_adv
+        r = measure(name, run, model, x, y)
+        r.update(stuck=int((~r["ok"]).sum()),
+                 mean_iterations=iterations[-1].float().mean().item())
+        rows.append(r)
+    return summarise(rows, "l0")
+
+
+COST = ["lib", "time_s", "fwd/img", "bwd/img", "success"]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--sections", nargs="+", default=list(COLUMNS))
-    ap.add_argument("--models", nargs="+", default=["mnist-cnn", "mnist-mlp"])
-    ap.add_argument("--n", type=int, default=100)
+    ap = parser(__doc__, ["deepfool", "cw", "cw-targeted", "cw-box", "jsma", "lbfgs", "cw-linf",
+                          "lbfgs-warm", "fab", "fmn", "fmn-overshoot", "ddn", "ead",
+                          "sparsefool", "sparsefool-fallback"], ["mnist-cnn", "mnist-mlp"])
     ap.add_argument("--n-targeted", type=int, default=20)
     ap.add_argument("--n-jsma", type=int, default=100)
+    ap.add_argument("--n-ead", type=int, default=50)
+    ap.add_argument("--n-sparse", type=int, default=50)
     ap.add_argument("--cw-steps", type=int, default=100)
-    ap.add_argument("--peers", nargs="*", default=PEERS, help="peer libraries to run")
     args = ap.parse_args()
-    PEERS[:] = args.peers
-    torch.set_num_threads(1)
-    for name in args.models:
-        model = Meter(advlab.zoo.load(name)).eval()
-        x, y = correct_subset(model.model, max(args.n, args.n_targeted, args.n_jsma))
-        for sec in args.sections:
-            if sec == "deepfool":
-                rows = deepfool_rows(model, x[:args.n], y[:args.n])
-            elif sec == "cw":
-                rows = cw_rows(model, x[:args.n], y[:args.n], args.cw_steps)
-            elif sec == "cw-targeted":
-                rows = cw_targeted_rows(model, x[:args.n_targeted], y[:args.n_targeted],
-                                        args.cw_steps)
-            elif sec == "cw-box":
-                rows = cw_box_rows(model, x[:args.n], y[:args.n], args.cw_steps)
-            elif sec == "fab":
-                rows = fab_rows(model, x[:args.n], y[:args.n])
-            elif sec == "jsma":
-                rows = jsma_rows(model, x[:args.n_jsma], y[:args.n_jsma])
-            elif sec == "cw-linf":
-                rows = cw_linf_rows(model, x[:args.n], y[:args.n])
-            elif sec == "lbfgs-warm":
-                rows = lbfgs_warm_rows(model, x[:args.n], y[:args.n])
-            else:
-                rows = lbfgs_rows(model, x[:args.n], y[:args.n])
-            print(f"\n## {sec} on {name}\n")
-            print(table(rows, COLUMNS[sec]), flush=True)
-            n = {"jsma": args.n_jsma, "cw-targeted": args.n_targeted}.get(sec, args.n)
-            settings = {"n": n, "peers": PEERS}
-            if sec == "jsma":
-                settings["targets"] = "all 9 per image"  # n x 9 attacks
-            if sec.startswith("cw") and sec != "cw-linf":
-                settings["cw_steps"] = args.cw_steps
-            print(save(sec, name, rows, settings))
+    n, steps = args.n, args.cw_steps
+
+    def norms(norm: str, *extra: str) -> list[str]:
+        return [*COST, f"med_{norm}", f"mean_{norm}", f"med_{norm}_common", "n_common", *extra]
+
+    def cw(rows: Callable[[Counted, Tensor, Tensor, int], list[dict]]) -> Callable:
+        return lambda m, x, y: rows(m, x, y, steps)
+
+    compare("whitebox_minnorm", args, {
+        "deepfool": Section(deepfool_rows, norms("l2", "rho"), n),
+        "cw": Section(cw(cw_rows), norms("l2"), n, {"cw_steps": steps}),
+        "cw-targeted": Section(cw(cw_targeted_rows), [*COST, "best", "average", "worst"],
+                               args.n_targeted, {"cw_steps": steps}),
+        "cw-box": Section(cw(cw_box_rows), norms("l2"), n, {"cw_steps": steps}),
+        "jsma": Section(jsma_rows, [*COST, "pixels_%", *norms("l0")[5:]], args.n_jsma,
+                        {"targets": "all 9 per image"}),  # n x 9 attacks
+        "lbfgs": Section(lbfgs_rows, [*COST, "med_l2", "mean_l2", "ratio_to_deepfool"], n),
+        "cw-linf": Section(cw_linf_rows, norms("linf"), n),
+        "lbfgs-warm": Section(lbfgs_warm_rows, norms("l2"), n),
+        "fab": Section(fab_rows, norms("linf"), n),
+        "fmn": Section(fmn_rows, [*COST, "norm", "med", "med_common", "n_common"], n),
+        "fmn-overshoot": Section(fmn_overshoot_rows, norms("l2"), n),
+        "ddn": Section(ddn_rows, norms("l2"), n),
+        "ead": Section(ead_rows, [*norms("l1"), "med_l2", "med_l0"], args.n_ead),
+        "sparsefool": Section(sparsefool_rows, [*norms("l0"), "med_l1"], args.n_sparse),
+        "sparsefool-fallback": Section(sparsefool_fallback_rows,
+                                       [*norms("l0"), "stuck", "mean_iterations"], args.n_sparse,
+                                       {"max_iter": 50}),
+    })
 
 
 if __name__ == "__main__":

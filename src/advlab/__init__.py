@@ -7,9 +7,9 @@ attacks -> defenses, detectors -> evaluation -> report, cli (imported on demand)
 import os
 
 # Idle OpenMP threads spin by default; advlab's loops of small tensor operations then run
-# 10-100x slower on a machine whose cores are busy (measured on 2 cores). Passive waiting
-# costs little when the machine is idle. Only takes effect if torch is not imported yet, and
-# never overrides the user's own setting.
+# many times slower on a machine whose cores are busy (seen on a shared 2-core machine).
+# Passive waiting costs little when the machine is idle. Only takes effect if torch is not
+# imported yet, and never overrides the user's own setting.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from advlab import errors

@@ -84,7 +84,8 @@ class MaxPool2x2(nn.MaxPool2d):
 
     When no gradient is needed (queries, success checks, detector features), the output is
     the elementwise maximum of the four strided sub-grids: the same values as PyTorch's
-    kernel, which on CPU is 1.9x slower for the zoo CNN's forward (batch 100 to 500). With
+    kernel, which makes the zoo CNN's forward slower on CPU (``python benchmarks/kernels.py
+    --sections maxpool``, figures in benchmarks/results/kernels-maxpool.json). With
     autograd, PyTorch's kernel runs (its backward is the fastest measured).
     """
 

@@ -93,7 +93,7 @@ def test_bad_input(tiny) -> None:
 def test_cnn_falls_to_smooth_flows(cnn, mnist_test) -> None:
     """Xiao et al. fool their MNIST CNNs on 99.95-100% of images; the search over tau does
     on the correctly classified ones here, where the paper's fixed tau = 0.05 reaches about
-    90% (benchmarks/families.py, stadv section); a do-nothing attack gets 0%."""
+    90% (benchmarks/spatial.py, stadv section); a do-nothing attack gets 0%."""
     x, y = mnist_test[0][:20], mnist_test[1][:20]
     ok = cnn(x).argmax(1) == y
     res = StAdv()(cnn, x[ok], y[ok])

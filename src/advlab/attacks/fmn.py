@@ -25,8 +25,8 @@ One departure from the paper: the jump to the linearised boundary is overshot by
 :math:`1 + \gamma_0` (like DeepFool's overshoot). Without it the radius approaches the
 boundary from inside, Newton-like, and on a margin that flattens along the path never crosses
 it: in L2 with 100 steps, without it most mnist-mlp examples and some mnist-cnn ones are
-never fooled, with it all are (``python benchmarks/families.py --sections fmn-overshoot``,
-figures in benchmarks/results/families-fmn-overshoot-<model>.json). The authors' code
+never fooled, with it all are (``python benchmarks/whitebox_minnorm.py --sections fmn-overshoot``,
+figures in benchmarks/results/whitebox_minnorm-fmn-overshoot-<model>.json). The authors' code
 crosses because it divides the loss of the whole batch, not the example's, by the gradient
 norm.
 

@@ -17,8 +17,10 @@ From :math:`x^{(0)} = x_0`, iteration i, until :math:`x^{(i)}` is adversarial:
 
 Where the boundary bends so much that the plane at :math:`x_B` does not separate
 :math:`x^{(i)}` from :math:`x_B` (:math:`w^\top (x^{(i)} - x_B) \ge 0`), the solver would
-not move; advlab then takes the plane at :math:`x_{DF}` itself (:math:`\lambda = 1`) for
-that example (measured on mnist-cnn: one of 18 images stuck for 50 iterations without).
+not move and the example would stay stuck; advlab then takes the plane at :math:`x_{DF}`
+itself (:math:`\lambda = 1`) for that example (:meth:`SparseFool.plane`; with and without
+this fallback: ``python benchmarks/whitebox_minnorm.py --sections sparsefool-fallback``,
+figures in benchmarks/results/whitebox_minnorm-sparsefool-fallback-<model>.json).
 
 For a linear binary classifier one iteration suffices, and the result changes exactly the
 coordinates of largest :math:`|w_j|` needed to cross the boundary.
@@ -119,16 +121,23 @@ class SparseFool(Attack):
                 break
             x0, ys = x[idx], y[idx]
             x_df = self.deepfool.perturb(model, x_i[idx], ys, None, None, generator).x_adv
-            x_b = x0 + self.lam * (x_df - x0)
-            w = self.normal(model, x_b, ys)
-            behind = ((x_i[idx] - x_b) * w).flatten(1).sum(1) >= 0
-            if behind.any():  # far out, the plane at x_B does not separate x_i: use x_DF's
-                x_b[behind] = x_df[behind]
-                w[behind] = self.normal(model, x_df[behind], ys[behind])
+            x_b, w = self.plane(model, x_i[idx], x_df, x0 + self.lam * (x_df - x0), ys)
             x_i[idx] = linear_solver(x_i[idx], w, x_b)
             out[idx] = clip_box(x0 + (1 + self.overshoot) * (x_i[idx] - x0))
             iters[idx] += 1
         return Crafted(out, info={"iterations": iters})
+
+    def plane(self, model: Model, x_i: Tensor, x_df: Tensor, x_b: Tensor,
+              y: Tensor) -> tuple[Tensor, Tensor]:
+        """The plane (a point, its normal) that the solver moves x_i onto: through x_B with
+        the boundary's normal there, or, for the rows where it does not separate x_i from x_B
+        (far out, where the boundary bends), through x_DF with the normal there."""
+        w = self.normal(model, x_b, y)
+        behind = ((x_i - x_b) * w).flatten(1).sum(1) >= 0
+        if behind.any():
+            x_b[behind] = x_df[behind]
+            w[behind] = self.normal(model, x_df[behind], y[behind])
+        return x_b, w
 
     @staticmethod
     def normal(model: Model, x_b: Tensor, y: Tensor) -> Tensor:

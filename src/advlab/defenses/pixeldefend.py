@@ -284,7 +284,7 @@ class PixelDefend(Transformed):
         attacked pixel still holds the clean value: on near-binary images (MNIST) a confident
         PixelCNN then restores it whatever the attacker does, and only uncertain (grey, edge)
         pixels remain for any attack to move (on mnist-cnn at eps = eps_defend = 0.3, an
-        attack that follows the purifier exactly fools 24-26% where this one fools 23%:
+        attack that follows the purifier exactly fools only a few more images than this one:
         ``benchmarks/pixeldefend_adaptive.py``).
 
         Args:

@@ -656,7 +656,9 @@ def load_robust(name: str = "mnist-cnn-trades", *, train_if_missing: bool = True
 
     ``mnist-cnn-trades``: mnist-cnn trained with TRADES (beta 6, 10 steps) at eps 0.3 on
     mnist5k-train, eps ramped over 10 of 30 epochs, random 2-pixel translations, learning
-    rate x0.1 at 50% and 75% of the run (about 25 CPU-minutes on one thread).
+    rate x0.1 at 50% and 75% of the run: the costliest model here, each epoch running 10
+    attack steps a batch (``python benchmarks/defenses_repro.py timing`` compares the
+    defenses' epochs with a plain one).
 
     Args:
         name: a key of :data:`ROBUST`.

@@ -222,10 +222,12 @@ def check_blackbox_vs_whitebox(model: nn.Module, x: Tensor, y: Tensor, *, eps: f
     """Fires when a score-based black-box attack (Square) beats the best white-box attack:
     gradients that mislead the white-box attack while the decision surface is not robust.
 
-    A fixed-step PGD falls behind Square on adversarially trained models without any masking
-    (measured on a TRADES mnist-cnn at eps 0.3: PGD-20 60%, Square-1000 74%, APGD-DLR 78%),
-    so before firing the check runs the strong white-box reference, APGD-CE and APGD-DLR
-    (their per-example union), and compares with the best white-box figure.
+    A fixed-step PGD can fall behind Square on an adversarially trained model without any
+    masking (it did on an early checkpoint of the zoo's TRADES recipe; the current
+    mnist-cnn-trades: ``python benchmarks/defenses_repro.py --n 100 sanity``, figures in
+    benchmarks/results/defenses_repro-sanity-mnist-cnn-trades.json), so before firing the
+    check runs the strong white-box reference, APGD-CE and APGD-DLR (their per-example
+    union), and compares with the best white-box figure.
 
     Args:
         steps: PGD steps when no white-box rate is given.

@@ -6,7 +6,8 @@ executor a task list and stores each result as it streams back.
   debugging, CUDA).
 - :class:`Processes` (the default on CPU): forked worker processes of this machine, one torch
   thread each (small batches keep one core busy, so tasks side by side use a machine
-  better than torch's threads inside one; the tour: 1.8x faster on 2 cores). The shared
+  better than torch's threads inside one; ``benchmarks/executors.py`` times the tour with
+  one and two workers). The shared
   context is inherited by the fork, never pickled; the small task items and the results
   travel by pickle. Workers die with the driver (Linux: a parent-death signal), and an
   interrupt (SIGINT; SIGTERM in the CLI) kills them at once: what they were computing is

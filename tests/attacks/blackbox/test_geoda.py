@@ -59,7 +59,8 @@ def test_bad_settings() -> None:
 
 def test_mlp_beside_hopskipjump(mlp, mnist_test) -> None:
     """1,000 label queries from the same batch starts: every image fooled, median L2 within
-    1.15x of HopSkipJump's (1.48 vs 1.82 on 20 images; benchmarks/families.py has ART's)."""
+    1.15x of HopSkipJump's (1.48 vs 1.82 on 20 images; benchmarks/blackbox_label_minnorm.py
+    has ART's)."""
     x, y = mnist_test[0][:12], mnist_test[1][:12]
     ok = mlp(x).argmax(1) == y
     x, y = x[ok], y[ok]

@@ -66,8 +66,8 @@ def test_bad_settings() -> None:
 @pytest.mark.slow
 def test_mlp_falls_to_three_pixels(mlp, mnist_test) -> None:
     """MNIST needs more than one pixel: 3 pixels, 100 x 30 generations fool a few of the
-    first 50 correctly classified images (8% measured; benchmarks/families.py has the
-    peers); a do-nothing attack fools none."""
+    first 50 correctly classified images (8% measured; benchmarks/blackbox_score_sparse.py
+    has the peers); a do-nothing attack fools none."""
     x, y = mnist_test
     ok = (mlp(x[:60]).argmax(1) == y[:60]).nonzero().squeeze(1)[:50]
     res = OnePixel(pixels=3)(mlp, x[ok], y[ok])

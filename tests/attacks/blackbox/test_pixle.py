@@ -49,7 +49,7 @@ def test_bad_settings() -> None:
 
 def test_cnn_falls(cnn, mnist_test) -> None:
     """Default settings (20 x 10 candidates): all of the first correctly classified images
-    fooled, median about 47 queries (benchmarks/families.py); do-nothing fools none."""
+    fooled, median about 47 queries (benchmarks/blackbox_score_sparse.py); do-nothing fools none."""
     x, y = mnist_test[0][:20], mnist_test[1][:20]
     ok = cnn(x).argmax(1) == y
     res = Pixle()(cnn, x[ok], y[ok])

@@ -71,7 +71,8 @@ def test_bad_settings() -> None:
 
 def test_mlp_beside_hopskipjump(mlp, mnist_test) -> None:
     """1,000 label queries from the same batch starts: every image fooled, median L2 within
-    1.3x of HopSkipJump's (benchmarks/families.py has ART's Sign-OPT and GeoDA)."""
+    1.3x of HopSkipJump's (benchmarks/blackbox_label_minnorm.py has ART's Sign-OPT and
+    GeoDA)."""
     x, y = mnist_test[0][:12], mnist_test[1][:12]
     ok = mlp(x).argmax(1) == y
     x, y = x[ok], y[ok]

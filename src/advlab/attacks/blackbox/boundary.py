@@ -93,9 +93,8 @@ class Boundary(BlackBoxAttack):
     Args:
         steps: walk steps at most (each costs one query, two every ``stats_every``).
         max_queries: per-example budget. The default, 1,000, keeps a default run short (one
-            sequential query per step: about a second on tiny 8x8 images on a loaded CPU);
-            the paper walks for tens of thousands of steps, and the L2 keeps falling with
-            the budget (see benchmarks/blackbox_label.py).
+            sequential query per step); the paper walks for tens of thousands of steps, and
+            the L2 keeps falling with the budget.
         spherical_step: initial orthogonal step delta, relative to the current distance.
         source_step: initial source step epsilon, relative to the current distance.
         step_adaptation: the factor by which the steps grow or shrink.

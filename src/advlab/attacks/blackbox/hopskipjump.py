@@ -79,9 +79,9 @@ class HopSkipJump(BlackBoxAttack):
         steps: iterations (the paper's 40 by default); the budget usually ends the run first.
         max_queries: per-example budget. The default, 1,000, keeps a default evaluation of
             the zoo models short (about 6 iterations); the L2 keeps falling with the budget
-            (mnist-cnn, first 20 correctly classified mnist5k test images: median 3.2 at
-            1,000 queries, 2.2 at 5,000; with init="auto" 2.8 and 2.1; the paper runs to
-            25,000; benchmarks/blackbox_label.py).
+            (the paper runs to 25,000; ``python benchmarks/blackbox_label.py --part hsj
+            --queries <budget>``, figures in
+            benchmarks/results/blackbox_label-hsj-mnist-cnn-<budget>.json).
         init_evals: B_0, directions at the first iteration (100 in the paper).
         max_evals: cap on B_t (10,000 in the paper).
         gamma: tolerance scale, theta = gamma / d^{3/2} (L2) or gamma / d^2 (Linf).
