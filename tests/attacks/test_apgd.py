@@ -154,13 +154,40 @@ def test_apgd_t_margin_loss_fools_exactly_where_a_top_target_boundary_is_within_
     assert torch.equal(res.success, torch.arange(12) % 2 == 0)
 
 
-def test_apgd_t_rows_of_an_example_stop_together() -> None:
+def test_apgd_t_stops_an_example_at_its_first_fooling_target() -> None:
     model, x, y = _linear_case()
     counted = Counted(model).eval()
     res = APGDT(eps=0.45, n_targets=9)(counted, x, y)
     assert res.success.all()
-    # 12 examples x 9 targets rows: the start and a few steps, not 100 iterations each
-    assert counted.rows <= 12 * 9 * 4 + 2 * 12
+    # the first target fools all 12 within a few steps: no run towards the other 8
+    assert counted.rows <= 12 * 4 + 2 * 12
+
+
+def test_apgd_t_tries_the_targets_in_turn_on_the_examples_still_robust(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x, y = _linear_case()
+    d = _boundary_distance(model, x, y)
+    with torch.no_grad():
+        ranked = model(x).scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)
+    even = torch.arange(12) % 2 == 0  # fooled by the first target; the odd ones by none
+    eps = torch.where(even, 1.15 * d.gather(1, ranked[:, :1]).squeeze(1), 0.9 * d.amin(1))
+    runs = []
+    run_rows = APGDT.run_rows
+
+    def spy(self, model, x, y, eps, owner, loss_target, goal_target, generator):
+        runs.append((owner, loss_target))
+        return run_rows(self, model, x, y, eps, owner, loss_target, goal_target, generator)
+
+    monkeypatch.setattr(APGDT, "run_rows", spy)
+    res = APGDT(n_targets=3, restarts=2)(model, x, y, eps=eps)
+    assert torch.equal(res.success, even)
+    # target 1 (two restarts: the second on the examples the first left), then targets 2, 3
+    odd = (~even).nonzero().squeeze(1)
+    assert torch.equal(runs[0][0], torch.arange(12))
+    assert torch.equal(runs[0][1], ranked[:, 0])
+    assert len(runs) == 6
+    for (owner, target), rank in zip(runs[1:], (0, 1, 1, 2, 2)):
+        assert torch.equal(owner, odd) and torch.equal(target, ranked[odd, rank])
 
 
 def test_odi_start_is_the_sign_step_of_a_random_output_direction() -> None:
