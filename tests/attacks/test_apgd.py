@@ -275,3 +275,50 @@ def test_autoattack_in_row_blocks_returns_the_same_images(
     assert torch.equal(whole.success, torch.arange(12) % 3 != 0)
     assert torch.equal(blocks.x_adv, whole.x_adv) and torch.equal(blocks.success,
                                                                   whole.success)
+
+
+class _Conv(nn.Module):
+    """A tiny conv net; ``view=True`` flattens with ``view``, which channels-last
+    activations do not allow."""
+
+    def __init__(self, view: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc, self.view = nn.Conv2d(2, 3, 3), nn.Linear(3 * 4 * 4, 5), view
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(len(h), -1) if self.view else h.flatten(1))
+
+
+def test_channels_last_copies_rows_into_that_layout_for_any_channel_count() -> None:
+    from advlab.attacks.base import channels_last
+
+    for c in (1, 3):
+        x = torch.rand(4, c, 5, 6, requires_grad=True)
+        got = channels_last(x)
+        assert got.stride() == (c * 30, 1, 6 * c, c) and torch.equal(got, x)
+        (g,) = torch.autograd.grad((got * torch.arange(float(got.numel())).view_as(x)).sum(), x)
+        assert torch.equal(g, torch.arange(float(x.numel())).view_as(x))
+
+
+def test_row_blocks_give_a_conv_net_channels_last_rows_when_it_takes_them(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from advlab.attacks.base import RowBlocks
+
+    x = torch.rand(7, 2, 6, 6)
+    conv = _Conv().eval()
+    blocked = RowBlocks.around(conv, x)
+    assert isinstance(blocked, RowBlocks) and blocked.channels_last
+    xa = x.clone().requires_grad_(True)
+    z = blocked(xa)
+    (g,) = torch.autograd.grad(z[:, 1].sum(), xa)
+    xb = x.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(conv(xb)[:, 1].sum(), xb)
+    assert torch.allclose(z, conv(x), atol=1e-6) and torch.allclose(g, want, atol=1e-6)
+    with caplog.at_level("INFO"):
+        assert not RowBlocks.around(_Conv(view=True).eval(), x).channels_last
+    assert "channels-last ones fail" in caplog.text
+    assert not RowBlocks.around(_Conv().train(), x).channels_last  # no forward in train mode
+    model, x16, _ = _linear_case()  # no convolution: nothing to gain
+    assert not RowBlocks.around(model, x16).channels_last
