@@ -322,3 +322,19 @@ def test_row_blocks_give_a_conv_net_channels_last_rows_when_it_takes_them(
     assert not RowBlocks.around(_Conv().train(), x).channels_last  # no forward in train mode
     model, x16, _ = _linear_case()  # no convolution: nothing to gain
     assert not RowBlocks.around(model, x16).channels_last
+
+
+def test_autoattack_gives_a_conv_net_channels_last_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from advlab.attacks import apgd
+
+    seen = []
+    around = apgd.RowBlocks.around
+    monkeypatch.setattr(apgd.RowBlocks, "around",
+                        lambda model, x: seen.append(around(model, x)) or seen[-1])
+    x = torch.rand(6, 2, 6, 6)
+    with torch.no_grad():
+        y = _Conv().eval()(x).argmax(1)
+    short = {"apgd-ce": {"steps": 2}, "apgd-t": {"steps": 2}, "fab-t": {"steps": 2},
+             "square": {"max_queries": 3}}
+    AutoAttack(eps=0.01, member_kwargs=short)(_Conv().eval(), x, y)
+    assert len(seen) == 1 and seen[0].channels_last  # through the attack's checked model

@@ -496,7 +496,8 @@ class AutoAttack(Attack):
     so a member registered later joins automatically. Members that are not registered are
     skipped and the skip is logged. The black-box member receives the plain model (it wraps
     it in its own Oracle); its query counts go to ``info``. On CPU the members see the model
-    through :class:`~advlab.attacks.base.RowBlocks`: the same passes, in cache-sized blocks.
+    through :class:`~advlab.attacks.base.RowBlocks`: the same passes, in cache-sized blocks
+    (channels-last for a conv net that takes that layout).
 
     Args:
         eps: radius; default 0.3 (linf) or 2.0 (l2).

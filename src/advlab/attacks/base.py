@@ -428,7 +428,9 @@ def takes_channels_last(model: Model, x: Tensor) -> bool:
     """Whether rows in the channels-last layout pay and keep the logits: ``model`` is an
     nn.Module in eval mode holding a Conv2d, x is N x C x H x W, and the model gives the same
     logits (to float rounding) on x in that layout. A model that cannot take the layout (one
-    that ``view``s its activations) stays contiguous, and the reason is logged."""
+    that ``view``s its activations) stays contiguous, and the reason is logged. A
+    :class:`Checked` model is looked into (its checks ride on the attack's passes)."""
+    model = model.model if isinstance(model, Checked) else model
     if x.dim() != 4 or not isinstance(model, nn.Module) or \
             any(m.training for m in model.modules()) or \
             not any(isinstance(m, nn.Conv2d) for m in model.modules()):
