@@ -88,16 +88,39 @@ A cProfile of that mnist-cnn run (CPU clock) puts advlab at 33.1 s against 43.2 
 conv2d 9.5 against 15.7 s, backward 5.7 against 7.9 s, relu 2.4 against 5.4 s; autograd's
 max-pooling (3.7 s each) and the no-grad pooling's maximum (3.3 against 4.3 s) gain little.
 
-The 1.5x target is not met: the CPU-time ratios are 1.03-1.31 (1.03-1.05 in the quieter
-runs; CPU time swings by 20% between rounds at load 15) and the wall ratios follow the load
-(1.02 at load 8 to 1.89 at load 15). The per-call table predicts 1.5x from the block sizes
-alone; measured, the gain is in FAB-T and Square, while APGD-T is slower than the
-reference's: its targets run side by side, so an example that falls to its first target
-pays for all nine rows until it falls (the reference runs the targets one after another).
-With the model in row blocks, side by side no longer buys batch efficiency; running the
-targets one after another is the next step (not done). A full-budget n = 200 run did not
-fit this session (the reference alone needs about 300 s of CPU per model, over 50 min of
-wall time at load 15).
+At that point (33a362c) the 1.5x target was not met: CPU-time ratios 1.03-1.31 (CPU time
+swings by 20% between rounds at load 15). APGD-T was slower than the reference's (its
+targets ran side by side, so an example that falls to its first target paid for all nine
+rows until it fell), Square's redraw of windows that would not change the image cost about
+a quarter of its model time, and the zoo conv nets ran in the contiguous layout.
+
+Since then: APGD-T runs its targets one after another on the examples still robust (as
+the reference does); Square redraws only the windows that need it (outputs bitwise
+unchanged); and ``RowBlocks`` hands a conv net that takes it its blocks in the channels-last
+layout (oneDNN; about a fifth less per row, forward and forward+backward alike: the logits
+agree to ~1e-6, not bitwise). Before and after, each in one process, reference a392200,
+torch 2.13, one thread, n = 200, budget 0.1, two interleaved rounds, the least-CPU round of
+each (load 3-8)::
+
+    model, eps            robust (ref / advlab)   cpu s (ref / advlab)   cpu ratio
+    before (33a362c)
+    mnist-cnn, 0.1        0.775 / 0.78            25.6 / 24.2            1.06
+    mnist-cnn-trades, 0.3 0.79  / 0.79            26.2 / 27.2            0.96
+    after
+    mnist-cnn, 0.1        0.775 / 0.78            22.6 / 16.6            1.36
+    mnist-cnn-trades, 0.3 0.79  / 0.795           23.8 / 17.2            1.38
+    members (s), mnist-cnn:  reference apgd-ce 0.8, apgd-t 5.6, fab-t 8.6, square 7.7
+                             advlab    apgd-ce 0.5, apgd-t 4.0, fab-t 5.6, square 6.7
+
+Per robust image and iteration (about 157 images after APGD-CE; mnist-cnn, the row
+above): APGD-T 283 us against the reference's 396, FAB-T 396 against 609, Square 85
+against 98 per query. Square is what keeps the whole under 1.5x: 5,000 forwards per robust
+point, where blocks and layout buy least (a forward of 64 channels-last rows ~80 us per row
+against ~100-120 us in the reference's batch of ~157), and its own work per query (~3 us)
+was already the reference's. The robust sets: mnist-cnn identical to before (advlab
+leaves image 107, which the reference fools); trades: advlab leaves 59 and 112, the
+reference 30. At a tenth of the budget the random starts decide such single images: run
+alone, autoattack fools 30, 59 and 112 at budget 0.2 and 1.0, and 107 at 0.1, 0.2 and 1.0.
 
 Earlier (before RowBlocks, mnist-cnn, 30 images, two interleaved rounds): robust 0.80 and
 0.80, time ratio 1.01, forward rows equal within 1%.
