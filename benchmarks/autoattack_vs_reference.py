@@ -112,8 +112,19 @@ each (load 3-8)::
     members (s), mnist-cnn:  reference apgd-ce 0.8, apgd-t 5.6, fab-t 8.6, square 7.7
                              advlab    apgd-ce 0.5, apgd-t 4.0, fab-t 5.6, square 6.7
 
-Per robust image and iteration (about 157 images after APGD-CE; mnist-cnn, the row
-above): APGD-T 283 us against the reference's 396, FAB-T 396 against 609, Square 85
+At a fifth of the budget (after; results/...-budget0.2.json, the trades row of the
+combined file ran at load 3, the trades-only file at load 1-2, two rounds)::
+
+    mnist-cnn, 0.1        0.77  / 0.77 (same images)   45.1 / 30.6    1.47
+    mnist-cnn-trades, 0.3 0.785 / 0.785 (same images)  41.8 / 32.4    1.29 (1.29 both rounds)
+    members (s), trades:  reference apgd-ce 1.3, apgd-t 9.2, fab-t 16.4, square 14.8
+                          advlab    apgd-ce 0.8, apgd-t 7.1, fab-t 11.4, square 13.0
+
+(the same run before, at load 13-15: 1.04 and 1.31; CPU time under contention favours
+whichever implementation suffers less from a shared cache, so compare within a run).
+
+Per robust image and iteration (about 157 images after APGD-CE; mnist-cnn at budget 0.1,
+the row above): APGD-T 283 us against the reference's 396, FAB-T 396 against 609, Square 85
 against 98 per query. Square is what keeps the whole under 1.5x: 5,000 forwards per robust
 point, where blocks and layout buy least (a forward of 64 channels-last rows ~80 us per row
 against ~100-120 us in the reference's batch of ~157), and its own work per query (~3 us)
