@@ -154,13 +154,40 @@ def test_apgd_t_margin_loss_fools_exactly_where_a_top_target_boundary_is_within_
     assert torch.equal(res.success, torch.arange(12) % 2 == 0)
 
 
-def test_apgd_t_rows_of_an_example_stop_together() -> None:
+def test_apgd_t_stops_an_example_at_its_first_fooling_target() -> None:
     model, x, y = _linear_case()
     counted = Counted(model).eval()
     res = APGDT(eps=0.45, n_targets=9)(counted, x, y)
     assert res.success.all()
-    # 12 examples x 9 targets rows: the start and a few steps, not 100 iterations each
-    assert counted.rows <= 12 * 9 * 4 + 2 * 12
+    # the first target fools all 12 within a few steps: no run towards the other 8
+    assert counted.rows <= 12 * 4 + 2 * 12
+
+
+def test_apgd_t_tries_the_targets_in_turn_on_the_examples_still_robust(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x, y = _linear_case()
+    d = _boundary_distance(model, x, y)
+    with torch.no_grad():
+        ranked = model(x).scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)
+    even = torch.arange(12) % 2 == 0  # fooled by the first target; the odd ones by none
+    eps = torch.where(even, 1.15 * d.gather(1, ranked[:, :1]).squeeze(1), 0.9 * d.amin(1))
+    runs = []
+    run_rows = APGDT.run_rows
+
+    def spy(self, model, x, y, eps, owner, loss_target, goal_target, generator):
+        runs.append((owner, loss_target))
+        return run_rows(self, model, x, y, eps, owner, loss_target, goal_target, generator)
+
+    monkeypatch.setattr(APGDT, "run_rows", spy)
+    res = APGDT(n_targets=3, restarts=2)(model, x, y, eps=eps)
+    assert torch.equal(res.success, even)
+    # target 1 (two restarts: the second on the examples the first left), then targets 2, 3
+    odd = (~even).nonzero().squeeze(1)
+    assert torch.equal(runs[0][0], torch.arange(12))
+    assert torch.equal(runs[0][1], ranked[:, 0])
+    assert len(runs) == 6
+    for (owner, target), rank in zip(runs[1:], (0, 1, 1, 2, 2)):
+        assert torch.equal(owner, odd) and torch.equal(target, ranked[odd, rank])
 
 
 def test_odi_start_is_the_sign_step_of_a_random_output_direction() -> None:
@@ -248,3 +275,66 @@ def test_autoattack_in_row_blocks_returns_the_same_images(
     assert torch.equal(whole.success, torch.arange(12) % 3 != 0)
     assert torch.equal(blocks.x_adv, whole.x_adv) and torch.equal(blocks.success,
                                                                   whole.success)
+
+
+class _Conv(nn.Module):
+    """A tiny conv net; ``view=True`` flattens with ``view``, which channels-last
+    activations do not allow."""
+
+    def __init__(self, view: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc, self.view = nn.Conv2d(2, 3, 3), nn.Linear(3 * 4 * 4, 5), view
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(len(h), -1) if self.view else h.flatten(1))
+
+
+def test_channels_last_copies_rows_into_that_layout_for_any_channel_count() -> None:
+    from advlab.attacks.base import channels_last
+
+    for c in (1, 3):
+        x = torch.rand(4, c, 5, 6, requires_grad=True)
+        got = channels_last(x)
+        assert got.stride() == (c * 30, 1, 6 * c, c) and torch.equal(got, x)
+        (g,) = torch.autograd.grad((got * torch.arange(float(got.numel())).view_as(x)).sum(), x)
+        assert torch.equal(g, torch.arange(float(x.numel())).view_as(x))
+
+
+def test_row_blocks_give_a_conv_net_channels_last_rows_when_it_takes_them(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from advlab.attacks.base import RowBlocks
+
+    x = torch.rand(7, 2, 6, 6)
+    conv = _Conv().eval()
+    blocked = RowBlocks.around(conv, x)
+    assert isinstance(blocked, RowBlocks) and blocked.channels_last
+    xa = x.clone().requires_grad_(True)
+    z = blocked(xa)
+    (g,) = torch.autograd.grad(z[:, 1].sum(), xa)
+    xb = x.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(conv(xb)[:, 1].sum(), xb)
+    assert torch.allclose(z, conv(x), atol=1e-6) and torch.allclose(g, want, atol=1e-6)
+    with caplog.at_level("INFO"):
+        assert not RowBlocks.around(_Conv(view=True).eval(), x).channels_last
+    assert "channels-last ones fail" in caplog.text
+    assert not RowBlocks.around(_Conv().train(), x).channels_last  # no forward in train mode
+    model, x16, _ = _linear_case()  # no convolution: nothing to gain
+    assert not RowBlocks.around(model, x16).channels_last
+
+
+def test_autoattack_gives_a_conv_net_channels_last_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from advlab.attacks import apgd
+
+    seen = []
+    around = apgd.RowBlocks.around
+    monkeypatch.setattr(apgd.RowBlocks, "around",
+                        lambda model, x: seen.append(around(model, x)) or seen[-1])
+    x = torch.rand(6, 2, 6, 6)
+    with torch.no_grad():
+        y = _Conv().eval()(x).argmax(1)
+    short = {"apgd-ce": {"steps": 2}, "apgd-t": {"steps": 2}, "fab-t": {"steps": 2},
+             "square": {"max_queries": 3}}
+    AutoAttack(eps=0.01, member_kwargs=short)(_Conv().eval(), x, y)
+    assert len(seen) == 1 and seen[0].channels_last  # through the attack's checked model

@@ -23,8 +23,8 @@ size of an example is halved, and the example restarted from its best point
 
 The objective is cross-entropy (APGD-CE), the difference of logits ratio (APGD-DLR,
 :func:`advlab.losses.dlr`) or the logit margin. APGD-T runs the targeted DLR loss (or another
-targeted loss) towards each of the top-k other classes (9 by default), on the examples still
-classified correctly.
+targeted loss) towards each of the top-k other classes (9 by default) in turn, each on the
+examples still classified correctly.
 
 :class:`AutoAttack` runs APGD-CE, APGD-T, FAB-T and Square in that order, each on the examples
 the previous members left robust, and keeps for every example the first adversarial point
@@ -227,11 +227,12 @@ class APGD(GradientAttack):
 
     def run_rows(self, model: Model, x: Tensor, y: Tensor, eps: Tensor, owner: Tensor,
                  loss_target: Tensor | None, goal_target: Tensor | None,
-                 generator: torch.Generator) -> tuple[Tensor, Tensor]:
+                 generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`run` on blocks of at most :data:`ROW_BLOCK` rows (whole examples per block).
 
-        Returns x_adv (N x ...) and fooled (N,) bool."""
-        out_x, out_ok = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        Returns x_adv (N x ...), f_max (N,) and fooled (N,) bool, as :meth:`run`."""
+        out_x, out_f = x.clone(), torch.full_like(eps, float("-inf"))
+        out_ok = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         examples = owner.unique()
         step = max(1, ROW_BLOCK * len(examples) // max(1, len(owner)))  # examples per block
         for i in range(0, len(examples), step):
@@ -239,9 +240,9 @@ class APGD(GradientAttack):
             rows = torch.isin(owner, mine).nonzero().squeeze(1)
             lt = None if loss_target is None else loss_target[rows]
             gt = None if goal_target is None else goal_target[rows]
-            bx, _, bok = self.run(model, x, y, eps, owner[rows], lt, gt, generator)
-            out_x[mine], out_ok[mine] = bx[mine], bok[mine]
-        return out_x, out_ok
+            bx, bf, bok = self.run(model, x, y, eps, owner[rows], lt, gt, generator)
+            out_x[mine], out_f[mine], out_ok[mine] = bx[mine], bf[mine], bok[mine]
+        return out_x, out_f, out_ok
 
     def run(self, model: Model, x: Tensor, y: Tensor, eps: Tensor, owner: Tensor,
             loss_target: Tensor | None, goal_target: Tensor | None,
@@ -377,11 +378,11 @@ class APGDT(APGD):
     r"""APGD-T: APGD on the targeted DLR loss
     :math:`-(z_y - z_t) / (z_{\pi_1} - (z_{\pi_3} + z_{\pi_4}) / 2)`, towards each of the
     ``n_targets`` classes with the highest clean logits other than y, on the examples still
-    classified correctly (untargeted success). The targets run side by side, one row per
-    (example, target), and an example stops as soon as one of its rows fools the model (the
-    paper runs the targets one after another on the examples still robust: the same runs,
-    in batches nine times smaller). Given an explicit target, one targeted run towards it
-    (success means the target is predicted).
+    classified correctly (untargeted success). As in the paper, the targets run one after
+    another, each (with its restarts) on the examples that no earlier run has fooled, so an
+    example that falls to its first target costs no run towards the others; an example
+    never fooled gets the point with the highest objective over its runs. Given an explicit
+    target, one targeted run towards it (success means the target is predicted).
 
     Args:
         n_targets: number of target classes tried (9 in the paper, capped at K - 1).
@@ -403,19 +404,25 @@ class APGDT(APGD):
         _need_classes(logits.shape[1], self.loss, targeted=True)
         if target is not None:
             return super().perturb(model, x, y, target, eps, generator)
-        owner, t = self.target_rows(logits, y)
-        owner, t = owner.repeat(self.restarts), t.repeat(self.restarts)
-        return self.run_rows(model, x, y, eps, owner, t, None, generator)[0]
+        best, best_f = x.clone(), torch.full_like(eps, float("-inf"))
+        fooled = is_success(logits, y, None)
+        for t in self.targets(logits, y):
+            for _ in range(self.restarts):
+                todo = (~fooled).nonzero().squeeze(1)
+                if len(todo) == 0:
+                    return best
+                x_adv, f, ok = self.run_rows(model, x, y, eps, todo, t[todo], None, generator)
+                take = ok | (f > best_f)
+                best[take], best_f[take] = x_adv[take], f[take]
+                fooled |= ok
+        return best
 
-    def target_rows(self, logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """One row per (example still classified correctly, target): the ``n_targets``
-        classes with the highest clean logits other than y. Returns (owner, target)."""
+    def targets(self, logits: Tensor, y: Tensor) -> Tensor:
+        """The targets in the order tried, ``n_targets`` x N: row j holds each example's
+        class with the (j+1)-th highest clean logit other than y."""
         k = min(self.n_targets, logits.shape[1] - 1)
         ranked = logits.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)
-        todo = (~is_success(logits, y, None)).nonzero().squeeze(1)
-        owner = todo.repeat(k)
-        rank = torch.arange(k, device=y.device).repeat_interleave(len(todo))
-        return owner, ranked[owner, rank]
+        return ranked[:, :k].T
 
 
 MEMBERS = {"linf": ("apgd-ce", "apgd-t", "fab-t", "square"),
@@ -489,7 +496,8 @@ class AutoAttack(Attack):
     so a member registered later joins automatically. Members that are not registered are
     skipped and the skip is logged. The black-box member receives the plain model (it wraps
     it in its own Oracle); its query counts go to ``info``. On CPU the members see the model
-    through :class:`~advlab.attacks.base.RowBlocks`: the same passes, in cache-sized blocks.
+    through :class:`~advlab.attacks.base.RowBlocks`: the same passes, in cache-sized blocks
+    (channels-last for a conv net that takes that layout).
 
     Args:
         eps: radius; default 0.3 (linf) or 2.0 (l2).

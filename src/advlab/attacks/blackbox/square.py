@@ -126,7 +126,7 @@ class Square(BlackBoxAttack):
             logits = oracle(x_new, owner=idx)
             loss = -loss_of(logits, y[idx], t)
             better = loss < best[idx]
-            x_best[idx] = torch.where(broadcast_rows(better, x_new), x_new, x_best[idx])
+            x_best[idx[better]] = x_new[better]
             best[idx] = torch.where(better, loss, best[idx])
             done[idx] = is_success(logits, y[idx], t) & better | done[idx]
         return x_best
@@ -146,12 +146,14 @@ class Square(BlackBoxAttack):
         mask = _windows(n, h, w, s, g, x.device)[:, None]  # N x 1 x H x W
         e = broadcast_rows(eps, x)
         new = torch.where(mask, clip_box(x + _signs((n, c, 1, 1), g, x) * e), x_best)
+        redo = torch.arange(n, device=x.device)
         for _ in range(10):  # redraw the signs of a window that would not change the image
-            same = (new == x_best).flatten(1).all(1)
-            if not same.any():
+            redo = redo[(new[redo] == x_best[redo]).flatten(1).all(1)]
+            if len(redo) == 0:
                 break
-            again = torch.where(mask, clip_box(x + _signs((n, c, 1, 1), g, x) * e), x_best)
-            new = torch.where(broadcast_rows(same, x), again, new)
+            signs = _signs((n, c, 1, 1), g, x)[redo]  # drawn for all: one stream per seed
+            new[redo] = torch.where(mask[redo], clip_box(x[redo] + signs * e[redo]),
+                                    x_best[redo])
         return new
 
     # -- L2 --------------------------------------------------------------------------------
