@@ -43,7 +43,8 @@ BASE: dict[str, Any] = {
                 "defenses": ["none"]}],
     "probes": {"shifts": [1], "noise": [0.05]},
     "report": {"gallery": 1, "eps": 0.1},
-    "sanity": {"enabled": False, "max_examples": 5, "blackbox_queries": 10},
+    "sanity": {"enabled": False, "max_examples": 5, "blackbox_queries": 10,
+               "ladder_rungs": ["logits"]},
     "adaptive": {"enabled": False, "steps": 1, "lam": 1.0},
 }
 
