@@ -30,120 +30,43 @@ eps-ball; seconds are wall time, per member as well):
 ``--budget B`` scales both ensembles' iterations and queries by B (APGD and FAB 100 B
 iterations, Square 5,000 B queries): the same passes per iteration at the same batch shapes,
 for a run that fits a loaded machine. "cpu s" is the process's CPU time (one thread), which
-a loaded machine disturbs far less than wall time. Results go to ``results/`` as JSON (with
-the indices of the images left robust).
-
-Where the time goes (mnist-cnn and mnist-cnn-trades, one thread, nearly idle machine, per
-row; the two models agree within 10%)::
-
-    rows per call          8     16     32     64    128    256    512
-    forward (us)         113    110     93     84    165    193    196
-    forward+backward     371    313    291    282    287    396    424
-    FAB projection        33     30     28     28     28     28     31   (x2 per FAB step)
+a loaded machine disturbs far less than wall time. The reference section's records go to
+results/autoattack_vs_reference-<models>-n<n>[-budget<B>].json (``--out`` for another file),
+the stronger section's to results/autoattack_vs_reference-stronger-<models>-n<n>.json, each
+with the indices of the images left robust.
 
 On robust points both implementations make the same passes: APGD-CE 100 and APGD-T 9 x 100
 forward+backward, FAB-T 9 x 100 x (forward+backward, a check forward, two projections),
-Square 5,000 forwards; with blocks of 64 rows (``advlab.attacks.base.RowBlocks``) advlab
-pays the cheapest per-row price, where the reference forwards its whole batch (all robust
-points of a 250-image batch, ~155 rows at n = 200). The arithmetic of the table predicts
-about 1.5x at n = 200 and nothing at n <= 60 (batches already small). Reusing FAB's check
-forward as the next gradient forward does not pay: 68% of FAB-T's iterates on mnist-cnn
-robust points are adversarial (outside eps) and step back, which would cost an extra
-forward+backward. Measured, reference a392200 (fra31/auto-attack), torch 2.13::
+Square 5,000 forwards. The reference forwards its whole batch (all robust points of a
+250-image batch); advlab hands the model blocks of 64 rows (``RowBlocks``), where a small
+conv net costs least per row on CPU (the blocks section), in the channels-last layout where
+the model takes it. Blocks gain nothing where the batches are already small (a few dozen
+images), and Square gains least: its 5,000 forwards per robust point are plain forwards,
+where blocks and layout buy least, and its own work per query was already the reference's.
+Reusing FAB's check forward as the next gradient forward does not pay: most of FAB-T's
+iterates on robust points are adversarial (outside eps) and step back, which would cost an
+extra forward+backward. APGD-T runs its targets one after another on the examples still
+robust, as the reference does, and Square redraws only the windows that change the image
+(outputs bitwise unchanged).
 
-    --models mnist-cnn:0.1 --n 200 --budget 0.2   (load average 13-15)
-    impl       robust_acc  seconds  cpu s  fwd rows  bwd calls
-    reference  0.77        597.3    61.3   251384    390
-    advlab     0.77        416.0    59.1   243301    967
-    members (s): reference apgd-ce 11.7, apgd-t 95.6, fab-t 247.3, square 240.0
-                 advlab    apgd-ce 12.2, apgd-t 75.9, fab-t 140.7, square 186.8
-    time ratio reference / advlab: wall 1.44, cpu 1.04
+The reference section at n = 200, reference a392200 (fra31/auto-attack), torch 2.13: the
+current code in results/autoattack_vs_reference-mnist-cnn-0.1_mnist-cnn-trades-0.3-n200-
+budget0.1.json and -budget0.2.json and in -mnist-cnn-trades-0.3-n200-budget0.2.json (two
+rounds at a lower load); the other n200 files record the code before 33a362c (APGD-T's
+targets side by side, Square redrawing every window, contiguous blocks). CPU time under
+contention favours whichever implementation suffers less from a shared cache, so compare
+within a file. At a fraction of the budget the random starts decide single images: the two
+robust sets may differ by an image or two.
 
-    --models mnist-cnn-trades:0.3 --n 200 --budget 0.2   (the same run, second process)
-    reference  0.785       690.0    76.0   256234    390
-    advlab     0.785       365.8    58.0   248316    1008
-    members (s): reference apgd-ce 9.7, apgd-t 91.2, fab-t 252.2, square 333.9
-                 advlab    apgd-ce 8.9, apgd-t 97.0, fab-t 150.3, square 109.3
-    time ratio reference / advlab: wall 1.89, cpu 1.31
-
-Both leave the same images robust (identical index sets).
-
-    --n 200 --budget 0.1 --rounds 2   (load average 14-17; the run with the best wall time)
-    model             impl       robust_acc  seconds  cpu s  (cpu s of the other round)
-    mnist-cnn         reference  0.775       132.9    29.8   (37.5)
-    mnist-cnn         advlab     0.78        89.1     29.0   (31.1)
-    mnist-cnn-trades  reference  0.79        131.5    30.5   (30.7)
-    mnist-cnn-trades  advlab     0.79        97.5     29.1   (31.1)
-    time ratio reference / advlab: mnist-cnn wall 1.49, cpu 1.03; trades wall 1.35, cpu 1.05
-
-    the same again (--out ...-run2.json), load average 8-10:
-    mnist-cnn         reference 0.775 / advlab 0.78: wall 1.02, cpu 1.03
-    mnist-cnn-trades  reference 0.79  / advlab 0.79: wall 1.09, cpu 1.04
-    members (s), mnist-cnn: reference apgd-ce 2.0, apgd-t 17.9, fab-t 22.1, square 31.7
-                            advlab    apgd-ce 3.3, apgd-t 24.9, fab-t 18.8, square 26.2
-
-At a tenth of the budget the random starts decide single images: on mnist-cnn advlab left
-one image more robust (image 107), on trades each left one the other fooled (30, 112).
-A cProfile of that mnist-cnn run (CPU clock) puts advlab at 33.1 s against 43.2 s (1.31):
-conv2d 9.5 against 15.7 s, backward 5.7 against 7.9 s, relu 2.4 against 5.4 s; autograd's
-max-pooling (3.7 s each) and the no-grad pooling's maximum (3.3 against 4.3 s) gain little.
-
-At that point (33a362c) the 1.5x target was not met: CPU-time ratios 1.03-1.31 (CPU time
-swings by 20% between rounds at load 15). APGD-T was slower than the reference's (its
-targets ran side by side, so an example that falls to its first target paid for all nine
-rows until it fell), Square's redraw of windows that would not change the image cost about
-a quarter of its model time, and the zoo conv nets ran in the contiguous layout.
-
-Since then: APGD-T runs its targets one after another on the examples still robust (as
-the reference does); Square redraws only the windows that need it (outputs bitwise
-unchanged); and ``RowBlocks`` hands a conv net that takes it its blocks in the channels-last
-layout (oneDNN; about a fifth less per row, forward and forward+backward alike: the logits
-agree to ~1e-6, not bitwise). Before and after, each in one process, reference a392200,
-torch 2.13, one thread, n = 200, budget 0.1, two interleaved rounds, the least-CPU round of
-each (load 3-8)::
-
-    model, eps            robust (ref / advlab)   cpu s (ref / advlab)   cpu ratio
-    before (33a362c)
-    mnist-cnn, 0.1        0.775 / 0.78            25.6 / 24.2            1.06
-    mnist-cnn-trades, 0.3 0.79  / 0.79            26.2 / 27.2            0.96
-    after
-    mnist-cnn, 0.1        0.775 / 0.78            22.6 / 16.6            1.36
-    mnist-cnn-trades, 0.3 0.79  / 0.795           23.8 / 17.2            1.38
-    members (s), mnist-cnn:  reference apgd-ce 0.8, apgd-t 5.6, fab-t 8.6, square 7.7
-                             advlab    apgd-ce 0.5, apgd-t 4.0, fab-t 5.6, square 6.7
-
-At a fifth of the budget (after; results/...-budget0.2.json, the trades row of the
-combined file ran at load 3, the trades-only file at load 1-2, two rounds)::
-
-    mnist-cnn, 0.1        0.77  / 0.77 (same images)   45.1 / 30.6    1.47
-    mnist-cnn-trades, 0.3 0.785 / 0.785 (same images)  41.8 / 32.4    1.29 (1.29 both rounds)
-    members (s), trades:  reference apgd-ce 1.3, apgd-t 9.2, fab-t 16.4, square 14.8
-                          advlab    apgd-ce 0.8, apgd-t 7.1, fab-t 11.4, square 13.0
-
-(the same run before, at load 13-15: 1.04 and 1.31; CPU time under contention favours
-whichever implementation suffers less from a shared cache, so compare within a run).
-
-Per robust image and iteration (about 157 images after APGD-CE; mnist-cnn at budget 0.1,
-the row above): APGD-T 283 us against the reference's 396, FAB-T 396 against 609, Square 85
-against 98 per query. Square is what keeps the whole under 1.5x: 5,000 forwards per robust
-point, where blocks and layout buy least (a forward of 64 channels-last rows ~80 us per row
-against ~100-120 us in the reference's batch of ~157), and its own work per query (~3 us)
-was already the reference's. The robust sets: mnist-cnn identical to before (advlab
-leaves image 107, which the reference fools); trades: advlab leaves 59 and 112, the
-reference 30. At a tenth of the budget the random starts decide such single images: run
-alone, autoattack fools 30, 59 and 112 at budget 0.2 and 1.0, and 107 at 0.1, 0.2 and 1.0.
-
-Earlier (before RowBlocks, mnist-cnn, 30 images, two interleaved rounds): robust 0.80 and
-0.80, time ratio 1.01, forward rows equal within 1%.
-
-The stronger ensemble on mnist-cnn-trades, eps 0.3, first 100 images: APGD-CE + APGD-T
-leave 82 robust; on those 82 FAB-T, Square (5,000 queries), an APGD-T restart with and
-without ODI, APGD-CE with 5 ODI restarts fool none, nor do 13 further rounds (APGD-T with
-the DLR, CE and margin losses from ODI starts, APGD-CE with 9 restarts) on the 10 closest
-(margins 0.008-0.46) or 100-200 small sign steps from the worst-case point. AutoAttack's
-robust accuracy there is APGD's, and ``autoattack-mt`` (APGD-CE, APGD-T, 2.5 APGD-T runs
-per robust point) matches it: 76.7% against 76.7% on 150 images at 0.64x its cost
-(previous session); it is not stronger.
+The stronger section has not been run into its file yet (``--sections stronger --models
+mnist-cnn-trades:0.3 --n 150``, about four minutes of CPU); the figures below are pasted from
+an earlier session. On mnist-cnn-trades, eps 0.3, first 100 images: APGD-CE + APGD-T leave 82
+robust; on those 82 FAB-T, Square (5,000 queries), an APGD-T restart with and without ODI,
+APGD-CE with 5 ODI restarts fool none, nor do 13 further rounds (APGD-T with the DLR, CE and
+margin losses from ODI starts, APGD-CE with 9 restarts) on the 10 closest (margins
+0.008-0.46) or 100-200 small sign steps from the worst-case point. AutoAttack's robust
+accuracy there is APGD's, and ``autoattack-mt`` (APGD-CE, APGD-T, 2.5 APGD-T runs per robust
+point) matches it: 76.7% against 76.7% on 150 images at 0.64x its cost; it is not stronger.
 """
 from __future__ import annotations
 
@@ -344,14 +267,16 @@ def main() -> None:
                    help="the reference section's iterations and queries as a fraction of the "
                    "published ones (1: 100 iterations, 5,000 queries); same passes per "
                    "iteration, so a cheaper run at the same batch shapes")
-    p.add_argument("--out", default=None, help="JSON file of the results; default "
+    p.add_argument("--out", default=None, help="JSON file of the reference section; default "
                    "results/autoattack_vs_reference-<models>-n<n>.json beside this script")
     args = p.parse_args()
     tag = "_".join(m.replace(":", "-") for m in args.models)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"autoattack_vs_reference-{tag}-n{args.n}"
+    results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    out = args.out or os.path.join(results, f"autoattack_vs_reference-{tag}-n{args.n}"
                                    f"{'' if args.budget == 1 else f'-budget{args.budget:g}'}.json")
+    out_stronger = os.path.join(results, f"autoattack_vs_reference-stronger-{tag}-n{args.n}.json")
     records: list[dict[str, Any]] = []
+    stronger: list[dict[str, Any]] = []
     torch.set_num_threads(args.threads)
     ref = None
     if "reference" in args.sections:
@@ -367,8 +292,7 @@ def main() -> None:
             name = spec.split(":")[0]
             us = block_costs(load_model(name), x_all[:512], y_all[:512], args.rounds)
             print(f"# {name}, microseconds per row by rows per call: {us}", flush=True)
-            path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                f"autoattack_vs_reference-blocks-{name}.json")
+            path = os.path.join(results, f"autoattack_vs_reference-blocks-{name}.json")
             save([{"section": "blocks", "model": name, "torch": torch.__version__,
                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                    "threads": args.threads, "loadavg": os.getloadavg(), "rows": 512,
@@ -401,14 +325,17 @@ def main() -> None:
             best = race({"autoattack": lambda: run_advlab("autoattack", counted, x, y, eps),
                          "autoattack-mt": lambda: run_advlab("autoattack-mt", counted, x, y,
                                                              eps)}, args.rounds)
-            records += show(best, model, name, x, y, eps, "attack")
+            stronger += show(best, model, name, x, y, eps, "attack")
+            for rec in stronger[-2:]:
+                rec.update(rounds=args.rounds, loadavg=os.getloadavg(), torch=torch.__version__)
             cost = best["autoattack-mt"]["seconds"] / best["autoattack"]["seconds"]
             cpu = best["autoattack-mt"]["cpu"] / best["autoattack"]["cpu"]
             print(f"# cost autoattack-mt / autoattack: wall {cost:.2f}, cpu {cpu:.2f}",
                   flush=True)
-            save(records, out)
-    if records:
-        print(f"# results: {out}")
+            save(stronger, out_stronger)
+    for done, path in ((records, out), (stronger, out_stronger)):
+        if done:
+            print(f"# results: {path}")
 
 
 if __name__ == "__main__":
