@@ -9,8 +9,10 @@ counts an example robust only if it is classified correctly both clean and adver
 
 - apgd: PGD (100 steps, alpha 2.5 eps / steps, random start), APGD-CE, APGD-DLR, APGD-T
   (100 iterations each, the paper's setting) at eps 0.3, 0.15 and 0.1 (Linf), with
-  torchattacks' APGD / APGDT and ART's AutoProjectedGradientDescent at equal settings.
-- ensemble: autoattack at eps 0.1 against each of its members run alone on the same images.
+  torchattacks' APGD / APGDT and ART's AutoProjectedGradientDescent at equal settings; each
+  model's table goes to results/whitebox_apgd_universal_eot-apgd-<model>.json.
+- ensemble: autoattack at eps 0.1 against each of its members run alone on the same images;
+  each model's table goes to results/whitebox_apgd_universal_eot-ensemble-<model>.json.
 - universal: one perturbation fitted on mnist5k train images (the paper's DeepFool algorithm,
   with its L2 inner steps (the default) and with Linf steps, and the "sgd" method), fooling
   rate on the 1,000 held-out test images, against ART's UniversalPerturbation (DeepFool) at
@@ -29,34 +31,16 @@ counts an example robust only if it is classified correctly both clean and adver
 "fwd"/"bwd": model forward passes (images) and backward passes, counted on the model.
 One thread (the machine is shared); times are comparable within a row only.
 
-Measured (one thread, on a 2-core machine shared with three other processes; seeds 0; run
-from the repository root with ``PYTHONPATH=src OMP_NUM_THREADS=1``; one section per process;
-times are comparable within a section's rows only):
+Each run writes the date, torch version and load average beside its table. The tables
+below are pasted from earlier runs whose figures no file holds yet (one thread, on a 2-core
+machine shared with three other processes; seeds 0; one section per process; times are
+comparable within a section's rows only).
 
-``--sections apgd --n 200`` (Linf; 100 iterations; PGD alpha 2.5 eps / 100, random start)::
+``--sections apgd --n 200`` (Linf; 100 iterations; PGD alpha 2.5 eps / 100, random start):
+mnist-mlp in results/whitebox_apgd_universal_eot-apgd-mnist-mlp.json; mnist-cnn (not yet in
+its file: about three minutes of CPU)::
 
     model      eps   attack       robust_acc  time_s   fwd     bwd
-    mnist-mlp  0.3   pgd-100      0           0.1099   1646    23
-    mnist-mlp  0.3   apgd-ce      0           0.02032  594     2
-    mnist-mlp  0.3   apgd-dlr     0           0.02528  611     6
-    mnist-mlp  0.3   apgd-t       0           0.0237   788     4
-    mnist-mlp  0.3   ta-apgd-ce   0           1.034    19289   101
-    mnist-mlp  0.3   ta-apgd-t    0           1.128    19478   101
-    mnist-mlp  0.3   art-apgd-ce  0           1.231    38378   100
-    mnist-mlp  0.15  pgd-100      0.015       0.1747   3451    100
-    mnist-mlp  0.15  apgd-ce      0.015       0.1308   906     101
-    mnist-mlp  0.15  apgd-dlr     0.025       0.2045   1145    101
-    mnist-mlp  0.15  apgd-t       0.015       1.799    3746    909
-    mnist-mlp  0.15  ta-apgd-ce   0.015       0.7363   19289   101
-    mnist-mlp  0.15  ta-apgd-t    0.015       2.678    22130   909
-    mnist-mlp  0.15  art-apgd-ce  0.015       1.28     38378   100
-    mnist-mlp  0.1   pgd-100      0.095       0.1337   6068    100
-    mnist-mlp  0.1   apgd-ce      0.095       0.2569   2499    101
-    mnist-mlp  0.1   apgd-dlr     0.115       0.3122   2985    101
-    mnist-mlp  0.1   apgd-t       0.085       2.205    16786   909
-    mnist-mlp  0.1   ta-apgd-ce   0.09        0.6404   19289   101
-    mnist-mlp  0.1   ta-apgd-t    0.085       3.141    33860   909
-    mnist-mlp  0.1   art-apgd-ce  0.09        1.144    38378   100
     mnist-cnn  0.3   pgd-100      0           1.922    2802    29
     mnist-cnn  0.3   apgd-ce      0           0.4928   610     4
     mnist-cnn  0.3   apgd-dlr     0           0.507    661     6
@@ -79,78 +63,45 @@ times are comparable within a section's rows only):
     mnist-cnn  0.1   ta-apgd-t    0.77        135.8    145652  909
     mnist-cnn  0.1   art-apgd-ce  0.77        47.96    39388   100
 
-APGD-CE leaves 0% at eps 0.3 on both models; where PGD-100 leaves accuracy it leaves no more
-(mlp: 0.015 = 0.015 at 0.15, 0.095 = 0.095 at 0.1; cnn: 0.225 < 0.26 at 0.15, 0.765 < 0.78
-at 0.1). advlab counts fewer passes than the peers because it stops fooled examples early.
+APGD-CE leaves no accuracy at eps 0.3 on either model, and where PGD-100 leaves accuracy
+APGD-CE leaves no more. advlab counts fewer passes than the peers because it stops fooled
+examples early.
 
 ``--sections eot`` writes its table to results/whitebox_apgd_universal_eot-eot.json
 (mnist-cnn, 100 test images, eps 0.3; survival over 100 draws, seed 1): EOT examples keep
 the adversarial class under most draws, plain PGD's under few; the clean images' row shows
 how often the distribution itself changes a clean prediction.
 
-``--sections universal`` at commit 7e65fa8 (DeepFool inner steps in Linf; 200 fitting
-train images, 3 passes for DeepFool, 10 for sgd; held-out: the 1,000 test images; ART:
-UniversalPerturbation(attacker="deepfool", max_iter=3, delta=0.2) on the same counted
-model)::
+``--sections universal --no-art`` (200 fitting train images, 3 passes for DeepFool, 10 for
+sgd; held-out: the 1,000 test images) in results/whitebox_apgd_universal_eot-universal.json:
+the paper's L2 inner steps, projected onto the Linf ball, fool more held-out images than
+Linf steps, and the sgd method fools more still in less time. ART's
+UniversalPerturbation(attacker="deepfool", max_iter=3, delta=0.2) on the same counted model,
+from a run at commit b23018e (not yet in the file: the section with ART takes about ten
+minutes of CPU; ART draws its visiting order from Python's unseeded ``random``)::
 
     model      eps  impl             fit_rate  heldout_rate  time_s   passes  fwd    bwd
-    mnist-mlp  0.2  advlab-deepfool  0.395     0.388         1.61     3       8074   1494
-    mnist-mlp  0.2  advlab-sgd       0.81      0.779         0.02782  3       1601   21
-    mnist-mlp  0.2  art-deepfool     0.29      0.3           314.3            43743  209310
-    mnist-mlp  0.3  advlab-deepfool  0.44      0.385         1.812    3       6441   1269
-    mnist-mlp  0.3  advlab-sgd       0.87      0.891         0.05339  2       1201   14
-    mnist-mlp  0.3  art-deepfool     0.255     0.269         232.2            40072  191200
-    mnist-cnn  0.2  advlab-deepfool  0         0.01          29.82    3       9568   1692
-    mnist-cnn  0.2  advlab-sgd       0.09      0.082         4.335    10      4401   70
-    mnist-cnn  0.2  art-deepfool     0.005     0.012         539.3            53980  259930
-    mnist-cnn  0.3  advlab-deepfool  0.035     0.055         13.37    3       8558   1512
-    mnist-cnn  0.3  advlab-sgd       0.6       0.518         4.226    10      4401   70
-    mnist-cnn  0.3  art-deepfool     0.02      0.022         418.9            50798  244080
-
-(So at 7e65fa8 advlab's DeepFool method fell short of ART on mnist-cnn at eps 0.2, 0.010
-against 0.012. Commit b23018e makes the inner step the paper's L2 step; in one process, L2
-steps 0.024 / 0.145 against Linf steps 0.010 / 0.055 on mnist-cnn at eps 0.2 / 0.3, and
-0.53 against 0.388 on mnist-mlp at eps 0.2.)
-
-``--sections universal --models mnist-cnn mnist-mlp`` at commit b23018e (the paper's L2
-inner steps; otherwise as above; ART draws its visiting order from Python's unseeded
-``random``, hence 0.013 here against 0.012 above)::
-
-    model      eps  impl             fit_rate  heldout_rate  time_s   passes  fwd    bwd
-    mnist-cnn  0.2  advlab-deepfool  0.005     0.024         15.28    3       9760   1773
-    mnist-cnn  0.2  advlab-sgd       0.09      0.082         2.432    10      4401   70
     mnist-cnn  0.2  art-deepfool     0.01      0.013         365.2            58336  281720
-    mnist-cnn  0.3  advlab-deepfool  0.12      0.145         9.873    3       8024   1611
-    mnist-cnn  0.3  advlab-sgd       0.6       0.518         2.49     10      4401   70
     mnist-cnn  0.3  art-deepfool     0.02      0.02          325.4            52144  250790
-    mnist-mlp  0.2  advlab-deepfool  0.53      0.53          0.8095   3       7589   1530
-    mnist-mlp  0.2  advlab-sgd       0.81      0.779         0.02236  3       1601   21
     mnist-mlp  0.2  art-deepfool     0.305     0.301         135              44930  215200
-    mnist-mlp  0.3  advlab-deepfool  0.58      0.598         0.6902   3       6664   1503
-    mnist-mlp  0.3  advlab-sgd       0.87      0.891         0.01551  2       1201   14
     mnist-mlp  0.3  art-deepfool     0.265     0.268         109.2            36492  173260
 
-advlab's DeepFool method fools at least as many held-out images as ART's (0.024 vs 0.013,
-0.145 vs 0.02, 0.53 vs 0.301, 0.598 vs 0.268) in 1/24 to 1/170 of its time, with the same
-number of passes; the sgd method fools more still in less time.
+advlab's DeepFool method fools at least as many held-out images as ART's, with the same
+number of passes, in a small fraction of its time.
 
 ``--sections ensemble`` (200 test images, Linf eps 0.1; members alone with the ensemble's
-settings and seed; after each member, mlp: 18, 17, 17, 17 robust; cnn: 154, 153, 153, 153)::
+settings and seed): mnist-mlp in results/whitebox_apgd_universal_eot-ensemble-mnist-mlp.json
+(with the robust count after each member); mnist-cnn (not yet in its file: about five minutes
+of CPU; after each member 154, 153, 153, 153 robust)::
 
     model      attack                                    robust_acc  time_s
-    mnist-mlp  autoattack (apgd-ce+apgd-t+fab-t+square)  0.085       20.99
-    mnist-mlp  apgd-ce alone                             0.095       0.2176
-    mnist-mlp  apgd-t alone                              0.085       1.835
-    mnist-mlp  fab-t alone                               0.085       8.099
-    mnist-mlp  square alone                              0.1         23.86
     mnist-cnn  autoattack (apgd-ce+apgd-t+fab-t+square)  0.765       682
     mnist-cnn  apgd-ce alone                             0.765       12.82
     mnist-cnn  apgd-t alone                              0.765       112.1
     mnist-cnn  fab-t alone                               0.77        177.7
     mnist-cnn  square alone                              0.775       295.8
 
-The ensemble is never above its best member alone (mlp 0.085 = apgd-t / fab-t; cnn 0.765 =
-apgd-ce / apgd-t).
+The ensemble is never above its best member alone.
 """
 from __future__ import annotations
 
@@ -163,7 +114,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import Counted, art_classifier, have, robust_accuracy, save, table, zoo_setup
+from common import RESULTS, Counted, art_classifier, have, robust_accuracy, save, table, zoo_setup
 from torch import Tensor, nn
 
 import advlab
@@ -212,10 +163,13 @@ def apgd_runs(model: nn.Module, x: Tensor, eps: float
 
 
 def section_apgd(models: list[str], n: int, eps_list: list[float]) -> None:
+    """Each model's table to results/whitebox_apgd_universal_eot-apgd-<model>.json."""
     rows = []
+    columns = ["model", "eps", "attack", "robust_acc", "time_s", "fwd", "bwd"]
     for name in models:
         model, x, y = zoo_setup(name, n)
         counted = Counted(model).eval()
+        first = len(rows)
         for eps in eps_list:
             for attack, run in apgd_runs(counted, x, eps).items():
                 t, xa, fwd, bwd = measure(counted, lambda r=run: r(x, y))
@@ -223,19 +177,23 @@ def section_apgd(models: list[str], n: int, eps_list: list[float]) -> None:
                              "robust_acc": robust_accuracy(model, x, y, xa.to(x.dtype)),
                              "time_s": t, "fwd": fwd, "bwd": bwd})
                 print(table(rows[-1:], list(rows[-1])), flush=True)
-    print(f"\nAPGD (n = {n}, Linf, 100 iterations)\n"
-          + table(rows, ["model", "eps", "attack", "robust_acc", "time_s", "fwd", "bwd"]))
+        print(save(RESULTS / f"whitebox_apgd_universal_eot-apgd-{name}.json", rows[first:],
+                   columns, section="apgd", model=name, n=n, norm="linf", iterations=100,
+                   pgd="alpha 2.5 eps / 100, random start", images="first n mnist5k test images"))
+    print(f"\nAPGD (n = {n}, Linf, 100 iterations)\n" + table(rows, columns))
 
 
 # ----------------------------------------------------------------------------- ensemble
 
 
 def section_ensemble(models: list[str], n: int, eps: float) -> None:
+    """Each model's table to results/whitebox_apgd_universal_eot-ensemble-<model>.json."""
     rows = []
     for name in models:
         model, x, y = zoo_setup(name, n)
         aa = advlab.attacks.get("autoattack", eps=eps)
         members, skipped = aa.resolve()
+        first = len(rows)
         t, res = once(lambda: aa(model, x, y))
         rows.append({"model": name, "attack": "autoattack (" + "+".join(members) + ")",
                      "robust_acc": robust_accuracy(model, x, y, res.x_adv), "time_s": t})
@@ -247,6 +205,10 @@ def section_ensemble(models: list[str], n: int, eps: float) -> None:
             rows.append({"model": name, "attack": m + " alone",
                          "robust_acc": robust_accuracy(model, x, y, r.x_adv), "time_s": t})
             print(table(rows[-1:], list(rows[-1])), flush=True)
+        print(save(RESULTS / f"whitebox_apgd_universal_eot-ensemble-{name}.json", rows[first:],
+                   ["model", "attack", "robust_acc", "time_s"], section="ensemble", model=name,
+                   n=n, norm="linf", eps=eps, robust_after=res.info["robust_after"],
+                   skipped=skipped, images="first n mnist5k test images"))
     print(f"\nEnsemble (n = {n}, Linf eps = {eps})\n"
           + table(rows, ["model", "attack", "robust_acc", "time_s"]))
 
