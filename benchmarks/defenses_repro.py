@@ -13,10 +13,10 @@ Everything runs on CPU with one thread (torch.set_num_threads(1)) on mnist5k: tr
 for training, the first ``--n`` test images for evaluation. Checkpoints and trained models go
 under ``--out`` (default benchmarks/out/), so an interrupted run resumes.
 
-The sections distillation, magnet, sanity, binarization and timing write their tables to
-benchmarks/results/defenses_repro-<section>[-<model>].json (with the date, torch version and
-load average); the others' figures below are pasted from their runs (one thread on a shared
-2-core machine, seeds 0).
+The sections distillation, magnet, pixeldefend, sanity, binarization and timing write their
+tables to benchmarks/results/defenses_repro-<section>[-<model>].json (with the date, torch
+version and load average); the others' figures below are pasted from their runs (one thread
+on a shared 2-core machine, seeds 0).
 
 ``--n 100 distillation`` (mnist-cnn; attacks on the test images each model classifies
 correctly; FGSM eps 0.3 on the softmax cross-entropy of the deployed T = 1 student and on the
@@ -32,11 +32,14 @@ reformer are all flagged; ``Reformer.adaptive()`` (DetectorAwarePGD-100 through 
 gets past the detector on almost every image.
 
 ``--n 100 pixeldefend`` (mnist-cnn, Linf eps 0.3; PixelCNN 256 levels, 16 maps, 4 blocks, 3
-epochs, 1.487 bits/dim on test; undefended: clean 97%, PGD-40 robust 0%; BPDA =
-``PixelDefend.adaptive()``: PGD-100 on the C&W margin, identity backward through the
-purifier; "moved" = fraction of pixels where purify(x_adv) != purify(x); Song et al.
-evaluate Fashion-MNIST and CIFAR-10, not MNIST: 0.3 = the attack's eps, 32/255 = a radius
-below it, of the size they use on Fashion-MNIST)::
+epochs; BPDA = ``PixelDefend.adaptive()``: PGD-100 on the C&W margin, identity backward
+through the purifier; "moved" = fraction of pixels where purify(x_adv) != purify(x); Song et
+al. evaluate Fashion-MNIST and CIFAR-10, not MNIST: 0.3 = the attack's eps, 32/255 = a radius
+below it, of the size they use on Fashion-MNIST) writes
+results/defenses_repro-pixeldefend-eps<eps>.json. The table below is pasted from a run before
+that file (the section takes about half an hour of CPU, most of it BPDA's purifications at
+eps_defend 0.3; the PixelCNN had 1.487 bits/dim on test; undefended: clean 97%, PGD-40
+robust 0%)::
 
     eps_defend  clean  oblivious PGD-40 robust  BPDA success  moved  purify s/image
     0.3         97%    96%                      23%           8.6%   0.19
@@ -44,18 +47,18 @@ below it, of the size they use on Fashion-MNIST)::
 
 With eps <= eps_defend the window [x'_i - eps_defend, x'_i + eps_defend] of every attacked
 pixel holds its clean value, which the PixelCNN prefers wherever it is confident (MNIST's
-near-binary background and strokes): 91% of the purified pixels are exactly those of the
-clean image's purification whatever the attacker does; only uncertain edge pixels and their
-effect on later pixels' context remain to move. That is a property of the purification, not
-a weakness of BPDA, which gets 100% as soon as eps > eps_defend (``--n 50 pixeldefend
---eps-defend 0.3 --eps 0.4``: BPDA 100%, oblivious robust 80%; ``--eps 0.5``: 100%, 46%).
-An attack that follows the purifier exactly instead of through a surrogate gradient
-(``pixeldefend_adaptive.py``: the attacker purifies, choosing at each pixel the input whose
-window reaches the purified value it wants, with PGD on the classifier over the reachable
-values) gets 24-26% at eps_defend 0.3 on the same 100 images; only 14% of the pixels can be
-moved at all, whatever the context, and PGD over even a relaxation of those choices fools
-32%; BPDA against 1-bit binarisation gets 17%. BPDA's 23% is near what the stronger attack
-reaches, not the figure of a weak attack.
+near-binary background and strokes): most purified pixels are exactly those of the clean
+image's purification whatever the attacker does; only uncertain edge pixels and their effect
+on later pixels' context remain to move. That is a property of the purification, not a
+weakness of BPDA, which gets 100% as soon as eps > eps_defend (``--n 50 pixeldefend
+--eps-defend 0.3 --eps 0.4``: BPDA 100%, oblivious robust 80%; ``--eps 0.5``: 100%, 46%;
+pasted as well). An attack that follows the purifier exactly instead of through a surrogate
+gradient (``pixeldefend_adaptive.py``: the attacker purifies, choosing at each pixel the input
+whose window reaches the purified value it wants, with PGD on the classifier over the
+reachable values) fools only a few more of the same 100 images at eps_defend 0.3, few pixels
+can be moved at all, and BPDA against 1-bit binarisation does about as well
+(results/pixeldefend_adaptive-eps0.3-defend0.3.json): BPDA's figure is near what the stronger
+attack reaches, not the figure of a weak attack.
 
 ``--n 100 sanity --model mnist-cnn-trades``: every check's evidence goes to
 results/defenses_repro-sanity-<model>.json. On an early checkpoint of the same recipe (not
@@ -319,7 +322,7 @@ def cmd_pixeldefend(a: argparse.Namespace) -> None:
     """PixelDefend on mnist-cnn, Linf eps ``--eps``: oblivious PGD (crafted on the bare
     classifier) vs the adaptive BPDA attack of ``PixelDefend.adaptive()`` (exact purification
     forward, identity backward; the purification is deterministic, so no EOT), for each
-    ``--eps-defend``.
+    ``--eps-defend``; written to results/defenses_repro-pixeldefend-eps<eps>.json.
 
     Also measured, to say why the attack fails where it fails: "pixels moved" = the fraction
     of pixels where purify(x_adv) differs from purify(x) (the attacker's real reach after
@@ -367,6 +370,13 @@ def cmd_pixeldefend(a: argparse.Namespace) -> None:
           f"{bpd:.3f} bits/dim on test; undefended: clean {_accuracy(model, x, y):.3f}, "
           f"PGD-40 robust {_accuracy(model, x_obl, y):.3f}")
     print(table(rows, list(rows[0])))
+    print(save(Path(__file__).parent / "results" / f"defenses_repro-pixeldefend-eps{a.eps:g}.json",
+               rows, list(rows[0]), section="pixeldefend", model="mnist-cnn", n=a.n, eps=a.eps,
+               pixelcnn={"hidden": a.hidden, "layers": a.layers, "epochs": a.epochs,
+                         "levels": 256, "first_kernel": 5}, bits_per_dim=bpd,
+               train_seconds=train_s, undefended_clean=_accuracy(model, x, y),
+               undefended_pgd40_robust=_accuracy(model, x_obl, y),
+               images="first n mnist5k test images"))
 
 
 def cmd_magnet(a: argparse.Namespace) -> None:
