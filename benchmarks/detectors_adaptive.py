@@ -11,6 +11,11 @@ mnist5k test; each detector's threshold flags 5% of those clean images (the runn
 "fooled and undetected" = misclassified and not flagged (score <= threshold), over the
 correctly classified clean images: the report's "undetected" figure. One thread.
 
+Each run writes its table to benchmarks/results/detectors_adaptive-lam<lam>.json (with the
+date, torch version and load average, and the squeezing ceiling when measured). The figures
+below are pasted from runs before that file (the default run takes about four minutes of
+CPU) and keep the record of the attack at 7e65fa8.
+
 Measured
 --------
 2026-12-03, shared 2-core machine, one thread, ``python benchmarks/detectors_adaptive.py``
@@ -59,7 +64,7 @@ import argparse
 import time
 
 import torch
-from common import table
+from common import RESULTS, save, table
 from torch import Tensor, nn
 
 import advlab.zoo
@@ -86,7 +91,7 @@ class Squeezed(nn.Module):
         return self.model(self.squeezer.bpda(x))
 
 
-def squeezing_ceiling(model: nn.Module, x: Tensor, y: Tensor, ok: Tensor, steps: int) -> None:
+def squeezing_ceiling(model: nn.Module, x: Tensor, y: Tensor, ok: Tensor, steps: int) -> float:
     """How often can the 1-bit squeezed input be misclassified at all? Evading feature
     squeezing needs f(x') and f(bitdepth1(x')) to agree on a wrong class, so this bounds
     (up to the strength of PGD) the evasion rate of any attack."""
@@ -95,9 +100,10 @@ def squeezing_ceiling(model: nn.Module, x: Tensor, y: Tensor, ok: Tensor, steps:
         Squeezed(model, squeezer).eval(), x, y)
     with torch.no_grad():
         wrong = model(squeezer(res.x_adv)).argmax(1) != y
+    rate = wrong[ok].float().mean().item()
     print(f"PGD-{steps} (margin) on model(bitdepth1(x)), BPDA: the squeezed input is "
-          f"misclassified for {wrong[ok].float().mean().item():.1%} of the correctly "
-          "classified images")
+          f"misclassified for {rate:.1%} of the correctly classified images")
+    return rate
 
 
 def main() -> None:
@@ -143,8 +149,14 @@ def main() -> None:
     print(f"\nDetectorAwarePGD, mnist-cnn, Linf eps {EPS}, lam {args.lam}, n {args.n} "
           f"({int(ok.sum())} correctly classified), threshold at {DETECTION_FPR:.0%} FPR")
     print(table(rows, cols))
+    ceiling = {}
     if args.squeezing_ceiling:
-        squeezing_ceiling(model, x, y, ok, max(args.steps))
+        ceiling["squeezing_ceiling"] = squeezing_ceiling(model, x, y, ok, max(args.steps))
+    print(save(RESULTS / f"detectors_adaptive-lam{args.lam:g}.json", rows, cols,
+               model="mnist-cnn", eps=EPS, lam=args.lam, steps=args.steps, n=args.n,
+               correct=int(ok.sum()), fpr=DETECTION_FPR, seed=cfg.seed,
+               images="first n mnist5k test images; rates over the correctly classified",
+               **ceiling))
 
 
 if __name__ == "__main__":
