@@ -26,11 +26,10 @@ points): both are their implementations' costs, counted as they happen.
 ``--part hsj`` writes its table to results/blackbox_label-hsj-mnist-cnn-<queries>.json
 (with the date, torch version and load average; ``--n 20`` at 1,000 and 5,000 queries there).
 advlab with its default init ("noise", the paper's) beats both peers at both budgets;
-init="auto" (nearest adversarial batch image first) is smaller still.
-Same 20 images, advlab alone, budget exactly 1,000 / 5,000: noise 3.221 / 2.184 (seed 1:
-3.100 / 2.093), auto 2.761 / 2.105. Accepting every new boundary point as the paper's code
-does (instead of only a closer one): 3.262 / 2.184 (seed 1: 3.118 / 2.093), so advlab keeps
-the closer-only rule.
+init="auto" (nearest adversarial batch image first) is smaller still. advlab keeps a new
+boundary point only when it is closer to x than the current one, where the paper's code
+accepts every new point, so the distance it returns never grows from one iteration to the
+next.
 
 ``--part sub`` (FGSM eps 0.3 from the substitute, transferred to test images 150..999;
 transfer re-checked on the model; transfer_clean_correct: among the images the model gets
