@@ -12,56 +12,19 @@ example once it is adversarial (same robust accuracy, fewer passes).
 All contenders of a row run in interleaved rounds in one process and each keeps its fastest
 round (see common.race), so the load of other processes falls on all of them alike; rows of a
 few milliseconds run up to 40 times ``--rounds``.
+
 Each run writes its table to benchmarks/results/gradient-batches-<batches>.json (with the
-date, torch version and load average). The tables below are the record of earlier code.
-
-Latest (``--batches 100``, one thread, idle 2-core machine, 2026-12-03 afternoon, after the
-zoo CNN's exact no-grad max pooling, ``zoo.MaxPool2x2``, which makes every success forward on
-mnist-cnn cheaper, the peers' "v" included; same columns as below)::
-
-    model, attack  overhead  torchattacks       foolbox      ART
-    cnn PGD-40     0.99      1.09 / 4.99        1.34 / 6.13  1.24 / 5.67
-    cnn BIM-10     1.18      1.04 / 1.71        1.38 / 2.26  1.49 / 2.45
-    cnn FGSM       1.37      0.74 (v 0.99)      1.31         1.12 (v 1.38)
-    mlp PGD-40     1.19      1.05 / 2.28        1.69 / 3.66  3.77 / 8.17
-    mlp BIM-10     1.37      2.09 / 2.18        1.71 / 1.78  3.62 / 3.78
-    mlp FGSM       1.88      0.77 (v 1.01)      1.68         2.00
-
-Measured (``--batches 100``, one thread, 2-core machine shared with other work, 2026-12-03;
-peer / advlab time with every step run, then against advlab's early stopping; robust accuracy
-equal in every row; FGSM "v": the peer plus its success check, a no-grad forward on adversarial
-images and the comparison with y, which advlab's result includes)::
-
-    model, attack  overhead  torchattacks       foolbox      ART
-    cnn PGD-40     1.04      1.03 / 3.75        1.39 / 5.06  1.35 / 4.90
-    cnn BIM-10     1.01      1.02 / 1.80        1.34 / 2.35  1.45 / 2.55
-    cnn FGSM       1.67      0.57 (v 0.96)      1.35         0.91 (v 1.30)
-    mlp PGD-40     1.18      1.08 / 2.57        1.56 / 3.71  2.97 / 7.05
-    mlp BIM-10     1.25      1.96 / 2.18        1.58 / 1.75  3.26 / 3.62
-    mlp FGSM       1.92      0.73 (v 0.98)      1.52         1.88
-
-A second run (same command, machine idle) gave FGSM overhead 2.17 / 1.71, torchattacks 0.68
-(v 0.88) / 0.60 (v 0.98), foolbox 1.48 / 1.29, ART 1.77 / 0.90 (mlp / cnn); torchattacks on
-BIM and PGD as above within 0.05. FGSM rows move by several percent with the load and the
-contenders' order.
+date, torch version and load average; ``--batches 100`` there): "overhead" = advlab's time
+over the floor's; "<peer>_x" = the peer's time over advlab's with every step run (> 1:
+advlab faster); "<peer>_v" = the same with the peer's success check added (a no-grad
+forward on its images and the comparison with y, which advlab's result includes);
+"<peer>_es" = against advlab with its default early stopping; "*_acc" = robust accuracy.
 
 FGSM's floor is one forward+backward; advlab also runs the success forward the contract asks
 for (the peers' "v"), validates x, y and the model's output (on the attack's own first
 forward, no probe), and checks its output for NaN; the norms are computed when first read.
-Before (same command, same day; "v" then added a forward with autograd on the clean images):
-mlp FGSM overhead 3.35, torchattacks 0.42 (v 0.55), foolbox 0.92, ART 1.15; cnn FGSM
-torchattacks 0.64 (v 0.97).
-
-FGSM alone, measured apart in one process with the order of the contenders shuffled every
-round, since this script's fixed order moves FGSM ratios by several percent (rounds x races:
-mlp 200 x 5, cnn 15 x 5; median over races of the per-race minima, range in brackets)::
-
-    model  torchattacks  torchattacks + success check  advlab after / before
-    mlp    0.68          0.94 (0.89 - 1.04)            0.57
-    cnn    0.57          1.01 (0.95 - 1.06)            0.94
-
-BIM-10 and PGD-40 against the code before, same process (new / old time, every step run):
-1.00 to 1.01 on both models, within the noise of the shared machine.
+FGSM's rows last a few milliseconds: their ratios move by several percent with the load and
+the contenders' order.
 """
 from __future__ import annotations
 
