@@ -160,8 +160,8 @@ class AutoZOOM(BlackBoxAttack):
 
     Args:
         max_queries: per-example budget; default 1,000 (the search keeps shrinking the
-            distortion until the budget is spent; a default run on 4 tiny 8x8 images takes
-            well under a second).
+            distortion until the budget is spent; it keeps a default run on a few tiny images
+            short).
         reduced: side of the reduced space as a fraction of the image's (0.5: 14 x 14 for
             MNIST).
         autoencoder: an :class:`Autoencoder` (from :func:`train_autoencoder`) whose decoder

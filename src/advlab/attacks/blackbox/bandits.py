@@ -129,7 +129,7 @@ class Bandits(GradientAttack):
         steps: loop steps; default enough to spend ``max_queries`` (3 queries a step: the
             success check and the two exploration queries).
         max_queries: per-example budget (success checks included). The default, 2,000,
-            keeps the default run on a few tiny images well under a second.
+            keeps the default run on a few tiny images short.
         loss: objective on the scores: "margin" (C&W logit margin, the default: the
             cross-entropy of the paper saturates on confident MNIST examples) or "ce".
         seed: seeds the exploration.

@@ -88,7 +88,7 @@ class NES(GradientAttack):
         alpha: PGD step size; default eps / 10.
         steps: loop steps; default enough to spend ``max_queries`` (1 + n_samples a step).
         max_queries: per-example budget (success checks included). The default, 2,000, keeps
-            the default run on a few tiny images well under a second.
+            the default run on a few tiny images short.
         loss: objective on the scores: "margin" (C&W logit margin; the default, it does not
             saturate on confident examples) or "ce".
         random_start: start from a uniform point of the ball.

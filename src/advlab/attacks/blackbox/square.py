@@ -79,7 +79,7 @@ class Square(BlackBoxAttack):
         norm: "linf" or "l2".
         max_queries: per-example budget; also the length of the p schedule. The default,
             1,000, is the budget of the paper's query-limited comparisons on MNIST and keeps
-            the default run on a few tiny images well under a second.
+            the default run on a few tiny images short.
         p_init: initial fraction of pixels changed; default 0.8 (linf, the paper's MNIST
             value) or 0.1 (l2).
         loss: "margin" or "ce"; default margin when untargeted, ce when targeted (as in the

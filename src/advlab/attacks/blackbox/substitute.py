@@ -258,8 +258,8 @@ class SubstituteAttack(BlackBoxAttack):
         seed: seeds the initialisation, shuffling and reservoir.
 
     The defaults are the paper's (6 rounds, one network, no smoothing; 10 epochs): they train
-    on 64 x N labels for a batch of N; a default run on 4 tiny 8x8 images takes a fraction of
-    a second.
+    on 64 x N labels for a batch of N, few enough for a default run on a few tiny images to be
+    short.
 
     Recommended setting for MNIST-like data (28 x 28 grey digits, a budget of 10,000 labels):
     more seeds and fewer rounds, an MLP+CNN ensemble, and weight decay::

@@ -120,7 +120,7 @@ class ZOO(BlackBoxAttack):
         beta1, beta2: ADAM's decay rates.
         max_queries: per-example budget (success checks included); an example stops when it
             cannot pay for three queries. The default, 5,000, keeps the default run on a
-            few tiny images well under a second; attacks on MNIST want 10^5 or more.
+            few tiny images short; attacks on MNIST want 10^5 or more.
         seed: seeds the coordinate sampling.
 
     Shape: x N x C x H x W in [0, 1], y (N,); queries per example in ``AttackResult.queries``.
