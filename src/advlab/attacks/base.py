@@ -388,9 +388,9 @@ class RowBlocks:
     of hundreds (``benchmarks/autoattack_vs_reference.py --sections blocks``); the rows are
     independent, so the logits and their gradients are the same (bitwise on the zoo models).
     With ``channels_last`` each block reaches the model in the channels-last layout, where
-    oneDNN's convolutions cost about a fifth less per row on CPU; the logits then agree with
-    the contiguous ones to float rounding, not bitwise, and max-pooling may send a gradient to
-    another of tied maxima.
+    oneDNN's convolutions cost less per row on CPU; the logits then agree with the contiguous
+    ones to float rounding, not bitwise, and max-pooling may send a gradient to another of
+    tied maxima.
 
     Args:
         model: the classifier.

@@ -18,7 +18,7 @@ Box constraint, ``box=``:
   :math:`w_0 = \operatorname{atanh}((2x - 1)(1 - 2\epsilon_{\tanh}))`, so the search starts
   exactly at x (no L2/L0 offset from the shrink) whatever ``tanh_eps``. A pixel at 0 or 1
   starts where :math:`d x'/dw = 2\epsilon_{\tanh}(1 - \epsilon_{\tanh})`: with the paper's
-  tiny shrink (``tanh_eps=1e-6``) Adam needs hundreds of steps to move it — about 80% of MNIST
+  tiny shrink (``tanh_eps=1e-6``) Adam needs hundreds of steps to move it — most MNIST
   pixels are exactly 0 or 1 and are effectively frozen.
 - ``"clip"``: projected Adam in pixel space, :math:`x' = \mathrm{clip}(x + \delta)` and
   :math:`\delta` projected back into the box after every step; no pixel is frozen.

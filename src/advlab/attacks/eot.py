@@ -39,7 +39,7 @@ TransformSpec = str | Mapping[str, Any] | Sequence[Transform | str] | Transform 
 
 # translation, rotation, scale, blur, noise and brightness (Athalye et al.'s 2-D distribution
 # plus the lecture's blur and noise), small enough that clean MNIST digits keep their class
-# (a 2-pixel shift alone changes the prediction of a third of them for the zoo's MLP)
+# (a 2-pixel shift alone changes the prediction of many of them for the zoo's MLP)
 DEFAULT_DISTRIBUTION: dict[str, Any] = {
     "translate": 1, "rotate": 10.0, "scale": (0.95, 1.05), "blur": (0.3, 0.6),
     "noise": 0.05, "brightness": 0.1,
