@@ -52,7 +52,7 @@ robust, as the reference does, and Square redraws only the windows that change t
 The reference section at n = 200, reference a392200 (fra31/auto-attack), torch 2.13: the
 current code in results/autoattack_vs_reference-mnist-cnn-0.1_mnist-cnn-trades-0.3-n200-
 budget0.1.json and -budget0.2.json and in -mnist-cnn-trades-0.3-n200-budget0.2.json (two
-rounds at a lower load); the other n200 files record the code before 33a362c (APGD-T's
+rounds at a lower load); the other n200 files record earlier code, up to 33a362c (APGD-T's
 targets side by side, Square redrawing every window, contiguous blocks). CPU time under
 contention favours whichever implementation suffers less from a shared cache, so compare
 within a file. At a fraction of the budget the random starts decide single images: the two
