@@ -49,24 +49,23 @@ extra forward+backward. APGD-T runs its targets one after another on the example
 robust, as the reference does, and Square redraws only the windows that change the image
 (outputs bitwise unchanged).
 
-The reference section at n = 200, reference a392200 (fra31/auto-attack), torch 2.13: the
-current code in results/autoattack_vs_reference-mnist-cnn-0.1_mnist-cnn-trades-0.3-n200-
-budget0.1.json and -budget0.2.json and in -mnist-cnn-trades-0.3-n200-budget0.2.json (two
-rounds at a lower load); the other n200 files record earlier code, up to 33a362c (APGD-T's
-targets side by side, Square redrawing every window, contiguous blocks). CPU time under
-contention favours whichever implementation suffers less from a shared cache, so compare
-within a file. At a fraction of the budget the random starts decide single images: the two
-robust sets may differ by an image or two.
+The reference section at n = 200, reference a392200 (fra31/auto-attack), torch 2.13, with
+the current code: full budget in results/autoattack_vs_reference-mnist-cnn-0.1_mnist-cnn-
+trades-0.3-n200.json; a fraction of it in the same name's -budget0.1.json and -budget0.2.json
+and in -mnist-cnn-trades-0.3-n200-budget0.2.json (two rounds at a lower load). The files
+ending in -before-33a362c record earlier code (APGD-T's targets side by side, Square
+redrawing every window, contiguous blocks). CPU time under contention favours whichever
+implementation suffers less from a shared cache, so compare within a file. The random starts
+decide single images near the boundary: the two robust sets may differ by an image or two
+(e.g. trades image 157, which APGD-T fools from some starts and not from others).
 
-The stronger section has not been run into its file yet (``--sections stronger --models
-mnist-cnn-trades:0.3 --n 150``, about four minutes of CPU); the figures below are pasted from
-an earlier session. On mnist-cnn-trades, eps 0.3, first 100 images: APGD-CE + APGD-T leave 82
-robust; on those 82 FAB-T, Square (5,000 queries), an APGD-T restart with and without ODI,
-APGD-CE with 5 ODI restarts fool none, nor do 13 further rounds (APGD-T with the DLR, CE and
-margin losses from ODI starts, APGD-CE with 9 restarts) on the 10 closest (margins
-0.008-0.46) or 100-200 small sign steps from the worst-case point. AutoAttack's robust
-accuracy there is APGD's, and ``autoattack-mt`` (APGD-CE, APGD-T, 2.5 APGD-T runs per robust
-point) matches it: 76.7% against 76.7% on 150 images at 0.64x its cost; it is not stronger.
+The stronger section writes results/autoattack_vs_reference-stronger-<models>-n<n>.json.
+An earlier session's search for what AutoAttack leaves (no file holds it; mnist-cnn-trades,
+eps 0.3, first 100 images): APGD-CE + APGD-T leave 82 robust; on those 82 FAB-T, Square
+(5,000 queries), an APGD-T restart with and without ODI, APGD-CE with 5 ODI restarts fool
+none, nor do 13 further rounds (APGD-T with the DLR, CE and margin losses from ODI starts,
+APGD-CE with 9 restarts) on the 10 closest (margins 0.008-0.46) or 100-200 small sign steps
+from the worst-case point.
 """
 from __future__ import annotations
 
