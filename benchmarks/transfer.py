@@ -16,17 +16,10 @@ shrink-and-pad transform to [0.9 H, H); TI Gaussian kernel 5 (+-3 sigma) with DI
 scales; VMI 20 neighbours at 1.5 eps.
 
 Each run writes its table to benchmarks/results/transfer.json (with the date, torch version,
-load average and settings). The figures below are pasted from a run before that file (``--n
-100``, about three minutes of CPU with the training of the two copies).
-
-Measured (2026-12-03, n = 100, eps 0.3, 10 steps, loaded 2-core machine): advlab and
-torchattacks transfer at the same rates within sampling noise (n = 100: +-0.05), e.g. from
-mnist-cnn to mnist-mlp / mlp-b / cnn-b: MI 0.75 / 0.75 / 0.92 both; DI 0.80 / 0.82 / 0.92
-vs 0.80 / 0.83 / 0.94; TI 0.88 / 0.90 / 0.89 vs 0.89 / 0.89 / 0.96; NI 0.76 / 0.73 / 0.92
-vs 0.76 / 0.73 / 0.94; SI-NI 0.69 / 0.71 / 0.90 vs 0.72 / 0.69 / 0.89; VMI 0.82 / 0.86 /
-0.93 vs 0.80 / 0.83 / 0.94; the mlp+cnn ensemble reaches mlp-b 1.00 and cnn-b 0.90 (MI;
-torchattacks' MI on the same Ensemble: 1.00 / 0.90), against 0.75 / 0.92 from the CNN
-alone. Times within 0.6-1.6x of torchattacks' per cell.
+load average and settings); the default run takes a few minutes of CPU, most of it training
+the two copies. advlab and torchattacks should transfer at the same rates within sampling
+noise, which for the randomised attacks (DI, TI, SI, VMI) includes their random draws: a
+single seed per library, n = 100, so compare several seeds before reading a difference.
 """
 from __future__ import annotations
 

@@ -31,37 +31,13 @@ counts an example robust only if it is classified correctly both clean and adver
 "fwd"/"bwd": model forward passes (images) and backward passes, counted on the model.
 One thread (the machine is shared); times are comparable within a row only.
 
-Each run writes the date, torch version and load average beside its table. The tables
-below are pasted from earlier runs whose figures no file holds yet (one thread, on a 2-core
+Each run writes the date, torch version and load average beside its table. One table
+below is pasted from an earlier run whose figures no file holds yet (one thread, on a 2-core
 machine shared with three other processes; seeds 0; one section per process; times are
 comparable within a section's rows only).
 
-``--sections apgd --n 200`` (Linf; 100 iterations; PGD alpha 2.5 eps / 100, random start):
-mnist-mlp in results/whitebox_apgd_universal_eot-apgd-mnist-mlp.json; mnist-cnn (not yet in
-its file: about three minutes of CPU)::
-
-    model      eps   attack       robust_acc  time_s   fwd     bwd
-    mnist-cnn  0.3   pgd-100      0           1.922    2802    29
-    mnist-cnn  0.3   apgd-ce      0           0.4928   610     4
-    mnist-cnn  0.3   apgd-dlr     0           0.507    661     6
-    mnist-cnn  0.3   apgd-t       0           0.5883   850     5
-    mnist-cnn  0.3   ta-apgd-ce   0           15.49    19794   101
-    mnist-cnn  0.3   ta-apgd-t    0           17.72    19988   101
-    mnist-cnn  0.3   art-apgd-ce  0           27.93    39388   100
-    mnist-cnn  0.15  pgd-100      0.26        5.478    10607   100
-    mnist-cnn  0.15  apgd-ce      0.225       3.694    6110    101
-    mnist-cnn  0.15  apgd-dlr     0.245       3.661    6843    101
-    mnist-cnn  0.15  apgd-t       0.21        27.53    41790   909
-    mnist-cnn  0.15  ta-apgd-ce   0.23        18.3     19794   101
-    mnist-cnn  0.15  ta-apgd-t    0.21        44.54    55484   909
-    mnist-cnn  0.15  art-apgd-ce  0.24        30.01    39388   100
-    mnist-cnn  0.1   pgd-100      0.78        14.07    16995   100
-    mnist-cnn  0.1   apgd-ce      0.765       13.43    15947   101
-    mnist-cnn  0.1   apgd-dlr     0.77        15.12    16093   101
-    mnist-cnn  0.1   apgd-t       0.765       115.8    139823  909
-    mnist-cnn  0.1   ta-apgd-ce   0.77        15.98    19794   101
-    mnist-cnn  0.1   ta-apgd-t    0.77        135.8    145652  909
-    mnist-cnn  0.1   art-apgd-ce  0.77        47.96    39388   100
+``--sections apgd --n 200`` (Linf; 100 iterations; PGD alpha 2.5 eps / 100, random start)
+writes results/whitebox_apgd_universal_eot-apgd-<model>.json (mnist-mlp and mnist-cnn).
 
 APGD-CE leaves no accuracy at eps 0.3 on either model, and where PGD-100 leaves accuracy
 APGD-CE leaves no more. advlab counts fewer passes than the peers because it stops fooled
@@ -90,16 +66,8 @@ advlab's DeepFool method fools at least as many held-out images as ART's, with t
 number of passes, in a small fraction of its time.
 
 ``--sections ensemble`` (200 test images, Linf eps 0.1; members alone with the ensemble's
-settings and seed): mnist-mlp in results/whitebox_apgd_universal_eot-ensemble-mnist-mlp.json
-(with the robust count after each member); mnist-cnn (not yet in its file: about five minutes
-of CPU; after each member 154, 153, 153, 153 robust)::
-
-    model      attack                                    robust_acc  time_s
-    mnist-cnn  autoattack (apgd-ce+apgd-t+fab-t+square)  0.765       682
-    mnist-cnn  apgd-ce alone                             0.765       12.82
-    mnist-cnn  apgd-t alone                              0.765       112.1
-    mnist-cnn  fab-t alone                               0.77        177.7
-    mnist-cnn  square alone                              0.775       295.8
+settings and seed) writes results/whitebox_apgd_universal_eot-ensemble-<model>.json (mnist-mlp
+and mnist-cnn, with the robust count after each member).
 
 The ensemble is never above its best member alone.
 """
