@@ -31,10 +31,8 @@ counts an example robust only if it is classified correctly both clean and adver
 "fwd"/"bwd": model forward passes (images) and backward passes, counted on the model.
 One thread (the machine is shared); times are comparable within a row only.
 
-Each run writes the date, torch version and load average beside its table. One table
-below is pasted from an earlier run whose figures no file holds yet (one thread, on a 2-core
-machine shared with three other processes; seeds 0; one section per process; times are
-comparable within a section's rows only).
+Each run writes the date, torch version and load average beside its table (one thread;
+seeds 0; one section per process; times are comparable within a section's rows only).
 
 ``--sections apgd --n 200`` (Linf; 100 iterations; PGD alpha 2.5 eps / 100, random start)
 writes results/whitebox_apgd_universal_eot-apgd-<model>.json (mnist-mlp and mnist-cnn).
@@ -48,22 +46,14 @@ examples early.
 the adversarial class under most draws, plain PGD's under few; the clean images' row shows
 how often the distribution itself changes a clean prediction.
 
-``--sections universal --no-art`` (200 fitting train images, 3 passes for DeepFool, 10 for
+``--sections universal`` (200 fitting train images, 3 passes for DeepFool, 10 for
 sgd; held-out: the 1,000 test images) in results/whitebox_apgd_universal_eot-universal.json:
 the paper's L2 inner steps, projected onto the Linf ball, fool more held-out images than
 Linf steps, and the sgd method fools more still in less time. ART's
-UniversalPerturbation(attacker="deepfool", max_iter=3, delta=0.2) on the same counted model,
-from a run at commit b23018e (not yet in the file: the section with ART takes about ten
-minutes of CPU; ART draws its visiting order from Python's unseeded ``random``)::
-
-    model      eps  impl             fit_rate  heldout_rate  time_s   passes  fwd    bwd
-    mnist-cnn  0.2  art-deepfool     0.01      0.013         365.2            58336  281720
-    mnist-cnn  0.3  art-deepfool     0.02      0.02          325.4            52144  250790
-    mnist-mlp  0.2  art-deepfool     0.305     0.301         135              44930  215200
-    mnist-mlp  0.3  art-deepfool     0.265     0.268         109.2            36492  173260
-
-advlab's DeepFool method fools at least as many held-out images as ART's, with the same
-number of passes, in a small fraction of its time.
+UniversalPerturbation(attacker="deepfool", max_iter=3, delta=0.2) runs on the same counted
+model beside them (ART draws its visiting order from Python's unseeded ``random``): advlab's
+DeepFool method fools about as many held-out images where both fool few (within a few per
+thousand) and more where either fools many, in a small fraction of ART's time.
 
 ``--sections ensemble`` (200 test images, Linf eps 0.1; members alone with the ensemble's
 settings and seed) writes results/whitebox_apgd_universal_eot-ensemble-<model>.json (mnist-mlp
