@@ -15,8 +15,8 @@ under ``--out`` (default benchmarks/out/), so an interrupted run resumes.
 
 The sections distillation, magnet, pixeldefend, sanity, binarization and timing write their
 tables to benchmarks/results/defenses_repro-<section>[-<model>].json (with the date, torch
-version and load average); the others' figures below are pasted from their runs (one thread
-on a shared 2-core machine, seeds 0).
+version and load average); advtrain and transforms print theirs (advtrain keeps its
+training history beside its checkpoints under ``--out``).
 
 ``--n 100 distillation`` (mnist-cnn; attacks on the test images each model classifies
 correctly; FGSM eps 0.3 on the softmax cross-entropy of the deployed T = 1 student and on the
@@ -36,23 +36,19 @@ epochs; BPDA = ``PixelDefend.adaptive()``: PGD-100 on the C&W margin, identity b
 through the purifier; "moved" = fraction of pixels where purify(x_adv) != purify(x); Song et
 al. evaluate Fashion-MNIST and CIFAR-10, not MNIST: 0.3 = the attack's eps, 32/255 = a radius
 below it, of the size they use on Fashion-MNIST) writes
-results/defenses_repro-pixeldefend-eps<eps>.json. The table below is pasted from a run before
-that file (the section takes about half an hour of CPU, most of it BPDA's purifications at
-eps_defend 0.3; the PixelCNN had 1.487 bits/dim on test; undefended: clean 97%, PGD-40
-robust 0%)::
-
-    eps_defend  clean  oblivious PGD-40 robust  BPDA success  moved  purify s/image
-    0.3         97%    96%                      23%           8.6%   0.19
-    32/255      97%    77%                      100%          41.3%  0.07
+results/defenses_repro-pixeldefend-eps<eps>.json (with the PixelCNN's bits/dim and the
+undefended model's figures): at eps_defend 0.3 oblivious PGD-40 barely moves the defended
+accuracy and BPDA fools a minority, moving few purified pixels; at eps_defend 32/255 BPDA
+fools every image.
 
 With eps <= eps_defend the window [x'_i - eps_defend, x'_i + eps_defend] of every attacked
 pixel holds its clean value, which the PixelCNN prefers wherever it is confident (MNIST's
 near-binary background and strokes): most purified pixels are exactly those of the clean
 image's purification whatever the attacker does; only uncertain edge pixels and their effect
 on later pixels' context remain to move. That is a property of the purification, not a
-weakness of BPDA, which gets 100% as soon as eps > eps_defend (``--n 50 pixeldefend
---eps-defend 0.3 --eps 0.4``: BPDA 100%, oblivious robust 80%; ``--eps 0.5``: 100%, 46%;
-pasted as well). An attack that follows the purifier exactly instead of through a surrogate
+weakness of BPDA, which fools every image as soon as eps > eps_defend (``--n 50 pixeldefend
+--eps-defend 0.3 --eps 0.4`` and ``--eps 0.5``: results/defenses_repro-pixeldefend-eps0.4.json
+and -eps0.5.json). An attack that follows the purifier exactly instead of through a surrogate
 gradient (``pixeldefend_adaptive.py``: the attacker purifies, choosing at each pixel the input
 whose window reaches the purified value it wants, with PGD on the classifier over the
 reachable values) fools only a few more of the same 100 images at eps_defend 0.3, few pixels
