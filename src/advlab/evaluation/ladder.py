@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from advlab.attacks.base import Attack, Checked, Crafted, Model
+from advlab.attacks.settings import one_of
 from advlab.errors import ThreatModelError
 from advlab.evaluation import bpda
 from advlab.evaluation.rungs import (  # noqa: F401  (part of the ladder's interface)
@@ -313,9 +314,8 @@ class Ladder(Attack):
                  seed: int = 0) -> None:
         if norm != "linf":
             raise ThreatModelError(f"the ladder attacks the linf ball, got norm {norm!r}")
-        unknown = set(rungs) - set(RUNGS)
-        if unknown:
-            raise ThreatModelError(f"unknown ladder rungs {sorted(unknown)}; use {RUNGS}")
+        for rung in rungs:
+            one_of("ladder rung", rung, RUNGS)
         self.norm, self.eps, self.seed = norm, eps, seed
         self.findings = [dict(f) for f in findings]
         self.options = Options(steps=steps, square_queries=square_queries,

@@ -15,6 +15,7 @@ from advlab.attacks.blackbox.hopskipjump import HopSkipJump
 from advlab.attacks.blackbox.square import Square
 from advlab.attacks.eot import eot
 from advlab.evaluation.surrogates import flat, has_gradient, judge
+from advlab.threat import as_eps, ball, clip_box
 
 RUNGS = ("logits", "bpda", "transfer", "square", "label")
 GRADIENT_RUNGS = ("logits", "bpda", "transfer")
@@ -172,8 +173,7 @@ def _drop_flat(state: Climb, target: Model, idx: Tensor, g: torch.Generator
     Returns:
         the examples to attack, the wins among the others, how many others."""
     x = state.x[idx]
-    start = (x + state.eps * (2 * torch.rand(x.shape, generator=g, device=g.device) - 1)
-             ).clamp(0, 1).to(x)
+    start = clip_box(x + ball("linf").random(x, as_eps(state.eps, len(x), x), g))
     stuck = flat(target, x, g) & flat(target, start, g)
     won = state.take(start[stuck], idx[stuck]) if bool(stuck.any()) else 0
     return idx[~stuck], won, int(stuck.sum())
