@@ -446,6 +446,38 @@ def takes_channels_last(model: Model, x: Tensor) -> bool:
     return got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+def block_rows(model: Model) -> int | None:
+    """The rows per block of the :class:`RowBlocks` that ``model`` runs through (looked for
+    under :class:`Checked` wrappers), or None."""
+    while isinstance(model, Checked):
+        model = model.model
+    return model.rows if isinstance(model, RowBlocks) else None
+
+
+def logits_and_grad(model: Model, x: Tensor, loss: Callable[[Tensor, slice], Tensor]
+                    ) -> tuple[Tensor, Tensor]:
+    """The logits at x and the gradient of ``loss(logits, rows).sum()`` w.r.t. x.
+
+    ``loss`` gets the logits of a block of rows and the slice of x they belong to (to pick
+    the labels or targets of those rows). A model in :class:`RowBlocks` is run block by
+    block, each block's backward right after its forward, while its activations are still
+    in cache (``benchmarks/autoattack_vs_reference.py --sections blocks``); the rows are
+    independent, so the gradient is the one of a single pass over all of them.
+    """
+    rows = block_rows(model) or max(len(x), 1)
+    logits, grads = [], []
+    for start in range(0, max(len(x), 1), rows):
+        part = slice(start, start + rows)
+        xg = _plain(x[part]).requires_grad_(True)
+        z = model(xg)
+        (g,) = torch.autograd.grad(loss(z, part).sum(), xg)
+        logits.append(z.detach())
+        grads.append(g)
+    if len(logits) == 1:
+        return logits[0], grads[0]
+    return torch.cat(logits), torch.cat(grads)
+
+
 def first_of_each(owner: Tensor, mask: Tensor | None = None) -> Tensor:
     """Positions of the first entry of each distinct value in ``owner`` (int64 (R,)), among
     the entries where ``mask`` holds (default: all), in increasing value order.

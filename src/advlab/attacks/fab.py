@@ -37,7 +37,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from advlab.attacks.base import Attack, Crafted, Model, first_of_each, is_success, register
+from advlab.attacks.base import (
+    Attack,
+    Crafted,
+    Model,
+    first_of_each,
+    is_success,
+    logits_and_grad,
+    register,
+)
 from advlab.attacks.settings import Settings, at_least, one_of
 from advlab.errors import ThreatModelError
 from advlab.threat import DEFAULT_EPS, broadcast_rows, clip_box, lp_norm
@@ -50,6 +58,11 @@ def _untargeted(attack: Attack, target: Tensor | None) -> None:
         raise ThreatModelError(f"{type(attack).__name__} is untargeted (FAB-T's targets only "
                                "choose the boundaries it follows); use cw-l2, apgd-t or jsma "
                                "for a targeted attack")
+
+
+def _gap(z: Tensor, y: Tensor, t: Tensor) -> Tensor:
+    """Z_t - Z_y per row."""
+    return (z.gather(1, t[:, None]) - z.gather(1, y[:, None])).squeeze(1)
 
 
 def plane_step(w: Tensor, r: Tensor, p: Tensor, norm: str) -> Tensor:
@@ -221,12 +234,11 @@ class FAB(Attack):
 
         Toward a class t: f = Z_t - Z_y. Otherwise f_k = Z_k - Z_y for the class minimising
         |f_k| / ||w_k||_q (one backward pass per class)."""
+        if towards is not None:
+            z, w = logits_and_grad(model, x, lambda z, rows: _gap(z, y[rows], towards[rows]))
+            return _gap(z, y, towards), w.flatten(1)
         x = x.detach().requires_grad_(True)
         z = model(x)
-        if towards is not None:
-            f = (z.gather(1, towards[:, None]) - z.gather(1, y[:, None])).squeeze(1)
-            (w,) = torch.autograd.grad(f.sum(), x)
-            return f.detach(), w.flatten(1)
         k = z.shape[1]
         jac = torch.stack([torch.autograd.grad(z[:, c].sum(), x, retain_graph=c < k - 1)[0]
                            .flatten(1) for c in range(k)], 1)  # N x K x D

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from advlab.attacks.base import Attack, Crafted, Model, is_success, register
+from advlab.attacks.base import Attack, Crafted, Model, is_success, logits_and_grad, register
 from advlab.attacks.settings import BallSettings, at_least, one_of, positive
 from advlab.losses import OBJECTIVES, Objective, objective
 from advlab.threat import DEFAULT_EPS, Box, Region, broadcast_rows, region
@@ -76,10 +76,10 @@ class Autograd(Source):
 
     def __call__(self, objective: Objective, probe: Probe, x_adv: Tensor, y: Tensor,
                  target: Tensor | None, idx: Tensor | None) -> tuple[Tensor, Tensor]:
-        x_adv = x_adv.detach().requires_grad_(True)
-        logits = probe.model(x_adv)
-        (grad,) = torch.autograd.grad(objective(logits, y, target).sum(), x_adv)
-        return grad, logits.detach()
+        logits, grad = logits_and_grad(
+            probe.model, x_adv,
+            lambda z, rows: objective(z, y[rows], None if target is None else target[rows]))
+        return grad, logits
 
 
 AUTOGRAD = Autograd()

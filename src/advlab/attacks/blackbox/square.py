@@ -143,18 +143,19 @@ class Square(BlackBoxAttack):
                       g: torch.Generator) -> Tensor:
         n, c, h, w = x.shape
         s = _side(p * h * w, min(h, w), smallest=1)
-        mask = _windows(n, h, w, s, g, x.device)[:, None]  # N x 1 x H x W
-        e = broadcast_rows(eps, x)
-        new = torch.where(mask, clip_box(x + _signs((n, c, 1, 1), g, x) * e), x_best)
+        at = _window_pixels(*_corners(n, h, w, s, g, x.device), s, w)[:, None].expand(n, c, -1)
+        x_win = x.flatten(2).gather(2, at)  # the window's pixels only: N x C x s*s
+        best_win = x_best.flatten(2).gather(2, at)
+        e = eps.view(n, 1, 1)
+        win = clip_box(x_win + _signs((n, c, 1), g, x) * e)
         redo = torch.arange(n, device=x.device)
         for _ in range(10):  # redraw the signs of a window that would not change the image
-            redo = redo[(new[redo] == x_best[redo]).flatten(1).all(1)]
+            redo = redo[(win[redo] == best_win[redo]).flatten(1).all(1)]
             if len(redo) == 0:
                 break
-            signs = _signs((n, c, 1, 1), g, x)[redo]  # drawn for all: one stream per seed
-            new[redo] = torch.where(mask[redo], clip_box(x[redo] + signs * e[redo]),
-                                    x_best[redo])
-        return new
+            signs = _signs((n, c, 1), g, x)[redo]  # drawn for all: one stream per seed
+            win[redo] = clip_box(x_win[redo] + signs * e[redo])
+        return x_best.flatten(2).scatter(2, at, win).view_as(x)
 
     # -- L2 --------------------------------------------------------------------------------
 
@@ -208,11 +209,26 @@ def _side(area: float, limit: int, smallest: int) -> int:
     return max(1, min(s, limit - 1 if limit > 1 else 1))
 
 
+def _corners(n: int, h: int, w: int, s: int, g: torch.Generator,
+             device: torch.device) -> tuple[Tensor, Tensor]:
+    """The top-left corner (rows (N,), columns (N,)) of one s x s window per example, at a
+    uniformly random position."""
+    top = torch.randint(0, h - s + 1, (n,), generator=g, device=device)
+    left = torch.randint(0, w - s + 1, (n,), generator=g, device=device)
+    return top, left
+
+
+def _window_pixels(top: Tensor, left: Tensor, s: int, w: int) -> Tensor:
+    """N x s*s: the flat indices (row * w + column) of each example's window."""
+    k = torch.arange(s, device=top.device)
+    rows, cols = top[:, None] + k, left[:, None] + k
+    return (rows[:, :, None] * w + cols[:, None, :]).flatten(1)
+
+
 def _windows(n: int, h: int, w: int, s: int, g: torch.Generator,
              device: torch.device) -> Tensor:
     """bool N x H x W: one s x s window per example at a uniformly random position."""
-    top = torch.randint(0, h - s + 1, (n,), generator=g, device=device)
-    left = torch.randint(0, w - s + 1, (n,), generator=g, device=device)
+    top, left = _corners(n, h, w, s, g, device)
     r = torch.arange(h, device=device)[None, :]
     col = torch.arange(w, device=device)[None, :]
     rows = (r >= top[:, None]) & (r < top[:, None] + s)
