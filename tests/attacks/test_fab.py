@@ -72,6 +72,22 @@ def test_l2_projection_matches_the_qp(seed: int) -> None:
     np.testing.assert_allclose(d[0].numpy(), ref, atol=1e-9)
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_projection_in_float32_with_weights_over_nine_orders_of_magnitude(norm: str) -> None:
+    """Gradients of a real net span many orders of magnitude; the projection stays inside
+    the box and on the plane in float32 (a closed form from cumulative sums of a_i m_i,
+    total minus prefix, cancelled there and threw L2 steps of 1e30 out of the box)."""
+    g = torch.Generator().manual_seed(0)
+    n, d = 64, 784
+    w = torch.randn(n, d, generator=g) * torch.logspace(-9, 0, d)[torch.randperm(d, generator=g)]
+    p = torch.rand(n, d, generator=g)
+    room = torch.where(w > 0, 1 - p, p)
+    r = 0.9 * (w.abs() * room).sum(1)  # reachable, close to the box's limit
+    step = plane_step(w, r, p, norm)
+    assert ((p + step) >= 0).all() and ((p + step) <= 1).all()
+    torch.testing.assert_close((w * step).sum(1), r, rtol=1e-5, atol=1e-5)
+
+
 def test_projection_without_the_box_is_the_closed_form() -> None:
     """Far from the box's faces: Linf d = r sign(w) / ||w||_1, L2 d = r w / ||w||_2^2."""
     w, r, _ = _problem(0)

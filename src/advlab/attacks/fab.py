@@ -77,22 +77,40 @@ def plane_step(w: Tensor, r: Tensor, p: Tensor, norm: str) -> Tensor:
     s = torch.sign(w) * torch.sign(r)[:, None]  # the direction each coordinate moves
     a = w.abs()
     room = torch.where(s > 0, 1 - p, p)  # how far each coordinate can move along s
-    m = torch.ones_like(a) if norm == "linf" else a
-    brk = torch.where(m > 0, room / m.clamp_min(1e-30), torch.zeros_like(room))
-    brk, order = brk.sort(1)  # t at which each coordinate saturates
-    a_s, m_s, room_s = a.gather(1, order), m.gather(1, order), room.gather(1, order)
-    saturated = (a_s * room_s).cumsum(1)  # sum over i <= j of a_i c_i
-    free = (a_s * m_s).sum(1, keepdim=True) - (a_s * m_s).cumsum(1)  # sum over i > j
-    h = saturated + brk * free  # h(t) at each breakpoint, non-decreasing
-    need = r.abs()[:, None]
-    j = (h < need).sum(1, keepdim=True)  # the first breakpoint where h reaches |r|
-    reachable = j < w.shape[1]
-    jm1 = (j - 1).clamp_min(0)
-    sat_before = torch.where(j > 0, saturated.gather(1, jm1), torch.zeros_like(need))
-    free_before = torch.where(j > 0, free.gather(1, jm1), free[:, :1] + (a_s * m_s)[:, :1])
-    t = (need - sat_before) / free_before.clamp_min(1e-30)
-    t = torch.where(reachable, t, brk[:, -1:])
-    return s * torch.minimum(t * m, room)
+    m = None if norm == "linf" else a
+    t = _saturation_root(a, room, m, r.abs())
+    return s * torch.minimum(t[:, None] if m is None else t[:, None] * m, room)
+
+
+def _saturation_root(a: Tensor, room: Tensor, m: Tensor | None, need: Tensor) -> Tensor:
+    r"""Per row, the t >= 0 where :math:`h(t) = \sum_i a_i \min(t\,m_i, c_i)` reaches
+    ``need`` (m = None: all m_i = 1; c = ``room``), or one where every coordinate with
+    :math:`a_i m_i > 0` is saturated when h never does.
+
+    h is concave and piecewise linear, so Newton's method from t = 0 climbs to the root from
+    below and stops exactly there as soon as a step crosses no breakpoint (its slope,
+    :math:`\sum_{t m_i < c_i} a_i m_i`, unchanged): at most one step per breakpoint, two or
+    three on FAB's iterates, each a few passes over the rows still moving (sorting the
+    breakpoints costs about twice as much).
+    """
+    am = a if m is None else a * m
+    t = torch.zeros_like(need)
+    live = (am * (room > 0)).sum(1) > 0  # rows where h can grow at all
+    rows = live.nonzero().squeeze(1)
+    a, room, am, need = a[rows], room[rows], am[rows], need[rows]
+    m = None if m is None else m[rows]
+    here, h, slope = torch.zeros_like(need), torch.zeros_like(need), (am * (room > 0)).sum(1)
+    while len(rows):
+        here = here + ((need - h) / slope).clamp_min(0)
+        tm = here[:, None] if m is None else here[:, None] * m
+        h = (a * torch.minimum(tm, room)).sum(1)
+        new_slope = (am * (tm < room)).sum(1)
+        t[rows] = here
+        moving = (new_slope != slope) & (new_slope > 0)
+        rows, a, room, am, need, here, h, slope = (v[moving] for v in (
+            rows, a, room, am, need, here, h, new_slope))
+        m = None if m is None else m[moving]
+    return t
 
 
 class FABSettings(Settings):
