@@ -207,10 +207,36 @@ def test_autoattack_mt_spends_its_rounds_on_the_closest_points() -> None:
     res = advlab.attacks.get("autoattack-mt", schedule=(1.0, 0.5))(model, x, y, eps=eps)
     assert not res.success.any()
     assert res.info["attacked"] == {"apgd-ce": 12, "apgd-t": 12, "apgd-t-odi-1": 12,
-                                    "apgd-t-odi-2": 6}
-    assert res.info["robust_after"]["apgd-t-odi-2"] == 12
-    with pytest.raises(ThreatModelError):
-        advlab.attacks.get("autoattack-mt", schedule=(0.0,))
+                                    "apgd-t-odi-2": 6, "apgd-dlr-closest": 1}
+    assert res.info["robust_after"]["apgd-dlr-closest"] == 12
+    for bad in ({"schedule": (0.0,)}, {"closest": 1.5}, {"closest_restarts": -1}):
+        with pytest.raises(ThreatModelError):
+            advlab.attacks.get("autoattack-mt", **bad)
+
+
+def test_autoattack_mt_gives_the_closest_point_its_restarts() -> None:
+    """The last round runs APGD-DLR with closest_restarts random starts side by side, on
+    the robust example with the lowest margin only."""
+    model, x, y = _linear_case()
+    d = _boundary_distance(model, x, y).amin(1)
+    eps = 0.5 * d
+    sizes = _BatchSizes(model).eval()
+    res = advlab.attacks.get("autoattack-mt", schedule=(0.5,), closest=0.1,
+                             closest_restarts=7)(sizes, x, y, eps=eps)
+    assert res.info["attacked"]["apgd-dlr-closest"] == 2  # ceil(0.1 * 12)
+    assert 7 * 2 in sizes.seen and max(sizes.seen) == 7 * 2  # the restarts, side by side
+
+
+class _BatchSizes(nn.Module):
+    """The model, noting the rows of every forward pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.seen = model, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(len(x))
+        return self.model(x)
 
 
 @pytest.mark.slow

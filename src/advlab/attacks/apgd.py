@@ -459,17 +459,21 @@ class AutoAttackSettings(BallSettings):
 
 class AdaptiveSettings(AutoAttackSettings):
     """The settings of :class:`AdaptiveEnsemble` (its docstring): AutoAttack's first two
-    members, schedule fractions in (0, 1], losses among :data:`LOSSES` (at least one),
-    odi_steps >= 0."""
+    members, schedule fractions and closest in (0, 1], losses among :data:`LOSSES` (at least
+    one), odi_steps and closest_restarts >= 0."""
 
     schedule: tuple[float, ...] = (1.0, 0.5, 0.5, 0.5)
     losses: tuple[str, ...] = ("dlr",)
     odi_steps: int = 2
+    closest: float = 0.05
+    closest_restarts: int = 64
 
     def check(self) -> None:
         super().check()
-        if not all(0 < f <= 1 for f in self.schedule):
-            raise ThreatModelError(f"schedule fractions must be in (0, 1], got {self.schedule}")
+        if not all(0 < f <= 1 for f in (*self.schedule, self.closest)):
+            raise ThreatModelError(f"schedule fractions and closest must be in (0, 1], got "
+                                   f"{self.schedule}, {self.closest}")
+        at_least(0, closest_restarts=self.closest_restarts)
         if not self.losses or any(loss not in LOSSES for loss in self.losses):
             raise ThreatModelError(f"losses must be among {', '.join(LOSSES)}, got "
                                    f"{self.losses}")
@@ -559,6 +563,12 @@ class WorstCase:
         self.info: dict[str, Any] = {"robust_after": {}, "attacked": {}, "queries": {},
                                      "seconds": {}}
 
+    def closest(self, fraction: float) -> Tensor:
+        """The ``fraction`` of the robust examples (at least one, if any) closest to the
+        boundary: the lowest true-class margins of the worst case so far."""
+        todo = self.robust.nonzero().squeeze(1)
+        return todo[self.margin[todo].argsort()[:math.ceil(fraction * len(todo))]]
+
     def run(self, name: str, member: Attack, todo: Tensor | None = None) -> None:
         """Run ``member`` on the examples ``todo`` (default: every robust one) and keep the
         worst case; its time, queries and the robust count are noted under ``name``."""
@@ -599,7 +609,10 @@ class AdaptiveEnsemble(AutoAttack):
     allocation). FAB-T and Square are left out: on robust points they cost AutoAttack about
     3-5 APGD-T runs per point and fooled none of the 82 points the APGD members left on 100
     mnist-cnn-trades images at eps 0.3; the default schedule (all, then the closest half
-    three times) spends 2.5 APGD-T runs per robust point. The output is the per-example
+    three times) spends 2.5 APGD-T runs per robust point. Last, the ``closest`` fraction of
+    the examples still robust (the few that one lucky start decides) get
+    ``closest_restarts`` untargeted APGD-DLR runs side by side, each from its own random
+    start (with ODI) and a ninth of an APGD-T run's cost. The output is the per-example
     worst case.
 
     Args:
@@ -608,9 +621,12 @@ class AdaptiveEnsemble(AutoAttack):
         schedule: fractions of the robust examples attacked in each extra round.
         losses: APGD-T's loss in the extra rounds, in turn ("dlr", "margin" or "ce").
         odi_steps: ODI steps before each extra round's run.
+        closest: the fraction of the robust examples given the last round's restarts.
+        closest_restarts: APGD-DLR restarts per example in the last round (0: none).
         seed: the first members' seed; round r uses seed + r.
 
-    Returns (``info``): as :class:`AutoAttack`, rounds named "apgd-t-odi-<r>".
+    Returns (``info``): as :class:`AutoAttack`, rounds named "apgd-t-odi-<r>" and
+    "apgd-dlr-closest".
 
     References: Croce & Hein, ICML 2020, arXiv:2003.01690 (AutoAttack); Gowal et al.,
     arXiv:1910.09338 (MultiTargeted); Tashiro, Song & Ermon, NeurIPS 2020, arXiv:2003.06878
@@ -632,12 +648,13 @@ class AdaptiveEnsemble(AutoAttack):
         for name in names:
             worst.run(name, get(name, eps=self.eps, seed=self.seed))
         for r, fraction in enumerate(self.schedule, 1):
-            todo = worst.robust.nonzero().squeeze(1)
-            if len(todo) == 0:
-                break
-            closest = todo[worst.margin[todo].argsort()[:math.ceil(fraction * len(todo))]]
             member = APGDT(self.eps, norm=self.norm, odi_steps=self.odi_steps,
                            loss=self.losses[(r - 1) % len(self.losses)], seed=self.seed + r)
-            worst.run(f"apgd-t-odi-{r}", member, closest)
+            worst.run(f"apgd-t-odi-{r}", member, worst.closest(fraction))
+        if self.closest_restarts:
+            member = APGD(self.eps, norm=self.norm, loss="dlr", odi_steps=self.odi_steps,
+                          restarts=self.closest_restarts,
+                          seed=self.seed + len(self.schedule) + 1)
+            worst.run("apgd-dlr-closest", member, worst.closest(self.closest))
         worst.info.update(members=list(worst.info["robust_after"]), skipped=[])
         return Crafted(worst.best, info=worst.info)
