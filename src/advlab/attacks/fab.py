@@ -94,22 +94,22 @@ def _saturation_root(a: Tensor, room: Tensor, m: Tensor | None, need: Tensor) ->
     breakpoints costs about twice as much).
     """
     am = a if m is None else a * m
-    t = torch.zeros_like(need)
-    live = (am * (room > 0)).sum(1) > 0  # rows where h can grow at all
-    rows = live.nonzero().squeeze(1)
-    a, room, am, need = a[rows], room[rows], am[rows], need[rows]
-    m = None if m is None else m[rows]
-    here, h, slope = torch.zeros_like(need), torch.zeros_like(need), (am * (room > 0)).sum(1)
-    while len(rows):
+    slope = (am * (room > 0)).sum(1)  # h's slope at t = 0
+    t, h = torch.zeros_like(need), torch.zeros_like(need)
+    rows, here, moving = torch.arange(len(need), device=need.device), t, slope > 0
+    while True:
+        if not moving.all():  # keep the rows still moving (no copies while all are)
+            rows, a, room, am, need, here, h, slope = (v[moving] for v in (
+                rows, a, room, am, need, here, h, slope))
+            m = None if m is None else m[moving]
+        if len(rows) == 0:
+            break
         here = here + ((need - h) / slope).clamp_min(0)
-        tm = here[:, None] if m is None else here[:, None] * m
-        h = (a * torch.minimum(tm, room)).sum(1)
-        new_slope = (am * (tm < room)).sum(1)
+        low = torch.minimum(here[:, None] if m is None else here[:, None] * m, room)
+        h = (a * low).sum(1)
+        new_slope = (am * (low < room)).sum(1)  # low < room exactly where t m_i < c_i
         t[rows] = here
-        moving = (new_slope != slope) & (new_slope > 0)
-        rows, a, room, am, need, here, h, slope = (v[moving] for v in (
-            rows, a, room, am, need, here, h, new_slope))
-        m = None if m is None else m[moving]
+        moving, slope = (new_slope != slope) & (new_slope > 0), new_slope
     return t
 
 
