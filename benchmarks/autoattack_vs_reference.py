@@ -26,6 +26,11 @@ eps-ball; seconds are wall time, per member as well):
   results/autoattack_vs_reference-blocks-<model>.json.
 
 "fwd rows" / "bwd": images forwarded and backward passes (calls), counted on the model.
+"cpu s" is user + system time; the records keep both and the minor page faults. The
+reference's fresh full-batch tensors are page-faulted in by the kernel, by an amount that
+varies from run to run: in one trades run its Square took 164 s (68.5 s in the run before)
+while the process spent 106 s in the kernel over 75 million minor faults. The user time is
+the steadier comparison.
 
 ``--budget B`` scales both ensembles' iterations and queries by B (APGD and FAB 100 B
 iterations, Square 5,000 B queries): the same passes per iteration at the same batch shapes,
@@ -42,22 +47,29 @@ Square 5,000 forwards. The reference forwards its whole batch (all robust points
 conv net costs least per row on CPU (the blocks section), in the channels-last layout where
 the model takes it. Blocks gain nothing where the batches are already small (a few dozen
 images), and Square gains least: its 5,000 forwards per robust point are plain forwards,
-where blocks and layout buy least, and its own work per query was already the reference's.
-Reusing FAB's check forward as the next gradient forward does not pay: most of FAB-T's
-iterates on robust points are adversarial (outside eps) and step back, which would cost an
-extra forward+backward. APGD-T runs its targets one after another on the examples still
-robust, as the reference does, and Square redraws only the windows that change the image
-(outputs bitwise unchanged).
+where blocks and layout buy least. A gradient is taken block by block, each block's backward
+right after its forward (``logits_and_grad``: about 10% less per row than one backward over
+the activations of 16 blocks). FAB's projection finds its saturation point by Newton's
+method instead of sorting the breakpoints (about a third of the time on FAB-T's 1,377 x 784
+rows), and Square's proposal gathers, redraws and scatters only the window's pixels
+(outputs bitwise unchanged). Reusing FAB's check forward as the next gradient forward does
+not pay: 72% (mnist-cnn-trades) and 69% (mnist-cnn) of FAB-T's iterates on the robust points
+are adversarial (outside eps) and step back, which would cost an extra forward+backward.
+APGD-T runs its targets one after another on the examples still robust, as the reference
+does.
 
-The reference section at n = 200, reference a392200 (fra31/auto-attack), torch 2.13, with
-the current code: full budget in results/autoattack_vs_reference-mnist-cnn-0.1_mnist-cnn-
-trades-0.3-n200.json; a fraction of it in the same name's -budget0.1.json and -budget0.2.json
-and in -mnist-cnn-trades-0.3-n200-budget0.2.json (two rounds at a lower load). The files
-ending in -before-33a362c record earlier code (APGD-T's targets side by side, Square
-redrawing every window, contiguous blocks). CPU time under contention favours whichever
-implementation suffers less from a shared cache, so compare within a file. The random starts
-decide single images near the boundary: the two robust sets may differ by an image or two
-(e.g. trades image 157, which APGD-T fools from some starts and not from others).
+The reference section at n = 200, reference a392200 (fra31/auto-attack), torch 2.13: full
+budget with the current code in results/autoattack_vs_reference-mnist-cnn-0.1_mnist-cnn-
+trades-0.3-n200.json, and for trades again, with user and system time apart, in
+-mnist-cnn-trades-0.3-n200.json; a fraction of it, with the code of 5046e46 (before the
+block-by-block gradients, Newton's projection and the window-only Square proposals), in
+the first name's -budget0.1.json and -budget0.2.json and in
+-mnist-cnn-trades-0.3-n200-budget0.2.json (two rounds at a lower load). The files ending
+in -before-33a362c record older code (APGD-T's targets side by side, Square redrawing every
+window, contiguous blocks). CPU time under contention favours whichever implementation
+suffers less from a shared cache, so compare within a file. The random starts decide
+single images near the boundary: the two robust sets may differ by an image or two (e.g.
+trades image 157, which APGD-T fools from some starts and not from others).
 
 The stronger section writes results/autoattack_vs_reference-stronger-<models>-n<n>.json.
 An earlier session's search for what AutoAttack leaves (no file holds it; mnist-cnn-trades,
@@ -73,6 +85,7 @@ import argparse
 import importlib
 import json
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -121,11 +134,24 @@ def run_reference(ref: Any, model: Counted, x: Tensor, y: Tensor, eps: float,
     for attr, name in REF_MEMBERS:
         _time_member(getattr(aa, attr), name, seconds)
     model.reset()
-    t0, c0 = time.perf_counter(), time.process_time()
+    start = clock()
     x_adv = aa.run_standard_evaluation(x, y, bs=bs)
-    total, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"x_adv": x_adv, "seconds": total, "cpu": cpu, "members": seconds,
+    return {"x_adv": x_adv, **since(start), "members": seconds,
             "fwd": model.rows, "bwd": model.backwards}
+
+
+def clock() -> tuple[float, float, float, int]:
+    """This process's wall clock, user and system CPU time, and minor page faults so far."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return time.perf_counter(), ru.ru_utime, ru.ru_stime, ru.ru_minflt
+
+
+def since(start: tuple[float, float, float, int]) -> dict[str, float]:
+    """Wall seconds, CPU seconds (user + system), each part, and minor page faults since
+    ``start`` (a :func:`clock` reading)."""
+    wall, user, system, faults = (b - a for a, b in zip(start, clock()))
+    return {"seconds": wall, "cpu": user + system, "user": user, "sys": system,
+            "faults": faults}
 
 
 def scale_reference(aa: Any, budget: float) -> None:
@@ -165,10 +191,9 @@ def run_advlab(name: str, model: Counted, x: Tensor, y: Tensor, eps: float,
     kwargs = {} if budget == 1.0 else {"member_kwargs": scaled_members(budget)}
     attack = advlab.attacks.get(name, eps=eps, **kwargs)
     model.reset()
-    t0, c0 = time.perf_counter(), time.process_time()
+    start = clock()
     res = attack(model, x, y)
-    total, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"x_adv": res.x_adv, "seconds": total, "cpu": cpu,
+    return {"x_adv": res.x_adv, **since(start),
             "members": res.info.get("seconds", {}), "fwd": model.rows, "bwd": model.backwards}
 
 
@@ -179,8 +204,9 @@ def race(fns: dict[str, Callable[[], dict[str, Any]]], rounds: int) -> dict[str,
     for r in range(rounds):
         for key in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
             out = fns[key]()
-            print(f"#   round {r} {key}: {out['seconds']:.1f} s, cpu {out['cpu']:.1f} s",
-                  flush=True)
+            print(f"#   round {r} {key}: {out['seconds']:.1f} s, cpu {out['cpu']:.1f} s (user "
+                  f"{out['user']:.1f}, system {out['sys']:.1f}, {out['faults']} minor page "
+                  "faults)", flush=True)
             if key not in best or out["cpu"] < best[key]["cpu"]:
                 best[key] = out
     return best
@@ -205,8 +231,9 @@ def show(best: dict, model, name: str, x, y, eps: float, what: str) -> list[dict
     for k, o in best.items():
         print(f"#   {k} members (s): {members_line(o)}")
     return [{"model": name, "eps": eps, "n": len(x), what: k, "robust_accuracy": acc,
-             "seconds": sec, "cpu_seconds": cpu, "fwd_rows": fwd, "bwd": bwd,
-             "members": best[k]["members"],
+             "seconds": sec, "cpu_seconds": cpu, "user_seconds": best[k]["user"],
+             "system_seconds": best[k]["sys"], "minor_faults": best[k]["faults"],
+             "fwd_rows": fwd, "bwd": bwd, "members": best[k]["members"],
              "robust": robust_indices(model, x, best[k]["x_adv"], y)}
             for name, eps, k, acc, sec, cpu, fwd, bwd in rows]
 
