@@ -275,6 +275,29 @@ def test_row_blocks_give_the_model_s_logits_and_gradients_in_blocks() -> None:
     assert torch.allclose(g, model.w.detach()[3].view(1, 1, 4, 4).expand_as(x))
 
 
+def test_logits_and_grad_runs_each_block_s_backward_before_the_next_forward() -> None:
+    from advlab.attacks.base import RowBlocks, logits_and_grad
+
+    model, x, y = _linear_case()
+    events: list[str] = []
+
+    class Logged(nn.Module):
+        def forward(self, xb: torch.Tensor) -> torch.Tensor:
+            events.append(f"forward {len(xb)}")
+            xb.register_hook(lambda g: events.append("backward"))
+            return model(xb)
+
+    logits, grad = logits_and_grad(RowBlocks(Logged(), 5), x,
+                                   lambda z, rows: z.gather(1, y[rows, None]).squeeze(1))
+    assert events == ["forward 5", "backward", "forward 5", "backward", "forward 2",
+                      "backward"]
+    assert torch.equal(logits, model(x).detach())
+    torch.testing.assert_close(grad, model.w.detach()[y].view_as(x))
+    events.clear()
+    logits_and_grad(Logged(), x, lambda z, rows: z.gather(1, y[rows, None]).squeeze(1))
+    assert events == ["forward 12", "backward"]  # a plain model: one pass
+
+
 def test_row_blocks_leave_an_oracle_whole_and_size_blocks_by_image() -> None:
     from advlab.attacks.base import BLOCK_ELEMENTS, RowBlocks
     from advlab.attacks.blackbox import Oracle
