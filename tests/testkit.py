@@ -14,15 +14,17 @@ from advlab.evaluation.config import RunConfig, config_from_dict
 
 
 class Counted(nn.Module):
-    """Counts the forward passes of a model and the rows it evaluates."""
+    """Counts the forward passes of a model and the rows it evaluates (``sizes``: the rows
+    of each pass)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model, self.calls, self.rows = model, 0, 0
+        self.model, self.calls, self.rows, self.sizes = model, 0, 0, []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         self.rows += len(x)
+        self.sizes.append(len(x))
         return self.model(x)
 
 

@@ -220,23 +220,11 @@ def test_autoattack_mt_gives_the_closest_point_its_restarts() -> None:
     model, x, y = _linear_case()
     d = _boundary_distance(model, x, y).amin(1)
     eps = 0.5 * d
-    sizes = _BatchSizes(model).eval()
+    counted = Counted(model).eval()
     res = advlab.attacks.get("autoattack-mt", schedule=(0.5,), closest=0.1,
-                             closest_restarts=7)(sizes, x, y, eps=eps)
+                             closest_restarts=7)(counted, x, y, eps=eps)
     assert res.info["attacked"]["apgd-dlr-closest"] == 2  # ceil(0.1 * 12)
-    assert 7 * 2 in sizes.seen and max(sizes.seen) == 7 * 2  # the restarts, side by side
-
-
-class _BatchSizes(nn.Module):
-    """The model, noting the rows of every forward pass."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model, self.seen = model, []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen.append(len(x))
-        return self.model(x)
+    assert 7 * 2 in counted.sizes and max(counted.sizes) == 7 * 2  # the restarts, side by side
 
 
 @pytest.mark.slow
