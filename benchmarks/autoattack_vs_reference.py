@@ -4,7 +4,7 @@ ensemble ``autoattack-mt`` against ``autoattack`` on the same images.
 
     ADVLAB_AUTOATTACK_REF=/tmp/ref python benchmarks/autoattack_vs_reference.py \\
         [--ref PATH] [--models mnist-cnn:0.1 mnist-cnn-trades:0.3] [--n 200] [--rounds 1] \\
-        [--sections reference stronger blocks]
+        [--sections reference stronger blocks square-seeds]
 
 The reference is not a dependency: point ``--ref`` (or ``ADVLAB_AUTOATTACK_REF``) at a
 directory holding its ``autoattack`` package (github.com/fra31/auto-attack, checked out
@@ -24,8 +24,14 @@ eps-ball; seconds are wall time, per member as well):
   at 8 to 512 rows per call (fastest of --rounds + 2 interleaved rounds, at least 512 rows
   per contender and round): the block size of ``advlab.attacks.base.RowBlocks``. Written to
   results/autoattack_vs_reference-blocks-<model>.json.
+- square-seeds: Square alone (5,000 queries, from the clean image) on each of --images,
+  from --seeds seeds, in advlab and in the reference: how often each fools the image (the
+  boundary images that decide the robust sets apart). Written to
+  results/autoattack_vs_reference-square-seeds-<model>.json.
 
-"fwd rows" / "bwd": images forwarded and backward passes (calls), counted on the model.
+"fwd rows" / "bwd": images forwarded and backward passes (calls), counted on the model;
+"in model s": the time spent inside the model, its forwards and its backwards w.r.t. the
+input (``common.Counted``); the rest of a contender's time is its own work.
 "cpu s" is user + system time; the records keep both and the minor page faults. The
 reference's fresh full-batch tensors are page-faulted in by the kernel, by an amount that
 varies from run to run: in one trades run its Square took 164 s (68.5 s in the run before)
@@ -56,20 +62,28 @@ rows), and Square's proposal gathers, redraws and scatters only the window's pix
 not pay: 72% (mnist-cnn-trades) and 69% (mnist-cnn) of FAB-T's iterates on the robust points
 are adversarial (outside eps) and step back, which would cost an extra forward+backward.
 APGD-T runs its targets one after another on the examples still robust, as the reference
-does.
+does. Timed on the model (mnist-cnn-trades, eps 0.3), the reference spends 221 of its 249 s
+inside it and advlab 137 of its 156 s, for the same passes: advlab's lead is mostly in how it
+feeds the model; outside it, 28 s against 19 s.
 
 The reference section at n = 200, reference a392200 (fra31/auto-attack), torch 2.13: full
 budget with the current code in results/autoattack_vs_reference-mnist-cnn-0.1_mnist-cnn-
 trades-0.3-n200.json, and for trades again, with user and system time apart, in
--mnist-cnn-trades-0.3-n200.json; a fraction of it, with the code of 5046e46 (before the
-block-by-block gradients, Newton's projection and the window-only Square proposals), in
-the first name's -budget0.1.json and -budget0.2.json and in
--mnist-cnn-trades-0.3-n200-budget0.2.json (two rounds at a lower load). The files ending
+-mnist-cnn-trades-0.3-n200.json and (two rounds, the order swapped) -rounds2.json; with the
+time inside the model in -mnist-cnn-trades-0.3-n200-in-model-1.json, -in-model-2.json (two
+rounds) and -mnist-cnn-0.1-n200-in-model.json. On trades the reference's time is bimodal:
+203-249 s in 4 of 8 runs, 329-349 s in the other 4, with about 100 s in the kernel over
+70-78 million minor page faults (advlab: 143-163 s, under 0.2 million faults, in all 8).
+A fraction of the budget, with the code of 5046e46 (before the block-by-block gradients,
+Newton's projection and the window-only Square proposals), in the first name's
+-budget0.1.json and -budget0.2.json and in -mnist-cnn-trades-0.3-n200-budget0.2.json (two
+rounds at a lower load). The files ending
 in -before-33a362c record older code (APGD-T's targets side by side, Square redrawing every
 window, contiguous blocks). CPU time under contention favours whichever implementation
 suffers less from a shared cache, so compare within a file. The random starts decide
 single images near the boundary: the two robust sets may differ by an image or two (e.g.
-trades image 157, which APGD-T fools from some starts and not from others).
+trades image 157, which the reference's Square fools in the races; Square alone, 5,000
+queries, fools it from 4 of 10 seeds in advlab and 2 of 10 in the reference).
 
 The stronger section writes results/autoattack_vs_reference-stronger-<models>-n<n>.json.
 An earlier session's search for what AutoAttack leaves (no file holds it; mnist-cnn-trades,
@@ -137,7 +151,7 @@ def run_reference(ref: Any, model: Counted, x: Tensor, y: Tensor, eps: float,
     start = clock()
     x_adv = aa.run_standard_evaluation(x, y, bs=bs)
     return {"x_adv": x_adv, **since(start), "members": seconds,
-            "fwd": model.rows, "bwd": model.backwards}
+            "fwd": model.rows, "bwd": model.backwards, "model": model.seconds}
 
 
 def clock() -> tuple[float, float, float, int]:
@@ -194,7 +208,8 @@ def run_advlab(name: str, model: Counted, x: Tensor, y: Tensor, eps: float,
     start = clock()
     res = attack(model, x, y)
     return {"x_adv": res.x_adv, **since(start),
-            "members": res.info.get("seconds", {}), "fwd": model.rows, "bwd": model.backwards}
+            "members": res.info.get("seconds", {}), "fwd": model.rows, "bwd": model.backwards,
+            "model": model.seconds}
 
 
 def race(fns: dict[str, Callable[[], dict[str, Any]]], rounds: int) -> dict[str, dict]:
@@ -226,16 +241,18 @@ def show(best: dict, model, name: str, x, y, eps: float, what: str) -> list[dict
     """The table of one race (robust accuracy re-checked, time, passes) and each contender's
     time per member; returns the rows as records (with the indices of the robust images)."""
     rows = [(name, eps, k, robust_accuracy(model, x, o["x_adv"], y, eps),
-             o["seconds"], o["cpu"], o["fwd"], o["bwd"]) for k, o in best.items()]
-    table(rows, ("model", "eps", what, "robust_acc", "seconds", "cpu s", "fwd rows", "bwd"))
+             o["seconds"], o["cpu"], o["model"], o["fwd"], o["bwd"]) for k, o in best.items()]
+    table(rows, ("model", "eps", what, "robust_acc", "seconds", "cpu s", "in model s",
+                 "fwd rows", "bwd"))
     for k, o in best.items():
         print(f"#   {k} members (s): {members_line(o)}")
     return [{"model": name, "eps": eps, "n": len(x), what: k, "robust_accuracy": acc,
              "seconds": sec, "cpu_seconds": cpu, "user_seconds": best[k]["user"],
              "system_seconds": best[k]["sys"], "minor_faults": best[k]["faults"],
+             "model_seconds": in_model, "own_seconds": sec - in_model,
              "fwd_rows": fwd, "bwd": bwd, "members": best[k]["members"],
              "robust": robust_indices(model, x, best[k]["x_adv"], y)}
-            for name, eps, k, acc, sec, cpu, fwd, bwd in rows]
+            for name, eps, k, acc, sec, cpu, in_model, fwd, bwd in rows]
 
 
 def robust_indices(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> list[int]:
@@ -278,6 +295,30 @@ def block_costs(model: nn.Module, x: Tensor, y: Tensor, rounds: int) -> dict[str
             for kind in ("forward", "forward+backward")}
 
 
+def square_seeds(ref: Any, model: nn.Module, x: Tensor, y: Tensor, eps: float,
+                 images: list[int], seeds: int) -> list[dict[str, Any]]:
+    """Per image, the seeds (of 0 ... seeds - 1) from which Square (5,000 queries, AutoAttack's
+    settings, from the clean image) fools it, in advlab and in the reference."""
+    square_attack = importlib.import_module(f"{ref.__name__}.square").SquareAttack
+    out = []
+    for i in images:
+        xi, yi = x[i:i + 1], y[i:i + 1]
+        fooled: dict[str, list[int]] = {"advlab": [], "reference": []}
+        for seed in range(seeds):
+            res = advlab.attacks.get("square", eps=eps, max_queries=5000, seed=seed)(model, xi, yi)
+            if res.success.item():
+                fooled["advlab"].append(seed)
+            square = square_attack(model, p_init=0.8, n_queries=5000, eps=eps, norm="Linf",
+                                   n_restarts=1, seed=seed, device="cpu", resc_schedule=False)
+            with torch.no_grad():
+                if model(square.perturb(xi, yi)).argmax(1).item() != yi.item():
+                    fooled["reference"].append(seed)
+        print(f"# image {i}: fooled from {len(fooled['advlab'])} of {seeds} seeds by advlab's "
+              f"Square, {len(fooled['reference'])} by the reference's", flush=True)
+        out.append({"image": i, "eps": eps, "seeds": seeds, "fooled_from_seeds": fooled})
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ref", default=os.environ.get("ADVLAB_AUTOATTACK_REF"),
@@ -293,6 +334,9 @@ def main() -> None:
                    help="the reference section's iterations and queries as a fraction of the "
                    "published ones (1: 100 iterations, 5,000 queries); same passes per "
                    "iteration, so a cheaper run at the same batch shapes")
+    p.add_argument("--images", nargs="+", type=int, default=[157, 96],
+                   help="square-seeds: the images (indices into the test set)")
+    p.add_argument("--seeds", type=int, default=10, help="square-seeds: seeds per image")
     p.add_argument("--out", default=None, help="JSON file of the reference section; default "
                    "results/autoattack_vs_reference-<models>-n<n>.json beside this script")
     args = p.parse_args()
@@ -305,9 +349,10 @@ def main() -> None:
     stronger: list[dict[str, Any]] = []
     torch.set_num_threads(args.threads)
     ref = None
-    if "reference" in args.sections:
+    if {"reference", "square-seeds"} & set(args.sections):
         if args.ref is None:
-            print("# reference: no --ref / ADVLAB_AUTOATTACK_REF given; section skipped")
+            print("# reference: no --ref / ADVLAB_AUTOATTACK_REF given; sections reference "
+                  "and square-seeds skipped")
         else:
             sys.path.insert(0, args.ref)
             ref = importlib.import_module("autoattack")
@@ -323,6 +368,14 @@ def main() -> None:
                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                    "threads": args.threads, "loadavg": os.getloadavg(), "rows": 512,
                    "rounds": args.rounds + 2, "us_per_row": us}], path)
+            print(f"# results: {path}")
+    if "square-seeds" in args.sections and ref is not None:
+        for spec in args.models:
+            name, eps_s = spec.split(":")
+            rows = square_seeds(ref, load_model(name), x_all, y_all, float(eps_s), args.images,
+                                args.seeds)
+            path = os.path.join(results, f"autoattack_vs_reference-square-seeds-{name}.json")
+            save([{**r, "model": name, "torch": torch.__version__} for r in rows], path)
             print(f"# results: {path}")
     for spec in args.models if {"reference", "stronger"} & set(args.sections) else []:
         name, eps_s = spec.split(":")
@@ -344,8 +397,9 @@ def main() -> None:
                            loadavg=os.getloadavg(), torch=torch.__version__)
             ratio = best["reference"]["seconds"] / best["advlab"]["seconds"]
             cpu = best["reference"]["cpu"] / best["advlab"]["cpu"]
-            print(f"# time ratio reference / advlab: wall {ratio:.2f}, cpu {cpu:.2f}",
-                  flush=True)
+            own = [best[k]["seconds"] - best[k]["model"] for k in ("reference", "advlab")]
+            print(f"# time ratio reference / advlab: wall {ratio:.2f}, cpu {cpu:.2f}; outside "
+                  f"the model {own[0]:.1f} / {own[1]:.1f} s = {own[0] / own[1]:.2f}", flush=True)
             save(records, out)
         if "stronger" in args.sections:
             best = race({"autoattack": lambda: run_advlab("autoattack", counted, x, y, eps),

@@ -33,7 +33,10 @@ Run = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 class Counted(nn.Module):
     """Wraps a model and counts forward passes, rows (images), backward passes and the rows
-    that go through them (``bw_rows``)."""
+    that go through them (``bw_rows``), and times the model's own work (``seconds``): its
+    forwards, and each backward w.r.t. its input from the gradient reaching its output to the
+    gradient at its input (overlapping backwards, as over several blocks at once, count once).
+    What an attack spends outside ``seconds`` is its own work."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -42,18 +45,36 @@ class Counted(nn.Module):
 
     def reset(self) -> None:
         self.forwards = self.rows = self.backwards = self.bw_rows = 0
+        self.seconds, self._open, self._since = 0.0, 0, 0.0
 
     def forward(self, x: Tensor) -> Tensor:
         self.forwards += 1
         self.rows += len(x)
+        start = time.perf_counter()
         out = self.model(x)
+        self.seconds += time.perf_counter() - start
         if out.requires_grad:
             out.register_hook(self._count_backward)
+            if x.requires_grad:  # a backward w.r.t. the input: timed from output to input
+                out.register_hook(self._backward_starts)
+                x.register_hook(self._backward_ends)
         return out
 
     def _count_backward(self, grad: Tensor) -> None:
         self.backwards += 1
         self.bw_rows += len(grad)
+
+    def _backward_starts(self, grad: Tensor) -> None:
+        if self._open == 0:
+            self._since = time.perf_counter()
+        self._open += 1
+
+    def _backward_ends(self, grad: Tensor) -> None:
+        if self._open == 0:  # the input's gradient without one through the model
+            return
+        self._open -= 1
+        if self._open == 0:
+            self.seconds += time.perf_counter() - self._since
 
 
 def timed(fn: Callable[[], object], repeat: int = 3) -> tuple[float, object]:
