@@ -150,8 +150,12 @@ def run_reference(ref: Any, model: Counted, x: Tensor, y: Tensor, eps: float,
     model.reset()
     start = clock()
     x_adv = aa.run_standard_evaluation(x, y, bs=bs)
-    return {"x_adv": x_adv, **since(start), "members": seconds,
-            "fwd": model.rows, "bwd": model.backwards, "model": model.seconds}
+    return {"x_adv": x_adv, **since(start), "members": seconds, **passes(model)}
+
+
+def passes(model: Counted) -> dict[str, Any]:
+    """What the model did since its reset: rows forwarded, backward passes, seconds in it."""
+    return {"fwd": model.rows, "bwd": model.backwards, "model": model.seconds}
 
 
 def clock() -> tuple[float, float, float, int]:
@@ -208,8 +212,7 @@ def run_advlab(name: str, model: Counted, x: Tensor, y: Tensor, eps: float,
     start = clock()
     res = attack(model, x, y)
     return {"x_adv": res.x_adv, **since(start),
-            "members": res.info.get("seconds", {}), "fwd": model.rows, "bwd": model.backwards,
-            "model": model.seconds}
+            "members": res.info.get("seconds", {}), **passes(model)}
 
 
 def race(fns: dict[str, Callable[[], dict[str, Any]]], rounds: int) -> dict[str, dict]:

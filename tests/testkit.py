@@ -15,15 +15,24 @@ from advlab.evaluation.config import RunConfig, config_from_dict
 
 class Counted(nn.Module):
     """Counts the forward passes of a model and the rows it evaluates (``sizes``: the rows
-    of each pass)."""
+    of each pass since the last :meth:`reset`)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model, self.calls, self.rows, self.sizes = model, 0, 0, []
+        self.model, self.sizes = model, []
+
+    @property
+    def calls(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def rows(self) -> int:
+        return sum(self.sizes)
+
+    def reset(self) -> None:
+        self.sizes.clear()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        self.rows += len(x)
         self.sizes.append(len(x))
         return self.model(x)
 

@@ -59,6 +59,7 @@ from advlab.attacks.base import (
     first_of_each,
     get,
     is_success,
+    logits_and_grad,
     register,
 )
 from advlab.attacks.gradient import GradientAttack, GradientSettings
@@ -295,13 +296,16 @@ class APGD(GradientAttack):
                      generator: torch.Generator) -> Tensor:
         """ODI: ``odi_steps`` steps of size eps from x0 along the steepest ascent of w^T z."""
         b, w = self.ball, None
-        for _ in range(self.odi_steps):
-            xa = x0.detach().requires_grad_(True)
-            z = model(xa)
-            if w is None:
-                w = 2 * torch.rand(z.shape, generator=generator, device=z.device,
+
+        def along_w(z: Tensor, rows: slice) -> Tensor:
+            nonlocal w
+            if w is None:  # one direction per row for every step, drawn once K is known
+                w = 2 * torch.rand((len(x0), z.shape[1]), generator=generator, device=z.device,
                                    dtype=z.dtype) - 1
-            (g,) = torch.autograd.grad((z * w).sum(), xa)
+            return (z * w[rows]).sum(1)
+
+        for _ in range(self.odi_steps):
+            _, g = logits_and_grad(model, x0, along_w)
             x0 = project_box(x, x0 + broadcast_rows(eps, x0) * b.steepest(g), eps, b)
         return x0.detach()
 

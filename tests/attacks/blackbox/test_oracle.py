@@ -47,7 +47,7 @@ def test_each_example_charged_exactly(name: str, budget: int, tiny_factory) -> N
     model = Counted(tiny_factory())
     y = testkit.predicted(model.model, X)
     for i in range(2):  # one example at a time: its real calls are exactly known
-        model.rows = 0
+        model.reset()
         res = advlab.attacks.get(name, max_queries=budget)(model, X[i:i + 1], y[i:i + 1])
         assert res.queries is not None
         q = int(res.queries.item())
@@ -65,7 +65,7 @@ def test_batch_budget_and_total(name: str, tiny_factory) -> None:
     assert (res.queries <= budget).all() and (res.queries >= 1).all()
     assert int(res.queries.sum()) == model.rows - len(X)
     # the same through a caller's own Oracle, whose budget is the one enforced
-    model.rows = 0
+    model.reset()
     oracle = Oracle(model, max_queries=7)
     res = advlab.attacks.get(name, max_queries=10_000)(oracle, X, y)
     assert (res.queries <= 7).all()
